@@ -1,0 +1,62 @@
+"""The ``meterhub`` command: one subcommand per part, each registered by the part itself."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from meterhub.logs import setup_logging
+
+# (module, subcommand): each module exposes ``register(subparsers)``; a part that is not
+# installed simply has no subcommand.
+_PARTS = (
+    ("meterhub.demo", "demo"),
+    ("firmware_sim.cli", "sim"),
+    ("gateway.cli", "gateway"),
+    ("collector.cli", "collector"),
+    ("billing.cli", "billing"),
+    ("web.cli", "web"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meterhub",
+        description="Smart-meter gateway and prepaid metering backend.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log output (-v info, -vv debug)")
+    parser.add_argument("--log-json", action="store_true", help="logs as JSON lines")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module_name, _ in _PARTS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and module_name.startswith(exc.name):
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(verbosity=args.verbose, json_lines=args.log_json)
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a clear one-line error for known failures, traceback with -vv
+        if args.verbose >= 2:
+            raise
+        logging.getLogger("meterhub").debug("fatal", exc_info=True)
+        print(f"meterhub {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
