@@ -1,0 +1,1 @@
+"""Protocol drivers: each joins a codec (meterhub.protocols) to a transport."""
