@@ -130,9 +130,11 @@ def amqtt_broker(port: int | None = None) -> Iterator[MqttSettings]:
 def embedded_broker(workdir: Path | None = None) -> Iterator[MqttSettings]:
     """Mosquitto when the binary exists, amqtt otherwise."""
     if shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists():
-        with tempfile.TemporaryDirectory(prefix="meterhub-mqtt-") as tmp:
-            with mosquitto_broker(workdir or Path(tmp)) as settings:
-                yield settings
+        with (
+            tempfile.TemporaryDirectory(prefix="meterhub-mqtt-") as tmp,
+            mosquitto_broker(workdir or Path(tmp)) as settings,
+        ):
+            yield settings
     else:
         with amqtt_broker() as settings:
             yield settings
