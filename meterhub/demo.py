@@ -1,0 +1,385 @@
+"""``meterhub demo``: the whole system in one process, on embedded defaults.
+
+Simulated meters on two simulated RS-485 buses (DL/T645-2007 and Modbus RTU, on
+pseudo-terminal pairs with real framing and wire time) -> gateway -> MQTT broker -> collector
+-> PostgreSQL -> billing. One prepaid account is set to run dry: billing cuts its meter off
+through MQTT and the gateway, the simulated relay opens (power and energy growth stop), then
+the demo tops the account up and billing restores supply.
+
+Every id is unique to the run, so the demo can run again and again against one real
+PostgreSQL and broker without tripping over an earlier run's rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from meterhub import db, settings
+from meterhub.embedded import embedded_broker, embedded_postgres
+from meterhub.settings import MqttSettings
+
+log = logging.getLogger(__name__)
+
+DRY_ACCOUNT_BALANCE = Decimal("2.00")  # yuan; runs out within the first half minute
+TOPUP_AMOUNT = Decimal("100.00")
+TOPUP_DELAY_S = 4.0  # after the cut-off is confirmed, the customer pays
+
+
+@dataclass
+class DemoSummary:
+    meters: int = 0
+    readings_published: int = 0
+    readings_stored: int = 0
+    cutoffs_acked: int = 0
+    restores_acked: int = 0
+    relay_opened_on_meter: bool = False
+    relay_closed_again: bool = False
+    energy_frozen_while_open: bool = False
+    database: str = "embedded"
+    broker: str = "embedded"
+    duration_s: float = 0.0
+    run_id: str = ""
+    dry_account: str = ""
+    dry_meter: str = ""
+    events: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """What the demo runs: ids are prefixed with the run id."""
+
+    run_id: str
+    poll_interval_s: float = 2.0
+    interval_s: int = 5
+    dlt645_baud: int = 9600
+    modbus_baud: int = 9600
+
+    @property
+    def gateway_id(self) -> str:
+        return f"demo-gw-{self.run_id}"
+
+    @property
+    def site(self) -> str:
+        return f"demo-{self.run_id}"
+
+    def dlt645_addresses(self) -> list[str]:
+        # 12-digit BCD addresses; the run id keeps them apart between runs
+        base = int(self.run_id, 16) % 10**8
+        return [f"{base:08d}{n:04d}" for n in (1, 2)]
+
+    def meter_ids(self) -> list[str]:
+        return [*self.dlt645_addresses(), *(f"{self.gateway_id}-rtu-{u}" for u in (1, 2))]
+
+    @property
+    def dry_meter(self) -> str:
+        return self.dlt645_addresses()[0]
+
+    def accounts(self) -> list[tuple[str, str, Decimal]]:
+        """(account, meter, opening balance); the first runs dry within the demo."""
+        ids = self.meter_ids()
+        return [
+            (f"acct-{self.run_id}-{n}", meter, DRY_ACCOUNT_BALANCE if n == 1 else Decimal("500"))
+            for n, meter in enumerate(ids, start=1)
+        ]
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="run everything (meters, gateway, broker, database, collector, billing) at once",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--duration", type=float, default=None,
+                   help="seconds to run, then shut down cleanly (default: until Ctrl-C)")
+    p.add_argument("--summary-json", type=Path, help="write a JSON summary here at the end")
+    p.add_argument("--database-url", default=settings.database_url(),
+                   help=f"PostgreSQL to use (default ${settings.DATABASE_URL_ENV} or embedded)")
+    p.add_argument("--mqtt-url", default=None,
+                   help=f"broker to use (default ${settings.MQTT_URL_ENV} or embedded)")
+    p.add_argument("--quiet", action="store_true", help="no live status lines")
+    p.set_defaults(handler=_cli)
+
+
+def _cli(args: argparse.Namespace) -> int:
+    mqtt_url = args.mqtt_url or settings.mqtt_settings()
+    with contextlib.ExitStack() as stack:
+        if args.database_url:
+            database_url, db_label = args.database_url, db.host_label(args.database_url)
+        else:
+            _say("starting embedded PostgreSQL (pgserver) ...")
+            database_url = stack.enter_context(
+                embedded_postgres(settings.data_dir() / "demo-postgres")
+            )
+            db_label = "embedded"
+        if mqtt_url:
+            mqtt = mqtt_url if isinstance(mqtt_url, MqttSettings) else MqttSettings.from_url(
+                mqtt_url, setting="--mqtt-url"
+            )
+            broker_label = mqtt.host
+        else:
+            _say("starting embedded MQTT broker ...")
+            mqtt = stack.enter_context(embedded_broker())
+            broker_label = "embedded"
+        db.migrate(database_url)
+        summary = asyncio.run(
+            run_demo(database_url, mqtt, duration=args.duration, live=not args.quiet)
+        )
+        summary.database, summary.broker = db_label, broker_label
+    text = json.dumps(asdict(summary), indent=2)
+    if args.summary_json:
+        args.summary_json.write_text(text + "\n")
+    _say(text)
+    return 0
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+async def run_demo(
+    database_url: str,
+    mqtt: MqttSettings,
+    *,
+    duration: float | None,
+    live: bool = True,
+    plan: DemoPlan | None = None,
+) -> DemoSummary:
+    """Run the whole path for ``duration`` seconds (None: until cancelled)."""
+    from billing import BillingConfig, BillingEngine, create_account, topup
+    from collector import Collector, CollectorConfig
+    from firmware_sim.fleet import Fleet
+    from gateway import Gateway, config_from_dict
+
+    plan = plan or DemoPlan(run_id=uuid.uuid4().hex[:6])
+    summary = DemoSummary(run_id=plan.run_id, dry_meter=plan.dry_meter)
+    started = time.monotonic()
+
+    fleet = Fleet.from_dict(_fleet_spec(plan))
+    with fleet, tempfile.TemporaryDirectory(prefix="meterhub-demo-") as state:
+        gateway_config = config_from_dict(_gateway_spec(plan, fleet), source="demo")
+        gateway = Gateway(gateway_config, mqtt=mqtt, state_dir=Path(state))
+        collector = Collector(
+            CollectorConfig(
+                database_url=database_url,
+                mqtt=mqtt,
+                shared_group=None,
+                interval_s=plan.interval_s,
+                client_id=f"demo-collector-{plan.run_id}",
+            )
+        )
+        billing = BillingEngine(
+            BillingConfig(
+                database_url=database_url,
+                mqtt=mqtt,
+                **_billing_knobs(plan),
+            )
+        )
+        with psycopg.connect(database_url) as conn:
+            for account, meter, opening in plan.accounts():
+                create_account(conn, account, meters=[meter], tariff="flat-demo",
+                               name=f"demo household {account[-1]}")
+                topup(conn, account, opening, channel="counter", reference=f"{account}-opening")
+            conn.commit()
+        summary.meters = len(plan.meter_ids())
+        summary.dry_account = plan.accounts()[0][0]
+
+        stop_gateway, stop_backend = asyncio.Event(), asyncio.Event()
+        tasks = [
+            asyncio.create_task(collector.run(stop_backend), name="collector"),
+            asyncio.create_task(billing.run(stop_backend), name="billing"),
+            asyncio.create_task(gateway.run(stop_gateway), name="gateway"),
+        ]
+        dry = fleet.meter(plan.dry_meter)
+        deadline = None if duration is None else started + duration
+        topped_up = False
+        open_energy: float | None = None
+        try:
+            while deadline is None or time.monotonic() < deadline - 6:
+                await asyncio.sleep(1.0)
+                _raise_if_failed(tasks)
+                if dry.relay_open and not summary.relay_opened_on_meter:
+                    summary.relay_opened_on_meter = True
+                    open_energy = dry.value("energy_import_total")
+                    summary.events.append(
+                        f"{time.monotonic() - started:5.1f}s relay of {plan.dry_meter} opened, "
+                        f"power {dry.value('power_active_total')} kW"
+                    )
+                if summary.relay_opened_on_meter and open_energy is not None and dry.relay_open:
+                    summary.energy_frozen_while_open = (
+                        dry.value("energy_import_total") == open_energy
+                    )
+                if billing.stats.cutoffs_acked and not topped_up:
+                    await asyncio.sleep(TOPUP_DELAY_S)
+                    with psycopg.connect(database_url) as conn:
+                        topup(conn, summary.dry_account, TOPUP_AMOUNT, channel="wechat",
+                              reference=f"{summary.dry_account}-topup-1")
+                        conn.commit()
+                    topped_up = True
+                    summary.events.append(
+                        f"{time.monotonic() - started:5.1f}s topped up {summary.dry_account} "
+                        f"by {TOPUP_AMOUNT}"
+                    )
+                if topped_up and summary.relay_opened_on_meter and not dry.relay_open:
+                    if not summary.relay_closed_again:
+                        summary.events.append(
+                            f"{time.monotonic() - started:5.1f}s relay of {plan.dry_meter} "
+                            "closed again"
+                        )
+                    summary.relay_closed_again = True
+                if live:
+                    _say(_status_line(started, gateway, billing, database_url, plan, dry))
+        finally:
+            # Gateway first: it flushes its buffer; then give the collector time to store
+            # everything that was published before the backend stops.
+            stop_gateway.set()
+            await asyncio.wait_for(tasks[2], 15)
+            summary.readings_published = gateway.stats.readings_published
+            await _wait_stored(database_url, plan, summary.readings_published, timeout=15)
+            stop_backend.set()
+            await asyncio.wait_for(asyncio.gather(*tasks[:2], return_exceptions=True), 20)
+        summary.readings_stored = _stored(database_url, plan)
+        summary.cutoffs_acked = billing.stats.cutoffs_acked
+        summary.restores_acked = billing.stats.restores_acked
+        summary.duration_s = round(time.monotonic() - started, 1)
+    return summary
+
+
+def _raise_if_failed(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        if task.done() and task.exception() is not None:
+            raise RuntimeError(f"{task.get_name()} stopped: {task.exception()}")
+
+
+def _stored(database_url: str, plan: DemoPlan) -> int:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT count(DISTINCT (meter_id, ts)) FROM readings WHERE meter_id = ANY(%s)",
+            (plan.meter_ids(),),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+async def _wait_stored(database_url: str, plan: DemoPlan, expected: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(_stored, database_url, plan) >= expected:
+            return
+        await asyncio.sleep(0.5)
+
+
+def _status_line(started: float, gateway: Any, billing: Any, database_url: str,
+                 plan: DemoPlan, dry: Any) -> str:
+    from billing import balance
+
+    with psycopg.connect(database_url) as conn:
+        left = balance(conn, plan.accounts()[0][0])
+    return (
+        f"[{time.monotonic() - started:5.1f}s] published {gateway.stats.readings_published:4d} "
+        f"stored {_stored(database_url, plan):4d} | {plan.accounts()[0][0]} balance {left:>8} "
+        f"| relay {'OPEN  ' if dry.relay_open else 'closed'} "
+        f"{dry.value('power_active_total'):.3f} kW | cut-offs {billing.stats.cutoffs_acked} "
+        f"restores {billing.stats.restores_acked}"
+    )
+
+
+# --------------------------------------------------------------------------- specs
+
+
+def _fleet_spec(plan: DemoPlan) -> dict[str, Any]:
+    dry_meter = plan.dry_meter
+    return {
+        "bus": [
+            {
+                "name": "rs485-1",
+                "protocol": "dlt645-2007",
+                "baud": plan.dlt645_baud,
+                "parity": "E",
+                "turnaround_ms": 20,
+                "meter": [
+                    {
+                        "address": address,
+                        # the dry account's meter runs a heavy load, fast-forwarded, so its
+                        # balance is gone within the first half minute
+                        "base_load_kw": 6.0 if address == dry_meter else 1.2,
+                        "speedup": 60.0 if address == dry_meter else 1.0,
+                        "energy_kwh": 1000.0 + n * 250,
+                    }
+                    for n, address in enumerate(plan.dlt645_addresses())
+                ],
+            },
+            {
+                "name": "rs485-2",
+                "protocol": "modbus-rtu",
+                "baud": plan.modbus_baud,
+                "parity": "N",
+                "turnaround_ms": 10,
+                "meter": [
+                    {"address": str(unit), "model": "sim-prepaid-1p", "base_load_kw": 0.8,
+                     "energy_kwh": 500.0 * unit}
+                    for unit in (1, 2)
+                ],
+            },
+        ]
+    }
+
+
+def _gateway_spec(plan: DemoPlan, fleet: Any) -> dict[str, Any]:
+    return {
+        "gateway": {"id": plan.gateway_id, "site": plan.site},
+        "buses": [
+            {
+                "name": "rs485-1",
+                "port": fleet.port("rs485-1"),
+                "protocol": "dlt645-2007",
+                "baud": plan.dlt645_baud,
+                "parity": "E",
+                "timeout_s": 1.0,
+                "meters": [
+                    {"address": a, "poll_interval_s": plan.poll_interval_s,
+                     "quantities": ["energy_import_total", "voltage_a", "current_a",
+                                    "power_active_total"]}
+                    for a in plan.dlt645_addresses()
+                ],
+            },
+            {
+                "name": "rtu",
+                "port": fleet.port("rs485-2"),
+                "protocol": "modbus",
+                "baud": plan.modbus_baud,
+                "parity": "N",
+                "timeout_s": 1.0,
+                "meters": [
+                    {"address": str(u), "model": "sim-prepaid-1p",
+                     "poll_interval_s": plan.poll_interval_s,
+                     "quantities": ["energy_import_total", "voltage_a", "current_a",
+                                    "power_active_total"]}
+                    for u in (1, 2)
+                ],
+            },
+        ],
+    }
+
+
+def _billing_knobs(plan: DemoPlan) -> dict[str, Any]:
+    return {}
