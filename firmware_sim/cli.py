@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import threading
 from pathlib import Path
@@ -71,8 +72,6 @@ def _run(args: argparse.Namespace) -> int:
             apply_fault(fleet, spec)
         for bus, protocol, port, count in fleet.describe():
             print(f"{bus:12} {protocol:12} {count:3d} meters  {port}", flush=True)
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             done.wait()
-        except KeyboardInterrupt:
-            pass
     return 0
