@@ -1,0 +1,228 @@
+"""A simulated multi-drop RS-485 bus on a pseudo-terminal pair, for any request/reply protocol.
+
+The gateway opens :attr:`SimBus.port` with pyserial exactly as it would open ``/dev/ttyUSB0``.
+A pseudo-terminal moves bytes instantly, so the bus emulates the line: a request is handled only
+once its last byte would have arrived on a real wire, and a reply leaves no faster than one
+character time per byte (start + data + parity + stop bits over the baud rate, 11 bits for 8E1),
+after the meter's turnaround delay. Transport faults (no reply, garbled checksum, truncated frame,
+slow reply) come from the answering meter's :attr:`SimMeter.faults`.
+
+What a frame looks like, who answers and how a checksum is garbled belong to a
+:class:`BusProtocol` (``firmware_sim.dlt645``, ``firmware_sim.modbus``); this module knows
+nothing about either.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import termios
+import threading
+import time
+import tty
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Protocol
+
+from firmware_sim.meter import SimMeter
+
+log = logging.getLogger(__name__)
+
+_PARITY_BITS = {"N": 0, "E": 1, "O": 1, "M": 1, "S": 1}
+
+
+class BusProtocol(Protocol):
+    """What the bus needs from a wire protocol's meter side."""
+
+    def feed(self, data: bytes) -> list[object]:
+        """Take bytes as they come off the wire; return every complete request now cut from
+        the stream (resynchronising on garbage)."""
+        ...
+
+    def respond(
+        self, request: object, meters: Sequence[SimMeter]
+    ) -> tuple[SimMeter | None, bytes | None]:
+        """The meter that answers ``request`` and its reply bytes; ``(None, None)`` when no
+        meter is addressed, ``(meter, None)`` when a meter acts but stays silent (broadcast)."""
+        ...
+
+    def corrupt(self, reply: bytes) -> bytes:
+        """The same reply with a checksum/CRC that does not match."""
+        ...
+
+
+@dataclass
+class BusStats:
+    """Counters a test or a benchmark can read; ``bytes`` counts both directions."""
+
+    requests: int = 0
+    replies: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    silent: int = 0  # requests nobody answered (not addressed, broadcast or no-reply fault)
+    faults: int = 0  # replies garbled, truncated or suppressed by a fault
+
+    @property
+    def bytes(self) -> int:
+        return self.bytes_in + self.bytes_out
+
+
+def char_time(baud: int, parity: str = "E", bytesize: int = 8, stopbits: float = 1) -> float:
+    """Seconds one character occupies the line (1 start bit + data + parity + stop bits)."""
+    try:
+        parity_bits = _PARITY_BITS[parity.upper()]
+    except KeyError:
+        raise ValueError(f"parity {parity!r} is not one of N, E, O, M, S") from None
+    if baud <= 0:
+        raise ValueError(f"baud {baud} must be positive")
+    return (1 + bytesize + parity_bits + stopbits) / baud
+
+
+class SimBus:
+    """Meters sharing one RS-485 line, served on a pseudo-terminal by a background thread."""
+
+    def __init__(
+        self,
+        protocol: BusProtocol,
+        meters: list[SimMeter],
+        *,
+        baud: int = 2400,
+        parity: str = "E",
+        bytesize: int = 8,
+        stopbits: float = 1,
+        turnaround_s: float = 0.03,
+    ) -> None:
+        self.protocol = protocol
+        self.meters = meters
+        self.baud = baud
+        self.parity = parity
+        self.bytesize = bytesize
+        self.stopbits = stopbits
+        self.turnaround_s = turnaround_s
+        self.char_time = char_time(baud, parity, bytesize, stopbits)
+        self.stats = BusStats()
+        self._master: int | None = None
+        self._slave: int | None = None
+        self._port: str | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def port(self) -> str:
+        """Path of the pseudo-terminal the gateway opens (valid after :meth:`start`)."""
+        if self._port is None:
+            raise RuntimeError("SimBus.port is only known after start()")
+        return self._port
+
+    def start(self) -> SimBus:
+        if self._thread is not None:
+            return self
+        master, slave = os.openpty()
+        # Raw on both ends: no echo, no line editing, no CR/LF translation of binary frames.
+        for fd in (master, slave):
+            tty.setraw(fd, termios.TCSANOW)
+        self._master, self._slave = master, slave
+        # The slave stays open here so the master never sees EIO while the gateway has the
+        # port closed (between a test's connections, or while it reopens after an error).
+        self._port = os.ttyname(slave)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=f"SimBus {self._port}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        for fd in (self._master, self._slave):
+            if fd is not None:
+                os.close(fd)
+        self._master = self._slave = None
+
+    def __enter__(self) -> SimBus:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ the line
+
+    def _run(self) -> None:
+        assert self._master is not None
+        master = self._master
+        wire_free_at = 0.0  # when the last byte received so far has fully arrived on the wire
+        while not self._stop.is_set():
+            ready, _, _ = select.select([master], [], [], 0.05)
+            if not ready:
+                continue
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # EIO while nothing holds the slave: nothing to read yet
+                self._stop.wait(0.01)
+                continue
+            if not data:
+                continue
+            self.stats.bytes_in += len(data)
+            wire_free_at = max(time.monotonic(), wire_free_at) + len(data) * self.char_time
+            try:
+                requests = self.protocol.feed(data)
+            except Exception:  # a protocol bug must not kill the bus for every other test
+                log.exception("bus protocol failed to parse %r", data)
+                continue
+            for request in requests:
+                self._sleep_until(wire_free_at)
+                wire_free_at = self._serve(master, request, wire_free_at)
+
+    def _serve(self, master: int, request: object, wire_free_at: float) -> float:
+        """Answer one request; return when the line is free again."""
+        self.stats.requests += 1
+        try:
+            meter, reply = self.protocol.respond(request, self.meters)
+        except Exception:
+            log.exception("bus protocol failed to answer %r", request)
+            meter, reply = None, None
+        if meter is None or reply is None:
+            self.stats.silent += 1
+            return wire_free_at
+        no_reply, bad_checksum, truncate, extra_delay = meter.faults.take()
+        if no_reply:
+            self.stats.silent += 1
+            self.stats.faults += 1
+            return wire_free_at
+        if bad_checksum:
+            reply = self.protocol.corrupt(reply)
+        if truncate:
+            reply = reply[: max(1, len(reply) // 2)]
+        self.stats.faults += bad_checksum or truncate
+        self._sleep_until(time.monotonic() + self.turnaround_s + extra_delay)
+        self._send_paced(master, reply)
+        self.stats.replies += 1
+        return time.monotonic()
+
+    def _send_paced(self, master: int, reply: bytes) -> None:
+        """Write the reply no faster than the line: byte i is out at start + (i+1) char times."""
+        start = time.monotonic()
+        sent = 0
+        while sent < len(reply) and not self._stop.is_set():
+            due = min(len(reply), int((time.monotonic() - start) / self.char_time))
+            if due > sent:
+                os.write(master, reply[sent:due])
+                self.stats.bytes_out += due - sent
+                sent = due
+            if sent < len(reply):
+                self._sleep_until(start + (sent + 1) * self.char_time)
+
+    def _sleep_until(self, deadline: float) -> None:
+        delay = deadline - time.monotonic()
+        if delay > 0:
+            self._stop.wait(delay)
