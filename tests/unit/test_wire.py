@@ -1,0 +1,115 @@
+"""The wire contract: what one end encodes the other decodes, and bad payloads are named."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from meterhub import wire
+from meterhub.quantities import QUANTITIES
+
+T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+times = st.datetimes(
+    min_value=datetime(2000, 1, 1), max_value=datetime(2099, 1, 1), timezones=st.just(UTC)
+).map(lambda t: t.replace(microsecond=t.microsecond // 1000 * 1000))
+values = st.dictionaries(
+    st.sampled_from(sorted(QUANTITIES)),
+    st.builds(
+        wire.Value,
+        st.floats(allow_nan=False, allow_infinity=False, width=64),
+        st.sampled_from(["kWh", "V", "A", "kW", ""]),
+    ),
+    min_size=1,
+)
+readings = st.builds(
+    wire.Reading,
+    meter=st.text(min_size=1, max_size=20),
+    taken_at=times,
+    values=values,
+    relay=st.sampled_from([None, "open", "closed", "unknown"]),
+)
+
+
+@given(
+    seq=st.integers(min_value=0, max_value=2**62),
+    sent_at=times,
+    batch=st.lists(readings, max_size=5),
+)
+def test_readings_round_trip(seq: int, sent_at: datetime, batch: list[wire.Reading]) -> None:
+    original = wire.ReadingsBatch("gw-1", "site-a", seq, sent_at, tuple(batch))
+    assert wire.decode_readings(wire.encode_readings(original)) == original
+
+
+def test_command_and_ack_round_trip() -> None:
+    cmd = wire.Command("c-1", "000000000001", "relay_open", T0, T0 + timedelta(minutes=5))
+    assert wire.decode_command(wire.encode_command(cmd)) == cmd
+    ack = wire.Ack("c-1", "gw", "000000000001", "done", T0, outcome="ok", relay="open")
+    assert wire.decode_ack(wire.encode_ack(ack)) == ack
+    assert cmd.expired(T0 + timedelta(minutes=5)) and not cmd.expired(T0)
+
+
+def test_status_and_events_round_trip() -> None:
+    status = wire.Status("gw", "s", "online", T0, {"buffer_depth": 3})
+    assert wire.decode_status(wire.encode_status(status)) == status
+    event = wire.Event("comm_error", T0, "m1", "no answer", {"errors": 3})
+    assert wire.decode_events(wire.encode_events("gw", [event])) == ("gw", [event])
+    assert wire.decode_status(wire.offline_status("gw", "s")).state == "offline"
+
+
+def test_topics() -> None:
+    name = wire.topic("site-a", "gw-1", "cmd/ack")
+    assert name == "meterhub/v1/site-a/gw-1/cmd/ack"
+    assert wire.parse_topic(name) == ("site-a", "gw-1", "cmd/ack")
+    assert wire.shared_subscription("g", "readings") == "$share/g/meterhub/v1/+/+/readings"
+    with pytest.raises(wire.WireError, match="gateway 'a/b'"):
+        wire.topic("s", "a/b", "status")
+    with pytest.raises(wire.WireError, match="is not meterhub/v1/<site>/<gateway>/<kind>"):
+        wire.parse_topic("meterhub/v1/s/g/nope")
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (b"{not json", "readings: not valid JSON"),
+        (b"[]", "readings: expected a JSON object, got list"),
+        (b'{"schema": 2}', "readings: schema 2 is not supported"),
+        (b'{"schema": 1, "readings": []}', "readings.gateway: expected a non-empty string"),
+        (
+            b'{"schema":1,"gateway":"g","site":"s","seq":-1,"sent_at":"2026-01-01T00:00:00Z",'
+            b'"readings":[]}',
+            r"readings.seq: expected an integer >= 0, got -1",
+        ),
+        (
+            b'{"schema":1,"gateway":"g","site":"s","seq":1,"sent_at":"2026-01-01T00:00:00",'
+            b'"readings":[]}',
+            "has no timezone",
+        ),
+        (
+            b'{"schema":1,"gateway":"g","site":"s","seq":1,"sent_at":"2026-01-01T00:00:00Z",'
+            b'"readings":[{"meter":"m","taken_at":"2026-01-01T00:00:00Z",'
+            b'"values":{"voltage_a":{"value":"230","unit":"V"}}}]}',
+            r"readings.readings\[0\].values.voltage_a.value: expected a number",
+        ),
+    ],
+)
+def test_bad_readings_are_named(payload: bytes, message: str) -> None:
+    with pytest.raises(wire.WireError, match=message):
+        wire.decode_readings(payload)
+
+
+def test_bad_command_names_the_field() -> None:
+    bad = (
+        b'{"schema":1,"command_id":"c","meter":"m","action":"explode",'
+        b'"issued_at":"2026-01-01T00:00:00Z","expires_at":"2026-01-01T00:05:00Z"}'
+    )
+    with pytest.raises(wire.WireError, match="cmd.action: 'explode' is not one of relay_open"):
+        wire.decode_command(bad)
+
+
+def test_naive_time_refused_on_encode() -> None:
+    with pytest.raises(wire.WireError, match="timezone-aware"):
+        wire.utc_iso(datetime(2026, 1, 1))
