@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import socket
 import subprocess
@@ -128,8 +129,15 @@ def amqtt_broker(port: int | None = None) -> Iterator[MqttSettings]:
 
 @contextlib.contextmanager
 def embedded_broker(workdir: Path | None = None) -> Iterator[MqttSettings]:
-    """Mosquitto when the binary exists, amqtt otherwise."""
-    if shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists():
+    """Mosquitto when the binary exists, amqtt otherwise (``METERHUB_EMBEDDED_BROKER=amqtt``
+    forces amqtt, to try what a laptop without mosquitto gets)."""
+    choice = os.environ.get("METERHUB_EMBEDDED_BROKER", "")
+    if choice not in ("", "mosquitto", "amqtt"):
+        raise EmbeddedServiceError(
+            f"METERHUB_EMBEDDED_BROKER: {choice!r} is not 'mosquitto' or 'amqtt'"
+        )
+    have_binary = shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()
+    if choice != "amqtt" and have_binary:
         with (
             tempfile.TemporaryDirectory(prefix="meterhub-mqtt-") as tmp,
             mosquitto_broker(workdir or Path(tmp)) as settings,
