@@ -1,0 +1,1 @@
+"""Wire protocol codecs shared by the gateway (master side) and firmware_sim (meter side)."""

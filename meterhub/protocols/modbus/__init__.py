@@ -1,0 +1,15 @@
+"""Modbus meters: register maps as data, and the meter-side RTU/TCP codec used by firmware_sim.
+
+The gateway side speaks through pymodbus (gateway.drivers.modbus); keeping an independent
+codec here lets the two implementations check each other.
+"""
+
+from meterhub.protocols.modbus.registermap import (
+    RegisterMap,
+    RegisterMapError,
+    load_map,
+    load_maps,
+    plan_reads,
+)
+
+__all__ = ["RegisterMap", "RegisterMapError", "load_map", "load_maps", "plan_reads"]
