@@ -1,0 +1,23 @@
+"""The field gateway: polls RS-485/TCP meters, buffers readings in SQLite, publishes over MQTT
+and executes relay commands. The public face is small; the rest is machinery."""
+
+from gateway.app import Gateway, GatewayStats
+from gateway.config import (
+    BusConfig,
+    ConfigError,
+    GatewayConfig,
+    MeterConfig,
+    config_from_dict,
+    load_config,
+)
+
+__all__ = [
+    "BusConfig",
+    "ConfigError",
+    "Gateway",
+    "GatewayConfig",
+    "GatewayStats",
+    "MeterConfig",
+    "config_from_dict",
+    "load_config",
+]

@@ -1,0 +1,546 @@
+"""The gateway's TOML config: read once, checked once, then typed.
+
+An installer edits this file on site, so validation never stops at the first mistake: every
+problem is collected with its key path, the bad value and why, and :class:`ConfigError` lists
+them all. Indexes in key paths count from 0, like the TOML arrays they point into.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from meterhub.quantities import QUANTITIES
+from meterhub.settings import MqttSettings, SettingsError
+
+BusProtocol = Literal["dlt645-2007", "dlt645-1997", "modbus"]
+PROTOCOLS: tuple[BusProtocol, ...] = ("dlt645-2007", "dlt645-1997", "modbus")
+BAUDS = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
+DEFAULT_QUANTITIES = ("energy_import_total",)
+
+_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_DLT_ADDRESS = re.compile(r"^[0-9]{12}$")
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; ``problems`` holds one line per mistake."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        super().__init__(f"{source}: {count}:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+# ---------------------------------------------------------------------------- typed config
+
+
+@dataclass(frozen=True, slots=True)
+class MeterConfig:
+    """One meter. ``id`` is the meter's name on the wire; ``address`` is what the bus uses
+    (the 12-digit DL/T645 address, or the Modbus unit id as text)."""
+
+    id: str
+    address: str
+    protocol: BusProtocol
+    poll_interval_s: float
+    quantities: tuple[str, ...]
+    model: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BusConfig:
+    """One RS-485 port (``port``) or one TCP endpoint (``tcp``) and the meters behind it."""
+
+    name: str
+    protocol: BusProtocol
+    meters: tuple[MeterConfig, ...]
+    port: str | None = None
+    tcp: tuple[str, int] | None = None
+    baud: int = 2400
+    parity: str = "E"
+    stopbits: int = 1
+    bytesize: int = 8
+    timeout_s: float = 1.0
+    retries: int = 2
+    inter_frame_gap_s: float = 0.0
+    # DL/T645 only: wake-up preamble and the relay-control credentials (0x1C)
+    preamble: int = 4
+    password: str = "123456"
+    password_level: int = 2
+    operator: str = "00000000"
+    # Modbus only: a folder of extra register maps next to the packaged ones
+    maps_dir: str | None = None
+
+    @property
+    def is_serial(self) -> bool:
+        """A serial bus carries one transaction at a time; a TCP endpoint has its own worker."""
+        return self.port is not None
+
+    @property
+    def endpoint(self) -> str:
+        return self.port if self.port is not None else f"{self.tcp[0]}:{self.tcp[1]}"  # type: ignore[index]
+
+
+@dataclass(frozen=True, slots=True)
+class MqttConfig:
+    url: str | None = None
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    keepalive_s: int = 30
+
+    def settings(self) -> MqttSettings | None:
+        """Broker settings from the file, or None when the file names no broker."""
+        if self.url is None:
+            return None
+        base = MqttSettings.from_url(self.url, setting="mqtt.url")
+        return MqttSettings(
+            host=base.host,
+            port=base.port,
+            tls=base.tls or self.ca_file is not None,
+            username=self.username or base.username,
+            password=self.password or base.password,
+            ca_file=self.ca_file,
+            cert_file=self.cert_file,
+            key_file=self.key_file,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BufferConfig:
+    """Store-and-forward limits: how many batches may wait, how fast a backlog drains."""
+
+    max_batches: int = 100_000
+    replay_rate: float = 20.0  # batches per second while a backlog drains
+    publish_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    gateway_id: str
+    site: str
+    buses: tuple[BusConfig, ...]
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    buffer: BufferConfig = field(default_factory=BufferConfig)
+    batch_interval_s: float = 5.0
+    max_batch_readings: int = 500
+    status_interval_s: float = 30.0
+    backoff_max_s: float = 300.0
+    state_dir: Path | None = None
+    source: str = "<dict>"
+
+    def meters(self) -> dict[str, tuple[BusConfig, MeterConfig]]:
+        """Every meter by its wire id, with the bus it hangs on."""
+        return {m.id: (b, m) for b in self.buses for m in b.meters}
+
+
+# ---------------------------------------------------------------------------- checking
+
+
+class _Checker:
+    """Walks the raw TOML tables, recording every problem instead of raising at the first."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def problem(self, path: str, value: Any, why: str) -> None:
+        self.problems.append(f"{path}: {value!r} {why}" if value is not _MISSING else
+                             f"{path}: {why}")
+
+    def table(self, raw: Any, path: str) -> dict[str, Any]:
+        if raw is _MISSING:
+            return {}
+        if not isinstance(raw, dict):
+            self.problem(path, raw, "is not a table")
+            return {}
+        return raw
+
+    def unknown_keys(self, raw: Mapping[str, Any], known: tuple[str, ...], path: str) -> None:
+        for key in raw:
+            if key not in known:
+                hint = difflib.get_close_matches(key, known, n=1)
+                why = f"is not a known key (did you mean {hint[0]!r}?)" if hint else \
+                    f"is not a known key (known: {', '.join(known)})"
+                self.problems.append(f"{_join(path, key)}: {why}")
+
+    def get(
+        self,
+        raw: Mapping[str, Any],
+        key: str,
+        path: str,
+        kind: type | tuple[type, ...],
+        default: Any,
+        check: Callable[[Any], str | None] | None = None,
+    ) -> Any:
+        """The value at ``key`` if it has the right type and passes ``check``; else the
+        default, with the problem recorded. ``default=_MISSING`` makes the key required."""
+        where = _join(path, key)
+        if key not in raw:
+            if default is _MISSING:
+                self.problems.append(f"{where}: is required")
+            return default
+        value = raw[key]
+        ok_type = isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool
+                                                   and bool not in _as_tuple(kind))
+        if not ok_type:
+            self.problem(where, value, f"is not {_kind_name(kind)}")
+            return default
+        if check is not None and (why := check(value)) is not None:
+            self.problem(where, value, why)
+            return default
+        return value
+
+
+_MISSING: Any = object()
+
+
+def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {str: "text", int: "a whole number", float: "a number", bool: "true or false",
+             list: "a list", dict: "a table"}
+    kinds = _as_tuple(kind)
+    if kinds == (int, float):
+        return "a number"
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _name(value: str) -> str | None:
+    return None if _NAME.match(value) else "must be 1-64 letters, digits, '_', '.', ':' or '-'"
+
+
+def _positive(limit: float) -> Callable[[float], str | None]:
+    def check(value: float) -> str | None:
+        if not 0 < value <= limit:
+            return f"must be above 0 and at most {limit:g}"
+        return None
+    return check
+
+
+def _between(low: int, high: int) -> Callable[[int], str | None]:
+    def check(value: int) -> str | None:
+        return None if low <= value <= high else f"must be between {low} and {high}"
+    return check
+
+
+def _one_of(choices: tuple[Any, ...]) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value in choices else f"is not one of {', '.join(map(str, choices))}"
+    return check
+
+
+def _file(value: str) -> str | None:
+    return None if Path(value).is_file() else "is not a file that exists"
+
+
+def _tcp_endpoint(value: str) -> str | None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return "is not HOST:PORT (for example '192.168.1.20:502')"
+    return None
+
+
+def _check_mqtt(c: _Checker, raw: dict[str, Any]) -> MqttConfig:
+    keys = ("url", "username", "password", "ca_file", "cert_file", "key_file", "keepalive_s")
+    c.unknown_keys(raw, keys, "mqtt")
+
+    def url(value: str) -> str | None:
+        try:
+            MqttSettings.from_url(value, setting="mqtt.url")
+        except SettingsError:
+            return "is not an MQTT URL like 'mqtt://host:1883' or 'mqtts://host:8883'"
+        return None
+
+    cfg = MqttConfig(
+        url=c.get(raw, "url", "mqtt", str, None, url),
+        username=c.get(raw, "username", "mqtt", str, None),
+        password=c.get(raw, "password", "mqtt", str, None),
+        ca_file=c.get(raw, "ca_file", "mqtt", str, None, _file),
+        cert_file=c.get(raw, "cert_file", "mqtt", str, None, _file),
+        key_file=c.get(raw, "key_file", "mqtt", str, None, _file),
+        keepalive_s=c.get(raw, "keepalive_s", "mqtt", int, 30, _between(5, 3600)),
+    )
+    if cfg.key_file and not cfg.cert_file:
+        c.problems.append("mqtt.key_file: needs mqtt.cert_file (the client certificate)")
+    return cfg
+
+
+_BUS_KEYS = ("name", "protocol", "port", "tcp", "baud", "parity", "stopbits", "bytesize",
+             "timeout_s", "retries", "inter_frame_gap_s", "poll_interval_s", "quantities", "model",
+             "preamble", "password", "password_level", "operator", "maps_dir", "meters")
+_METER_KEYS = ("id", "address", "unit", "protocol", "model", "poll_interval_s", "quantities")
+
+
+def _quantities(c: _Checker, raw: Mapping[str, Any], path: str,
+                default: tuple[str, ...]) -> tuple[str, ...]:
+    value = c.get(raw, "quantities", path, list, None)
+    if value is None:
+        return default
+    where = _join(path, "quantities")
+    if not value:
+        c.problem(where, value, "is empty; list at least one quantity")
+        return default
+    good = []
+    for i, name in enumerate(value):
+        if not isinstance(name, str) or name not in QUANTITIES:
+            hint = difflib.get_close_matches(str(name), QUANTITIES, n=1)
+            why = f"is not a known quantity (did you mean {hint[0]!r}?)" if hint else \
+                "is not a known quantity (see meterhub.quantities)"
+            c.problem(f"{where}[{i}]", name, why)
+        elif name in good:
+            c.problem(f"{where}[{i}]", name, "is listed twice")
+        else:
+            good.append(name)
+    return tuple(good) or default
+
+
+def _modbus_unit(c: _Checker, raw: Mapping[str, Any], path: str) -> str | None:
+    """A Modbus meter's unit id, given as ``unit`` or ``address`` (a number or digits)."""
+    if "unit" in raw and "address" in raw:
+        c.problems.append(f"{path}: has both 'unit' and 'address'; give the unit id once")
+        return None
+    key = "unit" if "unit" in raw else "address"
+    if key not in raw:
+        c.problems.append(f"{_join(path, 'unit')}: is required (the Modbus unit id, 1-247)")
+        return None
+    value = raw[key]
+    if isinstance(value, str) and value.isdigit():
+        number = int(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    else:
+        c.problem(_join(path, key), value, "is not a Modbus unit id (a number 1-247)")
+        return None
+    if not 1 <= number <= 247:
+        c.problem(_join(path, key), value, "is not a Modbus unit id (a number 1-247)")
+        return None
+    return str(number)
+
+
+def _check_meter(c: _Checker, raw: Any, path: str, bus: BusConfig, gateway_id: str,
+                 interval_s: float, quantities: tuple[str, ...],
+                 model: str | None) -> MeterConfig | None:
+    raw = c.table(raw, path)
+    if not raw:
+        return None
+    c.unknown_keys(raw, _METER_KEYS, path)
+    protocol = c.get(raw, "protocol", path, str, bus.protocol)
+    if protocol != bus.protocol:
+        c.problem(_join(path, "protocol"), protocol,
+                  f"differs from its bus's protocol {bus.protocol!r}; one protocol per bus")
+    address: str | None = None
+    if bus.protocol.startswith("dlt645"):
+        if "unit" in raw:
+            c.problems.append(f"{_join(path, 'unit')}: is for Modbus meters; "
+                              "a DL/T645 meter has an 'address'")
+        if "address" not in raw:
+            c.problems.append(f"{_join(path, 'address')}: is required "
+                              "(the 12 digits printed on the meter)")
+        else:
+            value = raw["address"]
+            if isinstance(value, str) and _DLT_ADDRESS.match(value):
+                address = value
+            elif isinstance(value, int) and not isinstance(value, bool):
+                c.problem(_join(path, "address"), value,
+                          "is a number; write the 12-digit DL/T645 address in quotes "
+                          f"(e.g. {str(value).zfill(12)!r})")
+            else:
+                c.problem(_join(path, "address"), value, "is not a 12-digit DL/T645 address")
+        if "model" in raw:
+            c.problems.append(f"{_join(path, 'model')}: is for Modbus meters (register map)")
+    else:
+        address = _modbus_unit(c, raw, path)
+        model = c.get(raw, "model", path, str, model)
+        if model is None:
+            c.problems.append(f"{_join(path, 'model')}: is required for a Modbus meter "
+                              "(the register map, e.g. 'sdm120'), here or on its bus")
+    interval = c.get(raw, "poll_interval_s", path, (int, float), interval_s, _positive(86400))
+    qty = _quantities(c, raw, path, quantities)
+    if address is None:
+        return None
+    default_id = address if bus.protocol.startswith("dlt645") else \
+        f"{gateway_id}-{bus.name}-{address}"
+    meter_id = c.get(raw, "id", path, str, default_id, _name)
+    return MeterConfig(id=meter_id, address=address, protocol=bus.protocol,
+                       poll_interval_s=float(interval), quantities=qty,
+                       model=model if bus.protocol == "modbus" else None)
+
+
+def _check_bus(c: _Checker, raw: Any, path: str, gateway_id: str) -> BusConfig | None:
+    raw = c.table(raw, path)
+    if not raw:
+        return None
+    c.unknown_keys(raw, _BUS_KEYS, path)
+    name = c.get(raw, "name", path, str, _MISSING, _name)
+    protocol = c.get(raw, "protocol", path, str, _MISSING, _one_of(PROTOCOLS))
+    known = protocol in PROTOCOLS
+    dlt = known and protocol.startswith("dlt645")
+    port = c.get(raw, "port", path, str, None)
+    tcp_text = c.get(raw, "tcp", path, str, None, _tcp_endpoint)
+    if "port" in raw and "tcp" in raw:
+        c.problems.append(f"{path}: has both 'port' and 'tcp'; a bus is one serial port "
+                          "or one TCP endpoint")
+    elif "port" not in raw and "tcp" not in raw:
+        c.problems.append(f"{path}: needs 'port' (serial device, e.g. '/dev/ttyUSB0') "
+                          "or 'tcp' ('HOST:PORT')")
+    tcp = None
+    if tcp_text:
+        host, _, tcp_port = tcp_text.rpartition(":")
+        tcp = (host.strip("[]"), int(tcp_port))
+    bus = BusConfig(
+        name=name if isinstance(name, str) else f"bus{path}",
+        protocol=protocol if known else "dlt645-2007",
+        meters=(),
+        port=port,
+        tcp=tcp,
+        baud=c.get(raw, "baud", path, int, 2400 if dlt else 9600, _one_of(BAUDS)),
+        parity=c.get(raw, "parity", path, str, "E" if dlt else "N", _one_of(("N", "E", "O"))),
+        stopbits=c.get(raw, "stopbits", path, int, 1, _one_of((1, 2))),
+        bytesize=c.get(raw, "bytesize", path, int, 8, _one_of((7, 8))),
+        timeout_s=float(c.get(raw, "timeout_s", path, (int, float), 1.0, _positive(30))),
+        retries=c.get(raw, "retries", path, int, 2, _between(0, 10)),
+        inter_frame_gap_s=float(c.get(raw, "inter_frame_gap_s", path, (int, float), 0.0,
+                                      lambda v: None if 0 <= v <= 5 else
+                                      "must be between 0 and 5 seconds")),
+        preamble=c.get(raw, "preamble", path, int, 4, _between(0, 4)),
+        password=c.get(raw, "password", path, str, "123456",
+                       lambda v: None if re.fullmatch(r"[0-9]{6}", v) else
+                       "is not a 6-digit DL/T645 password"),
+        password_level=c.get(raw, "password_level", path, int, 2, _between(0, 9)),
+        operator=c.get(raw, "operator", path, str, "00000000",
+                       lambda v: None if re.fullmatch(r"[0-9]{8}", v) else
+                       "is not an 8-digit DL/T645 operator code"),
+        maps_dir=c.get(raw, "maps_dir", path, str, None,
+                       lambda v: None if Path(v).is_dir() else "is not a folder that exists"),
+    )
+    interval = float(c.get(raw, "poll_interval_s", path, (int, float), 60.0, _positive(86400)))
+    quantities = _quantities(c, raw, path, DEFAULT_QUANTITIES)
+    model = c.get(raw, "model", path, str, None)
+    if model is not None and dlt:
+        c.problems.append(f"{_join(path, 'model')}: is for Modbus buses (register map)")
+    meters_raw = c.get(raw, "meters", path, list, [])
+    if not meters_raw:
+        c.problems.append(f"{_join(path, 'meters')}: has no meters; add [[buses.meters]] "
+                          "tables (run 'meterhub gateway scan' to find them)")
+    meters: list[MeterConfig] = []
+    seen: dict[str, int] = {}
+    for i, item in enumerate(meters_raw):
+        mpath = f"{path}.meters[{i}]"
+        meter = _check_meter(c, item, mpath, bus, gateway_id, interval, quantities, model)
+        if meter is None:
+            continue
+        if meter.address in seen:
+            what = "address" if dlt or "unit" not in item else "unit"
+            c.problem(_join(mpath, what), item.get(what),
+                      f"is already used by {path}.meters[{seen[meter.address]}] on this bus")
+            continue
+        seen[meter.address] = i
+        meters.append(meter)
+    return replace(bus, meters=tuple(meters))
+
+
+def config_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> GatewayConfig:
+    """Check a parsed config; raise :class:`ConfigError` listing every problem."""
+    c = _Checker()
+    if not isinstance(data, Mapping):
+        raise ConfigError(source, [f"top level: {data!r} is not a table"])
+    c.unknown_keys(data, ("gateway", "mqtt", "buffer", "buses"), "")
+    gw = c.table(data.get("gateway", _MISSING), "gateway")
+    if "gateway" not in data:
+        c.problems.append("gateway: is required ([gateway] with id and site)")
+    c.unknown_keys(gw, ("id", "site", "state_dir", "batch_interval_s", "max_batch_readings",
+                        "status_interval_s", "backoff_max_s"), "gateway")
+    gateway_id = c.get(gw, "id", "gateway", str, _MISSING, _name) if gw else None
+    site = c.get(gw, "site", "gateway", str, _MISSING, _name) if gw else None
+    state_dir = c.get(gw, "state_dir", "gateway", str, None)
+    batch_interval = c.get(gw, "batch_interval_s", "gateway", (int, float), 5.0,
+                           _positive(3600))
+    max_batch = c.get(gw, "max_batch_readings", "gateway", int, 500, _between(1, 100_000))
+    status_interval = c.get(gw, "status_interval_s", "gateway", (int, float), 30.0,
+                            _positive(3600))
+    backoff_max = c.get(gw, "backoff_max_s", "gateway", (int, float), 300.0, _positive(86400))
+
+    mqtt = _check_mqtt(c, c.table(data.get("mqtt", _MISSING), "mqtt"))
+    braw = c.table(data.get("buffer", _MISSING), "buffer")
+    c.unknown_keys(braw, ("max_batches", "replay_rate", "publish_timeout_s"), "buffer")
+    buffer = BufferConfig(
+        max_batches=c.get(braw, "max_batches", "buffer", int, 100_000,
+                          _between(10, 100_000_000)),
+        replay_rate=float(c.get(braw, "replay_rate", "buffer", (int, float), 20.0,
+                                _positive(10_000))),
+        publish_timeout_s=float(c.get(braw, "publish_timeout_s", "buffer", (int, float), 10.0,
+                                      _positive(600))),
+    )
+
+    buses_raw = c.get(data, "buses", "", list, [])
+    if not buses_raw:
+        c.problems.append("buses: no buses configured; add at least one [[buses]] table")
+    gid = gateway_id if isinstance(gateway_id, str) else "gateway"
+    buses: list[BusConfig] = []
+    names: dict[str, int] = {}
+    endpoints: dict[str, int] = {}
+    ids: dict[str, str] = {}
+    for i, item in enumerate(buses_raw):
+        path = f"buses[{i}]"
+        bus = _check_bus(c, item, path, gid)
+        if bus is None:
+            continue
+        if bus.name in names:
+            c.problem(f"{path}.name", bus.name, f"is already the name of buses[{names[bus.name]}]")
+        names.setdefault(bus.name, i)
+        if bus.port or bus.tcp:
+            if bus.endpoint in endpoints:
+                key = "port" if bus.port else "tcp"
+                c.problem(f"{path}.{key}", item.get(key),
+                          f"is already used by buses[{endpoints[bus.endpoint]}]; "
+                          "put all meters of one line on one bus")
+            endpoints.setdefault(bus.endpoint, i)
+        for j, meter in enumerate(bus.meters):
+            where = f"{path}.meters[{j}]"
+            if meter.id in ids:
+                c.problem(f"{where}.id", meter.id, f"is already the id of {ids[meter.id]}")
+            ids.setdefault(meter.id, where)
+        buses.append(bus)
+    if c.problems:
+        raise ConfigError(source, c.problems)
+    return GatewayConfig(
+        gateway_id=gateway_id,
+        site=site,
+        buses=tuple(buses),
+        mqtt=mqtt,
+        buffer=buffer,
+        batch_interval_s=float(batch_interval),
+        max_batch_readings=max_batch,
+        status_interval_s=float(status_interval),
+        backoff_max_s=float(backoff_max),
+        state_dir=Path(state_dir) if state_dir else None,
+        source=source,
+    )
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    """Read and check a TOML config file; :class:`ConfigError` names the file in every case."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read the file: {exc.strerror}"]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from None
+    return config_from_dict(data, source=str(path))

@@ -1,0 +1,214 @@
+"""Per-bus scheduling: who gets the line next.
+
+Our own asyncio loop rather than apscheduler. apscheduler fires jobs on wall-clock triggers
+and runs them side by side; what a bus needs is a queue discipline around one exclusive
+resource: exactly one transaction in flight per RS-485 port, the most overdue meter first
+(so an overloaded bus degrades into fair round-robin instead of starving someone), commands
+ahead of every poll, and per-meter back-off that depends on the outcome of the last
+transaction. That is a short loop over a heap; expressed as apscheduler jobs it would need a
+lock, a priority scheme and job rescheduling from inside jobs, and its misfire handling would
+fight the back-off.
+
+One :class:`BusWorker` per bus. A serial bus has exactly one worker, hence one transaction in
+flight. Each Modbus TCP endpoint is a bus of its own, so TCP devices are polled concurrently
+with each other and with the serial lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from gateway.config import BusConfig, MeterConfig
+from gateway.drivers.base import Driver, DriverError, NoAnswer
+from meterhub.wire import Event, Reading
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass
+class MeterHealth:
+    """Counters for one meter, published in the gateway's status."""
+
+    reads_ok: int = 0
+    errors: int = 0
+    consecutive_failures: int = 0
+    last_rtt_ms: float | None = None
+    last_error: str | None = None
+    retry_in_s: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.reads_ok,
+            "errors": self.errors,
+            "consecutive_failures": self.consecutive_failures,
+            "state": "backoff" if self.consecutive_failures else "ok",
+            "last_rtt_ms": self.last_rtt_ms,
+            "last_error": self.last_error,
+        }
+
+
+@dataclass(order=True)
+class _Due:
+    at: float
+    order: int  # tie-break: the meter served longest ago goes first
+    meter: MeterConfig = field(compare=False)
+
+
+class BusWorker:
+    """Polls the meters of one bus and runs commands on it, one transaction at a time."""
+
+    def __init__(
+        self,
+        bus: BusConfig,
+        driver: Driver,
+        *,
+        on_reading: Callable[[Reading], None],
+        on_event: Callable[[Event], None],
+        backoff_max_s: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.bus = bus
+        self.driver = driver
+        self.on_reading = on_reading
+        self.on_event = on_event
+        self.backoff_max_s = backoff_max_s
+        self.clock = clock
+        self.health = {m.id: MeterHealth() for m in bus.meters}
+        self.transactions = 0
+        self.busy_s = 0.0
+        self._order = itertools.count()
+        now = clock()
+        # Every meter is due at once; the order decides who goes first.
+        self._heap = [_Due(now, next(self._order), m) for m in bus.meters]
+        heapq.heapify(self._heap)
+        self._commands: deque[tuple[Callable[[Driver], Awaitable[Any]], asyncio.Future[Any]]] = (
+            deque()
+        )
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    # ------------------------------------------------------------------ public
+
+    async def submit(self, job: Callable[[Driver], Awaitable[T]]) -> T:
+        """Run ``job(driver)`` on this bus before any further poll; return its result."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._commands.append((job, future))
+        self._wake.set()
+        return await future
+
+    def stop(self) -> None:
+        """Finish the transaction in flight, then return from :meth:`run`."""
+        self._stopping = True
+        self._wake.set()
+
+    def utilisation_since(self, busy_before: float, elapsed: float) -> float:
+        return round(min(1.0, (self.busy_s - busy_before) / elapsed), 4) if elapsed > 0 else 0.0
+
+    async def run(self) -> None:
+        try:
+            while not self._stopping:
+                if self._commands:
+                    await self._run_command(*self._commands.popleft())
+                    continue
+                due = self._heap[0] if self._heap else None
+                now = self.clock()
+                if due is None or due.at > now:
+                    await self._sleep(None if due is None else due.at - now)
+                    continue
+                heapq.heappop(self._heap)
+                await self._poll(due)
+        finally:
+            for _, future in self._commands:
+                future.cancel()
+            self._commands.clear()
+
+    # ------------------------------------------------------------------ internals
+
+    async def _sleep(self, seconds: float | None) -> None:
+        self._wake.clear()
+        if self._stopping or self._commands:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    async def _transaction(self, job: Awaitable[T]) -> T:
+        started = self.clock()
+        try:
+            return await job
+        finally:
+            self.transactions += 1
+            self.busy_s += self.clock() - started
+            if self.bus.inter_frame_gap_s:
+                await asyncio.sleep(self.bus.inter_frame_gap_s)
+
+    async def _run_command(
+        self, job: Callable[[Driver], Awaitable[Any]], future: asyncio.Future[Any]
+    ) -> None:
+        if future.cancelled():
+            return
+        try:
+            result = await self._transaction(job(self.driver))
+        except Exception as exc:  # handed to whoever submitted the command
+            if not future.cancelled():
+                future.set_exception(exc)
+        else:
+            if not future.cancelled():
+                future.set_result(result)
+
+    async def _poll(self, due: _Due) -> None:
+        meter = due.meter
+        health = self.health[meter.id]
+        started = self.clock()
+        taken_at = datetime.now(UTC)
+        try:
+            values = await self._transaction(self.driver.read(meter.address, meter.quantities))
+        except DriverError as exc:
+            self._failed(due, health, exc)
+            return
+        except Exception as exc:  # a driver bug must not stop the bus for every other meter
+            log.exception("driver failed reading %s", meter.id)
+            self._failed(due, health, exc)
+            return
+        health.last_rtt_ms = round((self.clock() - started) * 1000, 1)
+        health.reads_ok += 1
+        if health.consecutive_failures:
+            self.on_event(Event("meter_recovered", datetime.now(UTC), meter.id,
+                                f"answers again after {health.consecutive_failures} failed polls",
+                                {"bus": self.bus.name}))
+        health.consecutive_failures = 0
+        health.retry_in_s = None
+        self.on_reading(Reading(meter.id, taken_at, values))
+        now = self.clock()
+        at = due.at + meter.poll_interval_s
+        self._reschedule(meter, at if at > now else now)
+
+    def _failed(self, due: _Due, health: MeterHealth, exc: BaseException) -> None:
+        """Back the meter off exponentially so a dead meter costs a shrinking share of the
+        line: interval, 2x, 4x ... up to ``backoff_max_s``."""
+        meter = due.meter
+        health.errors += 1
+        health.consecutive_failures += 1
+        health.last_error = f"{type(exc).__name__}: {exc}"
+        delay = min(meter.poll_interval_s * 2 ** (health.consecutive_failures - 1),
+                    max(self.backoff_max_s, meter.poll_interval_s))
+        health.retry_in_s = delay
+        kind = "no_answer" if isinstance(exc, NoAnswer) else "comm_error"
+        self.on_event(Event(kind, datetime.now(UTC), meter.id, health.last_error,
+                            {"bus": self.bus.name,
+                             "consecutive_failures": health.consecutive_failures,
+                             "retry_in_s": round(delay, 3)}))
+        self._reschedule(meter, self.clock() + delay)
+
+    def _reschedule(self, meter: MeterConfig, at: float) -> None:
+        heapq.heappush(self._heap, _Due(at, next(self._order), meter))
