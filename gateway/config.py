@@ -365,9 +365,6 @@ def _check_meter(c: _Checker, raw: Any, path: str, bus: BusConfig, gateway_id: s
     else:
         address = _modbus_unit(c, raw, path)
         model = c.get(raw, "model", path, str, model)
-        if model is None:
-            c.problems.append(f"{_join(path, 'model')}: is required for a Modbus meter "
-                              "(the register map, e.g. 'sdm120'), here or on its bus")
     interval = c.get(raw, "poll_interval_s", path, (int, float), interval_s, _positive(86400))
     qty = _quantities(c, raw, path, quantities)
     if address is None:
@@ -437,6 +434,7 @@ def _check_bus(c: _Checker, raw: Any, path: str, gateway_id: str) -> BusConfig |
         c.problems.append(f"{_join(path, 'meters')}: has no meters; add [[buses.meters]] "
                           "tables (run 'meterhub gateway scan' to find them)")
     meters: list[MeterConfig] = []
+    kept: list[int] = []  # each kept meter's index in the file, for messages
     seen: dict[str, int] = {}
     for i, item in enumerate(meters_raw):
         mpath = f"{path}.meters[{i}]"
@@ -450,7 +448,66 @@ def _check_bus(c: _Checker, raw: Any, path: str, gateway_id: str) -> BusConfig |
             continue
         seen[meter.address] = i
         meters.append(meter)
-    return replace(bus, meters=tuple(meters))
+        kept.append(i)
+    bus = replace(bus, meters=tuple(meters))
+    if bus.protocol == "modbus":
+        _check_models(c, bus, path, kept, model)
+    _check_supported(c, bus, path, kept, model)
+    return bus
+
+
+def _check_models(c: _Checker, bus: BusConfig, path: str, indexes: list[int],
+                  bus_model: str | None) -> None:
+    """A Modbus meter needs a register map: said once for the bus when no meter names one."""
+    missing = [i for m, i in zip(bus.meters, indexes, strict=True) if m.model is None]
+    if missing and len(missing) == len(bus.meters):
+        c.problems.append(f"{path}.model: is required for a Modbus bus (the register map, "
+                          "e.g. 'eastron-sdm120'), unless each meter names its own")
+    else:
+        c.problems.extend(f"{path}.meters[{i}].model: is required (the register map, e.g. "
+                          "'eastron-sdm120'): this bus has no default model" for i in missing)
+
+
+def _check_supported(c: _Checker, bus: BusConfig, path: str, indexes: list[int],
+                     bus_model: str | None) -> None:
+    """Every quantity must exist for the meter's protocol or register map, so a typo'd
+    model or an unreadable quantity is found on site, not as errors in the night."""
+    if bus.protocol == "modbus":
+        from meterhub.protocols.modbus.registermap import RegisterMapError, load_maps
+
+        try:
+            maps = load_maps(bus.maps_dir)
+        except RegisterMapError as exc:
+            c.problems.extend(f"{path}.maps_dir: {p}" for p in exc.problems)
+            return
+        if bus_model is not None and bus_model not in maps:
+            c.problem(f"{path}.model", bus_model,
+                      f"is not a known register map (known: {', '.join(sorted(maps))})")
+        for meter, i in zip(bus.meters, indexes, strict=True):
+            where = f"{path}.meters[{i}]"
+            if meter.model is None:
+                continue
+            regmap = maps.get(meter.model)
+            if regmap is None:
+                if meter.model != bus_model:
+                    c.problem(f"{where}.model", meter.model, "is not a known register map "
+                              f"(known: {', '.join(sorted(maps))})")
+                continue
+            for q in meter.quantities:
+                if q not in regmap.registers:
+                    c.problem(f"{where}.quantities", q,
+                              f"is not in register map {meter.model!r} "
+                              f"(it has {', '.join(regmap.registers)})")
+        return
+    from meterhub.protocols.dlt645.identifiers import quantities_for
+
+    version = "1997" if bus.protocol == "dlt645-1997" else "2007"
+    readable = quantities_for(version)
+    for meter, i in zip(bus.meters, indexes, strict=True):
+        for q in meter.quantities:
+            if q not in readable:
+                c.problem(f"{path}.meters[{i}].quantities", q,
+                          f"has no DL/T645-{version} data identifier")
 
 
 def config_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> GatewayConfig:
