@@ -1,0 +1,191 @@
+"""Turn MQTT messages into rows: pure functions, no I/O, so every rejection is easy to test.
+
+A readings message is checked in two layers: the envelope (JSON, schema version, gateway,
+seq) and then each reading on its own, so one bad reading goes to the dead-letter list while
+the good readings beside it are kept. Nothing here raises for bad input: rejections are data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from meterhub import wire
+from meterhub.quantities import QUANTITIES
+
+# Derived quantity the collector stores from a reading's optional `meter_clock` field (the
+# meter's own clock as the gateway read it): meter clock minus gateway time, in seconds.
+CLOCK_SKEW = "clock_skew_s"
+
+# Values no working meter can report; anything outside is dead-lettered, not stored.
+_BOUNDS: dict[str, tuple[float, float]] = {
+    "V": (0.0, 1000.0),
+    "A": (0.0, 10_000.0),
+    "kW": (-100_000.0, 100_000.0),
+    "kvar": (-100_000.0, 100_000.0),
+    "Hz": (40.0, 70.0),
+    "": (-1.0001, 1.0001),  # power factor
+}
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    topic: str
+    payload: bytes
+    reason: str
+    gateway: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSeen:
+    """One readings message's envelope: feeds sequence tracking."""
+
+    gateway: str
+    site: str
+    seq: int
+    sent_at: datetime
+    readings: int
+
+
+@dataclass(slots=True)
+class MeterSeen:
+    gateway: str
+    site: str
+    first: datetime
+    last: datetime
+    relay: str | None = None
+    relay_at: datetime | None = None
+
+
+# (meter_id, quantity, ts, value, unit, gateway, seq)
+Row = tuple[str, str, datetime, float, str, str, int]
+
+
+@dataclass(slots=True)
+class Parsed:
+    """What one readings message contributes to a batch."""
+
+    rows: list[Row] = field(default_factory=list)
+    readings: int = 0  # good readings (meter, taken_at) in the message
+    meters: dict[str, MeterSeen] = field(default_factory=dict)
+    dead: list[DeadLetter] = field(default_factory=list)
+    batch: BatchSeen | None = None
+
+
+def _check_value(quantity: str, value: float, unit: str) -> str | None:
+    """Why a value cannot be stored, or None."""
+    spec = QUANTITIES.get(quantity)
+    if spec is None:
+        return f"unknown quantity {quantity!r}"
+    if unit != spec.unit:
+        return f"{quantity}: unit {unit!r}, expected {spec.unit!r}"
+    if spec.cumulative:
+        if value < 0:
+            return f"{quantity}: cumulative register {value} is negative"
+        return None
+    bounds = _BOUNDS.get(spec.unit)
+    if bounds and not bounds[0] <= value <= bounds[1]:
+        return f"{quantity}: {value} {unit} is outside the possible {bounds[0]}..{bounds[1]}"
+    return None
+
+
+def _reading_payload(raw: Any) -> bytes:
+    try:
+        return json.dumps(raw, separators=(",", ":"), default=str).encode()
+    except (TypeError, ValueError):
+        return repr(raw).encode()
+
+
+def parse_readings(
+    topic: str, payload: bytes, received_at: datetime, *, max_future_s: float
+) -> Parsed:
+    out = Parsed()
+    try:
+        topic_site, topic_gateway, _kind = wire.parse_topic(topic)
+        env = wire.decode_readings_envelope(payload)
+        if env.gateway != topic_gateway or env.site != topic_site:
+            raise wire.WireError(
+                f"readings.gateway/site {env.gateway!r}/{env.site!r} do not match the topic's "
+                f"{topic_gateway!r}/{topic_site!r}"
+            )
+    except wire.WireError as exc:
+        gateway = None
+        with contextlib.suppress(wire.WireError):
+            gateway = wire.parse_topic(topic)[1]
+        out.dead.append(DeadLetter(topic, payload, str(exc), gateway))
+        return out
+    horizon = received_at + timedelta(seconds=max_future_s)
+    rows = out.rows
+    for i, raw in enumerate(env.raw_readings):
+        where = f"readings.readings[{i}]"
+        try:
+            reading = wire.decode_reading(raw, where)
+            if "\x00" in reading.meter:
+                raise wire.WireError(f"{where}.meter: contains a NUL character")
+            if reading.taken_at > horizon:
+                raise wire.WireError(
+                    f"{where}.taken_at {wire.utc_iso(reading.taken_at)} is more than "
+                    f"{max_future_s:.0f} s in the future (received {wire.utc_iso(received_at)})"
+                )
+            problems = [
+                p for name, v in reading.values.items()
+                if (p := _check_value(name, v.value, v.unit))
+            ]
+            if problems:
+                raise wire.WireError(f"{where} (meter {reading.meter}): " + "; ".join(problems))
+            skew = _clock_skew(raw, reading.taken_at, where)
+        except wire.WireError as exc:
+            out.dead.append(DeadLetter(topic, _reading_payload(raw), str(exc), env.gateway))
+            continue
+        meter, ts = reading.meter, reading.taken_at
+        for name, v in reading.values.items():
+            rows.append((meter, name, ts, v.value, v.unit, env.gateway, env.seq))
+        if skew is not None:
+            rows.append((meter, CLOCK_SKEW, ts, skew, "s", env.gateway, env.seq))
+        out.readings += 1
+        seen = out.meters.get(meter)
+        if seen is None:
+            seen = out.meters[meter] = MeterSeen(env.gateway, env.site, ts, ts)
+        else:
+            seen.first = min(seen.first, ts)
+            seen.last = max(seen.last, ts)
+        if reading.relay is not None and (seen.relay_at is None or ts >= seen.relay_at):
+            seen.relay, seen.relay_at = reading.relay, ts
+    out.batch = BatchSeen(env.gateway, env.site, env.seq, env.sent_at, out.readings)
+    return out
+
+
+def _clock_skew(raw: dict[str, Any], taken_at: datetime, where: str) -> float | None:
+    """Meter clock minus gateway time, when the gateway sent the meter's clock."""
+    value = raw.get("meter_clock")
+    if value is None:
+        return None
+    meter_clock = wire.parse_time(value, f"{where}.meter_clock")
+    skew = (meter_clock - taken_at).total_seconds()
+    return skew if math.isfinite(skew) else None
+
+
+def parse_status(topic: str, payload: bytes) -> wire.Status | DeadLetter:
+    try:
+        _site, gateway, _ = wire.parse_topic(topic)
+        status = wire.decode_status(payload)
+        if status.gateway != gateway:
+            raise wire.WireError(f"status.gateway {status.gateway!r} does not match the topic")
+        return status
+    except wire.WireError as exc:
+        return DeadLetter(topic, payload, str(exc), None)
+
+
+def parse_events(topic: str, payload: bytes) -> tuple[str, str, list[wire.Event]] | DeadLetter:
+    try:
+        site, gateway, _ = wire.parse_topic(topic)
+        claimed, events = wire.decode_events(payload)
+        if claimed != gateway:
+            raise wire.WireError(f"events.gateway {claimed!r} does not match the topic")
+        return site, gateway, events
+    except wire.WireError as exc:
+        return DeadLetter(topic, payload, str(exc), None)

@@ -1,0 +1,305 @@
+"""The collector process: MQTT in, COPY batches out, ack after commit, validation alongside.
+
+Ordering of a batch's life: messages arrive (unacked) -> parsed into rows -> one transaction
+(COPY + conflict-safe insert + bookkeeping) -> commit -> ack every message in the batch.
+A database outage leaves the batch unacked in memory and retries with backoff; the broker
+stops sending once Receive Maximum messages are unacked, so memory stays bounded. A crash at
+any point makes the broker redeliver; the (meter, quantity, ts) key makes that harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import psycopg
+
+from collector import _store, ingest
+from collector._mqtt import Consumer, Message
+from collector._store import Batch
+from collector.config import CollectorConfig
+from meterhub import db, wire
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class CollectorStats:
+    messages: int = 0  # messages committed (readings, events, status)
+    readings_received: int = 0  # good readings parsed, duplicates included
+    readings_stored: int = 0  # (meter, taken_at) pairs newly stored
+    values_stored: int = 0  # rows newly stored in `readings`
+    dead_letters: int = 0
+    duplicate_batches: int = 0
+    batches_committed: int = 0
+    db_errors: int = 0
+    validation_runs: int = 0
+    intervals_written: int = 0
+    last_commit_at: datetime | None = None
+    commit_latencies_s: list[float] = field(default_factory=list)  # arrival -> commit, sampled
+
+
+class Collector:
+    """One collector instance; several may share a subscription group."""
+
+    def __init__(self, config: CollectorConfig) -> None:
+        self.config = config
+        self.stats = CollectorStats()
+        # Called after a batch commits and before its messages are acked (tests kill the
+        # process here to prove redelivery loses nothing and stores nothing twice).
+        self.on_commit: Callable[[Batch], None] | None = None
+        self._conn: psycopg.AsyncConnection | None = None
+        self._months: set[tuple[int, int]] = set()
+        self._known: set[str] = set()
+        self.ready = asyncio.Event()  # set while subscribed to the broker
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until `stop` is set, then commit and ack what was received, and return."""
+        if self.config.migrate:
+            await asyncio.to_thread(db.migrate, self.config.database_url)
+        loop = asyncio.get_running_loop()
+        consumer = Consumer(self.config, loop, self.ready)
+        consumer.start()
+        validator: asyncio.Task[None] | None = None
+        if self.config.validate_every_s:
+            validator = asyncio.create_task(self._validate_loop(stop))
+        try:
+            await self._ingest(consumer, stop)
+        finally:
+            consumer.stop()
+            if validator is not None:
+                validator.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await validator
+            if self._conn is not None:
+                with contextlib.suppress(Exception):
+                    await self._conn.close()
+                self._conn = None
+
+    # ------------------------------------------------------------------ ingest loop
+
+    async def _ingest(self, consumer: Consumer, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        cfg = self.config
+        queue = consumer.queue
+        batch = Batch()
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            while True:
+                while batch.readings < cfg.batch_max_readings:
+                    try:
+                        msg = queue.get_nowait()
+                    except asyncio.QueueEmpty:
+                        break
+                    self._add(batch, msg, loop.time())
+                due = bool(batch.messages) and (
+                    batch.readings >= cfg.batch_max_readings
+                    or loop.time() - batch.first_at >= cfg.batch_max_delay_s
+                )
+                if due or (stop.is_set() and batch.messages):
+                    await self._flush(consumer, batch, stop)
+                    batch = Batch()
+                    continue
+                if stop.is_set():
+                    return
+                wait = (cfg.batch_max_delay_s - (loop.time() - batch.first_at)
+                        if batch.messages else 0.5)
+                getter = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait(
+                    {getter, stopping}, timeout=max(wait, 0.001),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if getter in done:
+                    self._add(batch, getter.result(), loop.time())
+                else:
+                    getter.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await getter
+        finally:
+            stopping.cancel()
+
+    def _add(self, batch: Batch, msg: Message, now: float) -> None:
+        if not batch.messages:
+            batch.first_at = now
+        batch.messages += 1
+        batch.acks.append((msg.mid, msg.qos))
+        batch.items.append(msg)
+        batch.publish_times.append(msg.arrived)
+        received = datetime.now(UTC)
+        kind = msg.topic.rsplit("/", 1)[-1]
+        if kind == "readings":
+            batch.add_readings(ingest.parse_readings(
+                msg.topic, msg.payload, received, max_future_s=self.config.max_future_s
+            ))
+        elif kind == "status":
+            status = ingest.parse_status(msg.topic, msg.payload)
+            if isinstance(status, ingest.DeadLetter):
+                batch.dead.append(status)
+            else:
+                batch.statuses.append(status)
+        elif kind == "events":
+            parsed = ingest.parse_events(msg.topic, msg.payload)
+            if isinstance(parsed, ingest.DeadLetter):
+                batch.dead.append(parsed)
+            else:
+                site, gateway, events = parsed
+                batch.events.extend((site, gateway, e) for e in events)
+        else:
+            batch.dead.append(ingest.DeadLetter(
+                msg.topic, msg.payload, f"topic {msg.topic!r} is not one the collector reads",
+                None,
+            ))
+
+    async def _flush(self, consumer: Consumer, batch: Batch, stop: asyncio.Event) -> None:
+        """Commit the batch (retrying through database outages), then ack it."""
+        delay = 0.2
+        gave_up_at = None
+        while True:
+            try:
+                result = await self._write(batch)
+                break
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                self.stats.db_errors += 1
+                await self._drop_connection()
+                if stop.is_set():
+                    # Shutting down with the database away: leave the messages unacked; the
+                    # broker hands them to the next collector (or us, after a restart).
+                    gave_up_at = gave_up_at or time.monotonic()
+                    if time.monotonic() - gave_up_at > 3 * self.config.db_retry_max_s:
+                        log.error("database unreachable at shutdown; %d messages left unacked"
+                                  " for redelivery", batch.messages)
+                        return
+                log.warning("database write failed, retrying in %.1f s: %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.config.db_retry_max_s)
+            except psycopg.Error as exc:
+                # The data itself was refused (it passed our checks but not the database's):
+                # find the message(s) responsible and dead-letter them, keep the rest.
+                self.stats.db_errors += 1
+                await self._drop_connection()
+                if batch.messages > 1:
+                    await self._flush_one_by_one(consumer, batch, stop)
+                    return
+                batch = self._as_dead(batch, f"refused by the database: {exc}")
+        if self.on_commit is not None:
+            self.on_commit(batch)
+        for mid, qos in batch.acks:
+            consumer.ack(mid, qos)
+        self._count(batch, result)
+
+    async def _flush_one_by_one(self, consumer: Consumer, batch: Batch,
+                                stop: asyncio.Event) -> None:
+        now = asyncio.get_running_loop().time()
+        for msg in batch.items:
+            single = Batch()
+            self._add(single, msg, now)
+            await self._flush(consumer, single, stop)
+
+    @staticmethod
+    def _as_dead(batch: Batch, reason: str) -> Batch:
+        dead = Batch(messages=batch.messages, acks=batch.acks, items=batch.items,
+                     publish_times=batch.publish_times, first_at=batch.first_at)
+        for msg in batch.items:
+            gateway = None
+            with contextlib.suppress(wire.WireError):
+                gateway = wire.parse_topic(msg.topic)[1]
+            dead.dead.append(ingest.DeadLetter(msg.topic, msg.payload, reason, gateway))
+        return dead
+
+    def _count(self, batch: Batch, result: _store.WriteResult) -> None:
+        s = self.stats
+        s.messages += batch.messages
+        s.readings_received += batch.readings
+        s.readings_stored += result.readings_stored
+        s.values_stored += result.values_stored
+        s.dead_letters += result.dead_letters
+        s.duplicate_batches += result.duplicate_batches
+        s.batches_committed += 1
+        s.last_commit_at = datetime.now(UTC)
+        now = asyncio.get_running_loop().time()
+        if len(s.commit_latencies_s) < 200_000:
+            s.commit_latencies_s.extend(now - t for t in batch.publish_times)
+
+    async def _connection(self) -> psycopg.AsyncConnection:
+        if self._conn is None or self._conn.closed:
+            conn = await psycopg.AsyncConnection.connect(
+                self.config.database_url, connect_timeout=5, autocommit=True
+            )  # autocommit: `transaction()` blocks are then real transactions, not savepoints
+            await _store.prepare(conn)
+            self._conn = conn
+        return self._conn
+
+    async def _drop_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.close()
+        self._conn = None
+
+    async def _write(self, batch: Batch) -> _store.WriteResult:
+        conn = await self._connection()
+        if batch.rows:
+            await self._ensure_months(conn, batch)
+            if self.config.known_meters_only:
+                await self._reject_unknown(conn, batch)
+        return await _store.write(conn, batch, datetime.now(UTC))
+
+    async def _ensure_months(self, conn: psycopg.AsyncConnection, batch: Batch) -> None:
+        missing: list[datetime] = []
+        for row in batch.rows:
+            ts = row[2]
+            key = (ts.year, ts.month)
+            if key not in self._months:
+                missing.append(ts)
+                self._months.add(key)
+        if missing:
+            try:
+                await _store.ensure_partitions(conn, min(missing), max(missing))
+            except BaseException:
+                self._months.difference_update((t.year, t.month) for t in missing)
+                raise
+
+    async def _reject_unknown(self, conn: psycopg.AsyncConnection, batch: Batch) -> None:
+        meters = sorted({r[0] for r in batch.rows} - self._known)
+        unknown = await _store.unknown_meters(conn, meters) if meters else set()
+        self._known.update(set(meters) - unknown)
+        if not unknown:
+            return
+        kept = [r for r in batch.rows if r[0] not in unknown]
+        for meter in sorted(unknown):
+            rows = [r for r in batch.rows if r[0] == meter]
+            payload = _store.dumps([{"meter": r[0], "quantity": r[1], "ts": r[2].isoformat(),
+                                     "value": r[3], "unit": r[4]} for r in rows])
+            batch.dead.append(ingest.DeadLetter(
+                wire.subscription("readings", "+", rows[0][5]), payload.encode(),
+                f"unknown meter {meter!r}: not registered in meters (known_meters_only)",
+                rows[0][5],
+            ))
+            batch.readings -= len({r[2] for r in rows if r[1] != ingest.CLOCK_SKEW})
+            batch.meters.pop(meter, None)
+        batch.rows = kept
+
+    # ------------------------------------------------------------------ validation loop
+
+    async def _validate_loop(self, stop: asyncio.Event) -> None:
+        from collector import validation
+
+        cfg = self.config
+        period = cfg.validate_every_s or 5.0
+        while not stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=period)
+            try:
+                written = await asyncio.to_thread(
+                    validation.run_pending, cfg.database_url, cfg.interval_s, cfg.validation
+                )
+                self.stats.validation_runs += 1
+                self.stats.intervals_written += written
+            except psycopg.OperationalError as exc:
+                log.warning("validation pass failed (database): %s", exc)
+            except Exception:
+                log.exception("validation pass failed")
