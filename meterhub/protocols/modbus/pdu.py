@@ -28,6 +28,8 @@ class ExceptionCode(IntEnum):
     ILLEGAL_DATA_ADDRESS = 0x02
     ILLEGAL_DATA_VALUE = 0x03
     SERVER_DEVICE_FAILURE = 0x04
+    GATEWAY_PATH_UNAVAILABLE = 0x0A
+    GATEWAY_TARGET_FAILED = 0x0B  # a TCP gateway's serial target did not answer
 
 
 #: Quantity limits per request (spec 6.1, 6.3, 6.4, 6.12).

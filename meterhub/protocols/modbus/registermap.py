@@ -494,15 +494,19 @@ def _check_overlaps(regs: list[Register], bad: Any) -> None:
     overlap is a typo in an address."""
     for function in FUNCTIONS:
         ordered = sorted((r for r in regs if r.function == function), key=lambda r: r.address)
-        for prev, reg in zip(ordered, ordered[1:], strict=False):
-            same = (prev.address, prev.type, prev.word_order) == (
-                reg.address, reg.type, reg.word_order
-            )
-            if reg.address <= prev.end and not same:
-                bad(
-                    f"registers ({reg.quantity})",
-                    f"{function} register 0x{reg.address:04X} overlaps {prev.describe()}",
+        widest: Register | None = None  # the earlier register reaching furthest
+        for reg in ordered:
+            if widest is not None and reg.address <= widest.end:
+                same = (widest.address, widest.type, widest.word_order) == (
+                    reg.address, reg.type, reg.word_order
                 )
+                if not same:
+                    bad(
+                        f"registers ({reg.quantity})",
+                        f"{function} register 0x{reg.address:04X} overlaps {widest.describe()}",
+                    )
+            if widest is None or reg.end > widest.end:
+                widest = reg
 
 
 def _parse_relay(table: Any, bad: Any) -> Relay | None:

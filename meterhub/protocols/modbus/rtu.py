@@ -59,6 +59,21 @@ def garble(frame: bytes) -> bytes:
     return frame[:-2] + bytes([frame[-2] ^ 0xFF, frame[-1] ^ 0x5A])
 
 
+def reply_length(frame: bytes) -> int:
+    """Expected length of a reply frame from its first bytes (unit, function, ...); 0 when
+    more bytes are needed to tell. Lets a master tell a truncated reply from a garbled one."""
+    if len(frame) < 2:
+        return 0
+    function = frame[1]
+    if function & 0x80:
+        return 5  # unit, function | 0x80, exception code, CRC
+    if function in (1, 2, 3, 4):
+        return 3 + frame[2] + 2 if len(frame) >= 3 else 0
+    if function in (5, 6, 0x0F, 0x10):
+        return 8
+    return 0
+
+
 @dataclass(frozen=True, slots=True)
 class RtuFrame:
     """A frame cut from the stream with a good CRC; ``pdu`` excludes unit id and CRC."""

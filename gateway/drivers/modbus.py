@@ -1,0 +1,341 @@
+"""Modbus RTU / TCP driver: register maps (meterhub.protocols.modbus) over pymodbus clients.
+
+One driver per bus (serial port) or TCP endpoint; ``models`` says which register map each unit
+id uses. Reads are planned by :func:`plan_reads`, so a poll of many quantities costs as few
+requests as the meter allows.
+
+pymodbus discards a reply whose CRC or header does not check and then times out, which alone
+would make a garbled line look like a dead meter. The driver watches the bytes that arrived
+(pymodbus' ``trace_packet`` hook): silence is :class:`NoAnswer`, bytes that never made a valid
+frame are :class:`BadFrame`, a Modbus exception reply is :class:`MeterRejected` (except 0x0A/0x0B,
+a TCP gateway saying its serial target did not answer: :class:`NoAnswer`).
+
+pymodbus changes its API between minor releases; :data:`PYMODBUS_SUPPORTED` is the range this
+module was written and tested against (and pyproject pins).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.pdu import ExceptionResponse, ModbusPDU
+
+from gateway.drivers.base import BadFrame, DriverError, MeterRejected, NoAnswer
+from meterhub.protocols.modbus import rtu
+from meterhub.protocols.modbus.pdu import ExceptionCode
+from meterhub.protocols.modbus.registermap import (
+    ReadRequest,
+    RegisterMap,
+    RegisterValueError,
+    load_maps,
+    plan_reads,
+)
+from meterhub.quantities import QUANTITIES
+from meterhub.wire import RelayState, Value
+
+PYMODBUS_SUPPORTED = ((3, 16), (3, 17))  # [lower, upper) as (major, minor)
+
+RELAY_ACTIONS = ("relay_open", "relay_close", "relay_close_permitted")
+
+_Client = AsyncModbusSerialClient | AsyncModbusTcpClient
+
+
+class ModbusDriver:
+    """Driver protocol (gateway.drivers.base.Driver) for Modbus meters."""
+
+    def __init__(
+        self,
+        client: _Client,
+        *,
+        endpoint: str,
+        framing: str,
+        models: Mapping[str, str],
+        maps: Mapping[str, RegisterMap],
+    ) -> None:
+        """Prefer :meth:`serial` / :meth:`tcp`; ``client`` must have been made with
+        :meth:`_trace` as its ``trace_packet`` so bad frames can be told from silence."""
+        self._client = client
+        self.endpoint = endpoint
+        self._framing = framing
+        self._maps = dict(maps)
+        self._units: dict[str, tuple[int, RegisterMap]] = {}
+        problems = []
+        for address, model in models.items():
+            unit = _unit_id(address)
+            if unit is None:
+                problems.append(f"unit {address!r}: not a Modbus unit id 1..247")
+            elif model not in self._maps:
+                problems.append(
+                    f"unit {address}: model {model!r} is not one of {', '.join(sorted(self._maps))}"
+                )
+            else:
+                self._units[str(unit)] = (unit, self._maps[model])
+        if problems:
+            raise DriverError(f"{endpoint}: " + "; ".join(problems))
+        self._lock = asyncio.Lock()
+        self._rx = b""
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def serial(
+        cls,
+        port: str,
+        *,
+        baud: int = 9600,
+        parity: str = "N",
+        stopbits: int = 1,
+        bytesize: int = 8,
+        timeout_s: float = 1.0,
+        retries: int = 2,
+        models: Mapping[str, str],
+        maps_dir: Path | str | None = None,
+    ) -> ModbusDriver:
+        """Modbus RTU on a serial port (RS-485 adapter or the simulator's pseudo-terminal)."""
+        holder: list[ModbusDriver] = []
+        client = AsyncModbusSerialClient(
+            port,
+            baudrate=baud,
+            parity=parity,
+            stopbits=stopbits,
+            bytesize=bytesize,
+            timeout=timeout_s,
+            retries=retries,
+            reconnect_delay=0,  # the driver reconnects on the next transaction instead
+            name=f"modbus-rtu {port}",
+            trace_packet=lambda sending, data: holder[0]._trace(sending, data),
+        )
+        driver = cls(client, endpoint=port, framing="rtu", models=models,
+                     maps=load_maps(maps_dir))
+        holder.append(driver)
+        return driver
+
+    @classmethod
+    def tcp(
+        cls,
+        host: str,
+        port: int = 502,
+        *,
+        timeout_s: float = 1.0,
+        retries: int = 2,
+        models: Mapping[str, str],
+        maps_dir: Path | str | None = None,
+    ) -> ModbusDriver:
+        """Modbus TCP to a meter or an RS-485-to-TCP gateway hosting several unit ids."""
+        holder: list[ModbusDriver] = []
+        client = AsyncModbusTcpClient(
+            host,
+            port=port,
+            timeout=timeout_s,
+            retries=retries,
+            reconnect_delay=0,
+            name=f"modbus-tcp {host}:{port}",
+            trace_packet=lambda sending, data: holder[0]._trace(sending, data),
+        )
+        driver = cls(client, endpoint=f"{host}:{port}", framing="tcp", models=models,
+                     maps=load_maps(maps_dir))
+        holder.append(driver)
+        return driver
+
+    def model(self, address: str) -> RegisterMap:
+        """The register map configured for a unit id (DriverError when not configured)."""
+        return self._unit(address)[1]
+
+    # ------------------------------------------------------------------ Driver protocol
+
+    async def read(self, address: str, quantities: Sequence[str]) -> dict[str, Value]:
+        unit, regmap = self._unit(address)
+        missing = [q for q in quantities if q not in regmap.registers]
+        if missing:
+            raise DriverError(
+                f"unit {unit} ({regmap.name}): no register for {', '.join(missing)}; "
+                f"the model has {', '.join(regmap.registers)}"
+            )
+        values: dict[str, Value] = {}
+        for request in plan_reads(regmap, quantities):
+            words = await self._read_registers(unit, request)
+            try:
+                decoded = request.decode(words)
+            except RegisterValueError as exc:
+                raise BadFrame(f"unit {unit} ({regmap.name}): {exc}") from None
+            for quantity, value in decoded.items():
+                values[quantity] = Value(value, QUANTITIES[quantity].unit)
+        return {q: values[q] for q in quantities}
+
+    async def relay(self, address: str, action: str) -> RelayState:
+        unit, regmap = self._unit(address)
+        relay = regmap.relay
+        if action not in RELAY_ACTIONS:
+            raise DriverError(f"unit {unit}: {action!r} is not one of {', '.join(RELAY_ACTIONS)}")
+        if relay is None:
+            raise DriverError(f"unit {unit}: model {regmap.name} has no relay")
+        if action == "relay_open":
+            value = relay.open_value
+        elif action == "relay_close":
+            value = relay.closed_value
+        elif relay.close_permitted_value is None:
+            raise DriverError(f"unit {unit}: model {regmap.name} cannot close-permitted")
+        else:
+            value = relay.close_permitted_value
+        where = f"{relay.describe()} <- {value}"
+        if relay.function == "coil":
+            await self._call(unit, where, lambda: self._client.write_coil(
+                relay.address, bool(value), device_id=unit))
+        else:
+            await self._call(unit, where, lambda: self._client.write_register(
+                relay.address, value, device_id=unit))
+        return await self.read_relay(address)
+
+    async def read_relay(self, address: str) -> RelayState:
+        unit, regmap = self._unit(address)
+        relay = regmap.relay
+        if relay is None:
+            raise DriverError(f"unit {unit}: model {regmap.name} has no relay")
+        where = relay.describe()
+        if relay.function == "coil":
+            reply = await self._call(unit, where, lambda: self._client.read_coils(
+                relay.address, count=1, device_id=unit))
+            if not reply.bits:
+                raise BadFrame(f"unit {unit}: {where}: reply carries no coil")
+            value = int(bool(reply.bits[0]))
+        else:
+            reply = await self._call(unit, where, lambda: self._client.read_holding_registers(
+                relay.address, count=1, device_id=unit))
+            if len(reply.registers) != 1:
+                raise BadFrame(f"unit {unit}: {where}: expected 1 register, got "
+                               f"{len(reply.registers)}")
+            value = reply.registers[0]
+        if value == relay.close_permitted_value:
+            return "open"  # still open until the customer presses the button
+        return relay.state(value) or "unknown"
+
+    async def probe(self, unit: int | str, model: str | None = None) -> bool:
+        """Installer's unit-id sweep: does anything answer at ``unit``? A normal or exception
+        reply counts (the device is there); silence does not. One try, no retries, so a sweep
+        of 247 ids takes 247 timeouts at most. BadFrame propagates: something answered, but
+        garbled (wrong line settings or two devices on one id)."""
+        unit_id = _unit_id(str(unit))
+        if unit_id is None:
+            raise DriverError(f"unit {unit!r}: not a Modbus unit id 1..247")
+        regmap = self._maps.get(model) if model else self._units.get(str(unit_id), (0, None))[1]
+        if model and regmap is None:
+            raise DriverError(f"model {model!r} is not one of {', '.join(sorted(self._maps))}")
+        if regmap is not None:
+            first = plan_reads(regmap, regmap.quantities[:1])[0]
+            request = ReadRequest(first.function, first.address, first.count, first.registers)
+        else:
+            request = ReadRequest("holding", 0, 1, ())
+        ctx = self._client.ctx  # pymodbus 3.16: TransactionManager holds the retry count
+        saved = ctx.retries
+        ctx.retries = 0
+        try:
+            await self._read_registers(unit_id, request)
+        except NoAnswer:
+            return False
+        except MeterRejected:
+            return True
+        finally:
+            ctx.retries = saved
+        return True
+
+    async def close(self) -> None:
+        self._client.close()
+
+    # ------------------------------------------------------------------ transactions
+
+    def _unit(self, address: str) -> tuple[int, RegisterMap]:
+        unit = _unit_id(address)
+        found = self._units.get(str(unit)) if unit is not None else None
+        if found is None:
+            raise DriverError(
+                f"{self.endpoint}: unit {address!r} is not configured "
+                f"(configured: {', '.join(self._units) or 'none'})"
+            )
+        return found
+
+    async def _read_registers(self, unit: int, request: ReadRequest) -> list[int]:
+        where = (f"FC{request.function_code:02d} {request.function} registers "
+                 f"0x{request.address:04X}+{request.count}")
+        if request.function == "holding":
+            reply = await self._call(unit, where, lambda: self._client.read_holding_registers(
+                request.address, count=request.count, device_id=unit))
+        else:
+            reply = await self._call(unit, where, lambda: self._client.read_input_registers(
+                request.address, count=request.count, device_id=unit))
+        words = list(reply.registers)
+        if len(words) != request.count:
+            raise BadFrame(f"unit {unit}: {where}: got {len(words)} registers")
+        return words
+
+    async def _call(
+        self, unit: int, where: str, send: Callable[[], Awaitable[ModbusPDU]]
+    ) -> Any:
+        """One transaction, errors mapped to the driver's exceptions (one in flight)."""
+        async with self._lock:
+            await self._connect()
+            self._rx = b""
+            try:
+                reply = await send()
+            except ModbusIOException as exc:
+                if self._rx:
+                    raise BadFrame(
+                        f"unit {unit}: {where}: {self._diagnose(unit, self._rx)} "
+                        f"(received {self._rx.hex(' ')})"
+                    ) from None
+                raise NoAnswer(f"unit {unit}: {where}: no reply from {self.endpoint} "
+                               f"({exc})") from None
+            except ConnectionException as exc:
+                raise NoAnswer(f"unit {unit}: {where}: connection to {self.endpoint} "
+                               f"lost ({exc})") from None
+            except ModbusException as exc:
+                raise BadFrame(f"unit {unit}: {where}: {exc}") from None
+        if isinstance(reply, ExceptionResponse) or reply.isError():
+            code = getattr(reply, "exception_code", 0)
+            try:
+                name = ExceptionCode(code).name.lower().replace("_", " ")
+            except ValueError:
+                name = "unknown exception"
+            text = f"unit {unit}: {where}: exception {code:02X} ({name})"
+            if code in (ExceptionCode.GATEWAY_PATH_UNAVAILABLE,
+                        ExceptionCode.GATEWAY_TARGET_FAILED):
+                raise NoAnswer(text)
+            raise MeterRejected(text)
+        return reply
+
+    async def _connect(self) -> None:
+        if self._client.connected:
+            return
+        if not await self._client.connect():
+            raise NoAnswer(f"cannot open {self._framing} connection to {self.endpoint}")
+
+    def _trace(self, sending: bool, data: bytes) -> bytes:
+        """pymodbus hook: remember what arrived, so a timeout can tell silence from garbage."""
+        if not sending and data:
+            self._rx = bytes(data)
+        return data
+
+    def _diagnose(self, unit: int, data: bytes) -> str:
+        if self._framing == "tcp":
+            if len(data) >= 7 and data[2:4] != b"\x00\x00":
+                return "reply header has a wrong protocol id (garbled MBAP)"
+            return "incomplete reply (truncated MBAP frame)"
+        if data[0] != unit:
+            return f"reply from unit {data[0]}, not {unit}"
+        expected = rtu.reply_length(data)
+        if not expected or len(data) < expected:
+            return "incomplete reply (truncated RTU frame)"
+        if not rtu.crc_ok(data[:expected]):
+            return "CRC check failed"
+        return "reply not understood"
+
+
+def _unit_id(address: str) -> int | None:
+    text = str(address).strip()
+    if not text.isdigit() or not 1 <= int(text) <= 247:
+        return None
+    return int(text)
