@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from decimal import ROUND_FLOOR, Decimal, InvalidOperation
 
+from billing.errors import BillingError
+
 FEN = Decimal("0.01")
 EXACT = Decimal("1E-12")  # the scale of exact amounts kept in the carry column
 
 
-class MoneyError(ValueError):
+class MoneyError(BillingError):
     """An amount that cannot be money: a float, too many decimals, not a number."""
 
 
