@@ -1,0 +1,267 @@
+"""DL/T645-2007 / -1997 driver: the codec (meterhub.protocols.dlt645) joined to a transport.
+
+Every exchange is retried on silence or a garbled reply (``retries`` more times); a meter's
+abnormal reply is an answer, not a failure of the line, so it is raised at once as
+:class:`MeterRejected` with the error byte in words.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta, tzinfo
+from typing import TypeVar
+
+from gateway.drivers.base import BadFrame, DriverError, MeterRejected, NoAnswer
+from gateway.transport import Transport, TransportError, TransportTimeout
+from meterhub.protocols.dlt645 import messages as msg
+from meterhub.protocols.dlt645.errors import (
+    AbnormalReplyError,
+    ChecksumError,
+    Dlt645Error,
+    UnknownIdentifierError,
+)
+from meterhub.protocols.dlt645.frame import WILDCARD, Frame, FrameParser
+from meterhub.protocols.dlt645.identifiers import (
+    DI_ADDRESS,
+    DI_STATUS_WORD_3,
+    STATUS3_RELAY_OPEN,
+    DataId,
+    DecodedValue,
+    decode_value,
+    encode_value,
+    for_quantity,
+    lookup,
+)
+from meterhub.quantities import unit_of
+from meterhub.wire import RelayState, Value
+
+R = TypeVar("R")
+
+RELAY_ACTIONS = {
+    "relay_open": msg.RelayCommand.TRIP,
+    "relay_close": msg.RelayCommand.CLOSE_DIRECTLY,
+    "relay_close_permitted": msg.RelayCommand.CLOSE_PERMITTED,
+}
+
+
+class _Garbled(Exception):
+    """A complete frame arrived with a bad checksum: the reply was garbled on the line."""
+
+
+class _ReplyFramer:
+    """Frames from the meter only (an adapter echoing our own request is ignored); a checksum
+    failure ends the wait at once instead of letting it run into the timeout."""
+
+    def __init__(self) -> None:
+        self.parser = FrameParser()
+
+    def feed(self, data: bytes) -> list[Frame]:
+        seen = len(self.parser.errors)
+        replies = [f for f in self.parser.feed(data) if f.is_reply]
+        if not replies:
+            for exc in self.parser.errors[seen:]:
+                if isinstance(exc, ChecksumError):
+                    raise _Garbled(str(exc))
+        return replies
+
+
+class Dlt645Driver:
+    """One DL/T645 bus (a serial port or a TCP link). See gateway.drivers.base.Driver.
+
+    ``tz`` is the zone the meters keep their clocks in (China: UTC+8): relay validity times
+    and time sync are written in it. ``relay_validity_s`` is how long a relay command stays
+    valid; a meter refuses it after that.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        version: str = "2007",
+        timeout_s: float = 1.0,
+        retries: int = 2,
+        preamble: int = 4,
+        password: str = "123456",
+        password_level: int = 2,
+        operator: str = "00000000",
+        relay_validity_s: float = 600.0,
+        tz: tzinfo = UTC,
+        options: msg.Options = msg.DEFAULT_OPTIONS,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        if version not in ("2007", "1997"):
+            raise ValueError(f"DL/T645 version {version!r} is not 2007 or 1997")
+        if retries < 0 or timeout_s <= 0:
+            raise ValueError("retries must be >= 0 and timeout_s > 0")
+        self.transport = transport
+        self.version = version
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.preamble = preamble
+        self.password = password
+        self.password_level = password_level
+        self.operator = operator
+        self.relay_validity_s = relay_validity_s
+        self.tz = tz
+        self.options = options
+        self.clock = clock
+
+    # ------------------------------------------------------------------ Driver protocol
+
+    async def read(self, address: str, quantities: Sequence[str]) -> dict[str, Value]:
+        entries: list[tuple[str, DataId]] = []
+        for quantity in quantities:
+            try:
+                entries.append((quantity, for_quantity(quantity, self.version)))  # type: ignore[arg-type]
+            except UnknownIdentifierError as exc:
+                raise DriverError(f"meter {address}: {exc}") from None
+        values: dict[str, Value] = {}
+        for quantity, entry in entries:
+            value = await self._read_entry(address, entry)
+            assert isinstance(value, int | float)
+            values[quantity] = Value(float(value), unit_of(quantity))
+        return values
+
+    async def relay(self, address: str, action: str) -> RelayState:
+        try:
+            command = RELAY_ACTIONS[action]
+        except KeyError:
+            raise DriverError(
+                f"meter {address}: relay action {action!r} is not one of "
+                f"{', '.join(RELAY_ACTIONS)}"
+            ) from None
+        await self.relay_command(address, command)
+        return await self.read_relay(address)
+
+    async def read_relay(self, address: str) -> RelayState:
+        self._need_2007(address, "reading the relay status word")
+        word = await self.read_identifier(address, DI_STATUS_WORD_3)
+        assert isinstance(word, int)
+        return "open" if word & STATUS3_RELAY_OPEN else "closed"
+
+    async def close(self) -> None:
+        await self.transport.close()
+
+    # ------------------------------------------------------------------ more of DL/T645
+
+    async def read_identifier(self, address: str, di: int) -> DecodedValue:
+        """Any identifier of the table (block identifiers give a tuple)."""
+        try:
+            entry = lookup(di, self.version)  # type: ignore[arg-type]
+        except UnknownIdentifierError as exc:
+            raise DriverError(f"meter {address}: {exc}") from None
+        return await self._read_entry(address, entry)
+
+    async def write_identifier(self, address: str, di: int, value: DecodedValue) -> None:
+        try:
+            entry = lookup(di, self.version)  # type: ignore[arg-type]
+            raw = encode_value(entry, value)
+        except (Dlt645Error, TypeError, ValueError) as exc:
+            raise DriverError(f"meter {address}: cannot write {di:X}: {exc}") from None
+        request = msg.write(address, di, raw, password=self.password, level=self.password_level,
+                            operator=self.operator, version=self.version)
+        await self._transact(request, lambda reply: msg.check_reply(request, reply, self.version))
+
+    async def relay_command(self, address: str, command: msg.RelayCommand) -> None:
+        """Send relay control 1CH (trip, close, alarm, keep power) without reading back."""
+        self._need_2007(address, "relay control")
+        valid_until = self.clock() + timedelta(seconds=self.relay_validity_s)
+        request = msg.relay_control(
+            address,
+            command,
+            valid_until=valid_until.astimezone(self.tz).replace(tzinfo=None),
+            password=self.password,
+            level=self.password_level,
+            operator=self.operator,
+        )
+        await self._transact(request, lambda reply: msg.check_reply(request, reply))
+
+    async def read_address(self) -> str:
+        """The address of the single meter on the bus (read address 13H to AAAAAAAAAAAA;
+        1997 meters have no 13H, so their meter number C032 is read at the wildcard)."""
+        if self.version == "1997":
+            value = await self.read_identifier(WILDCARD, DI_ADDRESS["1997"])
+            assert isinstance(value, str)
+            return value
+        request = msg.read_address()
+        return await self._transact(request, lambda reply: msg.parse_address_reply(request,
+                                                                                   reply))
+
+    async def time_sync(self, when: datetime | None = None) -> None:
+        """Broadcast time sync (08H): every meter on the bus sets its clock; none replies."""
+        when = when if when is not None else self.clock()
+        if when.tzinfo is None:
+            raise ValueError("time_sync wants a timezone-aware time")
+        local = when.astimezone(self.tz).replace(tzinfo=None)
+        frame = msg.broadcast_time(local, options=self.options)
+        try:
+            await self.transport.send(frame.encode(self.preamble))
+        except TransportError as exc:
+            raise DriverError(f"broadcast time sync on {self.transport.name}: {exc}") from exc
+
+    # ------------------------------------------------------------------ machinery
+
+    def _need_2007(self, address: str, what: str) -> None:
+        if self.version != "2007":
+            raise DriverError(f"meter {address}: DL/T645-1997 has no {what}")
+
+    async def _read_entry(self, address: str, entry: DataId) -> DecodedValue:
+        payload = await self._read_payload(address, entry.di)
+        try:
+            return decode_value(entry, payload)
+        except Dlt645Error as exc:
+            raise BadFrame(f"meter {address}: {entry.label()} ({entry.name}): {exc}") from None
+
+    async def _read_payload(self, address: str, di: int) -> bytes:
+        """Read one identifier, following D5 (more frames) with read follow-up 12H."""
+        request = msg.read(address, di, self.version)
+        reply = await self._transact(
+            request, lambda frame: msg.parse_read_reply(request, frame, self.version)
+        )
+        payload = reply.payload
+        seq = 0
+        while reply.more:
+            seq += 1
+            if seq > 255:
+                raise BadFrame(f"meter {address}: more than 255 follow-up frames for {di:X}")
+            follow = msg.read_follow_up(address, di, seq, self.version)
+            reply = await self._transact(
+                follow, lambda frame, f=follow: msg.parse_read_reply(f, frame, self.version)
+            )
+            payload += reply.payload
+        return payload
+
+    async def _transact(self, request: Frame, parse: Callable[[Frame], R]) -> R:
+        """One request, retried on silence and garbled replies; returns ``parse(reply)``."""
+        wire = request.encode(self.preamble)
+        who = f"meter {request.address} on {self.transport.name}"
+        attempts = self.retries + 1
+        failure: DriverError | None = None
+        for _ in range(attempts):
+            try:
+                reply = await self.transport.exchange(wire, _ReplyFramer(), self.timeout_s)
+            except _Garbled as exc:
+                failure = BadFrame(f"{who}: garbled reply ({exc})")
+                continue
+            except TransportTimeout as exc:
+                if exc.received:
+                    failure = BadFrame(
+                        f"{who}: incomplete or garbled reply "
+                        f"({exc.received[:64].hex(' ').upper()})"
+                    )
+                else:
+                    failure = NoAnswer(f"{who}: no answer within {self.timeout_s:g} s")
+                continue
+            except TransportError as exc:
+                raise DriverError(f"{who}: {exc}") from exc
+            try:
+                return parse(reply)
+            except AbnormalReplyError as exc:
+                raise MeterRejected(f"{who}: {exc.meaning} (error byte {exc.error_byte:02X}H, "
+                                    f"control {exc.control:02X}H)") from exc
+            except Dlt645Error as exc:
+                failure = BadFrame(f"{who}: {exc}")
+        assert failure is not None
+        if attempts > 1:
+            failure.args = (f"{failure.args[0]} ({attempts} attempts)",)
+        raise failure
