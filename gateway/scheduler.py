@@ -174,11 +174,11 @@ class BusWorker:
         try:
             values = await self._transaction(self.driver.read(meter.address, meter.quantities))
         except DriverError as exc:
-            self._failed(due, health, exc)
+            self._failed(due, health, exc, self.clock() - started)
             return
         except Exception as exc:  # a driver bug must not stop the bus for every other meter
             log.exception("driver failed reading %s", meter.id)
-            self._failed(due, health, exc)
+            self._failed(due, health, exc, self.clock() - started)
             return
         health.last_rtt_ms = round((self.clock() - started) * 1000, 1)
         health.reads_ok += 1
@@ -193,15 +193,18 @@ class BusWorker:
         at = due.at + meter.poll_interval_s
         self._reschedule(meter, at if at > now else now)
 
-    def _failed(self, due: _Due, health: MeterHealth, exc: BaseException) -> None:
-        """Back the meter off exponentially so a dead meter costs a shrinking share of the
-        line: interval, 2x, 4x ... up to ``backoff_max_s``."""
+    def _failed(self, due: _Due, health: MeterHealth, exc: BaseException, cost_s: float) -> None:
+        """Back a silent meter off: its interval x 1, 2, 4 ... up to ``backoff_max_s``, and
+        never sooner than keeps its failed attempts (timeouts and retries cost far more line
+        time than a read) within a 1/N share of the line, N meters on the bus."""
         meter = due.meter
         health.errors += 1
         health.consecutive_failures += 1
         health.last_error = f"{type(exc).__name__}: {exc}"
-        delay = min(meter.poll_interval_s * 2 ** (health.consecutive_failures - 1),
-                    max(self.backoff_max_s, meter.poll_interval_s))
+        exponential = min(meter.poll_interval_s * 2 ** (health.consecutive_failures - 1),
+                          max(self.backoff_max_s, meter.poll_interval_s))
+        fair_share = cost_s * (len(self.bus.meters) - 1)
+        delay = max(exponential, fair_share)
         health.retry_in_s = delay
         kind = "no_answer" if isinstance(exc, NoAnswer) else "comm_error"
         self.on_event(Event(kind, datetime.now(UTC), meter.id, health.last_error,

@@ -1,0 +1,191 @@
+"""``meterhub gateway run|check|scan|read``: the service and the installer's tools."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from gateway.config import PROTOCOLS, ConfigError, MeterConfig, load_config
+from gateway.drivers.base import DriverError
+from meterhub.quantities import QUANTITIES
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("gateway", help="the field gateway and installer tools",
+                                   description="Poll meters, buffer, publish; installer tools.")
+    sub = parser.add_subparsers(dest="gateway_command", required=True, metavar="ACTION")
+
+    run = sub.add_parser("run", help="run the gateway service until SIGTERM/SIGINT")
+    run.add_argument("--config", required=True, type=Path, help="gateway TOML file")
+    run.add_argument("--state-dir", type=Path, help="overrides gateway.state_dir")
+    run.set_defaults(handler=_run)
+
+    check = sub.add_parser("check", help="validate the config, read each meter once, "
+                           "print a table")
+    check.add_argument("--config", required=True, type=Path, help="gateway TOML file")
+    check.add_argument("--json", action="store_true", help="rows as JSON instead of a table")
+    check.set_defaults(handler=_check)
+
+    scan = sub.add_parser("scan", help="find the meters on a bus and print a config snippet")
+    _line_options(scan)
+    scan.add_argument("--units", default="1-247", help="Modbus unit ids to try, e.g. 1-32")
+    scan.add_argument("--range", dest="addresses", default="000000000001-000000000032",
+                      help="DL/T645 addresses to sweep after read-address, FIRST-LAST")
+    scan.add_argument("--model", help="Modbus register map to write into the snippet")
+    scan.set_defaults(handler=_scan, timeout=0.3)
+
+    read = sub.add_parser("read", help="read one quantity from one meter")
+    _line_options(read)
+    read.add_argument("--address", help="12-digit DL/T645 address")
+    read.add_argument("--unit", type=int, help="Modbus unit id")
+    read.add_argument("--model", help="Modbus register map, e.g. eastron-sdm120")
+    read.add_argument("--item", required=True, choices=sorted(QUANTITIES), metavar="QUANTITY",
+                      help="canonical quantity, e.g. energy_import_total")
+    read.add_argument("--json", action="store_true", help="print the value as JSON")
+    read.set_defaults(handler=_read)
+
+
+def _line_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--protocol", required=True, choices=PROTOCOLS)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--port", help="serial device, e.g. /dev/ttyUSB0")
+    where.add_argument("--tcp", metavar="HOST:PORT", help="Modbus TCP or a serial server")
+    parser.add_argument("--baud", type=int, help="default 2400 for DL/T645, 9600 for Modbus")
+    parser.add_argument("--parity", choices=("N", "E", "O"), help="default E / N")
+    parser.add_argument("--timeout", type=float, default=1.0, help="seconds per try")
+    parser.add_argument("--retries", type=int, default=1)
+
+
+def _endpoint(args: argparse.Namespace) -> tuple[str, int] | None:
+    if not args.tcp:
+        return None
+    host, _, port = args.tcp.rpartition(":")
+    if not host or not port.isdigit():
+        raise SystemExit(f"--tcp {args.tcp!r}: expected HOST:PORT")
+    return host, int(port)
+
+
+# ---------------------------------------------------------------------------- run
+
+
+def _run(args: argparse.Namespace) -> int:
+    from gateway.app import Gateway
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await Gateway(config, state_dir=args.state_dir).run(stop)
+
+    asyncio.run(main())
+    return 0
+
+
+# ---------------------------------------------------------------------------- check
+
+
+def _check(args: argparse.Namespace) -> int:
+    from gateway.tools import check_meters, format_check
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(f"{args.config}: config OK, {len(config.meters())} meters on "
+          f"{len(config.buses)} buses; reading each once ...", file=sys.stderr)
+    rows = asyncio.run(check_meters(config))
+    if args.json:
+        print(json.dumps([{"meter": r.meter, "bus": r.bus, "protocol": r.protocol,
+                           "answered": r.answered, "rtt_ms": r.rtt_ms, "error": r.error,
+                           "values": {q: {"value": v.value, "unit": v.unit}
+                                      for q, v in r.values.items()}} for r in rows]))
+    else:
+        print(format_check(rows))
+    silent = sum(not r.answered for r in rows)
+    if silent:
+        print(f"{silent} of {len(rows)} meters did not answer", file=sys.stderr)
+    return 1 if silent else 0
+
+
+# ---------------------------------------------------------------------------- scan
+
+
+def _progress(done: int, total: int, found: str) -> None:
+    width = 30
+    filled = width * done // max(total, 1)
+    end = "\n" if done >= total else ""
+    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {found}", end=end,
+          file=sys.stderr, flush=True)
+
+
+def _span(text: str, what: str) -> tuple[int, int]:
+    first, _, last = text.partition("-")
+    if not first.isdigit() or not (last or first).isdigit():
+        raise SystemExit(f"{what} {text!r}: expected FIRST-LAST")
+    return int(first), int(last or first)
+
+
+def _scan(args: argparse.Namespace) -> int:
+    from gateway.tools import adhoc_bus, config_snippet, scan_dlt645, scan_modbus
+
+    # silence is the expected answer at most addresses: keep the progress bar readable
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    bus = adhoc_bus(args.protocol, port=args.port, tcp=_endpoint(args), baud=args.baud,
+                    parity=args.parity, timeout_s=args.timeout, retries=0)
+    if args.protocol == "modbus":
+        first, last = _span(args.units, "--units")
+        found = asyncio.run(scan_modbus(bus, list(range(first, last + 1)), _progress,
+                                        args.model))
+    else:
+        first, last = _span(args.addresses, "--range")
+        candidates = [f"{n:012d}" for n in range(first, last + 1)]
+        found = asyncio.run(scan_dlt645(bus, candidates, _progress))
+    print(f"found {len(found)} meter(s) on {bus.endpoint}", file=sys.stderr)
+    print(config_snippet(bus, found, args.model))
+    return 0 if found else 1
+
+
+# ---------------------------------------------------------------------------- read
+
+
+def _read(args: argparse.Namespace) -> int:
+    from gateway.tools import adhoc_bus, read_once
+
+    if args.protocol == "modbus":
+        if args.unit is None or not args.model:
+            raise SystemExit("--protocol modbus needs --unit N and --model NAME")
+        address = str(args.unit)
+        meter = MeterConfig(address, address, "modbus", 60.0, (args.item,), args.model)
+    else:
+        if not args.address or len(args.address) != 12 or not args.address.isdigit():
+            raise SystemExit("--address: expected the 12-digit DL/T645 address")
+        address = args.address
+        meter = MeterConfig(address, address, args.protocol, 60.0, (args.item,))
+    bus = adhoc_bus(args.protocol, port=args.port, tcp=_endpoint(args), baud=args.baud,
+                    parity=args.parity, timeout_s=args.timeout, retries=args.retries,
+                    meters=[meter])
+    try:
+        value = asyncio.run(read_once(bus, address, args.item))
+    except DriverError as exc:
+        print(f"{bus.endpoint}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"meter": address, "protocol": args.protocol, "quantity": args.item,
+                          "value": value.value, "unit": value.unit}))
+    else:
+        print(f"{args.item} = {value.value:g} {value.unit}".rstrip())
+    return 0
