@@ -90,7 +90,8 @@ def adhoc_bus(protocol: BusProtocol, *, port: str | None, tcp: tuple[str, int] |
               retries: int = 1, meters: Sequence[MeterConfig] = ()) -> BusConfig:
     """A bus built from command-line options, with the protocol's usual line settings."""
     dlt = protocol.startswith("dlt645")
-    return BusConfig(name="rs485-1" if port else "tcp-1", protocol=protocol, meters=tuple(meters), port=port, tcp=tcp,
+    return BusConfig(name="rs485-1" if port else "tcp-1", protocol=protocol,
+                     meters=tuple(meters), port=port, tcp=tcp,
                      baud=baud or (2400 if dlt else 9600), parity=parity or ("E" if dlt else "N"),
                      timeout_s=timeout_s, retries=retries)
 
