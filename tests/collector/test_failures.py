@@ -96,7 +96,11 @@ class TcpCut:
             writer.close()
             return
         try:
-            up_r, up_w = await asyncio.open_connection(*self.target)
+            host, port = self.target
+            if host.startswith("/"):  # a unix socket directory (embedded pgserver)
+                up_r, up_w = await asyncio.open_unix_connection(f"{host}/.s.PGSQL.{port}")
+            else:
+                up_r, up_w = await asyncio.open_connection(host, port)
         except OSError:
             writer.close()
             return
