@@ -86,6 +86,7 @@ class Gateway:
         self._workers: dict[str, BusWorker] = {}
         self._pending: list[Reading] = []
         self._events: deque[Event] = deque(maxlen=1000)
+        self._events_dirty = False
         self._acks: deque[Ack | bytes] = deque()
         self._outbox = asyncio.Event()  # a batch, an event or an ack waits to be published
         self._flush_now = asyncio.Event()
@@ -105,6 +106,8 @@ class Gateway:
         self._store = Store(self.state_dir / f"{cfg.gateway_id}.sqlite3",
                             max_batches=cfg.buffer.max_batches)
         self.stats.readings_dropped = self._store.dropped_readings()
+        for payload in self._store.load_events():  # unsent events of the previous run
+            self._events.extend(wire.decode_events(payload)[1])
         await asyncio.to_thread(self._store.forget_commands_before,
                                 time.time() - COMMAND_MEMORY_S)
         drivers: list[Driver] = []
@@ -129,6 +132,7 @@ class Gateway:
             await asyncio.gather(batcher, return_exceptions=True)
             await self._seal()
             await self._drain_before_exit(cfg.buffer.publish_timeout_s)
+            await self._save_events()
             mqtt_stop.set()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.gather(mqtt_task, return_exceptions=True), 10)
@@ -197,6 +201,7 @@ class Gateway:
                     f"{sealed.dropped_batches} batches, {sealed.dropped_readings} readings",
                     {"batches": sealed.dropped_batches, "readings": sealed.dropped_readings}))
             self._outbox.set()
+        await self._save_events()
 
     # ------------------------------------------------------------------ events
 
@@ -204,7 +209,18 @@ class Gateway:
         if event.kind in ("no_answer", "comm_error"):
             self.stats.poll_errors += 1
         self._events.append(event)
+        self._events_dirty = True
         self._outbox.set()
+
+    async def _save_events(self) -> None:
+        """Snapshot unsent events with each poll cycle, so an outage followed by a restart
+        still reports what happened (a crash loses at most one cycle's events)."""
+        assert self._store is not None
+        if not self._events_dirty:
+            return
+        self._events_dirty = False
+        payloads = [wire.encode_events(self.config.gateway_id, [e]) for e in self._events]
+        await asyncio.to_thread(self._store.save_events, payloads)
 
     # ------------------------------------------------------------------ MQTT
 
@@ -306,6 +322,7 @@ class Gateway:
                                  wire.encode_events(self.config.gateway_id, events), qos=1)
             for _ in events:
                 self._events.popleft()
+            self._events_dirty = True
 
     async def _status_loop(self, client: aiomqtt.Client) -> None:
         while True:

@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS batches (
     readings INTEGER NOT NULL,
     sealed_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, payload BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS commands (
     command_id TEXT PRIMARY KEY,
     received_at REAL NOT NULL,
@@ -137,6 +138,27 @@ class Store:
             (value,) = self._db.execute(
                 "SELECT value FROM meta WHERE key='dropped_readings'").fetchone()
         return int(value)
+
+    # ------------------------------------------------------------------ unsent events
+
+    def save_events(self, payloads: Sequence[bytes]) -> None:
+        """Replace the snapshot of events not yet published (kept across restarts)."""
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("DELETE FROM events")
+                db.executemany("INSERT INTO events (payload) VALUES (?)",
+                               [(p,) for p in payloads])
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def load_events(self) -> list[bytes]:
+        with self._lock:
+            rows = self._db.execute("SELECT payload FROM events ORDER BY id").fetchall()
+        return [bytes(p) for (p,) in rows]
 
     # ------------------------------------------------------------------ command results
 
