@@ -83,7 +83,16 @@ class RtuFrame:
 
 
 class RtuRequestFramer:
-    """Cuts request frames from the master's byte stream, however the bytes are split."""
+    """Cuts request frames from the master's byte stream, however the bytes are split.
+
+    Like a meter in "hunting" mode: the bytes at the head are taken as a frame start if they
+    can be one (unit 0..247, a function we can size), and the framer waits until that frame is
+    complete. A frame whose CRC fails, or a head that cannot start a frame, costs one byte and
+    the search goes on. Waiting on the head rather than grabbing any CRC-valid run further on
+    matters: a write's data may itself contain bytes that look like a whole request.
+    A function code we cannot size is recognised only when the buffer is exactly one frame
+    (the master sent it in one write and now waits for the reply).
+    """
 
     def __init__(self) -> None:
         self._buf = bytearray()
@@ -91,33 +100,45 @@ class RtuRequestFramer:
 
     def feed(self, data: bytes) -> list[RtuFrame]:
         self._buf += data
+        buf = self._buf
         frames: list[RtuFrame] = []
-        while len(self._buf) >= 4:
-            found = self._earliest_frame()
-            if found is None:
-                # A function code we cannot size: only a buffer that is exactly one frame
-                # (the master sent it and now waits) can be recognised, by its CRC.
-                if crc_ok(bytes(self._buf)):
-                    frames.append(RtuFrame(self._buf[0], bytes(self._buf[1:-2])))
-                    self._buf.clear()
-                elif len(self._buf) > 2 * MAX_FRAME:
-                    self.discarded += len(self._buf) - MAX_FRAME
-                    del self._buf[:-MAX_FRAME]
+        while len(buf) >= 4:
+            length = _request_length(buf)
+            if length == 0:
+                break  # a plausible start; wait for the bytes that tell its length
+            if length is None:
+                if crc_ok(bytes(buf)):
+                    frames.append(RtuFrame(buf[0], bytes(buf[1:-2])))
+                    buf.clear()
+                    break
+                self._drop(1)
+                continue
+            if len(buf) < length:
                 break
-            start, length = found
-            self.discarded += start
-            frame = bytes(self._buf[start : start + length])
-            del self._buf[: start + length]
-            frames.append(RtuFrame(frame[0], frame[1:-2]))
+            frame = bytes(buf[:length])
+            if crc_ok(frame):
+                frames.append(RtuFrame(frame[0], frame[1:-2]))
+                del buf[:length]
+            else:
+                self._drop(1)
         return frames
 
-    def _earliest_frame(self) -> tuple[int, int] | None:
-        buf = self._buf
-        for start in range(len(buf) - 3):
-            pdu_length = request_pdu_length(bytes(buf[start + 1 : start + 7]))
-            if not pdu_length:  # unknown function, or not enough bytes to tell
-                continue
-            length = 1 + pdu_length + 2
-            if start + length <= len(buf) and crc_ok(bytes(buf[start : start + length])):
-                return start, length
+    def _drop(self, count: int) -> None:
+        del self._buf[:count]
+        self.discarded += count
+
+
+def _request_length(buf: bytearray) -> int | None:
+    """Frame length if ``buf`` starts like a request we can size, 0 if more bytes are needed,
+    None if the head cannot start a request we know."""
+    if buf[0] > 247:
         return None
+    pdu_length = request_pdu_length(bytes(buf[1:7]))
+    if pdu_length is None:
+        return None
+    if pdu_length and buf[1] in (0x0F, 0x10):
+        quantity = int.from_bytes(buf[4:6], "big")
+        byte_count = 2 * quantity if buf[1] == 0x10 else (quantity + 7) // 8
+        if buf[6] != byte_count:  # a write whose byte count disagrees is noise, not a frame
+            return None
+    return 1 + pdu_length + 2 if pdu_length else 0
