@@ -1,0 +1,152 @@
+"""Commands over a real broker to simulated meters through the real drivers: each case gets
+the right ack, a repeated command id never touches the meter again."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from firmware_sim.meter import SimMeter
+from gateway import Gateway, config_from_dict
+from meterhub import wire
+from meterhub.settings import MqttSettings
+from tests.gateway.conftest import Recorder, dlt_meters, record, rtu_meters, send_command, wait_for
+from tests.gateway.test_publishing import gateway_config
+
+pytestmark = pytest.mark.integration
+
+
+def command(command_id: str, meter: str, action: wire.Action = "relay_open",
+            expires_in_s: float = 30.0) -> bytes:
+    now = datetime.now(UTC)
+    return wire.encode_command(wire.Command(command_id, meter, action, now,
+                                            now + timedelta(seconds=expires_in_s)))
+
+
+class Running:
+    def __init__(self, gateway: Gateway, seen: Recorder, mqtt: MqttSettings, site: str,
+                 meters: dict[str, SimMeter]) -> None:
+        self.gateway, self.seen, self.mqtt, self.site, self.meters = (
+            gateway, seen, mqtt, site, meters)
+
+    async def send(self, payload: bytes) -> None:
+        await send_command(self.mqtt, self.site, "gw1", payload)
+
+    async def done(self, command_id: str, count: int = 1) -> list[wire.Ack]:
+        def finished() -> bool:
+            return len([a for a in self.seen.acks_for(command_id) if a.stage == "done"]) >= count
+
+        await wait_for(finished, 15, f"{count} done ack(s) for {command_id}")
+        return self.seen.acks_for(command_id)
+
+
+@pytest.fixture
+async def running(mqtt: MqttSettings, site: str, sim_bus: Any,
+                  tmp_path: Path) -> AsyncIterator[Running]:
+    dlt = sim_bus("dlt645", dlt_meters(2))
+    rtu = sim_bus("modbus", rtu_meters(1))
+    dlt.meters[1].faults.no_reply = True  # 000000000002 is silent
+    gateway = Gateway(config_from_dict(gateway_config(site, dlt, rtu, poll_s=1.0)), mqtt=mqtt,
+                      state_dir=tmp_path)
+    stop = asyncio.Event()
+    meters = {m.address: m for m in [*dlt.meters]} | {"gw1-rtu-1": rtu.meters[0]}
+    async with record(mqtt, site) as seen:
+        task = asyncio.create_task(gateway.run(stop))
+        await wait_for(lambda: gateway.connected, 10, "the gateway to connect")
+        await asyncio.sleep(0.3)  # its subscription is in place
+        yield Running(gateway, seen, mqtt, site, meters)
+        stop.set()
+        await asyncio.wait_for(task, 15)
+
+
+async def test_relay_open_is_accepted_done_and_read_back(running: Running) -> None:
+    meter = running.meters["000000000001"]
+    await running.send(command("open-1", "000000000001"))
+    acks = await running.done("open-1")
+    assert [a.stage for a in acks] == ["accepted", "done"]
+    assert (acks[1].outcome, acks[1].relay) == ("ok", "open")
+    assert meter.relay_open
+
+    await running.send(command("close-1", "000000000001", "relay_close"))
+    assert (await running.done("close-1"))[-1].relay == "closed"
+    assert not meter.relay_open
+
+
+async def test_modbus_relay_and_status(running: Running) -> None:
+    await running.send(command("rtu-open", "gw1-rtu-1"))
+    assert (await running.done("rtu-open"))[-1].relay == "open"
+    assert running.meters["gw1-rtu-1"].relay_open
+    await running.send(command("rtu-status", "gw1-rtu-1", "relay_status"))
+    done = (await running.done("rtu-status"))[-1]
+    assert (done.outcome, done.relay) == ("ok", "open")
+
+
+async def test_repeated_command_id_returns_first_result_without_touching_meter(
+    running: Running,
+) -> None:
+    meter = running.meters["000000000001"]
+    await running.send(command("dup-1", "000000000001"))
+    first = (await running.done("dup-1"))[-1]
+    assert meter.relay_open
+    meter.close_relay()  # someone closed it on site; a redelivered cut-off must not reopen it
+    await running.send(command("dup-1", "000000000001"))
+    acks = await running.done("dup-1", count=2)
+    assert [a.stage for a in acks] == ["accepted", "done", "done"]
+    assert acks[2] == first, "the first result, byte for byte"
+    assert not meter.relay_open, "the meter was not touched again"
+    assert running.gateway.stats.commands_repeated == 1
+
+
+async def test_expired_command_is_not_executed(running: Running) -> None:
+    await running.send(command("old-1", "000000000001", expires_in_s=-1))
+    acks = await running.done("old-1")
+    assert [(a.stage, a.outcome) for a in acks] == [("done", "expired")]
+    assert not running.meters["000000000001"].relay_open
+
+
+async def test_unknown_meter(running: Running) -> None:
+    await running.send(command("who-1", "999999999999"))
+    acks = await running.done("who-1")
+    assert [(a.stage, a.outcome) for a in acks] == [("done", "unknown_meter")]
+    assert "999999999999" in (acks[0].reason or "")
+
+
+async def test_meter_that_does_not_answer(running: Running) -> None:
+    await running.send(command("mute-1", "000000000002"))
+    acks = await running.done("mute-1")
+    assert [a.stage for a in acks] == ["accepted", "done"]
+    assert (acks[1].outcome, acks[1].relay) == ("no_answer", None)
+    assert "000000000002" in (acks[1].reason or "")
+
+
+async def test_invalid_command_is_acked_invalid(running: Running) -> None:
+    await running.send(b'{"schema":1,"command_id":"bad-1","meter":"000000000001",'
+                       b'"action":"explode"}')
+    acks = await running.done("bad-1")
+    assert [(a.stage, a.outcome) for a in acks] == [("done", "invalid")]
+    assert "action" in (acks[0].reason or "")
+
+
+async def test_meter_that_rejects_the_command(mqtt: MqttSettings, site: str, sim_bus: Any,
+                                              tmp_path: Path) -> None:
+    dlt = sim_bus("dlt645", dlt_meters(1))
+    data = gateway_config(site, dlt, None, poll_s=1.0)
+    data["buses"][0]["password"] = "000000"  # the meter wants 123456
+    gateway = Gateway(config_from_dict(data), mqtt=mqtt, state_dir=tmp_path)
+    stop = asyncio.Event()
+    async with record(mqtt, site) as seen:
+        task = asyncio.create_task(gateway.run(stop))
+        await wait_for(lambda: gateway.connected, 10, "the gateway to connect")
+        await asyncio.sleep(0.3)
+        await send_command(mqtt, site, "gw1", command("pw-1", "000000000001"))
+        await wait_for(lambda: len(seen.acks_for("pw-1")) >= 2, 15, "the done ack")
+        stop.set()
+        await asyncio.wait_for(task, 15)
+    done = seen.acks_for("pw-1")[-1]
+    assert (done.stage, done.outcome) == ("done", "rejected")
+    assert not dlt.meters[0].relay_open
