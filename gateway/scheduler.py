@@ -194,17 +194,19 @@ class BusWorker:
         self._reschedule(meter, at if at > now else now)
 
     def _failed(self, due: _Due, health: MeterHealth, exc: BaseException, cost_s: float) -> None:
-        """Back a silent meter off: its interval x 1, 2, 4 ... up to ``backoff_max_s``, and
-        never sooner than keeps its failed attempts (timeouts and retries cost far more line
-        time than a read) within a 1/N share of the line, N meters on the bus."""
+        """Back a silent meter off exponentially, x 1, 2, 4 ... up to ``backoff_max_s``.
+
+        The base is its poll interval, or, when longer, the line time its failed attempt
+        took (timeouts and retries cost far more than a read) times the other meters on the
+        bus: that keeps a dead meter within a 1/N share of the line from its first failure."""
         meter = due.meter
         health.errors += 1
         health.consecutive_failures += 1
         health.last_error = f"{type(exc).__name__}: {exc}"
-        exponential = min(meter.poll_interval_s * 2 ** (health.consecutive_failures - 1),
-                          max(self.backoff_max_s, meter.poll_interval_s))
         fair_share = cost_s * (len(self.bus.meters) - 1)
-        delay = max(exponential, fair_share)
+        base = max(meter.poll_interval_s, fair_share)
+        delay = max(min(base * 2 ** (health.consecutive_failures - 1),
+                        max(self.backoff_max_s, meter.poll_interval_s)), fair_share)
         health.retry_in_s = delay
         kind = "no_answer" if isinstance(exc, NoAnswer) else "comm_error"
         self.on_event(Event(kind, datetime.now(UTC), meter.id, health.last_error,
