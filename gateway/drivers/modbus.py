@@ -63,20 +63,7 @@ class ModbusDriver:
         self.endpoint = endpoint
         self._framing = framing
         self._maps = dict(maps)
-        self._units: dict[str, tuple[int, RegisterMap]] = {}
-        problems = []
-        for address, model in models.items():
-            unit = _unit_id(address)
-            if unit is None:
-                problems.append(f"unit {address!r}: not a Modbus unit id 1..247")
-            elif model not in self._maps:
-                problems.append(
-                    f"unit {address}: model {model!r} is not one of {', '.join(sorted(self._maps))}"
-                )
-            else:
-                self._units[str(unit)] = (unit, self._maps[model])
-        if problems:
-            raise DriverError(f"{endpoint}: " + "; ".join(problems))
+        self._units = _resolve_units(endpoint, models, self._maps)
         self._lock = asyncio.Lock()
         self._rx = b""
 
@@ -96,7 +83,10 @@ class ModbusDriver:
         models: Mapping[str, str],
         maps_dir: Path | str | None = None,
     ) -> ModbusDriver:
-        """Modbus RTU on a serial port (RS-485 adapter or the simulator's pseudo-terminal)."""
+        """Modbus RTU on a serial port (RS-485 adapter or the simulator's pseudo-terminal).
+        Call inside a running event loop (pymodbus clients bind to it)."""
+        maps = load_maps(maps_dir)
+        _resolve_units(port, models, maps)  # configuration errors before any client exists
         holder: list[ModbusDriver] = []
         client = AsyncModbusSerialClient(
             port,
@@ -110,8 +100,7 @@ class ModbusDriver:
             name=f"modbus-rtu {port}",
             trace_packet=lambda sending, data: holder[0]._trace(sending, data),
         )
-        driver = cls(client, endpoint=port, framing="rtu", models=models,
-                     maps=load_maps(maps_dir))
+        driver = cls(client, endpoint=port, framing="rtu", models=models, maps=maps)
         holder.append(driver)
         return driver
 
@@ -126,7 +115,10 @@ class ModbusDriver:
         models: Mapping[str, str],
         maps_dir: Path | str | None = None,
     ) -> ModbusDriver:
-        """Modbus TCP to a meter or an RS-485-to-TCP gateway hosting several unit ids."""
+        """Modbus TCP to a meter or an RS-485-to-TCP gateway hosting several unit ids.
+        Call inside a running event loop (pymodbus clients bind to it)."""
+        maps = load_maps(maps_dir)
+        _resolve_units(f"{host}:{port}", models, maps)
         holder: list[ModbusDriver] = []
         client = AsyncModbusTcpClient(
             host,
@@ -137,8 +129,7 @@ class ModbusDriver:
             name=f"modbus-tcp {host}:{port}",
             trace_packet=lambda sending, data: holder[0]._trace(sending, data),
         )
-        driver = cls(client, endpoint=f"{host}:{port}", framing="tcp", models=models,
-                     maps=load_maps(maps_dir))
+        driver = cls(client, endpoint=f"{host}:{port}", framing="tcp", models=models, maps=maps)
         holder.append(driver)
         return driver
 
@@ -332,6 +323,27 @@ class ModbusDriver:
         if not rtu.crc_ok(data[:expected]):
             return "CRC check failed"
         return "reply not understood"
+
+
+def _resolve_units(
+    endpoint: str, models: Mapping[str, str], maps: Mapping[str, RegisterMap]
+) -> dict[str, tuple[int, RegisterMap]]:
+    """unit id text -> (unit id, map); every configuration problem in one DriverError."""
+    units: dict[str, tuple[int, RegisterMap]] = {}
+    problems = []
+    for address, model in models.items():
+        unit = _unit_id(address)
+        if unit is None:
+            problems.append(f"unit {address!r}: not a Modbus unit id 1..247")
+        elif model not in maps:
+            problems.append(
+                f"unit {address}: model {model!r} is not one of {', '.join(sorted(maps))}"
+            )
+        else:
+            units[str(unit)] = (unit, maps[model])
+    if problems:
+        raise DriverError(f"{endpoint}: " + "; ".join(problems))
+    return units
 
 
 def _unit_id(address: str) -> int | None:
