@@ -1,0 +1,39 @@
+"""Prepaid billing: tariffs, ledger, balances, top-ups, alerts, disconnect policy and the
+relay command lifecycle. Public names only; the machinery lives in the submodules."""
+
+from billing.engine import BillingConfig, BillingEngine, EngineStats
+from billing.errors import BillingError
+from billing.ledger import (
+    AccountExists,
+    LedgerEntry,
+    TopupConflict,
+    UnknownAccount,
+    adjust,
+    announce_topup,
+    approve_cutoffs,
+    balance,
+    create_account,
+    refund,
+    topup,
+)
+from billing.policy import CreditSettings, ProtectedWindows
+
+__all__ = [
+    "AccountExists",
+    "BillingConfig",
+    "BillingEngine",
+    "BillingError",
+    "CreditSettings",
+    "EngineStats",
+    "LedgerEntry",
+    "ProtectedWindows",
+    "TopupConflict",
+    "UnknownAccount",
+    "adjust",
+    "announce_topup",
+    "approve_cutoffs",
+    "balance",
+    "create_account",
+    "refund",
+    "topup",
+]

@@ -1,0 +1,311 @@
+"""Applying the credit policy to accounts in the database: alerts, the warning ladder,
+cut-offs, restores, holds and approvals, plus the retry re-check and reconciliation.
+
+The decisions are billing.policy's (pure); this module gathers the facts under the account
+row lock (``FOR UPDATE SKIP LOCKED``, so engines split the accounts) and records the outcome:
+phase changes, alerts for the web page and MQTT, and queued relay commands.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from billing import lifecycle
+from billing.money import from_fen, to_fen
+from billing.policy import (
+    AccountState,
+    Action,
+    CreditSettings,
+    Phase,
+    ProtectedWindows,
+    crossed_alerts,
+    decide,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyKnobs:
+    """Engine-wide settings of the disconnect machinery."""
+
+    max_group_cutoffs: int = 50
+    mass_window_s: float = 3600.0  # cut-offs this recent count towards "at once"
+    command_ttl_s: float = 3600.0
+    max_attempts: int = 5
+    retry_backoff_s: float = 5.0
+    reconcile_grace_s: float = 30.0  # leave a finished command's effect this long
+
+
+@dataclass(slots=True)
+class EvalStats:
+    accounts: int = 0
+    alerts: int = 0
+    cutoffs_queued: int = 0
+    restores_queued: int = 0
+    held: int = 0
+
+
+_PICK = """
+SELECT a.*,
+       EXISTS (SELECT 1 FROM billing_topup_intents t WHERE t.account_id = a.account_id
+               AND t.settled_at IS NULL AND t.expires_at > %(now)s) AS pending_topup,
+       EXISTS (SELECT 1 FROM billing_cutoff_approvals p WHERE p.group_key = a.group_key
+               AND p.approved_at IS NOT NULL AND p.valid_until > %(now)s) AS approved
+FROM billing_accounts a
+WHERE a.dirty OR a.phase IN ('warned', 'final')
+LIMIT %(n)s
+FOR UPDATE OF a SKIP LOCKED
+"""
+
+
+def _alert(
+    conn: psycopg.Connection[Any], acc: dict[str, Any], kind: str, message: str,
+    threshold: Decimal | None = None,
+) -> None:
+    conn.execute(
+        """INSERT INTO billing_alerts (account_id, kind, threshold_fen, balance_fen, message)
+           VALUES (%s, %s, %s, %s, %s)""",
+        (acc["account_id"], kind, None if threshold is None else to_fen(threshold),
+         acc["balance_fen"], message),
+    )
+
+
+def _group_load(conn: psycopg.Connection[Any], group: str, now: datetime, window_s: float) -> int:
+    """Households of a group being cut at once: on final notice now, or cut off lately."""
+    row = conn.execute(
+        """SELECT (SELECT count(*) FROM billing_accounts WHERE group_key = %(g)s
+                   AND phase = 'final')
+                + (SELECT count(DISTINCT c.account_id) FROM billing_commands c
+                   JOIN billing_accounts a ON a.account_id = c.account_id
+                   WHERE a.group_key = %(g)s AND c.purpose = 'cutoff'
+                   AND c.created_at > %(since)s AND c.state NOT IN ('cancelled', 'failed'))""",
+        {"g": group, "since": now - timedelta(seconds=window_s)},
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def evaluate_accounts(
+    conn: psycopg.Connection[Any], now: datetime, knobs: PolicyKnobs, actor: str,
+    limit: int = 500,
+) -> EvalStats:
+    """One pass over the accounts that need attention (balance moved, or a timer running)."""
+    stats = EvalStats()
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        accounts = cur.execute(_PICK, {"now": now, "n": limit}).fetchall()
+        for acc in accounts:
+            stats.accounts += 1
+            _evaluate_one(conn, acc, now, knobs, actor, stats)
+    return stats
+
+
+def _evaluate_one(
+    conn: psycopg.Connection[Any], acc: dict[str, Any], now: datetime, knobs: PolicyKnobs,
+    actor: str, stats: EvalStats,
+) -> None:
+    acc_id = acc["account_id"]
+    settings = CreditSettings.from_json(acc["credit"])
+    windows = ProtectedWindows.from_json(acc["windows"])
+    bal = from_fen(acc["balance_fen"])
+    updates: dict[str, Any] = {"dirty": False}
+
+    new, alerted = crossed_alerts(settings.alert_thresholds, frozenset(acc["alerted"]), bal)
+    for t in new:
+        _alert(conn, acc, "low_balance", f"balance {bal} is below {t}", t)
+        stats.alerts += 1
+    if alerted != frozenset(acc["alerted"]):
+        updates["alerted"] = sorted(alerted)
+
+    phase = Phase(acc["phase"])
+    group_load = 0
+    if acc["group_key"] and phase is Phase.FINAL:
+        group_load = _group_load(conn, acc["group_key"], now, knobs.mass_window_s)
+    state = AccountState(bal, phase, acc["phase_since"], settings, windows,
+                         acc["pending_topup"], acc["approved"])
+    decision = decide(state, now, group_load, knobs.max_group_cutoffs)
+    a = decision.action
+    meters = [m for (m,) in conn.execute(
+        "SELECT meter_id FROM billing_meters WHERE account_id = %s ORDER BY meter_id", (acc_id,))]
+
+    if a is Action.WARN:
+        updates |= {"phase": "warned", "phase_since": now}
+        _alert(conn, acc, "warning", f"balance {bal}: please top up, supply will be cut off")
+        stats.alerts += 1
+    elif a is Action.FINAL_WARNING:
+        updates |= {"phase": "final", "phase_since": now, "hold_reason": None}
+        _alert(conn, acc, "final_warning",
+               f"balance {bal}: supply is cut off in {settings.final_to_cutoff_s:.0f} s "
+               "unless topped up")
+        stats.alerts += 1
+    elif a is Action.CLEAR:
+        updates |= {"phase": "normal", "phase_since": now, "hold_reason": None,
+                    "awaiting_approval": False}
+    elif a is Action.HOLD or a is Action.AWAIT_APPROVAL:
+        if acc["hold_reason"] != decision.reason.split(" until ")[0]:
+            updates["hold_reason"] = decision.reason.split(" until ")[0]
+            kind = "cutoff_held" if a is Action.HOLD else "approval_needed"
+            _alert(conn, acc, kind, decision.reason)
+            stats.alerts += 1
+        stats.held += 1
+        if a is Action.AWAIT_APPROVAL:
+            updates["awaiting_approval"] = True
+            conn.execute(
+                """INSERT INTO billing_cutoff_approvals (group_key, households) VALUES (%s, %s)
+                   ON CONFLICT (group_key) DO UPDATE SET households = EXCLUDED.households,
+                       requested_at = CASE WHEN billing_cutoff_approvals.valid_until < now()
+                           THEN now() ELSE billing_cutoff_approvals.requested_at END,
+                       approved_at = CASE WHEN billing_cutoff_approvals.valid_until < now()
+                           THEN NULL ELSE billing_cutoff_approvals.approved_at END""",
+                (acc["group_key"], group_load),
+            )
+    elif a is Action.CUTOFF:
+        updates |= {"phase": "cut", "phase_since": now, "hold_reason": None,
+                    "awaiting_approval": False}
+        conn.execute("UPDATE billing_meters SET relay_wanted = 'open' WHERE account_id = %s",
+                     (acc_id,))
+        for m in meters:
+            if lifecycle.queue_command(
+                conn, account_id=acc_id, meter_id=m, action="relay_open", purpose="cutoff",
+                now=now, ttl_s=knobs.command_ttl_s, max_attempts=knobs.max_attempts,
+                actor=actor, detail=decision.reason,
+            ):
+                stats.cutoffs_queued += 1
+        _alert(conn, acc, "cutoff", f"supply cut off: {decision.reason}")
+        stats.alerts += 1
+    elif a is Action.RESTORE:
+        updates |= {"phase": "normal", "phase_since": now, "hold_reason": None}
+        conn.execute(
+            "UPDATE billing_meters SET relay_wanted = 'closed' WHERE account_id = %s", (acc_id,))
+        action = lifecycle.RESTORE_ACTIONS[acc["restore_mode"]]
+        for m in meters:
+            # a cut-off not yet executed is simply cancelled: the payment arrived first
+            lifecycle.cancel_active(conn, m, "relay_open", actor, "payment arrived first")
+            stats.restores_queued += int(
+                ensure_relay(conn, acc_id, m, action, now, knobs, actor, "restore",
+                             decision.reason)
+            )
+        _alert(conn, acc, "restored", f"supply restored: {decision.reason}")
+        stats.alerts += 1
+
+    sets = ", ".join(f"{k} = %({k})s" for k in updates)
+    conn.execute(f"UPDATE billing_accounts SET {sets} WHERE account_id = %(id)s",
+                 {**updates, "id": acc_id})
+
+
+def ensure_relay(
+    conn: psycopg.Connection[Any], account_id: str, meter_id: str, action: str, now: datetime,
+    knobs: PolicyKnobs, actor: str, purpose: str, why: str,
+) -> bool:
+    """Queue ``action`` unless the meter already reports that state; True when queued."""
+    row = conn.execute(
+        "SELECT relay_reported FROM billing_meters WHERE meter_id = %s", (meter_id,)
+    ).fetchone()
+    target = "open" if action == "relay_open" else "closed"
+    if row is not None and row[0] == target:
+        return False
+    return lifecycle.queue_command(
+        conn, account_id=account_id, meter_id=meter_id, action=action, purpose=purpose,
+        now=now, ttl_s=knobs.command_ttl_s, max_attempts=knobs.max_attempts, actor=actor,
+        detail=why,
+    ) is not None
+
+
+def handle_deadlines(
+    conn: psycopg.Connection[Any], now: datetime, knobs: PolicyKnobs, actor: str
+) -> dict[str, int]:
+    """Commands past their ack deadline or retry time: re-check the account, then retry
+    (same command id), defer, cancel, expire or give up."""
+    counts: dict[str, int] = {}
+    with conn.transaction():
+        conn.execute(
+            """WITH gone AS (
+                   UPDATE billing_commands SET state = 'expired', updated_at = now(),
+                       reason = 'expired before it could be sent'
+                   WHERE state = 'queued' AND expires_at <= %s RETURNING command_id)
+               INSERT INTO billing_command_audit (command_id, from_state, to_state, actor,
+                   detail)
+               SELECT command_id, 'queued', 'expired', %s, 'expired before it could be sent'
+               FROM gone""",
+            (now, actor),
+        )
+        for row in lifecycle.due_for_retry(conn, now):
+            wanted, defer, why = _recheck(row, now)
+            new = lifecycle.retry_or_close(
+                conn, row, now, still_wanted=wanted, defer_until=defer,
+                backoff_s=knobs.retry_backoff_s, actor=actor, why=why,
+            )
+            counts[new] = counts.get(new, 0) + 1
+    return counts
+
+
+def _recheck(row: dict[str, Any], now: datetime) -> tuple[bool, datetime | None, str]:
+    """Is the command still wanted, and not before when? (balance, windows, pending top-up)"""
+    action = row["action"]
+    if action == "relay_open":
+        if row["relay_wanted"] != "open" or row["phase"] != Phase.CUT:
+            return False, None, "balance recovered: cut-off no longer wanted"
+        windows = ProtectedWindows.from_json(row["windows"])
+        if windows.contains(now):
+            return True, windows.next_open(now), "protected window"
+        return True, None, ""
+    if action in ("relay_close", "relay_close_permitted") and row["relay_wanted"] != "closed":
+        return False, None, "account cut off again: restore no longer wanted"
+    return True, None, ""
+
+
+def reconcile(
+    conn: psycopg.Connection[Any], now: datetime, knobs: PolicyKnobs, actor: str,
+    meter_id: str | None = None,
+) -> int:
+    """Compare wanted and reported relay state; queue a repair where they differ and nothing
+    is in flight, and ask meters awaiting a customer's button press how they stand.
+
+    With ``meter_id`` (right after that meter's command finished) no grace period applies.
+    """
+    queued = 0
+    # recently finished commands are given time to show their effect, unless asked for one
+    # meter right after its command finished
+    grace = now + timedelta(days=1) if meter_id else now - timedelta(
+        seconds=knobs.reconcile_grace_s)
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            """SELECT m.meter_id, m.account_id, m.relay_wanted, m.relay_reported,
+                      m.customer_action_needed, a.windows, a.restore_mode
+               FROM billing_meters m JOIN billing_accounts a ON a.account_id = m.account_id
+               WHERE (m.relay_reported IS DISTINCT FROM m.relay_wanted
+                      OR m.customer_action_needed)
+                 AND (%s::text IS NULL OR m.meter_id = %s)
+                 AND NOT EXISTS (SELECT 1 FROM billing_commands c
+                     WHERE c.meter_id = m.meter_id
+                       AND (c.state IN ('queued', 'sent', 'accepted', 'timed_out')
+                            OR c.updated_at > %s))
+               LIMIT 500
+               FOR UPDATE OF m SKIP LOCKED""",
+            (meter_id, meter_id, grace),
+        ).fetchall()
+        for r in rows:
+            if r["customer_action_needed"] and meter_id:
+                continue  # just asked; the periodic pass asks again later
+            if r["customer_action_needed"] and r["relay_wanted"] == "closed":
+                action, why = "relay_status", "waiting for the customer to press the button"
+            elif r["relay_wanted"] == "open":
+                if ProtectedWindows.from_json(r["windows"]).contains(now):
+                    continue
+                action, why = "relay_open", f"relay reads {r['relay_reported']}, wanted open"
+            elif r["relay_reported"] == "unknown":
+                continue  # never heard is not drift: a cut-off or restore says what it reads
+            else:
+                action = lifecycle.RESTORE_ACTIONS[r["restore_mode"]]
+                why = f"relay reads {r['relay_reported']}, wanted closed"
+            if lifecycle.queue_command(
+                conn, account_id=r["account_id"], meter_id=r["meter_id"], action=action,
+                purpose="reconcile", now=now, ttl_s=knobs.command_ttl_s,
+                max_attempts=knobs.max_attempts, actor=actor, detail=why,
+            ):
+                queued += 1
+    return queued

@@ -1,0 +1,254 @@
+"""The billing engine: one loop that charges, decides, commands and reconciles.
+
+Each tick, in this order: move the commit horizon, charge new intervals, evaluate accounts
+whose balance moved or whose timer runs, handle command deadlines (retry / expire / cancel),
+reconcile wanted and reported relay state now and then, send due commands and publish
+alerts. Acks are applied as they arrive. All coordination between engines goes through
+PostgreSQL row locks, so any number of engines may run against one database.
+
+Database work is synchronous psycopg run in worker threads (one connection for the tick,
+one for acks): the same functions serve the CLI and the web API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from billing import alerts, commands, lifecycle
+from billing.charging import CommitHorizon, charge_all
+from billing.disconnect import PolicyKnobs, evaluate_accounts, handle_deadlines, reconcile
+from billing.tariffs import load_tariffs
+from meterhub import wire
+from meterhub.settings import MqttSettings
+
+log = logging.getLogger(__name__)
+
+
+def _engine_id() -> str:
+    return f"billing-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+
+
+@dataclass(frozen=True)
+class BillingConfig:
+    """Where the services are and how the engine behaves. Per-account credit rules
+    (thresholds, warning delays, emergency credit, windows) live on the account."""
+
+    database_url: str
+    mqtt: MqttSettings
+    poll_interval_s: float = 1.0
+    tariffs_dir: Path | None = None  # default: configs/tariffs of the project
+    engine_id: str = field(default_factory=_engine_id)
+    commit_grace_s: float = 2.0  # see billing.charging.CommitHorizon
+    ack_timeout_s: float = 30.0  # no "done" ack by then: timed out, retried
+    command_ttl_s: float = 3600.0  # a command is not executed after this
+    max_attempts: int = 5
+    retry_backoff_s: float = 5.0  # doubled per attempt
+    reconcile_interval_s: float = 60.0
+    reconcile_grace_s: float = 30.0
+    max_group_cutoffs: int = 50  # more households of one group at once need approval
+    mass_window_s: float = 3600.0
+    alerts_site: str = "billing"  # site for alerts of accounts whose meters were never heard
+    batch_accounts: int = 500
+
+    @property
+    def knobs(self) -> PolicyKnobs:
+        return PolicyKnobs(
+            max_group_cutoffs=self.max_group_cutoffs,
+            mass_window_s=self.mass_window_s,
+            command_ttl_s=self.command_ttl_s,
+            max_attempts=self.max_attempts,
+            retry_backoff_s=self.retry_backoff_s,
+            reconcile_grace_s=self.reconcile_grace_s,
+        )
+
+
+@dataclass
+class EngineStats:
+    """Counts of what this engine did (each event is counted by the one engine that did it)."""
+
+    ticks: int = 0
+    intervals_charged: int = 0
+    adjustments: int = 0
+    alerts_raised: int = 0
+    alerts_published: int = 0
+    commands_sent: int = 0
+    cutoffs_queued: int = 0
+    restores_queued: int = 0
+    cutoffs_acked: int = 0  # relay_open done with outcome ok and relay read back open
+    restores_acked: int = 0  # relay_close(_permitted) done with outcome ok
+    acks: int = 0
+    retries: int = 0
+    reconciled: int = 0
+    errors: int = 0
+    mqtt_connected: bool = False
+
+
+class BillingEngine:
+    def __init__(self, config: BillingConfig) -> None:
+        self.config = config
+        self.stats = EngineStats()
+        self.tariffs = load_tariffs(config.tariffs_dir)
+        self._horizon = CommitHorizon(config.commit_grace_s)
+        self._link: commands.CommandLink | None = None
+        self._tick_conn: psycopg.Connection[Any] | None = None
+        self._ack_conn: psycopg.Connection[Any] | None = None
+        self._last_reconcile = -1e18
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set; survives database and broker outages."""
+        mqtt_task = asyncio.create_task(self._mqtt_loop(stop), name="billing-mqtt")
+        try:
+            while not stop.is_set():
+                try:
+                    await self.tick()
+                except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                    self.stats.errors += 1
+                    log.warning("database unavailable, retrying", extra={"why": str(exc)})
+                    await asyncio.to_thread(self._drop_conn, "_tick_conn")
+                except Exception:
+                    self.stats.errors += 1
+                    log.exception("billing tick failed")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.config.poll_interval_s)
+        finally:
+            mqtt_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await mqtt_task
+            await asyncio.to_thread(self._drop_conn, "_tick_conn")
+            await asyncio.to_thread(self._drop_conn, "_ack_conn")
+
+    def _conn(self, name: str) -> psycopg.Connection[Any]:
+        conn = getattr(self, name)
+        if conn is None or conn.closed:
+            conn = psycopg.connect(self.config.database_url, autocommit=True)
+            setattr(self, name, conn)
+        return conn
+
+    def _drop_conn(self, name: str) -> None:
+        conn = getattr(self, name)
+        setattr(self, name, None)
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    # ------------------------------------------------------------------ the tick
+
+    async def tick(self) -> None:
+        await asyncio.to_thread(self._db_tick)
+        if self._link is not None:
+            await self._send_due()
+            await self._publish_alerts()
+        self.stats.ticks += 1
+
+    def _db_tick(self) -> None:
+        cfg, actor = self.config, self.config.engine_id
+        conn = self._conn("_tick_conn")
+        horizon = self._horizon.update(conn)
+        charged = charge_all(conn, self.tariffs, horizon=horizon,
+                             max_accounts=cfg.batch_accounts, max_batches=50)
+        self.stats.intervals_charged += charged.intervals
+        self.stats.adjustments += charged.adjustments
+        now = datetime.now(UTC)
+        for _ in range(20):
+            ev = evaluate_accounts(conn, now, cfg.knobs, actor, limit=cfg.batch_accounts)
+            self.stats.alerts_raised += ev.alerts
+            self.stats.cutoffs_queued += ev.cutoffs_queued
+            self.stats.restores_queued += ev.restores_queued
+            if ev.accounts < cfg.batch_accounts:
+                break
+        done = handle_deadlines(conn, now, cfg.knobs, actor)
+        self.stats.retries += done.get("queued", 0)
+        mono = time.monotonic()
+        if mono - self._last_reconcile >= cfg.reconcile_interval_s:
+            self._last_reconcile = mono
+            self.stats.reconciled += reconcile(conn, now, cfg.knobs, actor)
+
+    async def _send_due(self) -> None:
+        link = self._link
+        assert link is not None
+        cfg = self.config
+        due = await asyncio.to_thread(
+            lifecycle.claim_due, self._conn("_tick_conn"), datetime.now(UTC),
+            cfg.ack_timeout_s, cfg.engine_id,
+        )
+        for out in due:
+            try:
+                await link.send(out.site, out.gateway, out.command)
+                self.stats.commands_sent += 1
+            except (commands.MqttError, wire.WireError) as exc:
+                await asyncio.to_thread(lifecycle.unsend, self._conn("_tick_conn"),
+                                        out.command.command_id, cfg.engine_id, str(exc))
+
+    async def _publish_alerts(self) -> None:
+        link = self._link
+        assert link is not None
+        conn = self._conn("_tick_conn")
+        batch = await asyncio.to_thread(alerts.claim_unpublished, conn, self.config.alerts_site)
+        for a in batch:
+            try:
+                await link.publish_alert(a.site, a.kind, a.meter, a.message, a.data)
+                self.stats.alerts_published += 1
+            except (commands.MqttError, wire.WireError) as exc:
+                log.warning("alert not published", extra={"why": str(exc)})
+                await asyncio.to_thread(alerts.unclaim, conn, a.alert_id)
+
+    # ------------------------------------------------------------------ MQTT and acks
+
+    async def _mqtt_loop(self, stop: asyncio.Event) -> None:
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                async with commands.CommandLink(self.config.mqtt,
+                                                self.config.engine_id) as link:
+                    self._link = link
+                    self.stats.mqtt_connected = True
+                    delay = 0.5
+                    async for ack in link.acks():
+                        await self._on_ack(ack)
+            except commands.MqttError as exc:
+                log.warning("broker unavailable, reconnecting", extra={"why": str(exc)})
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                self.stats.errors += 1
+                log.warning("database unavailable while applying acks", extra={"why": str(exc)})
+                await asyncio.to_thread(self._drop_conn, "_ack_conn")
+            finally:
+                self._link = None
+                self.stats.mqtt_connected = False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, 10.0)
+
+    async def _on_ack(self, ack: wire.Ack) -> None:
+        result = await asyncio.to_thread(self._apply_ack, ack)
+        if result is None or not result.changed:
+            return
+        self.stats.acks += 1
+        if result.state == "verified":
+            if result.action == "relay_open":
+                self.stats.cutoffs_acked += 1
+            elif result.action in ("relay_close", "relay_close_permitted"):
+                self.stats.restores_acked += 1
+
+    def _apply_ack(self, ack: wire.Ack) -> lifecycle.AckResult | None:
+        conn = self._conn("_ack_conn")
+        result = lifecycle.apply_ack(conn, ack, self.config.engine_id)
+        if result is not None and result.changed and result.state in lifecycle.TERMINAL:
+            # what was wanted may have changed while the command ran (a payment during a
+            # cut-off): repair at once rather than at the next reconciliation
+            reconcile(conn, datetime.now(UTC), self.config.knobs, self.config.engine_id,
+                      meter_id=ack.meter)
+        return result

@@ -1,0 +1,215 @@
+"""The engine end to end over a real broker and a real PostgreSQL, with a gateway peer
+that answers commands over MQTT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from decimal import Decimal
+
+import aiomqtt
+import psycopg
+import pytest
+from conftest import T0, put_intervals, put_meter
+from fake_gateway import FakeGateway, running
+
+from billing import BillingConfig, BillingEngine, CreditSettings, balance, create_account, topup
+from billing.lifecycle import audit_trail
+from billing.tariffs import load_tariffs
+from meterhub import wire
+from meterhub.settings import MqttSettings
+
+D = Decimal
+FAST = CreditSettings(alert_thresholds=(D("0.50"), D(0)), warning_to_final_s=0.3,
+                      final_to_cutoff_s=0.3)
+TARIFFS = load_tariffs()
+
+
+def config(db_url: str, mqtt: MqttSettings, **kw: object) -> BillingConfig:
+    base: dict[str, object] = {"poll_interval_s": 0.1, "commit_grace_s": 0.1,
+                               "ack_timeout_s": 2.0, "retry_backoff_s": 0.2}
+    base.update(kw)
+    return BillingConfig(database_url=db_url, mqtt=mqtt, **base)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def engines(*cfgs: BillingConfig) -> AsyncIterator[list[BillingEngine]]:
+    stop = asyncio.Event()
+    engs = [BillingEngine(c) for c in cfgs]
+    tasks = [asyncio.create_task(e.run(stop)) for e in engs]
+    try:
+        yield engs
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 15)
+
+
+async def until(pred: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
+
+
+def q(db_url: str, sql: str, *args: object) -> list[tuple]:
+    with psycopg.connect(db_url, autocommit=True) as c:
+        return c.execute(sql, args).fetchall()  # type: ignore[arg-type]
+
+
+@pytest.mark.integration
+async def test_cutoff_and_restore_end_to_end(db_url: str, mqtt: MqttSettings, site: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as c:
+        put_meter(c, "m1", site, "gw1")
+        create_account(c, "A1", meters=["m1"], tariff="residential-flat", credit=FAST,
+                       opening_balance="1.00", charge_from=T0, tariffs=TARIFFS)
+    events: list[dict] = []
+
+    async def watch_events() -> None:
+        async with aiomqtt.Client(mqtt.host, mqtt.port) as cl:
+            await cl.subscribe(wire.topic(site, "billing", "events"), qos=1)
+            async for m in cl.messages:
+                events.extend(json.loads(m.payload)["events"])  # type: ignore[arg-type]
+
+    watcher = asyncio.create_task(watch_events())
+    await asyncio.sleep(0.3)
+    gw = FakeGateway(mqtt, site)
+    async with running(gw), engines(config(db_url, mqtt)) as (eng,):
+        with psycopg.connect(db_url, autocommit=True) as c:
+            put_intervals(c, "m1", ["1.0000", "1.0000"])  # 2 kWh x 0.56 = 1.12 > 1.00
+        await until(lambda: eng.stats.cutoffs_acked == 1)
+        assert gw.relay["m1"] == "open"
+        with psycopg.connect(db_url, autocommit=True) as c:
+            assert balance(c, "A1") == D("-0.12")
+            topup(c, "A1", D("10.00"), "wechat", "WX-42")
+        await until(lambda: eng.stats.restores_acked == 1)
+        assert gw.relay["m1"] == "closed"
+        await until(lambda: {"restored"} <= {e["kind"] for e in events})
+    watcher.cancel()
+    kinds = [e["kind"] for e in events]
+    assert kinds == ["low_balance", "low_balance", "warning", "final_warning", "cutoff",
+                     "restored"]
+    assert events[0]["data"]["account"] == "A1"
+    cmds = q(db_url, "SELECT command_id, action, state, purpose FROM billing_commands "
+                     "ORDER BY created_at")
+    assert [(a, s, p) for _, a, s, p in cmds] == [("relay_open", "verified", "cutoff"),
+                                                   ("relay_close", "verified", "restore")]
+    with psycopg.connect(db_url, autocommit=True) as c:
+        trail = [(f, t) for _, f, t, _, _ in audit_trail(c, cmds[0][0])]
+    assert trail == [(None, "queued"), ("queued", "sent"), ("sent", "accepted"),
+                     ("accepted", "confirmed"), ("confirmed", "verified")]
+    assert q(db_url, "SELECT relay_wanted, relay_reported FROM billing_meters") == [
+        ("closed", "closed")]
+    assert q(db_url, "SELECT phase FROM billing_accounts") == [("normal",)]
+
+
+@pytest.mark.integration
+async def test_lost_command_is_retried_with_the_same_id(db_url: str, mqtt: MqttSettings,
+                                                        site: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as c:
+        put_meter(c, "m1", site, "gw1")
+        create_account(c, "A1", meters=["m1"], tariff="residential-flat", credit=FAST,
+                       charge_from=T0, tariffs=TARIFFS)
+    gw = FakeGateway(mqtt, site, silent_first=1)
+    async with running(gw), engines(config(db_url, mqtt, ack_timeout_s=0.5)) as (eng,):
+        with psycopg.connect(db_url, autocommit=True) as c:
+            put_intervals(c, "m1", ["1"])
+        await until(lambda: eng.stats.cutoffs_acked == 1)
+    assert [c.attempt for c in gw.received] == [1, 2]
+    assert len({c.command_id for c in gw.received}) == 1
+    states = [t for _, _, t, _, _ in audit_trail(
+        psycopg.connect(db_url, autocommit=True), gw.received[0].command_id)]
+    assert states == ["queued", "sent", "timed_out", "queued", "sent", "accepted",
+                      "confirmed", "verified"]
+
+
+@pytest.mark.integration
+async def test_payment_before_retry_cancels_the_cutoff(db_url: str, mqtt: MqttSettings,
+                                                       site: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as c:
+        put_meter(c, "m1", site, "gw1")
+        create_account(c, "A1", meters=["m1"], tariff="residential-flat", credit=FAST,
+                       charge_from=T0, tariffs=TARIFFS)
+    gw = FakeGateway(mqtt, site, silent_first=100)  # the gateway never answers
+    async with running(gw), engines(config(db_url, mqtt, ack_timeout_s=1.0)) as (eng,):
+        with psycopg.connect(db_url, autocommit=True) as c:
+            put_intervals(c, "m1", ["1"])
+        await until(lambda: len(gw.received) >= 1)
+        with psycopg.connect(db_url, autocommit=True) as c:
+            topup(c, "A1", "5", "counter", "C-1")
+        await until(lambda: q(db_url, "SELECT state FROM billing_commands WHERE action = "
+                                      "'relay_open'") == [("cancelled",)])
+    assert eng.stats.cutoffs_acked == 0
+    assert q(db_url, "SELECT phase FROM billing_accounts") == [("normal",)]
+
+
+@pytest.mark.integration
+async def test_two_engines_send_each_cutoff_once(db_url: str, mqtt: MqttSettings,
+                                                 site: str) -> None:
+    n = 12
+    with psycopg.connect(db_url, autocommit=True) as c:
+        for i in range(n):
+            put_meter(c, f"m{i}", site, "gw1")
+            create_account(c, f"A{i}", meters=[f"m{i}"], tariff="residential-tou-tiered",
+                           credit=FAST, opening_balance="0.50", charge_from=T0,
+                           tariffs=TARIFFS)
+            put_intervals(c, f"m{i}", ["0.25"] * 12)  # a shared backlog
+    gw = FakeGateway(mqtt, site)
+    async with running(gw), engines(config(db_url, mqtt, batch_accounts=2),
+                                    config(db_url, mqtt, batch_accounts=2)) as engs:
+        await until(lambda: sum(e.stats.cutoffs_acked for e in engs) == n, 30)
+        await asyncio.sleep(1.0)  # time for any duplicate to show up
+    opens = Counter(c.meter for c in gw.received if c.action == "relay_open")
+    assert opens == {f"m{i}": 1 for i in range(n)}
+    assert sum(e.stats.intervals_charged for e in engs) == n * 12
+    assert q(db_url, "SELECT count(*), count(DISTINCT idempotency_key) FROM billing_ledger "
+                     "WHERE kind = 'charge'") == [(n * 12, n * 12)]
+
+
+@pytest.mark.integration
+async def test_close_permitted_waits_for_the_customer(db_url: str, mqtt: MqttSettings,
+                                                      site: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as c:
+        put_meter(c, "m1", site, "gw1")
+        create_account(c, "A1", meters=["m1"], tariff="residential-flat", credit=FAST,
+                       restore_mode="close_permitted", charge_from=T0, tariffs=TARIFFS)
+    gw = FakeGateway(mqtt, site)
+    async with running(gw), engines(config(db_url, mqtt, reconcile_interval_s=0.5,
+                                           reconcile_grace_s=0.2)) as (eng,):
+        with psycopg.connect(db_url, autocommit=True) as c:
+            put_intervals(c, "m1", ["1"])
+        await until(lambda: eng.stats.cutoffs_acked == 1)
+        with psycopg.connect(db_url, autocommit=True) as c:
+            topup(c, "A1", "5", "alipay", "A-1")
+        await until(lambda: eng.stats.restores_acked == 1)
+        assert q(db_url, "SELECT customer_action_needed FROM billing_meters") == [(True,)]
+        gw.press_button = True  # the customer presses; reconciliation notices
+        await until(lambda: q(db_url, "SELECT customer_action_needed, relay_reported "
+                                      "FROM billing_meters") == [(False, "closed")])
+    assert any(c.action == "relay_status" for c in gw.received)
+
+
+@pytest.mark.integration
+async def test_reconciliation_repairs_drift(db_url: str, mqtt: MqttSettings, site: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as c:
+        put_meter(c, "m1", site, "gw1")
+        create_account(c, "A1", meters=["m1"], tariff="residential-flat", credit=FAST,
+                       charge_from=T0, tariffs=TARIFFS)
+        put_intervals(c, "m1", ["1"])
+    gw = FakeGateway(mqtt, site)
+    async with running(gw), engines(config(db_url, mqtt, reconcile_interval_s=0.3,
+                                           reconcile_grace_s=0.3)) as (eng,):
+        await until(lambda: eng.stats.cutoffs_acked == 1)
+        gw.relay["m1"] = "closed"  # someone bypassed the relay on site
+        with psycopg.connect(db_url, autocommit=True) as c:  # and a reading reported it
+            c.execute("UPDATE billing_meters SET relay_reported = 'closed'")
+        await until(lambda: eng.stats.cutoffs_acked == 2)
+    purposes = q(db_url, "SELECT purpose, state FROM billing_commands ORDER BY created_at")
+    assert purposes == [("cutoff", "verified"), ("reconcile", "verified")]
+    assert gw.relay["m1"] == "open"
+
+
