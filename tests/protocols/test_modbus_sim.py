@@ -3,6 +3,8 @@ register images from SimMeter values, relay writes and the exception replies a m
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from firmware_sim.meter import SimMeter
@@ -13,7 +15,7 @@ from meterhub.protocols.modbus.registermap import load_maps
 MAPS = load_maps()
 
 
-def _meter(unit: str, model: str, **kw: object) -> SimMeter:
+def _meter(unit: str, model: str, **kw: Any) -> SimMeter:
     clock = [1_700_000_000.0]
     return SimMeter(unit, protocol="modbus-rtu", model=model, now=lambda: clock[0], **kw)
 
