@@ -1,0 +1,226 @@
+"""The JSON API against a real PostgreSQL: reads, writes, roles, audit, errors."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from billing.ledger import balance
+from tests.web.conftest import Fleet, Logins
+
+Client = TestClient[web.Request, web.Application]
+
+
+async def _json(client: Client, method: str, path: str, logins: Logins | None = None,
+                role: str = "viewer", status: int = 200, **kw: Any) -> Any:
+    headers = logins.auth(role) if logins else {}
+    resp = await client.request(method, f"/api/v1{path}", headers=headers, **kw)
+    body = await resp.json()
+    assert resp.status == status, body
+    assert resp.content_type == "application/json"
+    return body
+
+
+async def test_fleet_reads(client: Client, logins: Logins, fleet: Fleet) -> None:
+    gws = (await _json(client, "GET", "/gateways", logins))["gateways"]
+    status = {g["gateway"]: g for g in gws}
+    assert status[fleet.gateway]["status"] == "online"
+    assert status[fleet.gateway]["meters"] == 2
+    assert status[fleet.offline_gateway]["status"] == "offline"
+    assert "offline" in status[fleet.offline_gateway]["offline_reason"]
+
+    detail = await _json(client, "GET", f"/gateways/{fleet.gateway}", logins)
+    assert detail["meter_ids"] == fleet.meters[:2]
+
+    meters = await _json(client, "GET", "/meters", logins, params={"gateway": fleet.gateway})
+    assert meters["total"] == 2
+    latest = meters["meters"][0]["values"]
+    assert latest["power_active_total"]["value"] == 1.6  # the newest of the seeded hour
+    assert latest["voltage_a"]["unit"] == "V"
+
+    one = await _json(client, "GET", f"/meters/{fleet.meters[0]}", logins)
+    assert one["open_reviews"] == 1
+
+
+async def test_history_picks_resolution_from_range(client: Client, logins: Logins,
+                                                   fleet: Fleet) -> None:
+    meter = fleet.meters[0]
+    raw = await _json(client, "GET", f"/meters/{meter}/history", logins,
+                      params={"quantity": "voltage_a"})
+    assert raw["resolution"] == "raw"
+    assert 59 <= len(raw["points"]) <= 61
+    day = await _json(client, "GET", f"/meters/{meter}/history", logins,
+                      params={"from": (fleet.now.replace(hour=0) .isoformat()),
+                              "to": fleet.now.isoformat().replace("+00:00", "Z"),
+                              "quantity": "power_active_total", "resolution": "auto"})
+    assert day["resolution"] in ("raw", "1min", "15min")
+    week = await _json(client, "GET", f"/meters/{meter}/history", logins,
+                       params={"from": "2020-01-01T00:00:00Z", "to": "2020-01-08T00:00:00Z"})
+    assert week["resolution"] == "hour" and week["points"] == []
+    buckets = await _json(client, "GET", f"/meters/{meter}/history", logins,
+                          params={"resolution": "15min", "quantity": "power_active_total"})
+    assert 4 <= len(buckets["points"]) <= 6
+    point = buckets["points"][-1]
+    assert point["min"] <= point["value"] <= point["max"]
+
+
+async def test_intervals_with_anomalies(client: Client, logins: Logins, fleet: Fleet) -> None:
+    out = await _json(client, "GET", f"/meters/{fleet.meters[0]}/intervals", logins)
+    assert len(out["intervals"]) == 24
+    held = [i for i in out["intervals"] if i["held"]]
+    assert len(held) == 1 and held[0]["kwh"] == "9.5000"
+    assert out["anomalies"][0]["rule"] == "surge"
+    assert out["anomalies"][0]["at"] == held[0]["start"]
+
+
+async def test_review_dismiss_releases_hold_and_is_audited(
+    client: Client, logins: Logins, fleet: Fleet, db_url: str
+) -> None:
+    path = f"/review-items/{fleet.review_id}/dismiss"
+    forbidden = await _json(client, "POST", path, logins, role="viewer", status=403,
+                            json={"comment": "x"})
+    assert "engineer" in forbidden["error"]["message"]
+    item = await _json(client, "POST", path, logins, role="engineer",
+                       json={"comment": "meter swapped, reading is fine"})
+    assert item["status"] == "dismissed" and item["decided_by"] == "engineer"
+    assert item["comment"] == "meter swapped, reading is fine"
+    again = await _json(client, "POST", f"/review-items/{fleet.review_id}/confirm", logins,
+                        role="engineer", status=409, json={})
+    assert "already dismissed" in again["error"]["message"]
+    queue = await _json(client, "GET", "/review-items", logins)
+    assert queue["total"] == 0
+    with psycopg.connect(db_url) as conn:
+        held = conn.execute("SELECT count(*) FROM intervals WHERE held").fetchone()
+        audit = conn.execute(
+            "SELECT user_name, action, target, detail->>'comment' FROM web_audit").fetchall()
+    assert held == (0,)
+    assert audit == [("engineer", "review.dismiss", f"review_item:{fleet.review_id}",
+                      "meter swapped, reading is fine")]
+
+
+async def test_topup_changes_balance_once(client: Client, logins: Logins, fleet: Fleet,
+                                          db_url: str) -> None:
+    acct = await _json(client, "GET", f"/accounts/{fleet.account}", logins)
+    assert acct["balance"] == "30.00" and acct["risk"]["grade"] == "A"
+    body = {"amount": "50.00", "channel": "wechat", "reference": "wx-1"}
+    await _json(client, "POST", f"/accounts/{fleet.account}/topups", logins,
+                role="engineer", status=403, json=body)
+    out = await _json(client, "POST", f"/accounts/{fleet.account}/topups", logins,
+                      role="operator", status=201, json=body)
+    assert out["balance"] == "80.00"
+    replay = await _json(client, "POST", f"/accounts/{fleet.account}/topups", logins,
+                         role="operator", status=201, json=body)
+    assert replay["entry"]["id"] == out["entry"]["id"] and replay["balance"] == "80.00"
+    clash = await _json(client, "POST", f"/accounts/{fleet.account}/topups", logins,
+                        role="operator", status=409, json={**body, "amount": "60.00"})
+    assert "wx-1" in clash["error"]["message"]
+    ledger = await _json(client, "GET", f"/accounts/{fleet.account}/ledger", logins)
+    assert [e["amount"] for e in ledger["entries"]] == ["50.00", "30.00"]
+    assert ledger["entries"][0]["actor"] == "web:operator"
+    with psycopg.connect(db_url) as conn:
+        assert balance(conn, fleet.account) == Decimal("80.00")
+        n = conn.execute("SELECT count(*) FROM web_audit WHERE action = 'account.topup'"
+                         " AND user_name = 'operator'").fetchone()
+    assert n is not None and n[0] >= 1
+
+
+async def test_manual_cutoff_and_restore(client: Client, logins: Logins, fleet: Fleet,
+                                         db_url: str) -> None:
+    meter = fleet.meters[0]
+    await _json(client, "POST", "/commands", logins, role="engineer", status=403,
+                json={"meter": meter, "action": "cutoff"})
+    cmd = await _json(client, "POST", "/commands", logins, role="operator", status=201,
+                      json={"meter": meter, "action": "cutoff", "reason": "tamper"})
+    assert cmd["action"] == "relay_open" and cmd["state"] == "queued"
+    assert cmd["audit"][0]["actor"] == "web:operator"
+    busy = await _json(client, "POST", "/commands", logins, role="operator", status=409,
+                       json={"meter": meter, "action": "restore"})
+    assert "in flight" in busy["error"]["message"]
+    history = await _json(client, "GET", "/commands", logins, params={"meter": meter})
+    assert [c["id"] for c in history["commands"]] == [cmd["id"]]
+    unknown = await _json(client, "POST", "/commands", logins, role="operator", status=404,
+                          json={"meter": "nope", "action": "cutoff"})
+    assert "no account" in unknown["error"]["message"]
+    with psycopg.connect(db_url) as conn:
+        wanted = conn.execute("SELECT relay_wanted FROM billing_meters WHERE meter_id = %s",
+                              (meter,)).fetchone()
+    assert wanted == ("open",)
+
+
+async def test_bad_input_is_400_with_a_reason(client: Client, logins: Logins,
+                                              fleet: Fleet) -> None:
+    cases: list[tuple[str, str, dict[str, Any], str]] = [
+        ("GET", f"/meters/{fleet.meters[0]}/history", {"params": {"from": "yesterday"}},
+         "ISO-8601"),
+        ("GET", f"/meters/{fleet.meters[0]}/history", {"params": {"quantity": "bogus"}},
+         "unknown"),
+        ("GET", "/meters", {"params": {"limit": "0"}}, "between 1 and 1000"),
+        ("GET", "/meters", {"params": {"limit": "ten"}}, "whole number"),
+        ("GET", "/review-items/99999999999999999999", {}, "between 1"),
+        ("GET", "/review-items", {"params": {"status": "maybe"}}, "one of"),
+        ("POST", f"/accounts/{fleet.account}/topups", {"data": b"{nope"}, "not valid JSON"),
+        ("POST", f"/accounts/{fleet.account}/topups",
+         {"json": {"amount": 12.345, "channel": "bank", "reference": "r"}}, "amount"),
+        ("POST", f"/accounts/{fleet.account}/topups",
+         {"json": {"amount": "1.001", "channel": "bank", "reference": "r"}}, "two decimals"),
+        ("POST", f"/accounts/{fleet.account}/topups",
+         {"json": {"amount": "-5", "channel": "bank", "reference": "r"}}, "more than zero"),
+        ("POST", f"/accounts/{fleet.account}/topups",
+         {"json": {"amount": "5", "channel": "cash", "reference": "r"}}, "channel"),
+        ("POST", f"/accounts/{fleet.account}/topups",
+         {"json": {"amount": "5", "channel": "bank", "reference": "r\x00"}}, "NUL"),
+        ("POST", "/commands", {"json": {"meter": "m", "action": "explode"}}, "action"),
+        ("POST", "/commands", {"json": [1, 2]}, "JSON object"),
+        ("POST", "/commands", {"json": {"meter": "m", "action": "cutoff", "x": 1}},
+         "unknown field"),
+    ]
+    for method, path, kw, words in cases:
+        body = await _json(client, method, path, logins, role="admin", status=400, **kw)
+        assert words in body["error"]["message"], (path, kw, body)
+
+
+async def test_auth_required_and_roles(client: Client, logins: Logins, db_url: str) -> None:
+    body = await _json(client, "GET", "/gateways", status=401)
+    assert "log in" in body["error"]["message"]
+    resp = await client.get("/api/v1/gateways", headers={"Authorization": "Bearer mh_nope"})
+    assert resp.status == 401
+    assert (await _json(client, "GET", "/users", logins, role="operator", status=403))
+    assert (await client.get("/api/v1/openapi.json")).status == 200
+    missing = await _json(client, "GET", "/no-such-thing", logins, status=404)
+    assert "no such endpoint" in missing["error"]["message"]
+
+
+async def test_session_login_cookie(client: Client, logins: Logins) -> None:
+    bad = await _json(client, "POST", "/session", status=401,
+                      json={"name": "viewer", "password": "wrong"})
+    assert "wrong user name or password" in bad["error"]["message"]
+    ok = await _json(client, "POST", "/session",
+                     json={"name": "operator", "password": logins.passwords["operator"]})
+    assert ok["user"]["role"] == "operator"
+    me = await _json(client, "GET", "/me")  # the cookie jar carries the session
+    assert me["user"] == {"id": ok["user"]["id"], "name": "operator", "role": "operator",
+                          "via": "session"}
+    await _json(client, "DELETE", "/session")
+    await _json(client, "GET", "/me", status=401)
+
+
+async def test_admin_users_and_tokens(client: Client, logins: Logins) -> None:
+    made = await _json(client, "POST", "/users", logins, role="admin", status=201,
+                       json={"name": "alice", "role": "engineer"})
+    assert made["user"]["role"] == "engineer" and len(made["password"]) >= 12
+    dup = await _json(client, "POST", "/users", logins, role="admin", status=409,
+                      json={"name": "alice", "role": "viewer"})
+    assert "already exists" in dup["error"]["message"]
+    tok = await _json(client, "POST", "/tokens", logins, role="admin", status=201,
+                      json={"user": "alice", "label": "script"})
+    headers = {"Authorization": f"Bearer {tok['token']}"}
+    assert (await client.get("/api/v1/me", headers=headers)).status == 200
+    await _json(client, "DELETE", f"/tokens/{tok['id']}", logins, role="admin")
+    assert (await client.get("/api/v1/me", headers=headers)).status == 401
+    audit = await _json(client, "GET", "/audit", logins, role="admin")
+    assert [e["action"] for e in audit["entries"]] == ["token.revoke", "token.create",
+                                                       "user.create"]

@@ -1,0 +1,230 @@
+"""The aiohttp application: middlewares (errors, who is asking), routes, page, live feed.
+
+Every answer under ``/api/v1`` is JSON; failures are ``{"error": {"status", "message"}}``
+with a message a person can act on. Bad input is a 400, never a 500: inputs are checked at
+the door (``web.inputs``) and, as a safety net, PostgreSQL data errors caused by a value
+also become 400.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from aiohttp import web
+
+from meterhub.settings import MqttSettings
+from web import auth, database
+from web.auth import Role, User
+from web.errors import ApiError, Forbidden, Unauthorized, Unavailable
+from web.live import LIVE_KEY, LiveHub
+
+log = logging.getLogger(__name__)
+
+API = "/api/v1"
+STATIC_DIR = Path(__file__).parent / "static"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class WebSettings:
+    """Knobs of one web process."""
+
+    database_url: str
+    mqtt: MqttSettings | None = None
+    live_interval_s: float = 1.0  # how often the live feed polls the database
+    offline_after_s: float = 60.0  # a gateway silent this long shows offline
+    secure_cookies: bool = False  # set behind HTTPS so the session cookie is never sent plain
+
+
+SETTINGS_KEY: web.AppKey[WebSettings] = web.AppKey("settings", WebSettings)
+SESSION_KEY_KEY: web.AppKey[bytes] = web.AppKey("session_key", bytes)
+USER_KEY: web.RequestKey[User | None] = web.RequestKey("user", User)  # type: ignore[arg-type]
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(database.jsonable(data), status=status)
+
+
+def requires(role: Role) -> Callable[[Handler], Handler]:
+    """Only users with at least ``role`` may call the handler (401 without a login)."""
+
+    def wrap(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def checked(request: web.Request) -> web.StreamResponse:
+            user = current_user(request)
+            if not user.can(role):
+                raise Forbidden(f"this needs the {role} role; {user.name} is {user.role}")
+            return await handler(request)
+
+        checked.required_role = role  # type: ignore[attr-defined]
+        return checked
+
+    return wrap
+
+
+def current_user(request: web.Request) -> User:
+    user = request.get(USER_KEY)
+    if user is None:
+        raise Unauthorized("log in first, or send an API token as 'Authorization: Bearer ...'")
+    assert isinstance(user, User)
+    return user
+
+
+# ---------------------------------------------------------------------------- middlewares
+
+_PUBLIC = {f"{API}/openapi.json", f"{API}/health", f"{API}/session"}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure into JSON with a human message; never leak a traceback."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return web.json_response(exc.body(), status=exc.status)
+    except web.HTTPException as exc:
+        if exc.status < 400 or not request.path.startswith(API):
+            raise
+        message = {404: f"no such endpoint: {request.method} {request.path}",
+                   405: f"{request.method} is not allowed on {request.path}"}.get(
+            exc.status, exc.reason)
+        return web.json_response(
+            {"error": {"status": exc.status, "message": message}}, status=exc.status,
+            headers={k: v for k, v in exc.headers.items() if k == "Allow"},
+        )
+    except psycopg.errors.UndefinedTable as exc:
+        log.warning("missing table", exc_info=True)
+        err = Unavailable(f"this needs a table the database does not have yet "
+                          f"({exc.diag.message_primary}); apply the migrations "
+                          "(meterhub collector migrate)")
+        return web.json_response(err.body(), status=err.status)
+    except psycopg.errors.DataError as exc:
+        # A value PostgreSQL refused (out of range, bad encoding): the client's input.
+        return web.json_response(
+            {"error": {"status": 400, "message": f"invalid value: {exc.diag.message_primary}"}},
+            status=400,
+        )
+    except psycopg.OperationalError:
+        log.exception("database unavailable")
+        err = Unavailable("the database is not reachable right now; try again in a moment")
+        return web.json_response(err.body(), status=err.status)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return web.json_response(
+            {"error": {"status": 500, "message": "internal error; it has been logged"}},
+            status=500,
+        )
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Who is asking: a Bearer token or the session cookie. Unknown credentials are a 401
+    (not silently anonymous) so a client with a revoked token learns why."""
+    if not request.path.startswith(API):
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    user: User | None = None
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("Authorization must be 'Bearer <token>'")
+        user = await database.run(request, auth.user_by_token, token.strip())
+        if user is None:
+            raise Unauthorized("this API token is unknown or revoked")
+    else:
+        cookie = request.cookies.get(auth.SESSION_COOKIE)
+        if cookie:
+            user_id = auth.verify_session(request.app[SESSION_KEY_KEY], cookie)
+            if user_id is not None:
+                user = await database.run(request, auth.user_by_id, user_id)
+    request[USER_KEY] = user
+    if user is None and request.path not in _PUBLIC:
+        raise Unauthorized("log in first, or send an API token as 'Authorization: Bearer ...'")
+    return await handler(request)
+
+
+@web.middleware
+async def headers_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Conservative browser headers: the page loads nothing from elsewhere."""
+    response = await handler(request)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    if not request.path.startswith(API):
+        response.headers.setdefault(
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' data:; style-src 'self'; frame-ancestors 'none'",
+        )
+    return response
+
+
+# ---------------------------------------------------------------------------- the app
+
+
+def create_app(
+    database_url: str,
+    *,
+    mqtt: MqttSettings | None = None,
+    live_interval_s: float = 1.0,
+    offline_after_s: float = 60.0,
+    secure_cookies: bool = False,
+) -> web.Application:
+    """The whole web service; the database must already be migrated (``meterhub.db``)."""
+    from web import routes_accounts, routes_admin, routes_fleet, routes_review, routes_session
+    from web.openapi import openapi_handler
+
+    settings = WebSettings(database_url, mqtt, live_interval_s, offline_after_s, secure_cookies)
+    app = web.Application(
+        middlewares=[headers_middleware, error_middleware, auth_middleware],
+        client_max_size=1024 * 1024,
+    )
+    app[SETTINGS_KEY] = settings
+    app[database.POOL_KEY] = database.make_pool(database_url)
+    app[LIVE_KEY] = LiveHub(app, settings.live_interval_s, settings.offline_after_s, mqtt)
+    app.on_startup.append(_start)
+    app.on_shutdown.append(_stop_live)
+    app.on_cleanup.append(_close_pool)
+
+    app.router.add_get(f"{API}/openapi.json", openapi_handler)
+    app.router.add_get(f"{API}/health", _health)
+    for module in (routes_session, routes_fleet, routes_review, routes_accounts, routes_admin):
+        app.router.add_routes(module.routes)
+    app.router.add_get(f"{API}/live", app[LIVE_KEY].handler)
+    app.router.add_get("/", _index)
+    app.router.add_static("/static/", STATIC_DIR, append_version=True)
+    return app
+
+
+async def _start(app: web.Application) -> None:
+    pool = app[database.POOL_KEY]
+    await asyncio.to_thread(pool.open, wait=True, timeout=15)
+    app[SESSION_KEY_KEY] = await database.run(app, auth.session_key)
+    await app[LIVE_KEY].start()
+
+
+async def _stop_live(app: web.Application) -> None:
+    await app[LIVE_KEY].stop()
+
+
+async def _close_pool(app: web.Application) -> None:
+    await asyncio.to_thread(app[database.POOL_KEY].close)
+
+
+async def _health(request: web.Request) -> web.Response:
+    """Liveness for load balancers: answers only when the database does."""
+    await database.run(request, lambda conn: conn.execute("SELECT 1"))
+    return json_response({"status": "ok"})
+
+
+async def _index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC_DIR / "index.html",
+                            headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,145 @@
+"""Checking what a client sent, once, at the door: query parameters and JSON bodies.
+
+Every function raises :class:`web.errors.BadRequest` naming the parameter and what is wrong,
+so a bad request is a 400 a person can fix and never a database error (a 500).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from aiohttp import web
+
+from web.errors import BadRequest
+
+MAX_TEXT = 500
+BIGINT_MAX = 2**63 - 1
+
+
+def text(value: Any, name: str, *, required: bool = True, max_len: int = MAX_TEXT,
+         min_len: int = 1) -> str | None:
+    """A string PostgreSQL can store: no NUL bytes, bounded length."""
+    if value is None:
+        if required:
+            raise BadRequest(f"{name} is required")
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be a string, got {type(value).__name__}")
+    if "\x00" in value:
+        raise BadRequest(f"{name} must not contain NUL characters")
+    if len(value.strip()) < min_len:
+        raise BadRequest(f"{name} must not be empty")
+    if len(value) > max_len:
+        raise BadRequest(f"{name} is longer than {max_len} characters")
+    return value
+
+
+def path_text(request: web.Request, name: str) -> str:
+    value = text(request.match_info.get(name), name)
+    assert value is not None
+    return value
+
+
+def path_id(request: web.Request, name: str = "id") -> int:
+    raw = request.match_info.get(name, "")
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be a whole number, got {raw!r}") from None
+    if not 1 <= value <= BIGINT_MAX:
+        raise BadRequest(f"{name} must be between 1 and {BIGINT_MAX}")
+    return value
+
+
+def query_text(request: web.Request, name: str, *, choices: tuple[str, ...] | None = None,
+               default: str | None = None) -> str | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    value = text(raw, name)
+    if choices is not None and value not in choices:
+        raise BadRequest(f"{name} must be one of {', '.join(choices)}; got {raw!r}")
+    return value
+
+
+def query_int(request: web.Request, name: str, *, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be a whole number, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise BadRequest(f"{name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def parse_time(raw: str, name: str) -> datetime:
+    try:
+        ts = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequest(
+            f"{name} must be an ISO-8601 time like 2026-01-31T08:00:00Z, got {raw!r}"
+        ) from None
+    if ts.tzinfo is None:
+        raise BadRequest(f"{name} needs a timezone (e.g. a trailing Z for UTC), got {raw!r}")
+    if not 1970 <= ts.year <= 9000:
+        raise BadRequest(f"{name} must be between the years 1970 and 9000")
+    return ts.astimezone(UTC)
+
+
+def query_time(request: web.Request, name: str) -> datetime | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    return parse_time(raw, name)
+
+
+async def json_body(request: web.Request) -> Mapping[str, Any]:
+    """The request's JSON object; a body that is missing, not JSON or not an object is a 400."""
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest(f"request body must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+def only_keys(body: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise BadRequest(
+            f"unknown field(s) {', '.join(map(repr, unknown))}; expected {', '.join(allowed)}"
+        )
+
+
+def money(value: Any, name: str) -> Decimal:
+    """A positive amount with at most two decimals, as a string ("50.00") or an integer."""
+    if value is None:
+        raise BadRequest(f"{name} is required")
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise BadRequest(f"{name} must be a decimal string like \"50.00\" (or a whole number)")
+    if isinstance(value, str) and (len(value) > 20 or "\x00" in value):
+        raise BadRequest(f"{name} is not an amount: {value[:20]!r}")
+    try:
+        amount = Decimal(str(value).strip())
+    except ArithmeticError:
+        raise BadRequest(f"{name} is not a number: {value!r}") from None
+    if not amount.is_finite():
+        raise BadRequest(f"{name} must be a finite number")
+    if amount != amount.quantize(Decimal("0.01")):
+        raise BadRequest(f"{name} has more than two decimals: {value!r}")
+    if amount <= 0:
+        raise BadRequest(f"{name} must be more than zero")
+    if amount > Decimal("1000000"):
+        raise BadRequest(f"{name} is more than 1,000,000; split it or use an adjustment")
+    return amount.quantize(Decimal("0.01"))

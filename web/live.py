@@ -1,0 +1,212 @@
+"""Live telemetry for the page: Server-Sent Events fed by one shared poller.
+
+One task per process polls a few cheap queries (the small ``gateways`` and ``meters`` tables,
+then the newest readings of only the meters whose ``last_seen`` moved) and fans the changes
+out to every connected browser, so the database load does not grow with viewers. When an
+MQTT broker is configured the hub also listens to the gateways' retained ``status`` topic:
+a last-will "offline" reaches the page at once, without waiting for the collector.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from aiohttp import web
+
+from meterhub import wire
+from meterhub.settings import MqttSettings
+from web import database, queries
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 15.0
+_QUEUE_MAX = 256
+
+
+@dataclass
+class _Snapshot:
+    gateways: dict[str, dict[str, Any]] = field(default_factory=dict)
+    meter_seen: dict[str, datetime | None] = field(default_factory=dict)
+    open_reviews: int | None = None
+    review_version: tuple[int, Any] | None = None
+
+
+class LiveHub:
+    """Polls while anybody listens; each subscriber gets a bounded queue of events."""
+
+    def __init__(self, app: web.Application, interval_s: float, offline_after_s: float,
+                 mqtt: MqttSettings | None) -> None:
+        self._app = app
+        self._interval = interval_s
+        self._offline_after = offline_after_s
+        self._mqtt = mqtt
+        self._subscribers: set[asyncio.Queue[tuple[str, Any]]] = set()
+        self._snapshot = _Snapshot()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._poll_loop(), name="web-live-poll"))
+        if self._mqtt is not None:
+            self._tasks.append(asyncio.create_task(self._mqtt_loop(), name="web-live-mqtt"))
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        for queue in list(self._subscribers):
+            self._offer(queue, ("bye", {}))
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+
+    # ------------------------------------------------------------------ subscribers
+
+    async def handler(self, request: web.Request) -> web.StreamResponse:
+        """``GET /api/v1/live``: an event stream (``snapshot`` first, then changes)."""
+        from web.app import current_user
+
+        current_user(request)
+        response = web.StreamResponse(headers={
+            "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        })
+        await response.prepare(request)
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(_QUEUE_MAX)
+        self._subscribers.add(queue)
+        self._wake.set()
+        try:
+            snapshot = await database.run(request, queries.fleet_snapshot, self._offline_after)
+            await _send(response, "snapshot", snapshot)
+            while not self._stopping.is_set():
+                try:
+                    kind, data = await asyncio.wait_for(queue.get(), HEARTBEAT_S)
+                except TimeoutError:
+                    await response.write(b": keep-alive\n\n")
+                    continue
+                if kind == "bye":
+                    break
+                await _send(response, kind, data)
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self._subscribers.discard(queue)
+        return response
+
+    def publish(self, kind: str, data: Any) -> None:
+        for queue in list(self._subscribers):
+            self._offer(queue, (kind, data))
+
+    @staticmethod
+    def _offer(queue: asyncio.Queue[tuple[str, Any]], item: tuple[str, Any]) -> None:
+        # A viewer that does not read (a sleeping phone) loses old events, not the process.
+        if queue.full():
+            with contextlib.suppress(asyncio.QueueEmpty):
+                queue.get_nowait()
+        queue.put_nowait(item)
+
+    # ------------------------------------------------------------------ polling
+
+    async def _poll_loop(self) -> None:
+        while not self._stopping.is_set():
+            if not self._subscribers:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            try:
+                await database.run(self._app, self._poll_once)
+            except psycopg.Error:
+                log.warning("live poll failed; retrying", exc_info=True)
+            except Exception:
+                log.exception("live poll failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._interval)
+
+    def _poll_once(self, conn: psycopg.Connection[Any]) -> None:
+        """Runs in a worker thread; events go back to the loop thread-safely."""
+        snap = self._snapshot
+        events: list[tuple[str, Any]] = []
+        gateways = {g["gateway"]: g for g in queries.gateways(conn, self._offline_after)}
+        for name, gw in gateways.items():
+            old = snap.gateways.get(name)
+            if old is None or _gateway_changed(old, gw):
+                events.append(("gateway", gw))
+        snap.gateways = gateways
+        seen = queries.meter_last_seen(conn)
+        moved = [m for m, ts in seen.items() if snap.meter_seen.get(m, "new") != ts]
+        first = not snap.meter_seen
+        snap.meter_seen = seen
+        if moved and not first:
+            for meter in queries.latest_values(conn, moved):
+                events.append(("meter", meter))
+        version = queries.review_version(conn)
+        if version != snap.review_version:
+            if snap.review_version is not None:
+                events.append(("review", {"open": version[0]}))
+            snap.review_version = version
+        if events:
+            loop = self._loop
+            for event in events:
+                loop.call_soon_threadsafe(self.publish, *database.jsonable(list(event)))
+
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        return self._tasks[0].get_loop()
+
+    # ------------------------------------------------------------------ MQTT status
+
+    async def _mqtt_loop(self) -> None:
+        """Status messages straight from the broker: offline shows as soon as the will fires."""
+        import aiomqtt
+
+        assert self._mqtt is not None
+        backoff = 1.0
+        while not self._stopping.is_set():
+            try:
+                async with aiomqtt.Client(
+                    self._mqtt.host, self._mqtt.port, username=self._mqtt.username,
+                    password=self._mqtt.password, tls_context=self._mqtt.tls_context(),
+                ) as client:
+                    await client.subscribe(wire.subscription("status"), qos=1)
+                    backoff = 1.0
+                    async for message in client.messages:
+                        self._on_status(bytes(message.payload))  # type: ignore[arg-type]
+            except aiomqtt.MqttError as exc:
+                log.info("live MQTT connection lost (%s); reconnecting", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    def _on_status(self, payload: bytes) -> None:
+        try:
+            status = wire.decode_status(payload)
+        except wire.WireError:
+            return  # the collector dead-letters it; the page has nothing to show
+        self.publish("gateway", database.jsonable({
+            "gateway": status.gateway, "site": status.site, "status": status.state,
+            "reported_state": status.state, "status_at": status.at,
+            "health": dict(status.health), "source": "mqtt",
+            "received_at": datetime.now(UTC),
+        }))
+
+
+def _gateway_changed(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    keys = ("status", "reported_state", "status_at", "health", "meters", "last_seen")
+    return any(old.get(k) != new.get(k) for k in keys)
+
+
+async def _send(response: web.StreamResponse, kind: str, data: Any) -> None:
+    payload = json.dumps(database.jsonable(data), separators=(",", ":"))
+    await response.write(f"event: {kind}\ndata: {payload}\n\n".encode())
+
+
+LIVE_KEY: web.AppKey[LiveHub] = web.AppKey("live", LiveHub)

@@ -1,0 +1,407 @@
+"""The OpenAPI 3 document of ``/api/v1``, served at ``/api/v1/openapi.json``.
+
+Written by hand next to the routes it describes and checked against the running service by
+schemathesis (tests/web/test_openapi.py): every answer must match it, and a route added
+without a description fails ``test_every_route_is_documented``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from web.auth import ROLES
+
+S = dict[str, Any]
+
+
+def _ref(name: str) -> S:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _obj(props: dict[str, S], optional: tuple[str, ...] = (), extra: bool = False) -> S:
+    return {
+        "type": "object",
+        "properties": props,
+        "required": [k for k in props if k not in optional],
+        "additionalProperties": extra,
+    }
+
+
+def _null(schema: S) -> S:
+    return {**schema, "nullable": True}
+
+
+def _arr(item: S) -> S:
+    return {"type": "array", "items": item}
+
+
+STR: S = {"type": "string"}
+INT: S = {"type": "integer"}
+NUM: S = {"type": "number"}
+BOOL: S = {"type": "boolean"}
+TIME: S = {"type": "string", "format": "date-time"}
+MONEY: S = {"type": "string", "pattern": r"^-?\d+\.\d{2}$", "example": "50.00"}
+ANY_OBJ: S = {"type": "object", "additionalProperties": True}
+
+GATEWAY: dict[str, S] = {
+    "gateway": STR, "site": _null(STR),
+    "status": {"type": "string", "enum": ["online", "offline"],
+               "description": "offline when the gateway said so (or its last will fired) "
+                              "or nothing was heard for offline_after_s"},
+    "offline_reason": _null(STR), "reported_state": _null(STR), "status_at": _null(TIME),
+    "last_seen": _null(TIME), "health": ANY_OBJ, "max_seq": _null(INT), "batches": INT,
+    "duplicate_batches": INT, "clock_offset_s": _null(NUM), "meters": INT,
+}
+
+SCHEMAS: dict[str, S] = {
+    "Error": _obj({"error": _obj({"status": INT, "message": STR, "details": ANY_OBJ},
+                                 optional=("details",))}),
+    "User": _obj({"id": INT, "name": STR, "role": {"type": "string", "enum": list(ROLES)},
+                  "via": {"type": "string", "enum": ["session", "token"]}}),
+    "AdminUser": _obj({"id": INT, "name": STR, "role": {"type": "string", "enum": list(ROLES)},
+                       "disabled": BOOL, "created_at": TIME, "created_by": _null(STR)}),
+    "Gateway": _obj(GATEWAY),
+    "GatewayDetail": _obj({
+        **GATEWAY,
+        "gaps": _arr(_obj({"from_seq": INT, "to_seq": INT, "noticed_after": TIME})),
+        "events": _arr(_ref("GatewayEvent")), "meter_ids": _arr(STR),
+    }),
+    "GatewayEvent": _obj({"id": INT, "source": STR, "kind": STR, "meter": _null(STR),
+                          "at": TIME, "detail": STR, "data": ANY_OBJ, "received_at": TIME}),
+    "Value": _obj({"value": NUM, "unit": STR, "at": TIME}),
+    "Meter": _obj({
+        "meter": STR, "gateway": _null(STR), "site": _null(STR), "protocol": _null(STR),
+        "expected_interval_s": _null(INT), "first_seen": _null(TIME), "last_seen": _null(TIME),
+        "relay": _null(STR), "relay_at": _null(TIME), "open_reviews": INT,
+        "values": {"type": "object", "additionalProperties": _ref("Value"),
+                   "description": "newest value of each quantity, by canonical name"},
+    }),
+    "Point": _obj({"t": TIME, "value": NUM, "min": NUM, "max": NUM, "last": NUM}),
+    "Interval": _obj({
+        "start": TIME, "end": TIME, "kwh": {"type": "string", "description": "decimal kWh"},
+        "quality": {"type": "string", "enum": ["A", "E", "S", "F"],
+                    "description": "NEM12 quality flag: Actual, Estimate, Substitute, Final"},
+        "method": _null(INT), "held": BOOL, "reason": _null(STR), "raw_kwh": _null(STR),
+        "flags": _arr(STR),
+    }),
+    "Anomaly": _obj({"id": INT, "meter": STR, "rule": STR, "at": TIME, "reason": STR,
+                     "value": _null(NUM), "expected": _null(NUM), "holds": BOOL,
+                     "review_item_id": _null(INT), "detected_at": TIME}),
+    "ReviewItem": _obj({
+        "id": INT, "meter": STR, "rule": STR, "period_start": TIME, "period_end": TIME,
+        "reason": STR, "status": {"type": "string", "enum": ["open", "confirmed", "dismissed"]},
+        "opened_at": TIME, "decided_at": _null(TIME), "decided_by": _null(STR),
+        "comment": _null(STR), "anomalies": _arr(_ref("Anomaly")),
+    }, optional=("anomalies",)),
+    "DeadLetter": _obj({"id": INT, "topic": STR, "reason": STR, "gateway": _null(STR),
+                        "received_at": TIME, "size": INT,
+                        "payload": {"type": "string", "description": "first 2000 bytes"}}),
+    "Risk": _obj({"grade": {"type": "string", "enum": ["A", "B", "C", "D"]}, "score": INT,
+                  "late_topups": INT, "times_below_zero": INT, "disconnections": INT}),
+    "Alert": _obj({"id": INT, "account": STR, "kind": STR, "threshold": _null(MONEY),
+                   "balance": MONEY, "message": STR, "created_at": TIME,
+                   "published_at": _null(TIME)}),
+    "Account": _obj({
+        "account": STR, "name": STR, "tariff": STR, "group": _null(STR),
+        "restore_mode": {"type": "string", "enum": ["close", "close_permitted"]},
+        "balance": MONEY, "arrears": MONEY,
+        "phase": {"type": "string", "enum": ["normal", "warned", "final", "cut"]},
+        "phase_since": TIME, "hold_reason": _null(STR), "awaiting_approval": BOOL,
+        "created_at": TIME, "meters": _arr(STR), "cut_off": _null(BOOL),
+        "customer_action_needed": _null(BOOL),
+        "days_of_credit": _null({"type": "string",
+                                 "description": "days until the balance runs out at the "
+                                                "account's own usage; null: no usage"}),
+        "risk": _ref("Risk"), "alerts": _arr(_ref("Alert")),
+    }, optional=("alerts",)),
+    "LedgerEntry": _obj({
+        "id": INT, "kind": STR, "amount": MONEY, "balance_after": MONEY, "created_at": TIME,
+        "meter": _null(STR), "interval_start": _null(TIME), "channel": _null(STR),
+        "reference": _null(STR), "actor": _null(STR),
+    }),
+    "Command": _obj({
+        "id": STR, "account": STR, "meter": STR, "action": STR,
+        "purpose": {"type": "string", "enum": ["cutoff", "restore", "reconcile"]},
+        "state": STR, "attempt": INT, "max_attempts": INT, "site": _null(STR),
+        "gateway": _null(STR), "created_at": TIME, "expires_at": TIME, "sent_at": _null(TIME),
+        "updated_at": TIME, "relay_reported": _null(STR), "reason": _null(STR),
+        "audit": _arr(_obj({"at": TIME, "from_state": _null(STR), "to_state": STR,
+                            "actor": STR, "detail": STR})),
+    }, optional=("audit",)),
+    "AuditEntry": _obj({"id": INT, "at": TIME, "user": STR, "role": STR, "action": STR,
+                        "target": STR, "detail": ANY_OBJ}),
+}
+
+
+def _page_props() -> dict[str, S]:
+    return {"limit": INT, "offset": INT}
+
+
+def _q(name: str, schema: S, description: str = "") -> S:
+    return {"name": name, "in": "query", "required": False, "schema": schema,
+            "description": description}
+
+
+def _p(name: str, schema: S | None = None) -> S:
+    return {"name": name, "in": "path", "required": True, "schema": schema or STR}
+
+
+LIMIT = _q("limit", {"type": "integer", "minimum": 1, "maximum": 1000})
+OFFSET = _q("offset", {"type": "integer", "minimum": 0, "maximum": 1_000_000})
+ID = _p("id", {"type": "integer", "minimum": 1, "format": "int64"})
+FROM = _q("from", TIME, "start of the range (ISO-8601 with timezone)")
+TO = _q("to", TIME, "end of the range (ISO-8601 with timezone, default now)")
+
+
+def _errors(*codes: int) -> dict[str, S]:
+    text = {400: "invalid input (the message says what)", 401: "not logged in",
+            403: "role too low", 404: "not found", 409: "conflicts with the current state",
+            503: "a needed part (database, billing tables) is not available"}
+    return {str(c): {"description": text[c],
+                     "content": {"application/json": {"schema": _ref("Error")}}}
+            for c in codes}
+
+
+def _op(summary: str, ok: S, *, params: list[S] | None = None, body: S | None = None,
+        status: int = 200, errors: tuple[int, ...] = (400, 401, 403, 503),
+        role: str = "viewer", tag: str = "", public: bool = False) -> S:
+    op: S = {
+        "summary": summary,
+        "description": f"Needs the **{role}** role." if not public else "No login needed.",
+        "tags": [tag] if tag else [],
+        "parameters": params or [],
+        "responses": {
+            str(status): {"description": "success",
+                          "content": {"application/json": {"schema": ok}}},
+            **_errors(*errors),
+        },
+    }
+    if public:
+        op["security"] = []
+    if body is not None:
+        op["requestBody"] = {"required": True,
+                             "content": {"application/json": {"schema": body}}}
+    return op
+
+
+def _list(key: str, item: S, total: bool = True) -> S:
+    props = {key: _arr(item), **_page_props()}
+    if total:
+        props["total"] = INT
+    return _obj(props)
+
+
+def _paths() -> dict[str, S]:
+    meter = _p("meter")
+    return {
+        "/health": {"get": _op("Liveness: the service and its database answer",
+                               _obj({"status": STR}), public=True, errors=(503,),
+                               tag="service")},
+        "/session": {
+            "post": _op("Log in to the page (sets the session cookie)",
+                        _obj({"user": _ref("User")}), public=True, errors=(400, 401, 503),
+                        body=_obj({"name": {"type": "string", "minLength": 1},
+                                   "password": {"type": "string", "minLength": 1}}),
+                        tag="session"),
+            "delete": _op("Log out (clears the session cookie)", _obj({"ok": BOOL}),
+                          tag="session", errors=(401,)),
+        },
+        "/me": {"get": _op("Who is asking", _obj({"user": _ref("User")}), tag="session",
+                           errors=(401, 503))},
+        "/gateways": {"get": _op("Gateways with online/offline, last seen and health",
+                                 _obj({"gateways": _arr(_ref("Gateway"))}), tag="fleet")},
+        "/gateways/{gateway}": {"get": _op(
+            "One gateway: status, sequence gaps, recent events, its meters",
+            _ref("GatewayDetail"),
+            params=[_p("gateway"), _q("events", {"type": "integer", "minimum": 0,
+                                                 "maximum": 500})],
+            errors=(400, 401, 403, 404, 503), tag="fleet")},
+        "/meters": {"get": _op(
+            "Meters with their newest values",
+            _list("meters", _ref("Meter")),
+            params=[_q("gateway", STR), _q("q", STR, "part of the meter id"), LIMIT, OFFSET],
+            tag="fleet")},
+        "/meters/{meter}": {"get": _op("One meter with its newest values", _ref("Meter"),
+                                       params=[meter], errors=(400, 401, 403, 404, 503),
+                                       tag="fleet")},
+        "/meters/{meter}/history": {"get": _op(
+            "One quantity over a range; resolution picked from the range unless given "
+            "(<=2 h raw, <=12 h 1 min, <=3 d 15 min, <=60 d hour, else day)",
+            _obj({"meter": STR, "quantity": STR, "unit": STR, "from": TIME, "to": TIME,
+                  "resolution": {"type": "string",
+                                 "enum": ["raw", "1min", "15min", "hour", "day"]},
+                  "points": _arr(_ref("Point"))}),
+            params=[meter, _q("quantity", STR, "canonical quantity, default "
+                                               "power_active_total"),
+                    FROM, TO,
+                    _q("resolution", {"type": "string", "enum": [
+                        "auto", "raw", "1min", "15min", "hour", "day"]})],
+            errors=(400, 401, 403, 404, 503), tag="fleet")},
+        "/meters/{meter}/intervals": {"get": _op(
+            "Validated interval consumption and the anomalies in the range (default 24 h)",
+            _obj({"meter": STR, "from": TIME, "to": TIME,
+                  "intervals": _arr(_ref("Interval")), "anomalies": _arr(_ref("Anomaly"))}),
+            params=[meter, FROM, TO, _q("limit", {"type": "integer", "minimum": 1,
+                                                  "maximum": 5000})],
+            errors=(400, 401, 403, 404, 503), tag="fleet")},
+        "/anomalies": {"get": _op(
+            "Validation rules that fired, newest first",
+            _obj({"anomalies": _arr(_ref("Anomaly")), **_page_props()}),
+            params=[_q("meter", STR), _q("rule", STR), FROM, TO, LIMIT, OFFSET],
+            tag="review")},
+        "/review-items": {"get": _op(
+            "The review queue (abnormal work orders); open ones first",
+            _list("review_items", _ref("ReviewItem")),
+            params=[_q("status", {"type": "string",
+                                  "enum": ["open", "confirmed", "dismissed", "all"]}),
+                    _q("meter", STR), LIMIT, OFFSET], tag="review")},
+        "/review-items/{id}": {"get": _op("One review item with its anomalies",
+                                          _ref("ReviewItem"), params=[ID],
+                                          errors=(400, 401, 403, 404, 503), tag="review")},
+        "/review-items/{id}/confirm": {"post": _op(
+            "Confirm the anomaly is real (releases the held intervals)", _ref("ReviewItem"),
+            params=[ID], body=_obj({"comment": STR}, optional=("comment",)),
+            role="engineer", errors=(400, 401, 403, 404, 409, 503), tag="review")},
+        "/review-items/{id}/dismiss": {"post": _op(
+            "Dismiss the item as no fault (releases the held intervals)", _ref("ReviewItem"),
+            params=[ID], body=_obj({"comment": STR}, optional=("comment",)),
+            role="engineer", errors=(400, 401, 403, 404, 409, 503), tag="review")},
+        "/accounts": {"get": _op(
+            "Prepaid accounts, lowest balance first, with days of credit left and risk grade",
+            _list("accounts", _ref("Account")),
+            params=[_q("q", STR, "part of the account id, name or a meter id"),
+                    _q("phase", {"type": "string",
+                                 "enum": ["normal", "warned", "final", "cut"]}),
+                    LIMIT, OFFSET], tag="accounts")},
+        "/accounts/{account}": {"get": _op(
+            "One account with its recent alerts", _ref("Account"), params=[_p("account")],
+            errors=(400, 401, 403, 404, 503), tag="accounts")},
+        "/accounts/{account}/ledger": {"get": _op(
+            "Ledger entries, newest first",
+            _obj({"account": STR, "entries": _arr(_ref("LedgerEntry")), **_page_props()}),
+            params=[_p("account"), LIMIT, OFFSET], errors=(400, 401, 403, 404, 503),
+            tag="accounts")},
+        "/accounts/{account}/topups": {"post": _op(
+            "Credit a payment; the same channel + reference again is the same entry",
+            _obj({"entry": _obj({"id": INT, "kind": STR, "amount": MONEY,
+                                 "balance_after": MONEY, "created_at": TIME,
+                                 "channel": _null(STR), "reference": _null(STR)}),
+                  "balance": MONEY}),
+            params=[_p("account")], status=201, role="operator",
+            body=_obj({"amount": {"oneOf": [MONEY, {"type": "integer", "minimum": 1}]},
+                       "channel": {"type": "string",
+                                   "enum": ["wechat", "alipay", "bank", "counter"]},
+                       "reference": {"type": "string", "minLength": 1}}),
+            errors=(400, 401, 403, 404, 409, 503), tag="accounts")},
+        "/alerts": {"get": _op("Balance alerts and warnings, newest first",
+                               _obj({"alerts": _arr(_ref("Alert")), **_page_props()}),
+                               params=[_q("account", STR), LIMIT, OFFSET], tag="accounts")},
+        "/commands": {
+            "get": _op("Relay command history, newest first",
+                       _list("commands", _ref("Command")),
+                       params=[_q("account", STR), _q("meter", STR),
+                               _q("state", {"type": "string", "enum": [
+                                   "queued", "sent", "accepted", "confirmed", "verified",
+                                   "rejected", "timed_out", "expired", "cancelled",
+                                   "failed"]}),
+                               LIMIT, OFFSET], tag="commands"),
+            "post": _op("Manual cut-off or restore of one meter's relay", _ref("Command"),
+                        status=201, role="operator",
+                        body=_obj({"meter": {"type": "string", "minLength": 1},
+                                   "action": {"type": "string",
+                                              "enum": ["cutoff", "restore"]},
+                                   "reason": STR}, optional=("reason",)),
+                        errors=(400, 401, 403, 404, 409, 503), tag="commands"),
+        },
+        "/commands/{command}": {"get": _op("One command with its audit trail", _ref("Command"),
+                                           params=[_p("command")],
+                                           errors=(400, 401, 403, 404, 503),
+                                           tag="commands")},
+        "/dead-letters": {"get": _op(
+            "Messages the collector refused, with the reason",
+            _list("dead_letters", _ref("DeadLetter")),
+            params=[_q("gateway", STR), LIMIT, OFFSET], tag="fleet")},
+        "/users": {
+            "get": _op("Users", _obj({"users": _arr(_ref("AdminUser"))}), role="admin",
+                       tag="admin"),
+            "post": _op("Create a user; the generated password is in this answer only",
+                        _obj({"user": _ref("AdminUser"), "password": STR}), status=201,
+                        role="admin", tag="admin", errors=(400, 401, 403, 409, 503),
+                        body=_obj({"name": {"type": "string", "minLength": 1},
+                                   "role": {"type": "string", "enum": list(ROLES)}})),
+        },
+        "/users/{id}": {"patch": _op(
+            "Change a user's role or disable them", _obj({"user": _ref("AdminUser")}),
+            params=[ID], role="admin", tag="admin", errors=(400, 401, 403, 404, 503),
+            body=_obj({"role": {"type": "string", "enum": list(ROLES)}, "disabled": BOOL},
+                      optional=("role", "disabled")))},
+        "/tokens": {
+            "get": _op("API tokens (never the tokens themselves)",
+                       _obj({"tokens": _arr(_obj({
+                           "id": INT, "user": STR, "label": STR, "created_at": TIME,
+                           "last_used_at": _null(TIME), "revoked_at": _null(TIME)}))}),
+                       role="admin", tag="admin"),
+            "post": _op("Create an API token; the token is in this answer only",
+                        _obj({"id": INT, "user": STR, "label": STR, "token": STR}),
+                        status=201, role="admin", tag="admin",
+                        errors=(400, 401, 403, 404, 503),
+                        body=_obj({"user": {"type": "string", "minLength": 1},
+                                   "label": STR}, optional=("label",))),
+        },
+        "/tokens/{id}": {"delete": _op("Revoke an API token",
+                                       _obj({"id": INT, "revoked_at": TIME}), params=[ID],
+                                       role="admin", tag="admin",
+                                       errors=(400, 401, 403, 404, 503))},
+        "/audit": {"get": _op("Every write made through the web, newest first",
+                              _obj({"entries": _arr(_ref("AuditEntry")), **_page_props()}),
+                              params=[_q("user", STR), LIMIT, OFFSET], role="admin",
+                              tag="admin")},
+        "/live": {"get": {
+            "summary": "Live telemetry as Server-Sent Events",
+            "description": "Needs the **viewer** role. Events: `snapshot` (gateways and the "
+                           "open review count), `gateway` (a gateway changed: status, "
+                           "last seen, health), `meter` (newest values of a meter that "
+                           "reported), `review` (open review count changed). "
+                           "A comment line every 15 s keeps proxies from closing it.",
+            "tags": ["live"],
+            "responses": {"200": {"description": "an endless event stream",
+                                  "content": {"text/event-stream": {"schema": STR}}},
+                          **_errors(401)},
+        }},
+    }
+
+
+def document() -> S:
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "meterhub API",
+            "version": "1.0.0",
+            "description": "Gateways, meters, validation review queue, prepaid accounts and "
+                           "relay commands. Log in with `POST /session` (the page does) or "
+                           "send `Authorization: Bearer <token>`. Roles: viewer (read) < "
+                           "engineer (review items) < operator (top-ups, commands) < admin "
+                           "(users, tokens). Errors are `{\"error\": {\"status\", "
+                           "\"message\"}}`. Money is a decimal string in yuan; times are "
+                           "ISO-8601 UTC.",
+        },
+        "servers": [{"url": "/api/v1"}],
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "token": {"type": "http", "scheme": "bearer"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "meterhub_session"},
+            },
+        },
+        "security": [{"token": []}, {"session": []}],
+        "paths": _paths(),
+    }
+
+
+_DOCUMENT = document()
+
+
+async def openapi_handler(request: web.Request) -> web.Response:
+    return web.json_response(_DOCUMENT)

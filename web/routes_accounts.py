@@ -1,0 +1,210 @@
+"""Accounts, balances, ledger, alerts, top-ups, and relay commands (history and manual).
+
+Top-ups go through :func:`billing.ledger.topup` (idempotent by channel + payment reference),
+so a double-clicked button or a retried request is one ledger entry. Operators may cut a
+meter off or restore it by hand; each such command is queued in billing's command table and
+driven by the billing engine like any other, with every step in its audit trail.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from aiohttp import web
+
+from billing import ledger as billing_ledger
+from billing.errors import BillingError
+from billing.money import from_fen
+from web import accounts, database, inputs
+from web.app import API, current_user, json_response, requires
+from web.auth import User
+from web.errors import BadRequest, Conflict, NotFound
+
+routes = web.RouteTableDef()
+
+PHASES = ("normal", "warned", "final", "cut")
+COMMAND_STATES = ("queued", "sent", "accepted", "confirmed", "verified", "rejected",
+                  "timed_out", "expired", "cancelled", "failed")
+MANUAL_ACTIONS = ("cutoff", "restore")
+MANUAL_EXPIRY = timedelta(hours=1)
+MANUAL_ATTEMPTS = 3
+
+
+def _page(request: web.Request, default: int = 100) -> tuple[int, int]:
+    return (inputs.query_int(request, "limit", default=default, lo=1, hi=1000),
+            inputs.query_int(request, "offset", default=0, lo=0, hi=1_000_000))
+
+
+@routes.get(f"{API}/accounts")
+@requires("viewer")
+async def list_accounts(request: web.Request) -> web.Response:
+    search = inputs.query_text(request, "q")
+    phase = inputs.query_text(request, "phase", choices=PHASES)
+    limit, offset = _page(request)
+    rows, total = await database.run(request, accounts.accounts, search, phase, limit, offset)
+    return json_response({"accounts": rows, "total": total, "limit": limit, "offset": offset})
+
+
+@routes.get(API + "/accounts/{account}")
+@requires("viewer")
+async def get_account(request: web.Request) -> web.Response:
+    account_id = inputs.path_text(request, "account")
+    row = await database.run(request, accounts.account, account_id)
+    if row is None:
+        raise NotFound(f"no account {account_id!r}")
+    return json_response(row)
+
+
+@routes.get(API + "/accounts/{account}/ledger")
+@requires("viewer")
+async def account_ledger(request: web.Request) -> web.Response:
+    account_id = inputs.path_text(request, "account")
+    limit, offset = _page(request)
+
+    def load(conn: psycopg.Connection[Any]) -> list[dict[str, Any]] | None:
+        if accounts.account(conn, account_id) is None:
+            return None
+        return accounts.ledger(conn, account_id, limit, offset)
+
+    rows = await database.run(request, load)
+    if rows is None:
+        raise NotFound(f"no account {account_id!r}")
+    return json_response({"account": account_id, "entries": rows, "limit": limit,
+                          "offset": offset})
+
+
+@routes.post(API + "/accounts/{account}/topups")
+@requires("operator")
+async def create_topup(request: web.Request) -> web.Response:
+    account_id = inputs.path_text(request, "account")
+    body = await inputs.json_body(request)
+    inputs.only_keys(body, ("amount", "channel", "reference"))
+    amount = inputs.money(body.get("amount"), "amount")
+    channel = inputs.text(body.get("channel"), "channel", max_len=20)
+    if channel not in billing_ledger.CHANNELS:
+        raise BadRequest(f"channel must be one of {', '.join(billing_ledger.CHANNELS)}")
+    reference = inputs.text(body.get("reference"), "reference", max_len=200)
+    assert reference is not None
+    user = current_user(request)
+
+    def post(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+        database.audit(conn, user, "account.topup", f"account:{account_id}",
+                       {"amount": amount, "channel": channel, "reference": reference})
+        try:
+            with database.tuple_rows(conn):
+                entry = billing_ledger.topup(conn, account_id, amount, channel, reference,
+                                             actor=f"web:{user.name}")
+                left = billing_ledger.balance(conn, account_id)
+        except billing_ledger.UnknownAccount:
+            raise NotFound(f"no account {account_id!r}") from None
+        except billing_ledger.TopupConflict as exc:
+            raise Conflict(str(exc)) from None
+        except BillingError as exc:
+            raise BadRequest(str(exc)) from None
+        return {
+            "entry": {"id": entry.entry_id, "kind": entry.kind, "amount": entry.amount,
+                      "balance_after": entry.balance_after, "created_at": entry.created_at,
+                      "channel": entry.channel, "reference": entry.reference},
+            "balance": left,
+        }
+
+    return json_response(await database.run(request, post), status=201)
+
+
+@routes.get(f"{API}/alerts")
+@requires("viewer")
+async def list_alerts(request: web.Request) -> web.Response:
+    account_id = inputs.query_text(request, "account")
+    limit, offset = _page(request)
+    rows = await database.run(request, accounts.alerts, account_id, limit, offset)
+    return json_response({"alerts": rows, "limit": limit, "offset": offset})
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+@routes.get(f"{API}/commands")
+@requires("viewer")
+async def list_commands(request: web.Request) -> web.Response:
+    account_id = inputs.query_text(request, "account")
+    meter_id = inputs.query_text(request, "meter")
+    state = inputs.query_text(request, "state", choices=COMMAND_STATES)
+    limit, offset = _page(request)
+    rows, total = await database.run(request, accounts.commands, account_id, meter_id, state,
+                                     limit, offset)
+    return json_response({"commands": rows, "total": total, "limit": limit, "offset": offset})
+
+
+@routes.get(API + "/commands/{command}")
+@requires("viewer")
+async def get_command(request: web.Request) -> web.Response:
+    command_id = inputs.path_text(request, "command")
+    row = await database.run(request, accounts.command, command_id)
+    if row is None:
+        raise NotFound(f"no command {command_id!r}")
+    return json_response(row)
+
+
+@routes.post(f"{API}/commands")
+@requires("operator")
+async def create_command(request: web.Request) -> web.Response:
+    """A manual cut-off or restore of one meter's relay, by an operator."""
+    body = await inputs.json_body(request)
+    inputs.only_keys(body, ("meter", "action", "reason"))
+    meter_id = inputs.text(body.get("meter"), "meter", max_len=100)
+    action = inputs.text(body.get("action"), "action", max_len=20)
+    if action not in MANUAL_ACTIONS:
+        raise BadRequest(f"action must be one of {', '.join(MANUAL_ACTIONS)}")
+    reason = inputs.text(body.get("reason"), "reason", required=False, max_len=500,
+                         min_len=0) or ""
+    assert meter_id is not None
+    user = current_user(request)
+    row = await database.run(request, _queue_manual, meter_id, action, reason, user)
+    return json_response(row, status=201)
+
+
+def _queue_manual(conn: psycopg.Connection[Any], meter_id: str, purpose: str, reason: str,
+                  user: User) -> dict[str, Any]:
+    """Queue the command and set the wanted relay state so reconciliation keeps it."""
+    bm = conn.execute(
+        """SELECT bm.account_id, a.restore_mode, a.balance_fen, m.gateway, m.site
+           FROM billing_meters bm JOIN billing_accounts a USING (account_id)
+           LEFT JOIN meters m ON m.meter_id = bm.meter_id
+           WHERE bm.meter_id = %s FOR UPDATE OF bm""", (meter_id,)).fetchone()
+    if bm is None:
+        raise NotFound(f"meter {meter_id!r} belongs to no account; nothing to cut off")
+    if purpose == "cutoff":
+        action, wanted = "relay_open", "open"
+    else:
+        action = "relay_close" if bm["restore_mode"] == "close" else "relay_close_permitted"
+        wanted = "closed"
+    command_id = f"web-{uuid.uuid4().hex[:16]}"
+    actor = f"web:{user.name}"
+    database.audit(conn, user, f"command.{purpose}", f"meter:{meter_id}",
+                   {"command_id": command_id, "reason": reason,
+                    "balance": from_fen(bm["balance_fen"])})
+    now = datetime.now(UTC)
+    try:
+        with conn.transaction():
+            conn.execute(
+                """INSERT INTO billing_commands (command_id, account_id, meter_id, action,
+                       purpose, state, max_attempts, site, gateway, created_at, expires_at,
+                       next_attempt_at, updated_at, reason)
+                   VALUES (%s, %s, %s, %s, %s, 'queued', %s, %s, %s, %s, %s, %s, %s, %s)""",
+                (command_id, bm["account_id"], meter_id, action, purpose, MANUAL_ATTEMPTS,
+                 bm["site"], bm["gateway"], now, now + MANUAL_EXPIRY, now, now,
+                 f"manual by {user.name}: {reason}" if reason else f"manual by {user.name}"))
+    except psycopg.errors.UniqueViolation:
+        raise Conflict(f"meter {meter_id!r} already has a command in flight; "
+                       "wait for it to finish or expire") from None
+    conn.execute(
+        "INSERT INTO billing_command_audit (command_id, from_state, to_state, actor, detail)"
+        " VALUES (%s, NULL, 'queued', %s, %s)", (command_id, actor, reason or "manual"))
+    conn.execute("UPDATE billing_meters SET relay_wanted = %s WHERE meter_id = %s",
+                 (wanted, meter_id))
+    out = accounts.command(conn, command_id)
+    assert out is not None
+    return out

@@ -1,0 +1,161 @@
+"""Read endpoints for the fleet: gateways, meters, their history, anomalies, dead letters."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from aiohttp import web
+
+from meterhub.quantities import QUANTITIES
+from web import database, inputs, queries
+from web.app import API, SETTINGS_KEY, json_response, requires
+from web.errors import BadRequest, NotFound
+
+routes = web.RouteTableDef()
+
+MAX_SPAN = timedelta(days=400)
+
+
+def _offline_after(request: web.Request) -> float:
+    return request.app[SETTINGS_KEY].offline_after_s
+
+
+def _range(request: web.Request, default: timedelta) -> tuple[datetime, datetime]:
+    end = inputs.query_time(request, "to") or datetime.now(UTC)
+    start = inputs.query_time(request, "from") or end - default
+    if start >= end:
+        raise BadRequest("from must be before to")
+    if end - start > MAX_SPAN:
+        raise BadRequest(f"the range is longer than {MAX_SPAN.days} days; ask for less")
+    return start, end
+
+
+def _page(request: web.Request, default: int = 100) -> tuple[int, int]:
+    return (inputs.query_int(request, "limit", default=default, lo=1, hi=1000),
+            inputs.query_int(request, "offset", default=0, lo=0, hi=1_000_000))
+
+
+@routes.get(f"{API}/gateways")
+@requires("viewer")
+async def list_gateways(request: web.Request) -> web.Response:
+    rows = await database.run(request, queries.gateways, _offline_after(request))
+    return json_response({"gateways": rows})
+
+
+@routes.get(API + "/gateways/{gateway}")
+@requires("viewer")
+async def get_gateway(request: web.Request) -> web.Response:
+    name = inputs.path_text(request, "gateway")
+    limit = inputs.query_int(request, "events", default=50, lo=0, hi=500)
+
+    def load(conn: psycopg.Connection[Any]) -> dict[str, object] | None:
+        gw = queries.gateway(conn, name, _offline_after(request))
+        if gw is not None:
+            gw["events"] = queries.gateway_events(conn, name, limit)
+            gw["meter_ids"] = [r["meter_id"] for r in conn.execute(
+                "SELECT meter_id FROM meters WHERE gateway = %s ORDER BY meter_id", (name,))]
+        return gw
+
+    gw = await database.run(request, load)
+    if gw is None:
+        raise NotFound(f"no gateway {name!r} has been heard from")
+    return json_response(gw)
+
+
+@routes.get(f"{API}/meters")
+@requires("viewer")
+async def list_meters(request: web.Request) -> web.Response:
+    gateway = inputs.query_text(request, "gateway")
+    search = inputs.query_text(request, "q")
+    limit, offset = _page(request, 200)
+    rows, total = await database.run(request, queries.meters, gateway, search, limit, offset)
+    return json_response({"meters": rows, "total": total, "limit": limit, "offset": offset})
+
+
+@routes.get(API + "/meters/{meter}")
+@requires("viewer")
+async def get_meter(request: web.Request) -> web.Response:
+    meter_id = inputs.path_text(request, "meter")
+    row = await database.run(request, queries.meter, meter_id)
+    if row is None:
+        raise NotFound(f"no meter {meter_id!r}")
+    return json_response(row)
+
+
+@routes.get(API + "/meters/{meter}/history")
+@requires("viewer")
+async def meter_history(request: web.Request) -> web.Response:
+    """One quantity over a range; the resolution follows the range unless asked for."""
+    meter_id = inputs.path_text(request, "meter")
+    quantity = inputs.query_text(request, "quantity", default="power_active_total")
+    assert quantity is not None
+    if quantity not in QUANTITIES:
+        raise BadRequest(f"quantity {quantity!r} is unknown; one of {', '.join(QUANTITIES)}")
+    start, end = _range(request, timedelta(hours=1))
+    resolution = inputs.query_text(
+        request, "resolution", choices=("auto", *queries.RESOLUTIONS), default="auto")
+    if resolution == "auto" or resolution is None:
+        resolution = queries.pick_resolution(end - start)
+    if resolution == "raw" and end - start > timedelta(days=2):
+        raise BadRequest("raw readings are served for ranges up to 2 days; use a bucket")
+
+    def load(conn: psycopg.Connection[Any]) -> list[dict[str, object]] | None:
+        if queries.meter(conn, meter_id) is None:
+            return None
+        return queries.history(conn, meter_id, quantity, start, end, resolution)
+
+    points = await database.run(request, load)
+    if points is None:
+        raise NotFound(f"no meter {meter_id!r}")
+    return json_response({
+        "meter": meter_id, "quantity": quantity, "unit": QUANTITIES[quantity].unit,
+        "from": start, "to": end, "resolution": resolution, "points": points,
+    })
+
+
+@routes.get(API + "/meters/{meter}/intervals")
+@requires("viewer")
+async def meter_intervals(request: web.Request) -> web.Response:
+    """Validated interval consumption with the anomalies in the same range, for the chart."""
+    meter_id = inputs.path_text(request, "meter")
+    start, end = _range(request, timedelta(hours=24))
+    limit = inputs.query_int(request, "limit", default=2000, lo=1, hi=5000)
+
+    def load(conn: psycopg.Connection[Any]) -> dict[str, object] | None:
+        if queries.meter(conn, meter_id) is None:
+            return None
+        return {
+            "meter": meter_id, "from": start, "to": end,
+            "intervals": queries.intervals(conn, meter_id, start, end, limit),
+            "anomalies": queries.anomalies(conn, meter_id, None, start, end, 1000, 0),
+        }
+
+    out = await database.run(request, load)
+    if out is None:
+        raise NotFound(f"no meter {meter_id!r}")
+    return json_response(out)
+
+
+@routes.get(f"{API}/anomalies")
+@requires("viewer")
+async def list_anomalies(request: web.Request) -> web.Response:
+    meter_id = inputs.query_text(request, "meter")
+    rule = inputs.query_text(request, "rule")
+    start = inputs.query_time(request, "from")
+    end = inputs.query_time(request, "to")
+    limit, offset = _page(request)
+    rows = await database.run(request, queries.anomalies, meter_id, rule, start, end, limit,
+                              offset)
+    return json_response({"anomalies": rows, "limit": limit, "offset": offset})
+
+
+@routes.get(f"{API}/dead-letters")
+@requires("viewer")
+async def list_dead_letters(request: web.Request) -> web.Response:
+    gateway = inputs.query_text(request, "gateway")
+    limit, offset = _page(request)
+    rows, total = await database.run(request, queries.dead_letters, gateway, limit, offset)
+    return json_response({"dead_letters": rows, "total": total, "limit": limit,
+                          "offset": offset})
