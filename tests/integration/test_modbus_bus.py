@@ -309,3 +309,26 @@ def test_pinned_pymodbus_is_the_range_the_driver_supports() -> None:
     assert (low, high) == PYMODBUS_SUPPORTED
     installed = tuple(int(part) for part in pymodbus.__version__.split(".")[:2])
     assert low <= installed < high, f"pymodbus {pymodbus.__version__} outside {spec}"
+
+
+async def test_driver_survives_a_long_silence_and_a_server_going_away() -> None:
+    """pymodbus drops a TCP connection after retries + 3 unanswered requests; the driver
+    reconnects on the next transaction, and a server that is gone is NoAnswer, not a crash."""
+    meters = _meters()
+    server = ModbusTcpServer(meters).start()
+    driver = ModbusDriver.tcp("127.0.0.1", server.port, timeout_s=0.1, retries=0, models=MODELS)
+    try:
+        meters[0].faults.no_reply = True
+        for _ in range(6):
+            with pytest.raises(NoAnswer):
+                await driver.read("1", ["voltage_a"])
+        meters[0].faults.no_reply = False
+        assert (await driver.read("1", ["voltage_a"]))["voltage_a"].value > 200
+        server.stop()
+        with pytest.raises(NoAnswer):
+            await driver.read("1", ["voltage_a"])
+        with pytest.raises(NoAnswer, match="cannot open tcp connection"):
+            await driver.read("1", ["voltage_a"])
+    finally:
+        await driver.close()
+        server.stop()
