@@ -134,6 +134,9 @@ class Dlt645BusProtocol:
             return self._handle(meter, version, frame, request)
         except _NoData:
             return msg.error_reply(meter.address, frame.control, msg.ERR_NO_DATA)
+        except ValueError as exc:  # a value the format cannot hold (Dlt645Error included)
+            log.warning("meter %s: cannot answer %s: %s", meter.address, request, exc)
+            return msg.error_reply(meter.address, frame.control, msg.ERR_OTHER)
 
     def _handle(
         self, meter: SimMeter, version: Version, frame: Frame, request: msg.Request
@@ -204,6 +207,8 @@ class Dlt645BusProtocol:
 
     def _scalar(self, meter: SimMeter, entry: DataId, quantity: str | None) -> Scalar:
         di = entry.di
+        if quantity == "balance_remaining":  # below zero the meter shows overdraft instead
+            return round(max(0.0, meter.value(quantity)), 2)
         if quantity in QUANTITIES:
             return meter.value(quantity)
         if entry.kind == "date":

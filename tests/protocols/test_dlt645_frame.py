@@ -91,7 +91,7 @@ def test_control_bits() -> None:
 
 def test_checksum_error_names_both_sums() -> None:
     bad = READ_VOLTAGE_REPLY[:-2] + b"\x11\x16"
-    with pytest.raises(ChecksumError, match="11H.*expected 10H"):
+    with pytest.raises(ChecksumError, match=r"11H.*expected 10H"):
         decode(bad)
 
 
