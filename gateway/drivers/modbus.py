@@ -213,13 +213,15 @@ class ModbusDriver:
         unit_id = _unit_id(str(unit))
         if unit_id is None:
             raise DriverError(f"unit {unit!r}: not a Modbus unit id 1..247")
-        regmap = self._maps.get(model) if model else self._units.get(str(unit_id), (0, None))[1]
-        if model and regmap is None:
+        if model is not None and model not in self._maps:
             raise DriverError(f"model {model!r} is not one of {', '.join(sorted(self._maps))}")
-        if regmap is not None:
-            first = plan_reads(regmap, regmap.quantities[:1])[0]
-            request = ReadRequest(first.function, first.address, first.count, first.registers)
+        configured = self._units.get(str(unit_id))
+        regmap = self._maps[model] if model is not None else configured and configured[1]
+        if regmap:
+            # the model's first register: a meter of that model answers it normally
+            request = plan_reads(regmap, regmap.quantities[:1])[0]
         else:
+            # any device answers this, normally or with "illegal data address"
             request = ReadRequest("holding", 0, 1, ())
         ctx = self._client.ctx  # pymodbus 3.16: TransactionManager holds the retry count
         saved = ctx.retries

@@ -277,6 +277,8 @@ async def test_probe_sweep_finds_the_units_on_the_line(line: Line) -> None:
         found = [unit for unit in range(1, 9) if await driver.probe(unit)]
         assert found == [1, 2, 3, 4, 5]
         assert await driver.probe(4, model="eastron-sdm120")  # an exception reply: it is there
+    async with _driver(line, timeout_s=0.2, models={}) as driver:  # a scan knows no models
+        assert [unit for unit in range(1, 9) if await driver.probe(unit)] == [1, 2, 3, 4, 5]
 
 
 async def test_broadcast_relay_write_reaches_every_meter_and_gets_no_reply() -> None:
