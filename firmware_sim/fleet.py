@@ -125,7 +125,7 @@ class Fleet:
                 wire: Any = (
                     ModbusRtuBusProtocol()
                     if protocol == "modbus-rtu"
-                    else Dlt645BusProtocol(version=protocol.removeprefix("dlt645-"))
+                    else Dlt645BusProtocol()  # the version is each meter's own
                 )
                 bus = SimBus(
                     wire,

@@ -37,6 +37,18 @@ log = logging.getLogger(__name__)
 DRY_ACCOUNT_BALANCE = Decimal("2.00")  # yuan; runs out within the first half minute
 TOPUP_AMOUNT = Decimal("100.00")
 TOPUP_DELAY_S = 4.0  # after the cut-off is confirmed, the customer pays
+DEMO_TARIFF = "residential-flat"  # configs/tariffs/residential_flat.toml
+
+
+def _demo_credit() -> Any:
+    """Warnings seconds apart instead of an hour and 30 minutes, no protected windows."""
+    from billing import CreditSettings
+
+    return CreditSettings(
+        alert_thresholds=(Decimal("1.00"), Decimal("0.50"), Decimal(0)),
+        warning_to_final_s=2.0,
+        final_to_cutoff_s=3.0,
+    )
 
 
 @dataclass
@@ -192,14 +204,24 @@ async def run_demo(
             BillingConfig(
                 database_url=database_url,
                 mqtt=mqtt,
-                **_billing_knobs(plan),
+                poll_interval_s=1.0,
+                ack_timeout_s=10.0,
+                retry_backoff_s=2.0,
+                reconcile_interval_s=10.0,
+                reconcile_grace_s=10.0,
             )
         )
         with psycopg.connect(database_url) as conn:
             for account, meter, opening in plan.accounts():
-                create_account(conn, account, meters=[meter], tariff="flat-demo",
-                               name=f"demo household {account[-1]}")
-                topup(conn, account, opening, channel="counter", reference=f"{account}-opening")
+                create_account(
+                    conn,
+                    account,
+                    meters=[meter],
+                    tariff=DEMO_TARIFF,
+                    name=f"demo household {account[-1]}",
+                    credit=_demo_credit(),
+                    opening_balance=opening,
+                )
             conn.commit()
         summary.meters = len(plan.meter_ids())
         summary.dry_account = plan.accounts()[0][0]
@@ -322,7 +344,7 @@ def _fleet_spec(plan: DemoPlan) -> dict[str, Any]:
                         # the dry account's meter runs a heavy load, fast-forwarded, so its
                         # balance is gone within the first half minute
                         "base_load_kw": 6.0 if address == dry_meter else 1.2,
-                        "speedup": 60.0 if address == dry_meter else 1.0,
+                        "speedup": 300.0 if address == dry_meter else 1.0,
                         "energy_kwh": 1000.0 + n * 250,
                     }
                     for n, address in enumerate(plan.dlt645_addresses())
@@ -380,6 +402,3 @@ def _gateway_spec(plan: DemoPlan, fleet: Any) -> dict[str, Any]:
         ],
     }
 
-
-def _billing_knobs(plan: DemoPlan) -> dict[str, Any]:
-    return {}
