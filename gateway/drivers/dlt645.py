@@ -112,7 +112,7 @@ class Dlt645Driver:
         entries: list[tuple[str, DataId]] = []
         for quantity in quantities:
             try:
-                entries.append((quantity, for_quantity(quantity, self.version)))  # type: ignore[arg-type]
+                entries.append((quantity, for_quantity(quantity, self.version)))
             except UnknownIdentifierError as exc:
                 raise DriverError(f"meter {address}: {exc}") from None
         values: dict[str, Value] = {}
@@ -147,14 +147,14 @@ class Dlt645Driver:
     async def read_identifier(self, address: str, di: int) -> DecodedValue:
         """Any identifier of the table (block identifiers give a tuple)."""
         try:
-            entry = lookup(di, self.version)  # type: ignore[arg-type]
+            entry = lookup(di, self.version)
         except UnknownIdentifierError as exc:
             raise DriverError(f"meter {address}: {exc}") from None
         return await self._read_entry(address, entry)
 
     async def write_identifier(self, address: str, di: int, value: DecodedValue) -> None:
         try:
-            entry = lookup(di, self.version)  # type: ignore[arg-type]
+            entry = lookup(di, self.version)
             raw = encode_value(entry, value)
         except (Dlt645Error, TypeError, ValueError) as exc:
             raise DriverError(f"meter {address}: cannot write {di:X}: {exc}") from None
@@ -225,9 +225,11 @@ class Dlt645Driver:
             if seq > 255:
                 raise BadFrame(f"meter {address}: more than 255 follow-up frames for {di:X}")
             follow = msg.read_follow_up(address, di, seq, self.version)
-            reply = await self._transact(
-                follow, lambda frame, f=follow: msg.parse_read_reply(f, frame, self.version)
-            )
+
+            def parse(frame: Frame, request: Frame = follow) -> msg.ReadReply:
+                return msg.parse_read_reply(request, frame, self.version)
+
+            reply = await self._transact(follow, parse)
             payload += reply.payload
         return payload
 

@@ -7,13 +7,12 @@ import contextlib
 from typing import Protocol, TypeVar
 
 T = TypeVar("T")
-T_co = TypeVar("T_co", covariant=True)
 
 
-class Framer(Protocol[T_co]):
+class Framer(Protocol[T]):
     """Cuts protocol units out of received bytes (e.g. ``dlt645.FrameParser``)."""
 
-    def feed(self, data: bytes) -> list[T_co]: ...
+    def feed(self, data: bytes) -> list[T]: ...
 
 
 class TransportError(Exception):

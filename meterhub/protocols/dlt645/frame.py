@@ -63,7 +63,7 @@ def address_from_wire(raw: bytes) -> str:
     return printed
 
 
-def checksum(body: bytes) -> int:
+def checksum(body: bytes | bytearray) -> int:
     """Sum mod 256 of every byte from the first 68H to the last data byte."""
     return sum(body) & 0xFF
 

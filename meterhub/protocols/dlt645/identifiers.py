@@ -59,7 +59,7 @@ class DataId:
         return format_di(self.di, self.version)
 
 
-def format_di(di: int, version: Version = "2007") -> str:
+def format_di(di: int, version: str = "2007") -> str:
     return f"{di:08X}" if version == "2007" else f"{di:04X}"
 
 
@@ -336,12 +336,16 @@ def _energy_family(di: int) -> DataId | None:
                   block=di1 == 0xFF)
 
 
-def lookup(di: int, version: Version = "2007") -> DataId:
+def _table(version: str) -> dict[int, DataId]:
+    try:
+        return TABLES[version]
+    except KeyError:
+        raise ValueError(f"DL/T645 version {version!r} is not 2007 or 1997") from None
+
+
+def lookup(di: int, version: str = "2007") -> DataId:
     """The table entry for ``di``; raises :class:`UnknownIdentifierError` for anything else."""
-    table = TABLES.get(version)
-    if table is None:
-        raise ValueError(f"DL/T645 version {version!r} is not 2007 or 1997")
-    entry = table.get(di)
+    entry = _table(version).get(di)
     if entry is None and version == "2007":
         entry = _energy_family(di)
     if entry is None:
@@ -351,9 +355,9 @@ def lookup(di: int, version: Version = "2007") -> DataId:
     return entry
 
 
-def for_quantity(quantity: str, version: Version = "2007") -> DataId:
+def for_quantity(quantity: str, version: str = "2007") -> DataId:
     """The single-value identifier that reads a canonical quantity."""
-    for entry in TABLES[version].values():
+    for entry in _table(version).values():
         if not entry.block and entry.quantity == quantity:
             return entry
     raise UnknownIdentifierError(
@@ -361,6 +365,6 @@ def for_quantity(quantity: str, version: Version = "2007") -> DataId:
     )
 
 
-def quantities_for(version: Version = "2007") -> list[str]:
+def quantities_for(version: str = "2007") -> list[str]:
     """Canonical quantities that this version can read."""
-    return [e.quantity for e in TABLES[version].values() if not e.block and e.quantity]
+    return [e.quantity for e in _table(version).values() if not e.block and e.quantity]
