@@ -141,8 +141,9 @@ def charge_batch(
             "WHERE account_id = ANY(%s)", (acc_ids,)
         ):
             usage[acc][year] = kwh
-        ledger: list[tuple[Any, ...]] = []
-        new_charges: list[tuple[Any, ...]] = []
+        # the ledger and charge rows go out as COPY text built here: this is the hot loop
+        ledger: list[str] = []
+        new_charges: list[str] = []
         changed_charges: list[tuple[Any, ...]] = []
         cursors: dict[str, int] = {}
         for acc, meter, start, end, kwh, held, change_id, charge_from, charged in rows:
@@ -158,21 +159,22 @@ def charge_batch(
             if tariff is None:
                 raise TariffError(f"account {acc}: tariff {st[0]!r} is not loaded")
             delta = kwh if charged is None else kwh - charged
-            exact = sum(
-                (p.kwh * p.price for p in tariff.price(start, end, delta, usage[acc])),
-                Decimal(0),
-            )
+            exact = tariff.amount(start, end, delta, usage[acc])
             fen, st[2] = post_charge(st[2], exact)
             st[1] -= fen
+            # keys use epoch seconds: the same instant gives the same key whatever the
+            # session time zone of the process that charges it
+            epoch = int(start.timestamp())
+            m, a, iso = _esc(meter), _esc(acc), start.isoformat()
             if charged is None:
                 stats.intervals += 1
-                key = f"charge:{meter}:{start.isoformat()}"
-                ledger.append((acc, "charge", -fen, st[1], key, meter, start))
-                new_charges.append((meter, start, end, acc, kwh, exact, change_id))
+                ledger.append(f"{a}\tcharge\t{-fen}\t{st[1]}\tcharge:{m}:{epoch}\t{m}\t{iso}")
+                new_charges.append(
+                    f"{m}\t{iso}\t{end.isoformat()}\t{a}\t{kwh}\t{exact}\t{change_id}")
             else:
                 stats.adjustments += 1
-                key = f"adj:{meter}:{start.isoformat()}:{change_id}"
-                ledger.append((acc, "adjustment", -fen, st[1], key, meter, start))
+                ledger.append(
+                    f"{a}\tadjustment\t{-fen}\t{st[1]}\tadj:{m}:{epoch}:{change_id}\t{m}\t{iso}")
                 changed_charges.append((kwh, exact, change_id, meter, start))
         _write(conn, ledger, new_charges, changed_charges, cursors, state, usage)
     return stats
@@ -180,8 +182,8 @@ def charge_batch(
 
 def _write(
     conn: psycopg.Connection[Any],
-    ledger: list[tuple[Any, ...]],
-    new_charges: list[tuple[Any, ...]],
+    ledger: list[str],
+    new_charges: list[str],
     changed_charges: list[tuple[Any, ...]],
     cursors: dict[str, int],
     state: dict[str, list[Any]],
@@ -193,15 +195,13 @@ def _write(
             "COPY billing_ledger (account_id, kind, amount_fen, balance_after_fen, "
             "idempotency_key, meter_id, interval_start) FROM STDIN"
         ) as copy:
-            for row in ledger:
-                copy.write_row(row)
+            copy.write("\n".join(ledger) + "\n")
     if new_charges:
         with cur.copy(
             "COPY billing_charges (meter_id, interval_start, interval_end, account_id, kwh, "
             "exact, change_id) FROM STDIN"
         ) as copy:
-            for row in new_charges:
-                copy.write_row(row)
+            copy.write("\n".join(new_charges) + "\n")
     if changed_charges:
         cur.executemany(
             """UPDATE billing_charges SET kwh = %s, exact = exact + %s, change_id = %s
@@ -229,6 +229,16 @@ def _write(
                WHERE a.account_id = v.id""",
             (list(state), [s[1] for s in state.values()], [s[2] for s in state.values()]),
         )
+
+
+_ESCAPE = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _esc(text: str) -> str:
+    """Escape a value for COPY text format (ids are plain almost always: check first)."""
+    if "\\" in text or "\t" in text or "\n" in text or "\r" in text:
+        return text.translate(_ESCAPE)
+    return text
 
 
 def charge_all(

@@ -159,3 +159,17 @@ def test_correction_is_undone_exactly(tid: str, start: datetime, minutes: int, k
     undo = charge_total(t.price(start, end, -kwh, usage))
     assert usage[year] == used + Decimal(60)
     assert first + undo == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(tariff_ids, starts, st.integers(1, 30 * 60),
+       st.decimals(min_value=Decimal(-50), max_value=Decimal(400), places=4),
+       st.decimals(min_value=Decimal(50), max_value=Decimal(6000), places=2))
+def test_fast_amount_equals_sum_of_pieces(tid: str, start: datetime, minutes: int,
+                                          kwh: Decimal, used: Decimal) -> None:
+    t = TARIFFS[tid]
+    year = t.tier_year(t.local_date(start))
+    u1, u2 = {year: used}, {year: used}
+    end = start + timedelta(minutes=minutes)
+    assert t.amount(start, end, kwh, u1) == charge_total(t.price(start, end, kwh, u2))
+    assert u1 == u2
