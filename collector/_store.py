@@ -37,7 +37,8 @@ WITH ins AS (
     INSERT INTO vee_dirty (meter_id, dirty_from)
     SELECT meter_id, min(ts) FROM ins GROUP BY meter_id ORDER BY meter_id
     ON CONFLICT (meter_id) DO UPDATE
-        SET dirty_from = least(vee_dirty.dirty_from, excluded.dirty_from), marked_at = now()
+        SET dirty_from = least(vee_dirty.dirty_from, excluded.dirty_from),
+            marked_at = clock_timestamp(), mark = nextval('vee_mark_seq')
 )
 SELECT (SELECT count(*) FROM (SELECT DISTINCT meter_id, ts FROM ins) r), (SELECT count(*) FROM ins)
 """

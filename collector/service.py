@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 import psycopg
 
-from collector import _store, ingest
+from collector import _store, ingest, validation
 from collector._mqtt import Consumer, Message
 from collector._store import Batch
 from collector.config import CollectorConfig
@@ -286,8 +286,6 @@ class Collector:
     # ------------------------------------------------------------------ validation loop
 
     async def _validate_loop(self, stop: asyncio.Event) -> None:
-        from collector import validation
-
         cfg = self.config
         period = cfg.validate_every_s or 5.0
         while not stop.is_set():

@@ -1,0 +1,75 @@
+"""The review queue ("abnormal work orders"): a person confirms or dismisses an item.
+
+Either decision releases the intervals the item held (held=false, which the intervals trigger
+turns into a new change_id, so billing charges them now). Confirm means "the anomaly is real
+and the consumption stands"; dismiss means "a false alarm". The decision, who made it and why
+are kept on the item.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import psycopg
+
+from collector.validation import VEE_LOCK
+
+Decision = Literal["confirmed", "dismissed"]
+
+
+class ReviewError(ValueError):
+    """A decision that cannot be taken (unknown item, already decided, bad input)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    item_id: int
+    status: Decision
+    released: int  # intervals no longer held
+
+
+def decide(database_url: str, item_id: int, decision: Decision, who: str,
+           comment: str = "") -> Decided:
+    if decision not in ("confirmed", "dismissed"):
+        raise ReviewError(f"decision must be 'confirmed' or 'dismissed', not {decision!r}")
+    if not who.strip():
+        raise ReviewError("a decision needs the name of the person taking it")
+    with psycopg.connect(database_url, autocommit=True) as conn, conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (VEE_LOCK,))
+        row = conn.execute(
+            "SELECT status FROM review_items WHERE id = %s FOR UPDATE", (item_id,)
+        ).fetchone()
+        if row is None:
+            raise ReviewError(f"review item {item_id} does not exist")
+        if row[0] != "open":
+            raise ReviewError(f"review item {item_id} is already {row[0]}")
+        conn.execute(
+            "UPDATE review_items SET status = %s, decided_at = now(), decided_by = %s, "
+            "comment = %s WHERE id = %s",
+            (decision, who, comment, item_id),
+        )
+        released = conn.execute(
+            """UPDATE intervals iv SET held = false
+               FROM anomalies a
+               WHERE a.review_item_id = %s AND iv.meter_id = a.meter_id
+                 AND iv.interval_start = a.at AND iv.held
+                 AND NOT EXISTS (
+                     SELECT 1 FROM anomalies o LEFT JOIN review_items r ON r.id = o.review_item_id
+                     WHERE o.meter_id = iv.meter_id AND o.at = iv.interval_start AND o.holds
+                       AND (r.id IS NULL OR r.status = 'open'))""",
+            (item_id,),
+        ).rowcount
+    return Decided(item_id, decision, released)
+
+
+def open_items(database_url: str, limit: int = 100) -> list[dict[str, object]]:
+    """The queue an engineer works through, oldest first."""
+    with psycopg.connect(database_url) as conn:
+        cur = conn.execute(
+            "SELECT id, meter_id, rule, period_start, period_end, reason, opened_at "
+            "FROM review_items WHERE status = 'open' ORDER BY opened_at, id LIMIT %s",
+            (limit,),
+        )
+        cols = [d.name for d in cur.description or []]
+        return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]

@@ -1,0 +1,471 @@
+"""Validation passes against the database: load, run :mod:`collector.vee`, write intervals.
+
+Ingest marks each meter whose readings changed (``vee_dirty``: earliest changed time and a
+growing mark). A pass takes a chunk of marked meters, recomputes their intervals from just
+before the earliest change, and writes only what differs. Every write to ``intervals`` gets a
+new ``change_id`` from the table's trigger; passes (and review decisions) hold one advisory
+lock until commit, so change ids become visible in commit order and billing, reading by
+change_id, never skips one.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import psycopg
+
+from collector import vee
+from collector.config import ValidationConfig
+from collector.ingest import CLOCK_SKEW
+from meterhub.quantities import ENERGY_IMPORT
+
+log = logging.getLogger(__name__)
+
+VEE_LOCK = 7411002  # advisory lock: one writer of `intervals` at a time, commit in id order
+_CONTEXT_READS = 3  # reads before the window, so the first boundary and glitches are judged
+_INTERVAL_RULES = [vee.RULES[b] for b in vee.RULES]
+
+
+@dataclass(frozen=True, slots=True)
+class PassResult:
+    meters: int
+    intervals_written: int
+    anomalies: int
+    review_items_opened: int
+
+
+def run_pending(database_url: str, interval_s: int, cfg: ValidationConfig,
+                chunk: int = 500, max_chunks: int = 1000) -> int:
+    """Validate every meter marked dirty; returns how many intervals were written."""
+    written = 0
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for _ in range(max_chunks):
+            result = validate_chunk(conn, interval_s, cfg, chunk)
+            written += result.intervals_written
+            if result.meters < chunk:
+                break
+    return written
+
+
+def revalidate(database_url: str, interval_s: int, cfg: ValidationConfig, since: datetime,
+               meters: list[str] | None = None) -> int:
+    """Mark every meter with readings since `since` (or the given ones) and validate again."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            """INSERT INTO vee_dirty (meter_id, dirty_from)
+               SELECT meter_id, %(since)s FROM meters
+               WHERE (%(meters)s::text[] IS NULL OR meter_id = ANY(%(meters)s))
+                 AND last_seen >= %(since)s
+               ORDER BY meter_id
+               ON CONFLICT (meter_id) DO UPDATE
+                 SET dirty_from = least(vee_dirty.dirty_from, excluded.dirty_from),
+                     marked_at = clock_timestamp(), mark = nextval('vee_mark_seq')""",
+            {"since": since, "meters": meters},
+        )
+    return run_pending(database_url, interval_s, cfg)
+
+
+def validate_chunk(conn: psycopg.Connection, interval_s: int, cfg: ValidationConfig,
+                   chunk: int) -> PassResult:
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (VEE_LOCK,))
+        dirty = conn.execute(
+            "SELECT meter_id, dirty_from, mark FROM vee_dirty ORDER BY meter_id LIMIT %s",
+            (chunk,),
+        ).fetchall()
+        if not dirty:
+            return PassResult(0, 0, 0, 0)
+        names = [d[0] for d in dirty]
+        size = float(interval_s)
+        window = [datetime.fromtimestamp(np.floor(d[1].timestamp() / size) * size - size, UTC)
+                  for d in dirty]
+        result = _validate(conn, names, window, interval_s, cfg)
+        conn.execute(
+            "DELETE FROM vee_dirty d USING unnest(%s::text[], %s::bigint[]) AS u(m, mark) "
+            "WHERE d.meter_id = u.m AND d.mark <= u.mark",
+            (names, [d[2] for d in dirty]),
+        )
+    return PassResult(len(names), *result)
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def _load_reads(conn: psycopg.Connection, names: list[str], window: list[datetime]
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    rows = conn.execute(
+        f"""SELECT u.i, extract(epoch FROM r.ts)::float8, r.value,
+                   extract(epoch FROM r.received_at - r.ts)::float8
+            FROM unnest(%s::text[], %s::timestamptz[]) WITH ORDINALITY AS u(m, w, i)
+            CROSS JOIN LATERAL (
+                (SELECT ts, value, received_at FROM readings
+                 WHERE meter_id = u.m AND quantity = %s AND ts < u.w
+                 ORDER BY ts DESC LIMIT {_CONTEXT_READS})
+                UNION ALL
+                (SELECT ts, value, received_at FROM readings
+                 WHERE meter_id = u.m AND quantity = %s AND ts >= u.w)
+            ) r
+            ORDER BY u.i, r.ts""",
+        (names, window, ENERGY_IMPORT, ENERGY_IMPORT),
+    ).fetchall()
+    arr = np.array(rows, dtype=np.float64).reshape(-1, 4)
+    return arr[:, 0].astype(np.int64) - 1, arr[:, 1], arr[:, 2], arr[:, 3]
+
+
+def _load_side(conn: psycopg.Connection, names: list[str], lo: list[datetime],
+               interval_s: int) -> np.ndarray:
+    """Per (meter, interval): max current, min/max voltage, max |clock skew|."""
+    rows = conn.execute(
+        """SELECT u.i, extract(epoch FROM date_bin(make_interval(secs => %s), r.ts,
+                                                   timestamptz 'epoch'))::float8 AS s,
+                  max(r.value) FILTER (WHERE r.quantity LIKE 'current\\_%%'),
+                  min(r.value) FILTER (WHERE r.quantity LIKE 'voltage\\_%%'),
+                  max(r.value) FILTER (WHERE r.quantity LIKE 'voltage\\_%%'),
+                  max(abs(r.value)) FILTER (WHERE r.quantity = %s),
+                  (array_agg(r.value ORDER BY abs(r.value) DESC)
+                       FILTER (WHERE r.quantity = %s))[1]
+           FROM unnest(%s::text[], %s::timestamptz[]) WITH ORDINALITY AS u(m, w, i)
+           JOIN readings r ON r.meter_id = u.m AND r.ts >= u.w
+           WHERE r.quantity LIKE 'current\\_%%' OR r.quantity LIKE 'voltage\\_%%'
+              OR r.quantity = %s
+           GROUP BY u.i, s ORDER BY u.i, s""",
+        (interval_s, CLOCK_SKEW, CLOCK_SKEW, names, lo, CLOCK_SKEW),
+    ).fetchall()
+    arr = np.array([[np.nan if v is None else v for v in r] for r in rows],
+                   dtype=np.float64).reshape(-1, 7)
+    arr[:, 0] -= 1
+    return arr
+
+
+def _load_history(conn: psycopg.Connection, names: list[str], window: list[datetime],
+                  days: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Actual, unflagged intervals before each meter's window: baseline and like-day input."""
+    rows = conn.execute(
+        """SELECT u.i, extract(epoch FROM iv.interval_start)::float8, iv.kwh::float8
+           FROM unnest(%s::text[], %s::timestamptz[]) WITH ORDINALITY AS u(m, w, i)
+           JOIN intervals iv ON iv.meter_id = u.m
+                AND iv.interval_start >= u.w - make_interval(days => %s)
+                AND iv.interval_start < u.w
+           WHERE iv.quality = 'A' AND NOT iv.flags && %s::text[]""",
+        (names, window, days, ["surge", "drop", "register_reset", "register_replacement",
+                               "zero_with_current"]),
+    ).fetchall()
+    arr = np.array(rows, dtype=np.float64).reshape(-1, 3)
+    return arr[:, 0].astype(np.int64) - 1, arr[:, 1], arr[:, 2]
+
+
+def _expected(conn: psycopg.Connection, names: list[str]) -> np.ndarray:
+    rows = conn.execute(
+        "SELECT u.i, m.expected_interval_s FROM unnest(%s::text[]) WITH ORDINALITY AS u(m, i)"
+        " LEFT JOIN meters m ON m.meter_id = u.m ORDER BY u.i",
+        (names,),
+    ).fetchall()
+    return np.array([np.nan if r[1] is None else float(r[1]) for r in rows])
+
+
+# ---------------------------------------------------------------------------- the pass
+
+
+def _validate(conn: psycopg.Connection, names: list[str], window: list[datetime],
+              interval_s: int, cfg: ValidationConfig) -> tuple[int, int, int]:
+    meter, t, e, late = _load_reads(conn, names, window)
+    if len(t) == 0:
+        return 0, 0, 0
+    expected_cfg = _expected(conn, names)[meter]
+    observed = vee.expected_spacing(meter, t)
+    expected = np.where(np.isnan(expected_cfg), observed, expected_cfg)
+    iv, reg = vee.derive(meter, t, e, interval_s, cfg, expected_s=expected)
+    if len(iv) == 0:
+        return 0, 0, 0
+    hist_days = max(cfg.baseline_days, 7 * cfg.like_day_weeks * 2)
+    hm, hs, hk = _load_history(conn, names, window, hist_days)
+    # like-day from history plus this pass's own actual intervals
+    own = (iv.quality == "A") & ((iv.flags & vee.HOLDS) == 0)
+    vee.estimate_like_day(iv, np.concatenate([hm, iv.meter[own]]),
+                          np.concatenate([hs, iv.start[own]]),
+                          np.concatenate([hk, iv.kwh[own]]), cfg, interval_s)
+    recent = hs >= (iv.start.min() - cfg.baseline_days * 86400.0)
+    base = vee.baseline(np.concatenate([hm[recent], iv.meter[own]]),
+                        np.concatenate([hs[recent], iv.start[own]]),
+                        np.concatenate([hk[recent], iv.kwh[own]]), cfg.tod_buckets)
+    med, scale = vee.surge_drop(iv, base, cfg)
+    side = _load_side(conn, names, [datetime.fromtimestamp(float(t.min()), UTC)] * len(names),
+                      interval_s)
+    sm, ss = side[:, 0].astype(np.int64), side[:, 1]
+    amps = vee.zero_with_current(iv, sm, ss, side[:, 2], cfg)
+    vmin = vee.lookup(iv.meter, iv.start, sm, ss, side[:, 3])
+    vmax = vee.lookup(iv.meter, iv.start, sm, ss, side[:, 4])
+    lo_v = cfg.nominal_voltage * (1 - cfg.voltage_band)
+    hi_v = cfg.nominal_voltage * (1 + cfg.voltage_band)
+    iv.flags[(vmin < lo_v) | (vmax > hi_v)] |= vee.VOLTAGE
+    skew = vee.lookup(iv.meter, iv.start, sm, ss, side[:, 6])
+    iv.flags[np.abs(skew) > cfg.clock_skew_s] |= vee.CLOCK_SKEW
+    lm, ls, lmax = vee.per_interval_max(meter, t, late, interval_s)
+    lateness = vee.lookup(iv.meter, iv.start, lm, ls, lmax)
+    iv.flags[lateness > cfg.late_after_s] |= vee.LATE
+
+    ctx = _Context(names, iv, reg, meter, t, e, med, scale, amps, vmin, vmax, skew, lateness,
+                   cfg, interval_s)
+    anomalies = ctx.anomalies()
+    reasons = ctx.interval_reasons(anomalies)
+    return _write(conn, names, iv, anomalies, reasons, interval_s)
+
+
+@dataclass
+class _Context:
+    """Words for what fired: one reason per (interval, rule), built only for flagged ones."""
+
+    names: list[str]
+    iv: vee.Intervals
+    reg: vee.Register
+    meter: np.ndarray
+    t: np.ndarray
+    e: np.ndarray
+    med: np.ndarray
+    scale: np.ndarray
+    amps: np.ndarray
+    vmin: np.ndarray
+    vmax: np.ndarray
+    skew: np.ndarray
+    lateness: np.ndarray
+    cfg: ValidationConfig
+    interval_s: int
+
+    def __post_init__(self) -> None:
+        self.events: dict[tuple[int, float], list[tuple[int, float, float, float]]] = {}
+        size = float(self.interval_s)
+        reg, meter, t = self.reg, self.meter, self.t
+        for i, rule, before, after in zip(reg.event_index, reg.event_rule, reg.event_before,
+                                          reg.event_after, strict=True):
+            key = (int(meter[i]), float(np.floor(t[i] / size) * size))
+            self.events.setdefault(key, []).append((int(rule), float(t[i]), float(before),
+                                                    float(after)))
+
+    def anomalies(self) -> list[tuple[Any, ...]]:
+        iv = self.iv
+        out: list[tuple[Any, ...]] = []
+        for i in np.flatnonzero(iv.flags):
+            flags = int(iv.flags[i])
+            for bit, rule in vee.RULES.items():
+                if flags & bit:
+                    reason, value, expected = self._reason(int(i), bit)
+                    out.append((self.names[int(iv.meter[i])], rule,
+                                datetime.fromtimestamp(float(iv.start[i]), UTC), reason,
+                                value, expected, bool(bit & vee.HOLDS), int(i)))
+        return out
+
+    def interval_reasons(self, anomalies: list[tuple[Any, ...]]) -> dict[int, str]:
+        reasons: dict[int, list[str]] = {}
+        for a in anomalies:
+            reasons.setdefault(a[7], []).append(f"{a[1]}: {a[3]}")
+        return {i: "; ".join(r) for i, r in reasons.items()}
+
+    def _reason(self, i: int, bit: int) -> tuple[str, float | None, float | None]:
+        iv, cfg = self.iv, self.cfg
+        kwh = float(iv.kwh[i])
+        if bit == vee.MISSING:
+            gap = float(iv.gap[i])
+            span = (f"{_hm(iv.gap_from[i])}–{_hm(iv.gap_to[i])} ({gap / 60:.0f} min without "
+                    "reads)")
+            method = int(iv.method[i])
+            if method == vee.METHOD_LINEAR:
+                how = "linear interpolation of the register (method 17)"
+                if gap > cfg.linear_max_s:
+                    how += ": no like-day history yet"
+            else:
+                how = (f"like-day profile ({'average of previous' if method == 15 else 'one'} "
+                       f"same-kind days, holidays as Sundays) scaled to the register difference "
+                       f"(method {method})")
+            return f"missing reads {span}: {how}", kwh, None
+        if bit in (vee.SURGE, vee.DROP):
+            med, scale = float(self.med[i]), float(self.scale[i])
+            word = "above" if bit == vee.SURGE else "below"
+            bucket = 86400 / cfg.tod_buckets
+            tod = (float(iv.start[i]) % 86400) // bucket * bucket
+            spread = (f"{abs(kwh - med) / scale:.1f} robust deviations (MAD-scale {scale:.3f} "
+                      f"kWh, threshold {cfg.surge_z if bit == vee.SURGE else cfg.drop_z})"
+                      if scale > 0 else f"{abs(kwh - med):.3f} kWh (the baseline is constant)")
+            return (f"{kwh:.3f} kWh is {spread} {word} this meter's median {med:.3f} kWh for "
+                    f"{_hm(tod)}–{_hm(tod + bucket)}; held for review", kwh, med)
+        if bit == vee.ZERO_WITH_CURRENT:
+            return (f"{kwh:.4f} kWh while current reached {float(self.amps[i]):.2f} A: meter "
+                    "stopped, bypassed or its register stuck? held for review",
+                    kwh, float(self.amps[i]))
+        if bit == vee.VOLTAGE:
+            lo = cfg.nominal_voltage * (1 - cfg.voltage_band)
+            hi = cfg.nominal_voltage * (1 + cfg.voltage_band)
+            return (f"voltage {float(self.vmin[i]):.1f}–{float(self.vmax[i]):.1f} V outside "
+                    f"{lo:.0f}–{hi:.0f} V ({cfg.nominal_voltage:.0f} V ±"
+                    f"{cfg.voltage_band:.0%})", float(self.vmax[i]), cfg.nominal_voltage)
+        if bit == vee.CLOCK_SKEW:
+            s = float(self.skew[i])
+            return (f"meter clock {abs(s):.0f} s {'ahead of' if s > 0 else 'behind'} gateway "
+                    f"time (limit {cfg.clock_skew_s:.0f} s): time-sync the meter", s, 0.0)
+        if bit == vee.LATE:
+            late = float(self.lateness[i])
+            return (f"reads arrived up to {late / 3600:.1f} h after they were taken (late after "
+                    f"{cfg.late_after_s / 3600:.1f} h): interval recomputed", late, None)
+        # register events
+        evs = [ev for ev in self.events.get((int(iv.meter[i]), float(iv.start[i])), [])
+               if ev[0] == bit]
+        _, at, before, after = evs[0] if evs else (bit, float(iv.start[i]), np.nan, np.nan)
+        when = _hm(at)
+        if bit == vee.ROLLOVER:
+            return (f"register rolled over at {when}: {before:.2f} -> {after:.2f} kWh (modulus "
+                    f"{cfg.register_modulus_kwh:.0f}); consumption counted across the wrap",
+                    after, before)
+        if bit == vee.RESET:
+            return (f"register reset at {when}: {before:.2f} -> {after:.2f} kWh; counted again "
+                    "from zero; held for review", after, before)
+        if bit == vee.REPLACEMENT:
+            return (f"register went backwards at {when}: {before:.2f} -> {after:.2f} kWh, near "
+                    "neither zero nor the maximum (meter replaced?); consumption across the step "
+                    "set to 0; held for review", after, before)
+        return (f"read of {after:.2f} kWh at {when} out of line with its neighbours (previous "
+                f"{before:.2f} kWh): ignored as a glitch", after, before)
+
+
+def _hm(epoch: float) -> str:
+    ts = datetime.fromtimestamp(float(epoch), UTC)
+    return ts.strftime("%H:%M") if float(epoch) < 86400 * 2 else ts.strftime("%Y-%m-%d %H:%M")
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+_IV_STAGE = """
+CREATE TEMP TABLE IF NOT EXISTS _iv (
+    meter_id text, interval_start timestamptz, interval_end timestamptz, kwh numeric(16,4),
+    quality char(1), method smallint, reason text, raw_kwh numeric(16,4), flags text[]
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS _an (
+    meter_id text, rule text, at timestamptz, reason text, value float8, expected float8,
+    holds boolean
+) ON COMMIT DELETE ROWS;
+"""
+
+
+def _write(conn: psycopg.Connection, names: list[str], iv: vee.Intervals,
+           anomalies: list[tuple[Any, ...]], reasons: dict[int, str], interval_s: int
+           ) -> tuple[int, int, int]:
+    conn.execute(_IV_STAGE)
+    size = float(interval_s)
+    with conn.cursor().copy(
+        "COPY _iv (meter_id, interval_start, interval_end, kwh, quality, method, reason, "
+        "raw_kwh, flags) FROM STDIN"
+    ) as copy:
+        for i in range(len(iv)):
+            start = float(iv.start[i])
+            flags = int(iv.flags[i])
+            copy.write_row((
+                names[int(iv.meter[i])],
+                datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(start + size, UTC),
+                round(float(iv.kwh[i]), 4), str(iv.quality[i]),
+                int(iv.method[i]) or None, reasons.get(i),
+                round(float(iv.raw_kwh[i]), 4),
+                [r for b, r in vee.RULES.items() if flags & b],
+            ))
+    with conn.cursor().copy(
+        "COPY _an (meter_id, rule, at, reason, value, expected, holds) FROM STDIN"
+    ) as copy:
+        for a in anomalies:
+            copy.write_row([_finite(v) for v in a[:7]])
+    # Anomalies of the recomputed span that no longer fire go (unless a person decided them);
+    # a review item left with nothing to review is closed by the collector.
+    orphaned = conn.execute(
+        """WITH span AS (SELECT meter_id, min(interval_start) lo, max(interval_start) hi
+                         FROM _iv GROUP BY meter_id)
+           DELETE FROM anomalies a USING span
+           WHERE a.meter_id = span.meter_id AND a.at BETWEEN span.lo AND span.hi
+             AND NOT EXISTS (SELECT 1 FROM _an n
+                             WHERE n.meter_id = a.meter_id AND n.rule = a.rule AND n.at = a.at)
+             AND (a.review_item_id IS NULL OR EXISTS (
+                    SELECT 1 FROM review_items r WHERE r.id = a.review_item_id
+                    AND r.status = 'open'))
+           RETURNING a.review_item_id"""
+    ).fetchall()
+    gone = sorted({r[0] for r in orphaned if r[0] is not None})
+    if gone:
+        conn.execute(
+            """UPDATE review_items r SET status = 'dismissed', decided_at = now(),
+                      decided_by = 'collector',
+                      comment = 'no longer fires after recomputation (late or corrected reads)'
+               WHERE r.id = ANY(%s) AND r.status = 'open'
+                 AND NOT EXISTS (SELECT 1 FROM anomalies a WHERE a.review_item_id = r.id)""",
+            (gone,),
+        )
+    conn.execute(
+        """INSERT INTO anomalies AS a (meter_id, rule, at, reason, value, expected, holds)
+           SELECT meter_id, rule, at, reason, value, expected, holds FROM _an
+           ORDER BY meter_id, rule, at
+           ON CONFLICT (meter_id, rule, at) DO UPDATE SET
+               reason = excluded.reason, value = excluded.value,
+               expected = excluded.expected, holds = excluded.holds"""
+    )
+    opened = _open_review_items(conn, interval_s)
+    cur = conn.execute(
+        """INSERT INTO intervals AS iv (meter_id, interval_start, interval_end, kwh, quality,
+                                        method, held, reason, raw_kwh, change_id, flags,
+                                        validated_at)
+           SELECT s.meter_id, s.interval_start, s.interval_end, s.kwh, s.quality, s.method,
+                  EXISTS (SELECT 1 FROM anomalies a LEFT JOIN review_items r
+                              ON r.id = a.review_item_id
+                          WHERE a.meter_id = s.meter_id AND a.at = s.interval_start
+                            AND a.holds AND (r.id IS NULL OR r.status = 'open')),
+                  s.reason, s.raw_kwh, 0, s.flags, now()
+           FROM _iv s ORDER BY s.meter_id, s.interval_start
+           ON CONFLICT (meter_id, interval_start) DO UPDATE SET
+               interval_end = excluded.interval_end, kwh = excluded.kwh,
+               quality = excluded.quality, method = excluded.method, held = excluded.held,
+               reason = excluded.reason, raw_kwh = excluded.raw_kwh, flags = excluded.flags,
+               validated_at = excluded.validated_at
+           WHERE (iv.kwh, iv.quality, iv.method, iv.held, iv.reason, iv.raw_kwh, iv.flags)
+                 IS DISTINCT FROM (excluded.kwh, excluded.quality, excluded.method,
+                                   excluded.held, excluded.reason, excluded.raw_kwh,
+                                   excluded.flags)"""
+    )
+    return cur.rowcount, len(anomalies), opened
+
+
+def _open_review_items(conn: psycopg.Connection, interval_s: int) -> int:
+    """One work order per run of consecutive held intervals of one meter and rule."""
+    rows = conn.execute(
+        "SELECT id, meter_id, rule, at, reason FROM anomalies "
+        "WHERE holds AND review_item_id IS NULL ORDER BY meter_id, rule, at"
+    ).fetchall()
+    if not rows:
+        return 0
+    size = float(interval_s)
+    runs: list[list[tuple[Any, ...]]] = []
+    for row in rows:
+        prev = runs[-1][-1] if runs else None
+        if (prev is not None and prev[1] == row[1] and prev[2] == row[2]
+                and (row[3] - prev[3]).total_seconds() <= size):
+            runs[-1].append(row)
+        else:
+            runs.append([row])
+    for run in runs:
+        first, last = run[0], run[-1]
+        n = len(run)
+        reason = first[4] if n == 1 else f"{n} intervals: {first[4]}"
+        item = conn.execute(
+            """INSERT INTO review_items (meter_id, rule, period_start, period_end, reason)
+               VALUES (%s, %s, %s, %s + make_interval(secs => %s), %s) RETURNING id""",
+            (first[1], first[2], first[3], last[3], interval_s, reason),
+        ).fetchone()
+        assert item is not None
+        conn.execute("UPDATE anomalies SET review_item_id = %s WHERE id = ANY(%s)",
+                     (item[0], [r[0] for r in run]))
+    return len(runs)
+
+
+def _finite(v: Any) -> Any:
+    if isinstance(v, float | np.floating) and not np.isfinite(v):
+        return None
+    if isinstance(v, np.generic):
+        return v.item()
+    return v

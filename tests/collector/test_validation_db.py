@@ -1,0 +1,158 @@
+"""Validation against the real database: from MQTT readings to intervals billing can consume."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import psycopg
+import pytest
+from colhelp import T0, Publisher, batch_payload, config, reading, running, subscribed, wait_until
+
+from collector import review
+from collector.config import ValidationConfig
+from collector.validation import revalidate, run_pending
+from meterhub import cli, wire
+
+pytestmark = pytest.mark.integration
+IV_S = 900
+
+
+@pytest.fixture
+def pub(mqtt):
+    p = Publisher(mqtt)
+    yield p
+    p.close()
+
+
+def _reads(meter: str, start_min: int, end_min: int, step_min: int = 5, rate=lambda m: 1.0,
+           base: float = 100.0):
+    """Register reads every step minutes; rate(minute) in kWh/h."""
+    e = base
+    out = []
+    for m in range(0, end_min + 1, step_min):
+        if m > 0:
+            e += rate(m) * step_min / 60
+        if m >= start_min:
+            out.append(reading(meter, T0 + timedelta(minutes=m), round(e, 6),
+                               voltage_a=230.0, current_a=4.0))
+    return out
+
+
+def _intervals(db_url: str, meter: str = "m1"):
+    with psycopg.connect(db_url) as conn:
+        return conn.execute(
+            "SELECT interval_start, kwh::float8, quality, method, held, change_id, flags, reason"
+            " FROM intervals WHERE meter_id = %s ORDER BY interval_start", (meter,)
+        ).fetchall()
+
+
+async def test_intervals_flow_from_mqtt_and_estimates_are_replaced_by_late_actuals(
+    db_url, mqtt, site, pub
+):
+    topic = wire.topic(site, "gw1", "readings")
+    allreads = _reads("m1", 0, 240)
+    early = [r for r in allreads if r.taken_at < T0 + timedelta(minutes=60)
+             or r.taken_at > T0 + timedelta(minutes=100)]
+    missing = [r for r in allreads if r not in early]
+    async with running(config(db_url, mqtt, site, validate_every_s=0.2)) as col:
+        await subscribed(col)
+        pub.publish(topic, batch_payload(site, "gw1", 1, early))
+        await wait_until(lambda: len(_intervals(db_url)) == 16, what="16 intervals")
+        first = {r[0]: r for r in _intervals(db_url)}
+        subst = [r for r in first.values() if r[2] == "S"]
+        assert [r[0] - T0 for r in subst] == [timedelta(minutes=m) for m in (45, 60, 75, 90)]
+        assert all(r[3] == 17 and "missing reads" in r[7] for r in subst)
+        assert sum(r[1] for r in first.values()) == pytest.approx(4.0)
+        # the gateway's store-and-forward replays the missing reads, late
+        pub.publish(topic, batch_payload(site, "gw1", 2, missing))
+        await wait_until(lambda: all(r[2] == "A" for r in _intervals(db_url)), what="actuals")
+    after = {r[0]: r for r in _intervals(db_url)}
+    for start, row in first.items():
+        if row[2] == "S":
+            assert after[start][5] > row[5]  # new change_id: billing re-charges the difference
+        else:
+            assert after[start][5] == row[5]  # untouched rows keep theirs
+    assert col.stats.intervals_written >= 20
+
+
+async def test_surge_opens_review_item_held_until_decided(db_url, mqtt, site, pub):
+    cfg = ValidationConfig(min_baseline_samples=8, tod_buckets=1, late_after_s=1e9)
+    topic = wire.topic(site, "gw1", "readings")
+    reads = _reads("m1", 0, 600, rate=lambda m: 20.0 if 495 < m <= 510 else 1.0)
+    async with running(config(db_url, mqtt, site, validate_every_s=0.2, validation=cfg)) as col:
+        await subscribed(col)
+        pub.publish(topic, batch_payload(site, "gw1", 1, reads))
+        await wait_until(lambda: len(_intervals(db_url)) == 40, what="40 intervals")
+    rows = _intervals(db_url)
+    held = [r for r in rows if r[4]]
+    assert [r[0] - T0 for r in held] == [timedelta(minutes=495)]  # 08:15-08:30
+    assert held[0][6] == ["surge"] and "held for review" in held[0][7]
+    items = review.open_items(db_url)
+    assert len(items) == 1 and items[0]["rule"] == "surge"
+    before = held[0][5]
+    with pytest.raises(review.ReviewError):
+        review.decide(db_url, items[0]["id"], "confirmed", "  ")
+    decided = review.decide(db_url, items[0]["id"], "confirmed", "eng. Li", "kettle party")
+    assert decided.released == 1
+    row = next(r for r in _intervals(db_url) if r[0] == held[0][0])
+    assert row[4] is False and row[5] > before
+    with pytest.raises(review.ReviewError, match="already confirmed"):
+        review.decide(db_url, items[0]["id"], "dismissed", "someone")
+    # revalidation does not hold a decided interval again, and writes nothing new
+    assert revalidate(db_url, IV_S, cfg, T0) == 0
+    assert not any(r[4] for r in _intervals(db_url))
+
+
+def test_reading_rules_and_register_reset_through_the_database(db_url):
+    """Readings written straight to the table (as ingest would), then one validation pass."""
+    rows = []
+    e = 50.0
+    for m in range(0, 181, 5):
+        ts = T0 + timedelta(minutes=m)
+        e = 0.02 if m == 95 else e + 1 / 12  # reset at 01:35
+        rows.append(("m2", "energy_import_total", ts, e, "kWh"))
+        rows.append(("m2", "voltage_a", ts, 190.0 if m == 20 else 231.0, "V"))
+        rows.append(("m2", "current_a", ts, 5.0, "A"))
+        rows.append(("m2", "clock_skew_s", ts, 130.0 if m == 130 else 1.0, "s"))
+    with psycopg.connect(db_url) as conn:
+        conn.execute("SELECT collector_ensure_partitions(%s, %s)", (T0, T0))
+        with conn.cursor().copy("COPY readings (meter_id, quantity, ts, value, unit, "
+                                "received_at) FROM STDIN") as copy:
+            for r in rows:
+                late = timedelta(hours=3) if r[2] >= T0 + timedelta(minutes=150) else \
+                    timedelta(seconds=2)
+                copy.write_row((*r, r[2] + late))
+        conn.execute("INSERT INTO meters (meter_id, last_seen) VALUES ('m2', %s)", (T0,))
+        conn.execute("INSERT INTO vee_dirty (meter_id, dirty_from) VALUES ('m2', %s)", (T0,))
+    assert run_pending(db_url, IV_S, ValidationConfig()) == 12
+    with psycopg.connect(db_url) as conn:
+        fired = conn.execute("SELECT rule, extract(epoch FROM at - %s)::int / 60, holds "
+                             "FROM anomalies ORDER BY at, rule", (T0,)).fetchall()
+        items = conn.execute("SELECT rule, status FROM review_items").fetchall()
+    assert fired == [
+        ("voltage_out_of_band", 15, False),
+        ("register_reset", 90, True),
+        ("clock_skew", 120, False),
+        ("late_arrival", 150, False),
+        ("late_arrival", 165, False),
+    ]
+    assert items == [("register_reset", "open")]
+    assert [r[0] - T0 for r in _intervals(db_url, "m2") if r[4]] == [timedelta(minutes=90)]
+
+
+def test_revalidate_command(db_url, capsys):
+    with psycopg.connect(db_url) as conn:
+        conn.execute("SELECT collector_ensure_partitions(%s, %s)", (T0, T0))
+        for m in range(0, 61, 5):
+            conn.execute("INSERT INTO readings (meter_id, quantity, ts, value, unit) "
+                         "VALUES ('m3', 'energy_import_total', %s, %s, 'kWh')",
+                         (T0 + timedelta(minutes=m), m / 60))
+        conn.execute("INSERT INTO meters (meter_id, last_seen) VALUES ('m3', %s)",
+                     (T0 + timedelta(hours=1),))
+    assert cli.main(["collector", "revalidate", "--database-url", db_url,
+                     "--since", T0.isoformat()]) == 0
+    assert "4 intervals written" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # argparse refuses it with a message
+        cli.main(["collector", "revalidate", "--database-url", db_url, "--since", "yesterday"])
+    assert "neither an ISO date/time nor a span" in capsys.readouterr().err
+    assert len(_intervals(db_url, "m3")) == 4
