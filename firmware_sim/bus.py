@@ -14,9 +14,11 @@ nothing about either.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
+import socket
 import termios
 import threading
 import time
@@ -78,6 +80,33 @@ def char_time(baud: int, parity: str = "E", bytesize: int = 8, stopbits: float =
     if baud <= 0:
         raise ValueError(f"baud {baud} must be positive")
     return (1 + bytesize + parity_bits + stopbits) / baud
+
+
+def _reply_with_faults(
+    protocol: BusProtocol, meters: Sequence[SimMeter], request: object, stats: BusStats
+) -> tuple[bytes | None, float]:
+    """The reply bytes to send (None: stay silent) after the answering meter's transport
+    faults, and the extra delay a slow-reply fault adds."""
+    stats.requests += 1
+    try:
+        meter, reply = protocol.respond(request, meters)
+    except Exception:  # a protocol bug must not kill the bus for every other test
+        log.exception("bus protocol failed to answer %r", request)
+        meter, reply = None, None
+    if meter is None or reply is None:
+        stats.silent += 1
+        return None, 0.0
+    no_reply, bad_checksum, truncate, extra_delay = meter.faults.take()
+    if no_reply:
+        stats.silent += 1
+        stats.faults += 1
+        return None, 0.0
+    if bad_checksum:
+        reply = protocol.corrupt(reply)
+    if truncate:
+        reply = reply[: max(1, len(reply) // 2)]
+    stats.faults += bad_checksum or truncate
+    return reply, extra_delay
 
 
 class SimBus:
@@ -185,26 +214,10 @@ class SimBus:
 
     def _serve(self, master: int, request: object, wire_free_at: float) -> float:
         """Answer one request; return when the line is free again."""
-        self.stats.requests += 1
-        try:
-            meter, reply = self.protocol.respond(request, self.meters)
-        except Exception:
-            log.exception("bus protocol failed to answer %r", request)
-            meter, reply = None, None
-        if meter is None or reply is None:
-            self.stats.silent += 1
+        reply, delay = _reply_with_faults(self.protocol, self.meters, request, self.stats)
+        if reply is None:
             return wire_free_at
-        no_reply, bad_checksum, truncate, extra_delay = meter.faults.take()
-        if no_reply:
-            self.stats.silent += 1
-            self.stats.faults += 1
-            return wire_free_at
-        if bad_checksum:
-            reply = self.protocol.corrupt(reply)
-        if truncate:
-            reply = reply[: max(1, len(reply) // 2)]
-        self.stats.faults += bad_checksum or truncate
-        self._sleep_until(time.monotonic() + self.turnaround_s + extra_delay)
+        self._sleep_until(time.monotonic() + self.turnaround_s + delay)
         self._send_paced(master, reply)
         self.stats.replies += 1
         return time.monotonic()
@@ -226,3 +239,113 @@ class SimBus:
         delay = deadline - time.monotonic()
         if delay > 0:
             self._stop.wait(delay)
+
+
+class SimTcpBus:
+    """The same meters behind a TCP serial-device server (or meters with a TCP port).
+
+    One client at a time, as most serial servers allow: a new connection replaces the old one.
+    There is no line to pace on TCP; the meter's turnaround and slow-reply faults still apply.
+    """
+
+    def __init__(
+        self,
+        protocol: BusProtocol,
+        meters: list[SimMeter],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        turnaround_s: float = 0.03,
+    ) -> None:
+        self.protocol = protocol
+        self.meters = meters
+        self.turnaround_s = turnaround_s
+        self.stats = BusStats()
+        self._bind = (host, port)
+        self._listener: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """(host, port) to connect to (valid after :meth:`start`)."""
+        if self._listener is None:
+            raise RuntimeError("SimTcpBus.address is only known after start()")
+        host, port = self._listener.getsockname()[:2]
+        return host, port
+
+    def start(self) -> SimTcpBus:
+        if self._thread is not None:
+            return self
+        listener = socket.create_server(self._bind)
+        listener.settimeout(0.05)
+        self._listener = listener
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=f"SimTcpBus {self.address}",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+
+    def __enter__(self) -> SimTcpBus:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        assert self._listener is not None
+        client: socket.socket | None = None
+        while not self._stop.is_set():
+            watch = [self._listener] if client is None else [self._listener, client]
+            ready, _, _ = select.select(watch, [], [], 0.05)
+            if self._listener in ready:
+                with contextlib.suppress(OSError):
+                    new, _ = self._listener.accept()
+                    if client is not None:
+                        client.close()
+                    client = new
+                    continue
+            if client is None or client not in ready:
+                continue
+            try:
+                data = client.recv(4096)
+            except OSError:
+                data = b""
+            if not data:
+                client.close()
+                client = None
+                continue
+            self.stats.bytes_in += len(data)
+            try:
+                requests = self.protocol.feed(data)
+            except Exception:
+                log.exception("bus protocol failed to parse %r", data)
+                continue
+            for request in requests:
+                reply, delay = _reply_with_faults(self.protocol, self.meters, request,
+                                                  self.stats)
+                if reply is None:
+                    continue
+                self._stop.wait(self.turnaround_s + delay)
+                try:
+                    client.sendall(reply)
+                except OSError:
+                    break
+                self.stats.bytes_out += len(reply)
+                self.stats.replies += 1
+        if client is not None:
+            client.close()

@@ -12,12 +12,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from firmware_sim.bus import SimBus, char_time
+from firmware_sim.bus import SimBus, SimTcpBus, char_time
 from firmware_sim.dlt645 import Dlt645BusProtocol
 from firmware_sim.meter import SimMeter
 from gateway.drivers.base import BadFrame, DriverError, MeterRejected, NoAnswer
 from gateway.drivers.dlt645 import Dlt645Driver
-from gateway.transport import SerialTransport
+from gateway.transport import SerialTransport, TcpTransport
 from meterhub.protocols.dlt645.identifiers import (
     STATUS3_RELAY_OPEN,
     TABLE_1997,
@@ -271,3 +271,31 @@ async def test_a_read_takes_its_wire_time_at_2400_baud(meters: list[SimMeter]) -
     assert wire == pytest.approx(0.1833, abs=1e-3)
     assert elapsed >= wire + 0.03
     assert elapsed < wire + 0.03 + 0.3
+
+
+async def test_dlt645_over_tcp(meters: list[SimMeter]) -> None:
+    with SimTcpBus(Dlt645BusProtocol(), meters, turnaround_s=0.01) as server:
+        host, port = server.address
+        d = Dlt645Driver(TcpTransport(host, port), timeout_s=0.5, clock=lambda: NOW)
+        try:
+            values = await d.read(M07, ["energy_import_total", "voltage_a"])
+            assert values["energy_import_total"].value == pytest.approx(1234.56)
+            assert await d.relay(M07, "relay_open") == "open"
+            assert meters[0].relay_open
+            meters[0].faults.bad_checksum = True
+            with pytest.raises(BadFrame, match="checksum"):
+                await d.read(M07, ["energy_import_total"])
+            meters[0].faults.bad_checksum = False
+            with pytest.raises(NoAnswer):
+                await d.read("000000000999", ["energy_import_total"])
+        finally:
+            await d.close()
+    assert server.stats.requests >= 5
+
+
+async def test_tcp_transport_reports_a_refused_connection() -> None:
+    with SimTcpBus(Dlt645BusProtocol(), []) as server:
+        host, port = server.address
+    d = Dlt645Driver(TcpTransport(host, port, connect_timeout_s=1), clock=lambda: NOW)
+    with pytest.raises(DriverError, match="cannot connect"):
+        await d.read(M07, ["energy_import_total"])
