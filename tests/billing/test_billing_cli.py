@@ -1,0 +1,51 @@
+"""The ``meterhub billing`` subcommands against a real database."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from meterhub.cli import main
+
+
+def run(capsys: pytest.CaptureFixture[str], db_url: str, *argv: str) -> tuple[int, str, str]:
+    rc = main(["billing", "--database-url", db_url, *argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_account_topup_balance_and_listing(capsys: pytest.CaptureFixture[str],
+                                           db_url: str) -> None:
+    rc, out, _ = run(capsys, db_url, "create-account", "--account", "A1", "--meter", "m1",
+                     "--meter", "m2", "--tariff", "residential-tiered", "--group", "B7",
+                     "--credit", '{"alert_thresholds": ["50", "0"], "emergency_credit": "5"}')
+    assert rc == 0 and "A1" in out
+    topup = ("topup", "--account", "A1", "--amount", "50.00", "--channel", "wechat",
+             "--reference", "WX-1", "--json")
+    rc, out, _ = run(capsys, db_url, *topup)
+    first = json.loads(out)
+    rc, out, _ = run(capsys, db_url, *topup)  # replayed: the same entry, no double credit
+    assert json.loads(out) == first
+    assert first["balance"] == "50.00"
+    rc, out, _ = run(capsys, db_url, "balance", "--account", "A1", "--json")
+    bal = json.loads(out)
+    assert (bal["balance"], bal["risk_grade"], bal["meters"]) == ("50.00", "A", ["m1", "m2"])
+    assert [e["kind"] for e in bal["entries"]] == ["topup"]
+    rc, out, _ = run(capsys, db_url, "accounts")
+    assert rc == 0 and "A1" in out and "B7" in out
+    rc, out, _ = run(capsys, db_url, "commands", "--json")
+    assert json.loads(out) == []
+
+
+def test_errors_are_one_clear_line(capsys: pytest.CaptureFixture[str], db_url: str) -> None:
+    rc, _, err = run(capsys, db_url, "topup", "--account", "nobody", "--amount", "5",
+                     "--channel", "bank", "--reference", "x")
+    assert rc == 1 and "account 'nobody' does not exist" in err
+    run(capsys, db_url, "create-account", "--account", "A1", "--meter", "m1", "--tariff",
+        "residential-flat")
+    rc, _, err = run(capsys, db_url, "topup", "--account", "A1", "--amount", "1.234",
+                     "--channel", "bank", "--reference", "x")
+    assert rc == 1 and "more than two decimals" in err
+    rc, _, err = run(capsys, db_url, "approve", "--group", "none", "--by", "me")
+    assert rc == 1 and "no cut-off is waiting" in err
