@@ -83,6 +83,17 @@ class BusConfig:
         return self.port is not None
 
     @property
+    def frame_gap_s(self) -> float:
+        """Silence the scheduler keeps between two transactions: the configured gap, and on a
+        Modbus RTU line at least the 3.5-character interval that ends a frame (Modbus over
+        serial line 2.5.1.1: 1.75 ms above 19200 baud)."""
+        if self.protocol != "modbus" or not self.is_serial:
+            return self.inter_frame_gap_s
+        bits = 1 + self.bytesize + (self.parity != "N") + self.stopbits
+        t35 = 1.75e-3 if self.baud > 19200 else 3.5 * bits / self.baud
+        return max(self.inter_frame_gap_s, t35)
+
+    @property
     def endpoint(self) -> str:
         return self.port if self.port is not None else f"{self.tcp[0]}:{self.tcp[1]}"  # type: ignore[index]
 

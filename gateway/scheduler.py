@@ -97,6 +97,7 @@ class BusWorker:
         )
         self._wake = asyncio.Event()
         self._stopping = False
+        self._gap_s = bus.frame_gap_s
 
     # ------------------------------------------------------------------ public
 
@@ -149,8 +150,8 @@ class BusWorker:
         finally:
             self.transactions += 1
             self.busy_s += self.clock() - started
-            if self.bus.inter_frame_gap_s:
-                await asyncio.sleep(self.bus.inter_frame_gap_s)
+            if self._gap_s:
+                await asyncio.sleep(self._gap_s)
 
     async def _run_command(
         self, job: Callable[[Driver], Awaitable[Any]], future: asyncio.Future[Any]
