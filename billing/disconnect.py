@@ -258,6 +258,30 @@ def _recheck(row: dict[str, Any], now: datetime) -> tuple[bool, datetime | None,
     return True, None, ""
 
 
+def absorb_reported_relays(conn: psycopg.Connection[Any]) -> int:
+    """Take the relay state meters report with their readings (the collector keeps the
+    newest in ``meters.relay`` / ``relay_at``) when it is newer than billing's own, so drift
+    made on site (a bypassed or re-closed relay) is seen. Skipped when the collector's
+    table has no such columns."""
+    has = conn.execute(
+        """SELECT count(*) = 2 FROM information_schema.columns
+           WHERE table_name = 'meters' AND column_name IN ('relay', 'relay_at')
+             AND table_schema = current_schema()"""
+    ).fetchone()
+    if not has or not has[0]:
+        return 0
+    cur = conn.execute(
+        """UPDATE billing_meters bm SET relay_reported = mt.relay,
+               relay_reported_at = mt.relay_at,
+               customer_action_needed = bm.customer_action_needed AND mt.relay <> 'closed'
+           FROM meters mt
+           WHERE mt.meter_id = bm.meter_id AND mt.relay IN ('open', 'closed')
+             AND mt.relay_at > coalesce(bm.relay_reported_at, '-infinity')
+             AND mt.relay IS DISTINCT FROM bm.relay_reported"""
+    )
+    return cur.rowcount
+
+
 def reconcile(
     conn: psycopg.Connection[Any], now: datetime, knobs: PolicyKnobs, actor: str,
     meter_id: str | None = None,
@@ -268,6 +292,8 @@ def reconcile(
     With ``meter_id`` (right after that meter's command finished) no grace period applies.
     """
     queued = 0
+    if meter_id is None:
+        absorb_reported_relays(conn)
     # recently finished commands are given time to show their effect, unless asked for one
     # meter right after its command finished
     grace = now + timedelta(days=1) if meter_id else now - timedelta(

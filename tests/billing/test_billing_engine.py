@@ -205,8 +205,9 @@ async def test_reconciliation_repairs_drift(db_url: str, mqtt: MqttSettings, sit
                                            reconcile_grace_s=0.3)) as (eng,):
         await until(lambda: eng.stats.cutoffs_acked == 1)
         gw.relay["m1"] = "closed"  # someone bypassed the relay on site
-        with psycopg.connect(db_url, autocommit=True) as c:  # and a reading reported it
-            c.execute("UPDATE billing_meters SET relay_reported = 'closed'")
+        with psycopg.connect(db_url, autocommit=True) as c:  # a reading reported it
+            c.execute("UPDATE meters SET relay = 'closed', relay_at = now() "
+                      "WHERE meter_id = 'm1'")
         await until(lambda: eng.stats.cutoffs_acked == 2)
     purposes = q(db_url, "SELECT purpose, state FROM billing_commands ORDER BY created_at")
     assert purposes == [("cutoff", "verified"), ("reconcile", "verified")]
