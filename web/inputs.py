@@ -18,6 +18,7 @@ from web.errors import BadRequest
 
 MAX_TEXT = 500
 BIGINT_MAX = 2**63 - 1
+MAX_AMOUNT = Decimal("999999.99")
 
 
 def text(value: Any, name: str, *, required: bool = True, max_len: int = MAX_TEXT,
@@ -39,7 +40,7 @@ def text(value: Any, name: str, *, required: bool = True, max_len: int = MAX_TEX
 
 
 def path_text(request: web.Request, name: str) -> str:
-    value = text(request.match_info.get(name), name)
+    value = text(request.match_info.get(name), name, min_len=0)
     assert value is not None
     return value
 
@@ -57,8 +58,10 @@ def path_id(request: web.Request, name: str = "id") -> int:
 
 def query_text(request: web.Request, name: str, *, choices: tuple[str, ...] | None = None,
                default: str | None = None) -> str | None:
+    """A text parameter; empty means absent (a search box left blank) unless it must be one
+    of ``choices``."""
     raw = request.query.get(name)
-    if raw is None or raw == "":
+    if raw is None or (raw == "" and choices is None):
         return default
     value = text(raw, name)
     if choices is not None and value not in choices:
@@ -68,7 +71,7 @@ def query_text(request: web.Request, name: str, *, choices: tuple[str, ...] | No
 
 def query_int(request: web.Request, name: str, *, default: int, lo: int, hi: int) -> int:
     raw = request.query.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
     try:
         value = int(raw)
@@ -88,14 +91,15 @@ def parse_time(raw: str, name: str) -> datetime:
         ) from None
     if ts.tzinfo is None:
         raise BadRequest(f"{name} needs a timezone (e.g. a trailing Z for UTC), got {raw!r}")
-    if not 1970 <= ts.year <= 9000:
-        raise BadRequest(f"{name} must be between the years 1970 and 9000")
-    return ts.astimezone(UTC)
+    try:
+        return ts.astimezone(UTC)
+    except OverflowError:
+        raise BadRequest(f"{name} is outside the years 1 to 9999 in UTC: {raw!r}") from None
 
 
 def query_time(request: web.Request, name: str) -> datetime | None:
     raw = request.query.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return None
     return parse_time(raw, name)
 
@@ -115,11 +119,16 @@ async def json_body(request: web.Request) -> Mapping[str, Any]:
 
 
 def only_keys(body: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
+    """No fields we do not know (a typo would be ignored silently) and no nulls (leave a field
+    out instead: null has no meaning in any of our requests)."""
     unknown = sorted(set(body) - set(allowed))
     if unknown:
         raise BadRequest(
             f"unknown field(s) {', '.join(map(repr, unknown))}; expected {', '.join(allowed)}"
         )
+    nulls = sorted(k for k, v in body.items() if v is None)
+    if nulls:
+        raise BadRequest(f"{', '.join(nulls)} must not be null; leave it out instead")
 
 
 def money(value: Any, name: str) -> Decimal:
@@ -140,6 +149,6 @@ def money(value: Any, name: str) -> Decimal:
         raise BadRequest(f"{name} has more than two decimals: {value!r}")
     if amount <= 0:
         raise BadRequest(f"{name} must be more than zero")
-    if amount > Decimal("1000000"):
-        raise BadRequest(f"{name} is more than 1,000,000; split it or use an adjustment")
+    if amount > MAX_AMOUNT:
+        raise BadRequest(f"{name} is more than {MAX_AMOUNT}; split it or use an adjustment")
     return amount.quantize(Decimal("0.01"))

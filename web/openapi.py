@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from meterhub.quantities import QUANTITIES
 from web.auth import ROLES
 
 S = dict[str, Any]
@@ -43,7 +44,25 @@ NUM: S = {"type": "number"}
 BOOL: S = {"type": "boolean"}
 TIME: S = {"type": "string", "format": "date-time"}
 MONEY: S = {"type": "string", "pattern": r"^-?\d+\.\d{2}$", "example": "50.00"}
+# What a top-up accepts: 0.01 to 999999.99, at most two decimals.
+AMOUNT: S = {"oneOf": [
+    {"type": "string", "pattern": r"^([1-9]\d{0,5}(\.\d{1,2})?|0\.(0[1-9]|[1-9]\d?))$",
+     "example": "50.00"},
+    {"type": "integer", "minimum": 1, "maximum": 999999},
+]}
 ANY_OBJ: S = {"type": "object", "additionalProperties": True}
+_NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL; web.inputs refuses it
+_NOT_BLANK = r"^[^\x00]*[^\s\x00][^\x00]*$"
+
+
+def _text(max_len: int = 500) -> S:
+    """A string the API accepts as input (web.inputs.text)."""
+    return {"type": "string", "pattern": _NO_NUL, "maxLength": max_len}
+
+
+def _name(max_len: int = 100) -> S:
+    """A required input string that must not be blank."""
+    return {"type": "string", "pattern": _NOT_BLANK, "minLength": 1, "maxLength": max_len}
 
 GATEWAY: dict[str, S] = {
     "gateway": STR, "site": _null(STR),
@@ -145,7 +164,7 @@ def _q(name: str, schema: S, description: str = "") -> S:
 
 
 def _p(name: str, schema: S | None = None) -> S:
-    return {"name": name, "in": "path", "required": True, "schema": schema or STR}
+    return {"name": name, "in": "path", "required": True, "schema": schema or _text()}
 
 
 LIMIT = _q("limit", {"type": "integer", "minimum": 1, "maximum": 1000})
@@ -166,7 +185,8 @@ def _errors(*codes: int) -> dict[str, S]:
 
 def _op(summary: str, ok: S, *, params: list[S] | None = None, body: S | None = None,
         status: int = 200, errors: tuple[int, ...] = (400, 401, 403, 503),
-        role: str = "viewer", tag: str = "", public: bool = False) -> S:
+        role: str = "viewer", tag: str = "", public: bool = False,
+        body_required: bool = True) -> S:
     op: S = {
         "summary": summary,
         "description": f"Needs the **{role}** role." if not public else "No login needed.",
@@ -181,7 +201,7 @@ def _op(summary: str, ok: S, *, params: list[S] | None = None, body: S | None = 
     if public:
         op["security"] = []
     if body is not None:
-        op["requestBody"] = {"required": True,
+        op["requestBody"] = {"required": body_required,
                              "content": {"application/json": {"schema": body}}}
     return op
 
@@ -196,17 +216,22 @@ def _list(key: str, item: S, total: bool = True) -> S:
 def _paths() -> dict[str, S]:
     meter = _p("meter")
     return {
+        "/openapi.json": {"get": {
+            "summary": "This document", "description": "No login needed.", "tags": ["service"],
+            "security": [],
+            "responses": {"200": {"description": "the OpenAPI 3 document",
+                                  "content": {"application/json": {"schema": ANY_OBJ}}}},
+        }},
         "/health": {"get": _op("Liveness: the service and its database answer",
                                _obj({"status": STR}), public=True, errors=(503,),
                                tag="service")},
         "/session": {
             "post": _op("Log in to the page (sets the session cookie)",
                         _obj({"user": _ref("User")}), public=True, errors=(400, 401, 503),
-                        body=_obj({"name": {"type": "string", "minLength": 1},
-                                   "password": {"type": "string", "minLength": 1}}),
+                        body=_obj({"name": _name(100), "password": _name(200)}),
                         tag="session"),
             "delete": _op("Log out (clears the session cookie)", _obj({"ok": BOOL}),
-                          tag="session", errors=(401,)),
+                          tag="session", public=True, errors=()),
         },
         "/me": {"get": _op("Who is asking", _obj({"user": _ref("User")}), tag="session",
                            errors=(401, 503))},
@@ -221,7 +246,8 @@ def _paths() -> dict[str, S]:
         "/meters": {"get": _op(
             "Meters with their newest values",
             _list("meters", _ref("Meter")),
-            params=[_q("gateway", STR), _q("q", STR, "part of the meter id"), LIMIT, OFFSET],
+            params=[_q("gateway", _text()), _q("q", _text(), "part of the meter id"), LIMIT,
+                    OFFSET],
             tag="fleet")},
         "/meters/{meter}": {"get": _op("One meter with its newest values", _ref("Meter"),
                                        params=[meter], errors=(400, 401, 403, 404, 503),
@@ -233,8 +259,8 @@ def _paths() -> dict[str, S]:
                   "resolution": {"type": "string",
                                  "enum": ["raw", "1min", "15min", "hour", "day"]},
                   "points": _arr(_ref("Point"))}),
-            params=[meter, _q("quantity", STR, "canonical quantity, default "
-                                               "power_active_total"),
+            params=[meter, _q("quantity", {"type": "string", "enum": list(QUANTITIES)},
+                              "canonical quantity, default power_active_total"),
                     FROM, TO,
                     _q("resolution", {"type": "string", "enum": [
                         "auto", "raw", "1min", "15min", "hour", "day"]})],
@@ -249,29 +275,31 @@ def _paths() -> dict[str, S]:
         "/anomalies": {"get": _op(
             "Validation rules that fired, newest first",
             _obj({"anomalies": _arr(_ref("Anomaly")), **_page_props()}),
-            params=[_q("meter", STR), _q("rule", STR), FROM, TO, LIMIT, OFFSET],
+            params=[_q("meter", _text()), _q("rule", _text()), FROM, TO, LIMIT, OFFSET],
             tag="review")},
         "/review-items": {"get": _op(
             "The review queue (abnormal work orders); open ones first",
             _list("review_items", _ref("ReviewItem")),
             params=[_q("status", {"type": "string",
                                   "enum": ["open", "confirmed", "dismissed", "all"]}),
-                    _q("meter", STR), LIMIT, OFFSET], tag="review")},
+                    _q("meter", _text()), LIMIT, OFFSET], tag="review")},
         "/review-items/{id}": {"get": _op("One review item with its anomalies",
                                           _ref("ReviewItem"), params=[ID],
                                           errors=(400, 401, 403, 404, 503), tag="review")},
         "/review-items/{id}/confirm": {"post": _op(
             "Confirm the anomaly is real (releases the held intervals)", _ref("ReviewItem"),
-            params=[ID], body=_obj({"comment": STR}, optional=("comment",)),
-            role="engineer", errors=(400, 401, 403, 404, 409, 503), tag="review")},
+            params=[ID], body=_obj({"comment": _text(2000)}, optional=("comment",)),
+            body_required=False, role="engineer", errors=(400, 401, 403, 404, 409, 503),
+            tag="review")},
         "/review-items/{id}/dismiss": {"post": _op(
             "Dismiss the item as no fault (releases the held intervals)", _ref("ReviewItem"),
-            params=[ID], body=_obj({"comment": STR}, optional=("comment",)),
-            role="engineer", errors=(400, 401, 403, 404, 409, 503), tag="review")},
+            params=[ID], body=_obj({"comment": _text(2000)}, optional=("comment",)),
+            body_required=False, role="engineer", errors=(400, 401, 403, 404, 409, 503),
+            tag="review")},
         "/accounts": {"get": _op(
             "Prepaid accounts, lowest balance first, with days of credit left and risk grade",
             _list("accounts", _ref("Account")),
-            params=[_q("q", STR, "part of the account id, name or a meter id"),
+            params=[_q("q", _text(), "part of the account id, name or a meter id"),
                     _q("phase", {"type": "string",
                                  "enum": ["normal", "warned", "final", "cut"]}),
                     LIMIT, OFFSET], tag="accounts")},
@@ -290,18 +318,18 @@ def _paths() -> dict[str, S]:
                                  "channel": _null(STR), "reference": _null(STR)}),
                   "balance": MONEY}),
             params=[_p("account")], status=201, role="operator",
-            body=_obj({"amount": {"oneOf": [MONEY, {"type": "integer", "minimum": 1}]},
+            body=_obj({"amount": AMOUNT,
                        "channel": {"type": "string",
                                    "enum": ["wechat", "alipay", "bank", "counter"]},
-                       "reference": {"type": "string", "minLength": 1}}),
+                       "reference": _name(200)}),
             errors=(400, 401, 403, 404, 409, 503), tag="accounts")},
         "/alerts": {"get": _op("Balance alerts and warnings, newest first",
                                _obj({"alerts": _arr(_ref("Alert")), **_page_props()}),
-                               params=[_q("account", STR), LIMIT, OFFSET], tag="accounts")},
+                               params=[_q("account", _text()), LIMIT, OFFSET], tag="accounts")},
         "/commands": {
             "get": _op("Relay command history, newest first",
                        _list("commands", _ref("Command")),
-                       params=[_q("account", STR), _q("meter", STR),
+                       params=[_q("account", _text()), _q("meter", _text()),
                                _q("state", {"type": "string", "enum": [
                                    "queued", "sent", "accepted", "confirmed", "verified",
                                    "rejected", "timed_out", "expired", "cancelled",
@@ -309,10 +337,10 @@ def _paths() -> dict[str, S]:
                                LIMIT, OFFSET], tag="commands"),
             "post": _op("Manual cut-off or restore of one meter's relay", _ref("Command"),
                         status=201, role="operator",
-                        body=_obj({"meter": {"type": "string", "minLength": 1},
+                        body=_obj({"meter": _name(100),
                                    "action": {"type": "string",
                                               "enum": ["cutoff", "restore"]},
-                                   "reason": STR}, optional=("reason",)),
+                                   "reason": _text(500)}, optional=("reason",)),
                         errors=(400, 401, 403, 404, 409, 503), tag="commands"),
         },
         "/commands/{command}": {"get": _op("One command with its audit trail", _ref("Command"),
@@ -322,21 +350,21 @@ def _paths() -> dict[str, S]:
         "/dead-letters": {"get": _op(
             "Messages the collector refused, with the reason",
             _list("dead_letters", _ref("DeadLetter")),
-            params=[_q("gateway", STR), LIMIT, OFFSET], tag="fleet")},
+            params=[_q("gateway", _text()), LIMIT, OFFSET], tag="fleet")},
         "/users": {
             "get": _op("Users", _obj({"users": _arr(_ref("AdminUser"))}), role="admin",
                        tag="admin"),
             "post": _op("Create a user; the generated password is in this answer only",
                         _obj({"user": _ref("AdminUser"), "password": STR}), status=201,
                         role="admin", tag="admin", errors=(400, 401, 403, 409, 503),
-                        body=_obj({"name": {"type": "string", "minLength": 1},
+                        body=_obj({"name": _name(100),
                                    "role": {"type": "string", "enum": list(ROLES)}})),
         },
         "/users/{id}": {"patch": _op(
             "Change a user's role or disable them", _obj({"user": _ref("AdminUser")}),
             params=[ID], role="admin", tag="admin", errors=(400, 401, 403, 404, 503),
-            body=_obj({"role": {"type": "string", "enum": list(ROLES)}, "disabled": BOOL},
-                      optional=("role", "disabled")))},
+            body={**_obj({"role": {"type": "string", "enum": list(ROLES)}, "disabled": BOOL},
+                         optional=("role", "disabled")), "minProperties": 1})},
         "/tokens": {
             "get": _op("API tokens (never the tokens themselves)",
                        _obj({"tokens": _arr(_obj({
@@ -347,8 +375,8 @@ def _paths() -> dict[str, S]:
                         _obj({"id": INT, "user": STR, "label": STR, "token": STR}),
                         status=201, role="admin", tag="admin",
                         errors=(400, 401, 403, 404, 503),
-                        body=_obj({"user": {"type": "string", "minLength": 1},
-                                   "label": STR}, optional=("label",))),
+                        body=_obj({"user": _name(100), "label": _text(200)},
+                                  optional=("label",))),
         },
         "/tokens/{id}": {"delete": _op("Revoke an API token",
                                        _obj({"id": INT, "revoked_at": TIME}), params=[ID],
@@ -356,7 +384,7 @@ def _paths() -> dict[str, S]:
                                        errors=(400, 401, 403, 404, 503))},
         "/audit": {"get": _op("Every write made through the web, newest first",
                               _obj({"entries": _arr(_ref("AuditEntry")), **_page_props()}),
-                              params=[_q("user", STR), LIMIT, OFFSET], role="admin",
+                              params=[_q("user", _text()), LIMIT, OFFSET], role="admin",
                               tag="admin")},
         "/live": {"get": {
             "summary": "Live telemetry as Server-Sent Events",
