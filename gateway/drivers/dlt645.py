@@ -49,15 +49,32 @@ class _Garbled(Exception):
 
 
 class _ReplyFramer:
-    """Frames from the meter only (an adapter echoing our own request is ignored); a checksum
-    failure ends the wait at once instead of letting it run into the timeout."""
+    """Frames that answer ``request`` only: an adapter echoing our own request, or a late
+    reply to an earlier request that timed out, is skipped rather than taken for this answer.
+    A checksum failure ends the wait at once instead of letting it run into the timeout."""
 
-    def __init__(self) -> None:
+    def __init__(self, request: Frame, version: str) -> None:
+        self.request = request
+        self.width = 4 if version == "2007" else 2
+        self.echoes_di = request.function in (msg.READ[version], msg.READ_FOLLOW_UP[version])
         self.parser = FrameParser()
+        self.skipped: list[Frame] = []
+
+    def _answers(self, frame: Frame) -> bool:
+        request = self.request
+        if not frame.is_reply or frame.function != request.function:
+            return False
+        if not msg.address_matches(request.address, frame.address):
+            return False
+        if frame.is_abnormal or not self.echoes_di:
+            return True
+        return frame.data[: self.width] == request.data[: self.width]  # echoed identifier
 
     def feed(self, data: bytes) -> list[Frame]:
         seen = len(self.parser.errors)
-        replies = [f for f in self.parser.feed(data) if f.is_reply]
+        replies: list[Frame] = []
+        for frame in self.parser.feed(data):
+            (replies if self._answers(frame) else self.skipped).append(frame)
         if not replies:
             for exc in self.parser.errors[seen:]:
                 if isinstance(exc, ChecksumError):
@@ -241,12 +258,18 @@ class Dlt645Driver:
         failure: DriverError | None = None
         for _ in range(attempts):
             try:
-                reply = await self.transport.exchange(wire, _ReplyFramer(), self.timeout_s)
+                framer = _ReplyFramer(request, self.version)
+                reply = await self.transport.exchange(wire, framer, self.timeout_s)
             except _Garbled as exc:
                 failure = BadFrame(f"{who}: garbled reply ({exc})")
                 continue
             except TransportTimeout as exc:
-                if exc.received:
+                if framer.skipped and not framer.parser.pending:
+                    failure = NoAnswer(
+                        f"{who}: no answer within {self.timeout_s:g} s (only frames that "
+                        f"answer something else, e.g. {framer.skipped[0]})"
+                    )
+                elif exc.received:
                     failure = BadFrame(
                         f"{who}: incomplete or garbled reply "
                         f"({exc.received[:64].hex(' ').upper()})"

@@ -228,6 +228,23 @@ async def test_no_reply_is_no_answer(bus: SimBus, meters: list[SimMeter]) -> Non
         await once.close()
 
 
+async def test_a_late_reply_is_not_taken_for_the_next_answer(
+    bus: SimBus, meters: list[SimMeter]
+) -> None:
+    d = driver_for(bus, retries=0, timeout_s=0.3)
+    try:
+        meters[0].faults.slow_reply_s = 0.5
+        with pytest.raises(NoAnswer):
+            await d.read(M07, ["voltage_a"])
+        meters[0].faults.slow_reply_s = 0.0
+        d.timeout_s = 1.5
+        # the voltage reply arrives while this read waits; it must be skipped, not decoded
+        values = await d.read(M07, ["energy_import_total"])
+        assert values["energy_import_total"].value == pytest.approx(1234.56)
+    finally:
+        await d.close()
+
+
 async def test_time_sync_sets_every_clock_and_gets_no_reply(
     bus: SimBus, driver: Dlt645Driver, meters: list[SimMeter]
 ) -> None:
