@@ -320,11 +320,12 @@ def reconcile(
             if r["customer_action_needed"] and r["relay_wanted"] == "closed":
                 action, why = "relay_status", "waiting for the customer to press the button"
             elif r["relay_wanted"] == "open":
+                # also when the state is unknown: a cut-off that failed must be tried again
                 if ProtectedWindows.from_json(r["windows"]).contains(now):
                     continue
                 action, why = "relay_open", f"relay reads {r['relay_reported']}, wanted open"
             elif r["relay_reported"] == "unknown":
-                continue  # never heard is not drift: a cut-off or restore says what it reads
+                continue  # closed wanted, never heard: the normal state of a new meter
             else:
                 action = lifecycle.RESTORE_ACTIONS[r["restore_mode"]]
                 why = f"relay reads {r['relay_reported']}, wanted closed"

@@ -154,3 +154,15 @@ def test_risk_grade_and_days_left_from_history(conn: psycopg.Connection) -> None
     assert s.risk_grade == "B"  # went below zero once and paid late: an early warning
     # the last 4 weeks hold one week of use, so the weekly average is a quarter of it
     assert s.days_left == (s.balance / (Decimal("13.44") / 4)).quantize(Decimal("0.1"))
+
+
+def test_failed_cutoff_is_tried_again_by_reconciliation(conn: psycopg.Connection) -> None:
+    from billing.disconnect import reconcile
+
+    account(conn, "A", "-1")
+    t = ladder(conn)
+    conn.execute("UPDATE billing_commands SET state = 'failed', updated_at = %s", (t,))
+    assert reconcile(conn, t + timedelta(seconds=10), KNOBS, "test") == 0  # grace first
+    assert reconcile(conn, t + timedelta(seconds=60), KNOBS, "test") == 1
+    rows = conn.execute("SELECT purpose, state FROM billing_commands ORDER BY created_at")
+    assert rows.fetchall() == [("cutoff", "failed"), ("reconcile", "queued")]
