@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, date, datetime, time, tzinfo
 
 from firmware_sim.meter import SimMeter
 from meterhub.protocols.dlt645 import messages as msg
@@ -24,6 +24,7 @@ from meterhub.protocols.dlt645.identifiers import (
     DataId,
     Scalar,
     Version,
+    decode_value,
     encode_value,
     lookup,
 )
@@ -236,8 +237,6 @@ class Dlt645BusProtocol:
         raise _NoData
 
     def _write(self, meter: SimMeter, version: Version, di: int, value: bytes) -> None:
-        from meterhub.protocols.dlt645.identifiers import decode_value
-
         try:
             entry = lookup(di, version)
         except UnknownIdentifierError:
@@ -249,13 +248,14 @@ class Dlt645BusProtocol:
         except Dlt645Error:
             raise _NoData from None
         now = self._wall_clock(meter)
-        if entry.kind == "date":
-            assert not isinstance(decoded, tuple)
-            meter.set_clock(datetime.combine(decoded, now.time(), self.tz))  # type: ignore[arg-type]
-        elif entry.kind == "time":
-            meter.set_clock(datetime.combine(now.date(), decoded, self.tz))  # type: ignore[arg-type]
+        if isinstance(decoded, date) and not isinstance(decoded, datetime):
+            meter.set_clock(datetime.combine(decoded, now.time(), self.tz))
+        elif isinstance(decoded, time):
+            meter.set_clock(datetime.combine(now.date(), decoded, self.tz))
+        elif isinstance(decoded, int | float):
+            self._parameters[(meter.address, di)] = float(decoded)
         else:
-            self._parameters[(meter.address, di)] = float(decoded)  # type: ignore[arg-type]
+            raise _NoData
 
     # ------------------------------------------------------------------ relay
 

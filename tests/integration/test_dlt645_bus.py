@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
+from datetime import time as dt_time
 
 import pytest
 
@@ -187,6 +188,21 @@ async def test_relay_refusals(bus: SimBus, meters: list[SimMeter]) -> None:
     finally:
         await late.close()
         await wrong.close()
+
+
+async def test_write_parameters(bus: SimBus, driver: Dlt645Driver, meters: list[SimMeter]) -> None:
+    await driver.write_identifier(M07, 0x04001001, 12.34)  # alarm amount 1
+    assert await driver.read_identifier(M07, 0x04001001) == pytest.approx(12.34)
+    await driver.write_identifier(M07, 0x04000102, dt_time(8, 9, 10))
+    assert meters[0].clock().time() == dt_time(8, 9, 10)
+    wrong = driver_for(bus, password="000000")
+    try:
+        with pytest.raises(MeterRejected, match="wrong password"):
+            await wrong.write_identifier(M07, 0x04001001, 1.0)
+    finally:
+        await wrong.close()
+    with pytest.raises(DriverError, match="cannot write"):
+        await driver.write_identifier(M07, 0x04001001, "not a number")
 
 
 async def test_garbled_checksum_is_bad_frame_and_retried(
