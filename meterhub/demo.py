@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 DRY_ACCOUNT_BALANCE = Decimal("2.00")  # yuan; runs out within the first half minute
 TOPUP_AMOUNT = Decimal("100.00")
-TOPUP_DELAY_S = 4.0  # after the cut-off is confirmed, the customer pays
+TOPUP_DELAY_S = 3.0  # after the cut-off is confirmed, the customer pays
 DEMO_TARIFF = "residential-flat"  # configs/tariffs/residential_flat.toml
 
 
@@ -196,6 +196,9 @@ async def run_demo(
                 database_url=database_url,
                 mqtt=mqtt,
                 shared_group=None,
+                site=plan.site,  # only this run's gateway, even on a shared broker
+                leave_on_stop=True,  # the demo's session is not coming back
+                validate_every_s=1.0,
                 interval_s=plan.interval_s,
                 client_id=f"demo-collector-{plan.run_id}",
             )
@@ -237,7 +240,7 @@ async def run_demo(
         topped_up = False
         open_energy: float | None = None
         try:
-            while deadline is None or time.monotonic() < deadline - 6:
+            while deadline is None or time.monotonic() < deadline - 2:
                 await asyncio.sleep(1.0)
                 _raise_if_failed(tasks)
                 if dry.relay_open and not summary.relay_opened_on_meter:
@@ -344,7 +347,7 @@ def _fleet_spec(plan: DemoPlan) -> dict[str, Any]:
                         # the dry account's meter runs a heavy load, fast-forwarded, so its
                         # balance is gone within the first half minute
                         "base_load_kw": 6.0 if address == dry_meter else 1.2,
-                        "speedup": 300.0 if address == dry_meter else 1.0,
+                        "speedup": 600.0 if address == dry_meter else 1.0,
                         "energy_kwh": 1000.0 + n * 250,
                     }
                     for n, address in enumerate(plan.dlt645_addresses())
@@ -368,7 +371,11 @@ def _fleet_spec(plan: DemoPlan) -> dict[str, Any]:
 
 def _gateway_spec(plan: DemoPlan, fleet: Any) -> dict[str, Any]:
     return {
-        "gateway": {"id": plan.gateway_id, "site": plan.site},
+        "gateway": {
+            "id": plan.gateway_id,
+            "site": plan.site,
+            "batch_interval_s": plan.poll_interval_s,  # one batch per poll cycle
+        },
         "buses": [
             {
                 "name": "rs485-1",

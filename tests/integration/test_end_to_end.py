@@ -7,6 +7,8 @@ broker -> collector -> PostgreSQL -> billing -> cut-off command -> gateway -> si
 
 from __future__ import annotations
 
+import uuid
+
 import psycopg
 import pytest
 
@@ -17,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 
 async def test_meter_to_relay_and_back(db_url: str, mqtt: MqttSettings) -> None:
-    plan = DemoPlan(run_id="e2e001")
+    plan = DemoPlan(run_id=uuid.uuid4().hex[:6])
     summary = await run_demo(db_url, mqtt, duration=50, live=False, plan=plan)
 
     assert summary.meters == 4
