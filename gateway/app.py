@@ -32,7 +32,7 @@ from gateway.drivers.base import Driver, DriverError, MeterRejected, NoAnswer
 from gateway.scheduler import BusWorker
 from gateway.store import Store
 from meterhub import wire
-from meterhub.settings import MqttSettings, mqtt_settings
+from meterhub.settings import MqttSettings, data_dir, mqtt_settings
 from meterhub.wire import Ack, Command, Event, Reading, RelayState
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class Gateway:
         if self.mqtt is None:
             raise ValueError(f"{config.source}: no broker: set mqtt.url in the config or "
                              "METERHUB_MQTT_URL")
-        self.state_dir = state_dir or config.state_dir or Path("meterhub-gateway-state")
+        self.state_dir = state_dir or config.state_dir or data_dir() / "gateway"
         if driver_factory is None:
             from gateway.drivers import open_driver
 
@@ -94,7 +94,8 @@ class Gateway:
         self._command_tasks: set[asyncio.Task[None]] = set()
         self._store: Store | None = None
         self._started = time.monotonic()
-        self._window = (time.monotonic(), {})  # (start, busy_s per bus) for utilisation
+        # (window start, busy seconds per bus then): bus utilisation between two statuses
+        self._window: tuple[float, dict[str, float]] = (time.monotonic(), {})
         self._topic = {k: wire.topic(config.site, config.gateway_id, k) for k in wire.KINDS}
 
     # ------------------------------------------------------------------ lifecycle

@@ -585,6 +585,7 @@ def config_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Gateway
         buses.append(bus)
     if c.problems:
         raise ConfigError(source, c.problems)
+    assert isinstance(gateway_id, str) and isinstance(site, str)
     return GatewayConfig(
         gateway_id=gateway_id,
         site=site,

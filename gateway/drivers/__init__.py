@@ -12,6 +12,7 @@ from gateway.drivers.base import BadFrame, Driver, DriverError, MeterRejected, N
 
 if TYPE_CHECKING:
     from gateway.config import BusConfig
+    from gateway.transport import Transport
 
 __all__ = ["BadFrame", "Driver", "DriverError", "MeterRejected", "NoAnswer", "open_driver"]
 
@@ -44,7 +45,7 @@ def open_driver(bus: BusConfig) -> Driver:
     )
 
 
-def open_transport(bus: BusConfig) -> object:
+def open_transport(bus: BusConfig) -> Transport:
     """The byte pipe under a DL/T645 driver: the serial port or a TCP socket."""
     if bus.tcp is not None:
         from gateway.transport.tcp import TcpTransport

@@ -7,11 +7,12 @@ import asyncio
 from collections import Counter
 from typing import Any
 
+from gwhelp import SIM_MODEL, rtu_meters
+
 from gateway.config import BusConfig, MeterConfig
 from gateway.drivers import open_driver
 from gateway.scheduler import BusWorker
 from meterhub.wire import Event, Reading
-from tests.gateway.conftest import SIM_MODEL, rtu_meters
 
 QUANTITIES = ("energy_import_total", "voltage_a", "current_a", "power_active_total")
 WINDOW_S = 6.0

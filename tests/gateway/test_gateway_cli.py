@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.gateway.conftest import SIM_MODEL, dlt_meters, rtu_meters
+from gwhelp import SIM_MODEL, dlt_meters, rtu_meters
 
 REPO = Path(__file__).parents[2]
 

@@ -4,39 +4,18 @@ status with health and last will, and a broker outage that loses nothing."""
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from gwhelp import QUANTITIES, dlt_meters, gateway_config, record, rtu_meters, wait_for
 
-from firmware_sim.bus import SimBus
 from gateway import Gateway, config_from_dict
 from meterhub.embedded import free_port, mosquitto_broker
 from meterhub.settings import MqttSettings
-from tests.gateway.conftest import SIM_MODEL, dlt_meters, record, rtu_meters, wait_for
 
 pytestmark = pytest.mark.integration
-
-QUANTITIES = ["energy_import_total", "voltage_a", "current_a", "power_active_total"]
-
-
-def gateway_config(site: str, dlt: SimBus | None, rtu: SimBus | None, *,
-                   poll_s: float = 0.3, batch_s: float = 0.5, **gateway: Any) -> dict[str, Any]:
-    buses: list[dict[str, Any]] = []
-    if dlt is not None:
-        buses.append({"name": "dlt", "protocol": "dlt645-2007", "port": dlt.port,
-                      "baud": dlt.baud, "timeout_s": 0.3, "retries": 0,
-                      "poll_interval_s": poll_s, "quantities": QUANTITIES,
-                      "meters": [{"address": m.address} for m in dlt.meters]})
-    if rtu is not None:
-        buses.append({"name": "rtu", "protocol": "modbus", "port": rtu.port, "baud": rtu.baud,
-                      "timeout_s": 0.3, "retries": 0, "model": SIM_MODEL,
-                      "poll_interval_s": poll_s, "quantities": QUANTITIES,
-                      "meters": [{"unit": int(m.address)} for m in rtu.meters]})
-    return {"gateway": {"id": "gw1", "site": site, "batch_interval_s": batch_s,
-                        "status_interval_s": 0.5, **gateway},
-            "buses": buses}
-
 
 async def test_readings_arrive_batched_in_order_with_status(
     mqtt: MqttSettings, site: str, sim_bus: Any, tmp_path: Path
@@ -63,7 +42,7 @@ async def test_readings_arrive_batched_in_order_with_status(
         assert reading.values["energy_import_total"].unit == "kWh"
         assert reading.values["voltage_a"].unit == "V"
         assert 200 < reading.values["voltage_a"].value < 240
-    per_meter_times = {}
+    per_meter_times: dict[str, datetime] = {}
     for reading in seen.readings:
         assert per_meter_times.get(reading.meter, reading.taken_at) <= reading.taken_at
         per_meter_times[reading.meter] = reading.taken_at
@@ -84,14 +63,16 @@ async def test_broker_outage_loses_nothing_and_replays_in_order(
 ) -> None:
     rtu = sim_bus("modbus", rtu_meters(3))
     port = free_port()  # nothing listens here yet
-    gateway = Gateway(
-        config_from_dict(gateway_config(site, None, rtu, poll_s=0.1, batch_s=0.2)),
-        mqtt=MqttSettings("127.0.0.1", port), state_dir=tmp_path / "state")
+    data = gateway_config(site, None, rtu, poll_s=0.1, batch_s=0.2)
+    data["buffer"] = {"replay_rate": 10.0}
+    gateway = Gateway(config_from_dict(data), mqtt=MqttSettings("127.0.0.1", port),
+                      state_dir=tmp_path / "state")
     stop = asyncio.Event()
     task = asyncio.create_task(gateway.run(stop))
     await wait_for(lambda: gateway.stats.batches_sealed >= 8, 20, "batches sealed offline")
     assert gateway.stats.batches_published == 0 and not gateway.connected
     taken_offline = gateway.stats.readings_taken
+    backlog = gateway.stats.batches_sealed
 
     with mosquitto_broker(tmp_path / "broker", port) as broker:
         async with record(broker, site) as seen:
@@ -103,6 +84,8 @@ async def test_broker_outage_loses_nothing_and_replays_in_order(
     assert seen.seqs() == list(range(1, len(seen.batches) + 1)), "replayed in order, no gap"
     assert len(seen.readings) == gateway.stats.readings_taken, "every reading arrived"
     assert gateway.stats.readings_published == gateway.stats.readings_taken
+    replay_s = seen.arrived[backlog - 1] - seen.arrived[0]
+    assert replay_s >= 0.9 * (backlog - 1) / 10.0, "the backlog is paced at replay_rate"
     taken = [r.taken_at for r in seen.readings if r.meter == "gw1-rtu-1"]
     assert taken == sorted(taken)
 

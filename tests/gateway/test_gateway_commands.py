@@ -10,13 +10,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gwhelp import (
+    Recorder,
+    dlt_meters,
+    gateway_config,
+    record,
+    rtu_meters,
+    send_command,
+    wait_for,
+)
 
 from firmware_sim.meter import SimMeter
 from gateway import Gateway, config_from_dict
 from meterhub import wire
 from meterhub.settings import MqttSettings
-from tests.gateway.conftest import Recorder, dlt_meters, record, rtu_meters, send_command, wait_for
-from tests.gateway.test_publishing import gateway_config
 
 pytestmark = pytest.mark.integration
 

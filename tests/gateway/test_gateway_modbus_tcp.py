@@ -8,11 +8,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from gwhelp import SIM_MODEL, record, rtu_meters, wait_for
 
 from firmware_sim.modbus_tcp import ModbusTcpServer
 from gateway import Gateway, config_from_dict
 from meterhub.settings import MqttSettings
-from tests.gateway.conftest import SIM_MODEL, record, rtu_meters, wait_for
 
 pytestmark = pytest.mark.integration
 REPLY_DELAY_S = 0.2

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gwhelp import SIM_MODEL, Recorder, dlt_meters, record, rtu_meters, wait_for
 
 from meterhub.settings import MqttSettings
-from tests.gateway.conftest import SIM_MODEL, Recorder, dlt_meters, record, rtu_meters, wait_for
 
 pytestmark = pytest.mark.integration
 
