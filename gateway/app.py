@@ -280,6 +280,7 @@ class Gateway:
                 task.cancel()
             await asyncio.gather(waiter, *tasks, return_exceptions=True)
         # graceful stop: the broker drops the last will on a clean disconnect, so say it
+        await self._flush_acks(client)
         await self._flush_events(client)
         await self._publish_status(client, "offline")
 

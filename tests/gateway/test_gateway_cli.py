@@ -11,6 +11,8 @@ from typing import Any
 
 from gwhelp import SIM_MODEL, dlt_meters, rtu_meters
 
+from firmware_sim.modbus_tcp import ModbusTcpServer
+
 REPO = Path(__file__).parents[2]
 
 
@@ -134,3 +136,15 @@ def test_scan_modbus_unit_sweep(sim_bus: Any) -> None:
     assert [line for line in done.stdout.splitlines() if line.startswith("unit")] == \
         ["unit = 3", "unit = 7"]
     assert f'model = "{SIM_MODEL}"' in done.stdout
+
+
+def test_read_modbus_tcp() -> None:
+    server = ModbusTcpServer(rtu_meters(1, first=4)).start()
+    try:
+        done = meterhub("gateway", "read", "--protocol", "modbus", "--tcp",
+                        f"127.0.0.1:{server.port}", "--model", SIM_MODEL, "--unit", "4",
+                        "--item", "energy_import_total")
+    finally:
+        server.stop()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "energy_import_total = 54 kWh"
