@@ -125,11 +125,38 @@ def _plain_insert(conn: psycopg.Connection[Any]) -> tuple[int, float]:
     return len(rows), time.perf_counter() - t0
 
 
+def _worker(url: str, batch_accounts: int, per_meter: int) -> int:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return charge_all(conn, load_tariffs(), max_accounts=batch_accounts,
+                          max_rows=batch_accounts * per_meter).intervals
+
+
+def _charge(url: str, conn: psycopg.Connection[Any], workers: int, batch_accounts: int,
+            per_meter: int) -> tuple[int, float]:
+    """Charge everything with ``workers`` processes (SKIP LOCKED splits the accounts, as
+    between billing engines); returns (intervals, seconds)."""
+    if workers == 1:
+        t0 = time.perf_counter()
+        n = charge_all(conn, load_tariffs(), max_accounts=batch_accounts,
+                       max_rows=batch_accounts * per_meter).intervals
+        return n, time.perf_counter() - t0
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(len, [[]] * workers))  # start the processes before the clock
+        t0 = time.perf_counter()
+        futures = [pool.submit(_worker, url, batch_accounts, per_meter) for _ in range(workers)]
+        n = sum(f.result() for f in futures)
+        return n, time.perf_counter() - t0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--accounts", type=int, default=10_000)
     ap.add_argument("--intervals-per-meter", type=int, default=10)
     ap.add_argument("--batch-accounts", type=int, default=1000)
+    ap.add_argument("--workers", type=int, default=1,
+                    help="charging processes at once (as several billing engines)")
     ap.add_argument("--json", action="store_true", help="only the JSON line")
     args = ap.parse_args(argv)
     say = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr))
@@ -140,13 +167,10 @@ def main(argv: list[str] | None = None) -> int:
             n = _load(conn, args.accounts, args.intervals_per_meter)
             say(f"loaded {n} intervals for {args.accounts} accounts in "
                 f"{time.perf_counter() - t0:.1f} s")
-            tariffs = load_tariffs()
-            t0 = time.perf_counter()
-            stats = charge_all(conn, tariffs, max_accounts=args.batch_accounts,
-                               max_rows=args.batch_accounts * args.intervals_per_meter)
-            charge_s = time.perf_counter() - t0
-            if stats.intervals != n:
-                raise SystemExit(f"charged {stats.intervals} of {n} intervals")
+            charged, charge_s = _charge(url, conn, args.workers, args.batch_accounts,
+                                        args.intervals_per_meter)
+            if charged != n:
+                raise SystemExit(f"charged {charged} of {n} intervals")
             check = conn.execute(
                 "SELECT count(*) FROM billing_accounts a WHERE balance_fen <> 100000 + "
                 "(SELECT coalesce(sum(amount_fen), 0) FROM billing_ledger l "
@@ -163,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         "bench": "billing",
         "accounts": args.accounts,
         "intervals": n,
+        "workers": args.workers,
         "tariff": TARIFF,
         "intervals_per_s": round(rate),
         "pricing_only_per_s": round(p_n / p_s),

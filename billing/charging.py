@@ -101,8 +101,8 @@ FOR UPDATE OF a SKIP LOCKED
 """
 
 _ROWS = """
-SELECT m.account_id, i.meter_id, i.interval_start, i.interval_end, i.kwh, i.held, i.change_id,
-       m.charge_from, c.kwh
+SELECT m.account_id, i.meter_id, i.interval_start, i.interval_end, i.kwh,
+       i.held OR i.interval_start < m.charge_from, i.change_id, c.kwh
 FROM billing_meters m
 JOIN intervals i ON i.meter_id = m.meter_id AND i.change_id > m.cursor AND i.change_id <= %(h)s
 LEFT JOIN billing_charges c ON c.meter_id = i.meter_id AND c.interval_start = i.interval_start
@@ -134,7 +134,8 @@ def charge_batch(
         stats.accounts = len(accounts)
         acc_ids = [a[0] for a in accounts]
         state: dict[str, list[Any]] = {a[0]: [a[1], a[2], a[3]] for a in accounts}
-        rows = conn.execute(_ROWS, {"h": h, "acc": acc_ids, "rows": max_rows}).fetchall()
+        with conn.cursor() as bcur:  # (binary fetch measured no faster)
+            rows = bcur.execute(_ROWS, {"h": h, "acc": acc_ids, "rows": max_rows}).fetchall()
         usage: dict[str, dict[date, Decimal]] = {a: {} for a in acc_ids}
         for acc, year, kwh in conn.execute(
             "SELECT account_id, tier_year, kwh FROM billing_tier_usage "
@@ -146,9 +147,9 @@ def charge_batch(
         new_charges: list[str] = []
         changed_charges: list[tuple[Any, ...]] = []
         cursors: dict[str, int] = {}
-        for acc, meter, start, end, kwh, held, change_id, charge_from, charged in rows:
+        for acc, meter, start, end, kwh, skip, change_id, charged in rows:
             cursors[meter] = change_id
-            if held or start < charge_from:
+            if skip:  # held for review, or consumed before the account's start
                 stats.skipped += 1
                 continue
             if charged is not None and charged == kwh:
