@@ -18,6 +18,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,8 @@ def amqtt_broker(port: int | None = None) -> Iterator[MqttSettings]:
         await broker.shutdown()
 
     thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
-    logging.getLogger("amqtt").setLevel(logging.ERROR)
+    # amqtt logs every probe connection (ours, from wait_for_port) as an error
+    logging.getLogger("amqtt").setLevel(logging.CRITICAL)
     thread.start()
     started.wait(15)
     if errors:
@@ -159,7 +161,9 @@ def embedded_postgres(datadir: Path) -> Iterator[str]:
         ) from exc
     datadir.mkdir(parents=True, exist_ok=True)
     try:
-        server = pgserver.get_server(str(datadir), cleanup_mode="stop")
+        with warnings.catch_warnings():  # platformdirs complains about XDG_RUNTIME_DIR
+            warnings.simplefilter("ignore")
+            server = pgserver.get_server(str(datadir), cleanup_mode="stop")
     except Exception as exc:
         raise EmbeddedServiceError(
             f"embedded PostgreSQL (pgserver) did not start in {datadir}: {exc}; "
