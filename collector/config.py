@@ -75,6 +75,8 @@ class CollectorConfig:
     # a batch is committed when it holds this many readings or is this old, whichever first
     batch_max_readings: int = 20_000
     batch_max_delay_s: float = 0.25
+    # ... but go sooner when the database is idle and nothing else has arrived for this long
+    batch_linger_s: float = 0.01
     # how many unacknowledged messages the broker may have in flight to us (MQTT 5)
     receive_maximum: int = 2000
     session_expiry_s: int = 7 * 86400

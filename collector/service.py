@@ -57,6 +57,7 @@ class Collector:
         self._months: set[tuple[int, int]] = set()
         self._known: set[str] = set()
         self.ready = asyncio.Event()  # set while subscribed to the broker
+        self._writing = False
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set, then commit and ack what was received, and return."""
@@ -84,9 +85,15 @@ class Collector:
     # ------------------------------------------------------------------ ingest loop
 
     async def _ingest(self, consumer: Consumer, stop: asyncio.Event) -> None:
+        """Build batches while the previous one is being written (parsing overlaps the
+        database's work); a batch goes out when full, when old, or as soon as the writer is
+        idle and nothing more is waiting, so light load gets low latency and heavy load gets
+        big COPYs."""
         loop = asyncio.get_running_loop()
         cfg = self.config
         queue = consumer.queue
+        outbox: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=1)
+        writer = asyncio.create_task(self._writer(consumer, outbox, stop))
         batch = Batch()
         stopping = asyncio.ensure_future(stop.wait())
         try:
@@ -97,22 +104,26 @@ class Collector:
                     except asyncio.QueueEmpty:
                         break
                     self._add(batch, msg, loop.time())
-                due = bool(batch.messages) and (
-                    batch.readings >= cfg.batch_max_readings
-                    or loop.time() - batch.first_at >= cfg.batch_max_delay_s
-                )
-                if due or (stop.is_set() and batch.messages):
-                    await self._flush(consumer, batch, stop)
-                    batch = Batch()
-                    continue
-                if stop.is_set():
+                if writer.done():
+                    writer.result()  # a writer that died takes the collector down, loudly
                     return
-                wait = (cfg.batch_max_delay_s - (loop.time() - batch.first_at)
+                if batch.messages:
+                    age = loop.time() - batch.first_at
+                    idle = outbox.empty() and not self._writing and queue.empty()
+                    if (batch.readings >= cfg.batch_max_readings or age >= cfg.batch_max_delay_s
+                            or (idle and age >= cfg.batch_linger_s) or stop.is_set()):
+                        await outbox.put(batch)
+                        batch = Batch()
+                        continue
+                if stop.is_set():
+                    await outbox.put(None)
+                    await writer
+                    return
+                wait = (max(cfg.batch_linger_s - (loop.time() - batch.first_at), 0.002)
                         if batch.messages else 0.5)
                 getter = asyncio.ensure_future(queue.get())
                 done, _ = await asyncio.wait(
-                    {getter, stopping}, timeout=max(wait, 0.001),
-                    return_when=asyncio.FIRST_COMPLETED,
+                    {getter, stopping, writer}, timeout=wait, return_when=asyncio.FIRST_COMPLETED,
                 )
                 if getter in done:
                     self._add(batch, getter.result(), loop.time())
@@ -122,6 +133,19 @@ class Collector:
                         await getter
         finally:
             stopping.cancel()
+            if not writer.done():
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer
+
+    async def _writer(self, consumer: Consumer, outbox: asyncio.Queue[Batch | None],
+                      stop: asyncio.Event) -> None:
+        while (batch := await outbox.get()) is not None:
+            self._writing = True
+            try:
+                await self._flush(consumer, batch, stop)
+            finally:
+                self._writing = False
 
     def _add(self, batch: Batch, msg: Message, now: float) -> None:
         if not batch.messages:

@@ -176,7 +176,8 @@ async def test_known_meters_only_dead_letters_strangers(db_url, mqtt, site, pub)
 
 async def test_data_the_database_refuses_is_dead_lettered_alone(db_url, mqtt, site, pub):
     """A status whose health JSON holds a NUL passes the wire checks but not jsonb."""
-    async with running(config(db_url, mqtt, site, batch_max_delay_s=0.5)) as col:
+    async with running(config(db_url, mqtt, site, batch_max_delay_s=0.5,
+                              batch_linger_s=0.5)) as col:
         await subscribed(col)
         pub.publish(wire.topic(site, "gw3", "status"),
                     wire.encode_status(wire.Status("gw3", site, "online", T0, {"x": "a\x00b"})))
