@@ -1,0 +1,124 @@
+"""The page in real headless Chromium (Debian's /usr/bin/chromium through Playwright): log in,
+see the fleet, open a meter and watch a value change live, dismiss a review item, top up an
+account and see the balance change. Screenshots go to test-artifacts/."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.web.conftest import Fleet, Logins
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    assert Path(CHROMIUM).exists(), "install Debian's chromium (apt-get install -y chromium)"
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu",
+                  "--disable-background-networking"],
+        )
+        yield b
+        b.close()
+
+
+def _login(page: Page, url: str, name: str, password: str) -> None:
+    page.goto(url)
+    page.get_by_label("User").fill(name)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#who-name")).to_contain_text(name)
+
+
+def test_engineer_and_operator_day(browser: Browser, served: str, logins: Logins,
+                                   fleet: Fleet, db_url: str, artifacts_dir: Path) -> None:
+    shots = artifacts_dir / "web"
+    shots.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 1366, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    # The first look at /me before logging in is an expected 401; anything else is a bug.
+    page.on("console", lambda msg: errors.append(msg.text)
+            if msg.type == "error" and "401" not in msg.text else None)
+
+    # Log in and see the fleet: one gateway online, one offline, the meters with values.
+    _login(page, served, "operator", logins.passwords["operator"])
+    online = page.locator(f'[data-gateway="{fleet.gateway}"]')
+    expect(online).to_contain_text("online")
+    expect(online).to_contain_text("buffer depth")  # health figures from the status topic
+    expect(page.locator(f'[data-gateway="{fleet.offline_gateway}"]')).to_contain_text("offline")
+    expect(page.get_by_test_id("stat-offline")).to_have_text("1")
+    expect(page.locator(f'tr[data-meter="{fleet.meters[0]}"]')).to_contain_text("1.6")
+    expect(page.locator("#live-state")).to_have_class("live on")
+    page.screenshot(path=str(shots / "01-fleet.png"), full_page=True)
+
+    # Open a meter: charts drawn, then a new reading shows up live without a reload.
+    page.get_by_role("link", name=fleet.meters[0], exact=True).click()
+    expect(page.get_by_test_id("meter-title")).to_have_text(fleet.meters[0])
+    expect(page.get_by_test_id("chart-power").locator("path.line-power")).to_have_count(1)
+    expect(page.get_by_test_id("chart-voltage").locator("path.line-volt")).to_have_count(1)
+    expect(page.get_by_test_id("chart-intervals").locator("rect.bar.flag")).to_have_count(1)
+    expect(page.get_by_test_id("chart-intervals").locator("path.marker")).to_have_count(1)
+    power = page.locator('.tile[data-q="power_active_total"] .v')
+    expect(power).to_have_text("1.6")
+    page.wait_for_timeout(700)  # the live poller has seen the current state
+    at = datetime.now(UTC) + timedelta(seconds=1)
+    with psycopg.connect(db_url) as conn:
+        conn.execute(
+            "INSERT INTO readings (meter_id, quantity, ts, value, unit) VALUES"
+            " (%s, 'power_active_total', %s, 4.321, 'kW'), (%s, 'voltage_a', %s, 236.5, 'V')",
+            (fleet.meters[0], at, fleet.meters[0], at))
+        conn.execute("UPDATE meters SET last_seen = %s WHERE meter_id = %s",
+                     (at, fleet.meters[0]))
+    expect(power).to_have_text("4.321", timeout=5000)
+    expect(page.locator('.tile[data-q="voltage_a"] .v')).to_have_text("236.5")
+    page.screenshot(path=str(shots / "02-meter-live.png"), full_page=True)
+
+    # Dismiss the open review item with a comment.
+    page.get_by_role("link", name="Review").click()
+    card = page.locator(f'[data-review="{fleet.review_id}"]')
+    expect(card).to_contain_text("38x")
+    card.get_by_label("comment").fill("tenant ran a kiln that afternoon; confirmed by phone")
+    page.screenshot(path=str(shots / "03-review.png"), full_page=True)
+    card.get_by_role("button", name="Dismiss").click()
+    expect(page.get_by_text("The queue is empty")).to_be_visible()
+    expect(page.locator("#review-count")).to_be_hidden(timeout=5000)
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute("SELECT status, decided_by, comment FROM review_items WHERE id = %s",
+                           (fleet.review_id,)).fetchone()
+    assert row == ("dismissed", "operator",
+                   "tenant ran a kiln that afternoon; confirmed by phone")
+
+    # Top up the account and see the balance change.
+    page.get_by_role("link", name="Accounts").click()
+    expect(page.locator(f'tr[data-account="{fleet.account}"]')).to_contain_text("¥30.00")
+    page.locator(f'tr[data-account="{fleet.account}"] a').click()
+    balance = page.get_by_test_id("account-balance")
+    expect(balance).to_have_text("¥30.00")
+    page.get_by_label("amount").fill("25.50")
+    page.get_by_label("channel").select_option("wechat")
+    page.get_by_role("button", name="Top up").click()
+    expect(balance).to_have_text("¥55.50")
+    expect(page.locator("table").filter(has_text="Balance after")).to_contain_text("web:operator")
+    page.screenshot(path=str(shots / "04-account-topup.png"), full_page=True)
+
+    # The same page on a phone.
+    phone = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True,
+                             has_touch=True, device_scale_factor=2)
+    _login(phone, served, "viewer", logins.passwords["viewer"])
+    expect(phone.locator(f'[data-gateway="{fleet.gateway}"]')).to_be_visible()
+    phone.screenshot(path=str(shots / "05-fleet-phone.png"), full_page=True)
+    phone.goto(f"{served}/#/meter/{fleet.meters[0]}")
+    expect(phone.get_by_test_id("chart-power").locator("path.line-power")).to_have_count(1)
+    phone.screenshot(path=str(shots / "06-meter-phone.png"), full_page=True)
+    phone.close()
+    page.close()
+    assert errors == []

@@ -1,0 +1,126 @@
+/* Small SVG charts for the meter page: a time line (power, voltage) and interval bars with
+ * anomaly markers. Our own code so the page loads nothing from elsewhere; enough for a few
+ * thousand points, redrawn whole on each update (cheaper than diffing at this size). */
+"use strict";
+
+const Charts = (() => {
+  const NS = "http://www.w3.org/2000/svg";
+  const PAD = { l: 44, r: 10, t: 10, b: 22 };
+
+  function el(tag, attrs, parent) {
+    const node = document.createElementNS(NS, tag);
+    for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+    if (parent) parent.appendChild(node);
+    return node;
+  }
+
+  function niceTicks(lo, hi, count) {
+    if (!(hi > lo)) { hi = lo + 1; }
+    const raw = (hi - lo) / count;
+    const mag = Math.pow(10, Math.floor(Math.log10(raw)));
+    const step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((s) => s >= raw) || raw;
+    const ticks = [];
+    for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) ticks.push(v);
+    return ticks;
+  }
+
+  function fmtTime(t, span) {
+    const d = new Date(t);
+    if (span > 2 * 86400e3) return d.toLocaleDateString([], { month: "short", day: "numeric" });
+    return d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  }
+
+  function frame(svg, x0, x1, y0, y1) {
+    const w = svg.clientWidth || 600;
+    const h = svg.clientHeight || 220;
+    svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
+    while (svg.firstChild) svg.removeChild(svg.firstChild);
+    const sx = (t) => PAD.l + ((t - x0) / Math.max(x1 - x0, 1)) * (w - PAD.l - PAD.r);
+    const sy = (v) => h - PAD.b - ((v - y0) / Math.max(y1 - y0, 1e-9)) * (h - PAD.t - PAD.b);
+    for (const v of niceTicks(y0, y1, 4)) {
+      el("line", { x1: PAD.l, x2: w - PAD.r, y1: sy(v), y2: sy(v), class: "grid-line" }, svg);
+      const label = el("text", { x: PAD.l - 6, y: sy(v) + 4, "text-anchor": "end" }, svg);
+      label.textContent = Math.abs(v) >= 100 ? v.toFixed(0) : +v.toFixed(2);
+    }
+    const n = Math.max(2, Math.floor((w - PAD.l) / 110));
+    for (let i = 0; i <= n; i++) {
+      const t = x0 + ((x1 - x0) * i) / n;
+      const label = el("text", { x: sx(t), y: h - 6, "text-anchor": "middle" }, svg);
+      label.textContent = fmtTime(t, x1 - x0);
+    }
+    return { sx, sy, w, h };
+  }
+
+  /** points: [{t: ms, v: number}], sorted. opts: {kind: "power"|"volt", from, to, unit} */
+  function line(svg, points, opts) {
+    const x0 = opts.from, x1 = opts.to;
+    const vals = points.map((p) => p.v);
+    let y0 = vals.length ? Math.min(...vals) : 0;
+    let y1 = vals.length ? Math.max(...vals) : 1;
+    if (opts.kind === "power") y0 = Math.min(0, y0);
+    const pad = (y1 - y0) * 0.1 || Math.abs(y1) * 0.02 || 1;
+    y1 += pad; if (opts.kind !== "power") y0 -= pad;
+    const f = frame(svg, x0, x1, y0, y1);
+    if (!points.length) {
+      const t = el("text", { x: f.w / 2, y: f.h / 2, "text-anchor": "middle" }, svg);
+      t.textContent = "no readings in this range";
+      return;
+    }
+    const d = points.map((p, i) => `${i ? "L" : "M"}${f.sx(p.t).toFixed(1)},${f.sy(p.v).toFixed(1)}`).join("");
+    const base = f.sy(Math.max(y0, Math.min(0, y1)));
+    const first = points[0], last = points[points.length - 1];
+    el("path", { d: `${d}L${f.sx(last.t)},${base}L${f.sx(first.t)},${base}Z`, class: `area-${opts.kind}` }, svg);
+    el("path", { d, class: `line-${opts.kind}` }, svg);
+    el("circle", { cx: f.sx(last.t), cy: f.sy(last.v), r: 3.5, class: "now-dot" }, svg);
+    hover(svg, f, points, opts.unit);
+  }
+
+  function hover(svg, f, points, unit) {
+    const guide = el("line", { y1: PAD.t, y2: f.h - PAD.b, class: "hover-line", visibility: "hidden" }, svg);
+    const tip = el("text", { y: PAD.t + 10, visibility: "hidden" }, svg);
+    svg.onpointermove = (ev) => {
+      const r = svg.getBoundingClientRect();
+      const x = ((ev.clientX - r.left) / r.width) * f.w;
+      let best = points[0];
+      for (const p of points) if (Math.abs(f.sx(p.t) - x) < Math.abs(f.sx(best.t) - x)) best = p;
+      const bx = f.sx(best.t);
+      guide.setAttribute("x1", bx); guide.setAttribute("x2", bx);
+      guide.setAttribute("visibility", "visible");
+      tip.textContent = `${+best.v.toFixed(3)} ${unit} · ${new Date(best.t).toLocaleTimeString()}`;
+      tip.setAttribute("x", Math.min(bx + 6, f.w - 160));
+      tip.setAttribute("visibility", "visible");
+    };
+    svg.onpointerleave = () => {
+      guide.setAttribute("visibility", "hidden"); tip.setAttribute("visibility", "hidden");
+    };
+  }
+
+  /** bars: [{start, end (ms), kwh, quality, held, flags}], markers: [{t, rule, reason}] */
+  function bars(svg, intervals, markers, opts) {
+    const vals = intervals.map((b) => b.kwh);
+    const y1 = (vals.length ? Math.max(...vals) : 1) * 1.12 || 1;
+    const f = frame(svg, opts.from, opts.to, 0, y1);
+    if (!intervals.length) {
+      const t = el("text", { x: f.w / 2, y: f.h / 2, "text-anchor": "middle" }, svg);
+      t.textContent = "no validated intervals in this range";
+      return;
+    }
+    for (const b of intervals) {
+      const x = f.sx(b.start), w = Math.max(1, f.sx(b.end) - x - 1);
+      const flagged = b.held || b.flags.length > 0;
+      const cls = flagged ? "bar flag" : (b.quality === "A" ? "bar" : "bar est");
+      const rect = el("rect", { x, y: f.sy(b.kwh), width: w, height: Math.max(0, f.sy(0) - f.sy(b.kwh)), class: cls }, svg);
+      const title = el("title", {}, rect);
+      title.textContent = `${new Date(b.start).toLocaleString()}: ${b.kwh} kWh (${b.quality})` +
+        (b.flags.length ? ` — ${b.flags.join(", ")}` : "") + (b.held ? " — held for review" : "");
+    }
+    for (const m of markers) {
+      const x = f.sx(m.t);
+      const tri = el("path", { d: `M${x},${PAD.t + 1}l5,9h-10z`, class: "marker" }, svg);
+      const title = el("title", {}, tri);
+      title.textContent = `${m.rule}: ${m.reason}`;
+    }
+  }
+
+  return { line, bars };
+})();
