@@ -39,32 +39,36 @@ _ALL = 2**62
 class CommitHorizon:
     """The highest change_id below which every interval write has committed (or never will).
 
-    Each :meth:`update` records (time, sequence value, snapshot xmax). A record is settled once
-    a later record taken ``grace_s`` after it has an xmax at or below the current snapshot's
-    xmin: every transaction that could hold one of those sequence values has ended by then.
-    The grace covers a writer that took its change_id but had no transaction id yet.
+    Each :meth:`update` records (time, sequence value, write transactions running in this
+    database). A record is settled once the transactions of a later record, taken
+    ``grace_s`` after it, have all ended: any transaction that could still hold one of those
+    sequence values was running by then. The grace covers a writer that has taken its
+    change_id but not yet its transaction id. Only this database's transactions count
+    (``pg_stat_activity``), so a long write elsewhere on the server does not stall billing.
     """
 
     def __init__(self, grace_s: float = 2.0) -> None:
         self.grace_s = grace_s
         self.value = 0
-        self._marks: deque[tuple[float, int, int]] = deque(maxlen=100_000)
+        self._marks: deque[tuple[float, int, frozenset[int]]] = deque(maxlen=100_000)
 
     def update(self, conn: psycopg.Connection[Any]) -> int:
         row = conn.execute(
             """SELECT (SELECT CASE WHEN is_called THEN last_value ELSE 0 END
                          FROM intervals_change_seq),
-                      pg_snapshot_xmin(pg_current_snapshot())::text::bigint,
-                      pg_snapshot_xmax(pg_current_snapshot())::text::bigint"""
+                      (SELECT coalesce(array_agg(backend_xid::text::bigint), '{}')
+                         FROM pg_stat_activity
+                        WHERE datname = current_database() AND backend_xid IS NOT NULL
+                          AND pid <> pg_backend_pid())"""
         ).fetchone()
         assert row is not None
-        seq, xmin, xmax = int(row[0]), int(row[1]), int(row[2])
+        seq, running = int(row[0]), frozenset(row[1])
         now = time.monotonic()
-        self._marks.append((now, seq, xmax))
+        self._marks.append((now, seq, running))
         while self._marks:
             t0, seq0, _ = self._marks[0]
             later = next((m for m in self._marks if m[0] >= t0 + self.grace_s), None)
-            if later is None or later[2] > xmin:
+            if later is None or later[2] & running:
                 break
             self.value = max(self.value, seq0)
             self._marks.popleft()
