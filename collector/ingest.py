@@ -133,7 +133,7 @@ def fast_reading(raw: Any, times: dict[str, datetime], horizon: datetime) -> Fas
         spec = _SPEC.get(name)
         if spec is None or type(item) is not dict:
             return None
-        number = item.get("value")
+        number: Any = item.get("value")
         kind = type(number)
         if kind is float:
             if not math.isfinite(number):
