@@ -60,6 +60,8 @@ class Dlt645BusProtocol:
     ``max_reply_data`` is the largest L a meter sends before splitting into follow-up frames
     (the standard allows 200; tests lower it to exercise follow-ups). ``tz`` is the zone of the
     meters' wall clocks (what time sync and relay validity times are written in).
+    ``supports_blocks=False`` makes the meters answer block identifiers (0001FF00 ...) with
+    "no requested data", as some meters do.
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class Dlt645BusProtocol:
         reply_preamble: int = 2,
         options: msg.Options = msg.DEFAULT_OPTIONS,
         tz: tzinfo = UTC,
+        supports_blocks: bool = True,
     ) -> None:
         self.password = password
         self.password_level = password_level
@@ -78,6 +81,7 @@ class Dlt645BusProtocol:
         self.reply_preamble = reply_preamble
         self.options = options
         self.tz = tz
+        self.supports_blocks = supports_blocks
         self._parser = FrameParser()
         self._pending: dict[tuple[str, int], list[bytes]] = {}
         self._parameters: dict[tuple[str, int], float] = {}
@@ -202,6 +206,8 @@ class Dlt645BusProtocol:
         except UnknownIdentifierError:
             raise _NoData from None
         if entry.block:
+            if not self.supports_blocks:
+                raise _NoData
             values = tuple(self._scalar(meter, entry, q) for q in entry.quantities)
             return encode_value(entry, values)
         return encode_value(entry, self._scalar(meter, entry, entry.quantity))

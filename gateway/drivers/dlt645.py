@@ -7,7 +7,9 @@ abnormal reply is an answer, not a failure of the line, so it is raised at once 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import TypeVar
 
@@ -27,6 +29,7 @@ from meterhub.protocols.dlt645.identifiers import (
     STATUS3_RELAY_OPEN,
     DataId,
     DecodedValue,
+    blocks,
     decode_value,
     encode_value,
     for_quantity,
@@ -42,6 +45,11 @@ RELAY_ACTIONS = {
     "relay_close": msg.RelayCommand.CLOSE_DIRECTLY,
     "relay_close_permitted": msg.RelayCommand.CLOSE_PERMITTED,
 }
+
+
+def _single(block: DataId) -> DataId:
+    """The format of one value of a block identifier."""
+    return replace(block, block=False)
 
 
 class _Garbled(Exception):
@@ -105,6 +113,7 @@ class Dlt645Driver:
         tz: tzinfo = UTC,
         options: msg.Options = msg.DEFAULT_OPTIONS,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        use_blocks: bool = True,
     ) -> None:
         if version not in ("2007", "1997"):
             raise ValueError(f"DL/T645 version {version!r} is not 2007 or 1997")
@@ -122,22 +131,53 @@ class Dlt645Driver:
         self.tz = tz
         self.options = options
         self.clock = clock
+        self.use_blocks = use_blocks
+        self._no_block: set[tuple[str, int]] = set()
 
     # ------------------------------------------------------------------ Driver protocol
 
     async def read(self, address: str, quantities: Sequence[str]) -> dict[str, Value]:
-        entries: list[tuple[str, DataId]] = []
+        """Quantities that share a block identifier (all tariffs, all phases) come in one
+        transaction when two or more are wanted; a meter that refuses the block, or answers
+        fewer values than wanted, gets single reads for the rest."""
+        entries: dict[str, DataId] = {}
         for quantity in quantities:
             try:
-                entries.append((quantity, for_quantity(quantity, self.version)))
+                entries[quantity] = for_quantity(quantity, self.version)
             except UnknownIdentifierError as exc:
                 raise DriverError(f"meter {address}: {exc}") from None
+        numbers: dict[str, DecodedValue] = {}
+        if self.use_blocks:
+            numbers.update(await self._read_blocks(address, list(entries)))
+        for quantity, entry in entries.items():
+            if quantity not in numbers:
+                numbers[quantity] = await self._read_entry(address, entry)
         values: dict[str, Value] = {}
-        for quantity, entry in entries:
-            value = await self._read_entry(address, entry)
-            assert isinstance(value, int | float)
-            values[quantity] = Value(float(value), unit_of(quantity))
+        for quantity in entries:
+            number = numbers[quantity]
+            assert isinstance(number, int | float)
+            values[quantity] = Value(float(number), unit_of(quantity))
         return values
+
+    async def _read_blocks(self, address: str, wanted: list[str]) -> dict[str, DecodedValue]:
+        got: dict[str, DecodedValue] = {}
+        for block in blocks(self.version):
+            covered = [q for q in block.quantities if q in wanted and q not in got]
+            if len(covered) < 2 or (address, block.di) in self._no_block:
+                continue
+            try:
+                payload = await self._read_payload(address, block.di)
+            except MeterRejected:
+                self._no_block.add((address, block.di))  # ask this meter one by one
+                continue
+            # Values the meter fills with FFH (a phase it does not have) or leaves off are
+            # read singly below, which gives the meter's own answer for them.
+            size = block.size
+            for i, quantity in enumerate(block.quantities[: len(payload) // size]):
+                if quantity in covered:
+                    with contextlib.suppress(Dlt645Error):
+                        got[quantity] = decode_value(_single(block), payload[i * size:][:size])
+        return got
 
     async def relay(self, address: str, action: str) -> RelayState:
         try:

@@ -132,6 +132,34 @@ async def test_read_every_canonical_quantity(driver: Dlt645Driver, meters: list[
     )
 
 
+ENERGY = ["energy_import_total", *(f"energy_import_t{t}" for t in range(1, 5))]
+
+
+async def test_quantities_of_one_block_come_in_one_read(
+    bus: SimBus, driver: Dlt645Driver
+) -> None:
+    values = await driver.read(M07, [*ENERGY, "frequency"])
+    assert values["energy_import_total"].value == pytest.approx(1234.56)
+    assert values["energy_import_t3"].unit == "kWh"
+    # block 0001FF00 (first frame and one follow-up) and frequency, not six single reads
+    assert bus.stats.requests == 3
+
+
+async def test_a_meter_without_blocks_is_read_one_by_one(meters: list[SimMeter]) -> None:
+    protocol = Dlt645BusProtocol(supports_blocks=False)
+    with SimBus(protocol, meters, baud=9600, turnaround_s=0.01) as bus:
+        d = driver_for(bus)
+        try:
+            first = await d.read(M07, ENERGY)
+            assert bus.stats.requests == 1 + 5  # refused block, then single reads
+            again = await d.read(M07, ENERGY)
+            assert bus.stats.requests == 6 + 5  # the refusal is remembered
+        finally:
+            await d.close()
+    assert first == again
+    assert first["energy_import_total"].value == pytest.approx(1234.56)
+
+
 async def test_unknown_quantity_fails_before_any_io(bus: SimBus, driver: Dlt645Driver) -> None:
     with pytest.raises(DriverError, match="no_such_thing"):
         await driver.read(M07, ["energy_import_total", "no_such_thing"])

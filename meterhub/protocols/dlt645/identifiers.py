@@ -365,6 +365,11 @@ def for_quantity(quantity: str, version: str = "2007") -> DataId:
     )
 
 
+def blocks(version: str = "2007") -> list[DataId]:
+    """Block identifiers that read several canonical quantities at once."""
+    return [e for e in _table(version).values() if e.block and any(e.quantities)]
+
+
 def quantities_for(version: str = "2007") -> list[str]:
     """Canonical quantities that this version can read."""
     return [e.quantity for e in _table(version).values() if not e.block and e.quantity]
