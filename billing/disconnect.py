@@ -247,8 +247,10 @@ def _recheck(row: dict[str, Any], now: datetime) -> tuple[bool, datetime | None,
     """Is the command still wanted, and not before when? (balance, windows, pending top-up)"""
     action = row["action"]
     if action == "relay_open":
-        if row["relay_wanted"] != "open" or row["phase"] != Phase.CUT:
-            return False, None, "balance recovered: cut-off no longer wanted"
+        # relay_wanted is the single truth: the policy's restore and an operator's decision
+        # (web) both set it
+        if row["relay_wanted"] != "open":
+            return False, None, "cut-off no longer wanted (balance recovered or restored)"
         windows = ProtectedWindows.from_json(row["windows"])
         if windows.contains(now):
             return True, windows.next_open(now), "protected window"

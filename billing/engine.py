@@ -29,7 +29,7 @@ import psycopg
 from billing import alerts, commands, lifecycle
 from billing.charging import CommitHorizon, charge_all
 from billing.disconnect import PolicyKnobs, evaluate_accounts, handle_deadlines, reconcile
-from billing.tariffs import load_tariffs
+from billing.tariffs import TariffError, check_history, load_tariffs
 from meterhub import wire
 from meterhub.settings import MqttSettings
 
@@ -105,6 +105,7 @@ class BillingEngine:
         self._tick_conn: psycopg.Connection[Any] | None = None
         self._ack_conn: psycopg.Connection[Any] | None = None
         self._last_reconcile = -1e18
+        self._tariffs_checked = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -115,6 +116,8 @@ class BillingEngine:
             while not stop.is_set():
                 try:
                     await self.tick()
+                except TariffError:
+                    raise  # tariff files that rewrite the past: a person must fix them
                 except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                     self.stats.errors += 1
                     log.warning("database unavailable, retrying", extra={"why": str(exc)})
@@ -157,6 +160,9 @@ class BillingEngine:
     def _db_tick(self) -> None:
         cfg, actor = self.config, self.config.engine_id
         conn = self._conn("_tick_conn")
+        if not self._tariffs_checked:
+            check_history(conn, self.tariffs)
+            self._tariffs_checked = True
         horizon = self._horizon.update(conn)
         charged = charge_all(conn, self.tariffs, horizon=horizon,
                              max_accounts=cfg.batch_accounts, max_batches=50)

@@ -18,6 +18,8 @@ exactly (the last piece takes the remainder of the rounding of the others).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tomllib
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping, MutableMapping
@@ -346,6 +348,64 @@ def _split_kwh(kwh: Decimal, durations: list[timedelta]) -> list[Decimal]:
         left -= share
     out.append(left)
     return out
+
+
+def version_digest(v: Version) -> str:
+    """A stable fingerprint of what a version charges (sets sorted, decimals as text)."""
+    canonical = {
+        "effective": v.effective.isoformat(),
+        "bands": {k: str(p) for k, p in sorted(v.bands.items())},
+        "schedule": [(e.start.isoformat(), e.band) for e in v.schedule],
+        "holiday_schedule": [(e.start.isoformat(), e.band) for e in v.holiday_schedule or ()],
+        "weekends_are_holidays": v.weekends_are_holidays,
+        "holidays": sorted(d.isoformat() for d in v.holidays),
+        "critical": [v.critical_band, sorted(v.critical_months),
+                     [(a.isoformat(), b.isoformat()) for a, b in v.critical_windows]],
+        "blocks": [(None if b.up_to_kwh is None else str(b.up_to_kwh), str(b.adder))
+                   for b in v.blocks],
+        "reset": list(v.tier_reset),
+    }
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
+
+
+def check_history(conn: Any, tariffs: Mapping[str, Tariff], today: date | None = None) -> None:
+    """Refuse tariff files that would rewrite the past, and remember the versions seen.
+
+    A version already in force may not change or disappear; a version first seen with an
+    effective date before today would apply retroactively. (A tariff seen for the first
+    time is taken as it is.) ``conn`` is a psycopg Connection.
+    """
+    problems: list[str] = []
+    with conn.transaction():
+        conn.execute("LOCK TABLE billing_tariff_versions IN SHARE ROW EXCLUSIVE MODE")
+        known: dict[str, dict[date, str]] = {}
+        for tid, eff, digest in conn.execute(
+            "SELECT tariff_id, effective, digest FROM billing_tariff_versions"
+        ):
+            known.setdefault(tid, {})[eff] = digest
+        for t in tariffs.values():
+            day = today or datetime.now(t.zone).date()
+            seen = known.get(t.tariff_id)
+            current = {v.effective: version_digest(v) for v in t.versions}
+            for eff, digest in (seen or {}).items():
+                if eff <= day and current.get(eff) != digest:
+                    what = "was removed" if eff not in current else "was edited"
+                    problems.append(
+                        f"{t.source}: version effective {eff} {what} after it took effect; "
+                        "add a new version with a future date instead")
+            for eff, digest in current.items():
+                if seen is not None and eff not in seen and eff < day:
+                    problems.append(
+                        f"{t.source}: new version effective {eff} is in the past; a tariff "
+                        "change never applies retroactively")
+                if seen is None or eff not in seen or seen[eff] != digest:
+                    conn.execute(
+                        """INSERT INTO billing_tariff_versions (tariff_id, effective, digest)
+                           VALUES (%s, %s, %s) ON CONFLICT (tariff_id, effective)
+                           DO UPDATE SET digest = EXCLUDED.digest""",
+                        (t.tariff_id, eff, digest))
+        if problems:
+            raise TariffError("; ".join(problems))
 
 
 def charge_total(pieces: Iterable[Piece]) -> Decimal:

@@ -173,3 +173,31 @@ def test_fast_amount_equals_sum_of_pieces(tid: str, start: datetime, minutes: in
     end = start + timedelta(minutes=minutes)
     assert t.amount(start, end, kwh, u1) == charge_total(t.price(start, end, kwh, u2))
     assert u1 == u2
+
+
+def test_tariff_history_refuses_rewriting_the_past(db_url: str) -> None:
+    import psycopg
+
+    from billing.tariffs import check_history
+
+    def tariff(*versions: tuple[date, str]) -> dict:
+        t = parse_tariff({"id": "t", "versions": [
+            {"effective": eff, "bands": {"flat": price}} for eff, price in versions]})
+        return {"t": t}
+
+    today = date(2026, 6, 1)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        check_history(conn, tariff((date(2026, 1, 1), "0.5")), today)  # first sight: as is
+        check_history(conn, tariff((date(2026, 1, 1), "0.5")), today)
+        with pytest.raises(TariffError, match="edited after it took effect"):
+            check_history(conn, tariff((date(2026, 1, 1), "0.6")), today)
+        with pytest.raises(TariffError, match="retroactively"):
+            check_history(conn, tariff((date(2026, 1, 1), "0.5"), (date(2026, 5, 1), "0.6")),
+                          today)
+        future = tariff((date(2026, 1, 1), "0.5"), (date(2026, 7, 1), "0.6"))
+        check_history(conn, future, today)
+        # a version not yet in force may still be corrected
+        check_history(conn, tariff((date(2026, 1, 1), "0.5"), (date(2026, 7, 1), "0.65")),
+                      today)
+        with pytest.raises(TariffError, match="removed"):
+            check_history(conn, tariff((date(2026, 7, 1), "0.65")), date(2026, 8, 1))
