@@ -51,6 +51,7 @@ class MeterConfig:
     poll_interval_s: float
     quantities: tuple[str, ...]
     model: str | None = None
+    read_status: bool = False  # also read the relay state (and DL/T645 alarm bits) each poll
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,8 +293,10 @@ def _check_mqtt(c: _Checker, raw: dict[str, Any]) -> MqttConfig:
 
 _BUS_KEYS = ("name", "protocol", "port", "tcp", "baud", "parity", "stopbits", "bytesize",
              "timeout_s", "retries", "inter_frame_gap_s", "poll_interval_s", "quantities", "model",
-             "preamble", "password", "password_level", "operator", "maps_dir", "meters")
-_METER_KEYS = ("id", "address", "unit", "protocol", "model", "poll_interval_s", "quantities")
+             "preamble", "password", "password_level", "operator", "maps_dir", "read_status",
+             "meters")
+_METER_KEYS = ("id", "address", "unit", "protocol", "model", "poll_interval_s", "quantities",
+               "read_status")
 
 
 def _quantities(c: _Checker, raw: Mapping[str, Any], path: str,
@@ -344,7 +347,7 @@ def _modbus_unit(c: _Checker, raw: Mapping[str, Any], path: str) -> str | None:
 
 def _check_meter(c: _Checker, raw: Any, path: str, bus: BusConfig, gateway_id: str,
                  interval_s: float, quantities: tuple[str, ...],
-                 model: str | None) -> MeterConfig | None:
+                 model: str | None, read_status: bool) -> MeterConfig | None:
     raw = c.table(raw, path)
     if not raw:
         return None
@@ -378,6 +381,10 @@ def _check_meter(c: _Checker, raw: Any, path: str, bus: BusConfig, gateway_id: s
         model = c.get(raw, "model", path, str, model)
     interval = c.get(raw, "poll_interval_s", path, (int, float), interval_s, _positive(86400))
     qty = _quantities(c, raw, path, quantities)
+    status = c.get(raw, "read_status", path, bool, read_status)
+    if status and bus.protocol == "dlt645-1997":
+        c.problems.append(f"{_join(path, 'read_status')}: DL/T645-1997 has no relay status "
+                          "word to read")
     if address is None:
         return None
     default_id = address if bus.protocol.startswith("dlt645") else \
@@ -385,7 +392,8 @@ def _check_meter(c: _Checker, raw: Any, path: str, bus: BusConfig, gateway_id: s
     meter_id = c.get(raw, "id", path, str, default_id, _name)
     return MeterConfig(id=meter_id, address=address, protocol=bus.protocol,
                        poll_interval_s=float(interval), quantities=qty,
-                       model=model if bus.protocol == "modbus" else None)
+                       model=model if bus.protocol == "modbus" else None,
+                       read_status=status)
 
 
 def _check_bus(c: _Checker, raw: Any, path: str, gateway_id: str) -> BusConfig | None:
@@ -438,6 +446,7 @@ def _check_bus(c: _Checker, raw: Any, path: str, gateway_id: str) -> BusConfig |
     interval = float(c.get(raw, "poll_interval_s", path, (int, float), 60.0, _positive(86400)))
     quantities = _quantities(c, raw, path, DEFAULT_QUANTITIES)
     model = c.get(raw, "model", path, str, None)
+    read_status = c.get(raw, "read_status", path, bool, False)
     if model is not None and dlt:
         c.problems.append(f"{_join(path, 'model')}: is for Modbus buses (register map)")
     meters_raw = c.get(raw, "meters", path, list, [])
@@ -449,7 +458,8 @@ def _check_bus(c: _Checker, raw: Any, path: str, gateway_id: str) -> BusConfig |
     seen: dict[str, int] = {}
     for i, item in enumerate(meters_raw):
         mpath = f"{path}.meters[{i}]"
-        meter = _check_meter(c, item, mpath, bus, gateway_id, interval, quantities, model)
+        meter = _check_meter(c, item, mpath, bus, gateway_id, interval, quantities, model,
+                             read_status)
         if meter is None:
             continue
         if meter.address in seen:
@@ -504,6 +514,9 @@ def _check_supported(c: _Checker, bus: BusConfig, path: str, indexes: list[int],
                     c.problem(f"{where}.model", meter.model, "is not a known register map "
                               f"(known: {', '.join(sorted(maps))})")
                 continue
+            if meter.read_status and regmap.relay is None:
+                c.problems.append(f"{where}.read_status: register map {meter.model!r} has no "
+                                  "relay to read")
             for q in meter.quantities:
                 if q not in regmap.registers:
                     c.problem(f"{where}.quantities", q,

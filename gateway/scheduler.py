@@ -30,7 +30,12 @@ from typing import Any, TypeVar
 
 from gateway.config import BusConfig, MeterConfig
 from gateway.drivers.base import Driver, DriverError, NoAnswer
-from meterhub.wire import Event, Reading
+from meterhub.protocols.dlt645.identifiers import (
+    DI_STATUS_WORD_3,
+    STATUS3_PRE_TRIP_ALARM,
+    STATUS3_RELAY_OPEN,
+)
+from meterhub.wire import Event, Reading, RelayState
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -46,6 +51,8 @@ class MeterHealth:
     last_rtt_ms: float | None = None
     last_error: str | None = None
     retry_in_s: float | None = None
+    relay: RelayState | None = None
+    flags: dict[str, bool] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -55,6 +62,7 @@ class MeterHealth:
             "state": "backoff" if self.consecutive_failures else "ok",
             "last_rtt_ms": self.last_rtt_ms,
             "last_error": self.last_error,
+            **({"relay": self.relay} if self.relay is not None else {}),
         }
 
 
@@ -189,10 +197,45 @@ class BusWorker:
                                 {"bus": self.bus.name}))
         health.consecutive_failures = 0
         health.retry_in_s = None
-        self.on_reading(Reading(meter.id, taken_at, values))
+        relay = await self._read_status(meter) if meter.read_status else None
+        self.on_reading(Reading(meter.id, taken_at, values, relay))
         now = self.clock()
         at = due.at + meter.poll_interval_s
         self._reschedule(meter, at if at > now else now)
+
+    async def _read_status(self, meter: MeterConfig) -> RelayState | None:
+        """Relay state for the reading, with events when it changes (a customer pressed the
+        button, a local prepayment trip) and when a DL/T645 meter raises its pre-trip alarm.
+        The readings themselves were good, so a failure here only costs the relay field."""
+        health = self.health[meter.id]
+        read_word = getattr(self.driver, "read_identifier", None)
+        try:
+            if meter.protocol == "dlt645-2007" and read_word is not None:
+                word = await self._transaction(read_word(meter.address, DI_STATUS_WORD_3))
+                relay: RelayState = "open" if int(word) & STATUS3_RELAY_OPEN else "closed"
+                self._edge(meter, "pre_trip_alarm", bool(int(word) & STATUS3_PRE_TRIP_ALARM),
+                           "meter_alarm", "pre-trip alarm (status word 3 bit 7)")
+            else:
+                relay = await self._transaction(self.driver.read_relay(meter.address))
+        except DriverError as exc:
+            health.last_error = f"status: {type(exc).__name__}: {exc}"
+            return None
+        if health.relay is not None and relay != health.relay:
+            self.on_event(Event("relay_changed", datetime.now(UTC), meter.id,
+                                f"relay {health.relay} -> {relay}",
+                                {"bus": self.bus.name, "from": health.relay, "to": relay}))
+        health.relay = relay
+        return relay
+
+    def _edge(self, meter: MeterConfig, flag: str, now_set: bool, kind: str,
+              what: str) -> None:
+        """Report a status flag when it rises and when it clears, not on every poll."""
+        flags = self.health[meter.id].flags
+        if now_set != flags.get(flag, False):
+            self.on_event(Event(kind, datetime.now(UTC), meter.id,
+                                f"{what} {'raised' if now_set else 'cleared'}",
+                                {"bus": self.bus.name, "flag": flag, "set": now_set}))
+        flags[flag] = now_set
 
     def _failed(self, due: _Due, health: MeterHealth, exc: BaseException, cost_s: float) -> None:
         """Back a silent meter off exponentially, x 1, 2, 4 ... up to ``backoff_max_s``.

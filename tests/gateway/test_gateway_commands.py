@@ -58,8 +58,9 @@ async def running(mqtt: MqttSettings, site: str, sim_bus: Any,
     dlt = sim_bus("dlt645", dlt_meters(2))
     rtu = sim_bus("modbus", rtu_meters(1))
     dlt.meters[1].faults.no_reply = True  # 000000000002 is silent
-    gateway = Gateway(config_from_dict(gateway_config(site, dlt, rtu, poll_s=1.0)), mqtt=mqtt,
-                      state_dir=tmp_path)
+    data = gateway_config(site, dlt, rtu, poll_s=0.3)
+    data["buses"][0]["read_status"] = True  # readings carry the relay state
+    gateway = Gateway(config_from_dict(data), mqtt=mqtt, state_dir=tmp_path)
     stop = asyncio.Event()
     meters = {m.address: m for m in [*dlt.meters]} | {"gw1-rtu-1": rtu.meters[0]}
     async with record(mqtt, site) as seen:
@@ -78,6 +79,12 @@ async def test_relay_open_is_accepted_done_and_read_back(running: Running) -> No
     assert [a.stage for a in acks] == ["accepted", "done"]
     assert (acks[1].outcome, acks[1].relay) == ("ok", "open")
     assert meter.relay_open
+    seen = running.seen
+    await wait_for(lambda: any(r.meter == "000000000001" and r.relay == "open"
+                               for r in seen.readings), 10, "a reading with the relay open")
+    await wait_for(lambda: any(e.kind == "relay_changed" for e in seen.events), 10,
+                   "the relay_changed event")
+    assert {r.relay for r in seen.readings if r.meter == "000000000001"} == {"closed", "open"}
 
     await running.send(command("close-1", "000000000001", "relay_close"))
     assert (await running.done("close-1"))[-1].relay == "closed"

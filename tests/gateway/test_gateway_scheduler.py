@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 
 from gateway.config import BusConfig, MeterConfig
 from gateway.drivers.base import NoAnswer
@@ -124,3 +125,40 @@ async def test_command_jumps_the_queue_and_waits_for_the_line() -> None:
     position = driver.log.index("relay_open:000000000003")
     # at most the transaction in flight ran between the command's arrival and its turn
     assert 2 <= position <= 4, driver.log[:6]
+
+
+class StatusDriver(LineDriver):
+    """Answers DL/T645 status word 3 reads with whatever ``word`` holds."""
+
+    def __init__(self) -> None:
+        super().__init__(cost_s=0.001)
+        self.word = 0
+
+    async def read_identifier(self, address: str, di: int) -> int:
+        await self._transaction(f"di{di:08X}", address)
+        return self.word
+
+
+async def test_status_reads_report_relay_changes_and_alarm_edges() -> None:
+    bus = _bus(1, interval_s=0.02)
+    meter = replace(bus.meters[0], read_status=True)
+    bus = replace(bus, meters=(meter,))
+    driver = StatusDriver()
+    readings: list[Reading] = []
+    events: list[Event] = []
+    worker = BusWorker(bus, driver, on_reading=readings.append, on_event=events.append)
+    task = asyncio.create_task(worker.run())
+    await asyncio.sleep(0.1)
+    driver.word = 1 << 4 | 1 << 7  # relay opened, pre-trip alarm raised
+    await asyncio.sleep(0.1)
+    driver.word = 1 << 4  # alarm cleared, relay still open
+    await asyncio.sleep(0.1)
+    worker.stop()
+    await task
+    assert readings[0].relay == "closed" and readings[-1].relay == "open"
+    assert [(e.kind, e.detail) for e in events] == [
+        ("meter_alarm", "pre-trip alarm (status word 3 bit 7) raised"),
+        ("relay_changed", "relay closed -> open"),
+        ("meter_alarm", "pre-trip alarm (status word 3 bit 7) cleared"),
+    ]
+    assert "di04000503:000000000001" in driver.log
