@@ -1,25 +1,24 @@
 """Read-only views over billing's tables for the page: accounts, ledger, alerts, commands.
 
 Money goes out as decimal strings in yuan (``"12.34"``), never floats. Days of credit left
-and the risk grade are computed with billing's own pure functions
-(:func:`billing.policy.days_of_credit`, :func:`billing.policy.risk_grade`) from the account's
-charges, ledger and commands.
+and the risk grade come from billing's own rules (``billing.reports`` gathers the history,
+``billing.policy`` grades and forecasts), so the page and ``meterhub billing accounts`` agree.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 
+from billing import reports
 from billing.money import from_fen
-from billing.policy import RiskHistory, days_of_credit, risk_grade, risk_score
+from billing.policy import days_of_credit, risk_grade, risk_score
+from billing.tariffs import load_tariffs
+from web import database
 
 Row = dict[str, Any]
-
-FORECAST_WINDOW = timedelta(days=28)
 
 _ACCOUNT = """
 SELECT a.account_id AS account, a.name, a.tariff_id AS tariff, a.group_key AS "group",
@@ -76,61 +75,18 @@ def account(conn: psycopg.Connection[Any], account_id: str) -> Row | None:
 
 
 def _attach_outlook(conn: psycopg.Connection[Any], row: Row, now: datetime) -> None:
-    days = days_of_credit(row["balance"], hourly_cost(conn, row["account"], now), now)
-    row["days_of_credit"] = days
-    history = risk_history(conn, row["account"], now)
+    """Days of credit and risk grade exactly as billing computes them for its own CLI."""
+    tariff = load_tariffs().get(row["tariff"])
+    zone = tariff.zone if tariff else UTC
+    with database.tuple_rows(conn):
+        profile = reports.hourly_cost(conn, row["account"], str(zone), now)
+        history = reports.risk_history(conn, row["account"], now)
+    row["days_of_credit"] = days_of_credit(row["balance"], profile, now.astimezone(zone))
     row["risk"] = {"grade": risk_grade(history), "score": risk_score(history),
                    "late_topups": history.late_topups,
                    "times_below_zero": history.times_below_zero,
-                   "disconnections": history.disconnections}
-
-
-def hourly_cost(conn: psycopg.Connection[Any], account_id: str, now: datetime) -> list[Decimal]:
-    """The account's typical cost for each hour of the week (UTC, Monday 00:00 first).
-
-    With less than a week of charges every hour gets the average so far: a young account
-    still gets a forecast instead of zeros for the hours it has not lived through."""
-    since = now - FORECAST_WINDOW
-    rows = conn.execute(
-        """SELECT (extract(isodow FROM interval_start AT TIME ZONE 'UTC')::int - 1) * 24
-                  + extract(hour FROM interval_start AT TIME ZONE 'UTC')::int AS how,
-                  sum(exact) AS cost, min(interval_start) AS first
-           FROM billing_charges WHERE account_id = %s AND interval_start >= %s
-           GROUP BY 1""", (account_id, since)).fetchall()
-    if not rows:
-        return [Decimal(0)] * 168
-    first = min(r["first"] for r in rows)
-    total = sum((Decimal(r["cost"]) for r in rows), Decimal(0))
-    lived = now - first
-    if lived < timedelta(days=7):
-        hours = max(Decimal(lived.total_seconds()) / 3600, Decimal(1))
-        return [total / hours] * 168
-    weeks = Decimal(min(lived, FORECAST_WINDOW).total_seconds()) / Decimal(7 * 86400)
-    cost = [Decimal(0)] * 168
-    for r in rows:
-        cost[int(r["how"])] = Decimal(r["cost"]) / weeks
-    return cost
-
-
-def risk_history(conn: psycopg.Connection[Any], account_id: str, now: datetime) -> RiskHistory:
-    """The last year of trouble: payments made while below zero, drops below zero, cut-offs."""
-    since = now - timedelta(days=365)
-    row = conn.execute(
-        """WITH l AS (
-               SELECT kind, amount_fen, balance_after_fen,
-                      lag(balance_after_fen) OVER (ORDER BY entry_id) AS before_fen
-               FROM billing_ledger WHERE account_id = %(a)s AND created_at >= %(since)s)
-           SELECT count(*) FILTER (WHERE kind = 'topup'
-                                     AND balance_after_fen - amount_fen < 0) AS late,
-                  count(*) FILTER (WHERE balance_after_fen < 0
-                                     AND coalesce(before_fen, 0) >= 0) AS below,
-                  (SELECT count(*) FROM billing_commands c WHERE c.account_id = %(a)s
-                     AND c.purpose = 'cutoff' AND c.state IN ('confirmed', 'verified')
-                     AND c.created_at >= %(since)s) AS cuts
-           FROM l""", {"a": account_id, "since": since}).fetchone()
-    assert row is not None
-    return RiskHistory(late_topups=int(row["late"]), times_below_zero=int(row["below"]),
-                       disconnections=int(row["cuts"]))
+                   "disconnections": history.disconnections,
+                   "days_in_arrears": history.days_in_arrears}
 
 
 def ledger(conn: psycopg.Connection[Any], account_id: str, limit: int,

@@ -2,20 +2,22 @@
 
 Top-ups go through :func:`billing.ledger.topup` (idempotent by channel + payment reference),
 so a double-clicked button or a retried request is one ledger entry. Operators may cut a
-meter off or restore it by hand; each such command is queued in billing's command table and
-driven by the billing engine like any other, with every step in its audit trail.
+meter off or restore it by hand; such a command is queued with
+:func:`billing.lifecycle.queue_command` and driven by the billing engine like any other, with
+every step in its audit trail.
 """
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 from aiohttp import web
 
 from billing import ledger as billing_ledger
+from billing import lifecycle
+from billing.disconnect import PolicyKnobs
 from billing.errors import BillingError
 from billing.money import from_fen
 from web import accounts, database, inputs
@@ -29,8 +31,6 @@ PHASES = ("normal", "warned", "final", "cut")
 COMMAND_STATES = ("queued", "sent", "accepted", "confirmed", "verified", "rejected",
                   "timed_out", "expired", "cancelled", "failed")
 MANUAL_ACTIONS = ("cutoff", "restore")
-MANUAL_EXPIRY = timedelta(hours=1)
-MANUAL_ATTEMPTS = 3
 
 
 def _page(request: web.Request, default: int = 100) -> tuple[int, int]:
@@ -168,43 +168,35 @@ async def create_command(request: web.Request) -> web.Response:
 
 def _queue_manual(conn: psycopg.Connection[Any], meter_id: str, purpose: str, reason: str,
                   user: User) -> dict[str, Any]:
-    """Queue the command and set the wanted relay state so reconciliation keeps it."""
+    """Queue through billing's lifecycle, and set the wanted relay state so billing's
+    reconciliation keeps the operator's decision instead of "repairing" it."""
     bm = conn.execute(
-        """SELECT bm.account_id, a.restore_mode, a.balance_fen, m.gateway, m.site
+        """SELECT bm.account_id, a.restore_mode, a.balance_fen
            FROM billing_meters bm JOIN billing_accounts a USING (account_id)
-           LEFT JOIN meters m ON m.meter_id = bm.meter_id
            WHERE bm.meter_id = %s FOR UPDATE OF bm""", (meter_id,)).fetchone()
     if bm is None:
         raise NotFound(f"meter {meter_id!r} belongs to no account; nothing to cut off")
     if purpose == "cutoff":
         action, wanted = "relay_open", "open"
     else:
-        action = "relay_close" if bm["restore_mode"] == "close" else "relay_close_permitted"
-        wanted = "closed"
-    command_id = f"web-{uuid.uuid4().hex[:16]}"
-    actor = f"web:{user.name}"
+        action, wanted = lifecycle.RESTORE_ACTIONS[bm["restore_mode"]], "closed"
+    why = f"manual {purpose} by {user.name}" + (f": {reason}" if reason else "")
+    knobs = PolicyKnobs()
+    with database.tuple_rows(conn):
+        command_id = lifecycle.queue_command(
+            conn, account_id=bm["account_id"], meter_id=meter_id, action=action,
+            purpose=purpose, now=datetime.now(UTC), ttl_s=knobs.command_ttl_s,
+            max_attempts=knobs.max_attempts, actor=f"web:{user.name}", detail=why)
+    if command_id is None:
+        raise Conflict(f"meter {meter_id!r} already has a command in flight; "
+                       "wait for it to finish or expire")
+    conn.execute("UPDATE billing_commands SET reason = %s WHERE command_id = %s",
+                 (why, command_id))
+    conn.execute("UPDATE billing_meters SET relay_wanted = %s WHERE meter_id = %s",
+                 (wanted, meter_id))
     database.audit(conn, user, f"command.{purpose}", f"meter:{meter_id}",
                    {"command_id": command_id, "reason": reason,
                     "balance": from_fen(bm["balance_fen"])})
-    now = datetime.now(UTC)
-    try:
-        with conn.transaction():
-            conn.execute(
-                """INSERT INTO billing_commands (command_id, account_id, meter_id, action,
-                       purpose, state, max_attempts, site, gateway, created_at, expires_at,
-                       next_attempt_at, updated_at, reason)
-                   VALUES (%s, %s, %s, %s, %s, 'queued', %s, %s, %s, %s, %s, %s, %s, %s)""",
-                (command_id, bm["account_id"], meter_id, action, purpose, MANUAL_ATTEMPTS,
-                 bm["site"], bm["gateway"], now, now + MANUAL_EXPIRY, now, now,
-                 f"manual by {user.name}: {reason}" if reason else f"manual by {user.name}"))
-    except psycopg.errors.UniqueViolation:
-        raise Conflict(f"meter {meter_id!r} already has a command in flight; "
-                       "wait for it to finish or expire") from None
-    conn.execute(
-        "INSERT INTO billing_command_audit (command_id, from_state, to_state, actor, detail)"
-        " VALUES (%s, NULL, 'queued', %s, %s)", (command_id, actor, reason or "manual"))
-    conn.execute("UPDATE billing_meters SET relay_wanted = %s WHERE meter_id = %s",
-                 (wanted, meter_id))
     out = accounts.command(conn, command_id)
     assert out is not None
     return out

@@ -12,8 +12,9 @@ from typing import Any
 import psycopg
 from aiohttp import web
 
+from collector import review
 from web import database, inputs, queries
-from web.app import API, current_user, json_response, requires
+from web.app import API, SETTINGS_KEY, current_user, json_response, requires
 from web.auth import User
 from web.errors import Conflict, NotFound
 
@@ -65,36 +66,28 @@ async def _decision(request: web.Request, status: str) -> web.Response:
     comment = inputs.text(body.get("comment"), "comment", required=False, max_len=2000,
                           min_len=0) or ""
     user = current_user(request)
-    item = await database.run(request, _decide, item_id, status, comment, user)
+    database_url = request.app[SETTINGS_KEY].database_url
+    item = await database.run(request, _decide, database_url, item_id, status, comment, user)
     return json_response(item)
 
 
-def _decide(conn: psycopg.Connection[Any], item_id: int, status: str, comment: str,
-            user: User) -> dict[str, Any]:
-    row = conn.execute("SELECT status FROM review_items WHERE id = %s FOR UPDATE",
-                       (item_id,)).fetchone()
+def _decide(conn: psycopg.Connection[Any], database_url: str, item_id: int, status: str,
+            comment: str, user: User) -> dict[str, Any]:
+    """The collector decides (status, who, why; releases the held intervals) in a
+    transaction of its own; the audit row is written first in ours, so a refused decision
+    leaves no audit row behind."""
+    row = conn.execute("SELECT status FROM review_items WHERE id = %s", (item_id,)).fetchone()
     if row is None:
         raise NotFound(f"no review item {item_id}")
-    if row["status"] != "open":
-        raise Conflict(f"review item {item_id} is already {row['status']}")
     action = "review.confirm" if status == "confirmed" else "review.dismiss"
     database.audit(conn, user, action, f"review_item:{item_id}",
                    {"status": status, "comment": comment})
-    conn.execute(
-        "UPDATE review_items SET status = %s, decided_at = now(), decided_by = %s,"
-        " comment = %s WHERE id = %s", (status, user.name, comment, item_id))
-    # Either decision releases what the item held back from billing, unless another open
-    # item still holds the same interval.
-    conn.execute(
-        """UPDATE intervals i SET held = false
-           FROM review_items r
-           WHERE r.id = %s AND i.meter_id = r.meter_id AND i.held
-             AND i.interval_start >= r.period_start AND i.interval_start < r.period_end
-             AND NOT EXISTS (
-                 SELECT 1 FROM anomalies a JOIN review_items o ON o.id = a.review_item_id
-                 WHERE a.meter_id = i.meter_id AND a.at = i.interval_start AND a.holds
-                   AND o.status = 'open' AND o.id <> r.id)""",
-        (item_id,))
+    try:
+        decided = review.decide(database_url, item_id, status,  # type: ignore[arg-type]
+                                user.name, comment)
+    except review.ReviewError as exc:
+        raise Conflict(str(exc)) from None
     item = queries.review_item(conn, item_id)
     assert item is not None
+    item["released_intervals"] = decided.released
     return item
