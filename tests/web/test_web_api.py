@@ -224,3 +224,79 @@ async def test_admin_users_and_tokens(client: Client, logins: Logins) -> None:
     audit = await _json(client, "GET", "/audit", logins, role="admin")
     assert [e["action"] for e in audit["entries"]] == ["token.revoke", "token.create",
                                                        "user.create"]
+
+
+async def test_silent_gateway_shows_offline(client: Client, logins: Logins, fleet: Fleet,
+                                            db_url: str) -> None:
+    """A gateway that says it is online but has not been heard from is offline."""
+    with psycopg.connect(db_url) as conn:
+        conn.execute("UPDATE gateways SET last_seen = now() - interval '5 minutes'"
+                     " WHERE gateway = %s", (fleet.gateway,))
+    gws = (await _json(client, "GET", "/gateways", logins))["gateways"]
+    gw = next(g for g in gws if g["gateway"] == fleet.gateway)
+    assert gw["reported_state"] == "online" and gw["status"] == "offline"
+    assert "nothing heard for over 60 s" in gw["offline_reason"]
+
+
+async def test_account_outlook_and_alerts(client: Client, logins: Logins, fleet: Fleet,
+                                          db_url: str) -> None:
+    """Days of credit from the account's own charges; risk grade from its history."""
+    from datetime import UTC, datetime, timedelta
+
+    from billing.ledger import adjust, topup
+
+    with psycopg.connect(db_url) as conn:
+        start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+        for h in range(1, 49):  # two days of 0.50 yuan an hour
+            s = start - timedelta(hours=h)
+            conn.execute(
+                "INSERT INTO billing_charges (meter_id, interval_start, interval_end,"
+                " account_id, kwh, exact, change_id) VALUES (%s, %s, %s, %s, 1, 0.5, %s)",
+                (fleet.meters[0], s, s + timedelta(hours=1), fleet.account, h))
+        conn.execute(
+            "INSERT INTO billing_alerts (account_id, kind, threshold_fen, balance_fen, message)"
+            " VALUES (%s, 'low_balance', 5000, 3000, 'balance 30.00 is below 50.00')",
+            (fleet.account,))
+        conn.commit()
+    acct = await _json(client, "GET", f"/accounts/{fleet.account}", logins)
+    assert acct["days_of_credit"] is not None and Decimal(acct["days_of_credit"]) > 0
+    assert acct["risk"]["grade"] == "A"
+    assert acct["alerts"][0]["threshold"] == "50.00"
+    assert acct["alerts"][0]["message"] == "balance 30.00 is below 50.00"
+
+    with psycopg.connect(db_url) as conn:  # runs dry, then pays late
+        adjust(conn, fleet.account, "-40.00", "meter-swap-1", reason="correction")
+        topup(conn, fleet.account, "20.00", "bank", "late-1")
+        conn.commit()
+    acct = await _json(client, "GET", f"/accounts/{fleet.account}", logins)
+    assert acct["balance"] == "10.00"
+    assert acct["risk"]["times_below_zero"] == 1 and acct["risk"]["late_topups"] == 1
+    assert acct["risk"]["grade"] in ("B", "C")
+    listed = await _json(client, "GET", "/accounts", logins, params={"q": fleet.meters[0]})
+    assert [a["account"] for a in listed["accounts"]] == [fleet.account]
+    alerts = await _json(client, "GET", "/alerts", logins, params={"account": fleet.account})
+    assert len(alerts["alerts"]) == 1
+
+
+async def test_other_reads(client: Client, logins: Logins, fleet: Fleet, db_url: str) -> None:
+    dead = await _json(client, "GET", "/dead-letters", logins)
+    assert dead["total"] == 1
+    assert dead["dead_letters"][0]["payload"] == "{not json"
+    assert dead["dead_letters"][0]["reason"] == "readings: not valid JSON"
+    anomalies = await _json(client, "GET", "/anomalies", logins,
+                            params={"meter": fleet.meters[0], "rule": "surge"})
+    assert len(anomalies["anomalies"]) == 1
+    none = await _json(client, "GET", "/anomalies", logins, params={"meter": fleet.meters[1]})
+    assert none["anomalies"] == []
+    item = await _json(client, "GET", f"/review-items/{fleet.review_id}", logins)
+    assert item["anomalies"][0]["rule"] == "surge"
+    with psycopg.connect(db_url) as conn:
+        conn.execute("INSERT INTO gateway_events (gateway, kind, meter_id, at, detail)"
+                     " VALUES (%s, 'comm_error', %s, now(), 'no answer after 3 tries')",
+                     (fleet.gateway, fleet.meters[1]))
+    gw = await _json(client, "GET", f"/gateways/{fleet.gateway}", logins)
+    assert gw["events"][0]["detail"] == "no answer after 3 tries"
+    await _json(client, "GET", "/gateways/nope", logins, status=404)
+    await _json(client, "GET", "/meters/nope/history", logins, status=404)
+    await _json(client, "GET", "/accounts/nope", logins, status=404)
+    await _json(client, "GET", "/commands/nope", logins, status=404)
