@@ -8,6 +8,8 @@ broker's PUBACK), decodes acks from every gateway's ``cmd/ack`` topic, and publi
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
@@ -48,7 +50,13 @@ class CommandLink:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._client.__aexit__(None, None, None)
+        with contextlib.suppress(aiomqtt.MqttError):
+            await self._client.__aexit__(None, None, None)
+        # after a lost connection aiomqtt leaves the reason in a future nobody awaits; read
+        # it so asyncio does not report "Future exception was never retrieved"
+        lost = getattr(self._client, "_disconnected", None)
+        if isinstance(lost, asyncio.Future) and lost.done() and not lost.cancelled():
+            lost.exception()
 
     async def send(self, site: str, gateway: str, command: wire.Command) -> None:
         await self._client.publish(

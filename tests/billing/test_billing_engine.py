@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
+from pathlib import Path
 
 import aiomqtt
 import psycopg
@@ -21,6 +23,7 @@ from billing import BillingConfig, BillingEngine, CreditSettings, balance, creat
 from billing.lifecycle import audit_trail
 from billing.tariffs import load_tariffs
 from meterhub import wire
+from meterhub.embedded import amqtt_broker, free_port, mosquitto_broker
 from meterhub.settings import MqttSettings
 
 D = Decimal
@@ -214,3 +217,27 @@ async def test_reconciliation_repairs_drift(db_url: str, mqtt: MqttSettings, sit
     assert gw.relay["m1"] == "open"
 
 
+
+
+@pytest.mark.integration
+async def test_billing_keeps_charging_through_a_broker_outage(
+    db_url: str, site: str, tmp_path: Path
+) -> None:
+    """No broker at first: charging and the policy go on, the cut-off waits queued; when a
+    broker appears on that address the command goes out and is verified."""
+    port = free_port()
+    mqtt = MqttSettings("127.0.0.1", port)
+    with psycopg.connect(db_url, autocommit=True) as c:
+        put_meter(c, "m1", site, "gw1")
+        create_account(c, "A1", meters=["m1"], tariff="residential-flat", credit=FAST,
+                       charge_from=T0, tariffs=TARIFFS)
+    async with engines(config(db_url, mqtt)) as (eng,):
+        with psycopg.connect(db_url, autocommit=True) as c:
+            put_intervals(c, "m1", ["1"])
+        await until(lambda: q(db_url, "SELECT state FROM billing_commands") == [("queued",)])
+        assert eng.stats.intervals_charged == 1 and not eng.stats.mqtt_connected
+        binary = shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()
+        broker = mosquitto_broker(tmp_path, port) if binary else amqtt_broker(port)
+        with broker:
+            async with running(FakeGateway(mqtt, site)):
+                await until(lambda: eng.stats.cutoffs_acked == 1, 40)
