@@ -61,6 +61,7 @@ class DemoSummary:
     relay_opened_on_meter: bool = False
     relay_closed_again: bool = False
     energy_frozen_while_open: bool = False
+    web_url: str = ""
     database: str = "embedded"
     broker: str = "embedded"
     duration_s: float = 0.0
@@ -126,6 +127,8 @@ def register(sub: Any) -> None:
                    help=f"PostgreSQL to use (default ${settings.DATABASE_URL_ENV} or embedded)")
     p.add_argument("--mqtt-url", default=None,
                    help=f"broker to use (default ${settings.MQTT_URL_ENV} or embedded)")
+    p.add_argument("--web-port", type=int, default=8080,
+                   help="port of the web page (0: any free port; default 8080)")
     p.add_argument("--quiet", action="store_true", help="no live status lines")
     p.set_defaults(handler=_cli)
 
@@ -152,7 +155,8 @@ def _cli(args: argparse.Namespace) -> int:
             broker_label = "embedded"
         db.migrate(database_url)
         summary = asyncio.run(
-            run_demo(database_url, mqtt, duration=args.duration, live=not args.quiet)
+            run_demo(database_url, mqtt, duration=args.duration, live=not args.quiet,
+                     web_port=args.web_port)
         )
         summary.database, summary.broker = db_label, broker_label
     text = json.dumps(asdict(summary), indent=2)
@@ -176,18 +180,42 @@ async def run_demo(
     duration: float | None,
     live: bool = True,
     plan: DemoPlan | None = None,
+    web_port: int | None = 0,
 ) -> DemoSummary:
     """Run the whole path for ``duration`` seconds (None: until cancelled)."""
-    from billing import BillingConfig, BillingEngine, create_account, topup
-    from collector import Collector, CollectorConfig
     from firmware_sim.fleet import Fleet
-    from gateway import Gateway, config_from_dict
+    from web import ensure_demo_user, start_server
 
     plan = plan or DemoPlan(run_id=uuid.uuid4().hex[:6])
     summary = DemoSummary(run_id=plan.run_id, dry_meter=plan.dry_meter)
     started = time.monotonic()
 
     fleet = Fleet.from_dict(_fleet_spec(plan))
+    web_server = None
+    if web_port is not None:
+        try:
+            web_server = await start_server(database_url, mqtt=mqtt, port=web_port,
+                                            offline_after_s=10.0)
+        except OSError:  # the port is taken: any free one will do
+            web_server = await start_server(database_url, mqtt=mqtt, port=0,
+                                            offline_after_s=10.0)
+        user, password = ensure_demo_user(database_url)
+        summary.web_url = web_server.url
+        _say(f"web page: {web_server.url}  (login {user} / {password})")
+    try:
+        await _run(plan, fleet, summary, database_url, mqtt, duration, live, started)
+    finally:
+        if web_server is not None:
+            await web_server.close()
+    return summary
+
+
+async def _run(plan: DemoPlan, fleet: Any, summary: DemoSummary, database_url: str,
+               mqtt: MqttSettings, duration: float | None, live: bool, started: float) -> None:
+    from billing import BillingConfig, BillingEngine, create_account, topup
+    from collector import Collector, CollectorConfig
+    from gateway import Gateway, config_from_dict
+
     with fleet, tempfile.TemporaryDirectory(prefix="meterhub-demo-") as state:
         gateway_config = config_from_dict(_gateway_spec(plan, fleet), source="demo")
         gateway = Gateway(gateway_config, mqtt=mqtt, state_dir=Path(state))
@@ -287,7 +315,6 @@ async def run_demo(
         summary.cutoffs_acked = billing.stats.cutoffs_acked
         summary.restores_acked = billing.stats.restores_acked
         summary.duration_s = round(time.monotonic() - started, 1)
-    return summary
 
 
 def _raise_if_failed(tasks: list[asyncio.Task[None]]) -> None:
