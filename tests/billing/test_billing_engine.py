@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
+import signal
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -241,3 +244,41 @@ async def test_billing_keeps_charging_through_a_broker_outage(
         with broker:
             async with running(FakeGateway(mqtt, site)):
                 await until(lambda: eng.stats.cutoffs_acked == 1, 40)
+
+
+@pytest.mark.integration
+async def test_two_billing_processes_send_each_cutoff_once(db_url: str, mqtt: MqttSettings,
+                                                           site: str) -> None:
+    """Two ``meterhub billing run`` processes on one database and one backlog."""
+    n = 10
+    with psycopg.connect(db_url, autocommit=True) as c:
+        for i in range(n):
+            put_meter(c, f"m{i}", site, "gw1")
+            create_account(c, f"A{i}", meters=[f"m{i}"], tariff="residential-tou-tiered",
+                           credit=FAST, opening_balance="0.50", charge_from=T0,
+                           tariffs=TARIFFS)
+            put_intervals(c, f"m{i}", ["0.25"] * 24)
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    argv = [sys.executable, "-m", "meterhub.cli", "billing", "--database-url", db_url, "run",
+            "--mqtt-url", mqtt.url, "--poll", "0.2"]
+    gw = FakeGateway(mqtt, site)
+    async with running(gw):
+        procs = [await asyncio.create_subprocess_exec(
+            *argv, cwd=root, env=env, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE) for _ in range(2)]
+        try:
+            await until(lambda: q(db_url, "SELECT count(*) FROM billing_commands "
+                                          "WHERE state = 'verified'") == [(n,)], 60)
+            await asyncio.sleep(1.0)  # time for any duplicate to show up
+        finally:
+            for p in procs:
+                if p.returncode is None:
+                    p.send_signal(signal.SIGTERM)
+            outs = [await asyncio.wait_for(p.communicate(), 20) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1].decode()[-2000:] for o in outs]
+    stats = [json.loads(o[0].decode().strip().splitlines()[-1]) for o in outs]
+    assert sum(s["cutoffs_acked"] for s in stats) == n
+    assert sum(s["intervals_charged"] for s in stats) == n * 24
+    opens = Counter(c.meter for c in gw.received if c.action == "relay_open")
+    assert opens == {f"m{i}": 1 for i in range(n)}
