@@ -89,6 +89,9 @@ class CollectorConfig:
     validate_every_s: float | None = 5.0  # continuous validation; None: ingest only
     migrate: bool = False  # apply migrations at start
     db_retry_max_s: float = 10.0  # reconnect backoff ceiling during a database outage
+    # raw readings older than this many days are dropped a month-partition at a time
+    # (validated intervals are kept); None keeps everything
+    retention_days: int | None = None
     validation: ValidationConfig = field(default_factory=ValidationConfig)
 
     def __post_init__(self) -> None:
@@ -100,6 +103,8 @@ class CollectorConfig:
             not self.shared_group or any(c in self.shared_group for c in "/+#")
         ):
             raise ConfigError(f"shared_group {self.shared_group!r} must be a plain name")
+        if self.retention_days is not None and self.retention_days < 1:
+            raise ConfigError("retention_days must be at least 1 (or None to keep everything)")
         if not 1 <= self.receive_maximum <= 65535:
             raise ConfigError("receive_maximum must be within 1..65535")
 

@@ -312,7 +312,18 @@ class Collector:
     async def _validate_loop(self, stop: asyncio.Event) -> None:
         cfg = self.config
         period = cfg.validate_every_s or 5.0
+        next_retention = 0.0
         while not stop.is_set():
+            if cfg.retention_days and time.monotonic() >= next_retention:
+                next_retention = time.monotonic() + 3600
+                try:
+                    dropped = await asyncio.to_thread(
+                        validation.drop_old_readings, cfg.database_url, cfg.retention_days
+                    )
+                    if dropped:
+                        log.info("retention: dropped %d month(s) of raw readings", dropped)
+                except psycopg.Error as exc:
+                    log.warning("retention pass failed: %s", exc)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=period)
             try:

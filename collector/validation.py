@@ -69,6 +69,16 @@ def revalidate(database_url: str, interval_s: int, cfg: ValidationConfig, since:
     return run_pending(database_url, interval_s, cfg)
 
 
+def drop_old_readings(database_url: str, retention_days: int) -> int:
+    """Drop whole monthly partitions of raw readings older than the retention period."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT collector_drop_readings_before(now() - make_interval(days => %s))",
+            (retention_days,),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def validate_chunk(conn: psycopg.Connection, interval_s: int, cfg: ValidationConfig,
                    chunk: int) -> PassResult:
     with conn.transaction():

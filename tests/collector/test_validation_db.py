@@ -156,3 +156,22 @@ def test_revalidate_command(db_url, capsys):
         cli.main(["collector", "revalidate", "--database-url", db_url, "--since", "yesterday"])
     assert "neither an ISO date/time nor a span" in capsys.readouterr().err
     assert len(_intervals(db_url, "m3")) == 4
+
+
+def test_retention_drops_old_months_and_keeps_recent(db_url):
+    from datetime import UTC, datetime
+
+    from collector.validation import drop_old_readings
+
+    old = datetime(2020, 1, 15, tzinfo=UTC)
+    now = datetime.now(UTC)
+    with psycopg.connect(db_url) as conn:
+        conn.execute("SELECT collector_ensure_partitions(%s, %s)", (old, old))
+        conn.execute("SELECT collector_ensure_partitions(%s, %s)", (now, now))
+        for ts in (old, now):
+            conn.execute("INSERT INTO readings (meter_id, quantity, ts, value, unit) "
+                         "VALUES ('m', 'energy_import_total', %s, 1, 'kWh')", (ts,))
+    assert drop_old_readings(db_url, 400) == 1
+    with psycopg.connect(db_url) as conn:
+        left = [r[0] for r in conn.execute("SELECT ts FROM readings")]
+    assert left == [now]
