@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import pytest
-from colhelp import T0, Publisher, batch_payload, config, reading, running, scalar, \
-    subscribed, wait_until
+from colhelp import (
+    T0,
+    Publisher,
+    batch_payload,
+    config,
+    reading,
+    running,
+    scalar,
+    subscribed,
+    wait_until,
+)
 
 from meterhub import wire
 from meterhub.embedded import amqtt_broker
