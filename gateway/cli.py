@@ -45,8 +45,9 @@ def register(subparsers: Any) -> None:
     read.add_argument("--address", help="12-digit DL/T645 address")
     read.add_argument("--unit", type=int, help="Modbus unit id")
     read.add_argument("--model", help="Modbus register map, e.g. eastron-sdm120")
-    read.add_argument("--item", required=True, choices=sorted(QUANTITIES), metavar="QUANTITY",
-                      help="canonical quantity, e.g. energy_import_total")
+    read.add_argument("--item", required=True, metavar="QUANTITY|DI",
+                      help="canonical quantity (e.g. energy_import_total), or for DL/T645 a "
+                      "data identifier in hex (e.g. 04000401 for the meter address)")
     read.add_argument("--json", action="store_true", help="print the value as JSON")
     read.set_defaults(handler=_read)
 
@@ -163,7 +164,10 @@ def _scan(args: argparse.Namespace) -> int:
 
 
 def _read(args: argparse.Namespace) -> int:
-    from gateway.tools import adhoc_bus, read_once
+    from gateway.tools import adhoc_bus, read_identifier, read_once
+
+    if args.item not in QUANTITIES:
+        return _read_identifier(args, adhoc_bus, read_identifier)
 
     if args.protocol == "modbus":
         if args.unit is None or not args.model:
@@ -188,4 +192,28 @@ def _read(args: argparse.Namespace) -> int:
                           "value": value.value, "unit": value.unit}))
     else:
         print(f"{args.item} = {value.value:g} {value.unit}".rstrip())
+    return 0
+
+
+def _read_identifier(args: argparse.Namespace, adhoc_bus: Any, read_identifier: Any) -> int:
+    """``--item`` as a DL/T645 data identifier: whatever the table says it holds."""
+    digits = 4 if args.protocol == "dlt645-1997" else 8
+    if args.protocol == "modbus" or len(args.item) != digits or not all(
+            c in "0123456789abcdefABCDEF" for c in args.item):
+        raise SystemExit(f"--item {args.item!r}: not a canonical quantity (e.g. "
+                         "energy_import_total) nor a DL/T645 data identifier in hex")
+    if not args.address or len(args.address) != 12 or not args.address.isdigit():
+        raise SystemExit("--address: expected the 12-digit DL/T645 address")
+    bus = adhoc_bus(args.protocol, port=args.port, tcp=_endpoint(args), baud=args.baud,
+                    parity=args.parity, timeout_s=args.timeout, retries=args.retries)
+    try:
+        name, value, unit = asyncio.run(read_identifier(bus, args.address, int(args.item, 16)))
+    except DriverError as exc:
+        print(f"{bus.endpoint}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"meter": args.address, "protocol": args.protocol, "di": args.item,
+                          "name": name, "value": value, "unit": unit}, default=str))
+    else:
+        print(f"{args.item} ({name}) = {value} {unit}".rstrip())
     return 0

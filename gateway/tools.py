@@ -107,6 +107,30 @@ async def read_once(bus: BusConfig, address: str, quantity: str,
     return values[quantity]
 
 
+async def read_identifier(bus: BusConfig, address: str, di: int,
+                          driver_factory: Callable[[BusConfig], Driver] = open_driver,
+                          ) -> tuple[str, object, str]:
+    """(name, value, unit) of any DL/T645 data identifier, for an installer's questions
+    beyond the canonical quantities (meter address, clock, status words)."""
+    from meterhub.protocols.dlt645.errors import Dlt645Error
+    from meterhub.protocols.dlt645.identifiers import lookup
+
+    version = "1997" if bus.protocol == "dlt645-1997" else "2007"
+    try:
+        entry = lookup(di, version)
+    except Dlt645Error as exc:
+        raise DriverError(str(exc)) from None
+    driver = driver_factory(bus)
+    try:
+        reader = getattr(driver, "read_identifier", None)
+        if reader is None:
+            raise DriverError(f"{bus.protocol} driver cannot read data identifiers")
+        value = await reader(address, di)
+    finally:
+        await driver.close()
+    return entry.name, value, entry.unit
+
+
 # ---------------------------------------------------------------------------- scan
 
 

@@ -40,6 +40,14 @@ def test_read_dlt645_prints_value_with_unit(sim_bus: Any) -> None:
     assert value["meter"] == "000000000001" and value["quantity"] == "voltage_a"
 
 
+def test_read_dlt645_data_identifier(sim_bus: Any) -> None:
+    bus = sim_bus("dlt645", dlt_meters(1, first=42))
+    done = meterhub("gateway", "read", "--protocol", "dlt645-2007", "--port", bus.port,
+                    "--baud", "9600", "--address", "000000000042", "--item", "04000401")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "04000401 (meter address) = 000000000042"
+
+
 def test_read_modbus_and_a_silent_meter(sim_bus: Any) -> None:
     bus = sim_bus("modbus", rtu_meters(2))
     done = meterhub("gateway", "read", "--protocol", "modbus", "--port", bus.port,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -77,6 +78,8 @@ async def test_sigkill_and_restart_leave_no_gap_and_no_reused_seq(
             procs[0].send_signal(signal.SIGKILL)
             procs[0].wait(10)
             await wait_for(lambda: _offline(seen), 10, "the last will after SIGKILL")
+            with sqlite3.connect(tmp_path / "state" / "gw1.sqlite3") as db:
+                assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
             killed_at = len(seen.batches)
 
             procs.append(_start(config))
