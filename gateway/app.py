@@ -126,7 +126,10 @@ class Gateway:
             batcher = asyncio.create_task(self._batcher(stop), name="batcher")
             mqtt_task = asyncio.create_task(self._mqtt_loop(mqtt_stop), name="mqtt")
             tasks = [*bus_tasks, batcher, mqtt_task]
+            log.info("gateway %s/%s running: %d buses, %d meters, state in %s", cfg.site,
+                     cfg.gateway_id, len(cfg.buses), len(self._meters), self.state_dir)
             await self._until(stop, tasks)
+            log.info("stopping: finishing transactions in flight, flushing the buffer")
             for worker in self._workers.values():
                 worker.stop()
             await asyncio.gather(*bus_tasks, return_exceptions=True)
@@ -250,6 +253,7 @@ class Gateway:
                     backoff = 0.5
                     self.connected = True
                     self.stats.connects += 1
+                    log.info("connected to %s", self.mqtt.url if self.mqtt else "?")
                     await self._session(client, stop)
                     return
             except aiomqtt.MqttError as exc:
