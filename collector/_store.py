@@ -258,7 +258,13 @@ ON CONFLICT (meter_id) DO UPDATE
 async def _track_sequences(
     conn: psycopg.AsyncConnection, seen: list[BatchSeen], now: datetime
 ) -> int:
-    """Record each (gateway, seq); a conflict is a duplicate batch and becomes an event."""
+    """Record each (gateway, seq); a conflict is a duplicate batch, a new seq below the
+    highest already seen is an out-of-order (late) batch: both become events."""
+    gateways = sorted({b.gateway for b in seen})
+    cur = await conn.execute(
+        "SELECT gateway, max_seq FROM gateways WHERE gateway = ANY(%s)", (gateways,)
+    )
+    highest: dict[str, int] = {g: m for g, m in await cur.fetchall() if m is not None}
     cur = await conn.execute(
         _BATCHES,
         (now, [b.gateway for b in seen], [b.seq for b in seen], [b.readings for b in seen]),
@@ -267,12 +273,26 @@ async def _track_sequences(
     per_gateway: dict[str, list[BatchSeen]] = {}
     duplicates: list[BatchSeen] = []
     counted: set[tuple[str, int]] = set()
+    late: list[tuple[BatchSeen, int]] = []
     for b in seen:
         per_gateway.setdefault(b.gateway, []).append(b)
         key = (b.gateway, b.seq)
         if key not in fresh or key in counted:
             duplicates.append(b)
+        elif b.seq < highest.get(b.gateway, -1):
+            late.append((b, highest[b.gateway]))
         counted.add(key)
+        highest[b.gateway] = max(highest.get(b.gateway, -1), b.seq)
+    if late:
+        async with conn.cursor() as c:
+            await c.executemany(
+                "INSERT INTO gateway_events (gateway, site, source, kind, at, detail, data)"
+                " VALUES (%s, %s, 'collector', 'out_of_order_batch', %s, %s, %s)",
+                [(b.gateway, b.site, now,
+                  f"readings batch seq {b.seq} arrived after seq {top} (a gateway replay or "
+                  "a redelivery): stored, and validation looks at its readings again",
+                  Jsonb({"seq": b.seq, "after": top})) for b, top in late],
+            )
     if duplicates:
         async with conn.cursor() as c:
             await c.executemany(

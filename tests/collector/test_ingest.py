@@ -147,7 +147,10 @@ async def test_sequence_gaps_and_status_and_events(db_url, mqtt, site, pub):
         )
     with psycopg.connect(db_url) as conn:
         gaps = conn.execute("SELECT from_seq, to_seq FROM seq_gaps WHERE gateway='gw9'").fetchall()
+        late = conn.execute("SELECT data->>'seq' FROM gateway_events "
+                            "WHERE kind = 'out_of_order_batch' ORDER BY 1").fetchall()
     assert gaps == [(7, 8)]
+    assert late == [("3",), ("4",)]
 
 
 async def test_older_status_does_not_overwrite_newer(db_url, mqtt, site, pub):
