@@ -136,15 +136,16 @@ class LiveHub:
         """Runs in a worker thread; events go back to the loop thread-safely."""
         snap = self._snapshot
         events: list[tuple[str, Any]] = []
+        # The first look only learns the state: every subscriber starts from a snapshot.
+        first = snap.review_version is None
         gateways = {g["gateway"]: g for g in queries.gateways(conn, self._offline_after)}
         for name, gw in gateways.items():
             old = snap.gateways.get(name)
-            if old is None or _gateway_changed(old, gw):
+            if not first and (old is None or _gateway_changed(old, gw)):
                 events.append(("gateway", gw))
         snap.gateways = gateways
         seen = queries.meter_last_seen(conn)
         moved = [m for m, ts in seen.items() if snap.meter_seen.get(m, "new") != ts]
-        first = not snap.meter_seen
         snap.meter_seen = seen
         if moved and not first:
             for meter in queries.latest_values(conn, moved):
@@ -191,6 +192,8 @@ class LiveHub:
             status = wire.decode_status(payload)
         except wire.WireError:
             return  # the collector dead-letters it; the page has nothing to show
+        if status.gateway not in self._snapshot.gateways:
+            return  # not one of this database's gateways (a broker may serve several)
         self.publish("gateway", database.jsonable({
             "gateway": status.gateway, "site": status.site, "status": status.state,
             "reported_state": status.state, "status_at": status.at,

@@ -90,19 +90,27 @@ async def test_last_will_from_the_broker_shows_at_once(db_url: str, logins: Logi
                                                        mqtt: MqttSettings, site: str) -> None:
     """No collector running: the hub's own status subscription carries the offline."""
     app = create_app(db_url, mqtt=mqtt, live_interval_s=30)  # the DB poll would be too slow
-    gateway = f"{site}-gw"
+    gateway, stranger = f"{site}-gw", f"{site}-other-db"
+    with psycopg.connect(db_url) as conn:  # as the collector recorded it
+        conn.execute("INSERT INTO gateways (gateway, site, state, last_seen)"
+                     " VALUES (%s, %s, 'online', now())", (gateway, site))
     async with TestClient(TestServer(app)) as client:
         resp = await client.get("/api/v1/live", headers=logins.auth("viewer"))
         await _wait_for(resp, "snapshot", lambda d: True)
         await asyncio.sleep(1.0)  # the hub's subscription is in place
         async with aiomqtt.Client(mqtt.host, mqtt.port) as pub:
+            # A gateway of another deployment on the same broker is not shown.
+            other = wire.topic(site, stranger, "status")
+            await pub.publish(other, wire.offline_status(stranger, site), qos=1)
             topic = wire.topic(site, gateway, "status")
             await pub.publish(topic, wire.offline_status(gateway, site), qos=1, retain=True)
             sent = time.monotonic()
             try:
-                gw, got = await _wait_for(resp, "gateway", lambda d: d["gateway"] == gateway)
+                gw, got = await _wait_for(
+                    resp, "gateway", lambda d: d["gateway"] in (gateway, stranger))
             finally:
                 await pub.publish(topic, b"", qos=1, retain=True)  # clear the retained one
+        assert gw["gateway"] == gateway
         assert gw["status"] == "offline" and gw["source"] == "mqtt"
         assert got - sent < 2.0
         resp.close()

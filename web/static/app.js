@@ -68,7 +68,22 @@ function num(v, digits) {
   return Number(v).toLocaleString(undefined, { maximumFractionDigits: digits ?? 3 });
 }
 function money(v) {
-  return v === null || v === undefined ? "—" : `¥${Number(v).toLocaleString(undefined, { minimumFractionDigits: 2, maximumFractionDigits: 2 })}`;
+  if (v === null || v === undefined) return "—";
+  const n = Number(v);
+  const text = Math.abs(n).toLocaleString(undefined, { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+  return `${n < 0 ? "−" : ""}¥${text}`;
+}
+
+/** One health figure as a person reads it: numbers and flat objects inline, deeper objects
+ * (per-meter or per-bus maps) as a count with the details in the tooltip. */
+function healthValue(v) {
+  if (v === null || typeof v !== "object") return h("span", {}, String(v));
+  const entries = Object.entries(v);
+  if (entries.every(([, x]) => x === null || typeof x !== "object")) {
+    return h("span", {}, entries.map(([k, x]) => `${k.replace(/_/g, " ")} ${x}`).join(" · "));
+  }
+  const bad = entries.filter(([, x]) => x && typeof x === "object" && (x.state && x.state !== "ok")).length;
+  return h("span", { title: JSON.stringify(v, null, 1) }, `${entries.length}`, bad ? h("span", { class: "error" }, ` (${bad} not ok)`) : "");
 }
 function badge(text, cls) { return h("span", { class: `badge ${cls || text}` }, text); }
 function val(values, q) { return values && values[q] ? values[q].value : null; }
@@ -276,7 +291,7 @@ async function viewFleet(target) {
 }
 
 function gatewayCard(g) {
-  const health = Object.entries(g.health || {}).slice(0, 6);
+  const health = Object.entries(g.health || {}).slice(0, 8);
   return h("article", { class: "card", "data-gateway": g.gateway },
     h("div", { class: "spread" }, h("strong", {}, g.gateway), badge(g.status, g.status)),
     h("dl", { class: "kv" },
@@ -284,7 +299,7 @@ function gatewayCard(g) {
       h("dt", {}, "last seen"), h("dd", {}, ago(g.last_seen)),
       h("dt", {}, "meters"), h("dd", {}, g.meters ?? "—"),
       g.offline_reason ? [h("dt", {}, "why"), h("dd", {}, g.offline_reason)] : null,
-      health.map(([k, v]) => [h("dt", {}, k.replace(/_/g, " ")), h("dd", {}, typeof v === "object" ? JSON.stringify(v) : String(v))])));
+      health.map(([k, v]) => [h("dt", {}, k.replace(/_/g, " ")), h("dd", {}, healthValue(v))])));
 }
 
 // ------------------------------------------------------------------ meter page
@@ -488,11 +503,13 @@ async function viewAccounts(target) {
   await load();
 }
 
+const ALERT_CLASS = { cutoff: "bad", restored: "ok", final_warning: "bad" };
+
 function alertTable(alerts) {
   return table(["When", "Account", "Kind", "Balance#", "Message"],
     alerts.map((a) => h("tr", {}, h("td", {}, when(a.created_at)),
       h("td", {}, h("a", { href: `#/account/${encodeURIComponent(a.account)}` }, a.account)),
-      h("td", {}, badge(a.kind, "warn")), h("td", { class: "num" }, money(a.balance)), h("td", { class: "wrap" }, a.message))),
+      h("td", {}, badge(a.kind, ALERT_CLASS[a.kind] || "warn")), h("td", { class: "num" }, money(a.balance)), h("td", { class: "wrap" }, a.message))),
     "no alerts");
 }
 

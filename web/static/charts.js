@@ -52,8 +52,17 @@ const Charts = (() => {
   }
 
   /** points: [{t: ms, v: number}], sorted. opts: {kind: "power"|"volt", from, to, unit} */
+  /** Where the x axis starts: the requested range, or just before the first point when the
+   * data covers only the end of it (a meter that started reporting a minute ago). */
+  function fitStart(from, to, first) {
+    if (first === undefined || first <= from) return from;
+    const minSpan = Math.min(to - from, 5 * 60e3);
+    return Math.min(to - minSpan, Math.max(from, first - (to - first) * 0.05));
+  }
+
   function line(svg, points, opts) {
-    const x0 = opts.from, x1 = opts.to;
+    const x0 = fitStart(opts.from, opts.to, points.length ? points[0].t : undefined);
+    const x1 = opts.to;
     const vals = points.map((p) => p.v);
     let y0 = vals.length ? Math.min(...vals) : 0;
     let y1 = vals.length ? Math.max(...vals) : 1;
@@ -99,7 +108,7 @@ const Charts = (() => {
   function bars(svg, intervals, markers, opts) {
     const vals = intervals.map((b) => b.kwh);
     const y1 = (vals.length ? Math.max(...vals) : 1) * 1.12 || 1;
-    const f = frame(svg, opts.from, opts.to, 0, y1);
+    const f = frame(svg, fitStart(opts.from, opts.to, intervals.length ? intervals[0].start : undefined), opts.to, 0, y1);
     if (!intervals.length) {
       const t = el("text", { x: f.w / 2, y: f.h / 2, "text-anchor": "middle" }, svg);
       t.textContent = "no validated intervals in this range";
