@@ -146,8 +146,8 @@ def _evaluate_one(
         updates |= {"phase": "normal", "phase_since": now, "hold_reason": None,
                     "awaiting_approval": False}
     elif a is Action.HOLD or a is Action.AWAIT_APPROVAL:
-        if acc["hold_reason"] != decision.reason.split(" until ")[0]:
-            updates["hold_reason"] = decision.reason.split(" until ")[0]
+        if acc["hold_reason"] != decision.hold:  # tell people once per kind of hold
+            updates["hold_reason"] = decision.hold
             kind = "cutoff_held" if a is Action.HOLD else "approval_needed"
             _alert(conn, acc, kind, decision.reason)
             stats.alerts += 1
@@ -254,6 +254,8 @@ def _recheck(row: dict[str, Any], now: datetime) -> tuple[bool, datetime | None,
         windows = ProtectedWindows.from_json(row["windows"])
         if windows.contains(now):
             return True, windows.next_open(now), "protected window"
+        if row["pending_topup"]:
+            return True, now + timedelta(minutes=5), "a top-up is pending"
         return True, None, ""
     if action in ("relay_close", "relay_close_permitted") and row["relay_wanted"] != "closed":
         return False, None, "account cut off again: restore no longer wanted"

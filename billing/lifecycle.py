@@ -232,7 +232,10 @@ def due_for_retry(
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(
             """SELECT c.*, a.phase, a.balance_fen, a.credit, a.windows, a.restore_mode,
-                      mt.relay_wanted
+                      mt.relay_wanted,
+                      EXISTS (SELECT 1 FROM billing_topup_intents t
+                              WHERE t.account_id = c.account_id AND t.settled_at IS NULL
+                                AND t.expires_at > %s) AS pending_topup
                FROM billing_commands c
                JOIN billing_accounts a ON a.account_id = c.account_id
                LEFT JOIN billing_meters mt ON mt.meter_id = c.meter_id
@@ -240,7 +243,7 @@ def due_for_retry(
                  AND c.next_attempt_at <= %s
                ORDER BY c.next_attempt_at LIMIT %s
                FOR UPDATE OF c SKIP LOCKED""",
-            (now, limit),
+            (now, now, limit),
         ).fetchall()
 
 

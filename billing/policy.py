@@ -153,7 +153,8 @@ class Action(enum.StrEnum):
 @dataclass(frozen=True, slots=True)
 class Decision:
     action: Action
-    reason: str = ""
+    reason: str = ""  # for people: alerts, audit
+    hold: str | None = None  # for a HOLD / AWAIT_APPROVAL: the kind of hold, stable text
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,10 +200,11 @@ def decide(state: AccountState, now: datetime, group_cutoffs: int, max_group_cut
     if since.total_seconds() < s.final_to_cutoff_s:
         return Decision(Action.NONE)
     if state.pending_topup:
-        return Decision(Action.HOLD, "a top-up is pending")
+        return Decision(Action.HOLD, "a top-up is pending", hold="pending top-up")
     if state.windows.contains(now):
         until = state.windows.next_open(now)
-        return Decision(Action.HOLD, f"protected window until {until.isoformat()}")
+        return Decision(Action.HOLD, f"protected window until {until.isoformat()}",
+                        hold="protected window")
     if since.total_seconds() > s.final_to_cutoff_s + s.renotice_after_s:
         # the final notice is stale (held by windows for long): give it again first
         return Decision(Action.FINAL_WARNING, "final notice renewed before cut-off")
@@ -210,6 +212,7 @@ def decide(state: AccountState, now: datetime, group_cutoffs: int, max_group_cut
         return Decision(
             Action.AWAIT_APPROVAL,
             f"{group_cutoffs} households of one group at once (limit {max_group_cutoffs})",
+            hold="awaiting approval",
         )
     return Decision(Action.CUTOFF, f"balance {b} below {s.cutoff_limit} after final warning")
 

@@ -166,3 +166,24 @@ def test_failed_cutoff_is_tried_again_by_reconciliation(conn: psycopg.Connection
     assert reconcile(conn, t + timedelta(seconds=60), KNOBS, "test") == 1
     rows = conn.execute("SELECT purpose, state FROM billing_commands ORDER BY created_at")
     assert rows.fetchall() == [("cutoff", "failed"), ("reconcile", "queued")]
+
+
+def test_retry_rechecks_pending_topup_and_balance(conn: psycopg.Connection) -> None:
+    from conftest import put_meter
+
+    from billing.lifecycle import claim_due
+
+    account(conn, "A", "-1")
+    put_meter(conn, "A-m", "s1", "gw1")
+    t = ladder(conn)
+    [out] = claim_due(conn, t, 30, "test")  # sent, and then nothing comes back
+    assert out.command.attempt == 1
+    ledger.announce_topup(conn, "A", "10", "bank", "TX-1")
+    handle_deadlines(conn, t + timedelta(seconds=31), KNOBS, "test")
+    row = conn.execute("SELECT state, next_attempt_at FROM billing_commands").fetchone()
+    assert row is not None and row[0] == "queued"
+    assert row[1] >= t + timedelta(minutes=5)  # deferred while the payment is on its way
+    ledger.topup(conn, "A", "10", "bank", "TX-1")
+    evaluate_accounts(conn, t + timedelta(seconds=40), KNOBS, "test")
+    rows = conn.execute("SELECT action, state FROM billing_commands ORDER BY created_at")
+    assert rows.fetchall() == [("relay_open", "cancelled"), ("relay_close", "queued")]
