@@ -59,5 +59,11 @@ BEGIN
     PERFORM add_continuous_aggregate_policy('readings_day', interval '60 days',
                                             interval '1 day', interval '1 day',
                                             if_not_exists => true);
+    -- Retention on a hypertable drops chunks; collector_drop_readings_before (0002/0004)
+    -- calls this when it exists.
+    EXECUTE $f$
+        CREATE OR REPLACE FUNCTION collector_ts_drop_before(cutoff timestamptz)
+        RETURNS int LANGUAGE sql AS
+        'SELECT count(*)::int FROM drop_chunks(''readings'', older_than => cutoff)' $f$;
 END
 $ts$;
