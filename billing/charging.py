@@ -81,15 +81,17 @@ class ChargeStats:
     adjustments: int = 0  # differences for replaced values
     unchanged: int = 0  # re-deliveries with the same kWh
     skipped: int = 0  # held, or before the account's start
+    unbilled: int = 0  # could not be priced: kept in billing_unbilled with the reason
     accounts: int = 0
 
     def add(self, other: ChargeStats) -> None:
-        for f in ("intervals", "adjustments", "unchanged", "skipped", "accounts"):
+        for f in ("intervals", "adjustments", "unchanged", "skipped", "unbilled", "accounts"):
             setattr(self, f, getattr(self, f) + getattr(other, f))
 
     @property
     def work(self) -> int:
-        return self.intervals + self.adjustments + self.unchanged + self.skipped
+        return (self.intervals + self.adjustments + self.unchanged + self.skipped
+                + self.unbilled)
 
 
 _PICK = """
@@ -150,6 +152,7 @@ def charge_batch(
         ledger: list[str] = []
         new_charges: list[str] = []
         changed_charges: list[tuple[Any, ...]] = []
+        unbilled: list[tuple[Any, ...]] = []
         cursors: dict[str, int] = {}
         for acc, meter, start, end, kwh, skip, change_id, charged in rows:
             cursors[meter] = change_id
@@ -160,11 +163,18 @@ def charge_batch(
                 stats.unchanged += 1
                 continue
             st = state[acc]
-            tariff = tariffs.get(st[0])
-            if tariff is None:
-                raise TariffError(f"account {acc}: tariff {st[0]!r} is not loaded")
             delta = kwh if charged is None else kwh - charged
-            exact = tariff.amount(start, end, delta, usage[acc])
+            try:
+                tariff = tariffs.get(st[0])
+                if tariff is None:
+                    raise TariffError(f"tariff {st[0]!r} is not loaded")
+                exact = tariff.amount(start, end, delta, usage[acc])
+            except TariffError as exc:
+                # one unpriceable interval must not stop the meter or the batch: keep it,
+                # with the reason, for a person (and an alert), and go on
+                stats.unbilled += 1
+                unbilled.append((meter, start, change_id, acc, str(exc)))
+                continue
             fen, st[2] = post_charge(st[2], exact)
             st[1] -= fen
             # keys use epoch seconds: the same instant gives the same key whatever the
@@ -182,7 +192,26 @@ def charge_batch(
                     f"{a}\tadjustment\t{-fen}\t{st[1]}\tadj:{m}:{epoch}:{change_id}\t{m}\t{iso}")
                 changed_charges.append((kwh, exact, change_id, meter, start))
         _write(conn, ledger, new_charges, changed_charges, cursors, state, usage)
+        if unbilled:
+            _keep_unbilled(conn, unbilled)
     return stats
+
+
+def _keep_unbilled(conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]]) -> None:
+    cur = conn.cursor()
+    cur.executemany(
+        """INSERT INTO billing_unbilled (meter_id, interval_start, change_id, account_id, reason)
+           VALUES (%s, %s, %s, %s, %s) ON CONFLICT (meter_id, interval_start) DO UPDATE
+           SET change_id = EXCLUDED.change_id, reason = EXCLUDED.reason, at = now()""",
+        rows,
+    )
+    cur.executemany(
+        """INSERT INTO billing_alerts (account_id, kind, balance_fen, message)
+           SELECT account_id, 'billing_error', balance_fen, %s FROM billing_accounts
+           WHERE account_id = %s""",
+        [(f"interval {start.isoformat()} of meter {meter} not charged: {why}", acc)
+         for meter, start, _, acc, why in rows],
+    )
 
 
 def _write(

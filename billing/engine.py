@@ -81,6 +81,7 @@ class EngineStats:
     ticks: int = 0
     intervals_charged: int = 0
     adjustments: int = 0
+    intervals_unbilled: int = 0  # not priceable; see billing_unbilled
     alerts_raised: int = 0
     alerts_published: int = 0
     commands_sent: int = 0
@@ -168,6 +169,7 @@ class BillingEngine:
                              max_accounts=cfg.batch_accounts, max_batches=50)
         self.stats.intervals_charged += charged.intervals
         self.stats.adjustments += charged.adjustments
+        self.stats.intervals_unbilled += charged.unbilled
         now = datetime.now(UTC)
         for _ in range(20):
             ev = evaluate_accounts(conn, now, cfg.knobs, actor, limit=cfg.batch_accounts)

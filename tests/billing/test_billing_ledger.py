@@ -222,3 +222,19 @@ def test_balance_equals_ledger_after_any_interleaving(conn: psycopg.Connection,
     assert {(s - T0) // timedelta(minutes=15): k for s, k in charged} == latest
     topups = conn.execute("SELECT count(*) FROM billing_ledger WHERE kind = 'topup'").fetchone()
     assert topups == (len({a for op, a, _ in plan if op == "topup"}),)
+
+
+def test_unpriceable_interval_is_kept_aside_not_blocking(conn: psycopg.Connection) -> None:
+    from datetime import UTC, datetime
+
+    open_account(conn, "A1", ["m1"])
+    conn.execute("UPDATE billing_meters SET charge_from = '2000-01-01'")
+    put_intervals(conn, "m1", ["1"], start=datetime(2020, 1, 1, tzinfo=UTC))  # before v1
+    put_intervals(conn, "m1", ["1"])
+    s = charge_all(conn, TARIFFS)
+    assert (s.intervals, s.unbilled) == (1, 1)
+    row = conn.execute("SELECT reason FROM billing_unbilled").fetchone()
+    assert row is not None and "no version in force" in row[0]
+    assert conn.execute("SELECT kind FROM billing_alerts WHERE kind = 'billing_error'"
+                        ).fetchall() == [("billing_error",)]
+    assert charge_all(conn, TARIFFS).work == 0
