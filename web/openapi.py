@@ -74,6 +74,14 @@ GATEWAY: dict[str, S] = {
     "duplicate_batches": INT, "clock_offset_s": _null(NUM), "meters": INT,
 }
 
+METER: dict[str, S] = {
+    "meter": STR, "gateway": _null(STR), "site": _null(STR), "protocol": _null(STR),
+    "expected_interval_s": _null(INT), "first_seen": _null(TIME), "last_seen": _null(TIME),
+    "relay": _null(STR), "relay_at": _null(TIME), "open_reviews": INT,
+    "values": {"type": "object", "additionalProperties": _ref("Value"),
+                   "description": "newest value of each quantity, by canonical name"},
+    }
+
 SCHEMAS: dict[str, S] = {
     "Error": _obj({"error": _obj({"status": INT, "message": STR, "details": ANY_OBJ},
                                  optional=("details",))}),
@@ -90,13 +98,10 @@ SCHEMAS: dict[str, S] = {
     "GatewayEvent": _obj({"id": INT, "source": STR, "kind": STR, "meter": _null(STR),
                           "at": TIME, "detail": STR, "data": ANY_OBJ, "received_at": TIME}),
     "Value": _obj({"value": NUM, "unit": STR, "at": TIME}),
-    "Meter": _obj({
-        "meter": STR, "gateway": _null(STR), "site": _null(STR), "protocol": _null(STR),
-        "expected_interval_s": _null(INT), "first_seen": _null(TIME), "last_seen": _null(TIME),
-        "relay": _null(STR), "relay_at": _null(TIME), "open_reviews": INT,
-        "values": {"type": "object", "additionalProperties": _ref("Value"),
-                   "description": "newest value of each quantity, by canonical name"},
-    }),
+    "Meter": _obj(METER),
+    "MeterDetail": _obj({**METER, "billing": _null(_obj({
+        "account": STR, "relay_wanted": {"type": "string", "enum": ["open", "closed"]},
+        "relay_reported": STR, "customer_action_needed": BOOL}))}),
     "Point": _obj({"t": TIME, "value": NUM, "min": NUM, "max": NUM, "last": NUM}),
     "Interval": _obj({
         "start": TIME, "end": TIME, "kwh": {"type": "string", "description": "decimal kWh"},
@@ -252,7 +257,8 @@ def _paths() -> dict[str, S]:
             params=[_q("gateway", _text()), _q("q", _text(), "part of the meter id"), LIMIT,
                     OFFSET],
             tag="fleet")},
-        "/meters/{meter}": {"get": _op("One meter with its newest values", _ref("Meter"),
+        "/meters/{meter}": {"get": _op("One meter with its newest values and billing's view",
+                                       _ref("MeterDetail"),
                                        params=[meter], errors=(400, 401, 403, 404, 503),
                                        tag="fleet")},
         "/meters/{meter}/history": {"get": _op(

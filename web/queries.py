@@ -150,6 +150,22 @@ def meter(conn: psycopg.Connection[Any], meter_id: str) -> Row | None:
     return out[0]
 
 
+def meter_detail(conn: psycopg.Connection[Any], meter_id: str) -> Row | None:
+    """A meter with, when billing knows it, its account and billing's relay view (the relay
+    state read back after commands, which readings may not carry)."""
+    out = meter(conn, meter_id)
+    if out is None:
+        return None
+    billing = None
+    has = conn.execute("SELECT to_regclass('billing_meters') IS NOT NULL AS ok").fetchone()
+    if has and has["ok"]:
+        billing = conn.execute(
+            "SELECT account_id AS account, relay_wanted, relay_reported, customer_action_needed"
+            " FROM billing_meters WHERE meter_id = %s", (meter_id,)).fetchone()
+    out["billing"] = dict(billing) if billing else None
+    return out
+
+
 def _attach_values(conn: psycopg.Connection[Any], rows: list[Row]) -> None:
     latest = {v["meter"]: v["values"] for v in latest_values(conn, [r["meter"] for r in rows])}
     for r in rows:

@@ -77,7 +77,7 @@ async def list_meters(request: web.Request) -> web.Response:
 @requires("viewer")
 async def get_meter(request: web.Request) -> web.Response:
     meter_id = inputs.path_text(request, "meter")
-    row = await database.run(request, queries.meter, meter_id)
+    row = await database.run(request, queries.meter_detail, meter_id)
     if row is None:
         raise NotFound(f"no meter {meter_id!r}")
     return json_response(row)

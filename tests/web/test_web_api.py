@@ -44,6 +44,10 @@ async def test_fleet_reads(client: Client, logins: Logins, fleet: Fleet) -> None
 
     one = await _json(client, "GET", f"/meters/{fleet.meters[0]}", logins)
     assert one["open_reviews"] == 1
+    assert one["billing"] == {"account": fleet.account, "relay_wanted": "closed",
+                              "relay_reported": "unknown", "customer_action_needed": False}
+    other = await _json(client, "GET", f"/meters/{fleet.meters[1]}", logins)
+    assert other["billing"] is None
 
 
 async def test_history_picks_resolution_from_range(client: Client, logins: Logins,

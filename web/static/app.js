@@ -86,6 +86,11 @@ function healthValue(v) {
   return h("span", { title: JSON.stringify(v, null, 1) }, `${entries.length}`, bad ? h("span", { class: "error" }, ` (${bad} not ok)`) : "");
 }
 function badge(text, cls) { return h("span", { class: `badge ${cls || text}` }, text); }
+function relayBadge(relay) {
+  if (relay === "open") return badge("open", "bad");
+  if (relay === "closed") return badge("closed", "ok");
+  return badge(relay || "unknown", "neutral");
+}
 function val(values, q) { return values && values[q] ? values[q].value : null; }
 
 function table(headers, rows, empty) {
@@ -250,7 +255,7 @@ async function viewFleet(target) {
       h("td", { class: "num", "data-q": "power_active_total" }, num(val(m.values, "power_active_total"))),
       h("td", { class: "num", "data-q": "voltage_a" }, num(val(m.values, "voltage_a"), 1)),
       h("td", { class: "num", "data-q": "energy_import_total" }, num(val(m.values, "energy_import_total"), 2)),
-      h("td", {}, m.relay ? badge(m.relay, m.relay === "open" ? "bad" : "ok") : "—"),
+      h("td", {}, m.relay ? relayBadge(m.relay) : "—"),
       h("td", { class: "muted", "data-q": "last_seen" }, ago(m.last_seen)),
       h("td", {}, m.open_reviews ? badge(`${m.open_reviews} open`, "open") : ""));
     rows.set(m.meter, row);
@@ -380,7 +385,10 @@ async function viewMeter(target, meterId) {
   target.replaceChildren(
     h("div", { class: "spread" },
       h("div", {}, h("h1", { "data-testid": "meter-title" }, meterId),
-        h("div", { class: "muted" }, `gateway ${meter.gateway || "—"} · ${meter.protocol || "protocol unknown"} · relay `, meter.relay ? badge(meter.relay, meter.relay === "open" ? "bad" : "ok") : "unknown")),
+        h("div", { class: "muted" }, `gateway ${meter.gateway || "—"}${meter.protocol ? ` · ${meter.protocol}` : ""} · relay `,
+          relayBadge(meter.relay || (meter.billing && meter.billing.relay_reported)),
+          meter.billing ? [" · account ", h("a", { href: `#/account/${encodeURIComponent(meter.billing.account)}` }, meter.billing.account)] : null,
+          meter.billing && meter.billing.customer_action_needed ? [" ", badge("customer must press the button", "warn")] : null)),
       seg),
     tiles,
     h("div", { class: "grid wide" },
