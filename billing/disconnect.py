@@ -8,6 +8,7 @@ phase changes, alerts for the web page and MQTT, and queued relay commands.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -23,10 +24,13 @@ from billing.policy import (
     Action,
     CreditSettings,
     Phase,
+    PolicyError,
     ProtectedWindows,
     crossed_alerts,
     decide,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +104,15 @@ def evaluate_accounts(
         accounts = cur.execute(_PICK, {"now": now, "n": limit}).fetchall()
         for acc in accounts:
             stats.accounts += 1
-            _evaluate_one(conn, acc, now, knobs, actor, stats)
+            try:
+                with conn.transaction():  # a savepoint: one bad account spoils no other
+                    _evaluate_one(conn, acc, now, knobs, actor, stats)
+            except PolicyError as exc:
+                log.warning("account settings unusable",
+                            extra={"account": acc["account_id"], "why": str(exc)})
+                _alert(conn, acc, "billing_error", f"account settings unusable: {exc}")
+                conn.execute("UPDATE billing_accounts SET dirty = false WHERE account_id = %s",
+                             (acc["account_id"],))
     return stats
 
 

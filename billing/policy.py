@@ -9,7 +9,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -63,12 +63,15 @@ class CreditSettings:
             raise PolicyError(f"credit settings: unknown keys {sorted(unknown)}")
         kw: dict[str, Any] = {}
         for key, value in raw.items():
-            if key == "alert_thresholds":
-                kw[key] = tuple(sorted((Decimal(str(v)) for v in value), reverse=True))
-            elif key.endswith("_s"):
-                kw[key] = float(value)
-            else:
-                kw[key] = Decimal(str(value))
+            try:
+                if key == "alert_thresholds":
+                    kw[key] = tuple(sorted((Decimal(str(v)) for v in value), reverse=True))
+                elif key.endswith("_s"):
+                    kw[key] = float(value)
+                else:
+                    kw[key] = Decimal(str(value))
+            except (InvalidOperation, ValueError, TypeError):
+                raise PolicyError(f"credit settings: {key} = {value!r} is not a number") from None
         s = cls(**kw)
         if s.emergency_credit < 0:
             raise PolicyError("credit settings: emergency_credit cannot be negative")

@@ -187,3 +187,13 @@ def test_retry_rechecks_pending_topup_and_balance(conn: psycopg.Connection) -> N
     evaluate_accounts(conn, t + timedelta(seconds=40), KNOBS, "test")
     rows = conn.execute("SELECT action, state FROM billing_commands ORDER BY created_at")
     assert rows.fetchall() == [("relay_open", "cancelled"), ("relay_close", "queued")]
+
+
+def test_one_broken_account_spoils_no_other(conn: psycopg.Connection) -> None:
+    account(conn, "A", "-1")
+    account(conn, "B", "-1")
+    conn.execute("""UPDATE billing_accounts SET credit = '{"cutoff_threshold": "x y"}'
+                    WHERE account_id = 'A'""")
+    evaluate_accounts(conn, NOON, KNOBS, "test")
+    assert phases(conn) == {"A": "normal", "B": "warned"}
+    assert "billing_error" in kinds(conn, "A")
