@@ -52,6 +52,10 @@ from meterhub import db, wire
 from meterhub.embedded import embedded_postgres, mosquitto_broker
 from meterhub.settings import DATABASE_URL_ENV, MQTT_URL_ENV, MqttSettings
 
+# A Monday some weeks back, so every reading passes the collector's age and future checks.
+_TODAY = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+BASE = _TODAY - timedelta(days=_TODAY.weekday() + 21)
+
 QUANTITIES = (("energy_import_total", "kWh"), ("voltage_a", "V"), ("current_a", "A"),
               ("power_active_total", "kW"))
 
@@ -134,7 +138,7 @@ async def bench_ingest(url: str, mqtt: MqttSettings, messages: int, meters: int
     await asyncio.wait_for(col.ready.wait(), 15)
     stop.set()
     await task
-    payloads = make_payloads(site, messages, meters, datetime(2026, 1, 5, tzinfo=UTC))
+    payloads = make_payloads(site, messages, meters, BASE)
     await asyncio.to_thread(publish_all, mqtt, wire.topic(site, "bgw", "readings"), payloads)
     col = Collector(cfg)
     loop = asyncio.get_running_loop()
@@ -168,7 +172,7 @@ async def bench_ingest(url: str, mqtt: MqttSettings, messages: int, meters: int
 def bench_raw_copy(url: str, messages: int, meters: int) -> float:
     """The physical reference: the same rows, already in COPY form in this process, COPYed
     straight into the same `readings` table and committed (no MQTT, no parsing, no checks)."""
-    start = datetime(2026, 1, 5, tzinfo=UTC)
+    start = BASE
     rows = []
     for seq in range(messages):
         taken = start + timedelta(seconds=60 * seq)
@@ -216,7 +220,7 @@ async def bench_latency(url: str, mqtt: MqttSettings, rate: float, seconds: floa
         client.connect(mqtt.host, mqtt.port)
         client.loop_start()
         t0 = time.perf_counter()
-        start = datetime(2026, 2, 2, tzinfo=UTC)
+        start = BASE + timedelta(days=7)
         for seq in range(n):
             delay = t0 + seq / rate - time.perf_counter()
             if delay > 0:
@@ -245,7 +249,7 @@ def bench_validation(meters: int, days: int, chunk: int) -> tuple[float, int]:
     cfg = ValidationConfig()
     rng = np.random.default_rng(7)
     per = days * 96 + 1
-    start = datetime(2026, 1, 5, tzinfo=UTC).timestamp()
+    start = BASE.timestamp()
     elapsed = 0.0
     intervals = 0
     for first in range(0, meters, chunk):

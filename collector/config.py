@@ -85,6 +85,9 @@ class CollectorConfig:
     # retired for good, or the broker keeps queueing its share of a shared subscription.
     leave_on_stop: bool = False
     max_future_s: float = 300.0  # readings taken further in the future are dead-lettered
+    # ... and so are readings older than this: no gateway buffers for longer, but a gateway
+    # whose clock fell back to its epoch (a flat RTC battery) sends 2000-01-01 or 1970
+    max_age_s: float = 400 * 86400.0
     known_meters_only: bool = False  # dead-letter readings of meters not in `meters`
     validate_every_s: float | None = 5.0  # continuous validation; None: ingest only
     migrate: bool = False  # apply migrations at start

@@ -101,7 +101,8 @@ _SPEC: dict[str, tuple[str, bool, tuple[float, float] | None]] = {
 FastReading = tuple[str, datetime, list[tuple[str, float, str]], str | None]
 
 
-def fast_reading(raw: Any, times: dict[str, datetime], horizon: datetime) -> FastReading | None:
+def fast_reading(raw: Any, times: dict[str, datetime], horizon: datetime,
+                 oldest: datetime | None = None) -> FastReading | None:
     """The common, well-formed reading, checked with less overhead than the general path.
 
     It accepts exactly what :func:`wire.decode_reading` plus this module's checks accept, or
@@ -123,7 +124,7 @@ def fast_reading(raw: Any, times: dict[str, datetime], horizon: datetime) -> Fas
         except wire.WireError:
             return None
         times[stamp] = ts
-    if ts > horizon:
+    if ts > horizon or (oldest is not None and ts < oldest):
         return None
     values = raw.get("values")
     if type(values) is not dict or not values:
@@ -165,7 +166,8 @@ def _reading_payload(raw: Any) -> bytes:
 
 
 def parse_readings(
-    topic: str, payload: bytes, received_at: datetime, *, max_future_s: float
+    topic: str, payload: bytes, received_at: datetime, *, max_future_s: float,
+    max_age_s: float = 400 * 86400.0,
 ) -> Parsed:
     out = Parsed()
     try:
@@ -183,11 +185,12 @@ def parse_readings(
         out.dead.append(DeadLetter(topic, payload, str(exc), gateway))
         return out
     horizon = received_at + timedelta(seconds=max_future_s)
+    oldest = received_at - timedelta(seconds=max_age_s)
     rows = out.rows
     times: dict[str, datetime] = {}
     gateway, seq = env.gateway, env.seq
     for i, raw in enumerate(env.raw_readings):
-        fast = fast_reading(raw, times, horizon)
+        fast = fast_reading(raw, times, horizon, oldest)
         if fast is not None:
             meter, ts, values, relay = fast
             for name, number, unit in values:
@@ -204,6 +207,11 @@ def parse_readings(
                 raise wire.WireError(
                     f"{where}.taken_at {wire.utc_iso(reading.taken_at)} is more than "
                     f"{max_future_s:.0f} s in the future (received {wire.utc_iso(received_at)})"
+                )
+            if reading.taken_at < oldest:
+                raise wire.WireError(
+                    f"{where}.taken_at {wire.utc_iso(reading.taken_at)} is more than "
+                    f"{max_age_s / 86400:.0f} days old: a gateway clock that fell back?"
                 )
             problems = [
                 p for name, v in reading.values.items()

@@ -158,7 +158,8 @@ class Collector:
         kind = msg.topic.rsplit("/", 1)[-1]
         if kind == "readings":
             batch.add_readings(ingest.parse_readings(
-                msg.topic, msg.payload, received, max_future_s=self.config.max_future_s
+                msg.topic, msg.payload, received, max_future_s=self.config.max_future_s,
+                max_age_s=self.config.max_age_s,
             ))
         elif kind == "status":
             status = ingest.parse_status(msg.topic, msg.payload)
@@ -273,19 +274,15 @@ class Collector:
         return await _store.write(conn, batch, datetime.now(UTC))
 
     async def _ensure_months(self, conn: psycopg.AsyncConnection, batch: Batch) -> None:
-        missing: list[datetime] = []
-        for row in batch.rows:
-            ts = row[2]
+        missing: dict[tuple[int, int], datetime] = {}
+        known = self._months
+        for ts in {row[2] for row in batch.rows}:
             key = (ts.year, ts.month)
-            if key not in self._months:
-                missing.append(ts)
-                self._months.add(key)
-        if missing:
-            try:
-                await _store.ensure_partitions(conn, min(missing), max(missing))
-            except BaseException:
-                self._months.difference_update((t.year, t.month) for t in missing)
-                raise
+            if key not in known and key not in missing:
+                missing[key] = ts
+        for key, ts in sorted(missing.items()):  # each month on its own: no range in between
+            await _store.ensure_partitions(conn, ts, ts)
+            known.add(key)
 
     async def _reject_unknown(self, conn: psycopg.AsyncConnection, batch: Batch) -> None:
         meters = sorted({r[0] for r in batch.rows} - self._known)

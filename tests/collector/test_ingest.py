@@ -77,16 +77,18 @@ async def test_malformed_messages_go_to_dead_letters_and_good_readings_stay(
     good = wire.encode_readings(wire.ReadingsBatch("gw1", site, 3, T0, (reading("ok1", T0, 1.0),)))
     mixed = json.loads(batch_payload(site, "gw1", 4, [reading("ok2", T0, 2.0)]))
     mixed["readings"] += [
-        {"meter": "bad-unit", "taken_at": "2026-03-02T00:00:00Z",
+        {"meter": "bad-unit", "taken_at": wire.utc_iso(T0),
          "values": {"energy_import_total": {"value": 1, "unit": "Wh"}}},
         {"meter": "future", "taken_at": "2099-01-01T00:00:00Z",
          "values": {"energy_import_total": {"value": 1, "unit": "kWh"}}},
-        {"meter": "negative", "taken_at": "2026-03-02T00:00:00Z",
+        {"meter": "epoch", "taken_at": "2000-01-01T00:00:00Z",
+         "values": {"energy_import_total": {"value": 1, "unit": "kWh"}}},
+        {"meter": "negative", "taken_at": wire.utc_iso(T0),
          "values": {"energy_import_total": {"value": -4, "unit": "kWh"}}},
-        {"meter": "volts", "taken_at": "2026-03-02T00:00:00Z",
+        {"meter": "volts", "taken_at": wire.utc_iso(T0),
          "values": {"voltage_a": {"value": 5000, "unit": "V"}}},
         {"meter": "nowhen", "values": {"voltage_a": {"value": 230, "unit": "V"}}},
-        {"meter": "what", "taken_at": "2026-03-02T00:00:00Z",
+        {"meter": "what", "taken_at": wire.utc_iso(T0),
          "values": {"flux_capacitance": {"value": 1.21, "unit": "GW"}}},
         "not even an object",
     ]
@@ -105,10 +107,11 @@ async def test_malformed_messages_go_to_dead_letters_and_good_readings_stay(
     with psycopg.connect(db_url) as conn:
         reasons = [r for (r,) in conn.execute("SELECT reason FROM dead_letters ORDER BY id")]
         payloads = [bytes(p) for (p,) in conn.execute("SELECT payload FROM dead_letters")]
-    assert len(reasons) == 10 == col.stats.dead_letters
+    assert len(reasons) == 11 == col.stats.dead_letters
     text = "\n".join(reasons)
     for expected in ("not valid JSON", "schema 99", "unit 'Wh'", "in the future", "negative",
                      "outside the possible", "taken_at", "unknown quantity", "expected an object",
+                     "days old",
                      "do not match the topic"):
         assert expected in text, expected
     assert b"{not json" in payloads
