@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -27,13 +27,15 @@ from web import database, queries
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 15.0
+WATERMARK_MARGIN = timedelta(minutes=2)
 _QUEUE_MAX = 256
 
 
 @dataclass
 class _Snapshot:
     gateways: dict[str, dict[str, Any]] = field(default_factory=dict)
-    meter_seen: dict[str, datetime | None] = field(default_factory=dict)
+    meter_seen: dict[str, datetime] = field(default_factory=dict)
+    watermark: datetime | None = None  # newest last_seen so far, minus a margin
     open_reviews: int | None = None
     review_version: tuple[int, Any] | None = None
 
@@ -144,9 +146,15 @@ class LiveHub:
             if not first and (old is None or _gateway_changed(old, gw)):
                 events.append(("gateway", gw))
         snap.gateways = gateways
-        seen = queries.meter_last_seen(conn)
-        moved = [m for m, ts in seen.items() if snap.meter_seen.get(m, "new") != ts]
-        snap.meter_seen = seen
+        seen = queries.meter_last_seen(conn, snap.watermark)
+        moved = [m for m, ts in seen.items() if snap.meter_seen.get(m) != ts]
+        snap.meter_seen.update(seen)
+        if seen:
+            # Readings arrive in gateway time and batches interleave: look back a little, and
+            # never past our own clock (one meter with a clock in the future would hide the
+            # rest).
+            newest = min(max(seen.values()), datetime.now(UTC)) - WATERMARK_MARGIN
+            snap.watermark = max(newest, snap.watermark) if snap.watermark else newest
         if moved and not first:
             for meter in queries.latest_values(conn, moved):
                 events.append(("meter", meter))

@@ -91,9 +91,14 @@ m.last_seen, m.relay, m.relay_at,
 """
 
 
-def meter_last_seen(conn: psycopg.Connection[Any]) -> dict[str, datetime | None]:
-    return {r["meter_id"]: r["last_seen"]
-            for r in conn.execute("SELECT meter_id, last_seen FROM meters").fetchall()}
+def meter_last_seen(conn: psycopg.Connection[Any],
+                    since: datetime | None = None) -> dict[str, datetime]:
+    """Meters and their newest reading time, only those at or after ``since`` when given:
+    a live poll transfers the meters that reported, not the whole fleet."""
+    rows = conn.execute(
+        "SELECT meter_id, last_seen FROM meters WHERE last_seen IS NOT NULL"
+        " AND (%(since)s::timestamptz IS NULL OR last_seen >= %(since)s)", {"since": since})
+    return {r["meter_id"]: r["last_seen"] for r in rows.fetchall()}
 
 
 def latest_values(conn: psycopg.Connection[Any], meters: list[str]) -> list[Row]:
@@ -270,11 +275,12 @@ def review_item(conn: psycopg.Connection[Any], item_id: int) -> Row | None:
 
 
 def review_version(conn: psycopg.Connection[Any]) -> tuple[int, Any]:
-    """(open items, newest change) — cheap to compare between polls."""
+    """(open items, newest item id): a new item moves the id, a decision the count; both
+    answer from indexes."""
     row = conn.execute(
-        "SELECT count(*) FILTER (WHERE status = 'open') AS open,"
-        " greatest(max(opened_at), max(decided_at)) AS changed FROM review_items").fetchone()
-    return (int(row["open"]), row["changed"]) if row else (0, None)
+        "SELECT (SELECT count(*) FROM review_items WHERE status = 'open') AS open,"
+        " (SELECT max(id) FROM review_items) AS newest").fetchone()
+    return (int(row["open"]), row["newest"]) if row else (0, None)
 
 
 # ---------------------------------------------------------------------------- dead letters
