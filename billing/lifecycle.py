@@ -175,6 +175,12 @@ def apply_ack(conn: psycopg.Connection[Any], ack: wire.Ack, actor: str) -> AckRe
             return None
         state, cid = row["state"], row["command_id"]
         result = AckResult(cid, row["action"], row["purpose"], state, False)
+        if ack.gateway != row["gateway"] or ack.meter != row["meter_id"]:
+            # only the gateway the command went to may answer for its meter
+            audit(conn, cid, state, state, who,
+                  f"ack ignored: sent to {row['gateway']} for {row['meter_id']}, "
+                  f"answered by {ack.gateway} for {ack.meter}")
+            return result
         if state in TERMINAL:
             return result  # a late duplicate: already decided
         if ack.stage == "accepted":

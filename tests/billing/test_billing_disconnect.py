@@ -197,3 +197,26 @@ def test_one_broken_account_spoils_no_other(conn: psycopg.Connection) -> None:
     evaluate_accounts(conn, NOON, KNOBS, "test")
     assert phases(conn) == {"A": "normal", "B": "warned"}
     assert "billing_error" in kinds(conn, "A")
+
+
+def test_acks_only_count_from_the_gateway_the_command_went_to(conn: psycopg.Connection) -> None:
+    from conftest import put_meter
+
+    from billing.lifecycle import apply_ack, claim_due
+    from meterhub import wire
+
+    account(conn, "A", "-1")
+    put_meter(conn, "A-m", "s1", "gw1")
+    t = ladder(conn)
+    [out] = claim_due(conn, t, 30, "test")
+
+    def ack(gateway: str, meter: str) -> wire.Ack:
+        return wire.Ack(out.command.command_id, gateway, meter, "done", t, "ok", "open")
+
+    assert apply_ack(conn, ack("gw2", "A-m"), "test").changed is False  # type: ignore[union-attr]
+    assert apply_ack(conn, ack("gw1", "other"), "test").changed is False  # type: ignore[union-attr]
+    assert conn.execute("SELECT state FROM billing_commands").fetchone() == ("sent",)
+    result = apply_ack(conn, ack("gw1", "A-m"), "test")
+    assert result is not None and result.state == "verified"
+    again = apply_ack(conn, ack("gw1", "A-m"), "test")  # a re-delivered ack changes nothing
+    assert again is not None and not again.changed
