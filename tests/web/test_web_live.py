@@ -114,3 +114,33 @@ async def test_last_will_from_the_broker_shows_at_once(db_url: str, logins: Logi
         assert gw["status"] == "offline" and gw["source"] == "mqtt"
         assert got - sent < 2.0
         resp.close()
+
+
+async def test_future_clock_meter_hides_no_one(client: Client, logins: Logins, fleet: Fleet,
+                                               db_url: str) -> None:
+    """A meter whose clock runs a day ahead must not hide the others' updates, and a new
+    review item moves the open count."""
+    resp = await client.get("/api/v1/live", headers=logins.auth("viewer"))
+    await _wait_for(resp, "snapshot", lambda d: True)
+    await asyncio.sleep(0.5)
+    skewed, normal = fleet.meters[1], fleet.meters[2]
+    ahead = datetime.now(UTC) + timedelta(days=1)
+    with psycopg.connect(db_url) as conn:
+        conn.execute("INSERT INTO readings (meter_id, quantity, ts, value, unit) VALUES"
+                     " (%s, 'voltage_a', %s, 231, 'V')", (skewed, ahead))
+        conn.execute("UPDATE meters SET last_seen = %s WHERE meter_id = %s", (ahead, skewed))
+    await _wait_for(resp, "meter", lambda d: d["meter"] == skewed)
+    at = datetime.now(UTC)
+    with psycopg.connect(db_url) as conn:
+        conn.execute("INSERT INTO readings (meter_id, quantity, ts, value, unit) VALUES"
+                     " (%s, 'voltage_a', %s, 229.5, 'V')", (normal, at))
+        conn.execute("UPDATE meters SET last_seen = %s WHERE meter_id = %s", (at, normal))
+    update, _ = await _wait_for(resp, "meter", lambda d: d["meter"] == normal)
+    assert update["values"]["voltage_a"]["value"] == 229.5
+
+    with psycopg.connect(db_url) as conn:
+        conn.execute("INSERT INTO review_items (meter_id, rule, period_start, period_end,"
+                     " reason) VALUES (%s, 'drop', now(), now(), 'drop to zero')", (normal,))
+    review, _ = await _wait_for(resp, "review", lambda d: True)
+    assert review == {"open": 2}
+    resp.close()
