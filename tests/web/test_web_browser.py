@@ -60,6 +60,13 @@ def test_engineer_and_operator_day(browser: Browser, served: str, logins: Logins
     expect(page.locator("#live-state")).to_have_class("live on")
     page.screenshot(path=str(shots / "01-fleet.png"), full_page=True)
 
+    # A gateway's own page: its meters and sequence bookkeeping.
+    online.get_by_role("link", name=fleet.gateway).click()
+    expect(page.get_by_role("heading", name=fleet.gateway)).to_be_visible()
+    expect(page.get_by_text("no gaps in the sequence")).to_be_visible()
+    expect(page.get_by_role("link", name=fleet.meters[1], exact=True)).to_be_visible()
+    page.get_by_role("link", name="← fleet").click()
+
     # Open a meter: charts drawn, then a new reading shows up live without a reload.
     page.get_by_role("link", name=fleet.meters[0], exact=True).click()
     expect(page.get_by_test_id("meter-title")).to_have_text(fleet.meters[0])

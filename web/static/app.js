@@ -200,6 +200,7 @@ function setReviewCount(n) {
 const routes = [
   [/^#\/fleet$/, viewFleet, "fleet"],
   [/^#\/meter\/(.+)$/, viewMeter, "fleet"],
+  [/^#\/gateway\/(.+)$/, viewGateway, "fleet"],
   [/^#\/review$/, viewReview, "review"],
   [/^#\/accounts$/, viewAccounts, "accounts"],
   [/^#\/account\/(.+)$/, viewAccount, "accounts"],
@@ -298,13 +299,39 @@ async function viewFleet(target) {
 function gatewayCard(g) {
   const health = Object.entries(g.health || {}).slice(0, 8);
   return h("article", { class: "card", "data-gateway": g.gateway },
-    h("div", { class: "spread" }, h("strong", {}, g.gateway), badge(g.status, g.status)),
+    h("div", { class: "spread" }, h("a", { href: `#/gateway/${encodeURIComponent(g.gateway)}` }, h("strong", {}, g.gateway)), badge(g.status, g.status)),
     h("dl", { class: "kv" },
       h("dt", {}, "site"), h("dd", {}, g.site || "—"),
       h("dt", {}, "last seen"), h("dd", {}, ago(g.last_seen)),
       h("dt", {}, "meters"), h("dd", {}, g.meters ?? "—"),
       g.offline_reason ? [h("dt", {}, "why"), h("dd", {}, g.offline_reason)] : null,
       health.map(([k, v]) => [h("dt", {}, k.replace(/_/g, " ")), h("dd", {}, healthValue(v))])));
+}
+
+async function viewGateway(target, name) {
+  const enc = encodeURIComponent(name);
+  const [g, meters] = await Promise.all([api("GET", `/gateways/${enc}?events=100`), api("GET", `/meters?gateway=${enc}&limit=500`)]);
+  const card = h("div");
+  const draw = (gw) => card.replaceChildren(gatewayCard(gw));
+  draw(g);
+  target.replaceChildren(
+    h("div", { class: "spread" }, h("h1", {}, name), h("a", { href: "#/fleet" }, "← fleet")),
+    h("div", { class: "grid wide" }, card,
+      section("Sequence", h("dl", { class: "kv" },
+        h("dt", {}, "highest seq"), h("dd", {}, g.max_seq ?? "—"),
+        h("dt", {}, "batches"), h("dd", {}, g.batches),
+        h("dt", {}, "duplicate batches"), h("dd", {}, g.duplicate_batches),
+        h("dt", {}, "clock offset"), h("dd", {}, g.clock_offset_s === null ? "—" : `${num(g.clock_offset_s, 2)} s`)),
+        g.gaps.length ? table(["Missing from#", "to#", "Noticed"], g.gaps.map((x) => h("tr", {}, h("td", { class: "num" }, x.from_seq), h("td", { class: "num" }, x.to_seq), h("td", {}, when(x.noticed_after)))))
+          : h("p", { class: "muted" }, "no gaps in the sequence"))),
+    section("Meters", table(["Meter", "Power kW#", "Voltage V#", "Last read"], meters.meters.map((m) => h("tr", {},
+      h("td", {}, h("a", { href: `#/meter/${encodeURIComponent(m.meter)}` }, m.meter)),
+      h("td", { class: "num" }, num(val(m.values, "power_active_total"))), h("td", { class: "num" }, num(val(m.values, "voltage_a"), 1)),
+      h("td", { class: "muted" }, ago(m.last_seen)))), "no meters")),
+    section("Events", table(["When", "Source", "Kind", "Meter", "Detail"], g.events.map((e) => h("tr", {},
+      h("td", {}, when(e.at)), h("td", {}, e.source), h("td", {}, badge(e.kind, "warn")), h("td", {}, e.meter || ""), h("td", { class: "wrap" }, e.detail))),
+      "no events")));
+  state.onLive.gateway = (gw) => { if (gw.gateway === name) { Object.assign(g, gw); draw(g); } };
 }
 
 // ------------------------------------------------------------------ meter page
