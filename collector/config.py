@@ -45,6 +45,10 @@ class ValidationConfig:
     clock_skew_s: float = 60.0
     # a reading stored this long after it was taken is a late arrival
     late_after_s: float = 3600.0
+    # forward estimates (quality E, like-day profile) for a meter silent this long; billing
+    # then charges them and re-charges the difference when the reads come. None: off.
+    forward_estimate_after_s: float | None = None
+    forward_estimate_max_s: float = 7 * 86400.0  # ... but not for meters silent longer
 
     def __post_init__(self) -> None:
         if self.tod_buckets < 1 or 86400 % self.tod_buckets:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -48,6 +48,76 @@ def run_pending(database_url: str, interval_s: int, cfg: ValidationConfig,
             written += result.intervals_written
             if result.meters < chunk:
                 break
+        if cfg.forward_estimate_after_s is not None:
+            written += estimate_forward(conn, interval_s, cfg)
+    return written
+
+
+def estimate_forward(conn: psycopg.Connection, interval_s: int, cfg: ValidationConfig,
+                     now: datetime | None = None) -> int:
+    """Quality E intervals from the last read of each silent meter up to now.
+
+    Only from the like-day profile (no closing read to scale to); an interval without any
+    like-day history is left missing. When reads arrive the normal pass writes the span again
+    from the register (S or A), and those rows get new change ids: billing re-charges the
+    difference.
+    """
+    assert cfg.forward_estimate_after_s is not None
+    now = now or datetime.now(UTC)
+    size = float(interval_s)
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (VEE_LOCK,))
+        rows = conn.execute(
+            """SELECT m.meter_id, extract(epoch FROM lr.ts)::float8
+               FROM meters m CROSS JOIN LATERAL (
+                   SELECT ts FROM readings
+                   WHERE meter_id = m.meter_id AND quantity = %s
+                   ORDER BY ts DESC LIMIT 1) lr
+               WHERE m.last_seen < %s AND m.last_seen > %s AND lr.ts < %s
+               ORDER BY m.meter_id""",
+            (ENERGY_IMPORT, now - timedelta(seconds=cfg.forward_estimate_after_s),
+             now - timedelta(seconds=cfg.forward_estimate_max_s),
+             now - timedelta(seconds=cfg.forward_estimate_after_s)),
+        ).fetchall()
+        if not rows:
+            return 0
+        names = [r[0] for r in rows]
+        first = np.floor(np.array([r[1] for r in rows]) / size) * size
+        end = np.floor(now.timestamp() / size) * size
+        counts = np.maximum(((end - first) / size).astype(np.int64), 0)
+        meter = np.repeat(np.arange(len(names), dtype=np.int64), counts)
+        start = np.repeat(first, counts) + size * (
+            np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts))
+        if len(start) == 0:
+            return 0
+        window = [datetime.fromtimestamp(float(f), UTC) for f in first]
+        hm, hs, hk = _load_history(conn, names, window, 7 * cfg.like_day_weeks * 2)
+        profile, n_have = vee.like_day_profile(meter, start, hm, hs, hk, cfg, interval_s)
+        ok = ~np.isnan(profile)
+        n = int(ok.sum())
+        if n == 0:
+            return 0
+        zeros = np.zeros(n)
+        iv = vee.Intervals(
+            meter=meter[ok], start=start[ok], kwh=profile[ok], raw_kwh=np.full(n, np.nan),
+            quality=np.full(n, "E"),
+            method=np.where(n_have[ok] == 1, vee.METHOD_LIKE_DAY, vee.METHOD_AVG_LIKE_DAY),
+            flags=np.full(n, vee.MISSING, dtype=np.int64), gap=zeros, gap_from=zeros,
+            gap_to=zeros,
+        )
+        last = {i: datetime.fromtimestamp(float(r[1]), UTC) for i, r in enumerate(rows)}
+        anomalies: list[tuple[Any, ...]] = []
+        reasons: dict[int, str] = {}
+        for i in range(n):
+            mi = int(iv.meter[i])
+            method = int(iv.method[i])
+            reason = (f"no reads since {last[mi]:%Y-%m-%d %H:%M}: forward estimate from the "
+                      f"like-day profile (method {method}); replaced when reads arrive")
+            reasons[i] = f"missing_reads: {reason}"
+            anomalies.append((names[mi], "missing_reads",
+                              datetime.fromtimestamp(float(iv.start[i]), UTC), reason,
+                              float(iv.kwh[i]), None, False, i))
+        written, _, _ = _write(conn, names, iv, anomalies, reasons, interval_s)
     return written
 
 
@@ -376,7 +446,7 @@ def _write(conn: psycopg.Connection, names: list[str], iv: vee.Intervals,
                 datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(start + size, UTC),
                 round(float(iv.kwh[i]), 4), str(iv.quality[i]),
                 int(iv.method[i]) or None, reasons.get(i),
-                round(float(iv.raw_kwh[i]), 4),
+                None if np.isnan(iv.raw_kwh[i]) else round(float(iv.raw_kwh[i]), 4),
                 [r for b, r in vee.RULES.items() if flags & b],
             ))
     with conn.cursor().copy(

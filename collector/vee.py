@@ -361,31 +361,22 @@ def day_kind(day_start: F64, holidays: tuple[date, ...]) -> I64:
     return weekday
 
 
-def estimate_like_day(iv: Intervals, hist_meter: I64, hist_start: F64, hist_kwh: F64,
-                      cfg: ValidationConfig, interval_s: int) -> None:
-    """Replace linear substitutes in gaps longer than ``linear_max_s`` by a like-day profile.
-
-    The profile is the mean of the same time of day on the same kind of day (weekday; holidays
-    count as Sundays) over the previous weeks, from actual intervals. Each gap's estimate is
-    scaled to the register difference across it, so the total is exactly what the register
-    says. Without history the linear substitute stays and the reason says so.
-    """
-    long_gap = (iv.flags & MISSING).astype(bool) & (iv.gap > cfg.linear_max_s)
-    idx = np.flatnonzero(long_gap)
-    if len(idx) == 0:
-        return
+def like_day_profile(m: I64, s: F64, hist_meter: I64, hist_start: F64, hist_kwh: F64,
+                     cfg: ValidationConfig, interval_s: int) -> tuple[F64, I64]:
+    """Mean kWh of the same slot on the previous ``like_day_weeks`` days of the same kind
+    (weekday; holidays count as Sundays) per (meter, start); NaN where there is none. Also
+    returns how many days contributed."""
     size = float(interval_s)
     h_order = np.lexsort((hist_start, hist_meter))
     hm, hs, hk = hist_meter[h_order], hist_start[h_order], hist_kwh[h_order]
-    base = float(min(hs.min() if len(hs) else iv.start.min(), iv.start.min())) - WEEK * 60
-    span = float(max(hs.max() if len(hs) else 0.0, iv.start.max()) - base) + 2 * size
+    base = float(min(hs.min() if len(hs) else s.min(), s.min())) - WEEK * 60
+    span = float(max(hs.max() if len(hs) else 0.0, s.max()) - base) + 2 * size
     hkey = _sorted_key(hm, hs, base, span)
-    m, s = iv.meter[idx], iv.start[idx]
     kind = day_kind(s, cfg.holidays)
-    samples = np.zeros((len(idx), cfg.like_day_weeks))
-    have = np.zeros((len(idx), cfg.like_day_weeks), dtype=bool)
+    samples = np.zeros((len(s), cfg.like_day_weeks))
+    have = np.zeros((len(s), cfg.like_day_weeks), dtype=bool)
     # Candidate days: step back a day at a time and keep the first N of the same kind.
-    found = np.zeros(len(idx), dtype=np.int64)
+    found = np.zeros(len(s), dtype=np.int64)
     for back in range(1, 7 * cfg.like_day_weeks * 2 + 1):
         cand = s - back * 86400.0
         if (found >= cfg.like_day_weeks).all():
@@ -402,8 +393,26 @@ def estimate_like_day(iv: Intervals, hist_meter: I64, hist_start: F64, hist_kwh:
         have[rows, col] = hit[rows]
         found[rows] += 1
     n_have = have.sum(axis=1)
-    profile = np.divide(samples.sum(axis=1), n_have, out=np.full(len(idx), np.nan),
+    profile = np.divide(samples.sum(axis=1), n_have, out=np.full(len(s), np.nan),
                         where=n_have > 0)
+    return profile, n_have.astype(np.int64)
+
+
+def estimate_like_day(iv: Intervals, hist_meter: I64, hist_start: F64, hist_kwh: F64,
+                      cfg: ValidationConfig, interval_s: int) -> None:
+    """Replace linear substitutes in gaps longer than ``linear_max_s`` by a like-day profile.
+
+    The profile is the mean of the same time of day on the same kind of day (weekday; holidays
+    count as Sundays) over the previous weeks, from actual intervals. Each gap's estimate is
+    scaled to the register difference across it, so the total is exactly what the register
+    says. Without history the linear substitute stays and the reason says so.
+    """
+    long_gap = (iv.flags & MISSING).astype(bool) & (iv.gap > cfg.linear_max_s)
+    idx = np.flatnonzero(long_gap)
+    if len(idx) == 0:
+        return
+    m, s = iv.meter[idx], iv.start[idx]
+    profile, n_have = like_day_profile(m, s, hist_meter, hist_start, hist_kwh, cfg, interval_s)
     # Per gap (a run of intervals sharing gap_from/gap_to on one meter): scale to the register.
     run_key = np.stack([m.astype(np.float64), iv.gap_from[idx], iv.gap_to[idx]])
     _, run = np.unique(run_key, axis=1, return_inverse=True)

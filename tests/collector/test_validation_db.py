@@ -175,3 +175,56 @@ def test_retention_drops_old_months_and_keeps_recent(db_url):
     with psycopg.connect(db_url) as conn:
         left = [r[0] for r in conn.execute("SELECT ts FROM readings")]
     assert left == [now]
+
+
+def _copy_reads(db_url, meter, reads):
+    with psycopg.connect(db_url) as conn:
+        conn.execute("SELECT collector_ensure_partitions(%s, %s)", (reads[0][0], reads[-1][0]))
+        with conn.cursor().copy("COPY readings (meter_id, quantity, ts, value, unit, "
+                                "received_at) FROM STDIN") as copy:
+            for ts, kwh in reads:
+                copy.write_row((meter, "energy_import_total", ts, kwh, "kWh", ts))
+        conn.execute(
+            "INSERT INTO meters (meter_id, first_seen, last_seen) VALUES (%s, %s, %s) "
+            "ON CONFLICT (meter_id) DO UPDATE SET last_seen = excluded.last_seen",
+            (meter, reads[0][0], reads[-1][0]))
+        conn.execute(
+            "INSERT INTO vee_dirty (meter_id, dirty_from) VALUES (%s, %s) "
+            "ON CONFLICT (meter_id) DO UPDATE SET dirty_from = excluded.dirty_from, "
+            "mark = nextval('vee_mark_seq')", (meter, reads[0][0]))
+
+
+def test_forward_estimates_for_a_silent_meter_are_replaced_when_reads_arrive(db_url):
+    from collector.validation import estimate_forward
+
+    cfg = ValidationConfig(forward_estimate_after_s=3600, late_after_s=1e9)
+    # 8 days at 0.25 kWh per 15 min, then silence from day 8 02:00
+    silent_from = T0 + timedelta(days=7, hours=2)
+    reads, e, ts = [], 100.0, T0
+    while ts <= silent_from:
+        reads.append((ts, e))
+        ts += timedelta(minutes=15)
+        e += 0.25
+    _copy_reads(db_url, "m5", reads)
+    run_pending(db_url, IV_S, cfg)
+    now = silent_from + timedelta(hours=3, minutes=5)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        assert estimate_forward(conn, IV_S, cfg, now=now) == 12
+        assert estimate_forward(conn, IV_S, cfg, now=now) == 0  # nothing changed
+    est = [r for r in _intervals(db_url, "m5") if r[0] >= silent_from]
+    assert [(r[2], r[3], r[1]) for r in est] == [("E", 14, 0.25)] * 12
+    assert "no reads since" in est[0][7]
+    # the gateway comes back with the missing reads: one hour of them
+    late, e2, ts = [], e, silent_from + timedelta(minutes=15)
+    while ts <= silent_from + timedelta(hours=1):
+        late.append((ts, e2 + 0.1))  # a little more than estimated
+        e2 += 0.35
+        ts += timedelta(minutes=15)
+    _copy_reads(db_url, "m5", late)
+    run_pending(db_url, IV_S, cfg)
+    after = {r[0]: r for r in _intervals(db_url, "m5") if r[0] >= silent_from}
+    first_hour = [after[silent_from + timedelta(minutes=15 * k)] for k in range(4)]
+    assert [r[2] for r in first_hour] == ["A"] * 4
+    assert all(r[5] > est[0][5] for r in first_hour)  # new change ids: billing re-charges
+    rest = [r for t, r in after.items() if t >= silent_from + timedelta(hours=1)]
+    assert {r[2] for r in rest} == {"E"}  # still forward of the last read
