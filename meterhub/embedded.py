@@ -152,16 +152,12 @@ def embedded_broker(workdir: Path | None = None) -> Iterator[MqttSettings]:
 @contextlib.contextmanager
 def embedded_postgres(datadir: Path) -> Iterator[str]:
     """pgserver in ``datadir``; yields a conninfo for a ``meterhub`` database."""
-    try:
-        import pgserver
-    except ImportError as exc:  # pragma: no cover - pgserver is a dependency
-        raise EmbeddedServiceError(
-            "pgserver is not installed; set METERHUB_DATABASE_URL to a PostgreSQL instead"
-        ) from exc
     datadir.mkdir(parents=True, exist_ok=True)
     try:
         with warnings.catch_warnings():  # platformdirs complains about XDG_RUNTIME_DIR
             warnings.simplefilter("ignore")
+            import pgserver
+
             server = pgserver.get_server(str(datadir), cleanup_mode="stop")
     except Exception as exc:
         raise EmbeddedServiceError(
