@@ -181,6 +181,8 @@ def _evaluate_one(
         conn.execute("UPDATE billing_meters SET relay_wanted = 'open' WHERE account_id = %s",
                      (acc_id,))
         for m in meters:
+            # a status question still waiting must not keep the cut-off out
+            lifecycle.cancel_active(conn, m, "relay_status", actor, "superseded by cut-off")
             if lifecycle.queue_command(
                 conn, account_id=acc_id, meter_id=m, action="relay_open", purpose="cutoff",
                 now=now, ttl_s=knobs.command_ttl_s, max_attempts=knobs.max_attempts,
@@ -197,6 +199,7 @@ def _evaluate_one(
         for m in meters:
             # a cut-off not yet executed is simply cancelled: the payment arrived first
             lifecycle.cancel_active(conn, m, "relay_open", actor, "payment arrived first")
+            lifecycle.cancel_active(conn, m, "relay_status", actor, "superseded by restore")
             stats.restores_queued += int(
                 ensure_relay(conn, acc_id, m, action, now, knobs, actor, "restore",
                              decision.reason)
