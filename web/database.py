@@ -99,6 +99,9 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+
 def table_exists(conn: psycopg.Connection[Any], name: str) -> bool:
-    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL AS ok", (name,)).fetchone()
-    return bool(row and (row["ok"] if isinstance(row, dict) else row[0]))
+    """Whether another part's table is there yet (parts migrate independently)."""
+    with conn.cursor(row_factory=tuple_row) as cur:
+        row = cur.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()
+    return bool(row and row[0])

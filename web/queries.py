@@ -13,6 +13,8 @@ from typing import Any
 
 import psycopg
 
+from web import database
+
 Row = dict[str, Any]
 
 # History resolution picked from the requested range: a chart wants a few hundred points.
@@ -162,8 +164,7 @@ def meter_detail(conn: psycopg.Connection[Any], meter_id: str) -> Row | None:
     if out is None:
         return None
     billing = None
-    has = conn.execute("SELECT to_regclass('billing_meters') IS NOT NULL AS ok").fetchone()
-    if has and has["ok"]:
+    if database.table_exists(conn, "billing_meters"):
         billing = conn.execute(
             "SELECT account_id AS account, relay_wanted, relay_reported, customer_action_needed"
             " FROM billing_meters WHERE meter_id = %s", (meter_id,)).fetchone()

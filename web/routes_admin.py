@@ -9,7 +9,6 @@ from aiohttp import web
 
 from web import auth, database, inputs
 from web.app import API, current_user, json_response, requires
-from web.auth import User
 from web.errors import BadRequest, Conflict, NotFound
 
 routes = web.RouteTableDef()
@@ -152,6 +151,3 @@ def _audit_rows(conn: psycopg.Connection[Any], who: str | None, limit: int,
         f"SELECT id, at, user_name AS user, role, action, target, detail FROM web_audit"
         f" WHERE {where} ORDER BY id DESC LIMIT %s OFFSET %s", [*params, limit, offset])]
 
-
-def user_json(user: User) -> dict[str, Any]:
-    return {"id": user.id, "name": user.name, "role": user.role}
