@@ -203,23 +203,33 @@ async def run_demo(
         summary.web_url = web_server.url
         _say(f"web page: {web_server.url}  (login {user} / {password})")
     try:
-        await _run(plan, fleet, summary, database_url, mqtt, duration, live, started)
+        with fleet, tempfile.TemporaryDirectory(prefix="meterhub-demo-") as state:
+            await _DemoRun(plan, fleet, summary, database_url, mqtt, Path(state)).run(
+                started, duration, live
+            )
     finally:
         if web_server is not None:
             await web_server.close()
     return summary
 
 
-async def _run(plan: DemoPlan, fleet: Any, summary: DemoSummary, database_url: str,
-               mqtt: MqttSettings, duration: float | None, live: bool, started: float) -> None:
-    from billing import BillingConfig, BillingEngine, create_account, topup
-    from collector import Collector, CollectorConfig
-    from gateway import Gateway, config_from_dict
+class _DemoRun:
+    """The parts of one demo run, the scenario that drives them, and an orderly stop."""
 
-    with fleet, tempfile.TemporaryDirectory(prefix="meterhub-demo-") as state:
-        gateway_config = config_from_dict(_gateway_spec(plan, fleet), source="demo")
-        gateway = Gateway(gateway_config, mqtt=mqtt, state_dir=Path(state))
-        collector = Collector(
+    def __init__(self, plan: DemoPlan, fleet: Any, summary: DemoSummary, database_url: str,
+                 mqtt: MqttSettings, state_dir: Path) -> None:
+        from billing import BillingConfig, BillingEngine
+        from collector import Collector, CollectorConfig
+        from gateway import Gateway, config_from_dict
+
+        self.plan, self.summary, self.database_url = plan, summary, database_url
+        self.dry = fleet.meter(plan.dry_meter)
+        self.gateway = Gateway(
+            config_from_dict(_gateway_spec(plan, fleet), source="demo"),
+            mqtt=mqtt,
+            state_dir=state_dir,
+        )
+        self.collector = Collector(
             CollectorConfig(
                 database_url=database_url,
                 mqtt=mqtt,
@@ -231,7 +241,7 @@ async def _run(plan: DemoPlan, fleet: Any, summary: DemoSummary, database_url: s
                 client_id=f"demo-collector-{plan.run_id}",
             )
         )
-        billing = BillingEngine(
+        self.billing = BillingEngine(
             BillingConfig(
                 database_url=database_url,
                 mqtt=mqtt,
@@ -242,8 +252,14 @@ async def _run(plan: DemoPlan, fleet: Any, summary: DemoSummary, database_url: s
                 reconcile_grace_s=10.0,
             )
         )
-        with psycopg.connect(database_url) as conn:
-            for account, meter, opening in plan.accounts():
+        self.topped_up = False
+        self.open_energy: float | None = None
+
+    def open_accounts(self) -> None:
+        from billing import create_account
+
+        with psycopg.connect(self.database_url) as conn:
+            for account, meter, opening in self.plan.accounts():
                 create_account(
                     conn,
                     account,
@@ -253,68 +269,88 @@ async def _run(plan: DemoPlan, fleet: Any, summary: DemoSummary, database_url: s
                     credit=_demo_credit(),
                     opening_balance=opening,
                 )
-            conn.commit()
-        summary.meters = len(plan.meter_ids())
-        summary.dry_account = plan.accounts()[0][0]
+        self.summary.meters = len(self.plan.meter_ids())
+        self.summary.dry_account = self.plan.accounts()[0][0]
 
+    async def run(self, started: float, duration: float | None, live: bool) -> None:
+        await asyncio.to_thread(self.open_accounts)
         stop_gateway, stop_backend = asyncio.Event(), asyncio.Event()
-        tasks = [
-            asyncio.create_task(collector.run(stop_backend), name="collector"),
-            asyncio.create_task(billing.run(stop_backend), name="billing"),
-            asyncio.create_task(gateway.run(stop_gateway), name="gateway"),
+        backend = [
+            asyncio.create_task(self.collector.run(stop_backend), name="collector"),
+            asyncio.create_task(self.billing.run(stop_backend), name="billing"),
         ]
-        dry = fleet.meter(plan.dry_meter)
+        gateway = asyncio.create_task(self.gateway.run(stop_gateway), name="gateway")
         deadline = None if duration is None else started + duration
-        topped_up = False
-        open_energy: float | None = None
         try:
             while deadline is None or time.monotonic() < deadline - 2:
                 await asyncio.sleep(1.0)
-                _raise_if_failed(tasks)
-                if dry.relay_open and not summary.relay_opened_on_meter:
-                    summary.relay_opened_on_meter = True
-                    open_energy = dry.value("energy_import_total")
-                    summary.events.append(
-                        f"{time.monotonic() - started:5.1f}s relay of {plan.dry_meter} opened, "
-                        f"power {dry.value('power_active_total')} kW"
-                    )
-                if summary.relay_opened_on_meter and open_energy is not None and dry.relay_open:
-                    summary.energy_frozen_while_open = (
-                        dry.value("energy_import_total") == open_energy
-                    )
-                if billing.stats.cutoffs_acked and not topped_up:
+                _raise_if_failed([*backend, gateway])
+                at = f"{time.monotonic() - started:5.1f}s"
+                self.observe_relay(at)
+                if self.billing.stats.cutoffs_acked and not self.topped_up:
                     await asyncio.sleep(TOPUP_DELAY_S)
-                    with psycopg.connect(database_url) as conn:
-                        topup(conn, summary.dry_account, TOPUP_AMOUNT, channel="wechat",
-                              reference=f"{summary.dry_account}-topup-1")
-                        conn.commit()
-                    topped_up = True
-                    summary.events.append(
-                        f"{time.monotonic() - started:5.1f}s topped up {summary.dry_account} "
-                        f"by {TOPUP_AMOUNT}"
-                    )
-                if topped_up and summary.relay_opened_on_meter and not dry.relay_open:
-                    if not summary.relay_closed_again:
-                        summary.events.append(
-                            f"{time.monotonic() - started:5.1f}s relay of {plan.dry_meter} "
-                            "closed again"
-                        )
-                    summary.relay_closed_again = True
+                    await asyncio.to_thread(self.top_up, f"{time.monotonic() - started:5.1f}s")
                 if live:
-                    _say(_status_line(started, gateway, billing, database_url, plan, dry))
+                    _say(await asyncio.to_thread(self.status_line, at))
         finally:
-            # Gateway first: it flushes its buffer; then give the collector time to store
+            # Gateway first: it flushes its buffer; then the collector gets time to store
             # everything that was published before the backend stops.
             stop_gateway.set()
-            await asyncio.wait_for(tasks[2], 15)
-            summary.readings_published = gateway.stats.readings_published
-            await _wait_stored(database_url, plan, summary.readings_published, timeout=15)
+            await asyncio.wait_for(gateway, 15)
+            self.summary.readings_published = self.gateway.stats.readings_published
+            await _wait_stored(
+                self.database_url, self.plan, self.summary.readings_published, timeout=15
+            )
             stop_backend.set()
-            await asyncio.wait_for(asyncio.gather(*tasks[:2], return_exceptions=True), 20)
-        summary.readings_stored = _stored(database_url, plan)
-        summary.cutoffs_acked = billing.stats.cutoffs_acked
-        summary.restores_acked = billing.stats.restores_acked
-        summary.duration_s = round(time.monotonic() - started, 1)
+            await asyncio.wait_for(asyncio.gather(*backend, return_exceptions=True), 20)
+        self.summary.readings_stored = _stored(self.database_url, self.plan)
+        self.summary.cutoffs_acked = self.billing.stats.cutoffs_acked
+        self.summary.restores_acked = self.billing.stats.restores_acked
+        self.summary.duration_s = round(time.monotonic() - started, 1)
+
+    def observe_relay(self, at: str) -> None:
+        """What the simulated meter itself shows: relay, power, a frozen energy register."""
+        summary, dry = self.summary, self.dry
+        if dry.relay_open and not summary.relay_opened_on_meter:
+            summary.relay_opened_on_meter = True
+            self.open_energy = dry.value("energy_import_total")
+            summary.events.append(
+                f"{at} relay of {self.plan.dry_meter} opened, "
+                f"power {dry.value('power_active_total')} kW"
+            )
+        if dry.relay_open and self.open_energy is not None:
+            summary.energy_frozen_while_open = (
+                dry.value("energy_import_total") == self.open_energy
+            )
+        if self.topped_up and summary.relay_opened_on_meter and not dry.relay_open:
+            if not summary.relay_closed_again:
+                summary.events.append(f"{at} relay of {self.plan.dry_meter} closed again")
+            summary.relay_closed_again = True
+
+    def top_up(self, at: str) -> None:
+        """The customer pays after the cut-off; billing should restore supply."""
+        from billing import topup
+
+        with psycopg.connect(self.database_url) as conn:
+            topup(conn, self.summary.dry_account, TOPUP_AMOUNT, channel="wechat",
+                  reference=f"{self.summary.dry_account}-topup-1")
+        self.topped_up = True
+        self.summary.events.append(f"{at} topped up {self.summary.dry_account} by {TOPUP_AMOUNT}")
+
+    def status_line(self, at: str) -> str:
+        from billing import balance
+
+        account = self.summary.dry_account
+        with psycopg.connect(self.database_url) as conn:
+            left = balance(conn, account)
+        return (
+            f"[{at}] published {self.gateway.stats.readings_published:4d} "
+            f"stored {_stored(self.database_url, self.plan):4d} | {account} balance {left:>8} "
+            f"| relay {'OPEN  ' if self.dry.relay_open else 'closed'} "
+            f"{self.dry.value('power_active_total'):.3f} kW "
+            f"| cut-offs {self.billing.stats.cutoffs_acked} "
+            f"restores {self.billing.stats.restores_acked}"
+        )
 
 
 def _raise_if_failed(tasks: list[asyncio.Task[None]]) -> None:
@@ -338,21 +374,6 @@ async def _wait_stored(database_url: str, plan: DemoPlan, expected: int, timeout
         if await asyncio.to_thread(_stored, database_url, plan) >= expected:
             return
         await asyncio.sleep(0.5)
-
-
-def _status_line(started: float, gateway: Any, billing: Any, database_url: str,
-                 plan: DemoPlan, dry: Any) -> str:
-    from billing import balance
-
-    with psycopg.connect(database_url) as conn:
-        left = balance(conn, plan.accounts()[0][0])
-    return (
-        f"[{time.monotonic() - started:5.1f}s] published {gateway.stats.readings_published:4d} "
-        f"stored {_stored(database_url, plan):4d} | {plan.accounts()[0][0]} balance {left:>8} "
-        f"| relay {'OPEN  ' if dry.relay_open else 'closed'} "
-        f"{dry.value('power_active_total'):.3f} kW | cut-offs {billing.stats.cutoffs_acked} "
-        f"restores {billing.stats.restores_acked}"
-    )
 
 
 # --------------------------------------------------------------------------- specs
