@@ -156,3 +156,15 @@ def command(conn: psycopg.Connection[Any], command_id: str) -> Row | None:
         "SELECT at, from_state, to_state, actor, detail FROM billing_command_audit"
         " WHERE command_id = %s ORDER BY audit_id", (command_id,)).fetchall()]
     return out
+
+
+def approvals(conn: psycopg.Connection[Any], waiting_only: bool) -> list[Row]:
+    rows = conn.execute(
+        f"""SELECT group_key AS "group", households, requested_at, approved_at, approved_by,
+                   valid_until,
+                   (SELECT count(*) FROM billing_accounts a WHERE a.group_key = p.group_key
+                      AND a.awaiting_approval) AS accounts_waiting
+            FROM billing_cutoff_approvals p
+            {"WHERE approved_at IS NULL OR valid_until < now()" if waiting_only else ""}
+            ORDER BY requested_at DESC LIMIT 200""").fetchall()
+    return [dict(r) for r in rows]

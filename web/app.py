@@ -89,7 +89,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as exc:
-        return web.json_response(exc.body(), status=exc.status)
+        return web.json_response(exc.body(), status=exc.status, headers=exc.headers)
     except web.HTTPException as exc:
         if exc.status < 400 or not request.path.startswith(API):
             raise
@@ -190,6 +190,7 @@ def create_app(
     app[SETTINGS_KEY] = settings
     app[database.POOL_KEY] = database.make_pool(database_url)
     app[LIVE_KEY] = LiveHub(app, settings.live_interval_s, settings.offline_after_s, mqtt)
+    app[routes_session.THROTTLE_KEY] = routes_session.LoginThrottle()
     app.on_startup.append(_start)
     app.on_shutdown.append(_stop_live)
     app.on_cleanup.append(_close_pool)

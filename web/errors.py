@@ -15,12 +15,14 @@ class ApiError(Exception):
     status = 400
 
     def __init__(self, message: str, *, status: int | None = None,
-                 details: dict[str, Any] | None = None) -> None:
+                 details: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         if status is not None:
             self.status = status
         self.details = details or {}
+        self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
         err: dict[str, Any] = {"status": self.status, "message": self.message}
@@ -47,6 +49,10 @@ class NotFound(ApiError):
 
 class Conflict(ApiError):
     status = 409
+
+
+class TooManyRequests(ApiError):
+    status = 429
 
 
 class Unavailable(ApiError):

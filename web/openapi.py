@@ -157,6 +157,9 @@ SCHEMAS: dict[str, S] = {
         "audit": _arr(_obj({"at": TIME, "from_state": _null(STR), "to_state": STR,
                             "actor": STR, "detail": STR})),
     }, optional=("audit",)),
+    "Approval": _obj({"group": STR, "households": INT, "requested_at": TIME,
+                      "approved_at": _null(TIME), "approved_by": _null(STR),
+                      "valid_until": _null(TIME), "accounts_waiting": INT}),
     "AuditEntry": _obj({"id": INT, "at": TIME, "user": STR, "role": STR, "action": STR,
                         "target": STR, "detail": ANY_OBJ}),
 }
@@ -185,6 +188,7 @@ TO = _q("to", TIME, "end of the range (ISO-8601 with timezone, default now)")
 def _errors(*codes: int) -> dict[str, S]:
     text = {400: "invalid input (the message says what)", 401: "not logged in",
             403: "role too low", 404: "not found", 409: "conflicts with the current state",
+            429: "too many attempts; the message says when to try again",
             503: "a needed part (database, billing tables) is not available"}
     return {str(c): {"description": text[c],
                      "content": {"application/json": {"schema": _ref("Error")}}}
@@ -235,7 +239,8 @@ def _paths() -> dict[str, S]:
                                tag="service")},
         "/session": {
             "post": _op("Log in to the page (sets the session cookie)",
-                        _obj({"user": _ref("User")}), public=True, errors=(400, 401, 503),
+                        _obj({"user": _ref("User")}), public=True,
+                        errors=(400, 401, 429, 503),
                         body=_obj({"name": _name(100), "password": _name(200)}),
                         tag="session"),
             "delete": _op("Log out (clears the session cookie)", _obj({"ok": BOOL}),
@@ -335,6 +340,16 @@ def _paths() -> dict[str, S]:
         "/alerts": {"get": _op("Balance alerts and warnings, newest first",
                                _obj({"alerts": _arr(_ref("Alert")), **_page_props()}),
                                params=[_q("account", _text()), LIMIT, OFFSET], tag="accounts")},
+        "/cutoff-approvals": {
+            "get": _op("Mass cut-offs (one building or transformer) waiting for a person's "
+                       "approval, or all of them", _obj({"approvals": _arr(_ref("Approval"))}),
+                       params=[_q("state", {"type": "string", "enum": ["waiting", "all"]})],
+                       tag="accounts"),
+            "post": _op("Approve the waiting mass cut-off of a group (valid for 4 hours)",
+                        _ref("Approval"), role="operator", tag="accounts",
+                        body=_obj({"group": _name(200)}),
+                        errors=(400, 401, 403, 404, 503)),
+        },
         "/commands": {
             "get": _op("Relay command history, newest first",
                        _list("commands", _ref("Command")),

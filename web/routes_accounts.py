@@ -123,6 +123,39 @@ async def list_alerts(request: web.Request) -> web.Response:
     return json_response({"alerts": rows, "limit": limit, "offset": offset})
 
 
+# ---------------------------------------------------------------------------- mass cut-offs
+
+
+@routes.get(f"{API}/cutoff-approvals")
+@requires("viewer")
+async def list_approvals(request: web.Request) -> web.Response:
+    """Buildings / transformers whose many due cut-offs wait for (or got) a person's yes."""
+    pending = inputs.query_text(request, "state", choices=("waiting", "all"), default="waiting")
+    rows = await database.run(request, accounts.approvals, pending == "waiting")
+    return json_response({"approvals": rows})
+
+
+@routes.post(f"{API}/cutoff-approvals")
+@requires("operator")
+async def approve(request: web.Request) -> web.Response:
+    body = await inputs.json_body(request)
+    inputs.only_keys(body, ("group",))
+    group = inputs.text(body.get("group"), "group", max_len=200)
+    assert group is not None
+    user = current_user(request)
+
+    def post(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+        database.audit(conn, user, "cutoff.approve", f"group:{group}")
+        with database.tuple_rows(conn):
+            found = billing_ledger.approve_cutoffs(conn, group, by=f"web:{user.name}")
+        if not found:
+            raise NotFound(f"no mass cut-off is waiting for group {group!r}")
+        row = next(r for r in accounts.approvals(conn, False) if r["group"] == group)
+        return row
+
+    return json_response(await database.run(request, post))
+
+
 # ---------------------------------------------------------------------------- commands
 
 

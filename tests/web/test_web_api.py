@@ -304,3 +304,40 @@ async def test_other_reads(client: Client, logins: Logins, fleet: Fleet, db_url:
     await _json(client, "GET", "/meters/nope/history", logins, status=404)
     await _json(client, "GET", "/accounts/nope", logins, status=404)
     await _json(client, "GET", "/commands/nope", logins, status=404)
+
+
+async def test_password_guessing_is_slowed(client: Client, logins: Logins) -> None:
+    for _ in range(5):
+        await _json(client, "POST", "/session", status=401,
+                    json={"name": "admin", "password": "guess"})
+    blocked = await client.post("/api/v1/session",
+                                json={"name": "admin", "password": logins.passwords["admin"]})
+    assert blocked.status == 429 and int(blocked.headers["Retry-After"]) > 0
+    assert "too many wrong passwords" in (await blocked.json())["error"]["message"]
+    ok = await _json(client, "POST", "/session",  # other names are not affected
+                     json={"name": "viewer", "password": logins.passwords["viewer"]})
+    assert ok["user"]["name"] == "viewer"
+
+
+async def test_mass_cutoff_approval(client: Client, logins: Logins, fleet: Fleet,
+                                    db_url: str) -> None:
+    with psycopg.connect(db_url) as conn:  # as billing's policy records a held mass cut-off
+        conn.execute("INSERT INTO billing_cutoff_approvals (group_key, households)"
+                     " VALUES ('tower-7', 64)")
+        conn.execute("UPDATE billing_accounts SET group_key = 'tower-7',"
+                     " awaiting_approval = true WHERE account_id = %s", (fleet.account,))
+    waiting = await _json(client, "GET", "/cutoff-approvals", logins)
+    assert [(a["group"], a["households"], a["accounts_waiting"])
+            for a in waiting["approvals"]] == [("tower-7", 64, 1)]
+    await _json(client, "POST", "/cutoff-approvals", logins, role="engineer", status=403,
+                json={"group": "tower-7"})
+    await _json(client, "POST", "/cutoff-approvals", logins, role="operator", status=404,
+                json={"group": "tower-8"})
+    done = await _json(client, "POST", "/cutoff-approvals", logins, role="operator",
+                       json={"group": "tower-7"})
+    assert done["approved_by"] == "web:operator" and done["valid_until"] is not None
+    assert (await _json(client, "GET", "/cutoff-approvals", logins))["approvals"] == []
+    audit = await _json(client, "GET", "/audit", logins, role="admin",
+                        params={"user": "operator"})
+    # the refused attempt (404) left no audit row: its transaction was rolled back
+    assert [e["action"] for e in audit["entries"]] == ["cutoff.approve"]

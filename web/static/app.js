@@ -530,9 +530,24 @@ async function viewAccounts(target) {
   };
   let timer = null;
   search.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(() => load().catch((e) => toast(e.message, true)), 250); });
-  let alerts = [];
-  try { alerts = (await api("GET", "/alerts?limit=10")).alerts; } catch { /* billing absent */ }
+  let alerts = [], approvals = [];
+  try {
+    [alerts, approvals] = await Promise.all([
+      api("GET", "/alerts?limit=10").then((x) => x.alerts),
+      api("GET", "/cutoff-approvals").then((x) => x.approvals)]);
+  } catch { /* billing not migrated: the table below says so */ }
+  const approve = async (group) => {
+    try {
+      await api("POST", "/cutoff-approvals", { group });
+      toast(`mass cut-off of ${group} approved for 4 hours`);
+      await viewAccounts(target);
+    } catch (e) { toast(e.message, true); }
+  };
   target.replaceChildren(h("div", { class: "spread" }, h("h1", {}, "Accounts"), search),
+    approvals.length ? section("Mass cut-offs waiting for approval", table(["Group", "Households#", "Accounts waiting#", "Requested", ""],
+      approvals.map((p) => h("tr", { "data-approval": p.group }, h("td", {}, p.group), h("td", { class: "num" }, p.households),
+        h("td", { class: "num" }, p.accounts_waiting), h("td", {}, ago(p.requested_at)),
+        h("td", {}, can("operator") ? h("button", { type: "button", class: "danger", onclick: () => approve(p.group) }, "Approve cut-off") : ""))))) : null,
     section(null, box),
     section("Latest alerts", alertTable(alerts)));
   await load();
