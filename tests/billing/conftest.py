@@ -1,62 +1,14 @@
-"""Helpers for billing tests: a connection to the test's own database and a way to write
-validated intervals the way the collector does (its table, its change_id trigger)."""
+"""Billing test fixtures: a connection to the test's own database."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from collections.abc import Iterator
 
 import psycopg
 import pytest
-
-T0 = datetime(2026, 3, 2, 0, 0, tzinfo=UTC)  # a Monday, 08:00 in Shanghai
 
 
 @pytest.fixture
 def conn(db_url: str) -> Iterator[psycopg.Connection]:
     with psycopg.connect(db_url, autocommit=True) as c:
         yield c
-
-
-def put_intervals(
-    conn: psycopg.Connection,
-    meter: str,
-    kwhs: Sequence[Decimal | str],
-    *,
-    start: datetime = T0,
-    step: timedelta = timedelta(minutes=15),
-    quality: str = "A",
-    held: bool = False,
-) -> None:
-    """Insert or replace intervals (an upsert bumps change_id through the collector's trigger)."""
-    rows = [
-        (meter, start + i * step, start + (i + 1) * step, Decimal(str(k)), quality, held)
-        for i, k in enumerate(kwhs)
-    ]
-    with conn.cursor() as cur:
-        cur.executemany(
-            """INSERT INTO intervals (meter_id, interval_start, interval_end, kwh, quality, held,
-                   change_id)
-               VALUES (%s, %s, %s, %s, %s, %s, 0)
-               ON CONFLICT (meter_id, interval_start) DO UPDATE
-               SET kwh = EXCLUDED.kwh, quality = EXCLUDED.quality, held = EXCLUDED.held""",
-            rows,
-        )
-
-
-def set_held(conn: psycopg.Connection, meter: str, start: datetime, held: bool) -> None:
-    conn.execute(
-        "UPDATE intervals SET held = %s WHERE meter_id = %s AND interval_start = %s",
-        (held, meter, start),
-    )
-
-
-def put_meter(conn: psycopg.Connection, meter: str, site: str, gateway: str) -> None:
-    conn.execute(
-        """INSERT INTO meters (meter_id, gateway, site, protocol, expected_interval_s,
-               first_seen, last_seen) VALUES (%s, %s, %s, 'dlt645', 900, now(), now())
-           ON CONFLICT (meter_id) DO UPDATE SET gateway = EXCLUDED.gateway,
-               site = EXCLUDED.site""",
-        (meter, gateway, site),
-    )

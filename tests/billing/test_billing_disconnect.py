@@ -8,7 +8,7 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import psycopg
-from conftest import T0, put_intervals
+from billing_helpers import T0, put_intervals
 
 from billing import ledger
 from billing.charging import charge_all
@@ -169,7 +169,7 @@ def test_failed_cutoff_is_tried_again_by_reconciliation(conn: psycopg.Connection
 
 
 def test_retry_rechecks_pending_topup_and_balance(conn: psycopg.Connection) -> None:
-    from conftest import put_meter
+    from billing_helpers import put_meter
 
     from billing.lifecycle import claim_due
 
@@ -200,7 +200,7 @@ def test_one_broken_account_spoils_no_other(conn: psycopg.Connection) -> None:
 
 
 def test_acks_only_count_from_the_gateway_the_command_went_to(conn: psycopg.Connection) -> None:
-    from conftest import put_meter
+    from billing_helpers import put_meter
 
     from billing.lifecycle import apply_ack, claim_due
     from meterhub import wire

@@ -19,7 +19,7 @@ from pathlib import Path
 import aiomqtt
 import psycopg
 import pytest
-from conftest import T0, put_intervals, put_meter
+from billing_helpers import T0, put_intervals, put_meter
 from fake_gateway import FakeGateway, running
 
 from billing import BillingConfig, BillingEngine, CreditSettings, balance, create_account, topup

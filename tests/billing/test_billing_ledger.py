@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import psycopg
 import pytest
-from conftest import T0, put_intervals, set_held
+from billing_helpers import T0, put_intervals, set_held
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
