@@ -118,6 +118,7 @@ class Batch:
     messages: int = 0
     first_at: float = 0.0  # monotonic time the first message joined
     publish_times: list[float] = field(default_factory=list)
+    rejected: bool = False  # already turned into dead letters after the database refused it
 
     def add_readings(self, parsed: Parsed) -> None:
         self.rows.extend(parsed.rows)

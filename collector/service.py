@@ -210,6 +210,13 @@ class Collector:
                 if batch.messages > 1:
                     await self._flush_one_by_one(consumer, batch, stop)
                     return
+                if batch.rejected:
+                    # Not even its raw bytes could be stored: say so loudly and let it go, or
+                    # the broker would hand it back to us forever.
+                    log.error("message on %s refused by the database even as a dead letter: "
+                              "%s", batch.items[0].topic if batch.items else "?", exc)
+                    result = _store.WriteResult(0, 0, 0, 0)
+                    break
                 batch = self._as_dead(batch, f"refused by the database: {exc}")
         if self.on_commit is not None:
             self.on_commit(batch)
@@ -228,7 +235,7 @@ class Collector:
     @staticmethod
     def _as_dead(batch: Batch, reason: str) -> Batch:
         dead = Batch(messages=batch.messages, acks=batch.acks, items=batch.items,
-                     publish_times=batch.publish_times, first_at=batch.first_at)
+                     publish_times=batch.publish_times, first_at=batch.first_at, rejected=True)
         for msg in batch.items:
             gateway = None
             with contextlib.suppress(wire.WireError):
