@@ -60,8 +60,19 @@ def _serve(args: argparse.Namespace) -> int:
             db.migrate(url)
         app = create_app(url, mqtt=mqtt, offline_after_s=args.offline_after)
         print(f"meterhub web: http://{args.host}:{args.port}/", file=sys.stderr)
+        if not _has_users(url):
+            print("no logins yet: create one with "
+                  "'meterhub web create-user --name NAME --role admin'", file=sys.stderr)
         web.run_app(app, host=args.host, port=args.port, print=None)
     return 0
+
+
+def _has_users(url: str) -> bool:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT EXISTS (SELECT 1 FROM web_users)").fetchone()
+    return bool(row and row[0])
 
 
 def _create_user(args: argparse.Namespace) -> int:

@@ -71,7 +71,9 @@ def test_web_command_serves_page_and_api(db_url: str) -> None:
         assert requests.get(f"{base}/api/v1/gateways", timeout=5).status_code == 401
     finally:
         proc.terminate()
-        proc.wait(20)
+        _, err = proc.communicate(timeout=20)
+    assert f"http://127.0.0.1:{port}/" in err
+    assert "meterhub web create-user --name NAME --role admin" in err
 
 
 async def test_demo_helpers(db_url: str) -> None:

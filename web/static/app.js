@@ -360,6 +360,7 @@ async function viewMeter(target, meterId) {
   const barSvg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
   barSvg.setAttribute("class", "chart"); barSvg.setAttribute("data-testid", "chart-intervals");
   const series = { power: [], volt: [] };
+  let liveAppend = true;  // raw points only: a live reading does not belong in a bucket chart
   let span = { from: 0, to: 0 };
   const anomaliesBox = h("div");
   const commandsBox = h("div");
@@ -377,6 +378,7 @@ async function viewMeter(target, meterId) {
       api("GET", `/meters/${enc}/intervals?${rangeKey === "1h" || rangeKey === "6h" ? `from=${new Date(to - 86400e3).toISOString()}&to=${to.toISOString()}` : q}`),
     ]);
     span = { from: +from, to: +to };
+    liveAppend = p.resolution === "raw";
     series.power = p.points.map((x) => ({ t: Date.parse(x.t), v: x.value }));
     series.volt = v.points.map((x) => ({ t: Date.parse(x.t), v: x.value }));
     drawLines();
@@ -435,7 +437,7 @@ async function viewMeter(target, meterId) {
     span = { from: now - RANGES[rangeKey], to: now };
     for (const [key, q] of [["power", "power_active_total"], ["volt", "voltage_a"]]) {
       const v = m.values[q];
-      if (!v) continue;
+      if (!v || !liveAppend) continue;
       const t = Date.parse(v.at);
       const s = series[key];
       if (!s.length || s[s.length - 1].t < t) s.push({ t, v: v.value });
