@@ -164,6 +164,9 @@ def validate_chunk(conn: psycopg.Connection, interval_s: int, cfg: ValidationCon
         window = [datetime.fromtimestamp(np.floor(d[1].timestamp() / size) * size - size, UTC)
                   for d in dirty]
         result = _validate(conn, names, window, interval_s, cfg)
+        # lock in meter order, as ingest does when it marks meters: no deadlock between them
+        conn.execute("SELECT 1 FROM vee_dirty WHERE meter_id = ANY(%s) ORDER BY meter_id "
+                     "FOR UPDATE", (names,))
         conn.execute(
             "DELETE FROM vee_dirty d USING unnest(%s::text[], %s::bigint[]) AS u(m, mark) "
             "WHERE d.meter_id = u.m AND d.mark <= u.mark",
