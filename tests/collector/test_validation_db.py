@@ -228,3 +228,21 @@ def test_forward_estimates_for_a_silent_meter_are_replaced_when_reads_arrive(db_
     assert all(r[5] > est[0][5] for r in first_hour)  # new change ids: billing re-charges
     rest = [r for t, r in after.items() if t >= silent_from + timedelta(hours=1)]
     assert {r[2] for r in rest} == {"E"}  # still forward of the last read
+
+
+def test_migrate_and_review_commands(db_url, capsys):
+    assert cli.main(["collector", "migrate", "--database-url", db_url]) == 0
+    assert "up to date" in capsys.readouterr().out
+    with psycopg.connect(db_url) as conn:
+        item = conn.execute(
+            "INSERT INTO review_items (meter_id, rule, period_start, period_end, reason) "
+            "VALUES ('m9', 'surge', %s, %s, 'test surge') RETURNING id",
+            (T0, T0 + timedelta(minutes=15))).fetchone()[0]
+    assert cli.main(["collector", "review", "--database-url", db_url]) == 0
+    assert f"#{item} m9 surge" in capsys.readouterr().out
+    assert cli.main(["collector", "review", "--database-url", db_url, str(item),
+                     "--dismiss"]) == 1  # who decides is required
+    assert "name of the person" in capsys.readouterr().err
+    assert cli.main(["collector", "review", "--database-url", db_url, str(item), "--dismiss",
+                     "--by", "eng. Wu", "--comment", "sensor test"]) == 0
+    assert "dismissed" in capsys.readouterr().out
