@@ -65,10 +65,14 @@ def services() -> Iterator[tuple[str, MqttSettings]]:
     with contextlib.ExitStack() as stack:
         url = os.environ.get(DATABASE_URL_ENV)
         if not url:
-            url = stack.enter_context(embedded_postgres(Path(tempfile.mkdtemp(prefix="mhb-pg"))))
+            pg_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="mhb-pg"))
+            url = stack.enter_context(embedded_postgres(Path(pg_dir)))
         mqtt_url = os.environ.get(MQTT_URL_ENV)
-        mqtt = (MqttSettings.from_url(mqtt_url) if mqtt_url else
-                stack.enter_context(mosquitto_broker(Path(tempfile.mkdtemp(prefix="mhb-mq")))))
+        if mqtt_url:
+            mqtt = MqttSettings.from_url(mqtt_url)
+        else:
+            mq_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="mhb-mq"))
+            mqtt = stack.enter_context(mosquitto_broker(Path(mq_dir)))
         yield url, mqtt
 
 
