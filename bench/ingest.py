@@ -60,18 +60,23 @@ QUANTITIES = (("energy_import_total", "kWh"), ("voltage_a", "V"), ("current_a", 
               ("power_active_total", "kW"))
 
 
+def _scratch(prefix: str) -> tempfile.TemporaryDirectory[str]:
+    # pgserver may leave files owned by its own user behind: do not fail on them
+    return tempfile.TemporaryDirectory(prefix=prefix, ignore_cleanup_errors=True)
+
+
 @contextlib.contextmanager
 def services() -> Iterator[tuple[str, MqttSettings]]:
     with contextlib.ExitStack() as stack:
         url = os.environ.get(DATABASE_URL_ENV)
         if not url:
-            pg_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="mhb-pg"))
+            pg_dir = stack.enter_context(_scratch("mhb-pg"))
             url = stack.enter_context(embedded_postgres(Path(pg_dir)))
         mqtt_url = os.environ.get(MQTT_URL_ENV)
         if mqtt_url:
             mqtt = MqttSettings.from_url(mqtt_url)
         else:
-            mq_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="mhb-mq"))
+            mq_dir = stack.enter_context(_scratch("mhb-mq"))
             mqtt = stack.enter_context(mosquitto_broker(Path(mq_dir)))
         yield url, mqtt
 
