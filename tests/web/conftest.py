@@ -1,123 +1,23 @@
-"""Fixtures for the web part: a served app on a real PostgreSQL, logins per role, and a small
-fleet written the way the collector and billing write it (their tables; billing's functions).
-"""
+"""Fixtures for the web part: a served app on a real PostgreSQL, logins per role and a small
+seeded fleet (see web_helpers)."""
 
 from __future__ import annotations
 
-import socket
 import threading
-import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
-import psycopg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from web_helpers import Fleet, Logins, free_port, make_logins, seed_fleet
 
-from billing.ledger import create_account, topup
 from web import create_app
-from web.auth import ROLES, create_token, create_user
-
-
-@dataclass
-class Logins:
-    tokens: dict[str, str] = field(default_factory=dict)
-    passwords: dict[str, str] = field(default_factory=dict)
-
-    def auth(self, role: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.tokens[role]}"}
-
-
-def make_logins(db_url: str) -> Logins:
-    logins = Logins()
-    with psycopg.connect(db_url) as conn:
-        for role in ROLES:
-            user_id, password = create_user(conn, role, role, created_by="test")
-            logins.passwords[role] = password
-            logins.tokens[role] = create_token(conn, user_id, "test")[1]
-    return logins
 
 
 @pytest.fixture
 def logins(db_url: str) -> Logins:
     return make_logins(db_url)
-
-
-@dataclass
-class Fleet:
-    gateway: str
-    offline_gateway: str
-    meters: list[str]
-    account: str
-    review_id: int
-    now: datetime
-
-
-def seed_fleet(db_url: str) -> Fleet:
-    """Two gateways (one offline), three meters with an hour of readings, intervals with a
-    held surge and its open review item, and a prepaid account on the first meter."""
-    tag = uuid.uuid4().hex[:6]
-    gw, gw_off = f"gw-{tag}", f"gw-{tag}-off"
-    meters = [f"m-{tag}-{n}" for n in (1, 2, 3)]
-    now = datetime.now(UTC).replace(microsecond=0)
-    with psycopg.connect(db_url) as conn:
-        conn.execute(
-            "INSERT INTO gateways (gateway, site, state, health, status_at, last_seen, max_seq,"
-            " batches) VALUES (%s, 'site-a', 'online', '{\"buffer_depth\": 0}', %s, %s, 10, 10),"
-            " (%s, 'site-a', 'offline', '{}', %s, %s, 3, 3)",
-            (gw, now, now, gw_off, now - timedelta(hours=2), now - timedelta(hours=2)))
-        for n, meter in enumerate(meters):
-            conn.execute(
-                "INSERT INTO meters (meter_id, gateway, site, protocol, expected_interval_s,"
-                " first_seen, last_seen, relay, relay_at)"
-                " VALUES (%s, %s, 'site-a', 'dlt645-2007', 900, %s, %s, 'closed', %s)",
-                (meter, gw_off if n == 2 else gw, now - timedelta(hours=1), now, now))
-            rows = []
-            for k in range(61):
-                ts = now - timedelta(minutes=60 - k)
-                rows += [
-                    (meter, "power_active_total", ts, 1.0 + 0.01 * k, "kW"),
-                    (meter, "voltage_a", ts, 230.0 + (k % 5), "V"),
-                    (meter, "energy_import_total", ts, 1000.0 + k / 60, "kWh"),
-                ]
-            with conn.cursor() as cur:
-                cur.executemany(
-                    "INSERT INTO readings (meter_id, quantity, ts, value, unit, gateway)"
-                    " VALUES (%s, %s, %s, %s, %s, 'seed')", rows)
-        start = now.replace(minute=0, second=0) - timedelta(hours=6)
-        for k in range(24):
-            s = start + timedelta(minutes=15 * k)
-            surge = k == 20
-            conn.execute(
-                "INSERT INTO intervals (meter_id, interval_start, interval_end, kwh, quality,"
-                " held, reason, flags) VALUES (%s, %s, %s, %s, 'A', %s, %s, %s)",
-                (meters[0], s, s + timedelta(minutes=15), Decimal("9.5") if surge
-                 else Decimal("0.25"), surge, "surge against baseline" if surge else None,
-                 ["surge"] if surge else []))
-        surge_at = start + timedelta(minutes=15 * 20)
-        review_id = conn.execute(
-            "INSERT INTO review_items (meter_id, rule, period_start, period_end, reason)"
-            " VALUES (%s, 'surge', %s, %s, 'consumption 9.5 kWh is 38x the usual 0.25 kWh')"
-            " RETURNING id", (meters[0], surge_at, surge_at + timedelta(minutes=15))
-        ).fetchone()[0]  # type: ignore[index]
-        conn.execute(
-            "INSERT INTO anomalies (meter_id, rule, at, reason, value, expected, holds,"
-            " review_item_id) VALUES (%s, 'surge', %s, 'consumption 38x the baseline', 9.5,"
-            " 0.25, true, %s)", (meters[0], surge_at, review_id))
-        conn.execute(
-            "INSERT INTO dead_letters (topic, payload, reason, gateway) VALUES"
-            " (%s, %s, 'readings: not valid JSON', %s)",
-            (f"meterhub/v1/site-a/{gw}/readings", b"{not json", gw))
-        account = f"acct-{tag}"
-        create_account(conn, account, meters=[meters[0]], tariff="residential-flat",
-                       name="Household One")
-        topup(conn, account, Decimal("30.00"), "counter", f"{account}-opening")
-        conn.commit()
-    return Fleet(gw, gw_off, meters, account, review_id, now)
 
 
 @pytest.fixture
@@ -130,12 +30,6 @@ async def client(db_url: str) -> AsyncIterator[TestClient[web.Request, web.Appli
     app = create_app(db_url, live_interval_s=0.3, offline_after_s=60)
     async with TestClient(TestServer(app)) as c:
         yield c
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

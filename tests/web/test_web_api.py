@@ -8,9 +8,9 @@ from typing import Any
 import psycopg
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from web_helpers import Fleet, Logins
 
 from billing.ledger import balance
-from tests.web.conftest import Fleet, Logins
 
 Client = TestClient[web.Request, web.Application]
 

@@ -11,8 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
-
-from tests.web.conftest import Fleet, Logins
+from web_helpers import Fleet, Logins
 
 CHROMIUM = "/usr/bin/chromium"
 

@@ -10,9 +10,9 @@ import time
 
 import aiohttp
 import requests
+from web_helpers import free_port
 
 from meterhub.settings import DATABASE_URL_ENV, MQTT_URL_ENV
-from tests.web.conftest import free_port
 from web import ensure_demo_user, start_server
 
 

@@ -14,10 +14,10 @@ import aiomqtt
 import psycopg
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
+from web_helpers import Fleet, Logins
 
 from meterhub import wire
 from meterhub.settings import MqttSettings
-from tests.web.conftest import Fleet, Logins
 from web import create_app
 
 Client = TestClient[web.Request, web.Application]

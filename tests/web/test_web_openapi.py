@@ -9,8 +9,8 @@ from typing import Any
 import requests
 import schemathesis
 from hypothesis import HealthCheck, settings
+from web_helpers import Fleet, Logins
 
-from tests.web.conftest import Fleet, Logins
 from web.openapi import document
 
 # The document the service serves is this one (test_served_document_is_the_module_one), so
