@@ -9,6 +9,7 @@ import sys
 import time
 
 import aiohttp
+import pytest
 import requests
 from web_helpers import free_port
 
@@ -93,5 +94,8 @@ async def test_demo_helpers(db_url: str) -> None:
             assert (await new.json())["user"]["role"] == "admin"
             gws = await http.get(f"{server.url}api/v1/gateways")
             assert gws.status == 200
+        taken = int(server.url.rsplit(":", 1)[1].rstrip("/"))
+        with pytest.raises(OSError):
+            await start_server(db_url, port=taken)
     finally:
         await server.close()
