@@ -496,7 +496,7 @@ async function viewReview(target) {
       h("dl", { class: "kv" }, h("dt", {}, "period"), h("dd", {}, `${when(r.period_start)} – ${new Date(r.period_end).toLocaleTimeString()}`),
         h("dt", {}, "opened"), h("dd", {}, ago(r.opened_at)),
         r.decided_by ? [h("dt", {}, "decided"), h("dd", {}, `${r.decided_by}, ${ago(r.decided_at)}`), h("dt", {}, "comment"), h("dd", {}, r.comment || "—")] : null),
-      r.status === "open" && can("engineer") ? h("div", { class: "row" }, comment,
+      r.status === "open" && can("engineer") ? h("div", { class: "row decide" }, comment,
         h("button", { type: "button", class: "primary", onclick: () => decide("confirm") }, "Confirm fault"),
         h("button", { type: "button", onclick: () => decide("dismiss") }, "Dismiss")) : null);
   };
