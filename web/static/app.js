@@ -611,9 +611,25 @@ async function viewAccount(target, accountId) {
 // ------------------------------------------------------------------ commands, dead letters
 
 async function viewCommands(target) {
-  const out = await api("GET", "/commands?limit=200");
-  target.replaceChildren(h("h1", {}, "Command history"), h("p", { class: "muted" }, `${out.total} commands; newest first`),
-    section(null, commandTable(out.commands)));
+  const states = ["", "queued", "sent", "accepted", "confirmed", "verified", "rejected", "timed_out", "expired", "cancelled", "failed"];
+  const stateSel = h("select", { "aria-label": "state" }, states.map((s) => h("option", { value: s }, s || "any state")));
+  const meter = h("input", { type: "search", placeholder: "meter id", "aria-label": "meter" });
+  const count = h("p", { class: "muted" });
+  const box = h("div");
+  const load = async () => {
+    const q = new URLSearchParams({ limit: "200" });
+    if (stateSel.value) q.set("state", stateSel.value);
+    if (meter.value.trim()) q.set("meter", meter.value.trim());
+    const out = await api("GET", `/commands?${q}`);
+    count.textContent = `${out.total} commands; newest first`;
+    box.replaceChildren(commandTable(out.commands));
+  };
+  const reload = () => load().catch((e) => toast(e.message, true));
+  stateSel.addEventListener("change", reload);
+  meter.addEventListener("change", reload);
+  target.replaceChildren(h("div", { class: "spread" }, h("h1", {}, "Command history"), h("div", { class: "row" }, meter, stateSel)),
+    count, section(null, box));
+  await load();
 }
 
 async function viewDeadLetters(target) {
