@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,12 +31,17 @@ def _with_dbname(conninfo: str, dbname: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_server_url() -> Iterator[str]:
     url = os.environ.get(DATABASE_URL_ENV)
     if url:
         yield url
         return
-    with embedded_postgres(tmp_path_factory.mktemp("pg")) as embedded:
+    # not under pytest's basetemp: a second pytest session prunes old basetemps, and would
+    # delete this server's data directory under it
+    with (
+        tempfile.TemporaryDirectory(prefix="meterhub-test-pg-") as tmp,
+        embedded_postgres(Path(tmp) / "pg") as embedded,
+    ):
         yield embedded
 
 
