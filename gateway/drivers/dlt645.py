@@ -22,7 +22,7 @@ from meterhub.protocols.dlt645.errors import (
     Dlt645Error,
     UnknownIdentifierError,
 )
-from meterhub.protocols.dlt645.frame import WILDCARD, Frame, FrameParser
+from meterhub.protocols.dlt645.frame import HEADER, OVERHEAD, WILDCARD, Frame, FrameParser
 from meterhub.protocols.dlt645.identifiers import (
     DI_ADDRESS,
     DI_STATUS_WORD_3,
@@ -59,7 +59,8 @@ class _Garbled(Exception):
 class _ReplyFramer:
     """Frames that answer ``request`` only: an adapter echoing our own request, or a late
     reply to an earlier request that timed out, is skipped rather than taken for this answer.
-    A checksum failure ends the wait at once instead of letting it run into the timeout."""
+    A checksum failure ends the wait at once instead of letting it run into the timeout.
+    :meth:`needed` tells a serial transport how many bytes to wait for before looking again."""
 
     def __init__(self, request: Frame, version: str) -> None:
         self.request = request
@@ -67,6 +68,23 @@ class _ReplyFramer:
         self.echoes_di = request.function in (msg.READ[version], msg.READ_FOLLOW_UP[version])
         self.parser = FrameParser()
         self.skipped: list[Frame] = []
+        self._tail = b""  # the last bytes fed: the parser holds back a suffix of them
+
+    def needed(self) -> int:
+        """Bytes that must still arrive before :meth:`feed` can give a frame or raise.
+
+        The parser holds back nothing, or a candidate frame that starts with 68H and, once its
+        10-byte header is in, has passed the header checks (second 68H, L in range). It looks
+        at nothing past that candidate until the candidate is complete (12 + L bytes: header,
+        data, checksum, 16H) or, header not yet in, has failed (it cannot end before byte 12
+        either way, and a frame starting later ends later still). So the shortest wait is to
+        the candidate's end, or to 12 bytes when the header is not in yet.
+        """
+        pending = self.parser.pending
+        if pending < HEADER:
+            return OVERHEAD - pending
+        head = self._tail[-pending:]
+        return max(1, OVERHEAD + head[HEADER - 1] - pending)
 
     def _answers(self, frame: Frame) -> bool:
         request = self.request
@@ -81,7 +99,9 @@ class _ReplyFramer:
     def feed(self, data: bytes) -> list[Frame]:
         seen = len(self.parser.errors)
         replies: list[Frame] = []
-        for frame in self.parser.feed(data):
+        frames = self.parser.feed(data)
+        self._tail = (self._tail + data)[-(OVERHEAD + self.parser.max_data):]
+        for frame in frames:
             (replies if self._answers(frame) else self.skipped).append(frame)
         if not replies:
             for exc in self.parser.errors[seen:]:

@@ -1,13 +1,21 @@
-"""Modbus RTU / TCP driver: register maps (meterhub.protocols.modbus) over pymodbus clients.
+"""Modbus RTU / TCP driver: register maps (meterhub.protocols.modbus) over Modbus clients.
 
 One driver per bus (serial port) or TCP endpoint; ``models`` says which register map each unit
 id uses. Reads are planned by :func:`plan_reads`, so a poll of many quantities costs as few
 requests as the meter allows.
 
-pymodbus discards a reply whose CRC or header does not check and then times out, which alone
-would make a garbled line look like a dead meter. The driver watches the bytes that arrived
-(pymodbus' ``trace_packet`` hook): silence is :class:`NoAnswer`, bytes that never made a valid
-frame are :class:`BadFrame`, a Modbus exception reply is :class:`MeterRejected` (except 0x0A/0x0B,
+Modbus TCP uses pymodbus' client. Modbus RTU uses :class:`_RtuClient`: pymodbus' request and
+reply PDUs (so both framings hand the driver the same reply objects) on our own
+:class:`~gateway.transport.serial.SerialTransport`. pymodbus' serial transport takes a reply
+in byte by byte as the line delivers it, one event-loop wake-up per character; ours waits for
+the bytes a reply still needs (5 + 2N for N registers, known after its third byte), two
+wake-ups a reply, which is most of the gateway's CPU on a busy line. It also keeps the
+3.5-character silence between frames and opens a pseudo-terminal at even parity.
+
+A reply whose CRC or header does not check must not look like a dead meter. The driver watches
+the bytes that arrived (pymodbus' ``trace_packet`` hook, which :class:`_RtuClient` calls the
+same way): silence is :class:`NoAnswer`, bytes that never made a valid frame are
+:class:`BadFrame`, a Modbus exception reply is :class:`MeterRejected` (except 0x0A/0x0B,
 a TCP gateway saying its serial target did not answer: :class:`NoAnswer`).
 
 pymodbus changes its API between minor releases; :data:`PYMODBUS_SUPPORTED` is the range this
@@ -17,15 +25,19 @@ module was written and tested against (and pyproject pins).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.client.mixin import ModbusClientMixin
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-from pymodbus.pdu import ExceptionResponse, ModbusPDU
+from pymodbus.pdu import DecodePDU, ExceptionResponse, ModbusPDU
 
 from gateway.drivers.base import BadFrame, DriverError, MeterRejected, NoAnswer
+from gateway.transport import TransportError, TransportTimeout
+from gateway.transport.serial import SerialTransport
 from meterhub.protocols.modbus import rtu
 from meterhub.protocols.modbus.pdu import ExceptionCode
 from meterhub.protocols.modbus.registermap import (
@@ -42,7 +54,151 @@ PYMODBUS_SUPPORTED = ((3, 16), (3, 17))  # [lower, upper) as (major, minor)
 
 RELAY_ACTIONS = ("relay_open", "relay_close", "relay_close_permitted")
 
-_Client = AsyncModbusSerialClient | AsyncModbusTcpClient
+Trace = Callable[[bool, bytes], bytes]
+
+
+class _Garbled(Exception):
+    """A reply frame was complete by its length but its CRC did not check."""
+
+
+class _RtuReplyFramer:
+    """Cuts the reply to one RTU request (``unit``, ``function``) from the received bytes.
+
+    A reply is sized from its head (exception 5 bytes; FC01-04 5 + byte count; FC05/06/0F/10
+    8) and checked by CRC. A byte that cannot start a reply is dropped (hunting after noise); a
+    frame whose CRC fails ends the wait at once (:class:`_Garbled`); a good frame from another
+    unit or for another function is skipped, so the wait goes on. :meth:`needed` tells the
+    transport how many bytes to wait for before looking again.
+    """
+
+    def __init__(self, unit: int, function: int) -> None:
+        self.unit = unit
+        self.function = function
+        self.received = bytearray()  # everything fed, for diagnostics
+        self._buf = bytearray()
+
+    def _length(self) -> int | None:
+        """Length of the frame at the head: 0 when more bytes must come to tell, None when
+        the head cannot start a reply."""
+        buf = self._buf
+        if len(buf) < 2:
+            return 0
+        function = buf[1]
+        if function & 0x80:
+            return 5  # unit, function | 80H, exception code, CRC
+        if function in (1, 2, 3, 4):
+            return 5 + buf[2] if len(buf) >= 3 else 0
+        if function in (5, 6, 0x0F, 0x10):
+            return 8
+        return None
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self.received += data
+        buf = self._buf
+        buf += data
+        while buf:
+            length = self._length()
+            if length is None:
+                del buf[:1]
+                continue
+            if not length or len(buf) < length:
+                break
+            frame = bytes(buf[:length])
+            if not rtu.crc_ok(frame):
+                raise _Garbled(frame.hex(" "))
+            del buf[:length]
+            if frame[0] == self.unit and frame[1] & 0x7F == self.function:
+                return [frame]
+        return []
+
+    def needed(self) -> int:
+        """Bytes that must still arrive before :meth:`feed` can give a frame or raise: the
+        rest of the frame at the head once its length is known (after ``feed`` the head is
+        always a frame start it can size, or too short to tell), else the rest of the
+        shortest reply (5 bytes)."""
+        length = self._length() if len(self._buf) >= 3 else None
+        if not length:
+            return 5 - len(self._buf)
+        return max(1, length - len(self._buf))
+
+
+class _RtuClient(ModbusClientMixin[Awaitable[ModbusPDU]]):
+    """Modbus RTU master: pymodbus' request PDUs out, pymodbus' reply PDUs back, framed here
+    and carried by our :class:`SerialTransport` (see the module docstring for why).
+
+    Raises what pymodbus' own client raises, so the driver maps both framings' errors alike:
+    :class:`ModbusIOException` when no valid reply came after ``retries`` more tries (the bytes
+    that did come went to ``trace`` first), :class:`ConnectionException` when the port is lost.
+    Every frame is followed by the 3.5-character silence the Serial Line spec asks for (a fixed
+    1.75 ms above 19200 baud), also between the requests of one poll; a garbled reply is
+    retried only once the line has been quiet that long.
+    """
+
+    def __init__(
+        self, transport: SerialTransport, *, timeout_s: float, retries: int, trace: Trace
+    ) -> None:
+        super().__init__()
+        self.transport = transport
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self._trace = trace
+        self._decoder = DecodePDU(is_server=False)
+        self.silence_s = 1.75e-3 if transport.baud > 19200 else 3.5 * transport.char_time
+        self._line_free_at = 0.0
+        self.error: str | None = None  # why the port did not open
+
+    @property
+    def connected(self) -> bool:
+        return self.transport.is_open
+
+    async def connect(self) -> bool:
+        try:
+            await self.transport.open()
+        except TransportError as exc:
+            self.error = str(exc)
+            return False
+        self.error = None
+        return True
+
+    async def close(self) -> None:
+        await self.transport.close()
+
+    async def execute(self, no_response_expected: bool, request: ModbusPDU) -> ModbusPDU:
+        if no_response_expected:
+            raise ModbusException("the gateway's RTU client always waits for a reply")
+        wire = rtu.encode(request.dev_id, bytes([request.function_code]) + request.encode())
+        loop = asyncio.get_running_loop()
+        attempts = self.retries + 1
+        for attempt in range(attempts):
+            wait = self._line_free_at - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            framer = _RtuReplyFramer(request.dev_id, request.function_code)
+            try:
+                frame = await self.transport.exchange(wire, framer, self.timeout_s)
+            except _Garbled:
+                self._trace(False, bytes(framer.received))
+                if attempt + 1 < attempts:
+                    await self.transport.wait_quiet(self.silence_s, self.timeout_s)
+                continue
+            except TransportTimeout as exc:
+                if exc.received:
+                    self._trace(False, exc.received)
+                continue
+            except TransportError as exc:
+                raise ConnectionException(str(exc)) from exc
+            finally:
+                self._line_free_at = loop.time() + self.silence_s
+            self._trace(False, frame)
+            reply = self._decoder.decode(frame[1:-2])
+            if reply is None:
+                raise ModbusIOException(f"reply not understood ({frame.hex(' ')})")
+            reply.dev_id = frame[0]
+            return reply
+        raise ModbusIOException(f"no valid reply in {attempts} attempt(s)")
+
+
+_Client = _RtuClient | AsyncModbusTcpClient
 
 
 class ModbusDriver:
@@ -58,7 +214,8 @@ class ModbusDriver:
         maps: Mapping[str, RegisterMap],
     ) -> None:
         """Prefer :meth:`serial` / :meth:`tcp`; ``client`` must have been made with
-        :meth:`_trace` as its ``trace_packet`` so bad frames can be told from silence."""
+        :meth:`_trace` as its ``trace_packet`` (``trace``) so bad frames can be told from
+        silence."""
         self._client = client
         self.endpoint = endpoint
         self._framing = framing
@@ -84,22 +241,16 @@ class ModbusDriver:
         maps_dir: Path | str | None = None,
     ) -> ModbusDriver:
         """Modbus RTU on a serial port (RS-485 adapter or the simulator's pseudo-terminal).
-        Call inside a running event loop (pymodbus clients bind to it)."""
+        The port opens on the first transaction and reopens after an error."""
         maps = load_maps(maps_dir)
         _resolve_units(port, models, maps)  # configuration errors before any client exists
+        if retries < 0 or timeout_s <= 0:
+            raise ValueError("retries must be >= 0 and timeout_s > 0")
         holder: list[ModbusDriver] = []
-        client = AsyncModbusSerialClient(
-            port,
-            baudrate=baud,
-            parity=parity,
-            stopbits=stopbits,
-            bytesize=bytesize,
-            timeout=timeout_s,
-            retries=retries,
-            reconnect_delay=0,  # the driver reconnects on the next transaction instead
-            name=f"modbus-rtu {port}",
-            trace_packet=lambda sending, data: holder[0]._trace(sending, data),
-        )
+        transport = SerialTransport(port, baud=baud, parity=parity, bytesize=bytesize,
+                                    stopbits=stopbits, exclusive=True)  # as pymodbus opened it
+        client = _RtuClient(transport, timeout_s=timeout_s, retries=retries,
+                            trace=lambda sending, data: holder[0]._trace(sending, data))
         driver = cls(client, endpoint=port, framing="rtu", models=models, maps=maps)
         holder.append(driver)
         return driver
@@ -223,21 +374,31 @@ class ModbusDriver:
         else:
             # any device answers this, normally or with "illegal data address"
             request = ReadRequest("holding", 0, 1, ())
-        ctx = self._client.ctx  # pymodbus 3.16: TransactionManager holds the retry count
-        saved = ctx.retries
-        ctx.retries = 0
-        try:
-            await self._read_registers(unit_id, request)
-        except NoAnswer:
-            return False
-        except MeterRejected:
-            return True
-        finally:
-            ctx.retries = saved
+        with self._no_retries():
+            try:
+                await self._read_registers(unit_id, request)
+            except NoAnswer:
+                return False
+            except MeterRejected:
+                return True
         return True
 
     async def close(self) -> None:
-        self._client.close()
+        if isinstance(self._client, _RtuClient):
+            await self._client.close()
+        else:
+            self._client.close()
+
+    @contextlib.contextmanager
+    def _no_retries(self) -> Iterator[None]:
+        # pymodbus 3.16: the TCP client's TransactionManager holds the retry count
+        holder: Any = self._client if isinstance(self._client, _RtuClient) else self._client.ctx
+        saved = holder.retries
+        holder.retries = 0
+        try:
+            yield
+        finally:
+            holder.retries = saved
 
     # ------------------------------------------------------------------ transactions
 
@@ -304,7 +465,9 @@ class ModbusDriver:
         if self._client.connected:
             return
         if not await self._client.connect():
-            raise NoAnswer(f"cannot open {self._framing} connection to {self.endpoint}")
+            why = getattr(self._client, "error", None)
+            raise NoAnswer(f"cannot open {self._framing} connection to {self.endpoint}"
+                           + (f" ({why})" if why else ""))
 
     def _trace(self, sending: bool, data: bytes) -> bytes:
         """pymodbus hook: remember what arrived, so a timeout can tell silence from garbage."""

@@ -10,9 +10,22 @@ T = TypeVar("T")
 
 
 class Framer(Protocol[T]):
-    """Cuts protocol units out of received bytes (e.g. ``dlt645.FrameParser``)."""
+    """Cuts protocol units out of received bytes (e.g. ``dlt645.FrameParser``).
+
+    A framer may also have ``needed() -> int``: how many more bytes must arrive, at least,
+    before ``feed`` can return a unit or raise (a lower bound: the shortest reply that could
+    still come, e.g. 12 for a DL/T645 frame not yet begun, the rest of the frame once its
+    length byte is in). A serial transport then sleeps until that many bytes are there
+    instead of waking for each one (see :func:`bytes_needed`).
+    """
 
     def feed(self, data: bytes) -> list[T]: ...
+
+
+def bytes_needed(framer: object) -> int:
+    """``framer.needed()`` when the framer gives one (at least 1), else 1."""
+    needed = getattr(framer, "needed", None)
+    return max(1, needed()) if needed is not None else 1
 
 
 class TransportError(Exception):
@@ -60,6 +73,14 @@ class StreamTransport:
     def _flush_os_input(self) -> None:
         """Drop bytes the operating system already received (none for TCP)."""
 
+    def _wake_after(self, count: int) -> None:
+        """Wake the reader only once ``count`` more bytes are there (a hint; TCP ignores it:
+        a network stack hands over whole segments anyway)."""
+
+    def _read_os_input(self) -> None:
+        """Take in what the operating system holds now (a serial port that waits for a
+        number of bytes may hold fewer when the wait times out)."""
+
     def _is_open(self) -> bool:
         raise NotImplementedError
 
@@ -90,6 +111,7 @@ class StreamTransport:
             await self._write(request)
             deadline = loop.time() + self._send_time(len(request)) + timeout_s
             received = bytearray()
+            timed_out = False
             while True:
                 self._data.clear()
                 if self._buffer:
@@ -99,17 +121,53 @@ class StreamTransport:
                     units = framer.feed(chunk)
                     if units:
                         return units[0]
-                remaining = deadline - loop.time()
-                if remaining <= 0:
+                if timed_out:
                     what = f"{len(received)} bytes but no complete reply" if received \
                         else "no reply"
                     raise TransportTimeout(
                         f"{self.name}: {what} within {timeout_s:.3g} s", bytes(received)
                     )
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    # bytes fewer than the wake-up hint may be waiting: take them in, and give
+                    # the framer one last look before calling it a timeout
+                    timed_out = True
+                    self._read_os_input()
+                    continue
                 if not self._is_open():
                     raise TransportError(f"{self.name}: connection lost while waiting")
+                self._wake_after(bytes_needed(framer))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._data.wait(), remaining)
+
+    @property
+    def is_open(self) -> bool:
+        return self._is_open()
+
+    async def open(self) -> None:
+        """Open now rather than on the first exchange (TransportError when it cannot)."""
+        async with self._lock:
+            if not self._is_open():
+                await self._open()
+
+    async def wait_quiet(self, silence_s: float, limit_s: float) -> None:
+        """Wait until nothing has arrived for ``silence_s`` (``limit_s`` at most), dropping
+        what does arrive: after a garbled reply the sender may still be talking, and a
+        request sent into that would collide with it."""
+        loop = asyncio.get_running_loop()
+        async with self._lock:
+            if not self._is_open():
+                return
+            end = loop.time() + limit_s
+            self._wake_after(1)
+            while True:
+                self._flush_os_input()
+                self._buffer.clear()
+                await asyncio.sleep(silence_s)
+                self._read_os_input()
+                if not self._buffer or loop.time() >= end:
+                    self._buffer.clear()
+                    return
 
     async def send(self, request: bytes) -> None:
         """Send without waiting for a reply (broadcasts), then let the line drain."""
