@@ -274,7 +274,7 @@ class Collector:
 
     async def _write(self, batch: Batch) -> _store.WriteResult:
         conn = await self._connection()
-        if batch.rows:
+        if batch.chunks:
             await self._ensure_months(conn, batch)
             if self.config.known_meters_only:
                 await self._reject_unknown(conn, batch)
@@ -283,7 +283,7 @@ class Collector:
     async def _ensure_months(self, conn: psycopg.AsyncConnection, batch: Batch) -> None:
         missing: dict[tuple[int, int], datetime] = {}
         known = self._months
-        for ts in {row[2] for row in batch.rows}:
+        for ts in {key[1] for key in batch.keys}:
             key = (ts.year, ts.month)
             if key not in known and key not in missing:
                 missing[key] = ts
@@ -292,24 +292,26 @@ class Collector:
             known.add(key)
 
     async def _reject_unknown(self, conn: psycopg.AsyncConnection, batch: Batch) -> None:
-        meters = sorted({r[0] for r in batch.rows} - self._known)
+        meters = sorted({k[0] for k in batch.keys} - self._known)
         unknown = await _store.unknown_meters(conn, meters) if meters else set()
         self._known.update(set(meters) - unknown)
         if not unknown:
             return
-        kept = [r for r in batch.rows if r[0] not in unknown]
+        kept = [(k, c) for k, c in zip(batch.keys, batch.chunks, strict=True)
+                if k[0] not in unknown]
         for meter in sorted(unknown):
-            rows = [r for r in batch.rows if r[0] == meter]
-            payload = _store.dumps([{"meter": r[0], "quantity": r[1], "ts": r[2].isoformat(),
-                                     "value": r[3], "unit": r[4]} for r in rows])
+            mine = [c for k, c in zip(batch.keys, batch.chunks, strict=True) if k[0] == meter]
+            gateway = batch.meters[meter].gateway if meter in batch.meters else None
             batch.dead.append(ingest.DeadLetter(
-                wire.subscription("readings", "+", rows[0][5]), payload.encode(),
-                f"unknown meter {meter!r}: not registered in meters (known_meters_only)",
-                rows[0][5],
+                wire.subscription("readings", "+", gateway or "+"), "".join(mine).encode(),
+                f"unknown meter {meter!r}: not registered in meters (known_meters_only); "
+                "payload: its rows as COPY text", gateway,
             ))
-            batch.readings -= len({r[2] for r in rows if r[1] != ingest.CLOCK_SKEW})
+            batch.readings -= len(mine)
+            batch.values -= sum(c.count("\n") for c in mine)
             batch.meters.pop(meter, None)
-        batch.rows = kept
+        batch.keys = [k for k, _ in kept]
+        batch.chunks = [c for _, c in kept]
 
     # ------------------------------------------------------------------ validation loop
 

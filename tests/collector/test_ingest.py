@@ -210,3 +210,17 @@ async def test_two_collectors_split_one_shared_subscription(db_url, mqtt, site, 
     assert a.stats.readings_stored > 0 and b.stats.readings_stored > 0
     assert a.stats.readings_stored + b.stats.readings_stored == n * 10
     assert scalar(db_url, "SELECT count(*) FROM readings") == n * 10
+
+
+async def test_odd_meter_ids_are_stored_verbatim(db_url, mqtt, site, pub):
+    odd = ["tab\there", "back\\slash", "new\nline", "\\.", "dollar$'quote\"", "电表-01"]
+    topic = wire.topic(site, "gw1", "readings")
+    async with running(config(db_url, mqtt, site)) as col:
+        await subscribed(col)
+        pub.publish(topic, batch_payload(site, "gw1", 1, [reading(m, T0, 1.0) for m in odd]))
+        pub.publish(topic, batch_payload(site, "gw1", 1, [reading(m, T0, 1.0) for m in odd]))
+        await wait_until(lambda: col.stats.messages == 2, what="both (the second redelivered)")
+    with psycopg.connect(db_url) as conn:
+        stored = sorted(r[0] for r in conn.execute("SELECT meter_id FROM readings"))
+    assert stored == sorted(odd)
+    assert col.stats.readings_stored == len(odd)

@@ -51,8 +51,10 @@ def test_fast_path_accepts_exactly_what_the_general_path_accepts(raw):
     if fast is not None:
         assert general.readings == 1 and not general.dead
         meter, ts, values, _relay = fast
-        assert [(r[0], r[1], r[2], r[3], r[4]) for r in general.rows] == [
-            (meter, n, ts, v, u) for n, v, u in values]
+        assert general.keys == [(meter, ts)]
+        lines = general.chunks[0].rstrip("\n").split("\n")
+        assert [tuple(line.split("\t")[1:5]) for line in lines] == [
+            (n, ts.isoformat(), repr(v), u) for n, v, u in values]
     elif isinstance(raw, dict) and "meter_clock" not in raw:
         assert general.readings == 0 and len(general.dead) == 1  # refused, with a reason
 
@@ -74,4 +76,4 @@ def test_well_formed_readings_take_the_fast_path(raw):
     fast = ingest.fast_reading(raw, {}, NOW, NOW - timedelta(days=400))
     assert fast is not None
     general = _general(raw)
-    assert general.readings == 1 and len(general.rows) == len(raw["values"])
+    assert general.readings == 1 and general.values == len(raw["values"])
