@@ -57,6 +57,10 @@ class LiveHub:
 
     async def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._poll_loop(), name="web-live-poll"))
+        # Learn the current state now, so a change in the first seconds after the first
+        # viewer connects is pushed rather than taken for the starting point.
+        with contextlib.suppress(Exception):
+            await database.run(self._app, self._poll_once)
         if self._mqtt is not None:
             self._tasks.append(asyncio.create_task(self._mqtt_loop(), name="web-live-mqtt"))
 
@@ -88,7 +92,15 @@ class LiveHub:
         self._subscribers.add(queue)
         self._wake.set()
         try:
-            snapshot = await database.run(request, queries.fleet_snapshot, self._offline_after)
+            try:
+                snapshot = await database.run(request, queries.fleet_snapshot,
+                                              self._offline_after)
+            except psycopg.Error:
+                # Headers are sent: say it in the stream; EventSource retries by itself.
+                log.warning("live snapshot failed", exc_info=True)
+                await _send(response, "unavailable",
+                            {"message": "the database is not reachable right now"})
+                return response
             await _send(response, "snapshot", snapshot)
             while not self._stopping.is_set():
                 try:
@@ -120,6 +132,7 @@ class LiveHub:
     # ------------------------------------------------------------------ polling
 
     async def _poll_loop(self) -> None:
+        failures = 0
         while not self._stopping.is_set():
             if not self._subscribers:
                 self._wake.clear()
@@ -127,12 +140,15 @@ class LiveHub:
                 continue
             try:
                 await database.run(self._app, self._poll_once)
-            except psycopg.Error:
-                log.warning("live poll failed; retrying", exc_info=True)
-            except Exception:
-                log.exception("live poll failed")
+                failures = 0
+            except Exception as exc:
+                # A database outage: back off (up to 30 s) instead of logging every second.
+                failures += 1
+                log.warning("live poll failed (%s); retry %d", exc, failures,
+                            exc_info=failures == 1)
+            pause = min(self._interval * 2 ** min(failures, 6), max(self._interval, 30.0))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._interval)
+                await asyncio.wait_for(self._stopping.wait(), pause)
 
     def _poll_once(self, conn: psycopg.Connection[Any]) -> None:
         """Runs in a worker thread; events go back to the loop thread-safely."""

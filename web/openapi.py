@@ -415,7 +415,8 @@ def _paths() -> dict[str, S]:
             "description": "Needs the **viewer** role. Events: `snapshot` (gateways and the "
                            "open review count), `gateway` (a gateway changed: status, "
                            "last seen, health), `meter` (newest values of a meter that "
-                           "reported), `review` (open review count changed). "
+                           "reported), `review` (open review count changed), `unavailable` "
+                           "(the database did not answer; browsers reconnect by themselves). "
                            "A comment line every 15 s keeps proxies from closing it.",
             "tags": ["live"],
             "responses": {"200": {"description": "an endless event stream",

@@ -127,4 +127,4 @@ def test_engineer_and_operator_day(browser: Browser, served: str, logins: Logins
     phone.screenshot(path=str(shots / "06-meter-phone.png"), full_page=True)
     phone.close()
     page.close()
-    assert errors == []
+    assert errors == [], f"errors in the browser: {errors}"

@@ -66,16 +66,19 @@ async def test_new_reading_and_offline_gateway_are_pushed(client: Client, logins
                      " (%s, 'power_active_total', %s, 7.25, 'kW')", (meter, at))
         conn.execute("UPDATE meters SET last_seen = %s WHERE meter_id = %s", (at, meter))
     sent = time.monotonic()
-    update, got = await _wait_for(resp, "meter", lambda d: d["meter"] == meter)
-    assert update["values"]["power_active_total"]["value"] == 7.25
+    update, got = await _wait_for(
+        resp, "meter", lambda d: d["meter"] == meter
+        and d["values"]["power_active_total"]["value"] == 7.25)
+    assert update["last_seen"].startswith(at.isoformat()[:19])
     assert got - sent < 3.0
 
     with psycopg.connect(db_url) as conn:
         conn.execute("UPDATE gateways SET state = 'offline', status_at = now()"
                      " WHERE gateway = %s", (fleet.gateway,))
     sent = time.monotonic()
-    gw, got = await _wait_for(resp, "gateway", lambda d: d["gateway"] == fleet.gateway)
-    assert gw["status"] == "offline"
+    gw, got = await _wait_for(resp, "gateway", lambda d: d["gateway"] == fleet.gateway
+                              and d["status"] == "offline")
+    assert gw["offline_reason"].startswith("the gateway reported offline")
     assert got - sent < 3.0
     resp.close()
 
@@ -135,12 +138,13 @@ async def test_future_clock_meter_hides_no_one(client: Client, logins: Logins, f
         conn.execute("INSERT INTO readings (meter_id, quantity, ts, value, unit) VALUES"
                      " (%s, 'voltage_a', %s, 229.5, 'V')", (normal, at))
         conn.execute("UPDATE meters SET last_seen = %s WHERE meter_id = %s", (at, normal))
-    update, _ = await _wait_for(resp, "meter", lambda d: d["meter"] == normal)
-    assert update["values"]["voltage_a"]["value"] == 229.5
+    update, _ = await _wait_for(resp, "meter", lambda d: d["meter"] == normal
+                                and d["values"]["voltage_a"]["value"] == 229.5)
+    assert update["last_seen"].startswith(at.isoformat()[:19])
 
     with psycopg.connect(db_url) as conn:
         conn.execute("INSERT INTO review_items (meter_id, rule, period_start, period_end,"
                      " reason) VALUES (%s, 'drop', now(), now(), 'drop to zero')", (normal,))
-    review, _ = await _wait_for(resp, "review", lambda d: True)
+    review, _ = await _wait_for(resp, "review", lambda d: d["open"] == 2)
     assert review == {"open": 2}
     resp.close()

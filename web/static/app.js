@@ -171,6 +171,7 @@ function startLive() {
   };
   es.onopen = () => setMark(true, "live");
   es.onerror = () => setMark(false, "reconnecting");
+  es.addEventListener("unavailable", () => setMark(false, "database unreachable"));
   for (const kind of ["snapshot", "gateway", "meter", "review"]) {
     es.addEventListener(kind, (ev) => {
       const data = JSON.parse(ev.data);
