@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import logging
 import os
 import shutil
@@ -61,6 +62,9 @@ def mosquitto_broker(workdir: Path, port: int | None = None) -> Iterator[MqttSet
     workdir.mkdir(parents=True, exist_ok=True)
     conf = workdir / "mosquitto.conf"
     conf.write_text(
+        # started as root, mosquitto would switch to user "mosquitto" and could not write
+        # its persistence file here; stay the user who owns the folder
+        f"user {getpass.getuser()}\n"
         f"listener {port} 127.0.0.1\n"
         "allow_anonymous true\n"
         "persistence true\n"
