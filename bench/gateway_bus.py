@@ -11,7 +11,9 @@ reply, plus for Modbus RTU the 3.5-character silent interval that must close eac
 (request and reply). ``ratio_*`` = line time those transactions physically need / wall time,
 which equals achieved transactions per second / the line's limit for the same frames.
 
-    python bench/gateway_bus.py [--seconds 30] [--json]
+    python bench/gateway_bus.py [--seconds 30] [--json] [--line dlt645|modbus]
+
+``--line`` runs one line alone (both by default), e.g. for the CPU of one protocol.
 
 Needs a broker: METERHUB_MQTT_URL, or a mosquitto binary for an embedded one. The last line
 with --json is one JSON object.
@@ -79,7 +81,8 @@ def serve_sim() -> None:
 class Sim:
     def __init__(self) -> None:
         env = {**os.environ, "PYTHONPATH": str(REPO)}
-        self.proc = subprocess.Popen([sys.executable, __file__, "--serve-sim"], env=env,
+        lines = [arg for name in LINES for arg in ("--line", name)]
+        self.proc = subprocess.Popen([sys.executable, __file__, "--serve-sim", *lines], env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         self.ports: dict[str, str] = json.loads(self.proc.stdout.readline())
@@ -203,8 +206,13 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="measured window")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--json", action="store_true", help="last line: one JSON object")
+    parser.add_argument("--line", action="append", choices=list(LINES),
+                        help="run only this line (repeatable; default: all)")
     parser.add_argument("--serve-sim", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    for name in list(LINES):
+        if args.line and name not in args.line:
+            del LINES[name]
     if args.serve_sim:
         serve_sim()
         return 0

@@ -46,7 +46,7 @@ class TcpTransport(StreamTransport):
 
     def _lost(self) -> None:
         self._transport = None
-        self._data.set()  # wake an exchange waiting on a dead connection
+        self._wake()  # an exchange waiting on a dead connection sees it at once
 
     async def _write(self, data: bytes) -> None:
         if self._transport is None:
