@@ -4,6 +4,7 @@ account and see the balance change. Screenshots go to test-artifacts/."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +19,13 @@ CHROMIUM = "/usr/bin/chromium"
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    assert Path(CHROMIUM).exists(), "install Debian's chromium (apt-get install -y chromium)"
+    if not Path(CHROMIUM).exists():
+        # A laptop with only Python has no browser; CI (METERHUB_REQUIRE_BROWSER=1, set by
+        # .ci/run after installing Debian's chromium) must never skip this test.
+        message = "needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)"
+        if os.environ.get("METERHUB_REQUIRE_BROWSER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
     with sync_playwright() as pw:
         b = pw.chromium.launch(
             executable_path=CHROMIUM,
