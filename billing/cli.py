@@ -103,11 +103,7 @@ def register(subparsers: Any) -> None:
 
 
 def _url(args: argparse.Namespace) -> str:
-    url = args.database_url or settings.database_url()
-    if not url:
-        raise BillingError(
-            f"no database: pass --database-url or set {settings.DATABASE_URL_ENV}")
-    return str(url)
+    return settings.require_database_url(args.database_url)
 
 
 def _connect(args: argparse.Namespace) -> psycopg.Connection[Any]:
@@ -126,11 +122,7 @@ def _dump(obj: Any) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    mqtt_url = args.mqtt_url or settings.mqtt_settings()
-    if not mqtt_url:
-        raise BillingError(f"no broker: pass --mqtt-url or set {settings.MQTT_URL_ENV}")
-    mqtt = (settings.MqttSettings.from_url(mqtt_url, setting="--mqtt-url")
-            if isinstance(mqtt_url, str) else mqtt_url)
+    mqtt = settings.require_mqtt(args.mqtt_url)
     url = _url(args)
     if args.migrate:
         db.migrate(url)

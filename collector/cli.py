@@ -10,7 +10,7 @@ import signal
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from collector.config import CollectorConfig, ConfigError
+from collector.config import CollectorConfig
 from meterhub import db, settings
 
 
@@ -74,18 +74,11 @@ def _since(text: str) -> datetime:
 
 
 def _database_url(args: argparse.Namespace) -> str:
-    url = args.database_url or settings.database_url()
-    if not url:
-        raise ConfigError(f"no database: pass --database-url or set {settings.DATABASE_URL_ENV}")
-    return str(url)
+    return settings.require_database_url(args.database_url)
 
 
 def _run(args: argparse.Namespace) -> int:
-    mqtt_url = args.mqtt_url or settings.mqtt_settings()
-    if not mqtt_url:
-        raise ConfigError(f"no broker: pass --mqtt-url or set {settings.MQTT_URL_ENV}")
-    mqtt = (settings.MqttSettings.from_url(mqtt_url, setting="--mqtt-url")
-            if isinstance(mqtt_url, str) else mqtt_url)
+    mqtt = settings.require_mqtt(args.mqtt_url)
     kw: dict[str, Any] = {}
     if args.client_id:
         kw["client_id"] = args.client_id

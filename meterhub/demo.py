@@ -134,7 +134,7 @@ def register(sub: Any) -> None:
 
 
 def _cli(args: argparse.Namespace) -> int:
-    mqtt_url = args.mqtt_url or settings.mqtt_settings()
+    given_mqtt = settings.mqtt_from(args.mqtt_url)
     with contextlib.ExitStack() as stack:
         if args.database_url:
             database_url, db_label = args.database_url, db.host_label(args.database_url)
@@ -144,11 +144,8 @@ def _cli(args: argparse.Namespace) -> int:
                 embedded_postgres(settings.data_dir() / "demo-postgres")
             )
             db_label = "embedded"
-        if mqtt_url:
-            mqtt = mqtt_url if isinstance(mqtt_url, MqttSettings) else MqttSettings.from_url(
-                mqtt_url, setting="--mqtt-url"
-            )
-            broker_label = mqtt.host
+        if given_mqtt:
+            mqtt, broker_label = given_mqtt, given_mqtt.host
         else:
             _say("starting embedded MQTT broker ...")
             mqtt = stack.enter_context(embedded_broker())

@@ -81,3 +81,24 @@ def data_dir() -> Path:
     path = Path(base) if base else Path.home() / ".local" / "share" / "meterhub"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def mqtt_from(given: str | None, *, setting: str = "--mqtt-url") -> MqttSettings | None:
+    """The broker from a command-line value, else from the environment, else None."""
+    return MqttSettings.from_url(given, setting=setting) if given else mqtt_settings()
+
+
+def require_mqtt(given: str | None) -> MqttSettings:
+    """For a command that cannot run without a broker: a clear error when none is set."""
+    found = mqtt_from(given)
+    if found is None:
+        raise SettingsError(f"no broker: pass --mqtt-url or set {MQTT_URL_ENV}")
+    return found
+
+
+def require_database_url(given: str | None) -> str:
+    """For a command that cannot run without PostgreSQL: a clear error when none is set."""
+    url = given or database_url()
+    if not url:
+        raise SettingsError(f"no database: pass --database-url or set {DATABASE_URL_ENV}")
+    return url

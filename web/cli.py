@@ -52,8 +52,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from web.app import create_app
 
-    mqtt = (settings.MqttSettings.from_url(args.mqtt_url, setting="--mqtt-url")
-            if args.mqtt_url else settings.mqtt_settings())
+    mqtt = settings.mqtt_from(args.mqtt_url)
     with contextlib.ExitStack() as stack:
         url = _database(args.database_url, stack)
         if not args.no_migrate:
