@@ -137,7 +137,9 @@ class Consumer:
 
     def _on_disconnect(self, _c: paho.Client, _ud: object, _flags: object, rc: object,
                        _props: object = None) -> None:
-        log.warning("mqtt disconnected", extra={"reason": str(rc)})
+        # our own clean disconnect at shutdown is not worth a warning
+        level = logging.INFO if getattr(rc, "value", rc) == 0 else logging.WARNING
+        log.log(level, "mqtt disconnected", extra={"reason": str(rc)})
         self._loop.call_soon_threadsafe(self.connected.clear)
         self._loop.call_soon_threadsafe(self.ready.clear)
 
