@@ -156,9 +156,9 @@ class StreamTransport:
                 timed_out = True
                 self._read_os_input()
                 continue
+            self._wake_after(bytes_needed(framer))
             if not self._is_open():
                 raise TransportError(f"{self.name}: connection lost while waiting")
-            self._wake_after(bytes_needed(framer))
             self._waiter = loop.create_future()
             await self._waiter
 

@@ -5,9 +5,10 @@ for each would cost far more CPU than the reply's content is worth, so while an 
 the port's VMIN is set to the number of bytes the framer still needs at least
 (``Framer.needed``): the kernel's terminal layer (n_tty) reports the port readable only once
 that many bytes are in, for poll/epoll as for a blocking read (VTIME stays 0). A DL/T645 reply
-then costs three wake-ups (start, header, rest) instead of one per byte, a Modbus RTU reply
-two, and no byte is taken in later than before: the wake-up comes with the byte that completes
-the count. A port whose settings cannot be changed falls back to waking per byte.
+then costs two wake-ups (its first 12 bytes, the rest; three when a 4-byte FE preamble comes
+first) instead of one per byte, a Modbus RTU reply two, and no byte is taken in later than
+before: the wake-up comes with the byte that completes the count. A port whose settings cannot
+be changed falls back to waking per byte.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class SerialTransport(StreamTransport):
         self._serial: serial.Serial | None = None
         self._attrs: list[Any] | None = None  # termios settings while VMIN can be set
         self._vmin = 0
+        self._use_vmin = True  # False once setting VMIN failed on this port
 
     def _send_time(self, size: int) -> float:
         return size * self.char_time
@@ -101,15 +103,16 @@ class SerialTransport(StreamTransport):
                 raise TransportError(f"{self.name}: cannot open ({exc2})") from exc2
             log.debug("%s is a pseudo-terminal: opened without parity", self.port)
         self._serial = port
-        try:
-            attrs = termios.tcgetattr(port.fileno())
-        except termios.error as exc:
-            log.debug("%s: cannot read the termios settings (%s); waking per byte", self.name,
-                      exc)
-            self._attrs = None
-        else:
-            attrs[6][termios.VTIME] = 0  # VMIN counts bytes only, with no inter-byte timer
-            self._attrs, self._vmin = attrs, -1
+        self._attrs = None
+        if self._use_vmin:
+            try:
+                attrs = termios.tcgetattr(port.fileno())
+            except termios.error as exc:
+                log.debug("%s: cannot read the termios settings (%s); waking per byte",
+                          self.name, exc)
+            else:
+                attrs[6][termios.VTIME] = 0  # VMIN counts bytes only, no inter-byte timer
+                self._attrs, self._vmin = attrs, -1
         asyncio.get_running_loop().add_reader(port.fileno(), self._on_readable)
 
     def _wake_after(self, count: int) -> None:
@@ -120,8 +123,11 @@ class SerialTransport(StreamTransport):
         try:
             termios.tcsetattr(self._serial.fileno(), termios.TCSANOW, self._attrs)
         except termios.error as exc:
-            log.debug("%s: cannot set VMIN (%s); waking per byte", self.name, exc)
+            log.warning("%s: cannot set VMIN (%s); waking per byte from now on", self.name, exc)
+            self._use_vmin = False
             self._attrs = None
+            if self._vmin > 1:  # the port may still wait for more bytes than a reply needs:
+                self._drop()  # reopen with pyserial's settings (the exchange in flight fails)
             return
         self._vmin = count
 
@@ -170,6 +176,7 @@ class SerialTransport(StreamTransport):
         with contextlib.suppress(Exception):
             self._serial.close()
         self._serial = None
+        self._wake()  # an exchange waiting on the lost port sees it at once
 
     async def _close(self) -> None:
         self._drop()

@@ -8,6 +8,8 @@ frames, garbled or truncated frames come first."""
 
 from __future__ import annotations
 
+import contextlib
+import termios
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +20,7 @@ from firmware_sim.bus import SimBus
 from firmware_sim.dlt645 import Dlt645BusProtocol
 from firmware_sim.meter import SimMeter
 from firmware_sim.modbus import ModbusRtuBusProtocol
+from gateway.drivers.base import DriverError
 from gateway.drivers.dlt645 import Dlt645Driver, _ReplyFramer
 from gateway.drivers.modbus import ModbusDriver, _RtuReplyFramer
 from gateway.transport import SerialTransport
@@ -194,3 +197,29 @@ async def test_a_paced_rtu_reply_wakes_the_gateway_twice(monkeypatch: Any) -> No
     assert set(values) == set(QUANTITIES)
     assert count.exchanges == 2  # 0x0000+14 and 0x0048+2
     assert count.wakeups <= 2 * count.exchanges  # unit+function+count+2, then the rest
+
+
+async def test_a_port_that_refuses_vmin_falls_back_to_a_wake_up_per_byte(
+    monkeypatch: Any,
+) -> None:
+    meter = SimMeter(M1)
+    with SimBus(Dlt645BusProtocol(), [meter], baud=9600, turnaround_s=0.005) as bus:
+        transport = SerialTransport(bus.port, baud=9600)
+        driver = Dlt645Driver(transport, timeout_s=0.5, retries=0)
+        try:
+            assert set(await driver.read(M1, QUANTITIES)) == set(QUANTITIES)
+
+            def refuse(*args: Any) -> None:
+                raise termios.error(22, "Invalid argument")
+
+            with monkeypatch.context() as patch:
+                patch.setattr(termios, "tcsetattr", refuse)
+                # the exchange in flight may fail (the port is reopened to undo its VMIN)
+                with contextlib.suppress(DriverError):
+                    await driver.read(M1, QUANTITIES)
+            count = _CountingWakeUps(monkeypatch)
+            assert set(await driver.read(M1, QUANTITIES)) == set(QUANTITIES)
+            assert not transport._use_vmin
+            assert count.wakeups > 3 * count.exchanges  # per byte again, and still working
+        finally:
+            await driver.close()
