@@ -29,23 +29,26 @@ BEGIN
                               timescaledb.compress_segmentby = 'meter_id, quantity');
     PERFORM add_compression_policy('readings', interval '7 days', if_not_exists => true);
     -- Continuous aggregates of the energy register: last value per bucket, for charts.
+    -- Real-time (materialized_only = false; TimescaleDB 2.13+ defaults to true): buckets past
+    -- the last refresh are computed from raw readings, so the newest readings answer at once,
+    -- as with the plain views, not only after the next policy run.
     EXECUTE $v$
         CREATE MATERIALIZED VIEW IF NOT EXISTS readings_15min
-        WITH (timescaledb.continuous) AS
+        WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS
         SELECT meter_id, quantity, time_bucket(interval '15 minutes', ts) AS bucket,
                min(value) AS min_value, max(value) AS max_value, avg(value) AS avg_value,
                last(value, ts) AS last_value, count(*) AS n
         FROM readings GROUP BY meter_id, quantity, bucket WITH NO DATA $v$;
     EXECUTE $v$
         CREATE MATERIALIZED VIEW IF NOT EXISTS readings_hour
-        WITH (timescaledb.continuous) AS
+        WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS
         SELECT meter_id, quantity, time_bucket(interval '1 hour', ts) AS bucket,
                min(value) AS min_value, max(value) AS max_value, avg(value) AS avg_value,
                last(value, ts) AS last_value, count(*) AS n
         FROM readings GROUP BY meter_id, quantity, bucket WITH NO DATA $v$;
     EXECUTE $v$
         CREATE MATERIALIZED VIEW IF NOT EXISTS readings_day
-        WITH (timescaledb.continuous) AS
+        WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS
         SELECT meter_id, quantity, time_bucket(interval '1 day', ts) AS bucket,
                min(value) AS min_value, max(value) AS max_value, avg(value) AS avg_value,
                last(value, ts) AS last_value, count(*) AS n
