@@ -16,6 +16,13 @@ from billing.ledger import (
     refund,
     topup,
 )
+from billing.manual import (
+    CommandInFlight,
+    UnknownMeter,
+    manual_holds,
+    manual_relay,
+    release_manual_hold,
+)
 from billing.policy import CreditSettings, ProtectedWindows
 
 __all__ = [
@@ -23,17 +30,22 @@ __all__ = [
     "BillingConfig",
     "BillingEngine",
     "BillingError",
+    "CommandInFlight",
     "CreditSettings",
     "EngineStats",
     "LedgerEntry",
     "ProtectedWindows",
     "TopupConflict",
     "UnknownAccount",
+    "UnknownMeter",
     "adjust",
     "announce_topup",
     "approve_cutoffs",
     "balance",
     "create_account",
+    "manual_holds",
+    "manual_relay",
     "refund",
+    "release_manual_hold",
     "topup",
 ]

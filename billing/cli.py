@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 
 from billing import alerts as alerts_mod
-from billing import ledger, lifecycle, reports
+from billing import ledger, lifecycle, manual, reports
 from billing.engine import BillingConfig, BillingEngine
 from billing.errors import BillingError
 from billing.money import parse_amount
@@ -97,6 +97,28 @@ def register(subparsers: Any) -> None:
     ap.add_argument("--group", required=True)
     ap.add_argument("--by", required=True, help="who approves (kept in the record)")
     ap.set_defaults(handler=_approve)
+
+    rl = sub.add_parser("relay", help="an operator cuts a meter off or restores it by hand "
+                                      "(held against the policy until released)")
+    rl.add_argument("--meter", required=True)
+    rl.add_argument("--want", required=True, choices=("open", "closed"),
+                    help="open: cut off; closed: restore")
+    rl.add_argument("--by", required=True, help="the operator (kept in the audit)")
+    rl.add_argument("--reason", default="")
+    rl.add_argument("--until", default=None, type=datetime.fromisoformat,
+                    help="ISO time with zone when the hold ends (default: until released)")
+    rl.set_defaults(handler=_relay)
+
+    rel = sub.add_parser("release", help="end an operator's manual hold of a meter")
+    rel.add_argument("--meter", required=True)
+    rel.add_argument("--by", required=True)
+    rel.add_argument("--reason", default="")
+    rel.set_defaults(handler=_release)
+
+    holds = sub.add_parser("holds", help="manual holds in force")
+    holds.add_argument("--account", default=None)
+    holds.add_argument("--json", action="store_true")
+    holds.set_defaults(handler=_holds)
 
     tf = sub.add_parser("tariffs", help="check and list the tariff files")
     tf.set_defaults(handler=_tariffs)
@@ -262,6 +284,38 @@ def _approve(args: argparse.Namespace) -> int:
         print(f"no cut-off is waiting for approval in group {args.group!r}", file=sys.stderr)
         return 1
     print(f"cut-offs of group {args.group} approved by {args.by}")
+    return 0
+
+
+def _relay(args: argparse.Namespace) -> int:
+    with _connect(args) as conn:
+        cid = manual.manual_relay(conn, args.meter, args.want, by=args.by, reason=args.reason,
+                                  hold_until=args.until)
+    print(f"command {cid} queued: relay of {args.meter} wanted {args.want}, held "
+          + (f"until {args.until.isoformat()}" if args.until else "until released"))
+    return 0
+
+
+def _release(args: argparse.Namespace) -> int:
+    with _connect(args) as conn:
+        ok = manual.release_manual_hold(conn, args.meter, by=args.by, reason=args.reason)
+    if not ok:
+        print(f"meter {args.meter!r} has no manual hold", file=sys.stderr)
+        return 1
+    print(f"manual hold of {args.meter} released by {args.by}; the policy applies again")
+    return 0
+
+
+def _holds(args: argparse.Namespace) -> int:
+    with _connect(args) as conn:
+        rows = manual.manual_holds(conn, args.account)
+    if args.json:
+        print(_dump(rows))
+        return 0
+    for r in rows:
+        until = r["until"].isoformat() if r["until"] else "released by hand"
+        print(f"{r['meter_id']:16} {r['account_id']:12} {r['wanted']:6} by {r['by']} "
+              f"until {until}  {r['reason']}")
     return 0
 
 

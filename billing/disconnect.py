@@ -54,6 +54,10 @@ class EvalStats:
     held: int = 0
 
 
+# an operator's manual hold in force at %(now)s (billing.manual); m is billing_meters
+_ACTIVE_HOLD = ("manual_hold IS NOT NULL AND (manual_hold_until IS NULL "
+                "OR manual_hold_until > %(now)s)")
+
 _PICK = """
 SELECT a.*,
        EXISTS (SELECT 1 FROM billing_topup_intents t WHERE t.account_id = a.account_id
@@ -137,12 +141,28 @@ def _evaluate_one(
     group_load = 0
     if acc["group_key"] and phase is Phase.FINAL:
         group_load = _group_load(conn, acc["group_key"], now, knobs.mass_window_s)
+    # meters under an operator's manual hold (billing.manual) are left alone by the policy
+    held: dict[str, tuple[str, str]] = {}
+    meters: list[str] = []
+    for m, hold, by, until in conn.execute(
+        f"SELECT meter_id, CASE WHEN {_ACTIVE_HOLD} THEN manual_hold END, manual_hold_by, "
+        "manual_hold_until FROM billing_meters WHERE account_id = %(acc)s ORDER BY meter_id",
+        {"now": now, "acc": acc_id},
+    ):
+        if hold is None:
+            meters.append(m)
+        else:
+            held[m] = (hold, f"{by}" + (f" until {until.isoformat()}" if until else ""))
+    held_on = {m: who for m, (h, who) in held.items() if h == "closed"}
+    held_off = {m: who for m, (h, who) in held.items() if h == "open"}
+    manual = None
+    if held_on and not meters and not held_off:
+        manual = "supply held on by an operator: " + ", ".join(
+            f"{m} ({who})" for m, who in sorted(held_on.items()))
     state = AccountState(bal, phase, acc["phase_since"], settings, windows,
-                         acc["pending_topup"], acc["approved"])
+                         acc["pending_topup"], acc["approved"], manual)
     decision = decide(state, now, group_load, knobs.max_group_cutoffs)
     a = decision.action
-    meters = [m for (m,) in conn.execute(
-        "SELECT meter_id FROM billing_meters WHERE account_id = %s ORDER BY meter_id", (acc_id,))]
 
     if a is Action.WARN:
         updates |= {"phase": "warned", "phase_since": now}
@@ -178,8 +198,8 @@ def _evaluate_one(
     elif a is Action.CUTOFF:
         updates |= {"phase": "cut", "phase_since": now, "hold_reason": None,
                     "awaiting_approval": False}
-        conn.execute("UPDATE billing_meters SET relay_wanted = 'open' WHERE account_id = %s",
-                     (acc_id,))
+        conn.execute("UPDATE billing_meters SET relay_wanted = 'open' WHERE meter_id = ANY(%s)",
+                     (meters,))
         for m in meters:
             # a status question still waiting must not keep the cut-off out
             lifecycle.cancel_active(conn, m, "relay_status", actor, "superseded by cut-off")
@@ -189,12 +209,14 @@ def _evaluate_one(
                 actor=actor, detail=decision.reason,
             ):
                 stats.cutoffs_queued += 1
-        _alert(conn, acc, "cutoff", f"supply cut off: {decision.reason}")
+        _alert(conn, acc, "cutoff", f"supply cut off: {decision.reason}" + (
+            "; held on by an operator: " + ", ".join(sorted(held_on)) if held_on else ""))
         stats.alerts += 1
     elif a is Action.RESTORE:
         updates |= {"phase": "normal", "phase_since": now, "hold_reason": None}
         conn.execute(
-            "UPDATE billing_meters SET relay_wanted = 'closed' WHERE account_id = %s", (acc_id,))
+            "UPDATE billing_meters SET relay_wanted = 'closed' WHERE meter_id = ANY(%s)",
+            (meters,))
         action = lifecycle.RESTORE_ACTIONS[acc["restore_mode"]]
         for m in meters:
             # a cut-off not yet executed is simply cancelled: the payment arrived first
@@ -204,7 +226,8 @@ def _evaluate_one(
                 ensure_relay(conn, acc_id, m, action, now, knobs, actor, "restore",
                              decision.reason)
             )
-        _alert(conn, acc, "restored", f"supply restored: {decision.reason}")
+        _alert(conn, acc, "restored", f"supply restored: {decision.reason}" + (
+            "; held off by an operator: " + ", ".join(sorted(held_off)) if held_off else ""))
         stats.alerts += 1
 
     sets = ", ".join(f"{k} = %({k})s" for k in updates)
@@ -263,9 +286,11 @@ def _recheck(row: dict[str, Any], now: datetime) -> tuple[bool, datetime | None,
     action = row["action"]
     if action == "relay_open":
         # relay_wanted is the single truth: the policy's restore and an operator's decision
-        # (web) both set it
+        # (billing.manual) both set it
         if row["relay_wanted"] != "open":
             return False, None, "cut-off no longer wanted (balance recovered or restored)"
+        if row.get("manual_hold") == "open":
+            return True, None, "an operator's manual cut-off"  # no window/payment deferral
         windows = ProtectedWindows.from_json(row["windows"])
         if windows.contains(now):
             return True, windows.next_open(now), "protected window"
@@ -320,7 +345,9 @@ def reconcile(
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
             """SELECT m.meter_id, m.account_id, m.relay_wanted, m.relay_reported,
-                      m.customer_action_needed, a.windows, a.restore_mode
+                      m.customer_action_needed, a.windows, a.restore_mode,
+                      m.manual_hold IS NOT NULL AND (m.manual_hold_until IS NULL
+                          OR m.manual_hold_until > %s) AS manual
                FROM billing_meters m JOIN billing_accounts a ON a.account_id = m.account_id
                WHERE (m.relay_reported IS DISTINCT FROM m.relay_wanted
                       OR m.customer_action_needed)
@@ -331,7 +358,7 @@ def reconcile(
                             OR c.updated_at > %s))
                LIMIT 500
                FOR UPDATE OF m SKIP LOCKED""",
-            (meter_id, meter_id, grace),
+            (now, meter_id, meter_id, grace),
         ).fetchall()
         for r in rows:
             if r["customer_action_needed"] and meter_id:
@@ -339,10 +366,13 @@ def reconcile(
             if r["customer_action_needed"] and r["relay_wanted"] == "closed":
                 action, why = "relay_status", "waiting for the customer to press the button"
             elif r["relay_wanted"] == "open":
-                # also when the state is unknown: a cut-off that failed must be tried again
-                if ProtectedWindows.from_json(r["windows"]).contains(now):
+                # also when the state is unknown: a cut-off that failed must be tried again;
+                # an operator's manual cut-off is not deferred by protected windows
+                if not r["manual"] and ProtectedWindows.from_json(r["windows"]).contains(now):
                     continue
                 action, why = "relay_open", f"relay reads {r['relay_reported']}, wanted open"
+                if r["manual"]:
+                    why += " (manual hold)"
             elif r["relay_reported"] == "unknown":
                 continue  # closed wanted, never heard: the normal state of a new meter
             else:

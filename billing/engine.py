@@ -29,6 +29,7 @@ import psycopg
 from billing import alerts, commands, lifecycle
 from billing.charging import CommitHorizon, charge_all
 from billing.disconnect import PolicyKnobs, evaluate_accounts, handle_deadlines, reconcile
+from billing.manual import end_expired_holds
 from billing.tariffs import TariffError, check_history, load_tariffs
 from meterhub import wire
 from meterhub.settings import MqttSettings
@@ -92,6 +93,7 @@ class EngineStats:
     acks: int = 0
     retries: int = 0
     reconciled: int = 0
+    holds_ended: int = 0  # operators' manual holds that expired (billing.manual)
     errors: int = 0
     mqtt_connected: bool = False
 
@@ -171,6 +173,7 @@ class BillingEngine:
         self.stats.adjustments += charged.adjustments
         self.stats.intervals_unbilled += charged.unbilled
         now = datetime.now(UTC)
+        self.stats.holds_ended += end_expired_holds(conn, now, cfg.knobs, actor)
         for _ in range(20):
             ev = evaluate_accounts(conn, now, cfg.knobs, actor, limit=cfg.batch_accounts)
             self.stats.alerts_raised += ev.alerts

@@ -239,6 +239,8 @@ def due_for_retry(
         return cur.execute(
             """SELECT c.*, a.phase, a.balance_fen, a.credit, a.windows, a.restore_mode,
                       mt.relay_wanted,
+                      CASE WHEN mt.manual_hold_until IS NULL OR mt.manual_hold_until > %s
+                           THEN mt.manual_hold END AS manual_hold,
                       EXISTS (SELECT 1 FROM billing_topup_intents t
                               WHERE t.account_id = c.account_id AND t.settled_at IS NULL
                                 AND t.expires_at > %s) AS pending_topup
@@ -249,7 +251,7 @@ def due_for_retry(
                  AND c.next_attempt_at <= %s
                ORDER BY c.next_attempt_at LIMIT %s
                FOR UPDATE OF c SKIP LOCKED""",
-            (now, now, limit),
+            (now, now, now, limit),
         ).fetchall()
 
 

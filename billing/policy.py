@@ -171,6 +171,7 @@ class AccountState:
     windows: ProtectedWindows = field(default_factory=ProtectedWindows)
     pending_topup: bool = False
     cutoff_approved: bool = False
+    manual_hold: str | None = None  # every meter held on by an operator: why (for people)
 
 
 def decide(state: AccountState, now: datetime, group_cutoffs: int, max_group_cutoffs: int) -> (
@@ -202,6 +203,10 @@ def decide(state: AccountState, now: datetime, group_cutoffs: int, max_group_cut
     # Phase.FINAL
     if since.total_seconds() < s.final_to_cutoff_s:
         return Decision(Action.NONE)
+    if state.manual_hold:
+        # an operator restored (or kept on) the supply by hand: the cut-off waits for the
+        # hold to end; the final notice is renewed then if it went stale meanwhile
+        return Decision(Action.HOLD, state.manual_hold, hold="manual hold")
     if state.pending_topup:
         return Decision(Action.HOLD, "a top-up is pending", hold="pending top-up")
     if state.windows.contains(now):

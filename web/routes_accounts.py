@@ -2,22 +2,20 @@
 
 Top-ups go through :func:`billing.ledger.topup` (idempotent by channel + payment reference),
 so a double-clicked button or a retried request is one ledger entry. Operators may cut a
-meter off or restore it by hand; such a command is queued with
-:func:`billing.lifecycle.queue_command` and driven by the billing engine like any other, with
-every step in its audit trail.
+meter off or restore it by hand through :func:`billing.manual_relay`: billing records the
+operator's manual hold (its policy and reconciliation keep it until an operator releases it)
+and drives the command like any other, with every step in its audit trail.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 from aiohttp import web
 
+import billing
 from billing import ledger as billing_ledger
-from billing import lifecycle
-from billing.disconnect import PolicyKnobs
 from billing.errors import BillingError
 from billing.money import from_fen
 from web import accounts, database, inputs
@@ -201,35 +199,26 @@ async def create_command(request: web.Request) -> web.Response:
 
 def _queue_manual(conn: psycopg.Connection[Any], meter_id: str, purpose: str, reason: str,
                   user: User) -> dict[str, Any]:
-    """Queue through billing's lifecycle, and set the wanted relay state so billing's
-    reconciliation keeps the operator's decision instead of "repairing" it."""
-    bm = conn.execute(
-        """SELECT bm.account_id, a.restore_mode, a.balance_fen
-           FROM billing_meters bm JOIN billing_accounts a USING (account_id)
-           WHERE bm.meter_id = %s FOR UPDATE OF bm""", (meter_id,)).fetchone()
-    if bm is None:
-        raise NotFound(f"meter {meter_id!r} belongs to no account; nothing to cut off")
-    if purpose == "cutoff":
-        action, wanted = "relay_open", "open"
-    else:
-        action, wanted = lifecycle.RESTORE_ACTIONS[bm["restore_mode"]], "closed"
-    why = f"manual {purpose} by {user.name}" + (f": {reason}" if reason else "")
-    knobs = PolicyKnobs()
-    with database.tuple_rows(conn):
-        command_id = lifecycle.queue_command(
-            conn, account_id=bm["account_id"], meter_id=meter_id, action=action,
-            purpose=purpose, now=datetime.now(UTC), ttl_s=knobs.command_ttl_s,
-            max_attempts=knobs.max_attempts, actor=f"web:{user.name}", detail=why)
-    if command_id is None:
+    """Billing owns operator commands: :func:`billing.manual_relay` records the operator's
+    intent as a manual hold (kept by billing's policy and reconciliation until released),
+    queues the command through the lifecycle and audits it with the user's name."""
+    wanted: Literal["open", "closed"] = "open" if purpose == "cutoff" else "closed"
+    try:
+        with database.tuple_rows(conn):
+            command_id = billing.manual_relay(conn, meter_id, wanted, by=f"web:{user.name}",
+                                              reason=reason)
+    except billing.UnknownMeter:
+        raise NotFound(f"meter {meter_id!r} belongs to no account; nothing to cut off"
+                       ) from None
+    except billing.CommandInFlight:
         raise Conflict(f"meter {meter_id!r} already has a command in flight; "
-                       "wait for it to finish or expire")
-    conn.execute("UPDATE billing_commands SET reason = %s WHERE command_id = %s",
-                 (why, command_id))
-    conn.execute("UPDATE billing_meters SET relay_wanted = %s WHERE meter_id = %s",
-                 (wanted, meter_id))
+                       "wait for it to finish or expire") from None
+    bal = conn.execute(
+        "SELECT a.balance_fen FROM billing_accounts a JOIN billing_meters bm USING (account_id)"
+        " WHERE bm.meter_id = %s", (meter_id,)).fetchone()
     database.audit(conn, user, f"command.{purpose}", f"meter:{meter_id}",
                    {"command_id": command_id, "reason": reason,
-                    "balance": from_fen(bm["balance_fen"])})
+                    "balance": from_fen(bal["balance_fen"]) if bal else None})
     out = accounts.command(conn, command_id)
     assert out is not None
     return out

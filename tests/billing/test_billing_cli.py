@@ -49,3 +49,22 @@ def test_errors_are_one_clear_line(capsys: pytest.CaptureFixture[str], db_url: s
     assert rc == 1 and "more than two decimals" in err
     rc, _, err = run(capsys, db_url, "approve", "--group", "none", "--by", "me")
     assert rc == 1 and "no cut-off is waiting" in err
+
+
+def test_manual_relay_hold_and_release(capsys: pytest.CaptureFixture[str], db_url: str) -> None:
+    run(capsys, db_url, "create-account", "--account", "A1", "--meter", "m1", "--tariff",
+        "residential-flat")
+    rc, out, _ = run(capsys, db_url, "relay", "--meter", "m1", "--want", "open", "--by",
+                     "op:alice", "--reason", "tamper", "--until", "2099-01-01T00:00:00+08:00")
+    assert rc == 0 and "held until 2099" in out
+    rc, out, _ = run(capsys, db_url, "holds", "--json")
+    [hold] = json.loads(out)
+    assert (hold["meter_id"], hold["wanted"], hold["by"]) == ("m1", "open", "op:alice")
+    rc, _, err = run(capsys, db_url, "relay", "--meter", "m1", "--want", "closed", "--by", "b")
+    assert rc == 1 and "in flight" in err
+    rc, out, _ = run(capsys, db_url, "release", "--meter", "m1", "--by", "op:alice")
+    assert rc == 0 and "released" in out
+    rc, _, err = run(capsys, db_url, "release", "--meter", "m1", "--by", "op:alice")
+    assert rc == 1 and "no manual hold" in err
+    rc, _, err = run(capsys, db_url, "relay", "--meter", "nope", "--want", "open", "--by", "b")
+    assert rc == 1 and "belongs to no account" in err

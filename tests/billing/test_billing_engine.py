@@ -13,6 +13,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -22,8 +23,18 @@ import pytest
 from billing_helpers import T0, put_intervals, put_meter
 from fake_gateway import FakeGateway, running
 
-from billing import BillingConfig, BillingEngine, CreditSettings, balance, create_account, topup
+from billing import (
+    BillingConfig,
+    BillingEngine,
+    CreditSettings,
+    balance,
+    create_account,
+    manual_relay,
+    release_manual_hold,
+    topup,
+)
 from billing.lifecycle import audit_trail
+from billing.manual import hold_trail
 from billing.tariffs import load_tariffs
 from meterhub import wire
 from meterhub.embedded import amqtt_broker, free_port, mosquitto_broker
@@ -282,3 +293,91 @@ async def test_two_billing_processes_send_each_cutoff_once(db_url: str, mqtt: Mq
     assert sum(s["intervals_charged"] for s in stats) == n * 24
     opens = Counter(c.meter for c in gw.received if c.action == "relay_open")
     assert opens == {f"m{i}": 1 for i in range(n)}
+
+
+@pytest.mark.integration
+async def test_manual_cutoff_of_a_paying_account_holds_through_reconciliation(
+    db_url: str, mqtt: MqttSettings, site: str
+) -> None:
+    """An operator cuts off a paying account; payments, charges and reconciliation passes
+    leave it open (and repair drift towards it) until the operator releases the hold."""
+    with psycopg.connect(db_url, autocommit=True) as c:
+        put_meter(c, "m1", site, "gw1")
+        create_account(c, "A1", meters=["m1"], tariff="residential-flat", credit=FAST,
+                       opening_balance="100.00", charge_from=T0, tariffs=TARIFFS)
+    gw = FakeGateway(mqtt, site)
+    async with running(gw), engines(config(db_url, mqtt, reconcile_interval_s=0.2,
+                                           reconcile_grace_s=0.2)) as (eng,):
+        with psycopg.connect(db_url, autocommit=True) as c:
+            cid = manual_relay(c, "m1", "open", by="op:alice", reason="tampered seal")
+        await until(lambda: eng.stats.cutoffs_acked == 1)
+        assert gw.relay["m1"] == "open"
+        with psycopg.connect(db_url, autocommit=True) as c:
+            topup(c, "A1", D("20.00"), "wechat", "WX-1")
+            put_intervals(c, "m1", ["0.5", "0.5"])
+        await until(lambda: eng.stats.intervals_charged == 2)
+        ticks = eng.stats.ticks
+        await asyncio.sleep(1.5)  # several policy and reconciliation passes
+        assert eng.stats.ticks > ticks + 5 and gw.relay["m1"] == "open"
+        # closed on site, seen in a reading: reconciliation re-opens it (the hold's way)
+        gw.relay["m1"] = "closed"
+        with psycopg.connect(db_url, autocommit=True) as c:
+            c.execute("UPDATE meters SET relay = 'closed', relay_at = now() "
+                      "WHERE meter_id = 'm1'")
+        await until(lambda: eng.stats.cutoffs_acked == 2)
+        assert gw.relay["m1"] == "open" and eng.stats.restores_acked == 0
+        with psycopg.connect(db_url, autocommit=True) as c:
+            assert release_manual_hold(c, "m1", by="op:alice")
+        await until(lambda: eng.stats.restores_acked == 1)
+        assert gw.relay["m1"] == "closed"
+    cmds = q(db_url, "SELECT action, purpose, state FROM billing_commands ORDER BY created_at")
+    assert cmds == [("relay_open", "cutoff", "verified"), ("relay_open", "reconcile", "verified"),
+                    ("relay_close", "restore", "verified")]
+    with psycopg.connect(db_url, autocommit=True) as c:
+        trail = audit_trail(c, cid)
+        assert trail[0][3] == "op:alice" and "tampered seal" in trail[0][4]
+        assert [(h["event"], h["actor"]) for h in hold_trail(c, "m1")] == [
+            ("set", "op:alice"), ("released", "op:alice")]
+    assert q(db_url, "SELECT phase, balance_fen > 0 FROM billing_accounts") == [("normal", True)]
+
+
+@pytest.mark.integration
+async def test_manual_restore_of_a_negative_account_holds_until_it_expires(
+    db_url: str, mqtt: MqttSettings, site: str
+) -> None:
+    """The policy cut an account off; an operator restores it for a while. Policy passes
+    (new charges keep the account dirty) leave it on; when the hold ends the cut-off resumes."""
+    with psycopg.connect(db_url, autocommit=True) as c:
+        put_meter(c, "m1", site, "gw1")
+        create_account(c, "A1", meters=["m1"], tariff="residential-flat", credit=FAST,
+                       opening_balance="1.00", charge_from=T0, tariffs=TARIFFS)
+    gw = FakeGateway(mqtt, site)
+    async with running(gw), engines(config(db_url, mqtt, reconcile_interval_s=0.2,
+                                           reconcile_grace_s=0.2)) as (eng,):
+        with psycopg.connect(db_url, autocommit=True) as c:
+            put_intervals(c, "m1", ["1.0000", "1.0000"])
+        await until(lambda: eng.stats.cutoffs_acked == 1)
+        until_at = datetime.now(UTC) + timedelta(seconds=4)
+        with psycopg.connect(db_url, autocommit=True) as c:
+            cid = manual_relay(c, "m1", "closed", by="op:bob", reason="oxygen concentrator",
+                               hold_until=until_at)
+        await until(lambda: eng.stats.restores_acked == 1)
+        assert gw.relay["m1"] == "closed"
+        with psycopg.connect(db_url, autocommit=True) as c:
+            put_intervals(c, "m1", ["0.5"] * 4, start=T0 + timedelta(hours=1))
+        await until(lambda: eng.stats.intervals_charged == 6)
+        while datetime.now(UTC) < until_at - timedelta(seconds=0.5):
+            assert gw.relay["m1"] == "closed" and eng.stats.cutoffs_queued == 1
+            await asyncio.sleep(0.1)
+        await until(lambda: eng.stats.cutoffs_acked == 2)
+        assert gw.relay["m1"] == "open" and eng.stats.holds_ended == 1
+    opens = q(db_url, "SELECT created_at FROM billing_commands WHERE action = 'relay_open' "
+                      "ORDER BY created_at")
+    assert len(opens) == 2 and opens[1][0] >= until_at
+    with psycopg.connect(db_url, autocommit=True) as c:
+        assert audit_trail(c, cid)[0][3] == "op:bob"
+        assert [(h["event"], h["actor"]) for h in hold_trail(c, "m1")] == [
+            ("set", "op:bob"), ("expired", eng.config.engine_id)]
+    assert q(db_url, "SELECT phase, relay_wanted, relay_reported, manual_hold "
+                     "FROM billing_accounts JOIN billing_meters USING (account_id)") == [
+        ("cut", "open", "open", None)]

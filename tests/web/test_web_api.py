@@ -150,9 +150,14 @@ async def test_manual_cutoff_and_restore(client: Client, logins: Logins, fleet: 
                           json={"meter": "nope", "action": "cutoff"})
     assert "no account" in unknown["error"]["message"]
     with psycopg.connect(db_url) as conn:
-        wanted = conn.execute("SELECT relay_wanted FROM billing_meters WHERE meter_id = %s",
+        wanted = conn.execute("SELECT relay_wanted, manual_hold, manual_hold_by, "
+                              "manual_hold_command FROM billing_meters WHERE meter_id = %s",
                               (meter,)).fetchone()
-    assert wanted == ("open",)
+        held = conn.execute("SELECT event, actor, reason FROM billing_manual_hold_audit "
+                            "WHERE meter_id = %s", (meter,)).fetchall()
+    # billing holds the operator's decision against its policy and reconciliation
+    assert wanted == ("open", "open", "web:operator", cmd["id"])
+    assert held == [("set", "web:operator", "tamper")]
 
 
 async def test_bad_input_is_400_with_a_reason(client: Client, logins: Logins,
