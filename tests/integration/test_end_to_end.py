@@ -38,7 +38,22 @@ async def test_meter_to_relay_and_back(db_url: str, mqtt: MqttSettings) -> None:
                 "SELECT meter_id, count(DISTINCT ts) FROM readings GROUP BY meter_id"
             ).fetchall()
         )
-    assert set(per_meter) == set(plan.meter_ids()), "every meter was read and stored"
+        assert set(per_meter) == set(plan.meter_ids()), "every meter was read and stored"
+        # warn first, then a final warning, then the cut-off, in that order, published
+        ladder = [
+            kind
+            for (kind,) in conn.execute(
+                "SELECT kind FROM billing_alerts WHERE account_id = %s "
+                "AND kind IN ('warning', 'final_warning', 'cutoff') ORDER BY alert_id",
+                (summary.dry_account,),
+            )
+        ]
+        assert ladder[:2] == ["warning", "final_warning"], ladder
+        unpublished = conn.execute(
+            "SELECT count(*) FROM billing_alerts WHERE account_id = %s AND published_at IS NULL",
+            (summary.dry_account,),
+        ).fetchone()
+        assert unpublished == (0,), "alerts are published on MQTT"
 
     # the cut-off reached the simulated meter's relay, and energy stopped while open
     assert summary.cutoffs_acked >= 1
