@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
 import sys
 import tempfile
 import time
@@ -278,9 +279,17 @@ class _DemoRun:
         ]
         gateway = asyncio.create_task(self.gateway.run(stop_gateway), name="gateway")
         deadline = None if duration is None else started + duration
+        # Ctrl-C or SIGTERM end the run like the deadline does: an orderly stop, exit 0
+        interrupted = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, interrupted.set)
         try:
-            while deadline is None or time.monotonic() < deadline - 2:
-                await asyncio.sleep(1.0)
+            while not interrupted.is_set() and (
+                deadline is None or time.monotonic() < deadline - 2
+            ):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(interrupted.wait(), 1.0)
                 _raise_if_failed([*backend, gateway])
                 at = f"{time.monotonic() - started:5.1f}s"
                 self.observe_relay(at)
@@ -290,6 +299,8 @@ class _DemoRun:
                 if live:
                     _say(await asyncio.to_thread(self.status_line, at))
         finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
             # Gateway first: it flushes its buffer; then the collector gets time to store
             # everything that was published before the backend stops.
             stop_gateway.set()
