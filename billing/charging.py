@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -34,6 +34,7 @@ from billing.money import post_charge
 from billing.tariffs import Tariff, TariffError
 
 _ALL = 2**62
+_CHUNK = 2000  # ledger rows per COPY write while pricing goes on
 
 
 class CommitHorizon:
@@ -83,6 +84,7 @@ class ChargeStats:
     skipped: int = 0  # held, or before the account's start
     unbilled: int = 0  # could not be priced: kept in billing_unbilled with the reason
     accounts: int = 0
+    last_account: str | None = None  # of this batch (not summed): where the next starts
 
     def add(self, other: ChargeStats) -> None:
         for f in ("intervals", "adjustments", "unchanged", "skipped", "unbilled", "accounts"):
@@ -94,23 +96,35 @@ class ChargeStats:
                 + self.unbilled)
 
 
+# Accounts with intervals to charge, in account order after the previous batch's last one
+# (keyset: each batch starts where the last stopped instead of walking past the accounts
+# already done; charge_all wraps around once at the end).
 _PICK = """
 SELECT a.account_id, a.tariff_id, a.balance_fen, a.carry
 FROM billing_accounts a
-WHERE EXISTS (
+WHERE {after} EXISTS (
     SELECT 1 FROM billing_meters m
     JOIN intervals i ON i.meter_id = m.meter_id AND i.change_id > m.cursor
                     AND i.change_id <= %(h)s
     WHERE m.account_id = a.account_id)
+ORDER BY a.account_id
 LIMIT %(n)s
 FOR UPDATE OF a SKIP LOCKED
 """
+_PICK_FIRST = _PICK.format(after="")
+_PICK_AFTER = _PICK.format(after="a.account_id > %(after)s AND")
 
+# Per meter, its intervals past the cursor by the (meter_id, change_id) index (LATERAL), so
+# a batch reads its own meters' new intervals rather than scanning the whole table.
 _ROWS = """
 SELECT m.account_id, i.meter_id, i.interval_start, i.interval_end, i.kwh,
        i.held OR i.interval_start < m.charge_from, i.change_id, c.kwh
 FROM billing_meters m
-JOIN intervals i ON i.meter_id = m.meter_id AND i.change_id > m.cursor AND i.change_id <= %(h)s
+CROSS JOIN LATERAL (
+    SELECT i.meter_id, i.interval_start, i.interval_end, i.kwh, i.held, i.change_id
+    FROM intervals i
+    WHERE i.meter_id = m.meter_id AND i.change_id > m.cursor AND i.change_id <= %(h)s
+    ORDER BY i.change_id LIMIT %(rows)s) i
 LEFT JOIN billing_charges c ON c.meter_id = i.meter_id AND c.interval_start = i.interval_start
 WHERE m.account_id = ANY(%(acc)s)
 ORDER BY i.meter_id, i.change_id
@@ -125,8 +139,10 @@ def charge_batch(
     horizon: int | None = None,
     max_accounts: int = 500,
     max_rows: int = 50_000,
+    after: str | None = None,
 ) -> ChargeStats:
     """Charge one batch of accounts; returns what was done (``work == 0``: nothing left).
+    ``after``: only accounts ordered after this id (``last_account`` of the previous batch).
 
     ``horizon`` None reads every change_id: only for callers that know no interval writer
     is running (tools, benchmarks); the engine passes :class:`CommitHorizon` values.
@@ -134,10 +150,12 @@ def charge_batch(
     h = _ALL if horizon is None else horizon
     stats = ChargeStats()
     with conn.transaction():
-        accounts = conn.execute(_PICK, {"h": h, "n": max_accounts}).fetchall()
+        accounts = conn.execute(_PICK_FIRST if after is None else _PICK_AFTER,
+                                {"h": h, "n": max_accounts, "after": after}).fetchall()
         if not accounts:
             return stats
         stats.accounts = len(accounts)
+        stats.last_account = accounts[-1][0]
         acc_ids = [a[0] for a in accounts]
         state: dict[str, list[Any]] = {a[0]: [a[1], a[2], a[3]] for a in accounts}
         with conn.cursor() as bcur:  # (binary fetch measured no faster)
@@ -148,50 +166,82 @@ def charge_batch(
             "WHERE account_id = ANY(%s)", (acc_ids,)
         ):
             usage[acc][year] = kwh
-        # the ledger and charge rows go out as COPY text built here: this is the hot loop
-        ledger: list[str] = []
+        # the hot loop. The ledger rows stream into a COPY while later intervals are priced,
+        # so the server stores one chunk while Python computes the next (two cores); the
+        # charge rows go out in a second COPY after it. Interval times repeat across meters
+        # (one 15-minute grid), so their text and epoch forms are cached.
         new_charges: list[str] = []
         changed_charges: list[tuple[Any, ...]] = []
         unbilled: list[tuple[Any, ...]] = []
         cursors: dict[str, int] = {}
-        for acc, meter, start, end, kwh, skip, change_id, charged in rows:
-            cursors[meter] = change_id
-            if skip:  # held for review, or consumed before the account's start
-                stats.skipped += 1
-                continue
-            if charged is not None and charged == kwh:
-                stats.unchanged += 1
-                continue
-            st = state[acc]
-            delta = kwh if charged is None else kwh - charged
-            try:
-                tariff = tariffs.get(st[0])
-                if tariff is None:
-                    raise TariffError(f"tariff {st[0]!r} is not loaded")
-                exact = tariff.amount(start, end, delta, usage[acc])
-            except TariffError as exc:
-                # one unpriceable interval must not stop the meter or the batch: keep it,
-                # with the reason, for a person (and an alert), and go on
-                stats.unbilled += 1
-                unbilled.append((meter, start, change_id, acc, str(exc)))
-                continue
-            fen, st[2] = post_charge(st[2], exact)
-            st[1] -= fen
-            # keys use epoch seconds: the same instant gives the same key whatever the
-            # session time zone of the process that charges it
-            epoch = int(start.timestamp())
-            m, a, iso = _esc(meter), _esc(acc), start.isoformat()
-            if charged is None:
-                stats.intervals += 1
-                ledger.append(f"{a}\tcharge\t{-fen}\t{st[1]}\tcharge:{m}:{epoch}\t{m}\t{iso}")
-                new_charges.append(
-                    f"{m}\t{iso}\t{end.isoformat()}\t{a}\t{kwh}\t{exact}\t{change_id}")
-            else:
-                stats.adjustments += 1
-                ledger.append(
-                    f"{a}\tadjustment\t{-fen}\t{st[1]}\tadj:{m}:{epoch}:{change_id}\t{m}\t{iso}")
-                changed_charges.append((kwh, exact, change_id, meter, start))
-        _write(conn, ledger, new_charges, changed_charges, cursors, state, usage)
+        starts: dict[datetime, tuple[str, int]] = {}
+        ends: dict[datetime, str] = {}
+        last_meter: str | None = None
+        last_acc: str | None = None
+        m = a = ""
+        st: list[Any] = []
+        acc_usage: dict[date, Decimal] = {}
+        tariff: Tariff | None = None
+        posted = False
+        with conn.cursor() as cur, cur.copy(
+            "COPY billing_ledger (account_id, kind, amount_fen, balance_after_fen, "
+            "idempotency_key, meter_id, interval_start) FROM STDIN"
+        ) as copy:
+            ledger: list[str] = []
+            for acc, meter, start, end, kwh, skip, change_id, charged in rows:
+                cursors[meter] = change_id
+                if skip:  # held for review, or consumed before the account's start
+                    stats.skipped += 1
+                    continue
+                if charged is not None and charged == kwh:
+                    stats.unchanged += 1
+                    continue
+                if acc != last_acc:
+                    last_acc, a, st = acc, _esc(acc), state[acc]
+                    acc_usage = usage[acc]
+                    tariff = tariffs.get(st[0])
+                if meter != last_meter:
+                    last_meter, m = meter, _esc(meter)
+                delta = kwh if charged is None else kwh - charged
+                try:
+                    if tariff is None:
+                        raise TariffError(f"tariff {st[0]!r} is not loaded")
+                    exact = tariff.amount(start, end, delta, acc_usage)
+                except TariffError as exc:
+                    # one unpriceable interval must not stop the meter or the batch: keep
+                    # it, with the reason, for a person (and an alert), and go on
+                    stats.unbilled += 1
+                    unbilled.append((meter, start, change_id, acc, str(exc)))
+                    continue
+                fen, st[2] = post_charge(st[2], exact)
+                st[1] -= fen
+                posted = True
+                # keys use epoch seconds: the same instant gives the same key whatever the
+                # session time zone of the process that charges it
+                t = starts.get(start)
+                if t is None:
+                    t = starts[start] = (start.isoformat(), int(start.timestamp()))
+                iso, epoch = t
+                if charged is None:
+                    stats.intervals += 1
+                    ledger.append(
+                        f"{a}\tcharge\t{-fen}\t{st[1]}\tcharge:{m}:{epoch}\t{m}\t{iso}")
+                    end_iso = ends.get(end)
+                    if end_iso is None:
+                        end_iso = ends[end] = end.isoformat()
+                    new_charges.append(
+                        f"{m}\t{iso}\t{end_iso}\t{a}\t{kwh}\t{exact}\t{change_id}")
+                else:
+                    stats.adjustments += 1
+                    ledger.append(f"{a}\tadjustment\t{-fen}\t{st[1]}\t"
+                                  f"adj:{m}:{epoch}:{change_id}\t{m}\t{iso}")
+                    changed_charges.append((kwh, exact, change_id, meter, start))
+                if len(ledger) >= _CHUNK:
+                    copy.write("\n".join(ledger) + "\n")
+                    ledger.clear()
+            if ledger:
+                copy.write("\n".join(ledger) + "\n")
+        _write(conn, posted, new_charges, changed_charges, cursors, state, usage)
         if unbilled:
             _keep_unbilled(conn, unbilled)
     return stats
@@ -216,7 +266,7 @@ def _keep_unbilled(conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]]) -
 
 def _write(
     conn: psycopg.Connection[Any],
-    ledger: list[str],
+    posted: bool,
     new_charges: list[str],
     changed_charges: list[tuple[Any, ...]],
     cursors: dict[str, int],
@@ -224,12 +274,6 @@ def _write(
     usage: dict[str, dict[date, Decimal]],
 ) -> None:
     cur = conn.cursor()
-    if ledger:
-        with cur.copy(
-            "COPY billing_ledger (account_id, kind, amount_fen, balance_after_fen, "
-            "idempotency_key, meter_id, interval_start) FROM STDIN"
-        ) as copy:
-            copy.write("\n".join(ledger) + "\n")
     if new_charges:
         with cur.copy(
             "COPY billing_charges (meter_id, interval_start, interval_end, account_id, kwh, "
@@ -246,7 +290,7 @@ def _write(
         cur.execute(
             """UPDATE billing_meters m SET cursor = v.c
                FROM unnest(%s::text[], %s::bigint[]) AS v(m, c) WHERE m.meter_id = v.m""",
-            (list(cursors), list(cursors.values())),
+            (_texts(cursors), _array(cursors.values())),
         )
     tiers = [(a, y, k) for a, years in usage.items() for y, k in years.items()]
     if tiers:
@@ -254,15 +298,33 @@ def _write(
             """INSERT INTO billing_tier_usage (account_id, tier_year, kwh)
                SELECT * FROM unnest(%s::text[], %s::date[], %s::numeric[])
                ON CONFLICT (account_id, tier_year) DO UPDATE SET kwh = EXCLUDED.kwh""",
-            ([t[0] for t in tiers], [t[1] for t in tiers], [t[2] for t in tiers]),
+            (_texts([t[0] for t in tiers]), _array(t[1].isoformat() for t in tiers),
+             _array(t[2] for t in tiers)),
         )
-    if ledger:
+    if posted:
         cur.execute(
             """UPDATE billing_accounts a SET balance_fen = v.b, carry = v.c, dirty = true
                FROM unnest(%s::text[], %s::bigint[], %s::numeric[]) AS v(id, b, c)
                WHERE a.account_id = v.id""",
-            (list(state), [s[1] for s in state.values()], [s[2] for s in state.values()]),
+            (_texts(state), _array(s[1] for s in state.values()),
+             _array(s[2] for s in state.values())),
         )
+
+
+def _array(values: Iterable[Any]) -> str:
+    """A PostgreSQL array literal of numbers or dates (their str() is their input form):
+    one string instead of psycopg dumping a list element by element."""
+    return "{" + ",".join(map(str, values)) + "}"
+
+
+def _texts(values: Iterable[str]) -> str | list[str]:
+    """An array literal of ids, every element quoted; ids with a quote or a backslash
+    (never seen in practice) go as a list for psycopg to escape."""
+    items = list(values)
+    raw = "".join(items)
+    if '"' in raw or "\\" in raw:
+        return items
+    return '{"' + '","'.join(items) + '"}' if items else "{}"
 
 
 _ESCAPE = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
@@ -286,10 +348,15 @@ def charge_all(
 ) -> ChargeStats:
     """Charge batches until nothing is left (or ``max_batches``)."""
     total = ChargeStats()
+    after: str | None = None
     for _ in range(max_batches):
         s = charge_batch(conn, tariffs, horizon=horizon, max_accounts=max_accounts,
-                         max_rows=max_rows)
+                         max_rows=max_rows, after=after)
         total.add(s)
         if s.work == 0:
-            break
+            if after is None:
+                break
+            after = None  # past the last account: once more from the first
+        else:
+            after = s.last_account
     return total

@@ -238,3 +238,24 @@ def test_unpriceable_interval_is_kept_aside_not_blocking(conn: psycopg.Connectio
     assert conn.execute("SELECT kind FROM billing_alerts WHERE kind = 'billing_error'"
                         ).fetchall() == [("billing_error",)]
     assert charge_all(conn, TARIFFS).work == 0
+
+
+@pytest.mark.parametrize("odd", ["plain", 'quo"te', "back\\slash", "tab\tand,comma {x} NULL"])
+def test_ids_of_any_text_are_charged_across_batches(conn: psycopg.Connection, odd: str) -> None:
+    """Ids go out as COPY text and array literals: any character must survive; and with
+    small batches (each starting after the previous one's last account, wrapping once)
+    every account is charged exactly once."""
+    accounts = [f"{odd}-{i}" for i in range(7)]
+    for a in accounts:
+        open_account(conn, a, [f"m:{a}"], tariff="residential-tiered")
+        put_intervals(conn, f"m:{a}", ["0.25"] * 3)
+    s = charge_all(conn, TARIFFS, max_accounts=2, max_rows=4)
+    assert (s.intervals, s.adjustments) == (21, 0)
+    got = conn.execute("SELECT account_id, balance_fen, (SELECT sum(amount_fen) FROM "
+                       "billing_ledger l WHERE l.account_id = a.account_id), cursor > 0, "
+                       "(SELECT kwh FROM billing_tier_usage t WHERE t.account_id = a.account_id) "
+                       "FROM billing_accounts a JOIN billing_meters USING (account_id) "
+                       "ORDER BY account_id").fetchall()
+    assert [r[0] for r in got] == sorted(accounts)
+    assert all(r[1] == r[2] == -40 and r[3] and r[4] == D("0.75") for r in got), got
+    assert charge_all(conn, TARIFFS, max_accounts=2).work == 0
