@@ -37,7 +37,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
-from billing.charging import charge_all  # noqa: E402
+from billing.charging import charge_all, charge_parallel  # noqa: E402
 from billing.tariffs import load_tariffs  # noqa: E402
 from meterhub import db  # noqa: E402
 from meterhub.settings import database_url  # noqa: E402
@@ -132,9 +132,21 @@ def _worker(url: str, batch_accounts: int, per_meter: int) -> int:
 
 
 def _charge(url: str, conn: psycopg.Connection[Any], workers: int, batch_accounts: int,
-            per_meter: int) -> tuple[int, float]:
+            per_meter: int, connections: int = 1) -> tuple[int, float]:
     """Charge everything with ``workers`` processes (SKIP LOCKED splits the accounts, as
-    between billing engines); returns (intervals, seconds)."""
+    between billing engines), or with ``connections`` threads of this one process
+    (``charge_parallel``); returns (intervals, seconds)."""
+    if workers == 1 and connections > 1:
+        conns = [psycopg.connect(url, autocommit=True) for _ in range(connections)]
+        try:
+            tariffs = load_tariffs()
+            t0 = time.perf_counter()
+            n = charge_parallel(conns, tariffs, max_accounts=batch_accounts,
+                                max_rows=batch_accounts * per_meter).intervals
+            return n, time.perf_counter() - t0
+        finally:
+            for c in conns:
+                c.close()
     if workers == 1:
         t0 = time.perf_counter()
         n = charge_all(conn, load_tariffs(), max_accounts=batch_accounts,
@@ -157,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-accounts", type=int, default=1000)
     ap.add_argument("--workers", type=int, default=1,
                     help="charging processes at once (as several billing engines)")
+    ap.add_argument("--connections", type=int, default=1,
+                    help="charging connections (threads) of one process (charge_parallel)")
     ap.add_argument("--json", action="store_true", help="only the JSON line")
     args = ap.parse_args(argv)
     say = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr))
@@ -168,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"loaded {n} intervals for {args.accounts} accounts in "
                 f"{time.perf_counter() - t0:.1f} s")
             charged, charge_s = _charge(url, conn, args.workers, args.batch_accounts,
-                                        args.intervals_per_meter)
+                                        args.intervals_per_meter, args.connections)
             if charged != n:
                 raise SystemExit(f"charged {charged} of {n} intervals")
             check = conn.execute(
@@ -188,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         "accounts": args.accounts,
         "intervals": n,
         "workers": args.workers,
+        "connections": args.connections,
         "tariff": TARIFF,
         "intervals_per_s": round(rate),
         "pricing_only_per_s": round(p_n / p_s),

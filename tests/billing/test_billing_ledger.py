@@ -259,3 +259,26 @@ def test_ids_of_any_text_are_charged_across_batches(conn: psycopg.Connection, od
     assert [r[0] for r in got] == sorted(accounts)
     assert all(r[1] == r[2] == -40 and r[3] and r[4] == D("0.75") for r in got), got
     assert charge_all(conn, TARIFFS, max_accounts=2).work == 0
+
+
+def test_charge_parallel_charges_each_interval_once(db_url: str) -> None:
+    from billing.charging import charge_parallel
+
+    with psycopg.connect(db_url, autocommit=True) as c:
+        for i in range(12):
+            open_account(c, f"A{i}", [f"m{i}"], tariff="residential-tiered")
+            put_intervals(c, f"m{i}", ["0.25"] * 8)
+    conns = [psycopg.connect(db_url, autocommit=True) for _ in range(3)]
+    try:
+        s = charge_parallel(conns, TARIFFS, max_accounts=2, max_rows=5)
+    finally:
+        for c in conns:
+            c.close()
+    assert (s.intervals, s.adjustments) == (96, 0)
+    with psycopg.connect(db_url, autocommit=True) as c:
+        assert c.execute("SELECT count(*), count(DISTINCT idempotency_key) FROM billing_ledger"
+                         ).fetchone() == (96, 96)
+        assert c.execute("SELECT count(*) FROM billing_accounts a WHERE balance_fen <> "
+                         "(SELECT sum(amount_fen) FROM billing_ledger l "
+                         "WHERE l.account_id = a.account_id)").fetchone() == (0,)
+        assert charge_all(c, TARIFFS).work == 0
