@@ -27,7 +27,7 @@ from typing import Any
 import psycopg
 
 from billing import alerts, commands, lifecycle
-from billing.charging import CommitHorizon, charge_all
+from billing.charging import CommitHorizon, charge_parallel
 from billing.disconnect import PolicyKnobs, evaluate_accounts, handle_deadlines, reconcile
 from billing.manual import end_expired_holds
 from billing.tariffs import TariffError, check_history, load_tariffs
@@ -62,6 +62,7 @@ class BillingConfig:
     mass_window_s: float = 3600.0
     alerts_site: str = "billing"  # site for alerts of accounts whose meters were never heard
     batch_accounts: int = 500
+    charge_connections: int = 1  # >1: charge on that many connections at once (threads)
 
     @property
     def knobs(self) -> PolicyKnobs:
@@ -107,6 +108,7 @@ class BillingEngine:
         self._link: commands.CommandLink | None = None
         self._tick_conn: psycopg.Connection[Any] | None = None
         self._ack_conn: psycopg.Connection[Any] | None = None
+        self._charge_conns: list[psycopg.Connection[Any]] = []  # beside the tick connection
         self._last_reconcile = -1e18
         self._tariffs_checked = False
 
@@ -125,6 +127,7 @@ class BillingEngine:
                     self.stats.errors += 1
                     log.warning("database unavailable, retrying", extra={"why": str(exc)})
                     await asyncio.to_thread(self._drop_conn, "_tick_conn")
+                    await asyncio.to_thread(self._drop_charge_conns)
                 except Exception:
                     self.stats.errors += 1
                     log.exception("billing tick failed")
@@ -136,6 +139,7 @@ class BillingEngine:
                 await mqtt_task
             await asyncio.to_thread(self._drop_conn, "_tick_conn")
             await asyncio.to_thread(self._drop_conn, "_ack_conn")
+            await asyncio.to_thread(self._drop_charge_conns)
 
     def _conn(self, name: str) -> psycopg.Connection[Any]:
         conn = getattr(self, name)
@@ -150,6 +154,20 @@ class BillingEngine:
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()
+
+    def _charging(self, tick: psycopg.Connection[Any]) -> list[psycopg.Connection[Any]]:
+        """The tick connection plus ``charge_connections - 1`` more (opened on demand)."""
+        self._charge_conns = [c for c in self._charge_conns if not c.closed]
+        while len(self._charge_conns) < self.config.charge_connections - 1:
+            self._charge_conns.append(psycopg.connect(self.config.database_url,
+                                                      autocommit=True))
+        return [tick, *self._charge_conns]
+
+    def _drop_charge_conns(self) -> None:
+        conns, self._charge_conns = self._charge_conns, []
+        for c in conns:
+            with contextlib.suppress(Exception):
+                c.close()
 
     # ------------------------------------------------------------------ the tick
 
@@ -167,8 +185,8 @@ class BillingEngine:
             check_history(conn, self.tariffs)
             self._tariffs_checked = True
         horizon = self._horizon.update(conn)
-        charged = charge_all(conn, self.tariffs, horizon=horizon,
-                             max_accounts=cfg.batch_accounts, max_batches=50)
+        charged = charge_parallel(self._charging(conn), self.tariffs, horizon=horizon,
+                                  max_accounts=cfg.batch_accounts, max_batches=50)
         self.stats.intervals_charged += charged.intervals
         self.stats.adjustments += charged.adjustments
         self.stats.intervals_unbilled += charged.unbilled

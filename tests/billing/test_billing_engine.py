@@ -381,3 +381,23 @@ async def test_manual_restore_of_a_negative_account_holds_until_it_expires(
     assert q(db_url, "SELECT phase, relay_wanted, relay_reported, manual_hold "
                      "FROM billing_accounts JOIN billing_meters USING (account_id)") == [
         ("cut", "open", "open", None)]
+
+
+@pytest.mark.integration
+async def test_engine_charges_on_two_connections(db_url: str, mqtt: MqttSettings,
+                                                 site: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as c:
+        for i in range(8):
+            put_meter(c, f"m{i}", site, "gw1")
+            create_account(c, f"A{i}", meters=[f"m{i}"], tariff="residential-tou-tiered",
+                           credit=FAST, opening_balance="100.00", charge_from=T0,
+                           tariffs=TARIFFS)
+            put_intervals(c, f"m{i}", ["0.25"] * 24)
+    async with engines(config(db_url, mqtt, charge_connections=2, batch_accounts=2)) as (eng,):
+        await until(lambda: eng.stats.intervals_charged == 8 * 24)
+        assert len(eng._charge_conns) == 1
+    assert q(db_url, "SELECT count(*), count(DISTINCT idempotency_key) FROM billing_ledger "
+                     "WHERE kind = 'charge'") == [(192, 192)]
+    assert q(db_url, "SELECT count(*) FROM billing_accounts a WHERE balance_fen <> (SELECT "
+                     "sum(amount_fen) FROM billing_ledger l WHERE l.account_id = a.account_id)"
+             ) == [(0,)]
