@@ -61,6 +61,7 @@ def accounts(conn: psycopg.Connection[Any], search: str | None, phase: str | Non
     now = datetime.now(UTC)
     for r in rows:
         _attach_outlook(conn, r, now)
+    _attach_holds(conn, rows)
     return rows, int(total["n"]) if total else 0
 
 
@@ -70,8 +71,37 @@ def account(conn: psycopg.Connection[Any], account_id: str) -> Row | None:
         return None
     out = _money(dict(row))
     _attach_outlook(conn, out, datetime.now(UTC))
+    _attach_holds(conn, [out])
     out["alerts"] = alerts(conn, account_id, 20, 0)
     return out
+
+
+def manual_holds(conn: psycopg.Connection[Any], *, meters: list[str] | None = None,
+                 accounts: list[str] | None = None) -> list[Row]:
+    """Operators' active manual holds (billing.manual_relay) on these meters or on the meters
+    of these accounts: what the relay is held at, until when (null: until released), by whom
+    and why. Empty when billing's hold columns are not migrated yet (billing 0005)."""
+    if not database.table_exists(conn, "billing_manual_hold_audit"):
+        return []
+    return [dict(r) for r in conn.execute(
+        """SELECT meter_id AS meter, account_id AS account, manual_hold AS wanted,
+                  manual_hold_until AS until, manual_hold_by AS by, manual_hold_reason AS reason,
+                  manual_hold_since AS since, manual_hold_command AS command
+           FROM billing_meters
+           WHERE manual_hold IS NOT NULL
+             AND (meter_id = ANY(%(meters)s::text[]) OR account_id = ANY(%(accounts)s::text[]))
+           ORDER BY meter_id""",
+        {"meters": meters or [], "accounts": accounts or []}).fetchall()]
+
+
+def _attach_holds(conn: psycopg.Connection[Any], rows: list[Row]) -> None:
+    """Each account's active manual holds, next to its ``cut_off`` (the relay state)."""
+    by_account: dict[str, list[Row]] = {r["account"]: [] for r in rows}
+    if by_account:
+        for hold in manual_holds(conn, accounts=list(by_account)):
+            by_account[hold["account"]].append(hold)
+    for r in rows:
+        r["holds"] = by_account[r["account"]]
 
 
 def _attach_outlook(conn: psycopg.Connection[Any], row: Row, now: datetime) -> None:

@@ -58,10 +58,10 @@ def path_id(request: web.Request, name: str = "id") -> int:
 
 def query_text(request: web.Request, name: str, *, choices: tuple[str, ...] | None = None,
                default: str | None = None) -> str | None:
-    """A text parameter; empty means absent (a search box left blank) unless it must be one
-    of ``choices``."""
+    """A text parameter; empty or only whitespace means absent (a search box left blank)
+    unless it must be one of ``choices``."""
     raw = request.query.get(name)
-    if raw is None or (raw == "" and choices is None):
+    if raw is None or (not raw.strip() and choices is None):
         return default
     value = text(raw, name)
     if choices is not None and value not in choices:

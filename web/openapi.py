@@ -101,7 +101,17 @@ SCHEMAS: dict[str, S] = {
     "Meter": _obj(METER),
     "MeterDetail": _obj({**METER, "billing": _null(_obj({
         "account": STR, "relay_wanted": {"type": "string", "enum": ["open", "closed"]},
-        "relay_reported": STR, "customer_action_needed": BOOL}))}),
+        "relay_reported": STR, "customer_action_needed": BOOL,
+        "hold": _null(_ref("Hold"))}))}),
+    "Hold": {**_obj({
+        "meter": STR, "account": STR,
+        "wanted": {"type": "string", "enum": ["open", "closed"],
+                   "description": "what the relay is held at (open: cut off)"},
+        "until": _null({**TIME, "description": "when the hold ends; null: until released"}),
+        "by": _null(STR), "reason": _null(STR), "since": _null(TIME),
+        "command": _null({"type": "string", "description": "the command that set it"}),
+    }), "description": "An operator's manual hold: billing's disconnect policy and "
+                       "reconciliation keep the relay there until it ends"},
     "Point": _obj({"t": TIME, "value": NUM, "min": NUM, "max": NUM, "last": NUM}),
     "Interval": _obj({
         "start": TIME, "end": TIME, "kwh": {"type": "string", "description": "decimal kWh"},
@@ -142,6 +152,7 @@ SCHEMAS: dict[str, S] = {
                                  "description": "days until the balance runs out at the "
                                                 "account's own usage; null: no usage"}),
         "risk": _ref("Risk"), "alerts": _arr(_ref("Alert")),
+        "holds": {**_arr(_ref("Hold")), "description": "active manual holds on its meters"},
     }, optional=("alerts",)),
     "LedgerEntry": _obj({
         "id": INT, "kind": STR, "amount": MONEY, "balance_after": MONEY, "created_at": TIME,
@@ -359,14 +370,30 @@ def _paths() -> dict[str, S]:
                                    "rejected", "timed_out", "expired", "cancelled",
                                    "failed"]}),
                                LIMIT, OFFSET], tag="commands"),
-            "post": _op("Manual cut-off or restore of one meter's relay", _ref("Command"),
+            "post": _op("Manual cut-off or restore of one meter's relay, held against "
+                        "billing's policy until hold_until or, without it, until released "
+                        "(POST /meters/{meter}/hold/release)", _ref("Command"),
                         status=201, role="operator",
                         body=_obj({"meter": _name(100),
                                    "action": {"type": "string",
                                               "enum": ["cutoff", "restore"]},
-                                   "reason": _text(500)}, optional=("reason",)),
+                                   "reason": _text(500),
+                                   "hold_until": {
+                                       **TIME, "maxLength": 64,
+                                       "description": "end of the manual hold: ISO-8601 with "
+                                                      "timezone, in the future (else 400)"}},
+                                  optional=("reason", "hold_until")),
                         errors=(400, 401, 403, 404, 409, 503), tag="commands"),
         },
+        "/meters/{meter}/hold/release": {"post": _op(
+            "Release an operator's manual hold on a meter; billing's policy applies again "
+            "at once (404: no such billing meter, 409: no hold)",
+            _obj({"meter": STR, "released": _ref("Hold"),
+                  "relay_wanted": {"type": "string", "enum": ["open", "closed"]},
+                  "relay_reported": STR}),
+            params=[meter], role="operator", tag="commands",
+            body=_obj({"reason": _text(500)}, optional=("reason",)), body_required=False,
+            errors=(400, 401, 403, 404, 409, 503))},
         "/commands/{command}": {"get": _op("One command with its audit trail", _ref("Command"),
                                            params=[_p("command")],
                                            errors=(400, 401, 403, 404, 503),

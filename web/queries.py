@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 
-from web import database
+from web import accounts, database
 
 Row = dict[str, Any]
 
@@ -169,6 +169,9 @@ def meter_detail(conn: psycopg.Connection[Any], meter_id: str) -> Row | None:
             "SELECT account_id AS account, relay_wanted, relay_reported, customer_action_needed"
             " FROM billing_meters WHERE meter_id = %s", (meter_id,)).fetchone()
     out["billing"] = dict(billing) if billing else None
+    if out["billing"] is not None:
+        holds = accounts.manual_holds(conn, meters=[meter_id])
+        out["billing"]["hold"] = holds[0] if holds else None
     return out
 
 

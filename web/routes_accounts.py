@@ -3,12 +3,14 @@
 Top-ups go through :func:`billing.ledger.topup` (idempotent by channel + payment reference),
 so a double-clicked button or a retried request is one ledger entry. Operators may cut a
 meter off or restore it by hand through :func:`billing.manual_relay`: billing records the
-operator's manual hold (its policy and reconciliation keep it until an operator releases it)
-and drives the command like any other, with every step in its audit trail.
+operator's manual hold (its policy and reconciliation keep it until ``hold_until`` passes or
+an operator releases it, ``POST /meters/{meter}/hold/release``) and drives the command like
+any other, with every step in its audit trail.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import psycopg
@@ -182,43 +184,100 @@ async def get_command(request: web.Request) -> web.Response:
 @routes.post(f"{API}/commands")
 @requires("operator")
 async def create_command(request: web.Request) -> web.Response:
-    """A manual cut-off or restore of one meter's relay, by an operator."""
+    """A manual cut-off or restore of one meter's relay, by an operator; held against the
+    policy until ``hold_until`` (an ISO-8601 time with timezone, in the future) or, without
+    it, until an operator releases the hold."""
     body = await inputs.json_body(request)
-    inputs.only_keys(body, ("meter", "action", "reason"))
+    inputs.only_keys(body, ("meter", "action", "reason", "hold_until"))
     meter_id = inputs.text(body.get("meter"), "meter", max_len=100)
     action = inputs.text(body.get("action"), "action", max_len=20)
     if action not in MANUAL_ACTIONS:
         raise BadRequest(f"action must be one of {', '.join(MANUAL_ACTIONS)}")
     reason = inputs.text(body.get("reason"), "reason", required=False, max_len=500,
                          min_len=0) or ""
+    hold_until = _hold_until(body.get("hold_until"))
     assert meter_id is not None
     user = current_user(request)
-    row = await database.run(request, _queue_manual, meter_id, action, reason, user)
+    row = await database.run(request, _queue_manual, meter_id, action, reason, hold_until,
+                             user)
     return json_response(row, status=201)
 
 
+def _hold_until(value: Any) -> datetime | None:
+    """The optional end of a manual hold: an ISO-8601 time with timezone, in the future."""
+    raw = inputs.text(value, "hold_until", required=False, max_len=64)
+    if raw is None:
+        return None
+    until = inputs.parse_time(raw, "hold_until")
+    if until <= datetime.now(UTC):
+        raise BadRequest(f"hold_until must be in the future; {raw!r} has already passed "
+                         "(leave it out to hold until an operator releases it)")
+    return until
+
+
 def _queue_manual(conn: psycopg.Connection[Any], meter_id: str, purpose: str, reason: str,
-                  user: User) -> dict[str, Any]:
+                  hold_until: datetime | None, user: User) -> dict[str, Any]:
     """Billing owns operator commands: :func:`billing.manual_relay` records the operator's
-    intent as a manual hold (kept by billing's policy and reconciliation until released),
-    queues the command through the lifecycle and audits it with the user's name."""
+    intent as a manual hold (kept by billing's policy and reconciliation until it expires or
+    is released), queues the command through the lifecycle and audits it with the user's
+    name."""
     wanted: Literal["open", "closed"] = "open" if purpose == "cutoff" else "closed"
     try:
         with database.tuple_rows(conn):
             command_id = billing.manual_relay(conn, meter_id, wanted, by=f"web:{user.name}",
-                                              reason=reason)
+                                              reason=reason, hold_until=hold_until)
     except billing.UnknownMeter:
         raise NotFound(f"meter {meter_id!r} belongs to no account; nothing to cut off"
                        ) from None
     except billing.CommandInFlight:
         raise Conflict(f"meter {meter_id!r} already has a command in flight; "
                        "wait for it to finish or expire") from None
+    except BillingError as exc:  # e.g. hold_until passed between the check and the lock
+        raise BadRequest(str(exc)) from None
     bal = conn.execute(
         "SELECT a.balance_fen FROM billing_accounts a JOIN billing_meters bm USING (account_id)"
         " WHERE bm.meter_id = %s", (meter_id,)).fetchone()
     database.audit(conn, user, f"command.{purpose}", f"meter:{meter_id}",
-                   {"command_id": command_id, "reason": reason,
+                   {"command_id": command_id, "reason": reason, "hold_until": hold_until,
                     "balance": from_fen(bal["balance_fen"]) if bal else None})
     out = accounts.command(conn, command_id)
     assert out is not None
     return out
+
+
+@routes.post(API + "/meters/{meter}/hold/release")
+@requires("operator")
+async def release_hold(request: web.Request) -> web.Response:
+    """End an operator's manual hold on a meter: billing's policy applies again at once."""
+    meter_id = inputs.path_text(request, "meter")
+    body = await inputs.json_body(request)
+    inputs.only_keys(body, ("reason",))
+    reason = inputs.text(body.get("reason"), "reason", required=False, max_len=500,
+                         min_len=0) or ""
+    user = current_user(request)
+    out = await database.run(request, _release, meter_id, reason, user)
+    return json_response(out)
+
+
+def _release(conn: psycopg.Connection[Any], meter_id: str, reason: str,
+             user: User) -> dict[str, Any]:
+    """:func:`billing.release_manual_hold` and the web audit row, in one transaction."""
+    held = accounts.manual_holds(conn, meters=[meter_id])
+    try:
+        with database.tuple_rows(conn):
+            released = billing.release_manual_hold(conn, meter_id, by=f"web:{user.name}",
+                                                   reason=reason)
+    except billing.UnknownMeter:
+        raise NotFound(f"meter {meter_id!r} belongs to no account") from None
+    except BillingError as exc:
+        raise BadRequest(str(exc)) from None
+    if not released or not held:
+        raise Conflict(f"meter {meter_id!r} has no manual hold to release")
+    database.audit(conn, user, "hold.release", f"meter:{meter_id}",
+                   {"reason": reason, "released": held[0]})
+    row = conn.execute(
+        "SELECT relay_wanted, relay_reported FROM billing_meters WHERE meter_id = %s",
+        (meter_id,)).fetchone()
+    assert row is not None
+    return {"meter": meter_id, "released": held[0], "relay_wanted": row["relay_wanted"],
+            "relay_reported": row["relay_reported"]}

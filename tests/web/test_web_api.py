@@ -38,6 +38,8 @@ async def test_fleet_reads(client: Client, logins: Logins, fleet: Fleet) -> None
 
     meters = await _json(client, "GET", "/meters", logins, params={"gateway": fleet.gateway})
     assert meters["total"] == 2
+    blank = await _json(client, "GET", "/meters", logins, params={"gateway": " \u00a0"})
+    assert blank["total"] == 3  # a filter of only whitespace is a blank box: no filter
     latest = meters["meters"][0]["values"]
     assert latest["power_active_total"]["value"] == 1.6  # the newest of the seeded hour
     assert latest["voltage_a"]["unit"] == "V"
@@ -45,7 +47,8 @@ async def test_fleet_reads(client: Client, logins: Logins, fleet: Fleet) -> None
     one = await _json(client, "GET", f"/meters/{fleet.meters[0]}", logins)
     assert one["open_reviews"] == 1
     assert one["billing"] == {"account": fleet.account, "relay_wanted": "closed",
-                              "relay_reported": "unknown", "customer_action_needed": False}
+                              "relay_reported": "unknown", "customer_action_needed": False,
+                              "hold": None}
     other = await _json(client, "GET", f"/meters/{fleet.meters[1]}", logins)
     assert other["billing"] is None
 
@@ -158,6 +161,91 @@ async def test_manual_cutoff_and_restore(client: Client, logins: Logins, fleet: 
     # billing holds the operator's decision against its policy and reconciliation
     assert wanted == ("open", "open", "web:operator", cmd["id"])
     assert held == [("set", "web:operator", "tamper")]
+
+
+async def test_manual_hold_until_and_release(client: Client, logins: Logins, fleet: Fleet,
+                                             db_url: str) -> None:
+    """hold_until passes through to billing's hold; the hold shows on the meter and the
+    account; an operator releases it (audited with their name); viewers may do neither."""
+    from datetime import UTC, datetime, timedelta, timezone
+
+    meter = fleet.meters[0]
+    until = (datetime.now(UTC) + timedelta(hours=6)).replace(microsecond=0)
+    body = {"meter": meter, "action": "cutoff", "reason": "meter tamper",
+            "hold_until": until.isoformat().replace("+00:00", "Z")}
+    await _json(client, "POST", "/commands", logins, role="viewer", status=403, json=body)
+    for bad, words in (("2020-01-01T00:00:00Z", "in the future"),
+                       ((datetime.now(UTC) - timedelta(seconds=5)).isoformat(), "in the future"),
+                       ("2030-01-01T00:00:00", "timezone"),
+                       ("next tuesday", "ISO-8601"), (1893456000, "must be a string")):
+        out = await _json(client, "POST", "/commands", logins, role="operator", status=400,
+                          json={**body, "hold_until": bad})
+        assert "hold_until" in out["error"]["message"] and words in out["error"]["message"]
+    with psycopg.connect(db_url) as conn:  # refused: nothing queued, held or audited
+        assert conn.execute("SELECT count(*) FROM billing_commands WHERE meter_id = %s",
+                            (meter,)).fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM web_audit").fetchone() == (0,)
+
+    # an offset other than Z is the same instant
+    local = until.astimezone(timezone(timedelta(hours=8))).isoformat()
+    cmd = await _json(client, "POST", "/commands", logins, role="operator", status=201,
+                      json={**body, "hold_until": local})
+    assert "held until" in cmd["reason"]
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute("SELECT manual_hold, manual_hold_until, manual_hold_by"
+                           " FROM billing_meters WHERE meter_id = %s", (meter,)).fetchone()
+        set_audit = conn.execute("SELECT detail->>'hold_until' FROM web_audit"
+                                 " WHERE action = 'command.cutoff'").fetchone()
+    assert row == ("open", until, "web:operator")
+    assert set_audit is not None and set_audit[0].startswith(until.strftime("%Y-%m-%dT%H:%M"))
+
+    expected_hold = {"meter": meter, "account": fleet.account, "wanted": "open",
+                     "until": until.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                     "by": "web:operator", "reason": "meter tamper", "command": cmd["id"]}
+    detail = await _json(client, "GET", f"/meters/{meter}", logins)
+    hold = detail["billing"]["hold"]
+    assert {k: hold[k] for k in expected_hold} == expected_hold and hold["since"]
+    acct = await _json(client, "GET", f"/accounts/{fleet.account}", logins)
+    assert [h["meter"] for h in acct["holds"]] == [meter] and acct["cut_off"] is True
+    listed = await _json(client, "GET", "/accounts", logins, params={"q": fleet.account})
+    assert listed["accounts"][0]["holds"] == acct["holds"]
+
+    release = f"/meters/{meter}/hold/release"
+    await _json(client, "POST", release, logins, role="viewer", status=403, json={})
+    await _json(client, "POST", release, logins, role="engineer", status=403, json={})
+    await _json(client, "POST", "/meters/nope/hold/release", logins, role="operator",
+                status=404, json={})
+    out = await _json(client, "POST", release, logins, role="operator",
+                      json={"reason": "tamper seal replaced"})
+    assert out["released"]["wanted"] == "open" and out["released"]["by"] == "web:operator"
+    assert out["relay_wanted"] == "closed"  # the policy's wish: the account is in credit
+    again = await _json(client, "POST", release, logins, role="operator", status=409)
+    assert "no manual hold" in again["error"]["message"]
+    # a meter that never had a hold
+    with psycopg.connect(db_url) as conn:
+        from billing.ledger import create_account
+
+        create_account(conn, f"{fleet.account}-2", meters=[fleet.meters[1]],
+                       tariff="residential-flat", name="Household Two")
+        conn.commit()
+    await _json(client, "POST", f"/meters/{fleet.meters[1]}/hold/release", logins,
+                role="operator", status=409, json={})
+
+    assert (await _json(client, "GET", f"/meters/{meter}", logins))["billing"]["hold"] is None
+    assert (await _json(client, "GET", f"/accounts/{fleet.account}", logins))["holds"] == []
+    with psycopg.connect(db_url) as conn:
+        held = conn.execute("SELECT manual_hold, manual_hold_until FROM billing_meters"
+                            " WHERE meter_id = %s", (meter,)).fetchone()
+        trail = conn.execute("SELECT event, actor, reason FROM billing_manual_hold_audit"
+                             " WHERE meter_id = %s ORDER BY audit_id", (meter,)).fetchall()
+        audit = conn.execute("SELECT user_name, role, action, target, detail->>'reason'"
+                             " FROM web_audit WHERE action = 'hold.release'").fetchall()
+    assert held == (None, None)
+    assert trail == [("set", "web:operator", "meter tamper"),
+                     ("released", "web:operator", "tamper seal replaced")]
+    # one row: the refused releases (403, 404, 409) left none
+    assert audit == [("operator", "operator", "hold.release", f"meter:{meter}",
+                      "tamper seal replaced")]
 
 
 async def test_bad_input_is_400_with_a_reason(client: Client, logins: Logins,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import requests
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from web_helpers import Fleet, Logins
 
@@ -94,6 +95,30 @@ def test_engineer_and_operator_day(browser: Browser, served: str, logins: Logins
     expect(power).to_have_text("4.321", timeout=5000)
     expect(page.locator('.tile[data-q="voltage_a"] .v')).to_have_text("236.5")
     page.screenshot(path=str(shots / "02-meter-live.png"), full_page=True)
+
+    # An operator's cut-off held until tomorrow (set through the API) shows on the meter
+    # page with who set it; the Release button ends it and the note goes.
+    until = (datetime.now(UTC) + timedelta(days=1)).replace(microsecond=0)
+    resp = requests.post(f"{served}/api/v1/commands", headers=logins.auth("operator"),
+                         timeout=10, json={"meter": fleet.meters[0], "action": "cutoff",
+                                           "reason": "seal broken",
+                                           "hold_until": until.isoformat()})
+    assert resp.status_code == 201, resp.text
+    page.reload()
+    note = page.get_by_test_id("hold-note")
+    expect(note).to_contain_text("manual hold until")
+    expect(note).to_contain_text("by web:operator")
+    expect(note).to_contain_text("seal broken")
+    page.screenshot(path=str(shots / "02b-meter-hold.png"), full_page=True)
+    page.once("dialog", lambda d: d.accept("seal replaced"))
+    note.get_by_role("button", name="Release").click()
+    expect(note).to_have_count(0)
+    with psycopg.connect(db_url) as conn:
+        hold = conn.execute("SELECT manual_hold FROM billing_meters WHERE meter_id = %s",
+                            (fleet.meters[0],)).fetchone()
+        released = conn.execute("SELECT user_name, detail->>'reason' FROM web_audit"
+                                " WHERE action = 'hold.release'").fetchall()
+    assert hold == (None,) and released == [("operator", "seal replaced")]
 
     # Dismiss the open review item with a comment.
     page.get_by_role("link", name="Review").click()

@@ -408,9 +408,28 @@ async function viewMeter(target, meterId) {
       load().catch((e) => toast(e.message, true));
     } }, k)));
 
+  // An operator's manual hold (billing keeps the relay there against its policy): shown with
+  // who set it and until when, and a Release button for operators.
+  const holdBox = h("div", { class: "hold-box" });
+  const drawHold = (billing) => {
+    const hold = billing && billing.hold;
+    holdBox.replaceChildren(hold ? holdNote(hold, async () => {
+      await releaseHold(meterId);
+      await refreshRelay();
+    }) : "");
+  };
+  const refreshRelay = async () => {
+    try {
+      const m = await api("GET", `/meters/${enc}`);
+      drawHold(m.billing);
+    } catch (e) { toast(e.message, true); }
+    await loadCommands();
+  };
+  drawHold(meter.billing);
+
   const relayActions = can("operator") ? h("div", { class: "row" },
-    h("button", { type: "button", class: "danger", onclick: () => sendCommand(meterId, "cutoff", loadCommands) }, "Cut off"),
-    h("button", { type: "button", onclick: () => sendCommand(meterId, "restore", loadCommands) }, "Restore")) : null;
+    h("button", { type: "button", class: "danger", onclick: () => sendCommand(meterId, "cutoff", refreshRelay) }, "Cut off"),
+    h("button", { type: "button", onclick: () => sendCommand(meterId, "restore", refreshRelay) }, "Restore")) : null;
 
   target.replaceChildren(
     h("div", { class: "spread" },
@@ -428,7 +447,7 @@ async function viewMeter(target, meterId) {
       h("div", { class: "legend" }, h("span", {}, h("i", { class: "l-bar" }), "actual"), h("span", {}, h("i", { class: "l-est" }), "estimated / substituted"),
         h("span", {}, h("i", { class: "l-flag" }), "flagged or held for review (▲ anomaly)"))),
     section("Anomalies", anomaliesBox),
-    section("Relay commands", relayActions, commandsBox));
+    section("Relay commands", holdBox, relayActions, commandsBox));
   await Promise.all([load(), loadCommands()]);
 
   state.onLive.meter = (m) => {
@@ -458,6 +477,25 @@ async function sendCommand(meterId, action, after) {
     const cmd = await api("POST", "/commands", { meter: meterId, action, reason });
     toast(`${action} queued as ${cmd.id}`);
     if (after) await after();
+  } catch (e) { toast(e.message, true); }
+}
+
+/** "manual hold until … by …" with, for operators, a Release button calling release(). */
+function holdNote(hold, release) {
+  const held = hold.wanted === "open" ? "cut off" : "restored";
+  return h("p", { class: "hold-note", "data-testid": "hold-note", "data-meter": hold.meter },
+    badge(`held ${held}`, hold.wanted === "open" ? "bad" : "ok"), " ",
+    `manual hold until ${hold.until ? when(hold.until) : "released"} by ${hold.by || "—"}`,
+    hold.reason ? h("span", { class: "muted" }, ` (${hold.reason})`) : "",
+    release && can("operator") ? [" ", h("button", { type: "button", onclick: release }, "Release")] : null);
+}
+
+async function releaseHold(meterId) {
+  const reason = prompt(`Release the manual hold on ${meterId}: reason (kept in the audit trail)`, "");
+  if (reason === null) return;
+  try {
+    const out = await api("POST", `/meters/${encodeURIComponent(meterId)}/hold/release`, { reason });
+    toast(`manual hold on ${meterId} released; billing wants the relay ${out.relay_wanted}`);
   } catch (e) { toast(e.message, true); }
 }
 
@@ -598,7 +636,11 @@ async function viewAccount(target, accountId) {
           h("dt", {}, "tariff"), h("dd", {}, a.tariff),
           h("dt", {}, "meters"), h("dd", {}, a.meters.map((m) => h("a", { href: `#/meter/${encodeURIComponent(m)}` }, m, " "))),
           Number(a.arrears) ? [h("dt", {}, "arrears"), h("dd", {}, money(a.arrears))] : null,
-          a.customer_action_needed ? [h("dt", {}, "customer"), h("dd", {}, badge("press the meter's button to restore", "warn"))] : null)),
+          a.customer_action_needed ? [h("dt", {}, "customer"), h("dd", {}, badge("press the meter's button to restore", "warn"))] : null,
+          (a.holds || []).map((x) => [h("dt", {}, x.meter), h("dd", {}, holdNote(x, async () => {
+            await releaseHold(x.meter);
+            await viewAccount(target, accountId);
+          }))]))),
       section("Top up", topupForm || h("p", { class: "muted" }, "Top-ups need the operator role."))),
     section("Alerts", alertTable(a.alerts || [])),
     section("Ledger", table(["When", "Kind", "Amount#", "Balance after#", "Channel", "Reference", "By"],
