@@ -25,9 +25,9 @@ import time
 import tty
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Protocol
 
+from firmware_sim._running import StartStop
 from firmware_sim.meter import SimMeter
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def _reply_with_faults(
     return reply, extra_delay
 
 
-class SimBus:
+class SimBus(StartStop):
     """Meters sharing one RS-485 line, served on a pseudo-terminal by a background thread."""
 
     def __init__(
@@ -175,17 +175,6 @@ class SimBus:
                 os.close(fd)
         self._master = self._slave = None
 
-    def __enter__(self) -> SimBus:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     # ------------------------------------------------------------------ the line
 
     def _run(self) -> None:
@@ -247,7 +236,7 @@ class SimBus:
             self._stop.wait(delay)
 
 
-class SimTcpBus:
+class SimTcpBus(StartStop):
     """The same meters behind a TCP serial-device server (or meters with a TCP port).
 
     One client at a time, as most serial servers allow: a new connection replaces the old one.
@@ -300,17 +289,6 @@ class SimTcpBus:
         if self._listener is not None:
             self._listener.close()
             self._listener = None
-
-    def __enter__(self) -> SimTcpBus:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _run(self) -> None:
         assert self._listener is not None

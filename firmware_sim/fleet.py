@@ -24,9 +24,9 @@ from __future__ import annotations
 import tomllib
 from dataclasses import fields
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
+from firmware_sim._running import StartStop
 from firmware_sim.bus import SimBus
 from firmware_sim.meter import Faults, SimMeter
 
@@ -45,7 +45,7 @@ class FleetConfigError(ValueError):
         super().__init__(f"{source}:\n  " + "\n  ".join(problems))
 
 
-class Fleet:
+class Fleet(StartStop):
     def __init__(self, buses: list[dict[str, Any]]) -> None:
         self._specs = buses
         self._meters: dict[str, SimMeter] = {}
@@ -144,17 +144,6 @@ class Fleet:
         for running in self._running.values():
             running.stop()
         self._running.clear()
-
-    def __enter__(self) -> Fleet:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------ access
 

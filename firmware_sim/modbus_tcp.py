@@ -18,8 +18,8 @@ import logging
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 
+from firmware_sim._running import StartStop
 from firmware_sim.meter import SimMeter
 from firmware_sim.modbus import ModbusMeters
 from meterhub.protocols.modbus import tcp
@@ -29,7 +29,7 @@ from meterhub.protocols.modbus.registermap import RegisterMap
 log = logging.getLogger(__name__)
 
 
-class ModbusTcpServer:
+class ModbusTcpServer(StartStop):
     def __init__(
         self,
         meters: Sequence[SimMeter],
@@ -113,17 +113,6 @@ class ModbusTcpServer:
             writer.close()
         if self._server is not None:
             await self._server.wait_closed()
-
-    def __enter__(self) -> ModbusTcpServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------ connections
 
