@@ -164,17 +164,23 @@ async def test_payment_before_retry_cancels_the_cutoff(db_url: str, mqtt: MqttSe
     assert q(db_url, "SELECT phase FROM billing_accounts") == [("normal",)]
 
 
-@pytest.mark.integration
-async def test_two_engines_send_each_cutoff_once(db_url: str, mqtt: MqttSettings,
-                                                 site: str) -> None:
-    n = 12
+def _shared_backlog(db_url: str, site: str, n: int, *, intervals: int) -> None:
+    """``n`` accounts of one meter each, all about to run dry: the backlog several billing
+    engines race for."""
     with psycopg.connect(db_url, autocommit=True) as c:
         for i in range(n):
             put_meter(c, f"m{i}", site, "gw1")
             create_account(c, f"A{i}", meters=[f"m{i}"], tariff="residential-tou-tiered",
                            credit=FAST, opening_balance="0.50", charge_from=T0,
                            tariffs=TARIFFS)
-            put_intervals(c, f"m{i}", ["0.25"] * 12)  # a shared backlog
+            put_intervals(c, f"m{i}", ["0.25"] * intervals)
+
+
+@pytest.mark.integration
+async def test_two_engines_send_each_cutoff_once(db_url: str, mqtt: MqttSettings,
+                                                 site: str) -> None:
+    n = 12
+    _shared_backlog(db_url, site, n, intervals=12)
     gw = FakeGateway(mqtt, site)
     async with running(gw), engines(config(db_url, mqtt, batch_accounts=2),
                                     config(db_url, mqtt, batch_accounts=2)) as engs:
@@ -262,13 +268,7 @@ async def test_two_billing_processes_send_each_cutoff_once(db_url: str, mqtt: Mq
                                                            site: str) -> None:
     """Two ``meterhub billing run`` processes on one database and one backlog."""
     n = 10
-    with psycopg.connect(db_url, autocommit=True) as c:
-        for i in range(n):
-            put_meter(c, f"m{i}", site, "gw1")
-            create_account(c, f"A{i}", meters=[f"m{i}"], tariff="residential-tou-tiered",
-                           credit=FAST, opening_balance="0.50", charge_from=T0,
-                           tariffs=TARIFFS)
-            put_intervals(c, f"m{i}", ["0.25"] * 24)
+    _shared_backlog(db_url, site, n, intervals=24)
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root)}
     argv = [sys.executable, "-m", "meterhub.cli", "billing", "--database-url", db_url, "run",
