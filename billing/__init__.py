@@ -3,6 +3,7 @@ relay command lifecycle. Public names only; the machinery lives in the submodule
 
 from billing.engine import BillingConfig, BillingEngine, EngineStats
 from billing.errors import BillingError
+from billing.ledger import CHANNELS as TOPUP_CHANNELS
 from billing.ledger import (
     AccountExists,
     LedgerEntry,
@@ -19,13 +20,14 @@ from billing.ledger import (
 from billing.manual import (
     CommandInFlight,
     UnknownMeter,
-    manual_holds,
     manual_relay,
     release_manual_hold,
 )
 from billing.policy import CreditSettings, ProtectedWindows
+from billing.read_model import manual_holds
 
 __all__ = [
+    "TOPUP_CHANNELS",
     "AccountExists",
     "BillingConfig",
     "BillingEngine",

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 
 from billing import alerts as alerts_mod
-from billing import ledger, lifecycle, manual, reports
+from billing import ledger, lifecycle, manual, read_model, reports
 from billing.engine import BillingConfig, BillingEngine
 from billing.errors import BillingError
 from billing.money import parse_amount
@@ -312,7 +312,7 @@ def _release(args: argparse.Namespace) -> int:
 
 def _holds(args: argparse.Namespace) -> int:
     with _connect(args) as conn:
-        rows = manual.manual_holds(conn, args.account)
+        rows = read_model.manual_holds(conn, [args.account] if args.account else None)
     if args.json:
         print(_dump(rows))
         return 0

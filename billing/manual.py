@@ -220,19 +220,6 @@ def _end(conn: psycopg.Connection[Any], row: dict[str, Any], event: str, actor: 
                      now, knobs, actor, "restore", why)
 
 
-def manual_holds(conn: psycopg.Connection[Any], account_id: str | None = None,
-                 ) -> list[dict[str, Any]]:
-    """Active manual holds (meter, wanted, by, reason, since, until, command)."""
-    with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(
-            """SELECT meter_id, account_id, manual_hold AS wanted, manual_hold_by AS by,
-                      manual_hold_reason AS reason, manual_hold_since AS since,
-                      manual_hold_until AS until, manual_hold_command AS command_id
-               FROM billing_meters WHERE manual_hold IS NOT NULL
-                 AND (%(acc)s::text IS NULL OR account_id = %(acc)s)
-               ORDER BY meter_id""", {"acc": account_id}).fetchall()
-
-
 def hold_trail(conn: psycopg.Connection[Any], meter_id: str) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 from psycopg.rows import dict_row
 
 from billing.money import from_fen
-from billing.policy import RiskHistory, days_of_credit, risk_grade
+from billing.read_model import outlook
 from billing.tariffs import Tariff
+
+_DEFAULT_ZONE = ZoneInfo("Asia/Shanghai")  # an account whose tariff is not loaded
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,51 +47,6 @@ class AccountSummary:
         return d
 
 
-def hourly_cost(
-    conn: psycopg.Connection[Any], account_id: str, zone: str, now: datetime, weeks: int = 4
-) -> list[Decimal]:
-    """The account's average cost per hour of the week (Monday 00:00 first), local time."""
-    rows = conn.execute(
-        """SELECT (extract(isodow FROM interval_start AT TIME ZONE %(z)s)::int - 1) * 24
-                   + extract(hour FROM interval_start AT TIME ZONE %(z)s)::int AS how,
-                  sum(exact)
-           FROM billing_charges
-           WHERE account_id = %(a)s AND interval_start >= %(since)s
-           GROUP BY 1""",
-        {"z": zone, "a": account_id, "since": now - timedelta(weeks=weeks)},
-    ).fetchall()
-    profile = [Decimal(0)] * 168
-    for how, total in rows:
-        profile[int(how)] = Decimal(total) / weeks
-    return profile
-
-
-def risk_history(
-    conn: psycopg.Connection[Any], account_id: str, now: datetime
-) -> RiskHistory:
-    since = now - timedelta(days=365)
-    row = conn.execute(
-        """WITH l AS (
-               SELECT kind, amount_fen, balance_after_fen, created_at,
-                      balance_after_fen - amount_fen AS before_fen
-               FROM billing_ledger WHERE account_id = %(a)s AND created_at >= %(since)s)
-           SELECT
-               count(*) FILTER (WHERE kind = 'topup' AND before_fen < 0),
-               count(*) FILTER (WHERE before_fen >= 0 AND balance_after_fen < 0),
-               count(DISTINCT created_at::date) FILTER (WHERE balance_after_fen < 0)
-           FROM l""",
-        {"a": account_id, "since": since},
-    ).fetchone()
-    cut = conn.execute(
-        """SELECT count(*) FROM billing_commands WHERE account_id = %s AND action = 'relay_open'
-           AND state = 'verified' AND created_at >= %s""",
-        (account_id, since),
-    ).fetchone()
-    assert row is not None and cut is not None
-    return RiskHistory(late_topups=row[0], times_below_zero=row[1], disconnections=cut[0],
-                       days_in_arrears=row[2])
-
-
 def list_accounts(
     conn: psycopg.Connection[Any], tariffs: Mapping[str, Tariff], *,
     account_id: str | None = None, now: datetime | None = None,
@@ -109,17 +67,14 @@ def list_accounts(
     out = []
     for r in rows:
         tariff = tariffs.get(r["tariff_id"])
-        zone = tariff.zone.key if tariff else "Asia/Shanghai"
         bal = from_fen(r["balance_fen"])
-        profile = hourly_cost(conn, r["account_id"], zone, now)
-        local_now = now.astimezone(tariff.zone) if tariff else now
+        view = outlook(conn, r["account_id"], bal, tariff.zone if tariff else _DEFAULT_ZONE, now)
         out.append(AccountSummary(
             account_id=r["account_id"], name=r["name"], tariff=r["tariff_id"],
             group=r["group_key"], balance=bal, phase=r["phase"], hold_reason=r["hold_reason"],
             awaiting_approval=r["awaiting_approval"], meters=r["meters"],
             relay_wanted=r["wanted"], relay_reported=r["reported"],
             customer_action_needed=bool(r["press"]),
-            risk_grade=risk_grade(risk_history(conn, r["account_id"], now)),
-            days_left=days_of_credit(bal, profile, local_now),
+            risk_grade=view["risk"]["grade"], days_left=view["days_of_credit"],
         ))
     return out

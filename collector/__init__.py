@@ -1,10 +1,13 @@
 """Backend collector: MQTT ingest into PostgreSQL, validation (VEE), review queue.
 
 Public face: :class:`CollectorConfig`, :class:`ValidationConfig`, :class:`Collector` (with
-``stats``), and the review helpers; everything else is machinery.
+``stats``), and the review decision (:func:`decide_review`); what others may read is in
+:mod:`collector.read_model`. Everything else is machinery.
 """
 
 from collector.config import CollectorConfig, ConfigError, ValidationConfig
+from collector.review import Decided, ReviewError
+from collector.review import decide as decide_review
 from collector.service import Collector, CollectorStats
 
 __all__ = [
@@ -12,5 +15,8 @@ __all__ = [
     "CollectorConfig",
     "CollectorStats",
     "ConfigError",
+    "Decided",
+    "ReviewError",
     "ValidationConfig",
+    "decide_review",
 ]

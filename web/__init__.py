@@ -6,7 +6,8 @@ the demo does), :func:`ensure_demo_user`; the CLI is in ``web.cli``. Everything 
 machinery.
 """
 
-from web.app import WebSettings, create_app
+from web._http import WebSettings
+from web.app import create_app
 from web.server import WebServer, start_server
 from web.users import ensure_demo_user
 

@@ -9,73 +9,39 @@ also become 400.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import psycopg
 from aiohttp import web
 
 from meterhub.settings import MqttSettings
-from web import auth, database
-from web.auth import Role, User
-from web.errors import ApiError, Forbidden, Unauthorized, Unavailable
+from web import (
+    auth,
+    database,
+    routes_accounts,
+    routes_admin,
+    routes_fleet,
+    routes_review,
+    routes_session,
+)
+from web._http import (
+    API,
+    SESSION_KEY_KEY,
+    SETTINGS_KEY,
+    USER_KEY,
+    Handler,
+    WebSettings,
+    json_response,
+)
+from web.auth import User
+from web.errors import ApiError, Unauthorized, Unavailable
 from web.live import LIVE_KEY, LiveHub
+from web.openapi import openapi_handler
 
 log = logging.getLogger(__name__)
 
-API = "/api/v1"
 STATIC_DIR = Path(__file__).parent / "static"
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@dataclass(frozen=True, slots=True)
-class WebSettings:
-    """Knobs of one web process."""
-
-    database_url: str
-    mqtt: MqttSettings | None = None
-    live_interval_s: float = 1.0  # how often the live feed polls the database
-    offline_after_s: float = 60.0  # a gateway silent this long shows offline
-    secure_cookies: bool = False  # set behind HTTPS so the session cookie is never sent plain
-
-
-SETTINGS_KEY: web.AppKey[WebSettings] = web.AppKey("settings", WebSettings)
-SESSION_KEY_KEY: web.AppKey[bytes] = web.AppKey("session_key", bytes)
-USER_KEY: web.RequestKey[User | None] = web.RequestKey("user", User)  # type: ignore[arg-type]
-
-
-def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(database.jsonable(data), status=status)
-
-
-def requires(role: Role) -> Callable[[Handler], Handler]:
-    """Only users with at least ``role`` may call the handler (401 without a login)."""
-
-    def wrap(handler: Handler) -> Handler:
-        @functools.wraps(handler)
-        async def checked(request: web.Request) -> web.StreamResponse:
-            user = current_user(request)
-            if not user.can(role):
-                raise Forbidden(f"this needs the {role} role; {user.name} is {user.role}")
-            return await handler(request)
-
-        checked.required_role = role  # type: ignore[attr-defined]
-        return checked
-
-    return wrap
-
-
-def current_user(request: web.Request) -> User:
-    user = request.get(USER_KEY)
-    if user is None:
-        raise Unauthorized("log in first, or send an API token as 'Authorization: Bearer ...'")
-    assert isinstance(user, User)
-    return user
 
 
 # ---------------------------------------------------------------------------- middlewares
@@ -179,9 +145,6 @@ def create_app(
     secure_cookies: bool = False,
 ) -> web.Application:
     """The whole web service; the database must already be migrated (``meterhub.db``)."""
-    from web import routes_accounts, routes_admin, routes_fleet, routes_review, routes_session
-    from web.openapi import openapi_handler
-
     settings = WebSettings(database_url, mqtt, live_interval_s, offline_after_s, secure_cookies)
     app = web.Application(
         middlewares=[headers_middleware, error_middleware, auth_middleware],

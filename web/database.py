@@ -97,11 +97,3 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, bytes | memoryview):
         return bytes(value).decode("utf-8", "replace")
     return value
-
-
-
-def table_exists(conn: psycopg.Connection[Any], name: str) -> bool:
-    """Whether another part's table is there yet (parts migrate independently)."""
-    with conn.cursor(row_factory=tuple_row) as cur:
-        row = cur.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()
-    return bool(row and row[0])

@@ -20,9 +20,11 @@ from typing import Any
 import psycopg
 from aiohttp import web
 
+from collector import read_model as collector_read
 from meterhub import wire
 from meterhub.settings import MqttSettings
 from web import database, queries
+from web._http import current_user
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,7 @@ _QUEUE_MAX = 256
 
 @dataclass
 class _Snapshot:
-    gateways: dict[str, dict[str, Any]] = field(default_factory=dict)
+    gateways: dict[str, collector_read.Gateway] = field(default_factory=dict)
     meter_seen: dict[str, datetime] = field(default_factory=dict)
     watermark: datetime | None = None  # newest last_seen so far, minus a margin
     open_reviews: int | None = None
@@ -80,8 +82,6 @@ class LiveHub:
 
     async def handler(self, request: web.Request) -> web.StreamResponse:
         """``GET /api/v1/live``: an event stream (``snapshot`` first, then changes)."""
-        from web.app import current_user
-
         current_user(request)
         response = web.StreamResponse(headers={
             "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
@@ -156,13 +156,13 @@ class LiveHub:
         events: list[tuple[str, Any]] = []
         # The first look only learns the state: every subscriber starts from a snapshot.
         first = snap.review_version is None
-        gateways = {g["gateway"]: g for g in queries.gateways(conn, self._offline_after)}
+        gateways = {g["gateway"]: g for g in collector_read.gateways(conn, self._offline_after)}
         for name, gw in gateways.items():
             old = snap.gateways.get(name)
             if not first and (old is None or _gateway_changed(old, gw)):
                 events.append(("gateway", gw))
         snap.gateways = gateways
-        seen = queries.meter_last_seen(conn, snap.watermark)
+        seen = collector_read.meter_last_seen(conn, snap.watermark)
         moved = [m for m, ts in seen.items() if snap.meter_seen.get(m) != ts]
         snap.meter_seen.update(seen)
         if seen:
@@ -172,9 +172,9 @@ class LiveHub:
             newest = min(max(seen.values()), datetime.now(UTC)) - WATERMARK_MARGIN
             snap.watermark = max(newest, snap.watermark) if snap.watermark else newest
         if moved and not first:
-            for meter in queries.latest_values(conn, moved):
+            for meter in collector_read.latest_values(conn, moved):
                 events.append(("meter", meter))
-        version = queries.review_version(conn)
+        version = collector_read.review_version(conn)
         if version != snap.review_version:
             if snap.review_version is not None:
                 events.append(("review", {"open": version[0]}))
@@ -226,7 +226,7 @@ class LiveHub:
         }))
 
 
-def _gateway_changed(old: dict[str, Any], new: dict[str, Any]) -> bool:
+def _gateway_changed(old: collector_read.Gateway, new: collector_read.Gateway) -> bool:
     keys = ("status", "reported_state", "status_at", "health", "meters", "last_seen")
     return any(old.get(k) != new.get(k) for k in keys)
 

@@ -1,6 +1,6 @@
 """Accounts, balances, ledger, alerts, top-ups, and relay commands (history and manual).
 
-Top-ups go through :func:`billing.ledger.topup` (idempotent by channel + payment reference),
+Top-ups go through :func:`billing.topup` (idempotent by channel + payment reference),
 so a double-clicked button or a retried request is one ledger entry. Operators may cut a
 meter off or restore it by hand through :func:`billing.manual_relay`: billing records the
 operator's manual hold (its policy and reconciliation keep it until ``hold_until`` passes or
@@ -17,11 +17,9 @@ import psycopg
 from aiohttp import web
 
 import billing
-from billing import ledger as billing_ledger
-from billing.errors import BillingError
-from billing.money import from_fen
+from billing import read_model as billing_read
 from web import accounts, database, inputs
-from web.app import API, current_user, json_response, requires
+from web._http import API, current_user, json_response, page, requires
 from web.auth import User
 from web.errors import BadRequest, Conflict, NotFound
 
@@ -33,17 +31,12 @@ COMMAND_STATES = ("queued", "sent", "accepted", "confirmed", "verified", "reject
 MANUAL_ACTIONS = ("cutoff", "restore")
 
 
-def _page(request: web.Request, default: int = 100) -> tuple[int, int]:
-    return (inputs.query_int(request, "limit", default=default, lo=1, hi=1000),
-            inputs.query_int(request, "offset", default=0, lo=0, hi=1_000_000))
-
-
 @routes.get(f"{API}/accounts")
 @requires("viewer")
 async def list_accounts(request: web.Request) -> web.Response:
     search = inputs.query_text(request, "q")
     phase = inputs.query_text(request, "phase", choices=PHASES)
-    limit, offset = _page(request)
+    limit, offset = page(request)
     rows, total = await database.run(request, accounts.accounts, search, phase, limit, offset)
     return json_response({"accounts": rows, "total": total, "limit": limit, "offset": offset})
 
@@ -62,12 +55,12 @@ async def get_account(request: web.Request) -> web.Response:
 @requires("viewer")
 async def account_ledger(request: web.Request) -> web.Response:
     account_id = inputs.path_text(request, "account")
-    limit, offset = _page(request)
+    limit, offset = page(request)
 
-    def load(conn: psycopg.Connection[Any]) -> list[dict[str, Any]] | None:
-        if accounts.account(conn, account_id) is None:
+    def load(conn: psycopg.Connection[Any]) -> list[billing_read.LedgerLine] | None:
+        if not billing_read.account_exists(conn, account_id):
             return None
-        return accounts.ledger(conn, account_id, limit, offset)
+        return billing_read.ledger_lines(conn, account_id, limit, offset)
 
     rows = await database.run(request, load)
     if rows is None:
@@ -84,8 +77,8 @@ async def create_topup(request: web.Request) -> web.Response:
     inputs.only_keys(body, ("amount", "channel", "reference"))
     amount = inputs.money(body.get("amount"), "amount")
     channel = inputs.text(body.get("channel"), "channel", max_len=20)
-    if channel not in billing_ledger.CHANNELS:
-        raise BadRequest(f"channel must be one of {', '.join(billing_ledger.CHANNELS)}")
+    if channel not in billing.TOPUP_CHANNELS:
+        raise BadRequest(f"channel must be one of {', '.join(billing.TOPUP_CHANNELS)}")
     reference = inputs.text(body.get("reference"), "reference", max_len=200)
     assert reference is not None
     user = current_user(request)
@@ -95,14 +88,14 @@ async def create_topup(request: web.Request) -> web.Response:
                        {"amount": amount, "channel": channel, "reference": reference})
         try:
             with database.tuple_rows(conn):
-                entry = billing_ledger.topup(conn, account_id, amount, channel, reference,
-                                             actor=f"web:{user.name}")
-                left = billing_ledger.balance(conn, account_id)
-        except billing_ledger.UnknownAccount:
+                entry = billing.topup(conn, account_id, amount, channel, reference,
+                                      actor=f"web:{user.name}")
+                left = billing.balance(conn, account_id)
+        except billing.UnknownAccount:
             raise NotFound(f"no account {account_id!r}") from None
-        except billing_ledger.TopupConflict as exc:
+        except billing.TopupConflict as exc:
             raise Conflict(str(exc)) from None
-        except BillingError as exc:
+        except billing.BillingError as exc:
             raise BadRequest(str(exc)) from None
         return {
             "entry": {"id": entry.entry_id, "kind": entry.kind, "amount": entry.amount,
@@ -118,8 +111,8 @@ async def create_topup(request: web.Request) -> web.Response:
 @requires("viewer")
 async def list_alerts(request: web.Request) -> web.Response:
     account_id = inputs.query_text(request, "account")
-    limit, offset = _page(request)
-    rows = await database.run(request, accounts.alerts, account_id, limit, offset)
+    limit, offset = page(request)
+    rows = await database.run(request, billing_read.alerts, account_id, limit, offset)
     return json_response({"alerts": rows, "limit": limit, "offset": offset})
 
 
@@ -131,7 +124,7 @@ async def list_alerts(request: web.Request) -> web.Response:
 async def list_approvals(request: web.Request) -> web.Response:
     """Buildings / transformers whose many due cut-offs wait for (or got) a person's yes."""
     pending = inputs.query_text(request, "state", choices=("waiting", "all"), default="waiting")
-    rows = await database.run(request, accounts.approvals, pending == "waiting")
+    rows = await database.run(request, billing_read.approvals, pending == "waiting")
     return json_response({"approvals": rows})
 
 
@@ -144,14 +137,13 @@ async def approve(request: web.Request) -> web.Response:
     assert group is not None
     user = current_user(request)
 
-    def post(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    def post(conn: psycopg.Connection[Any]) -> billing_read.Approval:
         database.audit(conn, user, "cutoff.approve", f"group:{group}")
         with database.tuple_rows(conn):
-            found = billing_ledger.approve_cutoffs(conn, group, by=f"web:{user.name}")
+            found = billing.approve_cutoffs(conn, group, by=f"web:{user.name}")
         if not found:
             raise NotFound(f"no mass cut-off is waiting for group {group!r}")
-        row = next(r for r in accounts.approvals(conn, False) if r["group"] == group)
-        return row
+        return next(r for r in billing_read.approvals(conn, False) if r["group"] == group)
 
     return json_response(await database.run(request, post))
 
@@ -165,8 +157,8 @@ async def list_commands(request: web.Request) -> web.Response:
     account_id = inputs.query_text(request, "account")
     meter_id = inputs.query_text(request, "meter")
     state = inputs.query_text(request, "state", choices=COMMAND_STATES)
-    limit, offset = _page(request)
-    rows, total = await database.run(request, accounts.commands, account_id, meter_id, state,
+    limit, offset = page(request)
+    rows, total = await database.run(request, billing_read.commands, account_id, meter_id, state,
                                      limit, offset)
     return json_response({"commands": rows, "total": total, "limit": limit, "offset": offset})
 
@@ -175,7 +167,7 @@ async def list_commands(request: web.Request) -> web.Response:
 @requires("viewer")
 async def get_command(request: web.Request) -> web.Response:
     command_id = inputs.path_text(request, "command")
-    row = await database.run(request, accounts.command, command_id)
+    row = await database.run(request, billing_read.command, command_id)
     if row is None:
         raise NotFound(f"no command {command_id!r}")
     return json_response(row)
@@ -216,7 +208,7 @@ def _hold_until(value: Any) -> datetime | None:
 
 
 def _queue_manual(conn: psycopg.Connection[Any], meter_id: str, purpose: str, reason: str,
-                  hold_until: datetime | None, user: User) -> dict[str, Any]:
+                  hold_until: datetime | None, user: User) -> billing_read.CommandDetail:
     """Billing owns operator commands: :func:`billing.manual_relay` records the operator's
     intent as a manual hold (kept by billing's policy and reconciliation until it expires or
     is released), queues the command through the lifecycle and audits it with the user's
@@ -232,15 +224,13 @@ def _queue_manual(conn: psycopg.Connection[Any], meter_id: str, purpose: str, re
     except billing.CommandInFlight:
         raise Conflict(f"meter {meter_id!r} already has a command in flight; "
                        "wait for it to finish or expire") from None
-    except BillingError as exc:  # e.g. hold_until passed between the check and the lock
+    except billing.BillingError as exc:  # e.g. hold_until passed between the check and the lock
         raise BadRequest(str(exc)) from None
-    bal = conn.execute(
-        "SELECT a.balance_fen FROM billing_accounts a JOIN billing_meters bm USING (account_id)"
-        " WHERE bm.meter_id = %s", (meter_id,)).fetchone()
+    seen = billing_read.billing_meter(conn, meter_id)
     database.audit(conn, user, f"command.{purpose}", f"meter:{meter_id}",
                    {"command_id": command_id, "reason": reason, "hold_until": hold_until,
-                    "balance": from_fen(bal["balance_fen"]) if bal else None})
-    out = accounts.command(conn, command_id)
+                    "balance": seen["balance"] if seen else None})
+    out = billing_read.command(conn, command_id)
     assert out is not None
     return out
 
@@ -262,22 +252,20 @@ async def release_hold(request: web.Request) -> web.Response:
 def _release(conn: psycopg.Connection[Any], meter_id: str, reason: str,
              user: User) -> dict[str, Any]:
     """:func:`billing.release_manual_hold` and the web audit row, in one transaction."""
-    held = accounts.manual_holds(conn, meters=[meter_id])
+    held = accounts.holds(conn, meters=[meter_id])
     try:
         with database.tuple_rows(conn):
             released = billing.release_manual_hold(conn, meter_id, by=f"web:{user.name}",
                                                    reason=reason)
     except billing.UnknownMeter:
         raise NotFound(f"meter {meter_id!r} belongs to no account") from None
-    except BillingError as exc:
+    except billing.BillingError as exc:
         raise BadRequest(str(exc)) from None
     if not released or not held:
         raise Conflict(f"meter {meter_id!r} has no manual hold to release")
     database.audit(conn, user, "hold.release", f"meter:{meter_id}",
                    {"reason": reason, "released": held[0]})
-    row = conn.execute(
-        "SELECT relay_wanted, relay_reported FROM billing_meters WHERE meter_id = %s",
-        (meter_id,)).fetchone()
+    row = billing_read.billing_meter(conn, meter_id)
     assert row is not None
     return {"meter": meter_id, "released": held[0], "relay_wanted": row["relay_wanted"],
             "relay_reported": row["relay_reported"]}

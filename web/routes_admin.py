@@ -8,7 +8,7 @@ import psycopg
 from aiohttp import web
 
 from web import auth, database, inputs
-from web.app import API, current_user, json_response, requires
+from web._http import API, current_user, json_response, requires
 from web.errors import BadRequest, Conflict, NotFound
 
 routes = web.RouteTableDef()

@@ -8,9 +8,10 @@ from typing import Any
 import psycopg
 from aiohttp import web
 
+from collector import read_model as collector_read
 from meterhub.quantities import QUANTITIES
 from web import database, inputs, queries
-from web.app import API, SETTINGS_KEY, json_response, requires
+from web._http import API, SETTINGS_KEY, json_response, page, requires
 from web.errors import BadRequest, NotFound
 
 routes = web.RouteTableDef()
@@ -31,15 +32,10 @@ def _range(request: web.Request, default: timedelta) -> tuple[datetime, datetime
     return max(start, end - MAX_SPAN), end
 
 
-def _page(request: web.Request, default: int = 100) -> tuple[int, int]:
-    return (inputs.query_int(request, "limit", default=default, lo=1, hi=1000),
-            inputs.query_int(request, "offset", default=0, lo=0, hi=1_000_000))
-
-
 @routes.get(f"{API}/gateways")
 @requires("viewer")
 async def list_gateways(request: web.Request) -> web.Response:
-    rows = await database.run(request, queries.gateways, _offline_after(request))
+    rows = await database.run(request, collector_read.gateways, _offline_after(request))
     return json_response({"gateways": rows})
 
 
@@ -50,12 +46,11 @@ async def get_gateway(request: web.Request) -> web.Response:
     limit = inputs.query_int(request, "events", default=50, lo=0, hi=500)
 
     def load(conn: psycopg.Connection[Any]) -> dict[str, object] | None:
-        gw = queries.gateway(conn, name, _offline_after(request))
-        if gw is not None:
-            gw["events"] = queries.gateway_events(conn, name, limit)
-            gw["meter_ids"] = [r["meter_id"] for r in conn.execute(
-                "SELECT meter_id FROM meters WHERE gateway = %s ORDER BY meter_id", (name,))]
-        return gw
+        gw = collector_read.gateway(conn, name, _offline_after(request))
+        if gw is None:
+            return None
+        return {**gw, "events": collector_read.gateway_events(conn, name, limit),
+                "meter_ids": collector_read.gateway_meter_ids(conn, name)}
 
     gw = await database.run(request, load)
     if gw is None:
@@ -68,8 +63,8 @@ async def get_gateway(request: web.Request) -> web.Response:
 async def list_meters(request: web.Request) -> web.Response:
     gateway = inputs.query_text(request, "gateway")
     search = inputs.query_text(request, "q")
-    limit, offset = _page(request, 200)
-    rows, total = await database.run(request, queries.meters, gateway, search, limit, offset)
+    limit, offset = page(request, 200)
+    rows, total = await database.run(request, collector_read.meters, gateway, search, limit, offset)
     return json_response({"meters": rows, "total": total, "limit": limit, "offset": offset})
 
 
@@ -100,10 +95,11 @@ async def meter_history(request: web.Request) -> web.Response:
     if resolution == "raw" and end - start > timedelta(days=2):
         raise BadRequest("raw readings are served for ranges up to 2 days; use a bucket")
 
-    def load(conn: psycopg.Connection[Any]) -> list[dict[str, object]] | None:
-        if queries.meter(conn, meter_id) is None:
+    def load(conn: psycopg.Connection[Any]) -> list[collector_read.Point] | None:
+        if collector_read.meter(conn, meter_id) is None:
             return None
-        return queries.history(conn, meter_id, quantity, start, end, resolution)
+        return collector_read.history(conn, meter_id, quantity, start, end,
+                                      queries.RESOLUTIONS[resolution], queries.MAX_RAW_POINTS)
 
     points = await database.run(request, load)
     if points is None:
@@ -123,12 +119,12 @@ async def meter_intervals(request: web.Request) -> web.Response:
     limit = inputs.query_int(request, "limit", default=2000, lo=1, hi=5000)
 
     def load(conn: psycopg.Connection[Any]) -> dict[str, object] | None:
-        if queries.meter(conn, meter_id) is None:
+        if collector_read.meter(conn, meter_id) is None:
             return None
         return {
             "meter": meter_id, "from": start, "to": end,
-            "intervals": queries.intervals(conn, meter_id, start, end, limit),
-            "anomalies": queries.anomalies(conn, meter_id, None, start, end, 1000, 0),
+            "intervals": collector_read.intervals(conn, meter_id, start, end, limit),
+            "anomalies": collector_read.anomalies(conn, meter_id, None, start, end, 1000, 0),
         }
 
     out = await database.run(request, load)
@@ -144,8 +140,8 @@ async def list_anomalies(request: web.Request) -> web.Response:
     rule = inputs.query_text(request, "rule")
     start = inputs.query_time(request, "from")
     end = inputs.query_time(request, "to")
-    limit, offset = _page(request)
-    rows = await database.run(request, queries.anomalies, meter_id, rule, start, end, limit,
+    limit, offset = page(request)
+    rows = await database.run(request, collector_read.anomalies, meter_id, rule, start, end, limit,
                               offset)
     return json_response({"anomalies": rows, "limit": limit, "offset": offset})
 
@@ -154,7 +150,7 @@ async def list_anomalies(request: web.Request) -> web.Response:
 @requires("viewer")
 async def list_dead_letters(request: web.Request) -> web.Response:
     gateway = inputs.query_text(request, "gateway")
-    limit, offset = _page(request)
-    rows, total = await database.run(request, queries.dead_letters, gateway, limit, offset)
+    limit, offset = page(request)
+    rows, total = await database.run(request, collector_read.dead_letters, gateway, limit, offset)
     return json_response({"dead_letters": rows, "total": total, "limit": limit,
                           "offset": offset})

@@ -1,8 +1,8 @@
 """The review queue ("abnormal work orders"): list, look at, confirm or dismiss with a comment.
 
 Engineers decide; a decision releases the intervals the item held back from billing. The
-collector owns the queue: its decision function is used when it has one, else the same
-update is made here (see :func:`_decide`).
+collector owns the queue: web reads it through :mod:`collector.read_model` and decides
+through :func:`collector.decide_review` (see :func:`_decide`).
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from typing import Any
 import psycopg
 from aiohttp import web
 
-from collector import review
-from web import database, inputs, queries
-from web.app import API, SETTINGS_KEY, current_user, json_response, requires
+import collector
+from collector import read_model as collector_read
+from web import database, inputs
+from web._http import API, SETTINGS_KEY, current_user, json_response, page, requires
 from web.auth import User
 from web.errors import Conflict, NotFound
 
@@ -28,10 +29,9 @@ STATUSES = ("open", "confirmed", "dismissed")
 async def list_review_items(request: web.Request) -> web.Response:
     status = inputs.query_text(request, "status", choices=(*STATUSES, "all"), default="open")
     meter_id = inputs.query_text(request, "meter")
-    limit = inputs.query_int(request, "limit", default=100, lo=1, hi=1000)
-    offset = inputs.query_int(request, "offset", default=0, lo=0, hi=1_000_000)
+    limit, offset = page(request)
     rows, total = await database.run(
-        request, queries.review_items, None if status == "all" else status, meter_id, limit,
+        request, collector_read.review_items, None if status == "all" else status, meter_id, limit,
         offset)
     return json_response({"review_items": rows, "total": total, "limit": limit,
                           "offset": offset})
@@ -41,7 +41,7 @@ async def list_review_items(request: web.Request) -> web.Response:
 @requires("viewer")
 async def get_review_item(request: web.Request) -> web.Response:
     item_id = inputs.path_id(request)
-    item = await database.run(request, queries.review_item, item_id)
+    item = await database.run(request, collector_read.review_item, item_id)
     if item is None:
         raise NotFound(f"no review item {item_id}")
     return json_response(item)
@@ -76,18 +76,16 @@ def _decide(conn: psycopg.Connection[Any], database_url: str, item_id: int, stat
     """The collector decides (status, who, why; releases the held intervals) in a
     transaction of its own; the audit row is written first in ours, so a refused decision
     leaves no audit row behind."""
-    row = conn.execute("SELECT status FROM review_items WHERE id = %s", (item_id,)).fetchone()
-    if row is None:
+    if collector_read.review_item(conn, item_id) is None:
         raise NotFound(f"no review item {item_id}")
     action = "review.confirm" if status == "confirmed" else "review.dismiss"
     database.audit(conn, user, action, f"review_item:{item_id}",
                    {"status": status, "comment": comment})
     try:
-        decided = review.decide(database_url, item_id, status,  # type: ignore[arg-type]
+        decided = collector.decide_review(database_url, item_id, status,  # type: ignore[arg-type]
                                 user.name, comment)
-    except review.ReviewError as exc:
+    except collector.ReviewError as exc:
         raise Conflict(str(exc)) from None
-    item = queries.review_item(conn, item_id)
+    item = collector_read.review_item(conn, item_id)
     assert item is not None
-    item["released_intervals"] = decided.released
-    return item
+    return {**item, "released_intervals": decided.released}

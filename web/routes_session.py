@@ -8,7 +8,7 @@ from collections import defaultdict, deque
 from aiohttp import web
 
 from web import auth, database, inputs
-from web.app import API, SESSION_KEY_KEY, SETTINGS_KEY, current_user, json_response
+from web._http import API, SESSION_KEY_KEY, SETTINGS_KEY, current_user, json_response
 from web.errors import TooManyRequests, Unauthorized
 
 routes = web.RouteTableDef()

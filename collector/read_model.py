@@ -1,0 +1,411 @@
+"""What other parts (the web) may ask of the collector's tables: gateways, meters, readings,
+intervals, anomalies, the review queue and dead letters. One function per question, typed
+rows; nobody outside the collector writes SQL against its tables.
+
+Every function takes any psycopg connection (it opens its own dict-row cursor) and answers
+the same on plain PostgreSQL and on TimescaleDB: history buckets use ``date_bin`` over a
+``ts`` range of one meter and quantity, which the readings primary key
+``(meter_id, quantity, ts)`` serves on both.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any, TypedDict, cast
+
+import psycopg
+from psycopg.rows import dict_row
+
+
+class Gateway(TypedDict):
+    gateway: str
+    site: str | None
+    reported_state: str | None
+    status_at: datetime | None
+    last_seen: datetime | None
+    health: dict[str, Any] | None
+    max_seq: int | None
+    batches: int
+    duplicate_batches: int
+    clock_offset_s: float | None
+    meters: int  # how many meters it reads
+    status: str  # "online" or "offline", by its own word or by silence
+    offline_reason: str | None
+
+
+class SeqGap(TypedDict):
+    from_seq: int
+    to_seq: int
+    noticed_after: int | None
+
+
+class GatewayDetail(Gateway):
+    gaps: list[SeqGap]  # the newest 20 batch sequence gaps
+
+
+class GatewayEvent(TypedDict):
+    id: int
+    source: str
+    kind: str
+    meter: str | None
+    at: datetime
+    detail: str | None
+    data: dict[str, Any] | None
+    received_at: datetime
+
+
+class Value(TypedDict):
+    value: Decimal
+    unit: str
+    at: datetime
+
+
+class LatestValues(TypedDict):
+    meter: str
+    last_seen: datetime | None
+    relay: str | None
+    values: dict[str, Value]  # by quantity
+
+
+class Meter(TypedDict):
+    meter: str
+    gateway: str
+    site: str | None
+    protocol: str | None
+    expected_interval_s: int | None
+    first_seen: datetime | None
+    last_seen: datetime | None
+    relay: str | None
+    relay_at: datetime | None
+    open_reviews: int
+    values: dict[str, Value]  # newest value of each quantity
+
+
+class Point(TypedDict):
+    t: datetime
+    value: Decimal
+    min: Decimal
+    max: Decimal
+    last: Decimal
+
+
+class Interval(TypedDict):
+    start: datetime
+    end: datetime
+    kwh: Decimal | None
+    quality: str
+    method: str | None
+    held: bool
+    reason: str | None
+    raw_kwh: Decimal | None
+    flags: Any
+
+
+class Anomaly(TypedDict):
+    id: int
+    meter: str
+    rule: str
+    at: datetime
+    reason: str
+    value: Decimal | None
+    expected: Decimal | None
+    holds: bool
+    review_item_id: int | None
+    detected_at: datetime
+
+
+class ReviewItem(TypedDict):
+    id: int
+    meter: str
+    rule: str
+    period_start: datetime
+    period_end: datetime
+    reason: str
+    status: str
+    opened_at: datetime
+    decided_at: datetime | None
+    decided_by: str | None
+    comment: str | None
+
+
+class ReviewItemDetail(ReviewItem):
+    anomalies: list[Anomaly]
+
+
+class DeadLetter(TypedDict):
+    id: int
+    topic: str
+    reason: str
+    gateway: str | None
+    received_at: datetime
+    size: int
+    payload: str  # the first 2000 characters
+
+
+def _fetch(conn: psycopg.Connection[Any], query: str,
+           params: Any = None) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(query, params).fetchall()  # type: ignore[arg-type]
+
+
+def _count(conn: psycopg.Connection[Any], query: str, params: Any) -> int:
+    rows = _fetch(conn, query, params)
+    return int(rows[0]["n"]) if rows else 0
+
+
+def _like(text: str) -> str:
+    """An ILIKE pattern matching ``text`` anywhere, its wildcards taken literally."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+# ---------------------------------------------------------------------------- gateways
+
+_GATEWAYS = """
+SELECT g.gateway, g.site, g.state AS reported_state, g.status_at, g.last_seen, g.health,
+       g.max_seq, g.batches, g.duplicate_batches, g.clock_offset_s,
+       (SELECT count(*) FROM meters m WHERE m.gateway = g.gateway) AS meters,
+       CASE WHEN g.state = 'offline' THEN 'offline'
+            WHEN g.last_seen IS NULL OR g.last_seen < now() - make_interval(secs => %(after)s)
+                 THEN 'offline'
+            ELSE 'online' END AS status,
+       CASE WHEN g.state = 'offline' THEN 'the gateway reported offline (or its last will fired)'
+            WHEN g.last_seen IS NULL THEN 'never heard from'
+            WHEN g.last_seen < now() - make_interval(secs => %(after)s)
+                 THEN format('nothing heard for over %%s s', %(after)s::int)
+            ELSE NULL END AS offline_reason
+FROM gateways g
+"""
+
+
+def gateways(conn: psycopg.Connection[Any], offline_after_s: float) -> list[Gateway]:
+    """Every gateway heard from, online unless it said offline or was silent too long."""
+    return cast("list[Gateway]", _fetch(conn, _GATEWAYS + " ORDER BY g.gateway",
+                                        {"after": offline_after_s}))
+
+
+def gateway(conn: psycopg.Connection[Any], name: str,
+            offline_after_s: float) -> GatewayDetail | None:
+    """One gateway with its newest sequence gaps; None when never heard from."""
+    rows = _fetch(conn, _GATEWAYS + " WHERE g.gateway = %(name)s",
+                  {"after": offline_after_s, "name": name})
+    if not rows:
+        return None
+    out = cast(GatewayDetail, rows[0])
+    out["gaps"] = cast("list[SeqGap]", _fetch(
+        conn, "SELECT from_seq, to_seq, noticed_after FROM seq_gaps WHERE gateway = %s"
+        " ORDER BY from_seq DESC LIMIT 20", (name,)))
+    return out
+
+
+def gateway_events(conn: psycopg.Connection[Any], name: str, limit: int) -> list[GatewayEvent]:
+    """A gateway's newest events (its own and the collector's), newest first."""
+    return cast("list[GatewayEvent]", _fetch(
+        conn, "SELECT id, source, kind, meter_id AS meter, at, detail, data, received_at"
+        " FROM gateway_events WHERE gateway = %s ORDER BY at DESC, id DESC LIMIT %s",
+        (name, limit)))
+
+
+def gateway_meter_ids(conn: psycopg.Connection[Any], name: str) -> list[str]:
+    """The meters a gateway reads, by id."""
+    return [r["meter_id"] for r in _fetch(
+        conn, "SELECT meter_id FROM meters WHERE gateway = %s ORDER BY meter_id", (name,))]
+
+
+# ---------------------------------------------------------------------------- meters
+
+_METER_COLUMNS = """
+m.meter_id AS meter, m.gateway, m.site, m.protocol, m.expected_interval_s, m.first_seen,
+m.last_seen, m.relay, m.relay_at,
+(SELECT count(*) FROM review_items ri WHERE ri.meter_id = m.meter_id AND ri.status = 'open')
+    AS open_reviews
+"""
+
+
+def meter_last_seen(conn: psycopg.Connection[Any],
+                    since: datetime | None = None) -> dict[str, datetime]:
+    """Meters and their newest reading time, only those at or after ``since`` when given:
+    a live poll transfers the meters that reported, not the whole fleet."""
+    rows = _fetch(
+        conn, "SELECT meter_id, last_seen FROM meters WHERE last_seen IS NOT NULL"
+        " AND (%(since)s::timestamptz IS NULL OR last_seen >= %(since)s)", {"since": since})
+    return {r["meter_id"]: r["last_seen"] for r in rows}
+
+
+def latest_values(conn: psycopg.Connection[Any], meters: list[str]) -> list[LatestValues]:
+    """Newest value of every quantity of each meter (from its last poll window), in the
+    order asked; unknown meters are left out."""
+    rows = _fetch(
+        conn,
+        """SELECT m.meter_id, m.last_seen, m.relay, r.quantity, r.value, r.unit, r.ts
+           FROM meters m
+           LEFT JOIN LATERAL (
+               SELECT DISTINCT ON (quantity) quantity, value, unit, ts FROM readings r
+               WHERE r.meter_id = m.meter_id AND r.ts > m.last_seen - interval '1 hour'
+                 AND r.ts <= m.last_seen
+               ORDER BY quantity, ts DESC) r ON true
+           WHERE m.meter_id = ANY(%s)""",
+        (meters,),
+    )
+    out: dict[str, LatestValues] = {}
+    for r in rows:
+        item = out.setdefault(r["meter_id"], {
+            "meter": r["meter_id"], "last_seen": r["last_seen"], "relay": r["relay"],
+            "values": {},
+        })
+        if r["quantity"] is not None:
+            item["values"][r["quantity"]] = {"value": r["value"], "unit": r["unit"], "at": r["ts"]}
+    return [out[m] for m in meters if m in out]
+
+
+def meters(conn: psycopg.Connection[Any], gateway: str | None, search: str | None,
+           limit: int, offset: int) -> tuple[list[Meter], int]:
+    """A page of meters (of one gateway, ids containing ``search``) and the total count."""
+    where, params = ["true"], []
+    if gateway:
+        where.append("m.gateway = %s")
+        params.append(gateway)
+    if search:
+        where.append("m.meter_id ILIKE %s")
+        params.append(_like(search))
+    sql_where = " AND ".join(where)
+    total = _count(conn, f"SELECT count(*) AS n FROM meters m WHERE {sql_where}", params)
+    rows = _fetch(conn, f"SELECT {_METER_COLUMNS} FROM meters m WHERE {sql_where}"
+                  " ORDER BY m.meter_id LIMIT %s OFFSET %s", [*params, limit, offset])
+    return _with_values(conn, rows), total
+
+
+def meter(conn: psycopg.Connection[Any], meter_id: str) -> Meter | None:
+    """One meter with its newest values; None when the collector never heard of it."""
+    rows = _fetch(conn, f"SELECT {_METER_COLUMNS} FROM meters m WHERE m.meter_id = %s",
+                  (meter_id,))
+    return _with_values(conn, rows)[0] if rows else None
+
+
+def _with_values(conn: psycopg.Connection[Any], rows: list[dict[str, Any]]) -> list[Meter]:
+    latest = {v["meter"]: v["values"] for v in latest_values(conn, [r["meter"] for r in rows])}
+    for r in rows:
+        r["values"] = latest.get(r["meter"], {})
+    return cast("list[Meter]", rows)
+
+
+def history(conn: psycopg.Connection[Any], meter_id: str, quantity: str, start: datetime,
+            end: datetime, bucket: timedelta | None, max_raw_points: int) -> list[Point]:
+    """Points of one quantity in ``[start, end)``: the newest ``max_raw_points`` raw readings
+    when ``bucket`` is None, else buckets of that width with min/avg/max/last."""
+    if bucket is None:
+        rows = _fetch(
+            conn,
+            """SELECT ts AS t, value, value AS min, value AS max, value AS last FROM (
+                   SELECT ts, value FROM readings
+                   WHERE meter_id = %s AND quantity = %s AND ts >= %s AND ts < %s
+                   ORDER BY ts DESC LIMIT %s) newest ORDER BY ts""",
+            (meter_id, quantity, start, end, max_raw_points),
+        )
+    else:
+        rows = _fetch(
+            conn,
+            """SELECT date_bin(%s, ts, timestamptz '2000-01-01 00:00:00+00') AS t,
+                      avg(value) AS value, min(value) AS min, max(value) AS max,
+                      (array_agg(value ORDER BY ts DESC))[1] AS last
+               FROM readings
+               WHERE meter_id = %s AND quantity = %s AND ts >= %s AND ts < %s
+               GROUP BY 1 ORDER BY 1""",
+            (bucket, meter_id, quantity, start, end),
+        )
+    return cast("list[Point]", rows)
+
+
+def intervals(conn: psycopg.Connection[Any], meter_id: str, start: datetime,
+              end: datetime, limit: int) -> list[Interval]:
+    """Validated interval consumption starting in ``[start, end)``: the newest ``limit``,
+    oldest first."""
+    return cast("list[Interval]", _fetch(
+        conn,
+        """SELECT interval_start AS start, interval_end AS "end", kwh, quality, method, held,
+                  reason, raw_kwh, flags
+           FROM intervals WHERE meter_id = %s AND interval_start >= %s AND interval_start < %s
+           ORDER BY interval_start DESC LIMIT %s""",
+        (meter_id, start, end, limit))[::-1])
+
+
+# ---------------------------------------------------------------------------- anomalies, review
+
+_ANOMALY_COLUMNS = """a.id, a.meter_id AS meter, a.rule, a.at, a.reason, a.value, a.expected,
+a.holds, a.review_item_id, a.detected_at"""
+
+
+def anomalies(conn: psycopg.Connection[Any], meter_id: str | None, rule: str | None,
+              start: datetime | None, end: datetime | None, limit: int,
+              offset: int) -> list[Anomaly]:
+    """Anomalies the validation found, newest first; each filter applies when given."""
+    where, params = ["true"], []
+    for clause, value in (("a.meter_id = %s", meter_id), ("a.rule = %s", rule),
+                          ("a.at >= %s", start), ("a.at < %s", end)):
+        if value is not None:
+            where.append(clause)
+            params.append(value)
+    return cast("list[Anomaly]", _fetch(
+        conn, f"SELECT {_ANOMALY_COLUMNS} FROM anomalies a WHERE {' AND '.join(where)}"
+        " ORDER BY a.at DESC, a.id DESC LIMIT %s OFFSET %s", [*params, limit, offset]))
+
+
+_REVIEW_COLUMNS = """r.id, r.meter_id AS meter, r.rule, r.period_start, r.period_end, r.reason,
+r.status, r.opened_at, r.decided_at, r.decided_by, r.comment"""
+
+
+def review_items(conn: psycopg.Connection[Any], status: str | None, meter_id: str | None,
+                 limit: int, offset: int) -> tuple[list[ReviewItem], int]:
+    """A page of the review queue (open items first, newest first) and the total count."""
+    where, params = ["true"], []
+    if status:
+        where.append("r.status = %s")
+        params.append(status)
+    if meter_id:
+        where.append("r.meter_id = %s")
+        params.append(meter_id)
+    sql_where = " AND ".join(where)
+    total = _count(conn, f"SELECT count(*) AS n FROM review_items r WHERE {sql_where}", params)
+    rows = _fetch(
+        conn, f"SELECT {_REVIEW_COLUMNS} FROM review_items r WHERE {sql_where}"
+        " ORDER BY (r.status = 'open') DESC, r.opened_at DESC, r.id DESC LIMIT %s OFFSET %s",
+        [*params, limit, offset])
+    return cast("list[ReviewItem]", rows), total
+
+
+def review_item(conn: psycopg.Connection[Any], item_id: int) -> ReviewItemDetail | None:
+    """One review item with the anomalies it gathers; None when there is no such item."""
+    rows = _fetch(conn, f"SELECT {_REVIEW_COLUMNS} FROM review_items r WHERE r.id = %s",
+                  (item_id,))
+    if not rows:
+        return None
+    out = cast(ReviewItemDetail, rows[0])
+    out["anomalies"] = cast("list[Anomaly]", _fetch(
+        conn, f"SELECT {_ANOMALY_COLUMNS} FROM anomalies a WHERE a.review_item_id = %s"
+        " ORDER BY a.at", (item_id,)))
+    return out
+
+
+def review_version(conn: psycopg.Connection[Any]) -> tuple[int, int | None]:
+    """(open items, newest item id): a new item moves the id, a decision the count; both
+    answer from indexes, so a poller may ask often."""
+    rows = _fetch(conn, "SELECT (SELECT count(*) FROM review_items WHERE status = 'open') AS open,"
+                  " (SELECT max(id) FROM review_items) AS newest")
+    return (int(rows[0]["open"]), rows[0]["newest"]) if rows else (0, None)
+
+
+# ---------------------------------------------------------------------------- dead letters
+
+
+def dead_letters(conn: psycopg.Connection[Any], gateway: str | None, limit: int,
+                 offset: int) -> tuple[list[DeadLetter], int]:
+    """A page of messages the collector could not take (newest first) and the total."""
+    where, params = "true", []
+    if gateway:
+        where, params = "gateway = %s", [gateway]
+    total = _count(conn, f"SELECT count(*) AS n FROM dead_letters WHERE {where}", params)
+    rows = _fetch(
+        conn, f"SELECT id, topic, reason, gateway, received_at, length(payload) AS size,"
+        f" substring(payload from 1 for 2000) AS payload FROM dead_letters WHERE {where}"
+        " ORDER BY received_at DESC, id DESC LIMIT %s OFFSET %s", [*params, limit, offset])
+    return cast("list[DeadLetter]", rows), total
