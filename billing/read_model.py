@@ -379,13 +379,10 @@ def commands(conn: psycopg.Connection[Any], account_id: str | None, meter_id: st
 def command(conn: psycopg.Connection[Any], command_id: str) -> CommandDetail | None:
     """One relay command with its audit trail (every state change, who, why)."""
     rows = _fetch(conn, f"{_COMMAND} WHERE command_id = %s", (command_id,))
-    if not rows:
-        return None
-    out = cast(CommandDetail, rows[0])
-    out["audit"] = cast("list[CommandStep]", _fetch(
-        conn, "SELECT at, from_state, to_state, actor, detail FROM billing_command_audit"
-        " WHERE command_id = %s ORDER BY audit_id", (command_id,)))
-    return out
+    audit = _fetch(conn, "SELECT at, from_state, to_state, actor, detail"
+                   " FROM billing_command_audit WHERE command_id = %s ORDER BY audit_id",
+                   (command_id,)) if rows else []
+    return cast(CommandDetail, {**rows[0], "audit": audit}) if rows else None
 
 
 def approvals(conn: psycopg.Connection[Any], waiting_only: bool) -> list[Approval]:

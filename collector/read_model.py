@@ -154,6 +154,12 @@ def _count(conn: psycopg.Connection[Any], query: str, params: Any) -> int:
     return int(rows[0]["n"]) if rows else 0
 
 
+def _where(filters: tuple[tuple[str, Any], ...]) -> tuple[str, list[Any]]:
+    """The conditions whose value is given (None or blank: no filter) and their values."""
+    given = [(clause, value) for clause, value in filters if value is not None and value != ""]
+    return " AND ".join(["true", *(c for c, _ in given)]), [v for _, v in given]
+
+
 def _like(text: str) -> str:
     """An ILIKE pattern matching ``text`` anywhere, its wildcards taken literally."""
     return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
@@ -261,14 +267,8 @@ def latest_values(conn: psycopg.Connection[Any], meters: list[str]) -> list[Late
 def meters(conn: psycopg.Connection[Any], gateway: str | None, search: str | None,
            limit: int, offset: int) -> tuple[list[Meter], int]:
     """A page of meters (of one gateway, ids containing ``search``) and the total count."""
-    where, params = ["true"], []
-    if gateway:
-        where.append("m.gateway = %s")
-        params.append(gateway)
-    if search:
-        where.append("m.meter_id ILIKE %s")
-        params.append(_like(search))
-    sql_where = " AND ".join(where)
+    sql_where, params = _where((("m.gateway = %s", gateway),
+                                ("m.meter_id ILIKE %s", search and _like(search))))
     total = _count(conn, f"SELECT count(*) AS n FROM meters m WHERE {sql_where}", params)
     rows = _fetch(conn, f"SELECT {_METER_COLUMNS} FROM meters m WHERE {sql_where}"
                   " ORDER BY m.meter_id LIMIT %s OFFSET %s", [*params, limit, offset])
@@ -339,14 +339,10 @@ def anomalies(conn: psycopg.Connection[Any], meter_id: str | None, rule: str | N
               start: datetime | None, end: datetime | None, limit: int,
               offset: int) -> list[Anomaly]:
     """Anomalies the validation found, newest first; each filter applies when given."""
-    where, params = ["true"], []
-    for clause, value in (("a.meter_id = %s", meter_id), ("a.rule = %s", rule),
-                          ("a.at >= %s", start), ("a.at < %s", end)):
-        if value is not None:
-            where.append(clause)
-            params.append(value)
+    sql_where, params = _where((("a.meter_id = %s", meter_id), ("a.rule = %s", rule),
+                                ("a.at >= %s", start), ("a.at < %s", end)))
     return cast("list[Anomaly]", _fetch(
-        conn, f"SELECT {_ANOMALY_COLUMNS} FROM anomalies a WHERE {' AND '.join(where)}"
+        conn, f"SELECT {_ANOMALY_COLUMNS} FROM anomalies a WHERE {sql_where}"
         " ORDER BY a.at DESC, a.id DESC LIMIT %s OFFSET %s", [*params, limit, offset]))
 
 
@@ -357,14 +353,7 @@ r.status, r.opened_at, r.decided_at, r.decided_by, r.comment"""
 def review_items(conn: psycopg.Connection[Any], status: str | None, meter_id: str | None,
                  limit: int, offset: int) -> tuple[list[ReviewItem], int]:
     """A page of the review queue (open items first, newest first) and the total count."""
-    where, params = ["true"], []
-    if status:
-        where.append("r.status = %s")
-        params.append(status)
-    if meter_id:
-        where.append("r.meter_id = %s")
-        params.append(meter_id)
-    sql_where = " AND ".join(where)
+    sql_where, params = _where((("r.status = %s", status), ("r.meter_id = %s", meter_id)))
     total = _count(conn, f"SELECT count(*) AS n FROM review_items r WHERE {sql_where}", params)
     rows = _fetch(
         conn, f"SELECT {_REVIEW_COLUMNS} FROM review_items r WHERE {sql_where}"
@@ -400,9 +389,7 @@ def review_version(conn: psycopg.Connection[Any]) -> tuple[int, int | None]:
 def dead_letters(conn: psycopg.Connection[Any], gateway: str | None, limit: int,
                  offset: int) -> tuple[list[DeadLetter], int]:
     """A page of messages the collector could not take (newest first) and the total."""
-    where, params = "true", []
-    if gateway:
-        where, params = "gateway = %s", [gateway]
+    where, params = _where((("gateway = %s", gateway),))
     total = _count(conn, f"SELECT count(*) AS n FROM dead_letters WHERE {where}", params)
     rows = _fetch(
         conn, f"SELECT id, topic, reason, gateway, received_at, length(payload) AS size,"
