@@ -50,7 +50,7 @@ def _server(stack: ExitStack) -> str:
     url = database_url()
     if url:
         return url
-    from meterhub.embedded import embedded_postgres
+    from launcher.embedded import embedded_postgres
 
     tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-billing-")))
     return stack.enter_context(embedded_postgres(tmp / "pg"))

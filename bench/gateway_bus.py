@@ -132,7 +132,7 @@ def line_time(name: str, before: dict[str, float], after: dict[str, float]) -> d
 
 async def run(seconds: float, warmup: float) -> dict[str, Any]:
     from gateway import Gateway, config_from_dict
-    from meterhub.embedded import embedded_broker
+    from launcher.embedded import embedded_broker
     from meterhub.settings import mqtt_settings
 
     sim = Sim()

@@ -48,8 +48,8 @@ from collector import (
     vee,
 )
 from collector._store import Batch, copy_text
+from launcher.embedded import embedded_postgres, mosquitto_broker
 from meterhub import db, wire
-from meterhub.embedded import embedded_postgres, mosquitto_broker
 from meterhub.settings import DATABASE_URL_ENV, MQTT_URL_ENV, MqttSettings
 
 # A Monday some weeks back, so every reading passes the collector's age and future checks.

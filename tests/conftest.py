@@ -19,8 +19,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from launcher.embedded import embedded_broker, embedded_postgres
 from meterhub import db
-from meterhub.embedded import embedded_broker, embedded_postgres
 from meterhub.settings import DATABASE_URL_ENV, MQTT_URL_ENV, MqttSettings
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import sys
 from typing import Any
@@ -38,31 +37,21 @@ def register(sub: Any) -> None:
     cu.set_defaults(handler=_create_user)
 
 
-def _database(url: str | None, stack: contextlib.ExitStack) -> str:
-    if url:
-        return url
-    from meterhub.embedded import embedded_postgres
-
-    print("starting embedded PostgreSQL (pgserver) ...", file=sys.stderr)
-    return str(stack.enter_context(embedded_postgres(settings.data_dir() / "demo-postgres")))
-
-
 def _serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from web.app import create_app
 
     mqtt = settings.mqtt_from(args.mqtt_url)
-    with contextlib.ExitStack() as stack:
-        url = _database(args.database_url, stack)
-        if not args.no_migrate:
-            db.migrate(url)
-        app = create_app(url, mqtt=mqtt, offline_after_s=args.offline_after)
-        print(f"meterhub web: http://{args.host}:{args.port}/", file=sys.stderr)
-        if not _has_users(url):
-            print("no logins yet: create one with "
-                  "'meterhub web create-user --name NAME --role admin'", file=sys.stderr)
-        web.run_app(app, host=args.host, port=args.port, print=None)
+    url = settings.require_database_url(args.database_url)  # the launcher may embed one
+    if not args.no_migrate:
+        db.migrate(url)
+    app = create_app(url, mqtt=mqtt, offline_after_s=args.offline_after)
+    print(f"meterhub web: http://{args.host}:{args.port}/", file=sys.stderr)
+    if not _has_users(url):
+        print("no logins yet: create one with "
+              "'meterhub web create-user --name NAME --role admin'", file=sys.stderr)
+    web.run_app(app, host=args.host, port=args.port, print=None)
     return 0
 
 
@@ -77,15 +66,14 @@ def _has_users(url: str) -> bool:
 def _create_user(args: argparse.Namespace) -> int:
     from web import auth, users
 
-    with contextlib.ExitStack() as stack:
-        url = _database(args.database_url, stack)
-        db.migrate(url)
-        try:
-            password = users.create_user(url, args.name, args.role)
-        except auth.AuthError as exc:
-            print(f"meterhub web create-user: {exc}", file=sys.stderr)
-            return 1
-        print(f"user {args.name} ({args.role}) password: {password}")
-        if args.token:
-            print(f"API token: {users.create_token(url, args.name, 'cli')}")
+    url = settings.require_database_url(args.database_url)  # the launcher may embed one
+    db.migrate(url)
+    try:
+        password = users.create_user(url, args.name, args.role)
+    except auth.AuthError as exc:
+        print(f"meterhub web create-user: {exc}", file=sys.stderr)
+        return 1
+    print(f"user {args.name} ({args.role}) password: {password}")
+    if args.token:
+        print(f"API token: {users.create_token(url, args.name, 'cli')}")
     return 0

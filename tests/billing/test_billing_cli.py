@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from meterhub.cli import main
+from launcher.cli import main
 
 
 def run(capsys: pytest.CaptureFixture[str], db_url: str, *argv: str) -> tuple[int, str, str]:

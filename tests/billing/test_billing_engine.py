@@ -36,8 +36,8 @@ from billing import (
 from billing.lifecycle import audit_trail
 from billing.manual import hold_trail
 from billing.tariffs import load_tariffs
+from launcher.embedded import amqtt_broker, free_port, mosquitto_broker
 from meterhub import wire
-from meterhub.embedded import amqtt_broker, free_port, mosquitto_broker
 from meterhub.settings import MqttSettings
 
 D = Decimal
@@ -271,7 +271,7 @@ async def test_two_billing_processes_send_each_cutoff_once(db_url: str, mqtt: Mq
     _shared_backlog(db_url, site, n, intervals=24)
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root)}
-    argv = [sys.executable, "-m", "meterhub.cli", "billing", "--database-url", db_url, "run",
+    argv = [sys.executable, "-m", "launcher.cli", "billing", "--database-url", db_url, "run",
             "--mqtt-url", mqtt.url, "--poll", "0.2"]
     gw = FakeGateway(mqtt, site)
     async with running(gw):

@@ -15,8 +15,8 @@ from colhelp import (
     wait_until,
 )
 
+from launcher.embedded import amqtt_broker
 from meterhub import wire
-from meterhub.embedded import amqtt_broker
 
 pytestmark = pytest.mark.integration
 

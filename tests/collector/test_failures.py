@@ -204,7 +204,7 @@ def broker_dir():
 async def test_broker_restart_loses_nothing(db_url, site, broker_dir, shared):
     """A broker of the test's own (mosquitto with persistence) stops and starts again on the
     same port under a running collector; messages published meanwhile are all stored."""
-    from meterhub.embedded import free_port, mosquitto_broker
+    from launcher.embedded import free_port, mosquitto_broker
 
     port = free_port()
     workdir = broker_dir

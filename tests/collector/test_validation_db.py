@@ -11,7 +11,8 @@ from colhelp import T0, Publisher, batch_payload, config, reading, running, subs
 from collector import review
 from collector.config import ValidationConfig
 from collector.validation import revalidate, run_pending
-from meterhub import cli, wire
+from launcher import cli
+from meterhub import wire
 
 pytestmark = pytest.mark.integration
 IV_S = 900

@@ -18,7 +18,7 @@ REPO = Path(__file__).parents[2]
 
 def meterhub(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "meterhub.cli", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "launcher.cli", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
 
 

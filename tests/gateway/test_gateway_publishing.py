@@ -12,7 +12,7 @@ import pytest
 from gwhelp import QUANTITIES, dlt_meters, gateway_config, record, rtu_meters, wait_for
 
 from gateway import Gateway, config_from_dict
-from meterhub.embedded import free_port, mosquitto_broker
+from launcher.embedded import free_port, mosquitto_broker
 from meterhub.settings import MqttSettings
 
 pytestmark = pytest.mark.integration

@@ -59,7 +59,7 @@ meters = [{{ unit = 1 }}, {{ unit = 2 }}]
 def _start(config: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
-        [sys.executable, "-m", "meterhub.cli", "gateway", "run", "--config", str(config)],
+        [sys.executable, "-m", "launcher.cli", "gateway", "run", "--config", str(config)],
         cwd=REPO, env=env, stderr=subprocess.PIPE)
 
 

@@ -9,8 +9,8 @@ import aiomqtt
 import psycopg
 import pytest
 
+from launcher.embedded import amqtt_broker, embedded_postgres, mosquitto_broker
 from meterhub import db
-from meterhub.embedded import amqtt_broker, embedded_postgres, mosquitto_broker
 
 pytestmark = pytest.mark.integration
 

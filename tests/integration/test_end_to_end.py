@@ -12,7 +12,7 @@ import uuid
 import psycopg
 import pytest
 
-from meterhub.demo import DemoPlan, run_demo
+from launcher.demo import DemoPlan, run_demo
 from meterhub.settings import MqttSettings
 
 pytestmark = pytest.mark.integration

@@ -24,7 +24,7 @@ def _env(db_url: str) -> dict[str, str]:
 
 
 def _meterhub(*args: str, db_url: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "meterhub.cli", *args], env=_env(db_url),
+    return subprocess.run([sys.executable, "-m", "launcher.cli", *args], env=_env(db_url),
                           capture_output=True, text=True, timeout=60)
 
 
@@ -51,7 +51,7 @@ def test_create_user_prints_a_password_that_logs_in(db_url: str, served: str) ->
 def test_web_command_serves_page_and_api(db_url: str) -> None:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "meterhub.cli", "web", "--port", str(port)],
+        [sys.executable, "-m", "launcher.cli", "web", "--port", str(port)],
         env=_env(db_url), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         base = f"http://127.0.0.1:{port}"

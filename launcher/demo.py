@@ -29,8 +29,8 @@ from typing import Any
 
 import psycopg
 
+from launcher.embedded import database_or_embedded, embedded_broker
 from meterhub import db, settings
-from meterhub.embedded import embedded_broker, embedded_postgres
 from meterhub.settings import MqttSettings
 
 log = logging.getLogger(__name__)
@@ -137,14 +137,8 @@ def register(sub: Any) -> None:
 def _cli(args: argparse.Namespace) -> int:
     given_mqtt = settings.mqtt_from(args.mqtt_url)
     with contextlib.ExitStack() as stack:
-        if args.database_url:
-            database_url, db_label = args.database_url, db.host_label(args.database_url)
-        else:
-            _say("starting embedded PostgreSQL (pgserver) ...")
-            database_url = stack.enter_context(
-                embedded_postgres(settings.data_dir() / "demo-postgres")
-            )
-            db_label = "embedded"
+        database_url = database_or_embedded(args.database_url, stack)
+        db_label = db.host_label(database_url) if args.database_url else "embedded"
         if given_mqtt:
             mqtt, broker_label = given_mqtt, given_mqtt.host
         else:

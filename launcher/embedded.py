@@ -16,6 +16,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -24,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from meterhub import settings
 from meterhub.settings import MqttSettings
 
 log = logging.getLogger(__name__)
@@ -178,3 +180,15 @@ def embedded_postgres(datadir: Path) -> Iterator[str]:
         yield server.get_uri("meterhub")
     finally:
         server.cleanup()
+
+
+def database_or_embedded(url: str | None, stack: contextlib.ExitStack) -> str:
+    """``url`` when one is given, else an embedded PostgreSQL that runs until ``stack`` closes.
+
+    The launcher resolves "no URL" here and hands the part a URL, so no part needs to know
+    about embedded services (and none imports the launcher).
+    """
+    if url:
+        return url
+    print("starting embedded PostgreSQL (pgserver) ...", file=sys.stderr, flush=True)
+    return str(stack.enter_context(embedded_postgres(settings.data_dir() / "demo-postgres")))

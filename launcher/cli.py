@@ -1,25 +1,36 @@
-"""The ``meterhub`` command: one subcommand per part, each registered by the part itself."""
+"""The ``meterhub`` command: one subcommand per part, each registered by the part itself.
+
+The launcher also resolves what a part must not decide for itself: a subcommand listed in
+``EMBEDDED_DATABASE`` that is given no database URL gets an embedded PostgreSQL, started here
+and handed to the part as ``args.database_url``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import sys
 from collections.abc import Sequence
 
+from launcher.embedded import database_or_embedded
 from meterhub.logs import setup_logging
 
 # (module, subcommand): each module exposes ``register(subparsers)``; a part that is not
 # installed simply has no subcommand.
 _PARTS = (
-    ("meterhub.demo", "demo"),
+    ("launcher.demo", "demo"),
     ("firmware_sim.cli", "sim"),
     ("gateway.cli", "gateway"),
     ("collector.cli", "collector"),
     ("billing.cli", "billing"),
     ("web.cli", "web"),
 )
+
+# subcommands that fall back to an embedded PostgreSQL when no --database-url /
+# $METERHUB_DATABASE_URL is given (the others refuse to start without one)
+EMBEDDED_DATABASE = frozenset({"web"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(verbosity=args.verbose, json_lines=args.log_json)
     try:
-        return int(args.handler(args) or 0)
+        with contextlib.ExitStack() as stack:
+            if args.command in EMBEDDED_DATABASE:
+                args.database_url = database_or_embedded(args.database_url, stack)
+            return int(args.handler(args) or 0)
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a clear one-line error for known failures, traceback with -vv
