@@ -382,3 +382,22 @@ def test_cli_provision_and_add_gateway_print_paths_never_passwords(
     for identity in ("gw-a", "gw-b", "billing"):
         assert _password(paths, identity) not in out
     assert paths.client_cert("gw-b").exists()
+
+
+def test_site_brings_its_own_ca(tmp_path: Path) -> None:
+    from cryptography import x509
+
+    own = create_ca(tmp_path / "own-ca.crt", tmp_path / "own-ca.key", site="corp")
+    paths = provision(tmp_path / "site", site=SITE, gateways=["gw-a"],
+                      tls=TlsListener(hostnames=("broker.lan", "10.0.0.5"),
+                                      ca_cert=str(tmp_path / "own-ca.crt"),
+                                      ca_key=str(tmp_path / "own-ca.key")))
+    server = x509.load_pem_x509_certificate(paths.server_cert.read_bytes())
+    server.verify_directly_issued_by(own.cert)
+    names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(n.value) for n in names] == ["broker.lan", "10.0.0.5"]
+    client = x509.load_pem_x509_certificate(paths.client_cert("gw-a").read_bytes())
+    client.verify_directly_issued_by(own.cert)
+    assert client.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == "gw-a"
+    for key in (paths.ca_key, paths.server_key, paths.client_key("gw-a")):
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
