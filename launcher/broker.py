@@ -139,55 +139,22 @@ class SiteRecord:
         )
 
 
-@dataclass(frozen=True, slots=True)
 class SitePaths:
     """Where each generated file lives inside a site folder."""
 
-    root: Path
-
-    @property
-    def record(self) -> Path:
-        return self.root / RECORD
-
-    @property
-    def config(self) -> Path:
-        return self.root / "mosquitto.conf"
-
-    @property
-    def passwd(self) -> Path:
-        return self.root / "passwd"
-
-    @property
-    def acl(self) -> Path:
-        return self.root / "acl"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.root / "mosquitto.pid"
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def tls(self) -> Path:
-        return self.root / "tls"
-
-    @property
-    def ca_cert(self) -> Path:
-        return self.tls / "ca.crt"
-
-    @property
-    def ca_key(self) -> Path:
-        return self.tls / "ca.key"
-
-    @property
-    def server_cert(self) -> Path:
-        return self.tls / "server.crt"
-
-    @property
-    def server_key(self) -> Path:
-        return self.tls / "server.key"
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.record = self.root / RECORD
+        self.config = self.root / "mosquitto.conf"
+        self.passwd = self.root / "passwd"
+        self.acl = self.root / "acl"
+        self.pid_file = self.root / "mosquitto.pid"
+        self.data = self.root / "data"
+        self.tls = self.root / "tls"
+        self.ca_cert = self.tls / "ca.crt"
+        self.ca_key = self.tls / "ca.key"
+        self.server_cert = self.tls / "server.crt"
+        self.server_key = self.tls / "server.key"
 
     def credential(self, identity: str) -> Path:
         """The identity's password file (0600): what its process's config points to."""
