@@ -26,6 +26,8 @@ _PARTS = (
     ("collector.cli", "collector"),
     ("billing.cli", "billing"),
     ("web.cli", "web"),
+    ("launcher.broker", "broker"),
+    ("launcher.keys", "keys"),
 )
 
 # subcommands that fall back to an embedded PostgreSQL when no --database-url /
