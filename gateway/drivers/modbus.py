@@ -423,7 +423,7 @@ class ModbusDriver:
         if self._client.connected:
             return
         if not await self._client.connect():
-            why = getattr(self._client, "error", None)
+            why = self._client.error if isinstance(self._client, _RtuClient) else None
             raise NoAnswer(f"cannot open {self._framing} connection to {self.endpoint}"
                            + (f" ({why})" if why else ""))
 
