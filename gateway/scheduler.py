@@ -30,11 +30,6 @@ from typing import Any, TypeVar
 
 from gateway.config import BusConfig, MeterConfig
 from gateway.drivers.base import Driver, DriverError, NoAnswer
-from meterhub.protocols.dlt645.identifiers import (
-    DI_STATUS_WORD_3,
-    STATUS3_PRE_TRIP_ALARM,
-    STATUS3_RELAY_OPEN,
-)
 from meterhub.wire import Event, Reading, RelayState
 
 log = logging.getLogger(__name__)
@@ -205,21 +200,18 @@ class BusWorker:
 
     async def _read_status(self, meter: MeterConfig) -> RelayState | None:
         """Relay state for the reading, with events when it changes (a customer pressed the
-        button, a local prepayment trip) and when a DL/T645 meter raises its pre-trip alarm.
-        The readings themselves were good, so a failure here only costs the relay field."""
+        button, a local prepayment trip) and when an alarm flag of the meter (e.g. a DL/T645
+        pre-trip alarm) rises or clears. The readings themselves were good, so a failure here
+        only costs the relay field."""
         health = self.health[meter.id]
-        read_word = getattr(self.driver, "read_identifier", None)
         try:
-            if meter.protocol == "dlt645-2007" and read_word is not None:
-                word = await self._transaction(read_word(meter.address, DI_STATUS_WORD_3))
-                relay: RelayState = "open" if int(word) & STATUS3_RELAY_OPEN else "closed"
-                self._edge(meter, "pre_trip_alarm", bool(int(word) & STATUS3_PRE_TRIP_ALARM),
-                           "meter_alarm", "pre-trip alarm (status word 3 bit 7)")
-            else:
-                relay = await self._transaction(self.driver.read_relay(meter.address))
+            status = await self._transaction(self.driver.read_status(meter.address))
         except DriverError as exc:
             health.last_error = f"status: {type(exc).__name__}: {exc}"
             return None
+        for flag in status.flags:
+            self._edge(meter, flag.name, flag.raised, "meter_alarm", flag.what)
+        relay = status.relay
         if health.relay is not None and relay != health.relay:
             self.on_event(Event("relay_changed", datetime.now(UTC), meter.id,
                                 f"relay {health.relay} -> {relay}",

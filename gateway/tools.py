@@ -112,6 +112,7 @@ async def read_identifier(bus: BusConfig, address: str, di: int,
                           ) -> tuple[str, object, str]:
     """(name, value, unit) of any DL/T645 data identifier, for an installer's questions
     beyond the canonical quantities (meter address, clock, status words)."""
+    from gateway.drivers.dlt645 import Dlt645Driver
     from meterhub.protocols.dlt645.errors import Dlt645Error
     from meterhub.protocols.dlt645.identifiers import lookup
 
@@ -122,10 +123,9 @@ async def read_identifier(bus: BusConfig, address: str, di: int,
         raise DriverError(str(exc)) from None
     driver = driver_factory(bus)
     try:
-        reader = getattr(driver, "read_identifier", None)
-        if reader is None:
+        if not isinstance(driver, Dlt645Driver):
             raise DriverError(f"{bus.protocol} driver cannot read data identifiers")
-        value = await reader(address, di)
+        value = await driver.read_identifier(address, di)
     finally:
         await driver.close()
     return entry.name, value, entry.unit
@@ -146,14 +146,15 @@ async def scan_dlt645(bus: BusConfig, addresses: Sequence[str], progress: Progre
     """DL/T645: read-address (0x13) to the wildcard first, which names the meter when it is
     alone on the line; then ask each candidate address for its energy register. A meter on a
     crowded line answers the wildcard in chorus, garbled, so the sweep is what finds it there."""
+    from gateway.drivers.dlt645 import Dlt645Driver
+
     driver = driver_factory(bus)
     found: dict[str, Found] = {}
     total = len(addresses) + 1
     try:
-        read_address = getattr(driver, "read_address", None)
-        if read_address is not None:
+        if isinstance(driver, Dlt645Driver):
             try:
-                address = await read_address()
+                address = await driver.read_address()
             except DriverError:
                 pass
             else:
@@ -180,15 +181,16 @@ async def scan_modbus(bus: BusConfig, units: Sequence[int], progress: Progress,
                       ) -> list[Found]:
     """Modbus: ask each unit id once, without retries; any reply (even an exception reply)
     means a device is there."""
+    from gateway.drivers.modbus import ModbusDriver
+
     driver = driver_factory(bus)
     found: list[Found] = []
     try:
-        probe = getattr(driver, "probe", None)
-        if probe is None:
+        if not isinstance(driver, ModbusDriver):
             raise DriverError(f"{bus.endpoint}: this driver cannot probe unit ids")
         for i, unit in enumerate(units, start=1):
             try:
-                if await probe(unit, model):
+                if await driver.probe(unit, model):
                     found.append(Found(str(unit), "probe"))
             except DriverError as exc:
                 if _answered(exc):

@@ -1,8 +1,12 @@
-"""What the scheduler needs from a protocol driver, and the errors drivers raise."""
+"""What the scheduler and the command executor need from a protocol driver: the
+:class:`Driver` interface, what a driver can do for a meter (:class:`DriverCapabilities`),
+what a status read gives (:class:`MeterStatus`), and the errors drivers raise."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from meterhub.wire import RelayState, Value
@@ -24,21 +28,57 @@ class MeterRejected(DriverError):
     """The meter answered with an error reply (DL/T645 abnormal reply, Modbus exception)."""
 
 
+@dataclass(frozen=True, slots=True)
+class DriverCapabilities:
+    """What a driver can do for one meter (its protocol, version and model), as data, so
+    callers ask this instead of probing the driver for methods. A capability that is False
+    means the call fails with :class:`DriverError` without touching the line."""
+
+    relay: bool  # switch_relay and read_status (the meter has a relay and reports it)
+    time_sync: bool  # time_sync sets the meter's clock
+
+
+@dataclass(frozen=True, slots=True)
+class StatusFlag:
+    """One alarm bit a meter reports with its status; the scheduler reports its edges."""
+
+    name: str  # stable key, e.g. "pre_trip_alarm"
+    raised: bool
+    what: str  # words for the event, e.g. "pre-trip alarm (status word 3 bit 7)"
+
+
+@dataclass(frozen=True, slots=True)
+class MeterStatus:
+    """The relay state read from a meter, with whatever alarm flags its protocol gives."""
+
+    relay: RelayState
+    flags: tuple[StatusFlag, ...] = ()
+
+
 class Driver(Protocol):
     """One per bus (serial port or TCP endpoint). Calls are serialised by the caller for a
     serial bus: one transaction in flight per RS-485 port."""
+
+    def capabilities(self, address: str) -> DriverCapabilities:
+        """What this driver can do for the meter at ``address`` (no I/O)."""
+        ...
 
     async def read(self, address: str, quantities: Sequence[str]) -> dict[str, Value]:
         """Read the named canonical quantities (meterhub.quantities) from one meter.
         Quantities the meter model does not have raise DriverError before any I/O."""
         ...
 
-    async def relay(self, address: str, action: str) -> RelayState:
+    async def read_status(self, address: str) -> MeterStatus:
+        """Read the relay state (and alarm flags) from the meter."""
+        ...
+
+    async def switch_relay(self, address: str, action: str) -> RelayState:
         """Execute relay_open / relay_close / relay_close_permitted, then read the relay
         state back from the meter and return it."""
         ...
 
-    async def read_relay(self, address: str) -> RelayState:
+    async def time_sync(self, address: str, when: datetime) -> None:
+        """Set the meter's clock to ``when`` (timezone-aware); see :meth:`capabilities`."""
         ...
 
     async def close(self) -> None:

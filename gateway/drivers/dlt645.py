@@ -2,7 +2,9 @@
 
 Every exchange is retried on silence or a garbled reply (``retries`` more times); a meter's
 abnormal reply is an answer, not a failure of the line, so it is raised at once as
-:class:`MeterRejected` with the error byte in words.
+:class:`MeterRejected` with the error byte in words. Which bytes answer a request, and how many
+must still arrive, is the codec's business (:class:`~meterhub.protocols.dlt645.messages.
+ReplyFramer`); the driver only joins it to the transport.
 """
 
 from __future__ import annotations
@@ -13,7 +15,15 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import TypeVar
 
-from gateway.drivers.base import BadFrame, DriverError, MeterRejected, NoAnswer
+from gateway.drivers.base import (
+    BadFrame,
+    DriverCapabilities,
+    DriverError,
+    MeterRejected,
+    MeterStatus,
+    NoAnswer,
+    StatusFlag,
+)
 from gateway.transport import Transport, TransportError, TransportTimeout
 from meterhub.protocols.dlt645 import messages as msg
 from meterhub.protocols.dlt645.errors import (
@@ -22,10 +32,11 @@ from meterhub.protocols.dlt645.errors import (
     Dlt645Error,
     UnknownIdentifierError,
 )
-from meterhub.protocols.dlt645.frame import HEADER, OVERHEAD, WILDCARD, Frame, FrameParser
+from meterhub.protocols.dlt645.frame import WILDCARD, Frame
 from meterhub.protocols.dlt645.identifiers import (
     DI_ADDRESS,
     DI_STATUS_WORD_3,
+    STATUS3_PRE_TRIP_ALARM,
     STATUS3_RELAY_OPEN,
     DataId,
     DecodedValue,
@@ -52,62 +63,13 @@ def _single(block: DataId) -> DataId:
     return replace(block, block=False)
 
 
-class _Garbled(Exception):
-    """A complete frame arrived with a bad checksum: the reply was garbled on the line."""
-
-
-class _ReplyFramer:
-    """Frames that answer ``request`` only: an adapter echoing our own request, or a late
-    reply to an earlier request that timed out, is skipped rather than taken for this answer.
-    A checksum failure ends the wait at once instead of letting it run into the timeout.
-    :meth:`needed` tells a serial transport how many bytes to wait for before looking again."""
-
-    def __init__(self, request: Frame, version: str) -> None:
-        self.request = request
-        self.width = 4 if version == "2007" else 2
-        self.echoes_di = request.function in (msg.READ[version], msg.READ_FOLLOW_UP[version])
-        self.parser = FrameParser()
-        self.skipped: list[Frame] = []
-        self._tail = b""  # the last bytes fed: the parser holds back a suffix of them
-
-    def needed(self) -> int:
-        """Bytes that must still arrive before :meth:`feed` can give a frame or raise.
-
-        The parser holds back nothing, or a candidate frame that starts with 68H and, once its
-        10-byte header is in, has passed the header checks (second 68H, L in range). It looks
-        at nothing past that candidate until the candidate is complete (12 + L bytes: header,
-        data, checksum, 16H) or, header not yet in, has failed (it cannot end before byte 12
-        either way, and a frame starting later ends later still). So the shortest wait is to
-        the candidate's end, or to 12 bytes when the header is not in yet.
-        """
-        pending = self.parser.pending
-        if pending < HEADER:
-            return OVERHEAD - pending
-        head = self._tail[-pending:]
-        return max(1, OVERHEAD + head[HEADER - 1] - pending)
-
-    def _answers(self, frame: Frame) -> bool:
-        request = self.request
-        if not frame.is_reply or frame.function != request.function:
-            return False
-        if not msg.address_matches(request.address, frame.address):
-            return False
-        if frame.is_abnormal or not self.echoes_di:
-            return True
-        return frame.data[: self.width] == request.data[: self.width]  # echoed identifier
-
-    def feed(self, data: bytes) -> list[Frame]:
-        seen = len(self.parser.errors)
-        replies: list[Frame] = []
-        frames = self.parser.feed(data)
-        self._tail = (self._tail + data)[-(OVERHEAD + self.parser.max_data):]
-        for frame in frames:
-            (replies if self._answers(frame) else self.skipped).append(frame)
-        if not replies:
-            for exc in self.parser.errors[seen:]:
-                if isinstance(exc, ChecksumError):
-                    raise _Garbled(str(exc))
-        return replies
+def status_from_word3(word: int) -> MeterStatus:
+    """Relay state and pre-trip alarm from status word 3 (04000503, DL/T645-2007)."""
+    return MeterStatus(
+        "open" if word & STATUS3_RELAY_OPEN else "closed",
+        (StatusFlag("pre_trip_alarm", bool(word & STATUS3_PRE_TRIP_ALARM),
+                    "pre-trip alarm (status word 3 bit 7)"),),
+    )
 
 
 class Dlt645Driver:
@@ -156,6 +118,11 @@ class Dlt645Driver:
 
     # ------------------------------------------------------------------ Driver protocol
 
+    def capabilities(self, address: str) -> DriverCapabilities:
+        """Relay control and the status word are DL/T645-2007 only; every meter on the bus
+        takes the broadcast time sync."""
+        return DriverCapabilities(relay=self.version == "2007", time_sync=True)
+
     async def read(self, address: str, quantities: Sequence[str]) -> dict[str, Value]:
         """Quantities that share a block identifier (all tariffs, all phases) come in one
         transaction when two or more are wanted; a meter that refuses the block, or answers
@@ -199,7 +166,7 @@ class Dlt645Driver:
                         got[quantity] = decode_value(_single(block), payload[i * size:][:size])
         return got
 
-    async def relay(self, address: str, action: str) -> RelayState:
+    async def switch_relay(self, address: str, action: str) -> RelayState:
         try:
             command = RELAY_ACTIONS[action]
         except KeyError:
@@ -208,13 +175,27 @@ class Dlt645Driver:
                 f"{', '.join(RELAY_ACTIONS)}"
             ) from None
         await self.relay_command(address, command)
-        return await self.read_relay(address)
+        return (await self.read_status(address)).relay
 
-    async def read_relay(self, address: str) -> RelayState:
-        self._need_2007(address, "reading the relay status word")
+    async def read_status(self, address: str) -> MeterStatus:
+        """Status word 3: the relay state and the pre-trip alarm, in one transaction."""
+        self._need_relay(address, "reading the relay status word")
         word = await self.read_identifier(address, DI_STATUS_WORD_3)
         assert isinstance(word, int)
-        return "open" if word & STATUS3_RELAY_OPEN else "closed"
+        return status_from_word3(word)
+
+    async def time_sync(self, address: str, when: datetime | None = None) -> None:
+        """Broadcast time sync (08H): every meter on the bus sets its clock, ``address``
+        among them; none replies."""
+        when = when if when is not None else self.clock()
+        if when.tzinfo is None:
+            raise ValueError("time_sync wants a timezone-aware time")
+        local = when.astimezone(self.tz).replace(tzinfo=None)
+        frame = msg.broadcast_time(local, options=self.options)
+        try:
+            await self.transport.send(frame.encode(self.preamble))
+        except TransportError as exc:
+            raise DriverError(f"broadcast time sync on {self.transport.name}: {exc}") from exc
 
     async def close(self) -> None:
         await self.transport.close()
@@ -241,7 +222,7 @@ class Dlt645Driver:
 
     async def relay_command(self, address: str, command: msg.RelayCommand) -> None:
         """Send relay control 1CH (trip, close, alarm, keep power) without reading back."""
-        self._need_2007(address, "relay control")
+        self._need_relay(address, "relay control")
         valid_until = self.clock() + timedelta(seconds=self.relay_validity_s)
         request = msg.relay_control(
             address,
@@ -264,22 +245,10 @@ class Dlt645Driver:
         return await self._transact(request, lambda reply: msg.parse_address_reply(request,
                                                                                    reply))
 
-    async def time_sync(self, when: datetime | None = None) -> None:
-        """Broadcast time sync (08H): every meter on the bus sets its clock; none replies."""
-        when = when if when is not None else self.clock()
-        if when.tzinfo is None:
-            raise ValueError("time_sync wants a timezone-aware time")
-        local = when.astimezone(self.tz).replace(tzinfo=None)
-        frame = msg.broadcast_time(local, options=self.options)
-        try:
-            await self.transport.send(frame.encode(self.preamble))
-        except TransportError as exc:
-            raise DriverError(f"broadcast time sync on {self.transport.name}: {exc}") from exc
-
     # ------------------------------------------------------------------ machinery
 
-    def _need_2007(self, address: str, what: str) -> None:
-        if self.version != "2007":
+    def _need_relay(self, address: str, what: str) -> None:
+        if not self.capabilities(address).relay:
             raise DriverError(f"meter {address}: DL/T645-1997 has no {what}")
 
     async def _read_entry(self, address: str, entry: DataId) -> DecodedValue:
@@ -317,10 +286,10 @@ class Dlt645Driver:
         attempts = self.retries + 1
         failure: DriverError | None = None
         for _ in range(attempts):
+            framer = msg.ReplyFramer(request, self.version)
             try:
-                framer = _ReplyFramer(request, self.version)
                 reply = await self.transport.exchange(wire, framer, self.timeout_s)
-            except _Garbled as exc:
+            except ChecksumError as exc:
                 failure = BadFrame(f"{who}: garbled reply ({exc})")
                 continue
             except TransportTimeout as exc:

@@ -8,8 +8,9 @@ Modbus TCP uses pymodbus' client. Modbus RTU uses :class:`_RtuClient`: pymodbus'
 reply PDUs (so both framings hand the driver the same reply objects) on our own
 :class:`~gateway.transport.serial.SerialTransport`. pymodbus' serial transport takes a reply
 in byte by byte as the line delivers it, one event-loop wake-up per character; ours waits for
-the bytes a reply still needs (5 + 2N for N registers, known after its third byte), two
-wake-ups a reply, which is most of the gateway's CPU on a busy line. It also keeps the
+the bytes a reply still needs (5 + 2N for N registers, known after its third byte, sized by
+the codec's :class:`~meterhub.protocols.modbus.rtu.ReplyFramer`), two wake-ups a reply, which
+is most of the gateway's CPU on a busy line. It also keeps the
 3.5-character silence between frames and opens a pseudo-terminal at even parity.
 
 A reply whose CRC or header does not check must not look like a dead meter. The driver watches
@@ -27,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,14 @@ from pymodbus.client.mixin import ModbusClientMixin
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.pdu import DecodePDU, ExceptionResponse, ModbusPDU
 
-from gateway.drivers.base import BadFrame, DriverError, MeterRejected, NoAnswer
+from gateway.drivers.base import (
+    BadFrame,
+    DriverCapabilities,
+    DriverError,
+    MeterRejected,
+    MeterStatus,
+    NoAnswer,
+)
 from gateway.transport import TransportError, TransportTimeout
 from gateway.transport.serial import SerialTransport
 from meterhub.protocols.modbus import rtu
@@ -55,71 +64,6 @@ PYMODBUS_SUPPORTED = ((3, 16), (3, 17))  # [lower, upper) as (major, minor)
 RELAY_ACTIONS = ("relay_open", "relay_close", "relay_close_permitted")
 
 Trace = Callable[[bool, bytes], bytes]
-
-
-class _Garbled(Exception):
-    """A reply frame was complete by its length but its CRC did not check."""
-
-
-class _RtuReplyFramer:
-    """Cuts the reply to one RTU request (``unit``, ``function``) from the received bytes.
-
-    A reply is sized from its head (exception 5 bytes; FC01-04 5 + byte count; FC05/06/0F/10
-    8) and checked by CRC. A byte that cannot start a reply is dropped (hunting after noise); a
-    frame whose CRC fails ends the wait at once (:class:`_Garbled`); a good frame from another
-    unit or for another function is skipped, so the wait goes on. :meth:`needed` tells the
-    transport how many bytes to wait for before looking again.
-    """
-
-    def __init__(self, unit: int, function: int) -> None:
-        self.unit = unit
-        self.function = function
-        self.received = bytearray()  # everything fed, for diagnostics
-        self._buf = bytearray()
-
-    def _length(self) -> int | None:
-        """Length of the frame at the head: 0 when more bytes must come to tell, None when
-        the head cannot start a reply."""
-        buf = self._buf
-        if len(buf) < 2:
-            return 0
-        function = buf[1]
-        if function & 0x80:
-            return 5  # unit, function | 80H, exception code, CRC
-        if function in (1, 2, 3, 4):
-            return 5 + buf[2] if len(buf) >= 3 else 0
-        if function in (5, 6, 0x0F, 0x10):
-            return 8
-        return None
-
-    def feed(self, data: bytes) -> list[bytes]:
-        self.received += data
-        buf = self._buf
-        buf += data
-        while buf:
-            length = self._length()
-            if length is None:
-                del buf[:1]
-                continue
-            if not length or len(buf) < length:
-                break
-            frame = bytes(buf[:length])
-            if not rtu.crc_ok(frame):
-                raise _Garbled(frame.hex(" "))
-            del buf[:length]
-            if frame[0] == self.unit and frame[1] & 0x7F == self.function:
-                return [frame]
-        return []
-
-    def needed(self) -> int:
-        """Bytes that must still arrive before :meth:`feed` can give a frame or raise: the
-        rest of the frame at the head once its length is known (after ``feed`` the head is
-        always a frame start it can size, or too short to tell), else the rest of the
-        shortest reply (5 bytes)."""
-        length = self._length() if len(self._buf) >= 3 else None
-        if not length:
-            return 5 - len(self._buf)
-        return max(1, length - len(self._buf))
 
 
 class _RtuClient(ModbusClientMixin[Awaitable[ModbusPDU]]):
@@ -173,10 +117,10 @@ class _RtuClient(ModbusClientMixin[Awaitable[ModbusPDU]]):
             wait = self._line_free_at - loop.time()
             if wait > 0:
                 await asyncio.sleep(wait)
-            framer = _RtuReplyFramer(request.dev_id, request.function_code)
+            framer = rtu.ReplyFramer(request.dev_id, request.function_code)
             try:
                 frame = await self.transport.exchange(wire, framer, self.timeout_s)
-            except _Garbled:
+            except rtu.GarbledReply:
                 self._trace(False, bytes(framer.received))
                 if attempt + 1 < attempts:
                     await self.transport.wait_quiet(self.silence_s, self.timeout_s)
@@ -290,6 +234,11 @@ class ModbusDriver:
 
     # ------------------------------------------------------------------ Driver protocol
 
+    def capabilities(self, address: str) -> DriverCapabilities:
+        """A relay when the unit's register map has one; no register map gives a clock yet."""
+        return DriverCapabilities(relay=self._unit(address)[1].relay is not None,
+                                  time_sync=False)
+
     async def read(self, address: str, quantities: Sequence[str]) -> dict[str, Value]:
         unit, regmap = self._unit(address)
         missing = [q for q in quantities if q not in regmap.registers]
@@ -309,7 +258,7 @@ class ModbusDriver:
                 values[quantity] = Value(value, QUANTITIES[quantity].unit)
         return {q: values[q] for q in quantities}
 
-    async def relay(self, address: str, action: str) -> RelayState:
+    async def switch_relay(self, address: str, action: str) -> RelayState:
         unit, regmap = self._unit(address)
         relay = regmap.relay
         if action not in RELAY_ACTIONS:
@@ -331,9 +280,18 @@ class ModbusDriver:
         else:
             await self._call(unit, where, lambda: self._client.write_register(
                 relay.address, value, device_id=unit))
-        return await self.read_relay(address)
+        return (await self.read_status(address)).relay
 
-    async def read_relay(self, address: str) -> RelayState:
+    async def read_status(self, address: str) -> MeterStatus:
+        """The relay register or coil; Modbus maps give no alarm flags."""
+        return MeterStatus(await self._read_relay(address))
+
+    async def time_sync(self, address: str, when: datetime) -> None:
+        """Not supported: no register map describes a clock (see :meth:`capabilities`)."""
+        unit, regmap = self._unit(address)
+        raise DriverError(f"unit {unit}: model {regmap.name} has no time sync")
+
+    async def _read_relay(self, address: str) -> RelayState:
         unit, regmap = self._unit(address)
         relay = regmap.relay
         if relay is None:
@@ -465,7 +423,7 @@ class ModbusDriver:
         if self._client.connected:
             return
         if not await self._client.connect():
-            why = getattr(self._client, "error", None)
+            why = self._client.error if isinstance(self._client, _RtuClient) else None
             raise NoAnswer(f"cannot open {self._framing} connection to {self.endpoint}"
                            + (f" ({why})" if why else ""))
 

@@ -9,22 +9,18 @@ T = TypeVar("T")
 
 
 class Framer(Protocol[T]):
-    """Cuts protocol units out of received bytes (e.g. ``dlt645.FrameParser``).
+    """Cuts protocol units out of received bytes; the codecs give one per protocol
+    (``dlt645.messages.ReplyFramer``, ``modbus.rtu.ReplyFramer``, ``dlt645.FrameParser``).
 
-    A framer may also have ``needed() -> int``: how many more bytes must arrive, at least,
-    before ``feed`` can return a unit or raise (a lower bound: the shortest reply that could
-    still come, e.g. 12 for a DL/T645 frame not yet begun, the rest of the frame once its
-    length byte is in). A serial transport then sleeps until that many bytes are there
-    instead of waking for each one (see :func:`bytes_needed`).
+    ``needed()`` says how many more bytes must arrive, at least, before ``feed`` can return a
+    unit or raise (a lower bound: the shortest reply that could still come, e.g. 12 for a
+    DL/T645 frame not yet begun, the rest of the frame once its length byte is in). A serial
+    transport sleeps until that many bytes are there instead of waking for each one.
     """
 
     def feed(self, data: bytes) -> list[T]: ...
 
-
-def bytes_needed(framer: object) -> int:
-    """``framer.needed()`` when the framer gives one (at least 1), else 1."""
-    needed = getattr(framer, "needed", None)
-    return max(1, needed()) if needed is not None else 1
+    def needed(self) -> int: ...
 
 
 class TransportError(Exception):
@@ -156,7 +152,7 @@ class StreamTransport:
                 timed_out = True
                 self._read_os_input()
                 continue
-            self._wake_after(bytes_needed(framer))
+            self._wake_after(max(1, framer.needed()))
             if not self._is_open():
                 raise TransportError(f"{self.name}: connection lost while waiting")
             self._waiter = loop.create_future()

@@ -100,6 +100,17 @@ async def test_modbus_relay_and_status(running: Running) -> None:
     assert (done.outcome, done.relay) == ("ok", "open")
 
 
+async def test_time_sync_runs_where_the_driver_can_and_is_invalid_where_it_cannot(
+    running: Running,
+) -> None:
+    await running.send(command("sync-1", "000000000001", "time_sync"))
+    acks = await running.done("sync-1")
+    assert [(a.stage, a.outcome) for a in acks] == [("accepted", None), ("done", "ok")]
+    await running.send(command("sync-rtu", "gw1-rtu-1", "time_sync"))
+    done = (await running.done("sync-rtu"))[-1]
+    assert (done.outcome, done.reason) == ("invalid", "modbus meters have no time sync")
+
+
 async def test_repeated_command_id_returns_first_result_without_touching_meter(
     running: Running,
 ) -> None:

@@ -7,9 +7,11 @@ import asyncio
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
+from datetime import datetime
 
 from gateway.config import BusConfig, MeterConfig
-from gateway.drivers.base import NoAnswer
+from gateway.drivers.base import DriverCapabilities, DriverError, MeterStatus, NoAnswer
+from gateway.drivers.dlt645 import status_from_word3
 from gateway.scheduler import BusWorker
 from meterhub.wire import Event, Reading, RelayState, Value
 
@@ -41,12 +43,18 @@ class LineDriver:
         await self._transaction("read", address)
         return {q: Value(1.0, "kWh") for q in quantities}
 
-    async def relay(self, address: str, action: str) -> RelayState:
+    def capabilities(self, address: str) -> DriverCapabilities:
+        return DriverCapabilities(relay=True, time_sync=False)
+
+    async def switch_relay(self, address: str, action: str) -> RelayState:
         await self._transaction(action, address)
         return "open"
 
-    async def read_relay(self, address: str) -> RelayState:
-        return "open"
+    async def read_status(self, address: str) -> MeterStatus:
+        return MeterStatus("open")
+
+    async def time_sync(self, address: str, when: datetime) -> None:
+        raise DriverError("no clock")
 
     async def close(self) -> None:
         pass
@@ -117,7 +125,7 @@ async def test_command_jumps_the_queue_and_waits_for_the_line() -> None:
                        on_event=lambda e: None)
     task = asyncio.create_task(worker.run())
     await asyncio.sleep(0.05)
-    state = await worker.submit(lambda d: d.relay("000000000003", "relay_open"))
+    state = await worker.submit(lambda d: d.switch_relay("000000000003", "relay_open"))
     worker.stop()
     await task
     assert state == "open"
@@ -128,15 +136,15 @@ async def test_command_jumps_the_queue_and_waits_for_the_line() -> None:
 
 
 class StatusDriver(LineDriver):
-    """Answers DL/T645 status word 3 reads with whatever ``word`` holds."""
+    """Answers status reads as a DL/T645 meter whose status word 3 holds ``word``."""
 
     def __init__(self) -> None:
         super().__init__(cost_s=0.001)
         self.word = 0
 
-    async def read_identifier(self, address: str, di: int) -> int:
-        await self._transaction(f"di{di:08X}", address)
-        return self.word
+    async def read_status(self, address: str) -> MeterStatus:
+        await self._transaction("status", address)
+        return status_from_word3(self.word)
 
 
 async def test_status_reads_report_relay_changes_and_alarm_edges() -> None:
@@ -161,7 +169,7 @@ async def test_status_reads_report_relay_changes_and_alarm_edges() -> None:
         ("relay_changed", "relay closed -> open"),
         ("meter_alarm", "pre-trip alarm (status word 3 bit 7) cleared"),
     ]
-    assert "di04000503:000000000001" in driver.log
+    assert "status:000000000001" in driver.log
 
 
 async def test_stop_finishes_the_transaction_in_flight() -> None:

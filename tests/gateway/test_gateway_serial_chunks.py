@@ -21,8 +21,8 @@ from firmware_sim.dlt645 import Dlt645BusProtocol
 from firmware_sim.meter import SimMeter
 from firmware_sim.modbus import ModbusRtuBusProtocol
 from gateway.drivers.base import DriverError
-from gateway.drivers.dlt645 import Dlt645Driver, _ReplyFramer
-from gateway.drivers.modbus import ModbusDriver, _RtuReplyFramer
+from gateway.drivers.dlt645 import Dlt645Driver
+from gateway.drivers.modbus import ModbusDriver
 from gateway.transport import SerialTransport
 from gateway.transport._base import StreamTransport
 from meterhub.protocols.dlt645 import messages as msg
@@ -101,8 +101,8 @@ dlt645_pieces = st.builds(
 @given(st.lists(dlt645_pieces, min_size=1, max_size=4), st.integers(0, 30))
 def test_dlt645_hint_never_skips_the_answer(pieces: list[bytes], cut: int) -> None:
     data = b"".join(pieces)
-    _check_hint(lambda: _ReplyFramer(REQUEST, "2007"), data)
-    _check_hint(lambda: _ReplyFramer(REQUEST, "2007"), data[:max(0, len(data) - cut)])
+    _check_hint(lambda: msg.ReplyFramer(REQUEST, "2007"), data)
+    _check_hint(lambda: msg.ReplyFramer(REQUEST, "2007"), data[:max(0, len(data) - cut)])
 
 
 # --------------------------------------------------------------------------- Modbus RTU
@@ -133,12 +133,12 @@ rtu_pieces = st.builds(
 @given(st.lists(rtu_pieces, min_size=1, max_size=4), st.integers(0, 30))
 def test_rtu_hint_never_skips_the_answer(pieces: list[bytes], cut: int) -> None:
     data = b"".join(pieces)
-    _check_hint(lambda: _RtuReplyFramer(1, 4), data)
-    _check_hint(lambda: _RtuReplyFramer(1, 4), data[:max(0, len(data) - cut)])
+    _check_hint(lambda: rtu.ReplyFramer(1, 4), data)
+    _check_hint(lambda: rtu.ReplyFramer(1, 4), data[:max(0, len(data) - cut)])
 
 
 def test_rtu_hint_asks_for_the_whole_reply_once_its_length_is_known() -> None:
-    framer = _RtuReplyFramer(1, 4)
+    framer = rtu.ReplyFramer(1, 4)
     reply = rtu.encode(1, bytes([4, 28]) + bytes(28))  # 14 registers: 5 + 28 bytes
     assert framer.needed() == 5
     assert framer.feed(reply[:5]) == []

@@ -115,7 +115,7 @@ async def test_reads_every_1997_identifier(bus: SimBus, meters: list[SimMeter]) 
         values = await d97.read(M97, ["energy_import_total", "voltage_a"])
         assert values["energy_import_total"].unit == "kWh"
         with pytest.raises(DriverError, match="1997 has no relay"):
-            await d97.relay(M97, "relay_open")
+            await d97.switch_relay(M97, "relay_open")
     finally:
         await d97.close()
 
@@ -183,22 +183,22 @@ async def test_relay_control_and_status_word(
     bus: SimBus, driver: Dlt645Driver, meters: list[SimMeter]
 ) -> None:
     meter = meters[0]
-    assert await driver.read_relay(M07) == "closed"
-    assert await driver.relay(M07, "relay_open") == "open"
+    assert (await driver.read_status(M07)).relay == "closed"
+    assert await driver.switch_relay(M07, "relay_open") == "open"
     assert meter.relay_open
     word = await driver.read_identifier(M07, 0x04000503)
     assert isinstance(word, int) and word & STATUS3_RELAY_OPEN
     assert (await driver.read(M07, ["power_active_total"]))["power_active_total"].value == 0
-    assert await driver.relay(M07, "relay_close") == "closed"
+    assert await driver.switch_relay(M07, "relay_close") == "closed"
     assert not meter.relay_open
     word = await driver.read_identifier(M07, 0x04000503)
     assert isinstance(word, int) and not word & STATUS3_RELAY_OPEN
     # close permitted: stays open until the customer presses the button
-    await driver.relay(M07, "relay_open")
-    assert await driver.relay(M07, "relay_close_permitted") == "open"
+    await driver.switch_relay(M07, "relay_open")
+    assert await driver.switch_relay(M07, "relay_close_permitted") == "open"
     assert meter.relay_close_pending
     meter.press_button()
-    assert await driver.read_relay(M07) == "closed"
+    assert (await driver.read_status(M07)).relay == "closed"
     assert not meters[1].relay_open  # the other meter on the bus was not touched
 
 
@@ -207,12 +207,12 @@ async def test_relay_refusals(bus: SimBus, meters: list[SimMeter]) -> None:
     wrong = driver_for(bus, password="654321")
     try:
         with pytest.raises(MeterRejected, match="other error"):  # expired validity time
-            await late.relay(M07, "relay_open")
+            await late.switch_relay(M07, "relay_open")
         with pytest.raises(MeterRejected, match="wrong password"):
-            await wrong.relay(M07, "relay_open")
+            await wrong.switch_relay(M07, "relay_open")
         assert not meters[0].relay_open
         with pytest.raises(DriverError, match="relay_toggle"):
-            await wrong.relay(M07, "relay_toggle")
+            await wrong.switch_relay(M07, "relay_toggle")
     finally:
         await late.close()
         await wrong.close()
@@ -294,7 +294,7 @@ async def test_time_sync_sets_every_clock_and_gets_no_reply(
     bus: SimBus, driver: Dlt645Driver, meters: list[SimMeter]
 ) -> None:
     when = datetime(2027, 2, 3, 4, 5, 6, tzinfo=UTC)
-    await driver.time_sync(when)
+    await driver.time_sync(M07, when)
     assert await driver.read_identifier(M07, 0x04000102) == when.time()
     assert all(m.clock() == when for m in meters)
     assert bus.stats.replies == bus.stats.requests - 1
@@ -342,7 +342,7 @@ async def test_dlt645_over_tcp(meters: list[SimMeter]) -> None:
         try:
             values = await d.read(M07, ["energy_import_total", "voltage_a"])
             assert values["energy_import_total"].value == pytest.approx(1234.56)
-            assert await d.relay(M07, "relay_open") == "open"
+            assert await d.switch_relay(M07, "relay_open") == "open"
             assert meters[0].relay_open
             meters[0].faults.bad_checksum = True
             with pytest.raises(BadFrame, match="checksum"):

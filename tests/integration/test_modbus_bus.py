@@ -150,9 +150,9 @@ async def test_unknown_quantity_or_unit_fails_before_any_io(line: Line) -> None:
         with pytest.raises(DriverError, match="unit '9' is not configured"):
             await driver.read("9", ["voltage_a"])
         with pytest.raises(DriverError, match="has no relay"):
-            await driver.relay("1", "relay_open")
+            await driver.switch_relay("1", "relay_open")
         with pytest.raises(DriverError, match="cannot close-permitted"):
-            await driver.relay("5", "relay_close_permitted")
+            await driver.switch_relay("5", "relay_close_permitted")
     assert line.requests() == 0
 
 
@@ -167,12 +167,12 @@ def test_bad_configuration_is_refused_before_connecting() -> None:
 async def test_relay_open_and_close(line: Line) -> None:
     meter = line.meters[4]
     async with _driver(line) as driver:
-        assert await driver.read_relay("5") == "closed"
-        assert await driver.relay("5", "relay_open") == "open"
+        assert (await driver.read_status("5")).relay == "closed"
+        assert await driver.switch_relay("5", "relay_open") == "open"
         assert meter.relay_open
         assert (await driver.read("5", ["power_active_total"]))["power_active_total"].value == 0
-        assert await driver.relay("5", "relay_open") == "open"  # idempotent
-        assert await driver.relay("5", "relay_close") == "closed"
+        assert await driver.switch_relay("5", "relay_open") == "open"  # idempotent
+        assert await driver.switch_relay("5", "relay_close") == "closed"
         assert not meter.relay_open
     assert [m.relay_open for m in line.meters] == [False] * 5
 
@@ -230,11 +230,11 @@ async def test_extra_map_folder_with_a_relay_register(tmp_path: Path, kind: str)
             assert got["voltage_a"].value == meter.__dict__["reported"]["voltage_a"]
             assert got["current_a"].value == pytest.approx(
                 meter.__dict__["reported"]["current_a"], rel=2**-23)
-            assert await driver.relay("6", "relay_open") == "open"
-            assert await driver.relay("6", "relay_close_permitted") == "open"
+            assert await driver.switch_relay("6", "relay_open") == "open"
+            assert await driver.switch_relay("6", "relay_close_permitted") == "open"
             assert meter.relay_open and meter.relay_close_pending
             meter.press_button()
-            assert await driver.read_relay("6") == "closed"
+            assert (await driver.read_status("6")).relay == "closed"
 
 
 # --------------------------------------------------------------------------- faults
@@ -260,7 +260,7 @@ async def test_transport_faults(line: Line, fault: str, error: type, message: st
         setattr(meter.faults, fault, False)
         # the line recovers: the next read of this meter and of its neighbour work
         assert (await driver.read("1", ["voltage_a"]))["voltage_a"].unit == "V"
-        assert await driver.read_relay("5") == "closed"
+        assert (await driver.read_status("5")).relay == "closed"
 
 
 async def test_a_single_garbled_reply_is_retried(line: Line) -> None:

@@ -178,6 +178,22 @@ class FrameParser:
         """Bytes held back waiting for the rest of a frame."""
         return len(self._buf)
 
+    def needed(self) -> int:
+        """Bytes that must still arrive before :meth:`feed` can give a frame or note an error
+        (a lower bound, so a serial reader can sleep until they are there).
+
+        The parser holds back nothing, or a candidate frame that starts with 68H and, once its
+        10-byte header is in, has passed the header checks (second 68H, L in range). It looks
+        at nothing past that candidate until the candidate is complete (12 + L bytes: header,
+        data, checksum, 16H) or, header not yet in, has failed (it cannot end before byte 12
+        either way, and a frame starting later ends later still). So the shortest wait is to
+        the candidate's end, or to 12 bytes when the header is not in yet.
+        """
+        pending = len(self._buf)
+        if pending < HEADER:
+            return OVERHEAD - pending
+        return max(1, OVERHEAD + self._buf[HEADER - 1] - pending)
+
     def reset(self) -> None:
         self._buf.clear()
 

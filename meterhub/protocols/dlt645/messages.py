@@ -22,6 +22,7 @@ from meterhub.protocols.dlt645.errors import (
     AbnormalReplyError,
     AddressMismatchError,
     BcdError,
+    ChecksumError,
     Dlt645Error,
     LengthError,
     UnexpectedReplyError,
@@ -33,6 +34,7 @@ from meterhub.protocols.dlt645.frame import (
     MORE,
     WILDCARD,
     Frame,
+    FrameParser,
     address_from_wire,
     address_to_wire,
 )
@@ -302,6 +304,50 @@ def parse_address_reply(request: Frame, reply: Frame) -> str:
     if len(reply.data) != 6:
         raise LengthError(f"read-address reply has {len(reply.data)} data bytes, not 6")
     return address_from_wire(reply.data)
+
+
+class ReplyFramer:
+    """Frames that answer ``request`` only, cut from what a master receives after sending it.
+
+    An adapter echoing our own request, or a late reply to an earlier request that timed out,
+    is kept in ``skipped`` rather than taken for this answer. A complete frame with a bad
+    checksum, when nothing answering came with it, raises :class:`ChecksumError` at once: the
+    reply was garbled on the line, so the wait need not run into the timeout. :meth:`needed`
+    sizes the wait for a serial reader.
+    """
+
+    def __init__(self, request: Frame, version: str = "2007") -> None:
+        v = _check_version(version)
+        self.request = request
+        self.width = 4 if v == "2007" else 2
+        self.echoes_di = request.function in (READ[v], READ_FOLLOW_UP[v])
+        self.parser = FrameParser()
+        self.skipped: list[Frame] = []
+
+    def needed(self) -> int:
+        """Bytes that must still arrive before :meth:`feed` can give a frame or raise."""
+        return self.parser.needed()
+
+    def _answers(self, frame: Frame) -> bool:
+        request = self.request
+        if not frame.is_reply or frame.function != request.function:
+            return False
+        if not address_matches(request.address, frame.address):
+            return False
+        if frame.is_abnormal or not self.echoes_di:
+            return True
+        return frame.data[: self.width] == request.data[: self.width]  # echoed identifier
+
+    def feed(self, data: bytes) -> list[Frame]:
+        seen = len(self.parser.errors)
+        replies: list[Frame] = []
+        for frame in self.parser.feed(data):
+            (replies if self._answers(frame) else self.skipped).append(frame)
+        if not replies:
+            for exc in self.parser.errors[seen:]:
+                if isinstance(exc, ChecksumError):
+                    raise exc
+        return replies
 
 
 # ----------------------------------------------------------------------------- meter side

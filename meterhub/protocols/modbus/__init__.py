@@ -1,7 +1,8 @@
-"""Modbus meters: register maps as data, and the meter-side RTU/TCP codec used by firmware_sim.
+"""Modbus meters: register maps as data, the meter-side RTU/TCP codec used by firmware_sim,
+and the master's RTU reply framing (``rtu.ReplyFramer``: which bytes answer, how many more).
 
-The gateway side speaks through pymodbus (gateway.drivers.modbus); keeping an independent
-codec here lets the two implementations check each other.
+The gateway builds and decodes PDUs through pymodbus (gateway.drivers.modbus); keeping an
+independent codec here lets the two implementations check each other.
 """
 
 from meterhub.protocols.modbus.registermap import (

@@ -1,9 +1,11 @@
-"""Modbus RTU framing for the meter side: CRC-16/MODBUS and cutting requests from a byte stream.
+"""Modbus RTU framing: CRC-16/MODBUS, cutting requests (meter side) and replies (master side)
+from a byte stream.
 
 An RTU frame is ``unit, PDU, CRC-lo, CRC-hi``. Real meters find frame ends by 3.5 characters of
 silence; a simulated bus only sees bytes, so :class:`RtuRequestFramer` cuts by length (known
 from the function code) and confirms by CRC, and resynchronises after noise by taking the
-earliest complete frame whose CRC checks. Nothing here knows about serial ports.
+earliest complete frame whose CRC checks. :class:`ReplyFramer` cuts the reply to one request
+and says how many bytes it still needs. Nothing here knows about serial ports.
 
 Reference: Modbus over Serial Line Specification V1.02 (modbus.org), 2.5.1 and 6.2.
 """
@@ -59,19 +61,75 @@ def garble(frame: bytes) -> bytes:
     return frame[:-2] + bytes([frame[-2] ^ 0xFF, frame[-1] ^ 0x5A])
 
 
-def reply_length(frame: bytes) -> int:
-    """Expected length of a reply frame from its first bytes (unit, function, ...); 0 when
-    more bytes are needed to tell. Lets a master tell a truncated reply from a garbled one."""
-    if len(frame) < 2:
+def _reply_size(head: bytes | bytearray) -> int | None:
+    """Length of the reply frame at the head: 0 when more bytes must come to tell, None when
+    the head cannot start a reply (a function we cannot size)."""
+    if len(head) < 2:
         return 0
-    function = frame[1]
+    function = head[1]
     if function & 0x80:
         return 5  # unit, function | 0x80, exception code, CRC
     if function in (1, 2, 3, 4):
-        return 3 + frame[2] + 2 if len(frame) >= 3 else 0
+        return 5 + head[2] if len(head) >= 3 else 0  # unit, function, count, data, CRC
     if function in (5, 6, 0x0F, 0x10):
         return 8
-    return 0
+    return None
+
+
+def reply_length(frame: bytes) -> int:
+    """Expected length of a reply frame from its first bytes (unit, function, ...); 0 when
+    more bytes are needed to tell. Lets a master tell a truncated reply from a garbled one."""
+    return _reply_size(frame) or 0
+
+
+class GarbledReply(Exception):
+    """A reply frame was complete by its length but its CRC did not check."""
+
+
+class ReplyFramer:
+    """Cuts the reply to one request (``unit``, ``function``) from the bytes a master receives.
+
+    A reply is sized from its head (exception 5 bytes; FC01-04 5 + byte count; FC05/06/0F/10
+    8) and checked by CRC. A byte that cannot start a reply is dropped (hunting after noise); a
+    frame whose CRC fails ends the wait at once (:class:`GarbledReply`); a good frame from
+    another unit or for another function is skipped, so the wait goes on. :meth:`needed` tells
+    a serial reader how many bytes to wait for before looking again.
+    """
+
+    def __init__(self, unit: int, function: int) -> None:
+        self.unit = unit
+        self.function = function
+        self.received = bytearray()  # everything fed, for diagnostics
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self.received += data
+        buf = self._buf
+        buf += data
+        while buf:
+            length = _reply_size(buf)
+            if length is None:
+                del buf[:1]
+                continue
+            if not length or len(buf) < length:
+                break
+            frame = bytes(buf[:length])
+            if not crc_ok(frame):
+                raise GarbledReply(frame.hex(" "))
+            del buf[:length]
+            if frame[0] == self.unit and frame[1] & 0x7F == self.function:
+                return [frame]
+        return []
+
+    def needed(self) -> int:
+        """Bytes that must still arrive before :meth:`feed` can give a frame or raise: the
+        rest of the frame at the head once its length is known (after ``feed`` the head is
+        always a frame start it can size, or too short to tell), else the rest of the
+        shortest reply (5 bytes)."""
+        length = _reply_size(self._buf) if len(self._buf) >= 3 else None
+        if not length:
+            return 5 - len(self._buf)
+        return max(1, length - len(self._buf))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,165 @@
+"""The command executor: commands down the ``cmd`` topic, onto the bus, acks back.
+
+Each command is checked, remembered by ``command_id`` in the gateway's SQLite file (a repeated
+id gets the first result again without touching the meter), jumps the queue of its bus and is
+acked "accepted" and then "done". Acks and events leave through the publisher's queues (the
+``ack`` and ``event`` callables), so they share its ordering and its reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+
+import aiomqtt
+
+from gateway.config import BusConfig, GatewayConfig, MeterConfig
+from gateway.drivers.base import Driver, DriverError, MeterRejected, NoAnswer
+from gateway.scheduler import BusWorker
+from gateway.stats import GatewayStats
+from gateway.store import Store
+from meterhub import wire
+from meterhub.wire import Ack, Command, Event, RelayState
+
+COMMAND_MEMORY_S = 7 * 86400.0  # how long a command id is remembered for idempotency
+_EXPECTED_RELAY: dict[str, RelayState] = {"relay_open": "open", "relay_close": "closed"}
+
+
+class CommandExecutor:
+    """Runs the commands addressed to one gateway on the bus workers of its meters."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        store: Store,
+        stats: GatewayStats,
+        workers: Mapping[str, BusWorker],
+        *,
+        ack: Callable[[Ack | bytes], None],
+        event: Callable[[Event], None],
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.stats = stats
+        self.workers = workers
+        self._ack = ack
+        self._event = event
+        self._meters: dict[str, tuple[BusConfig, MeterConfig]] = config.meters()
+        self._topic = wire.topic(config.site, config.gateway_id, "cmd")
+        self._running: set[str] = set()
+        self.tasks: set[asyncio.Task[None]] = set()  # commands in flight
+
+    async def forget_old(self) -> None:
+        """Drop command ids older than :data:`COMMAND_MEMORY_S` from the idempotency memory."""
+        await asyncio.to_thread(self.store.forget_commands_before,
+                                time.time() - COMMAND_MEMORY_S)
+
+    # ------------------------------------------------------------------ the MQTT side
+
+    async def subscribe(self, client: aiomqtt.Client) -> None:
+        await client.subscribe(self._topic, qos=1)
+
+    async def serve(self, client: aiomqtt.Client) -> None:
+        """Start each command as it arrives; they run side by side (each waits for its bus)."""
+        async for message in client.messages:
+            payload = message.payload
+            if not isinstance(payload, bytes | str):
+                continue
+            task = asyncio.create_task(self.handle(payload))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    # ------------------------------------------------------------------ one command
+
+    async def handle(self, payload: bytes | str) -> None:
+        """Check, deduplicate, execute and ack one command payload."""
+        try:
+            cmd = wire.decode_command(payload)
+        except wire.WireError as exc:
+            self._invalid_command(payload, str(exc))
+            return
+        _seen, done_ack = await asyncio.to_thread(self.store.command_seen, cmd.command_id)
+        if done_ack is not None:  # a repeat: the first result, the meter left alone
+            self.stats.commands_repeated += 1
+            self._ack(done_ack)
+            return
+        if cmd.command_id in self._running:
+            return  # the first copy is still on its way; its "done" answers both
+        self._running.add(cmd.command_id)
+        try:
+            ack = await self._execute(cmd)
+            encoded = wire.encode_ack(ack)
+            await asyncio.to_thread(self.store.command_finished, cmd.command_id, encoded)
+            self.stats.commands_done += 1
+            self._ack(encoded)
+        finally:
+            self._running.discard(cmd.command_id)
+
+    def _done(self, cmd_id: str, meter: str, outcome: wire.Outcome,
+              relay: RelayState | None = None, reason: str | None = None) -> Ack:
+        return Ack(cmd_id, self.config.gateway_id, meter, "done", datetime.now(UTC),
+                   outcome, relay, reason)
+
+    def _invalid_command(self, payload: bytes | str, reason: str) -> None:
+        """Ack an unusable command when it names itself; otherwise all we can do is tell."""
+        try:
+            obj = json.loads(payload)
+        except ValueError:
+            obj = None
+        cmd_id = obj.get("command_id") if isinstance(obj, dict) else None
+        meter = obj.get("meter") if isinstance(obj, dict) else None
+        if isinstance(cmd_id, str) and cmd_id:
+            self._ack(self._done(cmd_id, meter if isinstance(meter, str) and meter else "?",
+                                 "invalid", reason=reason))
+        else:
+            self._event(Event("command_invalid", datetime.now(UTC), None, reason))
+
+    async def _execute(self, cmd: Command) -> Ack:
+        if cmd.expired(datetime.now(UTC)):
+            return self._done(cmd.command_id, cmd.meter, "expired",
+                              reason=f"expired at {wire.utc_iso(cmd.expires_at)}")
+        target = self._meters.get(cmd.meter)
+        if target is None:
+            return self._done(cmd.command_id, cmd.meter, "unknown_meter",
+                              reason=f"no meter {cmd.meter!r} on gateway "
+                                     f"{self.config.gateway_id}")
+        bus, meter = target
+        await asyncio.to_thread(self.store.command_started, cmd.command_id)
+        self._ack(Ack(cmd.command_id, self.config.gateway_id, cmd.meter, "accepted",
+                      datetime.now(UTC)))
+        try:
+            return await self.workers[bus.name].submit(self._job(cmd, meter))
+        except NoAnswer as exc:
+            return self._done(cmd.command_id, cmd.meter, "no_answer", reason=str(exc))
+        except MeterRejected as exc:
+            return self._done(cmd.command_id, cmd.meter, "rejected", reason=str(exc))
+        except DriverError as exc:
+            return self._done(cmd.command_id, cmd.meter, "failed", reason=str(exc))
+
+    def _job(self, cmd: Command, meter: MeterConfig) -> Callable[[Driver], Awaitable[Ack]]:
+        async def job(driver: Driver) -> Ack:
+            # it may have waited behind another command: check expiry at the last moment
+            if cmd.expired(datetime.now(UTC)):
+                return self._done(cmd.command_id, cmd.meter, "expired",
+                                  reason="expired while waiting for the bus")
+            if cmd.action == "relay_status":
+                status = await driver.read_status(meter.address)
+                return self._done(cmd.command_id, cmd.meter, "ok", status.relay)
+            if cmd.action == "time_sync":
+                if not driver.capabilities(meter.address).time_sync:
+                    return self._done(cmd.command_id, cmd.meter, "invalid",
+                                      reason=f"{meter.protocol} meters have no time sync")
+                await driver.time_sync(meter.address, datetime.now(UTC))
+                return self._done(cmd.command_id, cmd.meter, "ok")
+            relay = await driver.switch_relay(meter.address, cmd.action)
+            expected = _EXPECTED_RELAY.get(cmd.action)
+            if expected is not None and relay != expected:
+                return self._done(cmd.command_id, cmd.meter, "failed", relay,
+                                  f"{cmd.action}: the meter accepted it but reads back "
+                                  f"relay {relay}")
+            return self._done(cmd.command_id, cmd.meter, "ok", relay)
+
+        return job

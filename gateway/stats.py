@@ -1,0 +1,20 @@
+"""Counters shared by the gateway's publisher and command executor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class GatewayStats:
+    """Counters a caller (the demo, a test) can read while the gateway runs."""
+
+    readings_taken: int = 0
+    readings_published: int = 0  # readings whose batch the broker acknowledged
+    batches_sealed: int = 0
+    batches_published: int = 0
+    readings_dropped: int = 0  # dropped from a full buffer
+    commands_done: int = 0
+    commands_repeated: int = 0
+    poll_errors: int = 0
+    connects: int = 0
