@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from billing.lifecycle import CommandState
 from billing.money import from_fen
 from billing.policy import RiskHistory, days_of_credit, risk_grade
 from billing.tariffs import Tariff
@@ -81,8 +82,8 @@ def risk_history(
     ).fetchone()
     cut = conn.execute(
         """SELECT count(*) FROM billing_commands WHERE account_id = %s AND action = 'relay_open'
-           AND state = 'verified' AND created_at >= %s""",
-        (account_id, since),
+           AND state = %s AND created_at >= %s""",
+        (account_id, CommandState.VERIFIED, since),
     ).fetchone()
     assert row is not None and cut is not None
     return RiskHistory(late_topups=row[0], times_below_zero=row[1], disconnections=cut[0],
