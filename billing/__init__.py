@@ -17,6 +17,7 @@ from billing.ledger import (
     refund,
     topup,
 )
+from billing.lifecycle import CommandState
 from billing.manual import (
     CommandInFlight,
     UnknownMeter,
@@ -33,6 +34,7 @@ __all__ = [
     "BillingEngine",
     "BillingError",
     "CommandInFlight",
+    "CommandState",
     "CreditSettings",
     "EngineStats",
     "LedgerEntry",

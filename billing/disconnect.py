@@ -9,7 +9,7 @@ phase changes, alerts for the web page and MQTT, and queued relay commands.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -18,6 +18,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from billing import lifecycle
+from billing.lifecycle import CommandState
 from billing.money import from_fen, to_fen
 from billing.policy import (
     AccountState,
@@ -29,6 +30,7 @@ from billing.policy import (
     crossed_alerts,
     decide,
 )
+from billing.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +41,7 @@ class PolicyKnobs:
 
     max_group_cutoffs: int = 50
     mass_window_s: float = 3600.0  # cut-offs this recent count towards "at once"
-    command_ttl_s: float = 3600.0
-    max_attempts: int = 5
-    retry_backoff_s: float = 5.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)  # of the relay commands queued
     reconcile_grace_s: float = 30.0  # leave a finished command's effect this long
 
 
@@ -86,12 +86,13 @@ def _alert(
 def _group_load(conn: psycopg.Connection[Any], group: str, now: datetime, window_s: float) -> int:
     """Households of a group being cut at once: on final notice now, or cut off lately."""
     row = conn.execute(
-        """SELECT (SELECT count(*) FROM billing_accounts WHERE group_key = %(g)s
+        f"""SELECT (SELECT count(*) FROM billing_accounts WHERE group_key = %(g)s
                    AND phase = 'final')
                 + (SELECT count(DISTINCT c.account_id) FROM billing_commands c
                    JOIN billing_accounts a ON a.account_id = c.account_id
                    WHERE a.group_key = %(g)s AND c.purpose = 'cutoff'
-                   AND c.created_at > %(since)s AND c.state NOT IN ('cancelled', 'failed'))""",
+                   AND c.created_at > %(since)s
+                   AND c.state NOT IN {lifecycle.sql_states(lifecycle.GAVE_UP)})""",
         {"g": group, "since": now - timedelta(seconds=window_s)},
     ).fetchone()
     assert row is not None
@@ -202,11 +203,10 @@ def _evaluate_one(
                      (meters,))
         for m in meters:
             # a status question still waiting must not keep the cut-off out
-            lifecycle.cancel_active(conn, m, "relay_status", actor, "superseded by cut-off")
-            if lifecycle.queue_command(
+            lifecycle.cancel_unsent(conn, m, "relay_status", actor, "superseded by cut-off")
+            if lifecycle.issue(
                 conn, account_id=acc_id, meter_id=m, action="relay_open", purpose="cutoff",
-                now=now, ttl_s=knobs.command_ttl_s, max_attempts=knobs.max_attempts,
-                actor=actor, detail=decision.reason,
+                now=now, retry=knobs.retry, actor=actor, detail=decision.reason,
             ):
                 stats.cutoffs_queued += 1
         _alert(conn, acc, "cutoff", f"supply cut off: {decision.reason}" + (
@@ -220,8 +220,8 @@ def _evaluate_one(
         action = lifecycle.RESTORE_ACTIONS[acc["restore_mode"]]
         for m in meters:
             # a cut-off not yet executed is simply cancelled: the payment arrived first
-            lifecycle.cancel_active(conn, m, "relay_open", actor, "payment arrived first")
-            lifecycle.cancel_active(conn, m, "relay_status", actor, "superseded by restore")
+            lifecycle.cancel_unsent(conn, m, "relay_open", actor, "payment arrived first")
+            lifecycle.cancel_unsent(conn, m, "relay_status", actor, "superseded by restore")
             stats.restores_queued += int(
                 ensure_relay(conn, acc_id, m, action, now, knobs, actor, "restore",
                              decision.reason)
@@ -246,36 +246,25 @@ def ensure_relay(
     target = "open" if action == "relay_open" else "closed"
     if row is not None and row[0] == target:
         return False
-    return lifecycle.queue_command(
+    return lifecycle.issue(
         conn, account_id=account_id, meter_id=meter_id, action=action, purpose=purpose,
-        now=now, ttl_s=knobs.command_ttl_s, max_attempts=knobs.max_attempts, actor=actor,
-        detail=why,
+        now=now, retry=knobs.retry, actor=actor, detail=why,
     ) is not None
 
 
 def handle_deadlines(
     conn: psycopg.Connection[Any], now: datetime, knobs: PolicyKnobs, actor: str
-) -> dict[str, int]:
+) -> dict[CommandState, int]:
     """Commands past their ack deadline or retry time: re-check the account, then retry
     (same command id), defer, cancel, expire or give up."""
-    counts: dict[str, int] = {}
+    counts: dict[CommandState, int] = {}
     with conn.transaction():
-        conn.execute(
-            """WITH gone AS (
-                   UPDATE billing_commands SET state = 'expired', updated_at = now(),
-                       reason = 'expired before it could be sent'
-                   WHERE state = 'queued' AND expires_at <= %s RETURNING command_id)
-               INSERT INTO billing_command_audit (command_id, from_state, to_state, actor,
-                   detail)
-               SELECT command_id, 'queued', 'expired', %s, 'expired before it could be sent'
-               FROM gone""",
-            (now, actor),
-        )
+        lifecycle.expire_unsent(conn, now, actor)
         for row in lifecycle.due_for_retry(conn, now):
             wanted, defer, why = _recheck(row, now)
             new = lifecycle.retry_or_close(
-                conn, row, now, still_wanted=wanted, defer_until=defer,
-                backoff_s=knobs.retry_backoff_s, actor=actor, why=why,
+                conn, row, now, still_wanted=wanted, defer_until=defer, retry=knobs.retry,
+                actor=actor, why=why,
             )
             counts[new] = counts.get(new, 0) + 1
     return counts
@@ -303,22 +292,14 @@ def _recheck(row: dict[str, Any], now: datetime) -> tuple[bool, datetime | None,
 
 
 def absorb_reported_relays(conn: psycopg.Connection[Any]) -> int:
-    """Take the relay state meters report with their readings (the collector keeps the
-    newest in ``meters.relay`` / ``relay_at``) when it is newer than billing's own, so drift
-    made on site (a bypassed or re-closed relay) is seen. Skipped when the collector's
-    table has no such columns."""
-    has = conn.execute(
-        """SELECT count(*) = 2 FROM information_schema.columns
-           WHERE table_name = 'meters' AND column_name IN ('relay', 'relay_at')
-             AND table_schema = current_schema()"""
-    ).fetchone()
-    if not has or not has[0]:
-        return 0
+    """Take the relay state meters report with their readings (the collector's
+    ``meter_contract`` view gives the newest as ``relay`` / ``relay_at``) when it is newer
+    than billing's own, so drift made on site (a bypassed or re-closed relay) is seen."""
     cur = conn.execute(
         """UPDATE billing_meters bm SET relay_reported = mt.relay,
                relay_reported_at = mt.relay_at,
                customer_action_needed = bm.customer_action_needed AND mt.relay <> 'closed'
-           FROM meters mt
+           FROM meter_contract mt
            WHERE mt.meter_id = bm.meter_id AND mt.relay IN ('open', 'closed')
              AND mt.relay_at > coalesce(bm.relay_reported_at, '-infinity')
              AND mt.relay IS DISTINCT FROM bm.relay_reported"""
@@ -344,7 +325,7 @@ def reconcile(
         seconds=knobs.reconcile_grace_s)
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
-            """SELECT m.meter_id, m.account_id, m.relay_wanted, m.relay_reported,
+            f"""SELECT m.meter_id, m.account_id, m.relay_wanted, m.relay_reported,
                       m.customer_action_needed, a.windows, a.restore_mode,
                       m.manual_hold IS NOT NULL AND (m.manual_hold_until IS NULL
                           OR m.manual_hold_until > %s) AS manual
@@ -354,7 +335,7 @@ def reconcile(
                  AND (%s::text IS NULL OR m.meter_id = %s)
                  AND NOT EXISTS (SELECT 1 FROM billing_commands c
                      WHERE c.meter_id = m.meter_id
-                       AND (c.state IN ('queued', 'sent', 'accepted', 'timed_out')
+                       AND (c.state IN {lifecycle.sql_states(lifecycle.ACTIVE)}
                             OR c.updated_at > %s))
                LIMIT 500
                FOR UPDATE OF m SKIP LOCKED""",
@@ -378,10 +359,9 @@ def reconcile(
             else:
                 action = lifecycle.RESTORE_ACTIONS[r["restore_mode"]]
                 why = f"relay reads {r['relay_reported']}, wanted closed"
-            if lifecycle.queue_command(
+            if lifecycle.issue(
                 conn, account_id=r["account_id"], meter_id=r["meter_id"], action=action,
-                purpose="reconcile", now=now, ttl_s=knobs.command_ttl_s,
-                max_attempts=knobs.max_attempts, actor=actor, detail=why,
+                purpose="reconcile", now=now, retry=knobs.retry, actor=actor, detail=why,
             ):
                 queued += 1
     return queued

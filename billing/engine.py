@@ -29,7 +29,9 @@ import psycopg
 from billing import alerts, commands, lifecycle
 from billing.charging import CommitHorizon, charge_parallel
 from billing.disconnect import PolicyKnobs, evaluate_accounts, handle_deadlines, reconcile
+from billing.lifecycle import CommandState
 from billing.manual import end_expired_holds
+from billing.retry import RetryPolicy
 from billing.tariffs import TariffError, check_history, load_tariffs
 from meterhub import wire
 from meterhub.settings import MqttSettings
@@ -52,10 +54,11 @@ class BillingConfig:
     tariffs_dir: Path | None = None  # default: configs/tariffs of the project
     engine_id: str = field(default_factory=_engine_id)
     commit_grace_s: float = 2.0  # see billing.charging.CommitHorizon
-    ack_timeout_s: float = 30.0  # no "done" ack by then: timed out, retried
-    command_ttl_s: float = 3600.0  # a command is not executed after this
+    # relay commands, as a billing.retry.RetryPolicy (see there)
+    ack_timeout_s: float = 30.0
+    command_ttl_s: float = 3600.0
     max_attempts: int = 5
-    retry_backoff_s: float = 5.0  # doubled per attempt
+    retry_backoff_s: float = 5.0
     reconcile_interval_s: float = 60.0
     reconcile_grace_s: float = 30.0
     max_group_cutoffs: int = 50  # more households of one group at once need approval
@@ -65,13 +68,17 @@ class BillingConfig:
     charge_connections: int = 1  # >1: charge on that many connections at once (threads)
 
     @property
+    def retry(self) -> RetryPolicy:
+        """The one retry policy of this engine's relay commands."""
+        return RetryPolicy(max_attempts=self.max_attempts, backoff_s=self.retry_backoff_s,
+                           ack_timeout_s=self.ack_timeout_s, ttl_s=self.command_ttl_s)
+
+    @property
     def knobs(self) -> PolicyKnobs:
         return PolicyKnobs(
             max_group_cutoffs=self.max_group_cutoffs,
             mass_window_s=self.mass_window_s,
-            command_ttl_s=self.command_ttl_s,
-            max_attempts=self.max_attempts,
-            retry_backoff_s=self.retry_backoff_s,
+            retry=self.retry,
             reconcile_grace_s=self.reconcile_grace_s,
         )
 
@@ -200,7 +207,7 @@ class BillingEngine:
             if ev.accounts < cfg.batch_accounts:
                 break
         done = handle_deadlines(conn, now, cfg.knobs, actor)
-        self.stats.retries += done.get("queued", 0)
+        self.stats.retries += done.get(CommandState.QUEUED, 0)
         mono = time.monotonic()
         if mono - self._last_reconcile >= cfg.reconcile_interval_s:
             self._last_reconcile = mono
@@ -211,8 +218,8 @@ class BillingEngine:
         assert link is not None
         cfg = self.config
         due = await asyncio.to_thread(
-            lifecycle.claim_due, self._conn("_tick_conn"), datetime.now(UTC),
-            cfg.ack_timeout_s, cfg.engine_id,
+            lifecycle.claim_due, self._conn("_tick_conn"), datetime.now(UTC), cfg.retry,
+            cfg.engine_id,
         )
         for out in due:
             try:
@@ -266,7 +273,7 @@ class BillingEngine:
         if result is None or not result.changed:
             return
         self.stats.acks += 1
-        if result.state == "verified":
+        if result.state is CommandState.VERIFIED:
             if result.action == "relay_open":
                 self.stats.cutoffs_acked += 1
             elif result.action in ("relay_close", "relay_close_permitted"):

@@ -5,22 +5,61 @@ the same command id after re-checking the account) / expired / cancelled / faile
 command per meter may be in flight (a partial unique index), and sending is claimed with
 ``FOR UPDATE SKIP LOCKED``, so two engines never send the same command. Every transition
 writes an audit row saying who or what caused it.
+
+This module alone writes ``billing_commands`` and ``billing_command_audit``: the policy,
+operators and the engine move commands on only through its functions, with the timing of
+one :class:`billing.retry.RetryPolicy`.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 
+from billing.retry import RetryPolicy
 from meterhub import wire
 
-ACTIVE = ("queued", "sent", "accepted", "timed_out")
-TERMINAL = ("confirmed", "verified", "rejected", "expired", "cancelled", "failed")
+
+class CommandState(StrEnum):
+    """A command's state, as stored in ``billing_commands.state`` (same strings)."""
+
+    QUEUED = "queued"
+    SENT = "sent"
+    ACCEPTED = "accepted"
+    CONFIRMED = "confirmed"
+    VERIFIED = "verified"
+    REJECTED = "rejected"
+    TIMED_OUT = "timed_out"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+ACTIVE = frozenset({CommandState.QUEUED, CommandState.SENT, CommandState.ACCEPTED,
+                    CommandState.TIMED_OUT})  # in flight: at most one per meter
+TERMINAL = frozenset(CommandState) - ACTIVE
+AWAITING_ACK = frozenset({CommandState.SENT, CommandState.ACCEPTED})
+UNSENT = frozenset({CommandState.QUEUED, CommandState.TIMED_OUT})  # not executed (yet)
+GAVE_UP = frozenset({CommandState.CANCELLED, CommandState.FAILED})  # never took effect
+
+
+def sql_states(states: Iterable[CommandState]) -> str:
+    """A SQL list literal of ``states``, e.g. ``('queued', 'sent')``: literal rather than a
+    parameter so the planner matches the partial indexes on ``state IN (...)``."""
+    wanted = set(states)
+    return "(" + ", ".join(f"'{s.value}'" for s in CommandState if s in wanted) + ")"
+
+
+_ACTIVE_SQL = sql_states(ACTIVE)
+_RETRY_DUE_SQL = sql_states(ACTIVE - {CommandState.QUEUED})
+
 WANTS = {"relay_open": "open", "relay_close": "closed"}  # relay read back that verifies
 RESTORE_ACTIONS = {"close": "relay_close", "close_permitted": "relay_close_permitted"}
 
@@ -39,13 +78,13 @@ class AckResult:
     command_id: str
     action: str
     purpose: str
-    state: str
+    state: CommandState
     changed: bool  # this call moved the state (so counts happen once across engines)
 
 
-def audit(
-    conn: psycopg.Connection[Any], command_id: str, old: str | None, new: str, actor: str,
-    detail: str = "",
+def _audit(
+    conn: psycopg.Connection[Any], command_id: str, old: CommandState | None,
+    new: CommandState, actor: str, detail: str = "",
 ) -> None:
     conn.execute(
         "INSERT INTO billing_command_audit (command_id, from_state, to_state, actor, detail) "
@@ -55,8 +94,8 @@ def audit(
 
 
 def _move(
-    conn: psycopg.Connection[Any], command_id: str, old: str, new: str, actor: str,
-    detail: str = "", **cols: Any,
+    conn: psycopg.Connection[Any], command_id: str, old: CommandState, new: CommandState,
+    actor: str, detail: str = "", **cols: Any,
 ) -> None:
     sets = ", ".join(f"{k} = %({k})s" for k in cols)
     conn.execute(
@@ -64,10 +103,10 @@ def _move(
         f"{', ' + sets if sets else ''} WHERE command_id = %(id)s",
         {"new": new, "id": command_id, **cols},
     )
-    audit(conn, command_id, old, new, actor, detail)
+    _audit(conn, command_id, old, new, actor, detail)
 
 
-def queue_command(
+def issue(
     conn: psycopg.Connection[Any],
     *,
     account_id: str,
@@ -75,75 +114,97 @@ def queue_command(
     action: str,
     purpose: str,
     now: datetime,
-    ttl_s: float,
-    max_attempts: int,
+    retry: RetryPolicy,
     actor: str,
     detail: str = "",
+    reason: str | None = None,
     not_before: datetime | None = None,
 ) -> str | None:
-    """Queue a command; None when the meter already has one in flight."""
+    """Queue a command (routed by the collector's ``meter_contract`` when the meter was
+    heard); its id, or None when the meter already has one in flight."""
     command_id = uuid.uuid4().hex
     row = conn.execute(
-        """INSERT INTO billing_commands (command_id, account_id, meter_id, action, purpose,
-               state, max_attempts, site, gateway, created_at, expires_at, next_attempt_at)
-           SELECT %(id)s, %(acc)s, %(meter)s, %(action)s, %(purpose)s, 'queued', %(max)s,
-                  m.site, m.gateway, %(now)s, %(exp)s, %(nb)s
-           FROM (SELECT 1) one LEFT JOIN meters m ON m.meter_id = %(meter)s
-           ON CONFLICT (meter_id) WHERE state IN ('queued', 'sent', 'accepted', 'timed_out')
+        f"""INSERT INTO billing_commands (command_id, account_id, meter_id, action, purpose,
+               state, max_attempts, site, gateway, created_at, expires_at, next_attempt_at,
+               reason)
+           SELECT %(id)s, %(acc)s, %(meter)s, %(action)s, %(purpose)s, %(state)s, %(max)s,
+                  m.site, m.gateway, %(now)s, %(exp)s, %(nb)s, %(reason)s
+           FROM (SELECT 1) one LEFT JOIN meter_contract m ON m.meter_id = %(meter)s
+           ON CONFLICT (meter_id) WHERE state IN {_ACTIVE_SQL}
            DO NOTHING RETURNING command_id""",
         {"id": command_id, "acc": account_id, "meter": meter_id, "action": action,
-         "purpose": purpose, "max": max_attempts, "now": now,
-         "exp": now + timedelta(seconds=ttl_s), "nb": not_before or now},
+         "purpose": purpose, "state": CommandState.QUEUED, "max": retry.max_attempts,
+         "now": now, "exp": retry.expires_at(now), "nb": not_before or now, "reason": reason},
     ).fetchone()
     if row is None:
         return None
-    audit(conn, command_id, None, "queued", actor, detail)
+    _audit(conn, command_id, None, CommandState.QUEUED, actor, detail)
     return command_id
 
 
-def cancel_active(
+def cancel_unsent(
     conn: psycopg.Connection[Any], meter_id: str, action: str, actor: str, why: str
 ) -> int:
     """Cancel a not-yet-executed command (queued or waiting for its retry)."""
     rows = conn.execute(
-        """SELECT command_id, state FROM billing_commands
-           WHERE meter_id = %s AND action = %s AND state IN ('queued', 'timed_out')
+        f"""SELECT command_id, state FROM billing_commands
+           WHERE meter_id = %s AND action = %s AND state IN {sql_states(UNSENT)}
            FOR UPDATE""",
         (meter_id, action),
     ).fetchall()
     for command_id, state in rows:
-        _move(conn, command_id, state, "cancelled", actor, why, reason=why)
+        _move(conn, command_id, CommandState(state), CommandState.CANCELLED, actor, why,
+              reason=why)
     return len(rows)
 
 
+def expire_unsent(conn: psycopg.Connection[Any], now: datetime, actor: str) -> int:
+    """Queued commands whose time to live ran out before any engine sent them expire."""
+    why = "expired before it could be sent"
+    cur = conn.execute(
+        """WITH gone AS (
+               UPDATE billing_commands SET state = %(new)s, updated_at = now(),
+                   reason = %(why)s
+               WHERE state = %(old)s AND expires_at <= %(now)s RETURNING command_id)
+           INSERT INTO billing_command_audit (command_id, from_state, to_state, actor, detail)
+           SELECT command_id, %(old)s, %(new)s, %(actor)s, %(why)s FROM gone""",
+        {"new": CommandState.EXPIRED, "old": CommandState.QUEUED, "now": now,
+         "actor": actor, "why": why},
+    )
+    return cur.rowcount
+
+
 def claim_due(
-    conn: psycopg.Connection[Any], now: datetime, ack_timeout_s: float, actor: str,
+    conn: psycopg.Connection[Any], now: datetime, retry: RetryPolicy, actor: str,
     limit: int = 200,
 ) -> list[Outgoing]:
     """Mark due queued commands as sent and return them for publishing (one engine each)."""
+    queued = CommandState.QUEUED
     with conn.transaction():
         conn.execute(
             """UPDATE billing_commands c SET site = m.site, gateway = m.gateway
-               FROM meters m WHERE c.state = 'queued' AND c.gateway IS NULL
+               FROM meter_contract m WHERE c.state = %s AND c.gateway IS NULL
                AND m.meter_id = c.meter_id AND m.gateway IS NOT NULL""",
+            (queued,),
         )
         with conn.cursor(row_factory=dict_row) as cur:
             rows = cur.execute(
                 """UPDATE billing_commands c
-                   SET state = 'sent', attempt = c.attempt + 1, sent_at = %(now)s,
+                   SET state = %(sent)s, attempt = c.attempt + 1, sent_at = %(now)s,
                        next_attempt_at = %(deadline)s, updated_at = now()
                    WHERE command_id IN (
                        SELECT command_id FROM billing_commands
-                       WHERE state = 'queued' AND next_attempt_at <= %(now)s
+                       WHERE state = %(queued)s AND next_attempt_at <= %(now)s
                          AND gateway IS NOT NULL AND site IS NOT NULL
                        ORDER BY next_attempt_at LIMIT %(n)s FOR UPDATE SKIP LOCKED)
                    RETURNING *""",
-                {"now": now, "deadline": now + timedelta(seconds=ack_timeout_s), "n": limit},
+                {"now": now, "deadline": retry.ack_deadline(now), "n": limit,
+                 "sent": CommandState.SENT, "queued": queued},
             ).fetchall()
         out = []
         for r in rows:
-            audit(conn, r["command_id"], "queued", "sent", actor,
-                  f"attempt {r['attempt']} to {r['site']}/{r['gateway']}")
+            _audit(conn, r["command_id"], queued, CommandState.SENT, actor,
+                   f"attempt {r['attempt']} to {r['site']}/{r['gateway']}")
             out.append(
                 Outgoing(r["site"], r["gateway"], wire.Command(
                     command_id=r["command_id"], meter=r["meter_id"], action=r["action"],
@@ -157,10 +218,12 @@ def unsend(conn: psycopg.Connection[Any], command_id: str, actor: str, why: str)
     """Publishing failed (broker gone): back to queued, same attempt count next time."""
     with conn.transaction():
         conn.execute(
-            "UPDATE billing_commands SET state = 'queued', attempt = attempt - 1 "
-            "WHERE command_id = %s AND state = 'sent'", (command_id,),
+            "UPDATE billing_commands SET state = %s, attempt = attempt - 1 "
+            "WHERE command_id = %s AND state = %s",
+            (CommandState.QUEUED, command_id, CommandState.SENT),
         )
-        audit(conn, command_id, "sent", "queued", actor, f"publish failed: {why}")
+        _audit(conn, command_id, CommandState.SENT, CommandState.QUEUED, actor,
+               f"publish failed: {why}")
 
 
 def apply_ack(conn: psycopg.Connection[Any], ack: wire.Ack, actor: str) -> AckResult | None:
@@ -173,49 +236,47 @@ def apply_ack(conn: psycopg.Connection[Any], ack: wire.Ack, actor: str) -> AckRe
         ).fetchone()
         if row is None:
             return None
-        state, cid = row["state"], row["command_id"]
+        state, cid = CommandState(row["state"]), row["command_id"]
         result = AckResult(cid, row["action"], row["purpose"], state, False)
         if ack.gateway != row["gateway"] or ack.meter != row["meter_id"]:
             # only the gateway the command went to may answer for its meter
-            audit(conn, cid, state, state, who,
-                  f"ack ignored: sent to {row['gateway']} for {row['meter_id']}, "
-                  f"answered by {ack.gateway} for {ack.meter}")
+            _audit(conn, cid, state, state, who,
+                   f"ack ignored: sent to {row['gateway']} for {row['meter_id']}, "
+                   f"answered by {ack.gateway} for {ack.meter}")
             return result
         if state in TERMINAL:
             return result  # a late duplicate: already decided
         if ack.stage == "accepted":
-            if state != "sent":
+            if state is not CommandState.SENT:
                 return result
-            _move(conn, cid, state, "accepted", who)
-            return AckResult(cid, row["action"], row["purpose"], "accepted", True)
+            _move(conn, cid, state, CommandState.ACCEPTED, who)
+            return AckResult(cid, row["action"], row["purpose"], CommandState.ACCEPTED, True)
         outcome = ack.outcome
         if outcome == "ok":
-            new = _apply_ok(conn, row, ack, who)
-        elif outcome == "rejected":
-            new = "rejected"
-            _move(conn, cid, state, new, who, ack.reason or "", reason=ack.reason)
-        elif outcome == "expired":
-            new = "expired"
+            new = _apply_ok(conn, row, state, ack, who)
+        elif outcome in ("rejected", "expired"):
+            new = CommandState(outcome)  # the outcome names the state
             _move(conn, cid, state, new, who, ack.reason or "", reason=ack.reason)
         elif outcome in ("unknown_meter", "invalid"):
-            new = "failed"
+            new = CommandState.FAILED
             _move(conn, cid, state, new, who, f"{outcome}: {ack.reason or ''}",
                   reason=f"{outcome}: {ack.reason or ''}")
         else:  # no_answer / failed: the meter may answer next time; retry after backoff
-            new = "timed_out"
+            new = CommandState.TIMED_OUT
             _move(conn, cid, state, new, who, f"{outcome}: {ack.reason or ''}",
                   reason=f"{outcome}: {ack.reason or ''}", next_attempt_at=ack.at)
         return AckResult(cid, row["action"], row["purpose"], new, True)
 
 
 def _apply_ok(
-    conn: psycopg.Connection[Any], row: dict[str, Any], ack: wire.Ack, who: str
-) -> str:
-    cid, action, state = row["command_id"], row["action"], row["state"]
-    _move(conn, cid, state, "confirmed", who, f"meter done, relay reads {ack.relay}",
-          relay_reported=ack.relay)
+    conn: psycopg.Connection[Any], row: dict[str, Any], state: CommandState, ack: wire.Ack,
+    who: str,
+) -> CommandState:
+    cid, action = row["command_id"], row["action"]
+    _move(conn, cid, state, CommandState.CONFIRMED, who,
+          f"meter done, relay reads {ack.relay}", relay_reported=ack.relay)
     if ack.relay is None or ack.relay == "unknown":
-        return "confirmed"  # not read back: reconciliation will ask
+        return CommandState.CONFIRMED  # not read back: reconciliation will ask
     conn.execute(
         """UPDATE billing_meters SET relay_reported = %s, relay_reported_at = %s,
                customer_action_needed = %s WHERE meter_id = %s""",
@@ -224,11 +285,12 @@ def _apply_ok(
     )
     wanted = WANTS.get(action)
     if action == "relay_close_permitted" or action == "relay_status" or ack.relay == wanted:
-        _move(conn, cid, "confirmed", "verified", who, f"relay read back {ack.relay}")
-        return "verified"
+        _move(conn, cid, CommandState.CONFIRMED, CommandState.VERIFIED, who,
+              f"relay read back {ack.relay}")
+        return CommandState.VERIFIED
     conn.execute("UPDATE billing_commands SET reason = %s WHERE command_id = %s",
                  (f"relay reads {ack.relay}, wanted {wanted}", cid))
-    return "confirmed"
+    return CommandState.CONFIRMED
 
 
 def due_for_retry(
@@ -237,7 +299,7 @@ def due_for_retry(
     """Commands whose ack deadline or retry time has come (locked; caller holds the txn)."""
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(
-            """SELECT c.*, a.phase, a.balance_fen, a.credit, a.windows, a.restore_mode,
+            f"""SELECT c.*, a.phase, a.balance_fen, a.credit, a.windows, a.restore_mode,
                       mt.relay_wanted,
                       CASE WHEN mt.manual_hold_until IS NULL OR mt.manual_hold_until > %s
                            THEN mt.manual_hold END AS manual_hold,
@@ -247,7 +309,7 @@ def due_for_retry(
                FROM billing_commands c
                JOIN billing_accounts a ON a.account_id = c.account_id
                LEFT JOIN billing_meters mt ON mt.meter_id = c.meter_id
-               WHERE c.state IN ('sent', 'accepted', 'timed_out')
+               WHERE c.state IN {_RETRY_DUE_SQL}
                  AND c.next_attempt_at <= %s
                ORDER BY c.next_attempt_at LIMIT %s
                FOR UPDATE OF c SKIP LOCKED""",
@@ -262,31 +324,31 @@ def retry_or_close(
     *,
     still_wanted: bool,
     defer_until: datetime | None,
-    backoff_s: float,
+    retry: RetryPolicy,
     actor: str,
     why: str = "",
-) -> str:
+) -> CommandState:
     """Decide the fate of a command whose deadline passed; returns the new state."""
-    cid, state = row["command_id"], row["state"]
-    if state in ("sent", "accepted"):
-        _move(conn, cid, state, "timed_out", actor, f"no ack {state} -> done in time")
-        state = "timed_out"
+    cid, state = row["command_id"], CommandState(row["state"])
+    if state in AWAITING_ACK:
+        _move(conn, cid, state, CommandState.TIMED_OUT, actor, f"no ack {state} -> done in time")
+        state = CommandState.TIMED_OUT
     if row["expires_at"] <= now:
-        _move(conn, cid, state, "expired", actor, "expired before the meter confirmed")
-        return "expired"
+        _move(conn, cid, state, CommandState.EXPIRED, actor,
+              "expired before the meter confirmed")
+        return CommandState.EXPIRED
     if not still_wanted:
-        _move(conn, cid, state, "cancelled", actor, why, reason=why)
-        return "cancelled"
-    if row["attempt"] >= row["max_attempts"]:
-        _move(conn, cid, state, "failed", actor, f"no answer after {row['attempt']} attempts",
-              reason=f"no answer after {row['attempt']} attempts")
-        return "failed"
-    delay = backoff_s * 2 ** max(0, row["attempt"] - 1)
-    when = max(now + timedelta(seconds=min(delay, 3600)), defer_until or now)
-    _move(conn, cid, state, "queued", actor,
+        _move(conn, cid, state, CommandState.CANCELLED, actor, why, reason=why)
+        return CommandState.CANCELLED
+    if retry.exhausted(row["attempt"], row["max_attempts"]):
+        gave_up = f"no answer after {row['attempt']} attempts"
+        _move(conn, cid, state, CommandState.FAILED, actor, gave_up, reason=gave_up)
+        return CommandState.FAILED
+    when = retry.next_attempt(now, row["attempt"], defer_until)
+    _move(conn, cid, state, CommandState.QUEUED, actor,
           f"retry {row['attempt'] + 1} at {when.isoformat()}" + (f" ({why})" if why else ""),
           next_attempt_at=when)
-    return "queued"
+    return CommandState.QUEUED
 
 
 def command_history(

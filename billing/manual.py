@@ -113,16 +113,13 @@ def manual_relay(
         why = f"manual {purpose} by {by}" + (f": {reason}" if reason else "")
         if hold_until is not None:
             why += f" (held until {hold_until.isoformat()})"
-        command_id = lifecycle.queue_command(
+        command_id = lifecycle.issue(
             conn, account_id=row["account_id"], meter_id=meter_id, action=action,
-            purpose=purpose, now=now, ttl_s=knobs.command_ttl_s,
-            max_attempts=knobs.max_attempts, actor=by, detail=why,
+            purpose=purpose, now=now, retry=knobs.retry, actor=by, detail=why, reason=why,
         )
         if command_id is None:
             raise CommandInFlight(f"meter {meter_id!r} already has a command in flight; "
                                   "wait for it to finish or expire")
-        conn.execute("UPDATE billing_commands SET reason = %s WHERE command_id = %s",
-                     (why, command_id))
         conn.execute(
             """UPDATE billing_meters SET relay_wanted = %s, manual_hold = %s,
                    manual_hold_until = %s, manual_hold_by = %s, manual_hold_reason = %s,
@@ -210,11 +207,10 @@ def _end(conn: psycopg.Connection[Any], row: dict[str, Any], event: str, actor: 
         if ProtectedWindows.from_json(row["windows"]).contains(now):
             return
         if row["relay_reported"] != "open":
-            lifecycle.cancel_active(conn, meter_id, "relay_status", actor, "hold ended")
-            lifecycle.queue_command(
+            lifecycle.cancel_unsent(conn, meter_id, "relay_status", actor, "hold ended")
+            lifecycle.issue(
                 conn, account_id=account_id, meter_id=meter_id, action="relay_open",
-                purpose="cutoff", now=now, ttl_s=knobs.command_ttl_s,
-                max_attempts=knobs.max_attempts, actor=actor, detail=why)
+                purpose="cutoff", now=now, retry=knobs.retry, actor=actor, detail=why)
     else:
         ensure_relay(conn, account_id, meter_id, lifecycle.RESTORE_ACTIONS[row["restore_mode"]],
                      now, knobs, actor, "restore", why)

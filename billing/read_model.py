@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 from psycopg.rows import dict_row
 
+from billing.lifecycle import CommandState
 from billing.money import from_fen
 from billing.policy import RiskHistory, days_of_credit, risk_grade, risk_score
 from billing.tariffs import Tariff, load_tariffs
@@ -194,8 +195,8 @@ def risk_history(conn: psycopg.Connection[Any], account_id: str, now: datetime) 
     [cut] = _fetch(
         conn,
         """SELECT count(*) AS n FROM billing_commands WHERE account_id = %s
-           AND action = 'relay_open' AND state = 'verified' AND created_at >= %s""",
-        (account_id, since),
+           AND action = 'relay_open' AND state = %s AND created_at >= %s""",
+        (account_id, CommandState.VERIFIED, since),
     )
     return RiskHistory(late_topups=row["late"], times_below_zero=row["below"],
                        disconnections=cut["n"], days_in_arrears=row["days"])

@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from billing import CommandState
 from meterhub.quantities import QUANTITIES
 from web.auth import ROLES
 
@@ -365,10 +366,8 @@ def _paths() -> dict[str, S]:
             "get": _op("Relay command history, newest first",
                        _list("commands", _ref("Command")),
                        params=[_q("account", _text()), _q("meter", _text()),
-                               _q("state", {"type": "string", "enum": [
-                                   "queued", "sent", "accepted", "confirmed", "verified",
-                                   "rejected", "timed_out", "expired", "cancelled",
-                                   "failed"]}),
+                               _q("state", {"type": "string",
+                                            "enum": [str(s) for s in CommandState]}),
                                LIMIT, OFFSET], tag="commands"),
             "post": _op("Manual cut-off or restore of one meter's relay, held against "
                         "billing's policy until hold_until or, without it, until released "

@@ -26,8 +26,7 @@ from web.errors import BadRequest, Conflict, NotFound
 routes = web.RouteTableDef()
 
 PHASES = ("normal", "warned", "final", "cut")
-COMMAND_STATES = ("queued", "sent", "accepted", "confirmed", "verified", "rejected",
-                  "timed_out", "expired", "cancelled", "failed")
+COMMAND_STATES = tuple(str(s) for s in billing.CommandState)
 MANUAL_ACTIONS = ("cutoff", "restore")
 
 

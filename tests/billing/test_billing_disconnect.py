@@ -176,7 +176,7 @@ def test_retry_rechecks_pending_topup_and_balance(conn: psycopg.Connection) -> N
     account(conn, "A", "-1")
     put_meter(conn, "A-m", "s1", "gw1")
     t = ladder(conn)
-    [out] = claim_due(conn, t, 30, "test")  # sent, and then nothing comes back
+    [out] = claim_due(conn, t, KNOBS.retry, "test")  # sent, and then nothing comes back
     assert out.command.attempt == 1
     ledger.announce_topup(conn, "A", "10", "bank", "TX-1")
     handle_deadlines(conn, t + timedelta(seconds=31), KNOBS, "test")
@@ -202,13 +202,13 @@ def test_one_broken_account_spoils_no_other(conn: psycopg.Connection) -> None:
 def test_acks_only_count_from_the_gateway_the_command_went_to(conn: psycopg.Connection) -> None:
     from billing_helpers import put_meter
 
-    from billing.lifecycle import apply_ack, claim_due
+    from billing.lifecycle import CommandState, apply_ack, claim_due
     from meterhub import wire
 
     account(conn, "A", "-1")
     put_meter(conn, "A-m", "s1", "gw1")
     t = ladder(conn)
-    [out] = claim_due(conn, t, 30, "test")
+    [out] = claim_due(conn, t, KNOBS.retry, "test")
 
     def ack(gateway: str, meter: str) -> wire.Ack:
         return wire.Ack(out.command.command_id, gateway, meter, "done", t, "ok", "open")
@@ -217,6 +217,6 @@ def test_acks_only_count_from_the_gateway_the_command_went_to(conn: psycopg.Conn
     assert apply_ack(conn, ack("gw1", "other"), "test").changed is False  # type: ignore[union-attr]
     assert conn.execute("SELECT state FROM billing_commands").fetchone() == ("sent",)
     result = apply_ack(conn, ack("gw1", "A-m"), "test")
-    assert result is not None and result.state == "verified"
+    assert result is not None and result.state is CommandState.VERIFIED
     again = apply_ack(conn, ack("gw1", "A-m"), "test")  # a re-delivered ack changes nothing
     assert again is not None and not again.changed

@@ -49,7 +49,7 @@ def account(conn: psycopg.Connection, acc: str, balance: str, meters: int = 1,
 def gateway(conn: psycopg.Connection, now: datetime) -> list[tuple[str, str]]:
     """Send what is due and answer like a meter that obeys: (meter, action) executed."""
     done = []
-    for out in claim_due(conn, now, 30, "test"):
+    for out in claim_due(conn, now, KNOBS.retry, "test"):
         c = out.command
         relay = "open" if c.action == "relay_open" else "closed"
         apply_ack(conn, wire.Ack(c.command_id, out.gateway, c.meter, "done", now, "ok", relay),
@@ -187,7 +187,7 @@ def test_manual_cutoff_is_not_deferred_by_a_protected_window(conn: psycopg.Conne
     [m] = account(conn, "A", "100", windows=nights)
     night = datetime(2026, 11, 18, 14, 0, tzinfo=UTC)  # 22:00 local
     manual_relay(conn, m, "open", by="op:alice", reason="fire", now=night)
-    assert len(claim_due(conn, night, 30, "test")) == 1  # sent; lost on the way
+    assert len(claim_due(conn, night, KNOBS.retry, "test")) == 1  # sent; lost on the way
     handle_deadlines(conn, night + timedelta(seconds=31), KNOBS, "engine")
     row = conn.execute("SELECT state, next_attempt_at FROM billing_commands").fetchone()
     assert row is not None and row[0] == "queued"
