@@ -283,26 +283,16 @@ async def _track_sequences(
             late.append((b, highest[b.gateway]))
         counted.add(key)
         highest[b.gateway] = max(highest.get(b.gateway, -1), b.seq)
-    if late:
-        async with conn.cursor() as c:
-            await c.executemany(
-                "INSERT INTO gateway_events (gateway, site, source, kind, at, detail, data)"
-                " VALUES (%s, %s, 'collector', 'out_of_order_batch', %s, %s, %s)",
-                [(b.gateway, b.site, now,
-                  f"readings batch seq {b.seq} arrived after seq {top} (a gateway replay or "
-                  "a redelivery): stored, and validation looks at its readings again",
-                  Jsonb({"seq": b.seq, "after": top})) for b, top in late],
-            )
-    if duplicates:
-        async with conn.cursor() as c:
-            await c.executemany(
-                "INSERT INTO gateway_events (gateway, site, source, kind, at, detail, data)"
-                " VALUES (%s, %s, 'collector', 'duplicate_batch', %s, %s, %s)",
-                [(b.gateway, b.site, now,
-                  f"readings batch seq {b.seq} arrived again (at-least-once redelivery "
-                  "or a gateway replay); stored once",
-                  Jsonb({"seq": b.seq})) for b in duplicates],
-            )
+    await _batch_events(conn, "out_of_order_batch", [
+        (b.gateway, b.site, now,
+         f"readings batch seq {b.seq} arrived after seq {top} (a gateway replay or "
+         "a redelivery): stored, and validation looks at its readings again",
+         Jsonb({"seq": b.seq, "after": top})) for b, top in late])
+    await _batch_events(conn, "duplicate_batch", [
+        (b.gateway, b.site, now,
+         f"readings batch seq {b.seq} arrived again (at-least-once redelivery "
+         "or a gateway replay); stored once",
+         Jsonb({"seq": b.seq})) for b in duplicates])
     gws = sorted(per_gateway)
     dup_count = {g: sum(1 for b in duplicates if b.gateway == g) for g in gws}
     await conn.execute(
@@ -319,3 +309,15 @@ async def _track_sequences(
         ),
     )
     return len(duplicates)
+
+
+async def _batch_events(conn: psycopg.AsyncConnection, kind: str,
+                        rows: list[tuple[str, str, datetime, str, Jsonb]]) -> None:
+    """Collector events about readings batches: (gateway, site, at, detail, data) each."""
+    if rows:
+        async with conn.cursor() as c:
+            await c.executemany(
+                "INSERT INTO gateway_events (gateway, site, source, kind, at, detail, data)"
+                " VALUES (%s, %s, 'collector', %s, %s, %s, %s)",
+                [(gateway, site, kind, *rest) for gateway, site, *rest in rows],
+            )

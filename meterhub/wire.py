@@ -328,12 +328,12 @@ def decode_reading_fields(obj: Any, where: str = "reading",
     meter = obj.get("meter")
     if type(meter) is not str or not meter:
         meter = _str(obj, "meter", where)  # a str subclass passes; anything else raises
-    stamp = obj.get("taken_at")
+    stamp: Any = obj.get("taken_at")
     taken_at = times.get(stamp) if times is not None and type(stamp) is str else None
     if taken_at is None:
         taken_at = parse_time(stamp, f"{where}.taken_at")
         if times is not None:
-            times[stamp] = taken_at
+            times[stamp] = taken_at  # a str: parse_time refuses anything else
     raw_values = obj.get("values")
     if not isinstance(raw_values, dict) or not raw_values:
         raise WireError(f"{where}.values: expected a non-empty object of quantities")
