@@ -41,13 +41,10 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from collector import (
-    Collector,
-    CollectorConfig,
-    ValidationConfig,
-    vee,
-)
-from collector._store import Batch, copy_text
+from collector import Collector, CollectorConfig, ValidationConfig
+from collector._copy import copy_text
+from collector.store import Batch
+from collector.vee import rules
 from launcher.embedded import embedded_postgres, mosquitto_broker
 from meterhub import db, wire
 from meterhub.settings import DATABASE_URL_ENV, MQTT_URL_ENV, MqttSettings
@@ -270,9 +267,9 @@ def bench_validation(meters: int, days: int, chunk: int) -> tuple[float, int]:
         e = np.cumsum(use)
         e -= np.repeat(e[::per], per) - 1000.0
         t0 = time.perf_counter()
-        iv, _ = vee.derive(meter, t, e, 900, cfg)
-        base = vee.baseline(iv.meter, iv.start, iv.kwh, cfg.tod_buckets)
-        vee.surge_drop(iv, base, cfg)
+        iv, _ = rules.derive(meter, t, e, 900, cfg)
+        base = rules.baseline(iv.meter, iv.start, iv.kwh, cfg.tod_buckets)
+        rules.surge_drop(iv, base, cfg)
         elapsed += time.perf_counter() - t0
         intervals += len(iv)
     return elapsed, intervals

@@ -33,6 +33,7 @@ import psycopg
 
 from billing.money import post_charge
 from billing.tariffs import Tariff, TariffError
+from meterhub import copytext
 
 _ALL = 2**62
 _CHUNK = 2000  # ledger rows per COPY write while pricing goes on
@@ -198,11 +199,11 @@ def charge_batch(
                     stats.unchanged += 1
                     continue
                 if acc != last_acc:
-                    last_acc, a, st = acc, _esc(acc), state[acc]
+                    last_acc, a, st = acc, copytext.escape(acc), state[acc]
                     acc_usage = usage[acc]
                     tariff = tariffs.get(st[0])
                 if meter != last_meter:
-                    last_meter, m = meter, _esc(meter)
+                    last_meter, m = meter, copytext.escape(meter)
                 delta = kwh if charged is None else kwh - charged
                 try:
                     if tariff is None:
@@ -326,16 +327,6 @@ def _texts(values: Iterable[str]) -> str | list[str]:
     if '"' in raw or "\\" in raw:
         return items
     return '{"' + '","'.join(items) + '"}' if items else "{}"
-
-
-_ESCAPE = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def _esc(text: str) -> str:
-    """Escape a value for COPY text format (ids are plain almost always: check first)."""
-    if "\\" in text or "\t" in text or "\n" in text or "\r" in text:
-        return text.translate(_ESCAPE)
-    return text
 
 
 def charge_all(

@@ -2,13 +2,16 @@
 
 Public face: :class:`CollectorConfig`, :class:`ValidationConfig`, :class:`Collector` (with
 ``stats``), and the review decision (:func:`decide_review`); what others may read is in
-:mod:`collector.read_model`. Everything else is machinery.
+:mod:`collector.read_model`. Everything else is machinery. One reading's way:
+:mod:`collector.service` takes MQTT messages, :mod:`collector.parse` checks them (on top of
+:mod:`meterhub.wire`), :mod:`collector.store` writes them by COPY (text laid out by
+:mod:`collector._copy`), :mod:`collector.vee` turns them into intervals.
 """
 
 from collector.config import CollectorConfig, ConfigError, ValidationConfig
-from collector.review import Decided, ReviewError
-from collector.review import decide as decide_review
 from collector.service import Collector, CollectorStats
+from collector.vee.review import Decided, ReviewError
+from collector.vee.review import decide as decide_review
 
 __all__ = [
     "Collector",

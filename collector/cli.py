@@ -116,7 +116,7 @@ def _migrate(args: argparse.Namespace) -> int:
 
 def _revalidate(args: argparse.Namespace) -> int:
     from collector.config import ValidationConfig
-    from collector.validation import revalidate
+    from collector.vee import revalidate
 
     written = revalidate(_database_url(args), args.interval, ValidationConfig(), args.since,
                          args.meter)
@@ -125,18 +125,18 @@ def _revalidate(args: argparse.Namespace) -> int:
 
 
 def _review(args: argparse.Namespace) -> int:
-    from collector import review
+    from collector import vee
 
     url = _database_url(args)
     if args.item is None:
-        for item in review.open_items(url):
+        for item in vee.open_items(url):
             print(f"#{item['id']} {item['meter_id']} {item['rule']} "
                   f"{item['period_start']}..{item['period_end']}: {item['reason']}")
         return 0
     if args.confirm == args.dismiss:
-        raise review.ReviewError("say --confirm or --dismiss")
-    decided = review.decide(url, args.item, "confirmed" if args.confirm else "dismissed",
-                            args.by or "", args.comment)
+        raise vee.ReviewError("say --confirm or --dismiss")
+    decided = vee.decide(url, args.item, "confirmed" if args.confirm else "dismissed",
+                         args.by or "", args.comment)
     print(f"review item {decided.item_id} {decided.status}; "
           f"{decided.released} interval(s) released to billing")
     return 0

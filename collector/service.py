@@ -19,10 +19,10 @@ from datetime import UTC, datetime
 
 import psycopg
 
-from collector import _store, ingest, validation
+from collector import parse, store, vee
 from collector._mqtt import Consumer, Message
-from collector._store import Batch
 from collector.config import CollectorConfig
+from collector.store import Batch
 from meterhub import db, wire
 
 log = logging.getLogger(__name__)
@@ -157,25 +157,25 @@ class Collector:
         received = datetime.now(UTC)
         kind = msg.topic.rsplit("/", 1)[-1]
         if kind == "readings":
-            batch.add_readings(ingest.parse_readings(
+            batch.add_readings(parse.parse_readings(
                 msg.topic, msg.payload, received, max_future_s=self.config.max_future_s,
                 max_age_s=self.config.max_age_s,
             ))
         elif kind == "status":
-            status = ingest.parse_status(msg.topic, msg.payload)
-            if isinstance(status, ingest.DeadLetter):
+            status = parse.parse_status(msg.topic, msg.payload)
+            if isinstance(status, parse.DeadLetter):
                 batch.dead.append(status)
             else:
                 batch.statuses.append(status)
         elif kind == "events":
-            parsed = ingest.parse_events(msg.topic, msg.payload)
-            if isinstance(parsed, ingest.DeadLetter):
+            parsed = parse.parse_events(msg.topic, msg.payload)
+            if isinstance(parsed, parse.DeadLetter):
                 batch.dead.append(parsed)
             else:
                 site, gateway, events = parsed
                 batch.events.extend((site, gateway, e) for e in events)
         else:
-            batch.dead.append(ingest.DeadLetter(
+            batch.dead.append(parse.DeadLetter(
                 msg.topic, msg.payload, f"topic {msg.topic!r} is not one the collector reads",
                 None,
             ))
@@ -215,7 +215,7 @@ class Collector:
                     # the broker would hand it back to us forever.
                     log.error("message on %s refused by the database even as a dead letter: "
                               "%s", batch.items[0].topic if batch.items else "?", exc)
-                    result = _store.WriteResult(0, 0, 0, 0)
+                    result = store.WriteResult(0, 0, 0, 0)
                     break
                 batch = self._as_dead(batch, f"refused by the database: {exc}")
         if self.on_commit is not None:
@@ -240,10 +240,10 @@ class Collector:
             gateway = None
             with contextlib.suppress(wire.WireError):
                 gateway = wire.parse_topic(msg.topic)[1]
-            dead.dead.append(ingest.DeadLetter(msg.topic, msg.payload, reason, gateway))
+            dead.dead.append(parse.DeadLetter(msg.topic, msg.payload, reason, gateway))
         return dead
 
-    def _count(self, batch: Batch, result: _store.WriteResult) -> None:
+    def _count(self, batch: Batch, result: store.WriteResult) -> None:
         s = self.stats
         s.messages += batch.messages
         s.readings_received += batch.readings
@@ -262,7 +262,7 @@ class Collector:
             conn = await psycopg.AsyncConnection.connect(
                 self.config.database_url, connect_timeout=5, autocommit=True
             )  # autocommit: `transaction()` blocks are then real transactions, not savepoints
-            await _store.prepare(conn)
+            await store.prepare(conn)
             self._conn = conn
         return self._conn
 
@@ -272,13 +272,13 @@ class Collector:
                 await self._conn.close()
         self._conn = None
 
-    async def _write(self, batch: Batch) -> _store.WriteResult:
+    async def _write(self, batch: Batch) -> store.WriteResult:
         conn = await self._connection()
         if batch.chunks:
             await self._ensure_months(conn, batch)
             if self.config.known_meters_only:
                 await self._reject_unknown(conn, batch)
-        return await _store.write(conn, batch, datetime.now(UTC))
+        return await store.write(conn, batch, datetime.now(UTC))
 
     async def _ensure_months(self, conn: psycopg.AsyncConnection, batch: Batch) -> None:
         missing: dict[tuple[int, int], datetime] = {}
@@ -288,12 +288,12 @@ class Collector:
             if key not in known and key not in missing:
                 missing[key] = ts
         for key, ts in sorted(missing.items()):  # each month on its own: no range in between
-            await _store.ensure_partitions(conn, ts, ts)
+            await store.ensure_partitions(conn, ts, ts)
             known.add(key)
 
     async def _reject_unknown(self, conn: psycopg.AsyncConnection, batch: Batch) -> None:
         meters = sorted({k[0] for k in batch.keys} - self._known)
-        unknown = await _store.unknown_meters(conn, meters) if meters else set()
+        unknown = await store.unknown_meters(conn, meters) if meters else set()
         self._known.update(set(meters) - unknown)
         if not unknown:
             return
@@ -302,7 +302,7 @@ class Collector:
         for meter in sorted(unknown):
             mine = [c for k, c in zip(batch.keys, batch.chunks, strict=True) if k[0] == meter]
             gateway = batch.meters[meter].gateway if meter in batch.meters else None
-            batch.dead.append(ingest.DeadLetter(
+            batch.dead.append(parse.DeadLetter(
                 wire.subscription("readings", "+", gateway or "+"), "".join(mine).encode(),
                 f"unknown meter {meter!r}: not registered in meters (known_meters_only); "
                 "payload: its rows as COPY text", gateway,
@@ -324,7 +324,7 @@ class Collector:
                 next_retention = time.monotonic() + 3600
                 try:
                     dropped = await asyncio.to_thread(
-                        validation.drop_old_readings, cfg.database_url, cfg.retention_days
+                        vee.drop_old_readings, cfg.database_url, cfg.retention_days
                     )
                     if dropped:
                         log.info("retention: dropped %d month(s) of raw readings", dropped)
@@ -334,7 +334,7 @@ class Collector:
                 await asyncio.wait_for(stop.wait(), timeout=period)
             try:
                 written = await asyncio.to_thread(
-                    validation.run_pending, cfg.database_url, cfg.interval_s, cfg.validation
+                    vee.run_pending, cfg.database_url, cfg.interval_s, cfg.validation
                 )
                 self.stats.validation_runs += 1
                 self.stats.intervals_written += written

@@ -302,34 +302,70 @@ def _choice(obj: Mapping[str, Any], key: str, where: str, choices: tuple[str, ..
     return value
 
 
+# One reading as plain data: (meter, taken_at, [(quantity, value, unit), ...], relay). The
+# collector's hot path takes this shape; building a Reading and a Value per quantity cost
+# more than checking them.
+ReadingFields = tuple[str, datetime, list[tuple[str, float, str]], RelayState | None]
+
+
 def decode_reading(obj: Any, where: str = "reading") -> Reading:
     """Check one reading; the collector calls this per reading so one bad reading does not
     cost the good ones in the same batch."""
+    meter, taken_at, values, relay = decode_reading_fields(obj, where)
+    return Reading(meter, taken_at, {name: Value(v, unit) for name, v, unit in values}, relay)
+
+
+def decode_reading_fields(obj: Any, where: str = "reading",
+                          times: dict[str, datetime] | None = None) -> ReadingFields:
+    """The checks of :func:`decode_reading`, returning plain fields (see ReadingFields).
+
+    This is the ingest hot path: the checks are plain type tests and the error text is built
+    only for a reading that fails. ``times`` caches parsed ``taken_at`` strings across the
+    readings of one batch (they usually share one stamp).
+    """
     if not isinstance(obj, dict):
         raise WireError(f"{where}: expected an object, got {obj!r}")
-    meter = _str(obj, "meter", where)
-    taken_at = parse_time(obj.get("taken_at"), f"{where}.taken_at")
+    meter = obj.get("meter")
+    if type(meter) is not str or not meter:
+        meter = _str(obj, "meter", where)  # a str subclass passes; anything else raises
+    stamp: Any = obj.get("taken_at")
+    taken_at = times.get(stamp) if times is not None and type(stamp) is str else None
+    if taken_at is None:
+        taken_at = parse_time(stamp, f"{where}.taken_at")
+        if times is not None:
+            times[stamp] = taken_at  # a str: parse_time refuses anything else
     raw_values = obj.get("values")
     if not isinstance(raw_values, dict) or not raw_values:
         raise WireError(f"{where}.values: expected a non-empty object of quantities")
-    values: dict[str, Value] = {}
+    values: list[tuple[str, float, str]] = []
     for name, item in raw_values.items():
-        at = f"{where}.values.{name}"
         if not isinstance(item, dict):
-            raise WireError(f"{at}: expected {{'value': number, 'unit': text}}, got {item!r}")
+            raise WireError(f"{where}.values.{name}: expected {{'value': number, 'unit': text}},"
+                            f" got {item!r}")
         number = item.get("value")
-        if isinstance(number, bool) or not isinstance(number, int | float):
-            raise WireError(f"{at}.value: expected a number, got {number!r}")
-        if not math.isfinite(number):
-            raise WireError(f"{at}.value: {number!r} is not finite")
+        if type(number) is not float or not math.isfinite(number):
+            number = _number(number, f"{where}.values.{name}.value")
         unit = item.get("unit")
         if not isinstance(unit, str):
-            raise WireError(f"{at}.unit: expected a unit string, got {unit!r}")
-        values[name] = Value(float(number), unit)
+            raise WireError(f"{where}.values.{name}.unit: expected a unit string, got {unit!r}")
+        values.append((name, number, unit))
     relay = obj.get("relay")
     if relay is not None and relay not in RELAY_STATES:
         raise WireError(f"{where}.relay: {relay!r} is not one of {', '.join(RELAY_STATES)}")
-    return Reading(meter, taken_at, values, relay)
+    return meter, taken_at, values, relay
+
+
+def _number(value: Any, where: str) -> float:
+    """A JSON number as a finite float, or the reason it is not (the uncommon path)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise WireError(f"{where}: expected a number, got {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise WireError(f"{where}: {value!r} is not finite") from None
+    if not math.isfinite(number):
+        raise WireError(f"{where}: {value!r} is not finite")
+    return number
 
 
 @dataclass(frozen=True, slots=True)

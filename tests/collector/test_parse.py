@@ -1,4 +1,5 @@
-"""The fast reading parser agrees with the general one (wire.decode_reading + our checks)."""
+"""parse_readings on arbitrary readings: it accepts exactly what wire.decode_reading and the
+collector's own checks accept, refuses the rest with a reason, and never raises."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from collector import ingest
+from collector import parse
 from meterhub import wire
 
 NOW = datetime(2026, 3, 2, tzinfo=UTC)
@@ -36,27 +37,53 @@ readings = st.fixed_dictionaries(
 )
 
 
-def _general(raw):
+def _parse(raw):
     payload = json.dumps({"schema": 1, "gateway": "g", "site": "s", "seq": 1,
                           "sent_at": "2026-03-02T00:00:00Z", "readings": [raw]})
-    return ingest.parse_readings(wire.topic("s", "g", "readings"), payload.encode(), NOW,
-                                 max_future_s=300)
+    return parse.parse_readings(wire.topic("s", "g", "readings"), payload.encode(), NOW,
+                                max_future_s=300)
+
+
+def _acceptable(raw) -> wire.Reading | None:
+    """The reading if it passes the wire decoder and the collector's checks, else None."""
+    try:
+        reading = wire.decode_reading(raw)
+    except wire.WireError:
+        return None
+    values = [(n, v.value, v.unit) for n, v in reading.values.items()]
+    if parse._problems(values) or "\x00" in reading.meter:
+        return None
+    if not NOW - timedelta(days=400) <= reading.taken_at <= NOW + timedelta(seconds=300):
+        return None
+    return reading
 
 
 @settings(max_examples=500, deadline=None)
 @given(st.one_of(readings, st.integers(), st.text(max_size=3)))
-def test_fast_path_accepts_exactly_what_the_general_path_accepts(raw):
-    fast = ingest.fast_reading(raw, {}, NOW + timedelta(seconds=300), NOW - timedelta(days=400))
-    general = _general(raw)
-    if fast is not None:
-        assert general.readings == 1 and not general.dead
-        meter, ts, values, _relay = fast
-        assert general.keys == [(meter, ts)]
-        lines = general.chunks[0].rstrip("\n").split("\n")
-        assert [tuple(line.split("\t")[1:5]) for line in lines] == [
-            (n, ts.isoformat(), repr(v), u) for n, v, u in values]
-    elif isinstance(raw, dict) and "meter_clock" not in raw:
-        assert general.readings == 0 and len(general.dead) == 1  # refused, with a reason
+def test_accepts_exactly_the_decodable_storable_readings(raw):
+    parsed = _parse(raw)
+    reading = _acceptable(raw)
+    if reading is None:
+        assert parsed.readings == 0 and len(parsed.dead) == 1  # refused, with a reason
+        assert parsed.dead[0].reason.startswith("readings.readings[0]")
+        return
+    assert parsed.readings == 1 and not parsed.dead
+    assert parsed.keys == [(reading.meter, reading.taken_at)]
+    lines = parsed.chunks[0].rstrip("\n").split("\n")
+    stamp = reading.taken_at.isoformat()
+    expected = [(n, stamp, repr(v.value), v.unit) for n, v in reading.values.items()]
+    if "meter_clock" in raw:
+        skew = datetime(2026, 3, 2, 0, 0, 10, tzinfo=UTC) - reading.taken_at
+        expected.append((parse.CLOCK_SKEW, stamp, repr(skew.total_seconds()), "s"))
+    assert [tuple(line.split("\t")[1:5]) for line in lines] == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(names, st.one_of(st.floats(allow_nan=False), st.integers(-5, 5)),
+                          st.sampled_from(["kWh", "V", "A", "", "Hz", "CNY", "Wh"])),
+                max_size=4))
+def test_hot_check_agrees_with_the_worded_one(values):
+    assert parse._storable(values) == (not parse._problems(values))
 
 
 valid = st.fixed_dictionaries({
@@ -66,14 +93,12 @@ valid = st.fixed_dictionaries({
     "values": st.dictionaries(
         st.sampled_from(["energy_import_total", "voltage_a", "current_a", "frequency"]),
         st.builds(lambda v: {"value": v}, st.floats(45, 65)), min_size=1).map(
-        lambda d: {k: {"value": v["value"], "unit": ingest._SPEC[k][0]} for k, v in d.items()}),
+        lambda d: {k: {"value": v["value"], "unit": parse._SPEC[k][0]} for k, v in d.items()}),
 })
 
 
 @settings(max_examples=200, deadline=None)
 @given(valid)
-def test_well_formed_readings_take_the_fast_path(raw):
-    fast = ingest.fast_reading(raw, {}, NOW, NOW - timedelta(days=400))
-    assert fast is not None
-    general = _general(raw)
-    assert general.readings == 1 and general.values == len(raw["values"])
+def test_well_formed_readings_are_stored(raw):
+    parsed = _parse(raw)
+    assert parsed.readings == 1 and parsed.values == len(raw["values"]) and not parsed.dead

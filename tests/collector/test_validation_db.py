@@ -8,9 +8,8 @@ import psycopg
 import pytest
 from colhelp import T0, Publisher, batch_payload, config, reading, running, subscribed, wait_until
 
-from collector import review
 from collector.config import ValidationConfig
-from collector.validation import revalidate, run_pending
+from collector.vee import revalidate, review, run_pending
 from launcher import cli
 from meterhub import wire
 
@@ -162,7 +161,7 @@ def test_revalidate_command(db_url, capsys):
 def test_retention_drops_old_months_and_keeps_recent(db_url):
     from datetime import UTC, datetime
 
-    from collector.validation import drop_old_readings
+    from collector.vee import drop_old_readings
 
     old = datetime(2020, 1, 15, tzinfo=UTC)
     now = datetime.now(UTC)
@@ -196,7 +195,7 @@ def _copy_reads(db_url, meter, reads):
 
 
 def test_forward_estimates_for_a_silent_meter_are_replaced_when_reads_arrive(db_url):
-    from collector.validation import estimate_forward
+    from collector.vee import estimate_forward
 
     cfg = ValidationConfig(forward_estimate_after_s=3600, late_after_s=1e9)
     # 8 days at 0.25 kWh per 15 min, then silence from day 8 02:00

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from collector import vee
 from collector.config import ValidationConfig
+from collector.vee import estimate, rules
 
 CFG = ValidationConfig()
 T0 = 1772409600.0  # 2026-03-02 00:00 UTC, a Monday
@@ -23,13 +23,13 @@ def series(kwh_per_h: float = 1.0, hours: float = 2.0, step: float = 60.0,
     return t, start + (t - T0) / 3600 * kwh_per_h
 
 
-def run(t: np.ndarray, e: np.ndarray, cfg: ValidationConfig = CFG) -> vee.Intervals:
-    iv, _ = vee.derive(np.zeros(len(t), dtype=np.int64), t, e, IV_S, cfg)
+def run(t: np.ndarray, e: np.ndarray, cfg: ValidationConfig = CFG) -> rules.Intervals:
+    iv, _ = rules.derive(np.zeros(len(t), dtype=np.int64), t, e, IV_S, cfg)
     return iv
 
 
 def names(flags: int) -> set[str]:
-    return {name for bit, name in vee.RULES.items() if flags & bit}
+    return {name for bit, name in rules.RULES.items() if flags & bit}
 
 
 # ---------------------------------------------------------------- register going backwards
@@ -84,14 +84,14 @@ def test_backwards_register_is_told_apart(make, rule, total):
     assert fired == {rule}
     assert np.all(iv.kwh >= 0)
     assert iv.kwh.sum() == pytest.approx(total, abs=1e-6)
-    held = [bool(f & vee.HOLDS) for f in iv.flags if f]
+    held = [bool(f & rules.HOLDS) for f in iv.flags if f]
     assert held == [rule in ("register_reset", "register_replacement")]
 
 
 def test_backwards_step_on_newest_read_waits_for_the_next_read():
     t, e = series()
     e[-1] -= 3.0  # could be a glitch or a reset: not judged yet
-    iv, reg = vee.derive(np.zeros(len(t), dtype=np.int64), t, e, IV_S, CFG)
+    iv, reg = rules.derive(np.zeros(len(t), dtype=np.int64), t, e, IV_S, CFG)
     assert not reg.keep[-1]
     assert len(iv) == 7 and not iv.flags.any()  # the last interval waits
 
@@ -134,15 +134,15 @@ def test_long_gap_uses_like_day_profile_scaled_to_the_register():
     rate = np.where(gap, 1.5, rate)
     e = 10 + np.cumsum(rate * step / 3600)
     m = np.zeros((~gap).sum(), dtype=np.int64)
-    iv, _ = vee.derive(m, t[~gap], e[~gap], IV_S, CFG)
+    iv, _ = rules.derive(m, t[~gap], e[~gap], IV_S, CFG)
     a = (iv.quality == "A")
-    vee.estimate_like_day(iv, iv.meter[a], iv.start[a], iv.kwh[a], CFG, IV_S)
-    est = iv.take((iv.flags & vee.MISSING).astype(bool))
-    assert set(est.method) == {vee.METHOD_LIKE_DAY}  # one previous Monday
+    estimate.estimate_like_day(iv, iv.meter[a], iv.start[a], iv.kwh[a], CFG, IV_S)
+    est = iv.take((iv.flags & rules.MISSING).astype(bool))
+    assert set(est.method) == {rules.METHOD_LIKE_DAY}  # one previous Monday
     register_diff = e[~gap][np.searchsorted(t[~gap], est.gap_to[0])] - \
         e[~gap][np.searchsorted(t[~gap], est.gap_from[0])]
     assert est.kwh.sum() == pytest.approx(run(t[~gap], e[~gap]).kwh[
-        (iv.flags & vee.MISSING).astype(bool)].sum())
+        (iv.flags & rules.MISSING).astype(bool)].sum())
     assert register_diff > 5.5  # ~1.5 kWh/h for 4 h, far above the usual profile
     # shape follows the profile: 02:00-04:00 intervals 4x the 04:00-06:00 ones
     mid = est.take((est.start >= T0 + 7 * 86400 + 2 * 3600 + IV_S)
@@ -153,19 +153,19 @@ def test_long_gap_uses_like_day_profile_scaled_to_the_register():
 
 
 def test_holidays_are_estimated_like_sundays():
-    assert list(vee.day_kind(np.array([T0, T0 + 86400]), (date(2026, 3, 3),))) == [0, 6]
+    assert list(estimate.day_kind(np.array([T0, T0 + 86400]), (date(2026, 3, 3),))) == [0, 6]
 
 
 # ---------------------------------------------------------------- surge and drop
 
 
 def _history(days: int = 28, level: float = 0.25, noise: float = 0.02,
-             seed: int = 1) -> vee.Intervals:
+             seed: int = 1) -> rules.Intervals:
     rng = np.random.default_rng(seed)
     start = T0 + np.arange(days * 96) * IV_S
     kwh = level + rng.normal(0, noise, len(start)) + 0.5 * (((start % 86400) // 3600) >= 18)
     n = len(start)
-    return vee.Intervals(np.zeros(n, dtype=np.int64), start, kwh, kwh.copy(), np.full(n, "A"),
+    return rules.Intervals(np.zeros(n, dtype=np.int64), start, kwh, kwh.copy(), np.full(n, "A"),
                          np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64),
                          np.zeros(n), np.zeros(n), np.zeros(n))
 
@@ -184,16 +184,16 @@ def _history(days: int = 28, level: float = 0.25, noise: float = 0.02,
 def test_surge_and_drop_against_own_time_of_day_baseline(at_hour, kwh, expected):
     cfg = ValidationConfig(drop_z=6.0, min_abs_kwh=0.3)
     hist = _history()
-    base = vee.baseline(hist.meter, hist.start, hist.kwh, cfg.tod_buckets)
+    base = rules.baseline(hist.meter, hist.start, hist.kwh, cfg.tod_buckets)
     probe = hist.take(np.array([28 * 96 - 96 + at_hour * 4]))
     probe.kwh[:] = kwh
-    vee.surge_drop(probe, base, cfg)
+    rules.surge_drop(probe, base, cfg)
     assert names(int(probe.flags[0])) == expected
 
 
 def test_baseline_matches_numpy_median_and_mad():
     hist = _history(days=10)
-    base = vee.baseline(hist.meter, hist.start, hist.kwh, 24)
+    base = rules.baseline(hist.meter, hist.start, hist.kwh, 24)
     bucket = ((hist.start % 86400) // 3600).astype(int)
     for b in (0, 7, 19):
         x = hist.kwh[bucket == b]
@@ -204,17 +204,17 @@ def test_baseline_matches_numpy_median_and_mad():
 def test_estimates_are_not_judged_and_thin_buckets_give_no_verdict():
     cfg = ValidationConfig(min_baseline_samples=8)
     hist = _history(days=1)  # 4 samples per hour bucket: too few
-    base = vee.baseline(hist.meter, hist.start, hist.kwh, cfg.tod_buckets)
+    base = rules.baseline(hist.meter, hist.start, hist.kwh, cfg.tod_buckets)
     probe = hist.take(np.array([12]))
     probe.kwh[:] = 50.0
-    vee.surge_drop(probe, base, cfg)
+    rules.surge_drop(probe, base, cfg)
     assert probe.flags[0] == 0
     hist = _history()
-    base = vee.baseline(hist.meter, hist.start, hist.kwh, cfg.tod_buckets)
+    base = rules.baseline(hist.meter, hist.start, hist.kwh, cfg.tod_buckets)
     probe = hist.take(np.array([12]))
     probe.kwh[:] = 50.0
     probe.quality[:] = "S"
-    vee.surge_drop(probe, base, cfg)
+    rules.surge_drop(probe, base, cfg)
     assert probe.flags[0] == 0
 
 
@@ -226,14 +226,14 @@ def test_zero_consumption_while_current_flows():
     iv = run(t, e)
     amps_meter = np.zeros(2, dtype=np.int64)
     amps_start = iv.start[:2]
-    vee.zero_with_current(iv, amps_meter, amps_start, np.array([3.0, 0.1]), CFG)
+    rules.zero_with_current(iv, amps_meter, amps_start, np.array([3.0, 0.1]), CFG)
     assert [names(int(f)) for f in iv.flags[:3]] == [{"zero_with_current"}, set(), set()]
 
 
 def test_per_interval_max_groups_readings():
     m = np.array([0, 0, 0, 1], dtype=np.int64)
     ts = T0 + np.array([10.0, 899.0, 900.0, 5.0])
-    gm, gs, gv = vee.per_interval_max(m, ts, np.array([1.0, 3.0, 2.0, 7.0]), IV_S)
+    gm, gs, gv = rules.per_interval_max(m, ts, np.array([1.0, 3.0, 2.0, 7.0]), IV_S)
     assert list(gm) == [0, 0, 1] and list(gs - T0) == [0, 900, 0] and list(gv) == [3, 2, 7]
 
 
@@ -244,9 +244,10 @@ def test_many_meters_at_once_equal_one_at_a_time():
         t = T0 + np.sort(rng.uniform(0, 86400, 300))
         e = 100 * k + np.cumsum(rng.exponential(0.01, 300))
         ms.append(np.full(300, k)), ts.append(t), es.append(e)
-    together, _ = vee.derive(np.concatenate(ms), np.concatenate(ts), np.concatenate(es), IV_S, CFG)
+    together, _ = rules.derive(np.concatenate(ms), np.concatenate(ts), np.concatenate(es),
+                               IV_S, CFG)
     for k in range(5):
-        alone, _ = vee.derive(np.zeros(300, dtype=np.int64), ts[k], es[k], IV_S, CFG)
+        alone, _ = rules.derive(np.zeros(300, dtype=np.int64), ts[k], es[k], IV_S, CFG)
         mine = together.take(together.meter == k)
         assert np.allclose(mine.kwh, alone.kwh) and np.array_equal(mine.start, alone.start)
         assert np.array_equal(mine.flags, alone.flags)
@@ -293,7 +294,7 @@ def test_estimation_never_makes_the_register_go_backwards(reg, weeks, data):
     hist_kwh = np.array(data.draw(st.lists(st.floats(0, 10), min_size=len(hist_start),
                                            max_size=len(hist_start))))
     total = iv.kwh.sum()
-    vee.estimate_like_day(iv, np.zeros(len(hist_start), dtype=np.int64), hist_start, hist_kwh,
+    estimate.estimate_like_day(iv, np.zeros(len(hist_start), dtype=np.int64), hist_start, hist_kwh,
                           cfg, IV_S)
     assert np.all(iv.kwh >= 0)  # cumulative register rebuilt from intervals never decreases
     assert iv.kwh.sum() == pytest.approx(total, rel=1e-9, abs=1e-6)

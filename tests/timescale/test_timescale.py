@@ -26,8 +26,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from collector import _store
-from collector.validation import drop_old_readings
+from collector import store
+from collector.vee import drop_old_readings
 from meterhub import db
 
 HERE = Path(__file__).resolve().parent
@@ -266,7 +266,7 @@ def test_compression_policy_run_by_hand_and_late_readings_still_stored(ts_url: s
 
         # Redelivered and late readings for the compressed day, as the collector stores them
         # when COPY hits a duplicate: staging table, then its INSERT ... ON CONFLICT DO NOTHING.
-        conn.execute(_store._STAGE)
+        conn.execute(store._STAGE)
         late = old_day + timedelta(hours=5)
         with conn.transaction():
             conn.execute(
@@ -274,7 +274,7 @@ def test_compression_policy_run_by_hand_and_late_readings_still_stored(ts_url: s
                 "%s::timestamptz[], %s::float8[], %s::text[], %s::text[], %s::int8[])",
                 (["ts-m1", "ts-m1"], ["energy_import_total"] * 2, [rows[0][2], late],
                  [99.0, 5.0], ["kWh", "kWh"], ["gw", "gw"], [7, 7]))
-            assert conn.execute(_store._INSERT, {"now": now}).fetchone() == (1, 1)
+            assert conn.execute(store._INSERT, {"now": now}).fetchone() == (1, 1)
         stored = conn.execute("SELECT ts, value FROM readings WHERE ts IN (%s, %s) ORDER BY ts",
                               (rows[0][2], late)).fetchall()
         assert stored == [(rows[0][2], 0.0), (late, 5.0)]  # first one kept, late one added

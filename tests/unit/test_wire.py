@@ -113,3 +113,29 @@ def test_bad_command_names_the_field() -> None:
 def test_naive_time_refused_on_encode() -> None:
     with pytest.raises(wire.WireError, match="timezone-aware"):
         wire.utc_iso(datetime(2026, 1, 1))
+
+
+def test_reading_fields_are_the_reading_as_plain_data() -> None:
+    raw = {"meter": "m1", "taken_at": "2026-03-02T00:15:00Z", "relay": "closed",
+           "values": {"energy_import_total": {"value": 12, "unit": "kWh"},
+                      "voltage_a": {"value": 230.5, "unit": "V"}}}
+    times: dict[str, datetime] = {}
+    meter, taken_at, values, relay = wire.decode_reading_fields(raw, "r", times)
+    reading = wire.decode_reading(raw, "r")
+    assert (meter, taken_at, relay) == (reading.meter, reading.taken_at, reading.relay)
+    assert values == [(n, v.value, v.unit) for n, v in reading.values.items()]
+    assert values[0] == ("energy_import_total", 12.0, "kWh") and type(values[0][1]) is float
+    assert times == {"2026-03-02T00:15:00Z": taken_at}
+    # the cache is only a shortcut: a cached stamp gives the same time
+    assert wire.decode_reading_fields(raw, "r", times)[1] == taken_at
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    (10**400, "is not finite"), (float("inf"), "is not finite"), (True, "expected a number"),
+    ("1", "expected a number"),
+])
+def test_reading_value_refusals(value: object, message: str) -> None:
+    raw = {"meter": "m1", "taken_at": "2026-03-02T00:15:00Z",
+           "values": {"voltage_a": {"value": value, "unit": "V"}}}
+    with pytest.raises(wire.WireError, match=rf"r\.values\.voltage_a\.value: .*{message}"):
+        wire.decode_reading_fields(raw, "r")

@@ -3,17 +3,20 @@
 Either decision releases the intervals the item held (held=false, which the intervals trigger
 turns into a new change_id, so billing charges them now). Confirm means "the anomaly is real
 and the consumption stands"; dismiss means "a false alarm". The decision, who made it and why
-are kept on the item.
+are kept on the item. Items are opened by validation passes (:func:`open_review_items`), one
+per run of held intervals.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import psycopg
 
-from collector.validation import VEE_LOCK
+# Advisory lock: one writer of `intervals` at a time (validation passes and review decisions),
+# so change ids become visible in commit order.
+VEE_LOCK = 7411002
 
 Decision = Literal["confirmed", "dismissed"]
 
@@ -73,3 +76,36 @@ def open_items(database_url: str, limit: int = 100) -> list[dict[str, object]]:
         )
         cols = [d.name for d in cur.description or []]
         return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+
+def open_review_items(conn: psycopg.Connection, interval_s: int) -> int:
+    """One work order per run of consecutive held intervals of one meter and rule, for the
+    anomalies a validation pass just stored (inside its transaction)."""
+    rows = conn.execute(
+        "SELECT id, meter_id, rule, at, reason FROM anomalies "
+        "WHERE holds AND review_item_id IS NULL ORDER BY meter_id, rule, at"
+    ).fetchall()
+    if not rows:
+        return 0
+    size = float(interval_s)
+    runs: list[list[tuple[Any, ...]]] = []
+    for row in rows:
+        prev = runs[-1][-1] if runs else None
+        if (prev is not None and prev[1] == row[1] and prev[2] == row[2]
+                and (row[3] - prev[3]).total_seconds() <= size):
+            runs[-1].append(row)
+        else:
+            runs.append([row])
+    for run in runs:
+        first, last = run[0], run[-1]
+        n = len(run)
+        reason = first[4] if n == 1 else f"{n} intervals: {first[4]}"
+        item = conn.execute(
+            """INSERT INTO review_items (meter_id, rule, period_start, period_end, reason)
+               VALUES (%s, %s, %s, %s + make_interval(secs => %s), %s) RETURNING id""",
+            (first[1], first[2], first[3], last[3], interval_s, reason),
+        ).fetchone()
+        assert item is not None
+        conn.execute("UPDATE anomalies SET review_item_id = %s WHERE id = ANY(%s)",
+                     (item[0], [r[0] for r in run]))
+    return len(runs)

@@ -1,4 +1,4 @@
-"""Write one accumulated batch of messages in one transaction.
+"""The store: write one accumulated batch of messages in one transaction (the COPY path).
 
 Rows go through COPY into a per-connection temporary staging table and from there into
 `readings` with ON CONFLICT DO NOTHING: COPY is the fast path, the conflict clause makes a
@@ -8,7 +8,6 @@ gateway and dead-letter bookkeeping means the broker ack (sent after commit) cov
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -16,7 +15,8 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from collector.ingest import COPY_ESCAPES, BatchSeen, DeadLetter, MeterSeen, Parsed, Row
+from collector._copy import with_column
+from collector.parse import BatchSeen, DeadLetter, MeterSeen, Parsed
 from meterhub import wire
 
 _STAGE = """
@@ -228,7 +228,7 @@ async def _store_rows(conn: psycopg.AsyncConnection, batch: Batch, now: datetime
             "COPY readings (meter_id, quantity, ts, value, unit, gateway, seq, received_at) "
             "FROM STDIN"
         ) as copy:
-            await copy.write(_with_column(text, now.isoformat()))
+            await copy.write(with_column(text, now.isoformat()))
     except psycopg.errors.UniqueViolation:
         pass
     else:
@@ -244,11 +244,6 @@ async def _store_rows(conn: psycopg.AsyncConnection, batch: Batch, now: datetime
     if values < batch.values:
         await conn.execute(_CONFLICTS)
     return stored, values
-
-
-def _with_column(text: bytes, value: str) -> bytes:
-    """Append one constant column to every line of COPY text."""
-    return text.replace(b"\n", b"\t" + value.encode() + b"\n")
 
 
 _DIRTY = """
@@ -288,26 +283,16 @@ async def _track_sequences(
             late.append((b, highest[b.gateway]))
         counted.add(key)
         highest[b.gateway] = max(highest.get(b.gateway, -1), b.seq)
-    if late:
-        async with conn.cursor() as c:
-            await c.executemany(
-                "INSERT INTO gateway_events (gateway, site, source, kind, at, detail, data)"
-                " VALUES (%s, %s, 'collector', 'out_of_order_batch', %s, %s, %s)",
-                [(b.gateway, b.site, now,
-                  f"readings batch seq {b.seq} arrived after seq {top} (a gateway replay or "
-                  "a redelivery): stored, and validation looks at its readings again",
-                  Jsonb({"seq": b.seq, "after": top})) for b, top in late],
-            )
-    if duplicates:
-        async with conn.cursor() as c:
-            await c.executemany(
-                "INSERT INTO gateway_events (gateway, site, source, kind, at, detail, data)"
-                " VALUES (%s, %s, 'collector', 'duplicate_batch', %s, %s, %s)",
-                [(b.gateway, b.site, now,
-                  f"readings batch seq {b.seq} arrived again (at-least-once redelivery "
-                  "or a gateway replay); stored once",
-                  Jsonb({"seq": b.seq})) for b in duplicates],
-            )
+    await _batch_events(conn, "out_of_order_batch", [
+        (b.gateway, b.site, now,
+         f"readings batch seq {b.seq} arrived after seq {top} (a gateway replay or "
+         "a redelivery): stored, and validation looks at its readings again",
+         Jsonb({"seq": b.seq, "after": top})) for b, top in late])
+    await _batch_events(conn, "duplicate_batch", [
+        (b.gateway, b.site, now,
+         f"readings batch seq {b.seq} arrived again (at-least-once redelivery "
+         "or a gateway replay); stored once",
+         Jsonb({"seq": b.seq})) for b in duplicates])
     gws = sorted(per_gateway)
     dup_count = {g: sum(1 for b in duplicates if b.gateway == g) for g in gws}
     await conn.execute(
@@ -326,26 +311,13 @@ async def _track_sequences(
     return len(duplicates)
 
 
-def copy_text(rows: list[Row]) -> bytes:
-    """COPY text of `readings` rows given as tuples, in the same format ingest builds (for
-    tools and the benchmark's reference COPY)."""
-    esc: dict[str, str] = {}
-    stamp: dict[datetime, str] = {}
-    out: list[str] = []
-    append = out.append
-    for meter, quantity, ts, value, unit, gateway, seq in rows:
-        m = esc.get(meter)
-        if m is None:
-            m = esc[meter] = meter.translate(COPY_ESCAPES)
-        g = esc.get(gateway)
-        if g is None:
-            g = esc[gateway] = gateway.translate(COPY_ESCAPES)
-        t = stamp.get(ts)
-        if t is None:
-            t = stamp[ts] = ts.isoformat()
-        append(f"{m}\t{quantity}\t{t}\t{value!r}\t{unit}\t{g}\t{seq}\n")
-    return "".join(out).encode()
-
-
-def dumps(obj: object) -> str:
-    return json.dumps(obj, separators=(",", ":"), default=str)
+async def _batch_events(conn: psycopg.AsyncConnection, kind: str,
+                        rows: list[tuple[str, str, datetime, str, Jsonb]]) -> None:
+    """Collector events about readings batches: (gateway, site, at, detail, data) each."""
+    if rows:
+        async with conn.cursor() as c:
+            await c.executemany(
+                "INSERT INTO gateway_events (gateway, site, source, kind, at, detail, data)"
+                " VALUES (%s, %s, 'collector', %s, %s, %s, %s)",
+                [(gateway, site, kind, *rest) for gateway, site, *rest in rows],
+            )

@@ -1,4 +1,5 @@
-"""Validation passes against the database: load, run :mod:`collector.vee`, write intervals.
+"""Validation passes against the database: load reads, run the rules and estimation, write
+intervals, anomalies and (through :mod:`collector.vee.review`) work orders.
 
 Ingest marks each meter whose readings changed (``vee_dirty``: earliest changed time and a
 growing mark). A pass takes a chunk of marked meters, recomputes their intervals from just
@@ -18,16 +19,15 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from collector import vee
 from collector.config import ValidationConfig
-from collector.ingest import CLOCK_SKEW
+from collector.parse import CLOCK_SKEW
+from collector.vee import estimate, rules
+from collector.vee.review import VEE_LOCK, open_review_items
 from meterhub.quantities import ENERGY_IMPORT
 
 log = logging.getLogger(__name__)
 
-VEE_LOCK = 7411002  # advisory lock: one writer of `intervals` at a time, commit in id order
 _CONTEXT_READS = 3  # reads before the window, so the first boundary and glitches are judged
-_INTERVAL_RULES = [vee.RULES[b] for b in vee.RULES]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,17 +92,17 @@ def estimate_forward(conn: psycopg.Connection, interval_s: int, cfg: ValidationC
             return 0
         window = [datetime.fromtimestamp(float(f), UTC) for f in first]
         hm, hs, hk = _load_history(conn, names, window, 7 * cfg.like_day_weeks * 2)
-        profile, n_have = vee.like_day_profile(meter, start, hm, hs, hk, cfg, interval_s)
+        profile, n_have = estimate.like_day_profile(meter, start, hm, hs, hk, cfg, interval_s)
         ok = ~np.isnan(profile)
         n = int(ok.sum())
         if n == 0:
             return 0
         zeros = np.zeros(n)
-        iv = vee.Intervals(
+        iv = rules.Intervals(
             meter=meter[ok], start=start[ok], kwh=profile[ok], raw_kwh=np.full(n, np.nan),
             quality=np.full(n, "E"),
-            method=np.where(n_have[ok] == 1, vee.METHOD_LIKE_DAY, vee.METHOD_AVG_LIKE_DAY),
-            flags=np.full(n, vee.MISSING, dtype=np.int64), gap=zeros, gap_from=zeros,
+            method=np.where(n_have[ok] == 1, rules.METHOD_LIKE_DAY, rules.METHOD_AVG_LIKE_DAY),
+            flags=np.full(n, rules.MISSING, dtype=np.int64), gap=zeros, gap_from=zeros,
             gap_to=zeros,
         )
         last = {i: datetime.fromtimestamp(float(r[1]), UTC) for i, r in enumerate(rows)}
@@ -259,37 +259,37 @@ def _validate(conn: psycopg.Connection, names: list[str], window: list[datetime]
     if len(t) == 0:
         return 0, 0, 0
     expected_cfg = _expected(conn, names)[meter]
-    observed = vee.expected_spacing(meter, t)
+    observed = rules.expected_spacing(meter, t)
     expected = np.where(np.isnan(expected_cfg), observed, expected_cfg)
-    iv, reg = vee.derive(meter, t, e, interval_s, cfg, expected_s=expected)
+    iv, reg = rules.derive(meter, t, e, interval_s, cfg, expected_s=expected)
     if len(iv) == 0:
         return 0, 0, 0
     hist_days = max(cfg.baseline_days, 7 * cfg.like_day_weeks * 2)
     hm, hs, hk = _load_history(conn, names, window, hist_days)
     # like-day from history plus this pass's own actual intervals
-    own = (iv.quality == "A") & ((iv.flags & vee.HOLDS) == 0)
-    vee.estimate_like_day(iv, np.concatenate([hm, iv.meter[own]]),
+    own = (iv.quality == "A") & ((iv.flags & rules.HOLDS) == 0)
+    estimate.estimate_like_day(iv, np.concatenate([hm, iv.meter[own]]),
                           np.concatenate([hs, iv.start[own]]),
                           np.concatenate([hk, iv.kwh[own]]), cfg, interval_s)
     recent = hs >= (iv.start.min() - cfg.baseline_days * 86400.0)
-    base = vee.baseline(np.concatenate([hm[recent], iv.meter[own]]),
+    base = rules.baseline(np.concatenate([hm[recent], iv.meter[own]]),
                         np.concatenate([hs[recent], iv.start[own]]),
                         np.concatenate([hk[recent], iv.kwh[own]]), cfg.tod_buckets)
-    med, scale = vee.surge_drop(iv, base, cfg)
+    med, scale = rules.surge_drop(iv, base, cfg)
     side = _load_side(conn, names, [datetime.fromtimestamp(float(t.min()), UTC)] * len(names),
                       interval_s)
     sm, ss = side[:, 0].astype(np.int64), side[:, 1]
-    amps = vee.zero_with_current(iv, sm, ss, side[:, 2], cfg)
-    vmin = vee.lookup(iv.meter, iv.start, sm, ss, side[:, 3])
-    vmax = vee.lookup(iv.meter, iv.start, sm, ss, side[:, 4])
+    amps = rules.zero_with_current(iv, sm, ss, side[:, 2], cfg)
+    vmin = rules.lookup(iv.meter, iv.start, sm, ss, side[:, 3])
+    vmax = rules.lookup(iv.meter, iv.start, sm, ss, side[:, 4])
     lo_v = cfg.nominal_voltage * (1 - cfg.voltage_band)
     hi_v = cfg.nominal_voltage * (1 + cfg.voltage_band)
-    iv.flags[(vmin < lo_v) | (vmax > hi_v)] |= vee.VOLTAGE
-    skew = vee.lookup(iv.meter, iv.start, sm, ss, side[:, 6])
-    iv.flags[np.abs(skew) > cfg.clock_skew_s] |= vee.CLOCK_SKEW
-    lm, ls, lmax = vee.per_interval_max(meter, t, late, interval_s)
-    lateness = vee.lookup(iv.meter, iv.start, lm, ls, lmax)
-    iv.flags[lateness > cfg.late_after_s] |= vee.LATE
+    iv.flags[(vmin < lo_v) | (vmax > hi_v)] |= rules.VOLTAGE
+    skew = rules.lookup(iv.meter, iv.start, sm, ss, side[:, 6])
+    iv.flags[np.abs(skew) > cfg.clock_skew_s] |= rules.CLOCK_SKEW
+    lm, ls, lmax = rules.per_interval_max(meter, t, late, interval_s)
+    lateness = rules.lookup(iv.meter, iv.start, lm, ls, lmax)
+    iv.flags[lateness > cfg.late_after_s] |= rules.LATE
 
     ctx = _Context(names, iv, reg, meter, t, e, med, scale, amps, vmin, vmax, skew, lateness,
                    cfg, interval_s)
@@ -303,8 +303,8 @@ class _Context:
     """Words for what fired: one reason per (interval, rule), built only for flagged ones."""
 
     names: list[str]
-    iv: vee.Intervals
-    reg: vee.Register
+    iv: rules.Intervals
+    reg: rules.Register
     meter: np.ndarray
     t: np.ndarray
     e: np.ndarray
@@ -333,12 +333,12 @@ class _Context:
         out: list[tuple[Any, ...]] = []
         for i in np.flatnonzero(iv.flags):
             flags = int(iv.flags[i])
-            for bit, rule in vee.RULES.items():
+            for bit, rule in rules.RULES.items():
                 if flags & bit:
                     reason, value, expected = self._reason(int(i), bit)
                     out.append((self.names[int(iv.meter[i])], rule,
                                 datetime.fromtimestamp(float(iv.start[i]), UTC), reason,
-                                value, expected, bool(bit & vee.HOLDS), int(i)))
+                                value, expected, bool(bit & rules.HOLDS), int(i)))
         return out
 
     def interval_reasons(self, anomalies: list[tuple[Any, ...]]) -> dict[int, str]:
@@ -350,12 +350,12 @@ class _Context:
     def _reason(self, i: int, bit: int) -> tuple[str, float | None, float | None]:
         iv, cfg = self.iv, self.cfg
         kwh = float(iv.kwh[i])
-        if bit == vee.MISSING:
+        if bit == rules.MISSING:
             gap = float(iv.gap[i])
             span = (f"{_hm(iv.gap_from[i])}–{_hm(iv.gap_to[i])} ({gap / 60:.0f} min without "
                     "reads)")
             method = int(iv.method[i])
-            if method == vee.METHOD_LINEAR:
+            if method == rules.METHOD_LINEAR:
                 how = "linear interpolation of the register (method 17)"
                 if gap > cfg.linear_max_s:
                     how += ": no like-day history yet"
@@ -364,31 +364,31 @@ class _Context:
                        f"same-kind days, holidays as Sundays) scaled to the register difference "
                        f"(method {method})")
             return f"missing reads {span}: {how}", kwh, None
-        if bit in (vee.SURGE, vee.DROP):
+        if bit in (rules.SURGE, rules.DROP):
             med, scale = float(self.med[i]), float(self.scale[i])
-            word = "above" if bit == vee.SURGE else "below"
+            word = "above" if bit == rules.SURGE else "below"
             bucket = 86400 / cfg.tod_buckets
             tod = (float(iv.start[i]) % 86400) // bucket * bucket
             spread = (f"{abs(kwh - med) / scale:.1f} robust deviations (MAD-scale {scale:.3f} "
-                      f"kWh, threshold {cfg.surge_z if bit == vee.SURGE else cfg.drop_z})"
+                      f"kWh, threshold {cfg.surge_z if bit == rules.SURGE else cfg.drop_z})"
                       if scale > 0 else f"{abs(kwh - med):.3f} kWh (the baseline is constant)")
             return (f"{kwh:.3f} kWh is {spread} {word} this meter's median {med:.3f} kWh for "
                     f"{_hm(tod)}–{_hm(tod + bucket)}; held for review", kwh, med)
-        if bit == vee.ZERO_WITH_CURRENT:
+        if bit == rules.ZERO_WITH_CURRENT:
             return (f"{kwh:.4f} kWh while current reached {float(self.amps[i]):.2f} A: meter "
                     "stopped, bypassed or its register stuck? held for review",
                     kwh, float(self.amps[i]))
-        if bit == vee.VOLTAGE:
+        if bit == rules.VOLTAGE:
             lo = cfg.nominal_voltage * (1 - cfg.voltage_band)
             hi = cfg.nominal_voltage * (1 + cfg.voltage_band)
             return (f"voltage {float(self.vmin[i]):.1f}–{float(self.vmax[i]):.1f} V outside "
                     f"{lo:.0f}–{hi:.0f} V ({cfg.nominal_voltage:.0f} V ±"
                     f"{cfg.voltage_band:.0%})", float(self.vmax[i]), cfg.nominal_voltage)
-        if bit == vee.CLOCK_SKEW:
+        if bit == rules.CLOCK_SKEW:
             s = float(self.skew[i])
             return (f"meter clock {abs(s):.0f} s {'ahead of' if s > 0 else 'behind'} gateway "
                     f"time (limit {cfg.clock_skew_s:.0f} s): time-sync the meter", s, 0.0)
-        if bit == vee.LATE:
+        if bit == rules.LATE:
             late = float(self.lateness[i])
             return (f"reads arrived up to {late / 3600:.1f} h after they were taken (late after "
                     f"{cfg.late_after_s / 3600:.1f} h): interval recomputed", late, None)
@@ -397,14 +397,14 @@ class _Context:
                if ev[0] == bit]
         _, at, before, after = evs[0] if evs else (bit, float(iv.start[i]), np.nan, np.nan)
         when = _hm(at)
-        if bit == vee.ROLLOVER:
+        if bit == rules.ROLLOVER:
             return (f"register rolled over at {when}: {before:.2f} -> {after:.2f} kWh (modulus "
                     f"{cfg.register_modulus_kwh:.0f}); consumption counted across the wrap",
                     after, before)
-        if bit == vee.RESET:
+        if bit == rules.RESET:
             return (f"register reset at {when}: {before:.2f} -> {after:.2f} kWh; counted again "
                     "from zero; held for review", after, before)
-        if bit == vee.REPLACEMENT:
+        if bit == rules.REPLACEMENT:
             return (f"register went backwards at {when}: {before:.2f} -> {after:.2f} kWh, near "
                     "neither zero nor the maximum (meter replaced?); consumption across the step "
                     "set to 0; held for review", after, before)
@@ -432,7 +432,7 @@ CREATE TEMP TABLE IF NOT EXISTS _an (
 """
 
 
-def _write(conn: psycopg.Connection, names: list[str], iv: vee.Intervals,
+def _write(conn: psycopg.Connection, names: list[str], iv: rules.Intervals,
            anomalies: list[tuple[Any, ...]], reasons: dict[int, str], interval_s: int
            ) -> tuple[int, int, int]:
     conn.execute(_IV_STAGE)
@@ -450,7 +450,7 @@ def _write(conn: psycopg.Connection, names: list[str], iv: vee.Intervals,
                 round(float(iv.kwh[i]), 4), str(iv.quality[i]),
                 int(iv.method[i]) or None, reasons.get(i),
                 None if np.isnan(iv.raw_kwh[i]) else round(float(iv.raw_kwh[i]), 4),
-                [r for b, r in vee.RULES.items() if flags & b],
+                [r for b, r in rules.RULES.items() if flags & b],
             ))
     with conn.cursor().copy(
         "COPY _an (meter_id, rule, at, reason, value, expected, holds) FROM STDIN"
@@ -489,7 +489,7 @@ def _write(conn: psycopg.Connection, names: list[str], iv: vee.Intervals,
                reason = excluded.reason, value = excluded.value,
                expected = excluded.expected, holds = excluded.holds"""
     )
-    opened = _open_review_items(conn, interval_s)
+    opened = open_review_items(conn, interval_s)
     cur = conn.execute(
         """INSERT INTO intervals AS iv (meter_id, interval_start, interval_end, kwh, quality,
                                         method, held, reason, raw_kwh, change_id, flags,
@@ -512,38 +512,6 @@ def _write(conn: psycopg.Connection, names: list[str], iv: vee.Intervals,
                                    excluded.flags)"""
     )
     return cur.rowcount, len(anomalies), opened
-
-
-def _open_review_items(conn: psycopg.Connection, interval_s: int) -> int:
-    """One work order per run of consecutive held intervals of one meter and rule."""
-    rows = conn.execute(
-        "SELECT id, meter_id, rule, at, reason FROM anomalies "
-        "WHERE holds AND review_item_id IS NULL ORDER BY meter_id, rule, at"
-    ).fetchall()
-    if not rows:
-        return 0
-    size = float(interval_s)
-    runs: list[list[tuple[Any, ...]]] = []
-    for row in rows:
-        prev = runs[-1][-1] if runs else None
-        if (prev is not None and prev[1] == row[1] and prev[2] == row[2]
-                and (row[3] - prev[3]).total_seconds() <= size):
-            runs[-1].append(row)
-        else:
-            runs.append([row])
-    for run in runs:
-        first, last = run[0], run[-1]
-        n = len(run)
-        reason = first[4] if n == 1 else f"{n} intervals: {first[4]}"
-        item = conn.execute(
-            """INSERT INTO review_items (meter_id, rule, period_start, period_end, reason)
-               VALUES (%s, %s, %s, %s + make_interval(secs => %s), %s) RETURNING id""",
-            (first[1], first[2], first[3], last[3], interval_s, reason),
-        ).fetchone()
-        assert item is not None
-        conn.execute("UPDATE anomalies SET review_item_id = %s WHERE id = ANY(%s)",
-                     (item[0], [r[0] for r in run]))
-    return len(runs)
 
 
 def _finite(v: Any) -> Any:

@@ -1,8 +1,12 @@
-"""Turn MQTT messages into rows: pure functions, no I/O, so every rejection is easy to test.
+"""Turn decoded MQTT messages into what the store writes: pure functions, no I/O, so every
+rejection is easy to test.
 
-A readings message is checked in two layers: the envelope (JSON, schema version, gateway,
-seq) and then each reading on its own, so one bad reading goes to the dead-letter list while
-the good readings beside it are kept. Nothing here raises for bad input: rejections are data.
+:mod:`meterhub.wire` decodes (the one decoder of the contract); this module adds what only the
+collector knows (known quantities and units, possible ranges, how far in the future or past a
+reading may be) and lays good readings out as COPY text (:mod:`collector._copy`). A readings
+message is checked in two layers: the envelope (JSON, schema version, gateway, seq) and then
+each reading on its own, so one bad reading goes to the dead-letter list while the good
+readings beside it are kept. Nothing here raises for bad input: rejections are data.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from collector import _copy
 from meterhub import wire
 from meterhub.quantities import QUANTITIES
 
@@ -61,13 +66,6 @@ class MeterSeen:
     relay_at: datetime | None = None
 
 
-# (meter_id, quantity, ts, value, unit, gateway, seq): the shape of a `readings` row
-Row = tuple[str, str, datetime, float, str, str, int]
-
-# COPY text escapes for ids (quantities and units are known names, values finite floats)
-COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
 @dataclass(slots=True)
 class Parsed:
     """What one readings message contributes to a batch."""
@@ -84,86 +82,44 @@ class Parsed:
     batch: BatchSeen | None = None
 
 
-def _check_value(quantity: str, value: float, unit: str) -> str | None:
-    """Why a value cannot be stored, or None."""
-    spec = QUANTITIES.get(quantity)
-    if spec is None:
-        return f"unknown quantity {quantity!r}"
-    if unit != spec.unit:
-        return f"{quantity}: unit {unit!r}, expected {spec.unit!r}"
-    if spec.cumulative:
-        if value < 0:
-            return f"{quantity}: cumulative register {value} is negative"
-        return None
-    bounds = _BOUNDS.get(spec.unit)
-    if bounds and not bounds[0] <= value <= bounds[1]:
-        return f"{quantity}: {value} {unit} is outside the possible {bounds[0]}..{bounds[1]}"
-    return None
-
-
+# quantity -> (unit, cumulative, bounds of a non-cumulative value or None)
 _SPEC: dict[str, tuple[str, bool, tuple[float, float] | None]] = {
     q.name: (q.unit, q.cumulative, None if q.cumulative else _BOUNDS.get(q.unit))
     for q in QUANTITIES.values()
 }
 
-FastReading = tuple[str, datetime, list[tuple[str, float, str]], str | None]
 
-
-def fast_reading(raw: Any, times: dict[str, datetime], horizon: datetime,
-                 oldest: datetime | None = None) -> FastReading | None:
-    """The common, well-formed reading, checked with less overhead than the general path.
-
-    It accepts exactly what :func:`wire.decode_reading` plus this module's checks accept, or
-    returns None and lets that general path decide (and word the reason). Parsing dominated
-    ingest CPU; a property test keeps the two paths in agreement.
-    """
-    if type(raw) is not dict or "meter_clock" in raw:
-        return None
-    meter = raw.get("meter")
-    if type(meter) is not str or not meter or "\x00" in meter:
-        return None
-    stamp = raw.get("taken_at")
-    if type(stamp) is not str:
-        return None
-    ts = times.get(stamp)
-    if ts is None:
-        try:
-            ts = wire.parse_time(stamp, "taken_at")
-        except wire.WireError:
-            return None
-        times[stamp] = ts
-    if ts > horizon or (oldest is not None and ts < oldest):
-        return None
-    values = raw.get("values")
-    if type(values) is not dict or not values:
-        return None
-    out: list[tuple[str, float, str]] = []
-    for name, item in values.items():
+def _storable(values: list[tuple[str, float, str]]) -> bool:
+    """Whether every value is a known quantity in its unit and within what a meter can
+    report (the hot path: no words; :func:`_problems` words a refusal)."""
+    for name, value, unit in values:
         spec = _SPEC.get(name)
-        if spec is None or type(item) is not dict:
-            return None
-        number: Any = item.get("value")
-        kind = type(number)
-        if kind is float:
-            if not math.isfinite(number):
-                return None
-        elif kind is int:
-            number = float(number)
-        else:
-            return None
-        unit = item.get("unit")
-        if unit != spec[0] or type(unit) is not str:
-            return None
+        if spec is None or unit != spec[0]:
+            return False
         if spec[1]:
-            if number < 0:
-                return None
-        elif spec[2] is not None and not spec[2][0] <= number <= spec[2][1]:
-            return None
-        out.append((name, number, unit))
-    relay = raw.get("relay")
-    if relay is not None and relay not in wire.RELAY_STATES:
-        return None
-    return meter, ts, out, relay
+            if value < 0:
+                return False
+        elif spec[2] is not None and not spec[2][0] <= value <= spec[2][1]:
+            return False
+    return True
+
+
+def _problems(values: list[tuple[str, float, str]]) -> list[str]:
+    """Why each value cannot be stored."""
+    out = []
+    for name, value, unit in values:
+        spec = QUANTITIES.get(name)
+        if spec is None:
+            out.append(f"unknown quantity {name!r}")
+        elif unit != spec.unit:
+            out.append(f"{name}: unit {unit!r}, expected {spec.unit!r}")
+        elif spec.cumulative:
+            if value < 0:
+                out.append(f"{name}: cumulative register {value} is negative")
+        elif (bounds := _BOUNDS.get(spec.unit)) and not bounds[0] <= value <= bounds[1]:
+            out.append(f"{name}: {value} {unit} is outside the possible "
+                       f"{bounds[0]}..{bounds[1]}")
+    return out
 
 
 def _reading_payload(raw: Any) -> bytes:
@@ -177,6 +133,8 @@ def parse_readings(
     topic: str, payload: bytes, received_at: datetime, *, max_future_s: float,
     max_age_s: float = 400 * 86400.0,
 ) -> Parsed:
+    """One readings message: COPY lines of its good readings, a dead letter per bad one (or
+    one for the message when its envelope is bad), and what it says of meters and sequence."""
     out = Parsed()
     try:
         topic_site, topic_gateway, _kind = wire.parse_topic(topic)
@@ -197,60 +155,44 @@ def parse_readings(
     times: dict[str, datetime] = {}
     stamps: dict[datetime, str] = {}
     escaped: dict[str, str] = {}
-    suffix = f"\t{env.gateway.translate(COPY_ESCAPES)}\t{env.seq}\n"
+    end = _copy.tail(env.gateway, env.seq)
     chunks, keys = out.chunks, out.keys
-
-    def add(meter: str, ts: datetime, values: list[tuple[str, float, str]]) -> None:
-        m = escaped.get(meter)
-        if m is None:
-            m = escaped[meter] = meter.translate(COPY_ESCAPES)
-        t = stamps.get(ts)
-        if t is None:
-            t = stamps[ts] = ts.isoformat()
-        chunks.append("".join([f"{m}\t{name}\t{t}\t{number!r}\t{unit}{suffix}"
-                               for name, number, unit in values]))
-        keys.append((meter, ts))
-        out.values += len(values)
-        out.readings += 1
-
     for i, raw in enumerate(env.raw_readings):
-        fast = fast_reading(raw, times, horizon, oldest)
-        if fast is not None:
-            meter, ts, values, relay = fast
-            add(meter, ts, values)
-            _seen(out, meter, ts, relay, env)
-            continue
         where = f"readings.readings[{i}]"
         try:
-            reading = wire.decode_reading(raw, where)
-            if "\x00" in reading.meter:
+            meter, ts, values, relay = wire.decode_reading_fields(raw, where, times)
+            if "\x00" in meter:
                 raise wire.WireError(f"{where}.meter: contains a NUL character")
-            if reading.taken_at > horizon:
+            if ts > horizon:
                 raise wire.WireError(
-                    f"{where}.taken_at {wire.utc_iso(reading.taken_at)} is more than "
+                    f"{where}.taken_at {wire.utc_iso(ts)} is more than "
                     f"{max_future_s:.0f} s in the future (received {wire.utc_iso(received_at)})"
                 )
-            if reading.taken_at < oldest:
+            if ts < oldest:
                 raise wire.WireError(
-                    f"{where}.taken_at {wire.utc_iso(reading.taken_at)} is more than "
+                    f"{where}.taken_at {wire.utc_iso(ts)} is more than "
                     f"{max_age_s / 86400:.0f} days old: a gateway clock that fell back?"
                 )
-            problems = [
-                p for name, v in reading.values.items()
-                if (p := _check_value(name, v.value, v.unit))
-            ]
-            if problems:
-                raise wire.WireError(f"{where} (meter {reading.meter}): " + "; ".join(problems))
-            skew = _clock_skew(raw, reading.taken_at, where)
+            if not _storable(values):
+                raise wire.WireError(f"{where} (meter {meter}): " + "; ".join(_problems(values)))
+            if "meter_clock" in raw:
+                skew = _clock_skew(raw, ts, where)
+                if skew is not None:
+                    values.append((CLOCK_SKEW, skew, "s"))
         except wire.WireError as exc:
             out.dead.append(DeadLetter(topic, _reading_payload(raw), str(exc), env.gateway))
             continue
-        meter, ts = reading.meter, reading.taken_at
-        values = [(name, v.value, v.unit) for name, v in reading.values.items()]
-        if skew is not None:
-            values.append((CLOCK_SKEW, skew, "s"))
-        add(meter, ts, values)
-        _seen(out, meter, ts, reading.relay, env)
+        m = escaped.get(meter)
+        if m is None:
+            m = escaped[meter] = _copy.escape(meter)
+        t = stamps.get(ts)
+        if t is None:
+            t = stamps[ts] = ts.isoformat()
+        chunks.append(_copy.reading_lines(m, t, values, end))
+        keys.append((meter, ts))
+        out.values += len(values)
+        out.readings += 1
+        _seen(out, meter, ts, relay, env)
     out.batch = BatchSeen(env.gateway, env.site, env.seq, env.sent_at, out.readings)
     return out
 
