@@ -82,7 +82,8 @@ def _run_mosquitto(config: Path, port: int) -> Iterator[None]:
 @contextlib.contextmanager
 def mosquitto_broker(workdir: Path, port: int | None = None) -> Iterator[MqttSettings]:
     """Run the ``mosquitto`` binary on a free port, anonymous (what the tests use); persistence
-    on and saved on change, so QoS 1 sessions survive a broker restart on the same port."""
+    on (saved when the broker stops), so QoS 1 sessions survive a restart on the same port.
+    The provisioned :func:`site_broker` also saves on change."""
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     conf = workdir / "mosquitto.conf"
@@ -94,8 +95,6 @@ def mosquitto_broker(workdir: Path, port: int | None = None) -> Iterator[MqttSet
         "allow_anonymous true\n"
         "persistence true\n"
         f"persistence_location {workdir}/\n"
-        "autosave_on_changes true\n"
-        "autosave_interval 100\n"
         "max_queued_messages 100000\n"
         "log_type error\n"
         "log_dest stderr\n"
