@@ -8,6 +8,12 @@ the demo tops the account up and billing restores supply.
 
 Every id is unique to the run, so the demo can run again and again against one real
 PostgreSQL and broker without tripping over an earlier run's rows.
+
+The embedded broker refuses anonymous clients: the demo provisions its site like
+``meterhub broker provision`` does (one identity and 0600 password file per process, ACLs)
+into its run directory, next to a command-signing key pair (``meterhub keys generate``).
+Nothing it prints or logs holds a password; the broker and database URLs it shows carry a
+user name at most.
 """
 
 from __future__ import annotations
@@ -26,11 +32,15 @@ from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
-from launcher.embedded import database_or_embedded, embedded_broker
+from launcher.embedded import BrokerLogins, database_or_embedded, embedded_broker, site_broker
+from launcher.keys import generate_key_pair
 from meterhub import db, settings
+from meterhub.security.files import write_private_file
 from meterhub.settings import MqttSettings
 
 log = logging.getLogger(__name__)
@@ -65,6 +75,9 @@ class DemoSummary:
     web_url: str = ""
     database: str = "embedded"
     broker: str = "embedded"
+    mqtt_url: str = ""  # user name at most, never a password
+    database_url: str = ""  # idem
+    signing_key_id: str = ""
     duration_s: float = 0.0
     run_id: str = ""
     dry_account: str = ""
@@ -131,24 +144,42 @@ def register(sub: Any) -> None:
     p.add_argument("--web-port", type=int, default=8080,
                    help="port of the web page (0: any free port; default 8080)")
     p.add_argument("--quiet", action="store_true", help="no live status lines")
+    p.add_argument("--run-dir", type=Path, default=None,
+                   help="keep the run's broker site, credentials (0600) and keys here "
+                   "(default: a temporary folder removed at the end)")
+    p.add_argument("--insecure-broker", action="store_true",
+                   help="embedded broker without identities or ACLs (anonymous clients)")
     p.set_defaults(handler=_cli)
 
 
 def _cli(args: argparse.Namespace) -> int:
     given_mqtt = settings.mqtt_from(args.mqtt_url)
+    plan = DemoPlan(run_id=uuid.uuid4().hex[:6])
     with contextlib.ExitStack() as stack:
+        run_dir = args.run_dir or Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="meterhub-demo-")))
         database_url = database_or_embedded(args.database_url, stack)
         db_label = db.host_label(database_url) if args.database_url else "embedded"
         if given_mqtt:
-            mqtt, broker_label = given_mqtt, given_mqtt.host
+            logins, broker_label = BrokerLogins(given_mqtt), given_mqtt.host
+            _say("using the broker given: its identities and ACLs are the site operator's "
+                 "job (see `meterhub broker provision --help`)")
+        elif args.insecure_broker:
+            _say("starting embedded MQTT broker (anonymous clients, no ACLs) ...")
+            logins, broker_label = BrokerLogins(stack.enter_context(embedded_broker())), "embedded"
         else:
-            _say("starting embedded MQTT broker ...")
-            mqtt = stack.enter_context(embedded_broker())
+            _say("starting embedded MQTT broker (one identity per process, ACLs) ...")
+            logins = stack.enter_context(
+                site_broker(run_dir / "broker", site=plan.site, gateways=[plan.gateway_id]))
             broker_label = "embedded"
+        _say(f"broker: {logins.public_url}"
+             + (f" (passwords in {run_dir / 'broker' / 'credentials'}, mode 0600)"
+                if logins.credentials else ""))
+        _say(f"database: {public_database_url(database_url)}")
         db.migrate(database_url)
         summary = asyncio.run(
-            run_demo(database_url, mqtt, duration=args.duration, live=not args.quiet,
-                     web_port=args.web_port)
+            run_demo(database_url, logins, duration=args.duration, live=not args.quiet,
+                     web_port=args.web_port, plan=plan, run_dir=run_dir)
         )
         summary.database, summary.broker = db_label, broker_label
     text = json.dumps(asdict(summary), indent=2)
@@ -162,69 +193,107 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def public_database_url(conninfo: str) -> str:
+    """A PostgreSQL URL or conninfo as ``postgresql://user@host:port/db``, the password and
+    any other secret parameter left out (for what the demo prints and summarizes)."""
+    info = {k: v for k, v in conninfo_to_dict(conninfo).items()
+            if v is not None and k not in ("password", "sslpassword")}
+    host = str(info.pop("host", ""))
+    user, port, dbname = (str(info.pop(k, "")) for k in ("user", "port", "dbname"))
+    if host.startswith("/"):  # a Unix socket folder goes into the query
+        info["host"], host = host, ""
+    netloc = (f"{quote(user)}@" if user else "") + host + (f":{port}" if port else "")
+    query = f"?{urlencode(info)}" if info else ""
+    return f"postgresql://{netloc}/{quote(dbname)}{query}"
+
+
 # --------------------------------------------------------------------------- the run
 
 
 async def run_demo(
     database_url: str,
-    mqtt: MqttSettings,
+    mqtt: MqttSettings | BrokerLogins,
     *,
     duration: float | None,
     live: bool = True,
     plan: DemoPlan | None = None,
     web_port: int | None = 0,
+    run_dir: Path | None = None,
 ) -> DemoSummary:
-    """Run the whole path for ``duration`` seconds (None: until cancelled)."""
-    from firmware_sim.fleet import Fleet
-    from web import ensure_demo_user, start_server
+    """Run the whole path for ``duration`` seconds (None: until cancelled).
 
+    ``mqtt`` is one login for every part, or a site's logins (each part its own identity:
+    the gateway its gateway id, then ``collector``, ``billing``, ``web``). ``run_dir`` keeps
+    the gateway's state and the command-signing keys (default: a temporary folder).
+    """
+    from firmware_sim.fleet import Fleet
+
+    logins = mqtt if isinstance(mqtt, BrokerLogins) else BrokerLogins(mqtt)
     plan = plan or DemoPlan(run_id=uuid.uuid4().hex[:6])
-    summary = DemoSummary(run_id=plan.run_id, dry_meter=plan.dry_meter)
+    summary = DemoSummary(run_id=plan.run_id, dry_meter=plan.dry_meter,
+                          mqtt_url=logins.public_url,
+                          database_url=public_database_url(database_url))
     started = time.monotonic()
 
     fleet = Fleet.from_dict(_fleet_spec(plan))
-    web_server = None
-    if web_port is not None:
+    with contextlib.ExitStack() as stack:
+        run_dir = run_dir or Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="meterhub-demo-")))
+        web_server = None
+        if web_port is not None:
+            web_server = await _start_web(database_url, logins.login("web"), web_port, run_dir)
+            summary.web_url = web_server.url
         try:
-            web_server = await start_server(database_url, mqtt=mqtt, port=web_port,
-                                            offline_after_s=10.0)
-        except OSError:  # the port is taken: any free one will do
-            web_server = await start_server(database_url, mqtt=mqtt, port=0,
-                                            offline_after_s=10.0)
-        user, password = ensure_demo_user(database_url)
-        summary.web_url = web_server.url
-        _say(f"web page: {web_server.url}  (login {user} / {password})")
-    try:
-        with fleet, tempfile.TemporaryDirectory(prefix="meterhub-demo-") as state:
-            await _DemoRun(plan, fleet, summary, database_url, mqtt, Path(state)).run(
-                started, duration, live
-            )
-    finally:
-        if web_server is not None:
-            await web_server.close()
+            with fleet:
+                demo = _DemoRun(plan, fleet, summary, database_url, logins, run_dir)
+                await demo.run(started, duration, live)
+        finally:
+            if web_server is not None:
+                await web_server.close()
     return summary
+
+
+async def _start_web(database_url: str, mqtt: MqttSettings, port: int, run_dir: Path) -> Any:
+    """The web page on ``port`` (any free one when taken); its admin password goes to a
+    0600 file in the run folder, not to the terminal."""
+    from web import ensure_demo_user, start_server
+
+    try:
+        server = await start_server(database_url, mqtt=mqtt, port=port, offline_after_s=10.0)
+    except OSError:  # the port is taken: any free one will do
+        server = await start_server(database_url, mqtt=mqtt, port=0, offline_after_s=10.0)
+    user, password = ensure_demo_user(database_url)
+    login_file = run_dir / "web-login.password"
+    write_private_file(login_file, (password + "\n").encode())
+    _say(f"web page: {server.url}  (login {user}, password in {login_file})")
+    return server
 
 
 class _DemoRun:
     """The parts of one demo run, the scenario that drives them, and an orderly stop."""
 
     def __init__(self, plan: DemoPlan, fleet: Any, summary: DemoSummary, database_url: str,
-                 mqtt: MqttSettings, state_dir: Path) -> None:
+                 logins: BrokerLogins, run_dir: Path) -> None:
         from billing import BillingConfig, BillingEngine
         from collector import Collector, CollectorConfig
         from gateway import Gateway, config_from_dict
 
         self.plan, self.summary, self.database_url = plan, summary, database_url
         self.dry = fleet.meter(plan.dry_meter)
+        # Billing signs commands with this key; the gateway trusts its public key. Recorded
+        # here for the billing and gateway configs to take once they verify signatures.
+        self.signing_key_path = run_dir / "keys" / f"billing-{plan.run_id}.pem"
+        summary.signing_key_id, public_key = generate_key_pair(self.signing_key_path)
+        self.trusted_keys = (public_key,)
         self.gateway = Gateway(
             config_from_dict(_gateway_spec(plan, fleet), source="demo"),
-            mqtt=mqtt,
-            state_dir=state_dir,
+            mqtt=logins.login(plan.gateway_id),
+            state_dir=run_dir / "gateway",
         )
         self.collector = Collector(
             CollectorConfig(
                 database_url=database_url,
-                mqtt=mqtt,
+                mqtt=logins.login("collector"),
                 shared_group=None,
                 site=plan.site,  # only this run's gateway, even on a shared broker
                 leave_on_stop=True,  # the demo's session is not coming back
@@ -236,7 +305,7 @@ class _DemoRun:
         self.billing = BillingEngine(
             BillingConfig(
                 database_url=database_url,
-                mqtt=mqtt,
+                mqtt=logins.login("billing"),
                 poll_interval_s=1.0,
                 ack_timeout_s=10.0,
                 retry_backoff_s=2.0,

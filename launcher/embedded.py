@@ -21,11 +21,14 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from launcher.broker import PlainListener, load_record, provision
 from meterhub import settings
+from meterhub.security.files import read_private_file
 from meterhub.settings import MqttSettings
 
 log = logging.getLogger(__name__)
@@ -50,16 +53,37 @@ def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
     raise EmbeddedServiceError(f"nothing listens on {host}:{port} after {timeout:.0f} s")
 
 
-@contextlib.contextmanager
-def mosquitto_broker(workdir: Path, port: int | None = None) -> Iterator[MqttSettings]:
-    """Run the ``mosquitto`` binary on a free port (persistence on, so QoS 1 sessions
-    survive a broker restart on the same port)."""
-    binary = shutil.which("mosquitto") or next(
+def _mosquitto_binary() -> str | None:
+    return shutil.which("mosquitto") or next(
         (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()),
         None,
     )
+
+
+@contextlib.contextmanager
+def _run_mosquitto(config: Path, port: int) -> Iterator[None]:
+    """``mosquitto -c config`` until the block ends; ready once ``port`` accepts."""
+    binary = _mosquitto_binary()
     if binary is None:
         raise EmbeddedServiceError("no mosquitto binary found")
+    proc = subprocess.Popen([binary, "-c", str(config)], stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port("127.0.0.1", port)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def mosquitto_broker(workdir: Path, port: int | None = None) -> Iterator[MqttSettings]:
+    """Run the ``mosquitto`` binary on a free port, anonymous (what the tests use); persistence
+    on (saved when the broker stops), so QoS 1 sessions survive a restart on the same port.
+    The provisioned :func:`site_broker` also saves on change."""
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     conf = workdir / "mosquitto.conf"
@@ -75,29 +99,27 @@ def mosquitto_broker(workdir: Path, port: int | None = None) -> Iterator[MqttSet
         "log_type error\n"
         "log_dest stderr\n"
     )
-    proc = subprocess.Popen([binary, "-c", str(conf)], stderr=subprocess.DEVNULL)
-    try:
-        wait_for_port("127.0.0.1", port)
+    with _run_mosquitto(conf, port):
         yield MqttSettings("127.0.0.1", port)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @contextlib.contextmanager
-def amqtt_broker(port: int | None = None) -> Iterator[MqttSettings]:
-    """amqtt in a thread with its own event loop, so a busy caller cannot starve it."""
+def amqtt_broker(
+    port: int | None = None, *, plugins: dict[str, Any] | None = None
+) -> Iterator[MqttSettings]:
+    """amqtt in a thread with its own event loop, so a busy caller cannot starve it.
+
+    ``plugins`` replaces the default (anonymous clients) with, say, a site's password file
+    and ACLs (:func:`launcher.amqtt_site.amqtt_plugins`). Listed plugins only: no $SYS
+    publishing, no per-packet logging.
+    """
     from amqtt.broker import Broker
 
     port = port or free_port()
     config: dict[str, Any] = {
         "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
-        # anonymous clients, no $SYS publishing, no per-packet logging
-        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        "plugins": plugins
+        or {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
     }
     loop = asyncio.new_event_loop()
     started = threading.Event()
@@ -134,17 +156,22 @@ def amqtt_broker(port: int | None = None) -> Iterator[MqttSettings]:
         thread.join(10)
 
 
-@contextlib.contextmanager
-def embedded_broker(workdir: Path | None = None) -> Iterator[MqttSettings]:
-    """Mosquitto when the binary exists, amqtt otherwise (``METERHUB_EMBEDDED_BROKER=amqtt``
-    forces amqtt, to try what a laptop without mosquitto gets)."""
+def _embedded_choice() -> str:
+    """'mosquitto' or 'amqtt': the binary when it exists, unless ``METERHUB_EMBEDDED_BROKER=amqtt``
+    forces amqtt (to try what a laptop without mosquitto gets)."""
     choice = os.environ.get("METERHUB_EMBEDDED_BROKER", "")
     if choice not in ("", "mosquitto", "amqtt"):
         raise EmbeddedServiceError(
             f"METERHUB_EMBEDDED_BROKER: {choice!r} is not 'mosquitto' or 'amqtt'"
         )
-    have_binary = shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()
-    if choice != "amqtt" and have_binary:
+    return "mosquitto" if choice != "amqtt" and _mosquitto_binary() else "amqtt"
+
+
+@contextlib.contextmanager
+def embedded_broker(workdir: Path | None = None) -> Iterator[MqttSettings]:
+    """An anonymous embedded broker (the test fixtures' default): mosquitto when the binary
+    exists, amqtt otherwise. A site that should refuse strangers uses :func:`site_broker`."""
+    if _embedded_choice() == "mosquitto":
         with (
             tempfile.TemporaryDirectory(prefix="meterhub-mqtt-") as tmp,
             mosquitto_broker(workdir or Path(tmp)) as settings,
@@ -153,6 +180,61 @@ def embedded_broker(workdir: Path | None = None) -> Iterator[MqttSettings]:
     else:
         with amqtt_broker() as settings:
             yield settings
+
+
+@dataclass(frozen=True)
+class BrokerLogins:
+    """A broker and how each process logs in to it.
+
+    With ``credentials`` (identity -> 0600 password file, from ``meterhub broker provision``)
+    every process gets its own identity; without, all share ``broker`` as given (an anonymous
+    broker, or the user name and password of a ``--mqtt-url``).
+    """
+
+    broker: MqttSettings
+    credentials: Mapping[str, Path] = field(default_factory=dict)
+
+    def login(self, identity: str) -> MqttSettings:
+        """Settings for the process ``identity``; its password is read from its file now."""
+        path = self.credentials.get(identity)
+        if path is None:
+            if self.credentials:
+                raise EmbeddedServiceError(f"no credential for identity {identity!r}")
+            return self.broker
+        password = read_private_file(path, f"MQTT password of {identity}").decode().strip()
+        return replace(self.broker, username=identity, password=password)
+
+    @property
+    def public_url(self) -> str:
+        """The broker's URL for people to read: a user name at most, never a password."""
+        user = f"{self.broker.username}@" if self.broker.username else ""
+        scheme, rest = self.broker.url.split("://", 1)
+        return f"{scheme}://{user}{rest}"
+
+
+@contextlib.contextmanager
+def site_broker(site_dir: Path, *, site: str, gateways: Iterable[str]) -> Iterator[BrokerLogins]:
+    """An embedded broker that enforces a site's identities and ACLs.
+
+    ``site_dir`` is provisioned like ``meterhub broker provision`` does (password file, ACL,
+    no anonymous clients, persistence saved on change) with a plain listener on a free
+    loopback port. Mosquitto runs those files as they are; amqtt gets the same identities
+    and rules through its plugins and logs once what it cannot enforce.
+    """
+    port = free_port()
+    paths = provision(site_dir, site=site, gateways=gateways, tls=None,
+                      plain=PlainListener(port=port, bind="127.0.0.1"))
+    identities = load_record(site_dir).identities
+    logins = {name: paths.credential(name) for name in identities}
+    if _embedded_choice() == "mosquitto":
+        with _run_mosquitto(paths.config, port):
+            yield BrokerLogins(MqttSettings("127.0.0.1", port), logins)
+        return
+    from launcher.amqtt_site import LIMITS, amqtt_plugins
+
+    log.warning(LIMITS)
+    with amqtt_broker(port, plugins=amqtt_plugins(paths, site, identities)) as settings:
+        yield BrokerLogins(settings, logins)
 
 
 @contextlib.contextmanager
