@@ -1,8 +1,9 @@
 """Billing's only MQTT door: relay commands down, acks up, alerts out.
 
 Everything else in billing talks to the database; this module turns claimed commands into
-``meterhub.wire`` messages on the gateway's ``cmd`` topic (QoS 1: publish returns after the
-broker's PUBACK), decodes acks from every gateway's ``cmd/ack`` topic, and publishes alerts as
+signed ``meterhub.wire`` messages on the gateway's ``cmd`` topic (QoS 1: publish returns after
+the broker's PUBACK; signed with the engine's Ed25519 key for that one gateway, automatic and
+operators' manual commands alike, since both are sent here), decodes acks from every gateway's ``cmd/ack`` topic, and publishes alerts as
 ``events`` under the pseudo-gateway ``billing`` of the account's site.
 """
 
@@ -18,6 +19,7 @@ from typing import Any
 import aiomqtt
 
 from meterhub import wire
+from meterhub.security import CommandSigner
 from meterhub.settings import MqttSettings
 
 log = logging.getLogger(__name__)
@@ -32,7 +34,7 @@ class CommandLink:
     logs (never raises on) malformed ones, so one bad gateway cannot stop billing.
     """
 
-    def __init__(self, settings: MqttSettings, client_id: str) -> None:
+    def __init__(self, settings: MqttSettings, client_id: str, signer: CommandSigner) -> None:
         self._client = aiomqtt.Client(
             hostname=settings.host,
             port=settings.port,
@@ -42,6 +44,7 @@ class CommandLink:
             tls_context=settings.tls_context(),
             keepalive=30,
         )
+        self._signer = signer
         self.malformed = 0
 
     async def __aenter__(self) -> CommandLink:
@@ -59,8 +62,11 @@ class CommandLink:
             lost.exception()
 
     async def send(self, site: str, gateway: str, command: wire.Command) -> None:
+        """Sign ``command`` for ``gateway`` (a fresh nonce each call, so a retry is signed
+        anew) and publish it on that gateway's command topic."""
         await self._client.publish(
-            wire.topic(site, gateway, "cmd"), wire.encode_command(command), qos=1
+            wire.topic(site, gateway, "cmd"),
+            wire.encode_command(command, gateway, self._signer), qos=1,
         )
 
     async def publish_alert(

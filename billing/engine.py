@@ -29,14 +29,23 @@ import psycopg
 from billing import alerts, commands, lifecycle
 from billing.charging import CommitHorizon, charge_parallel
 from billing.disconnect import PolicyKnobs, evaluate_accounts, handle_deadlines, reconcile
+from billing.errors import BillingError
 from billing.lifecycle import CommandState
 from billing.manual import end_expired_holds
 from billing.retry import RetryPolicy
 from billing.tariffs import TariffError, check_history, load_tariffs
 from meterhub import wire
+from meterhub.security import CommandSigner, InsecureFileError, KeyFileError
 from meterhub.settings import MqttSettings
 
 log = logging.getLogger(__name__)
+
+SIGNING_KEY_ENV = "METERHUB_BILLING_SIGNING_KEY"
+"""Where ``meterhub billing run`` looks for the signing key when ``--signing-key`` is absent."""
+
+
+class BillingConfigError(BillingError):
+    """The engine cannot start with this configuration; the message names the setting."""
 
 
 def _engine_id() -> str:
@@ -50,6 +59,8 @@ class BillingConfig:
 
     database_url: str
     mqtt: MqttSettings
+    # Ed25519 private key (PEM, mode 0600) every relay command is signed with; required
+    signing_key_path: Path | None = None
     poll_interval_s: float = 1.0
     tariffs_dir: Path | None = None  # default: configs/tariffs of the project
     engine_id: str = field(default_factory=_engine_id)
@@ -106,9 +117,27 @@ class EngineStats:
     mqtt_connected: bool = False
 
 
+def load_signer(config: BillingConfig) -> CommandSigner:
+    """The signer of every relay command this engine sends; refuses to go without one, since
+    gateways execute only commands a trusted key signed."""
+    path = config.signing_key_path
+    if path is None:
+        raise BillingConfigError(
+            "signing_key_path is not set: billing signs every relay command and will not "
+            f"start without a key (meterhub billing run --signing-key PATH, or ${SIGNING_KEY_ENV};"
+            " create one with: meterhub keys generate)")
+    try:
+        return CommandSigner.from_file(Path(path))
+    except (FileNotFoundError, InsecureFileError, KeyFileError) as exc:
+        raise BillingConfigError(f"signing_key_path: {exc}") from None
+    except OSError as exc:
+        raise BillingConfigError(f"signing_key_path: cannot read {path}: {exc.strerror}") from None
+
+
 class BillingEngine:
     def __init__(self, config: BillingConfig) -> None:
         self.config = config
+        self.signer = load_signer(config)
         self.stats = EngineStats()
         self.tariffs = load_tariffs(config.tariffs_dir)
         self._horizon = CommitHorizon(config.commit_grace_s)
@@ -248,8 +277,8 @@ class BillingEngine:
         delay = 0.5
         while not stop.is_set():
             try:
-                async with commands.CommandLink(self.config.mqtt,
-                                                self.config.engine_id) as link:
+                async with commands.CommandLink(self.config.mqtt, self.config.engine_id,
+                                                self.signer) as link:
                     self._link = link
                     self.stats.mqtt_connected = True
                     delay = 0.5

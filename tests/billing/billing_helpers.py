@@ -5,12 +5,29 @@ cannot be confused with another folder's conftest when the whole suite runs."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import psycopg
 
+from meterhub.security import Keyring, generate_private_key
+
 T0 = datetime(2026, 3, 2, 0, 0, tzinfo=UTC)  # a Monday, 08:00 in Shanghai
+
+
+@dataclass(frozen=True)
+class BillingKey:
+    """Billing's command-signing key for a test, and the keyring a gateway trusting it holds."""
+
+    path: Path
+    keyring: Keyring
+
+    @classmethod
+    def create(cls, folder: Path) -> BillingKey:
+        key = generate_private_key(folder / "billing-signing.pem")
+        return cls(folder / "billing-signing.pem", Keyring([key.public_key()]))
 
 
 def put_intervals(
