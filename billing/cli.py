@@ -176,7 +176,8 @@ def _run(args: argparse.Namespace) -> int:
     s = engine.stats
     print(_dump({"intervals_charged": s.intervals_charged, "adjustments": s.adjustments,
                  "commands_sent": s.commands_sent, "cutoffs_acked": s.cutoffs_acked,
-                 "restores_acked": s.restores_acked, "alerts": s.alerts_published}))
+                 "restores_acked": s.restores_acked, "alerts": s.alerts_published,
+                 "acks_refused": dict(s.acks_refused), "task_restarts": dict(s.task_restarts)}))
     return 0
 
 

@@ -4,15 +4,12 @@ that answers commands over MQTT."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import shutil
 import signal
 import sys
-import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -20,12 +17,10 @@ from pathlib import Path
 import aiomqtt
 import psycopg
 import pytest
-from billing_helpers import T0, BillingKey, put_intervals, put_meter
+from billing_helpers import T0, BillingKey, config, engines, put_intervals, put_meter, q, until
 from fake_gateway import FakeGateway, running
 
 from billing import (
-    BillingConfig,
-    BillingEngine,
     CreditSettings,
     balance,
     create_account,
@@ -44,39 +39,6 @@ D = Decimal
 FAST = CreditSettings(alert_thresholds=(D("0.50"), D(0)), warning_to_final_s=0.3,
                       final_to_cutoff_s=0.3)
 TARIFFS = load_tariffs()
-
-
-def config(db_url: str, mqtt: MqttSettings, key: BillingKey, **kw: object) -> BillingConfig:
-    base: dict[str, object] = {"poll_interval_s": 0.1, "commit_grace_s": 0.1,
-                               "ack_timeout_s": 2.0, "retry_backoff_s": 0.2}
-    base.update(kw)
-    return BillingConfig(database_url=db_url, mqtt=mqtt, signing_key_path=key.path,
-                         **base)  # type: ignore[arg-type]
-
-
-@contextlib.asynccontextmanager
-async def engines(*cfgs: BillingConfig) -> AsyncIterator[list[BillingEngine]]:
-    stop = asyncio.Event()
-    engs = [BillingEngine(c) for c in cfgs]
-    tasks = [asyncio.create_task(e.run(stop)) for e in engs]
-    try:
-        yield engs
-    finally:
-        stop.set()
-        await asyncio.wait_for(asyncio.gather(*tasks), 15)
-
-
-async def until(pred: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
-
-
-def q(db_url: str, sql: str, *args: object) -> list[tuple]:
-    with psycopg.connect(db_url, autocommit=True) as c:
-        return c.execute(sql, args).fetchall()  # type: ignore[arg-type]
 
 
 @pytest.mark.integration
