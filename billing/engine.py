@@ -116,6 +116,7 @@ class EngineStats:
     retries: int = 0
     reconciled: int = 0
     holds_ended: int = 0  # operators' manual holds that expired (billing.manual)
+    tampers: int = 0  # relay movements reported with readings that no command explains
     errors: int = 0  # database outages ridden out
     mqtt_connected: bool = False
     # acks ignored, by reason: malformed, too_large, bad_field, topic_mismatch (the payload's
@@ -270,7 +271,9 @@ class BillingEngine:
         mono = time.monotonic()
         if mono - self._last_reconcile >= cfg.reconcile_interval_s:
             self._last_reconcile = mono
-            self.stats.reconciled += reconcile(conn, now, cfg.knobs, actor)
+            repaired = reconcile(conn, now, cfg.knobs, actor)
+            self.stats.reconciled += repaired.queued
+            self.stats.tampers += repaired.tampered
 
     async def _send_due(self) -> None:
         """Claim due commands and send them (signed, in billing.commands); none while the

@@ -61,6 +61,8 @@ _ACTIVE_SQL = sql_states(ACTIVE)
 _RETRY_DUE_SQL = sql_states(ACTIVE - {CommandState.QUEUED})
 
 WANTS = {"relay_open": "open", "relay_close": "closed"}  # relay read back that verifies
+# where each switching command leaves the relay (close-permitted: once the customer presses)
+ACTION_TARGETS = {**WANTS, "relay_close_permitted": "closed"}
 RELAY_READS = ("open", "closed")  # a relay actually read back (not None, not "unknown")
 RESTORE_ACTIONS = {"close": "relay_close", "close_permitted": "relay_close_permitted"}
 

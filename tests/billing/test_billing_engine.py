@@ -200,6 +200,45 @@ async def test_reconciliation_repairs_drift(db_url: str, mqtt: MqttSettings, sit
     purposes = q(db_url, "SELECT purpose, state FROM billing_commands ORDER BY created_at")
     assert purposes == [("cutoff", "verified"), ("reconcile", "verified")]
     assert gw.relay["m1"] == "open"
+    assert eng.stats.tampers == 1  # closed while cut off, and no command closed it
+    assert q(db_url, "SELECT meter_id FROM billing_alerts WHERE kind = 'tamper'") == [("m1",)]
+
+
+@pytest.mark.integration
+async def test_a_relay_opened_without_a_command_is_tamper_and_restored(
+    db_url: str, mqtt: MqttSettings, site: str, billing_key: BillingKey
+) -> None:
+    """A paying household's relay reads open and billing never sent a cut-off: a tamper
+    alert (stored and published, naming the meter) and the supply restored."""
+    with psycopg.connect(db_url, autocommit=True) as c:
+        put_meter(c, "m0", site, "gw1")
+        put_meter(c, "m1", site, "gw1")
+        create_account(c, "A1", meters=["m0", "m1"], tariff="residential-flat", credit=FAST,
+                       opening_balance="100.00", charge_from=T0, tariffs=TARIFFS)
+    events: list[dict] = []
+
+    async def watch_events() -> None:
+        async with aiomqtt.Client(mqtt.host, mqtt.port) as cl:
+            await cl.subscribe(wire.topic(site, "billing", "events"), qos=1)
+            async for m in cl.messages:
+                events.extend(json.loads(m.payload)["events"])  # type: ignore[arg-type]
+
+    watcher = asyncio.create_task(watch_events())
+    await asyncio.sleep(0.3)
+    gw = FakeGateway(mqtt, site, billing_key.keyring)
+    gw.relay["m1"] = "open"  # opened on site by someone other than billing
+    async with running(gw), engines(config(db_url, mqtt, billing_key, reconcile_interval_s=0.3,
+                                           reconcile_grace_s=0.3)) as (eng,):
+        with psycopg.connect(db_url, autocommit=True) as c:  # a reading reported it
+            c.execute("UPDATE meters SET relay = 'open', relay_at = now() WHERE meter_id = 'm1'")
+        await until(lambda: eng.stats.restores_acked == 1)
+        await until(lambda: any(e["kind"] == "tamper" for e in events))
+    watcher.cancel()
+    assert gw.relay["m1"] == "closed" and eng.stats.tampers == 1
+    [tamper] = [e for e in events if e["kind"] == "tamper"]
+    assert tamper["meter"] == "m1" and "relay reported open" in tamper["detail"]
+    assert q(db_url, "SELECT action, purpose, state FROM billing_commands") == [
+        ("relay_close", "reconcile", "verified")]
 
 
 
@@ -290,6 +329,7 @@ async def test_manual_cutoff_of_a_paying_account_holds_through_reconciliation(
                       "WHERE meter_id = 'm1'")
         await until(lambda: eng.stats.cutoffs_acked == 2)
         assert gw.relay["m1"] == "open" and eng.stats.restores_acked == 0
+        assert eng.stats.tampers == 1  # closed against the operator's hold, by no command
         with psycopg.connect(db_url, autocommit=True) as c:
             assert release_manual_hold(c, "m1", by="op:alice")
         await until(lambda: eng.stats.restores_acked == 1)
