@@ -1,7 +1,13 @@
 """Prepaid billing: tariffs, ledger, balances, top-ups, alerts, disconnect policy and the
 relay command lifecycle. Public names only; the machinery lives in the submodules."""
 
-from billing.engine import BillingConfig, BillingEngine, EngineStats
+from billing.engine import (
+    SIGNING_KEY_ENV,
+    BillingConfig,
+    BillingConfigError,
+    BillingEngine,
+    EngineStats,
+)
 from billing.errors import BillingError
 from billing.ledger import CHANNELS as TOPUP_CHANNELS
 from billing.ledger import (
@@ -28,9 +34,11 @@ from billing.policy import CreditSettings, ProtectedWindows
 from billing.read_model import manual_holds
 
 __all__ = [
+    "SIGNING_KEY_ENV",
     "TOPUP_CHANNELS",
     "AccountExists",
     "BillingConfig",
+    "BillingConfigError",
     "BillingEngine",
     "BillingError",
     "CommandInFlight",

@@ -41,7 +41,9 @@ def claim_unpublished(
            LEFT JOIN LATERAL (
                SELECT bm.meter_id, mt.site FROM billing_meters bm
                LEFT JOIN meter_contract mt ON mt.meter_id = bm.meter_id
-               WHERE bm.account_id = c.account_id ORDER BY mt.site IS NULL, bm.meter_id
+               WHERE bm.account_id = c.account_id
+               ORDER BY bm.meter_id IS NOT DISTINCT FROM c.meter_id DESC, mt.site IS NULL,
+                        bm.meter_id
                LIMIT 1) m ON true
            ORDER BY c.alert_id""",
         (limit,),

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 from datetime import datetime
@@ -21,7 +22,7 @@ import psycopg
 
 from billing import alerts as alerts_mod
 from billing import ledger, lifecycle, manual, read_model, reports
-from billing.engine import BillingConfig, BillingEngine
+from billing.engine import SIGNING_KEY_ENV, BillingConfig, BillingEngine
 from billing.errors import BillingError
 from billing.money import parse_amount
 from billing.policy import CreditSettings, ProtectedWindows
@@ -45,6 +46,9 @@ def register(subparsers: Any) -> None:
     run.add_argument("--charge-connections", type=int, default=1,
                      help="database connections charging at once (threads; 2 is faster "
                           "on a multi-core machine)")
+    run.add_argument("--signing-key", type=Path, default=None,
+                     help="Ed25519 private key (PEM, mode 0600) that signs every relay "
+                          f"command (default ${SIGNING_KEY_ENV}; required)")
     run.add_argument("--migrate", action="store_true", help="apply migrations first")
     run.set_defaults(handler=_run)
 
@@ -151,8 +155,11 @@ def _run(args: argparse.Namespace) -> int:
     url = _url(args)
     if args.migrate:
         db.migrate(url)
+    key = args.signing_key or (Path(os.environ[SIGNING_KEY_ENV])
+                               if os.environ.get(SIGNING_KEY_ENV) else None)
     engine = BillingEngine(BillingConfig(
-        database_url=url, mqtt=mqtt, poll_interval_s=args.poll, tariffs_dir=args.tariffs,
+        database_url=url, mqtt=mqtt, signing_key_path=key, poll_interval_s=args.poll,
+        tariffs_dir=args.tariffs,
         max_group_cutoffs=args.max_group_cutoffs,
         charge_connections=max(1, args.charge_connections),
     ))
@@ -169,7 +176,8 @@ def _run(args: argparse.Namespace) -> int:
     s = engine.stats
     print(_dump({"intervals_charged": s.intervals_charged, "adjustments": s.adjustments,
                  "commands_sent": s.commands_sent, "cutoffs_acked": s.cutoffs_acked,
-                 "restores_acked": s.restores_acked, "alerts": s.alerts_published}))
+                 "restores_acked": s.restores_acked, "alerts": s.alerts_published,
+                 "acks_refused": dict(s.acks_refused), "task_restarts": dict(s.task_restarts)}))
     return 0
 
 

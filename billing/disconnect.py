@@ -291,34 +291,86 @@ def _recheck(row: dict[str, Any], now: datetime) -> tuple[bool, datetime | None,
     return True, None, ""
 
 
+# commands whose gateway said they were not executed: they explain no relay movement
+_NOT_EXECUTED = lifecycle.sql_states({CommandState.REJECTED, CommandState.EXPIRED})
+
+
 def absorb_reported_relays(conn: psycopg.Connection[Any]) -> int:
     """Take the relay state meters report with their readings (the collector's
     ``meter_contract`` view gives the newest as ``relay`` / ``relay_at``) when it is newer
-    than billing's own, so drift made on site (a bypassed or re-closed relay) is seen."""
-    cur = conn.execute(
-        """UPDATE billing_meters bm SET relay_reported = mt.relay,
-               relay_reported_at = mt.relay_at,
-               customer_action_needed = bm.customer_action_needed AND mt.relay <> 'closed'
-           FROM meter_contract mt
-           WHERE mt.meter_id = bm.meter_id AND mt.relay IN ('open', 'closed')
-             AND mt.relay_at > coalesce(bm.relay_reported_at, '-infinity')
-             AND mt.relay IS DISTINCT FROM bm.relay_reported"""
-    )
-    return cur.rowcount
+    than billing's own, so drift made on site (a bypassed or re-closed relay) is seen.
+
+    A new state that is not the one billing wants, and that the last command billing sent to
+    the meter (and the gateway did not refuse) does not explain, is tampering: a ``tamper``
+    alert names the meter (published like every alert), and :func:`reconcile` then re-issues
+    what the account's state requires. Returns the number of tamper alerts raised.
+    """
+    with conn.transaction():  # the new state and its tamper alerts together
+        return _absorb(conn)
+
+
+def _absorb(conn: psycopg.Connection[Any]) -> int:
+    moved = conn.execute(
+        f"""WITH moved AS (
+               UPDATE billing_meters bm SET relay_reported = mt.relay,
+                   relay_reported_at = mt.relay_at,
+                   customer_action_needed = bm.customer_action_needed AND mt.relay <> 'closed'
+               FROM meter_contract mt
+               WHERE mt.meter_id = bm.meter_id AND mt.relay IN ('open', 'closed')
+                 AND mt.relay_at > coalesce(bm.relay_reported_at, '-infinity')
+                 AND mt.relay IS DISTINCT FROM bm.relay_reported
+               RETURNING bm.meter_id, bm.account_id, bm.relay_reported, bm.relay_reported_at,
+                         bm.relay_wanted)
+           SELECT m.meter_id, m.account_id, m.relay_reported, m.relay_reported_at,
+                  m.relay_wanted, a.balance_fen, last.action
+           FROM moved m JOIN billing_accounts a ON a.account_id = m.account_id
+           LEFT JOIN LATERAL (
+               SELECT c.action FROM billing_commands c
+               WHERE c.meter_id = m.meter_id AND c.sent_at IS NOT NULL
+                 AND c.action IN ('relay_open', 'relay_close', 'relay_close_permitted')
+                 AND c.state NOT IN {_NOT_EXECUTED}
+               ORDER BY c.sent_at DESC LIMIT 1) last ON true
+           WHERE m.relay_reported IS DISTINCT FROM m.relay_wanted"""
+    ).fetchall()
+    tampered = 0
+    for meter, account, relay, relay_at, wanted, balance_fen, last_action in moved:
+        if last_action is not None and lifecycle.ACTION_TARGETS[last_action] == relay:
+            continue  # the last command sent there did this (its ack may still be on the way)
+        tampered += 1
+        last = f"the last command sent was {last_action}" if last_action else "no command was sent"
+        message = (f"meter {meter}: relay reported {relay} at {relay_at.isoformat()} but "
+                   f"billing wants it {wanted} and {last}; re-issuing")
+        log.warning("relay moved without a command (tamper)",
+                    extra={"meter": meter, "account": account, "relay": relay,
+                           "wanted": wanted})
+        conn.execute(
+            """INSERT INTO billing_alerts (account_id, kind, balance_fen, message, meter_id)
+               VALUES (%s, 'tamper', %s, %s, %s)""",
+            (account, balance_fen, message, meter),
+        )
+    return tampered
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciled:
+    queued: int  # repairs queued
+    tampered: int  # relay movements no command explains (tamper alerts raised)
 
 
 def reconcile(
     conn: psycopg.Connection[Any], now: datetime, knobs: PolicyKnobs, actor: str,
     meter_id: str | None = None,
-) -> int:
+) -> Reconciled:
     """Compare wanted and reported relay state; queue a repair where they differ and nothing
     is in flight, and ask meters awaiting a customer's button press how they stand.
 
-    With ``meter_id`` (right after that meter's command finished) no grace period applies.
+    Without ``meter_id`` the relay states reported with readings are taken in first (and
+    tampering found on the way, see :func:`absorb_reported_relays`). With ``meter_id``
+    (right after that meter's command finished) no grace period applies.
     """
-    queued = 0
+    queued = tampered = 0
     if meter_id is None:
-        absorb_reported_relays(conn)
+        tampered = absorb_reported_relays(conn)
     # recently finished commands are given time to show their effect, unless asked for one
     # meter right after its command finished
     grace = now + timedelta(days=1) if meter_id else now - timedelta(
@@ -364,4 +416,4 @@ def reconcile(
                 purpose="reconcile", now=now, retry=knobs.retry, actor=actor, detail=why,
             ):
                 queued += 1
-    return queued
+    return Reconciled(queued, tampered)

@@ -19,6 +19,8 @@ import os
 import socket
 import time
 import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,14 +31,24 @@ import psycopg
 from billing import alerts, commands, lifecycle
 from billing.charging import CommitHorizon, charge_parallel
 from billing.disconnect import PolicyKnobs, evaluate_accounts, handle_deadlines, reconcile
+from billing.errors import BillingError
+from billing.faults import Supervisor, is_data_error, is_outage
 from billing.lifecycle import CommandState
 from billing.manual import end_expired_holds
 from billing.retry import RetryPolicy
 from billing.tariffs import TariffError, check_history, load_tariffs
 from meterhub import wire
+from meterhub.security import CommandSigner, InsecureFileError, KeyFileError
 from meterhub.settings import MqttSettings
 
 log = logging.getLogger(__name__)
+
+SIGNING_KEY_ENV = "METERHUB_BILLING_SIGNING_KEY"
+"""Where ``meterhub billing run`` looks for the signing key when ``--signing-key`` is absent."""
+
+
+class BillingConfigError(BillingError):
+    """The engine cannot start with this configuration; the message names the setting."""
 
 
 def _engine_id() -> str:
@@ -50,6 +62,8 @@ class BillingConfig:
 
     database_url: str
     mqtt: MqttSettings
+    # Ed25519 private key (PEM, mode 0600) every relay command is signed with; required
+    signing_key_path: Path | None = None
     poll_interval_s: float = 1.0
     tariffs_dir: Path | None = None  # default: configs/tariffs of the project
     engine_id: str = field(default_factory=_engine_id)
@@ -102,18 +116,47 @@ class EngineStats:
     retries: int = 0
     reconciled: int = 0
     holds_ended: int = 0  # operators' manual holds that expired (billing.manual)
-    errors: int = 0
+    tampers: int = 0  # relay movements reported with readings that no command explains
+    errors: int = 0  # database outages ridden out
     mqtt_connected: bool = False
+    # acks ignored, by reason: malformed, too_large, bad_field, topic_mismatch (the payload's
+    # gateway is not the topic's), unknown_command, wrong_gateway, wrong_meter, inconsistent
+    # (a success contradicting the action), db_data_error
+    acks_refused: Counter[str] = field(default_factory=Counter)
+    # restarts of the supervised tasks (charging, commands, alerts, acks) and the last error
+    task_restarts: Counter[str] = field(default_factory=Counter)
+    task_errors: dict[str, str] = field(default_factory=dict)
+
+
+def load_signer(config: BillingConfig) -> CommandSigner:
+    """The signer of every relay command this engine sends; refuses to go without one, since
+    gateways execute only commands a trusted key signed."""
+    path = config.signing_key_path
+    if path is None:
+        raise BillingConfigError(
+            "signing_key_path is not set: billing signs every relay command and will not "
+            f"start without a key (meterhub billing run --signing-key PATH, or ${SIGNING_KEY_ENV};"
+            " create one with: meterhub keys generate)")
+    try:
+        return CommandSigner.from_file(Path(path))
+    except (FileNotFoundError, InsecureFileError, KeyFileError) as exc:
+        raise BillingConfigError(f"signing_key_path: {exc}") from None
+    except OSError as exc:
+        raise BillingConfigError(f"signing_key_path: cannot read {path}: {exc.strerror}") from None
 
 
 class BillingEngine:
     def __init__(self, config: BillingConfig) -> None:
         self.config = config
+        self.signer = load_signer(config)
         self.stats = EngineStats()
         self.tariffs = load_tariffs(config.tariffs_dir)
         self._horizon = CommitHorizon(config.commit_grace_s)
         self._link: commands.CommandLink | None = None
+        # one connection per task: charging (the tick), commands, alerts, acks
         self._tick_conn: psycopg.Connection[Any] | None = None
+        self._send_conn: psycopg.Connection[Any] | None = None
+        self._alert_conn: psycopg.Connection[Any] | None = None
         self._ack_conn: psycopg.Connection[Any] | None = None
         self._charge_conns: list[psycopg.Connection[Any]] = []  # beside the tick connection
         self._last_reconcile = -1e18
@@ -122,31 +165,46 @@ class BillingEngine:
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set; survives database and broker outages."""
-        mqtt_task = asyncio.create_task(self._mqtt_loop(stop), name="billing-mqtt")
+        """Run until ``stop`` is set; survives database and broker outages.
+
+        Four tasks run under a :class:`billing.faults.Supervisor` (a failing one is logged,
+        counted in ``stats.task_restarts`` and restarted with backoff): charging (charge,
+        policy, deadlines, reconciliation), commands (send what is due), alerts (publish)
+        and acks (the broker connection, applying acks). Tariff files that rewrite the past
+        stop the engine: a person must fix them.
+        """
+        supervisor = Supervisor(stop, fatal=(TariffError,), restarts=self.stats.task_restarts,
+                                last_errors=self.stats.task_errors)
         try:
-            while not stop.is_set():
-                try:
-                    await self.tick()
-                except TariffError:
-                    raise  # tariff files that rewrite the past: a person must fix them
-                except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                    self.stats.errors += 1
-                    log.warning("database unavailable, retrying", extra={"why": str(exc)})
-                    await asyncio.to_thread(self._drop_conn, "_tick_conn")
-                    await asyncio.to_thread(self._drop_charge_conns)
-                except Exception:
-                    self.stats.errors += 1
-                    log.exception("billing tick failed")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.config.poll_interval_s)
+            await supervisor.run({
+                "charging": lambda: self._every_poll(stop, self.tick, self._drop_tick_conns),
+                "commands": lambda: self._every_poll(
+                    stop, self._send_due, lambda: self._drop_conn("_send_conn")),
+                "alerts": lambda: self._every_poll(
+                    stop, self._publish_alerts, lambda: self._drop_conn("_alert_conn")),
+                "acks": lambda: self._mqtt_loop(stop),
+            })
         finally:
-            mqtt_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await mqtt_task
-            await asyncio.to_thread(self._drop_conn, "_tick_conn")
-            await asyncio.to_thread(self._drop_conn, "_ack_conn")
+            for name in ("_tick_conn", "_send_conn", "_alert_conn", "_ack_conn"):
+                await asyncio.to_thread(self._drop_conn, name)
             await asyncio.to_thread(self._drop_charge_conns)
+
+    async def _every_poll(self, stop: asyncio.Event, work: Callable[[], Awaitable[None]],
+                          drop: Callable[[], None]) -> None:
+        """Do ``work`` every poll interval until ``stop``; a database outage drops the task's
+        connections (``drop``) and is retried next time. Other errors end the task (its
+        supervisor restarts it)."""
+        while not stop.is_set():
+            try:
+                await work()
+            except psycopg.Error as exc:
+                if not is_outage(exc):
+                    raise
+                self.stats.errors += 1
+                log.warning("database unavailable, retrying", extra={"why": str(exc)})
+                await asyncio.to_thread(drop)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.config.poll_interval_s)
 
     def _conn(self, name: str) -> psycopg.Connection[Any]:
         conn = getattr(self, name)
@@ -170,6 +228,10 @@ class BillingEngine:
                                                       autocommit=True))
         return [tick, *self._charge_conns]
 
+    def _drop_tick_conns(self) -> None:
+        self._drop_conn("_tick_conn")
+        self._drop_charge_conns()
+
     def _drop_charge_conns(self) -> None:
         conns, self._charge_conns = self._charge_conns, []
         for c in conns:
@@ -179,10 +241,8 @@ class BillingEngine:
     # ------------------------------------------------------------------ the tick
 
     async def tick(self) -> None:
+        """One charging pass: horizon, charges, policy, deadlines, now and then reconciliation."""
         await asyncio.to_thread(self._db_tick)
-        if self._link is not None:
-            await self._send_due()
-            await self._publish_alerts()
         self.stats.ticks += 1
 
     def _db_tick(self) -> None:
@@ -211,28 +271,33 @@ class BillingEngine:
         mono = time.monotonic()
         if mono - self._last_reconcile >= cfg.reconcile_interval_s:
             self._last_reconcile = mono
-            self.stats.reconciled += reconcile(conn, now, cfg.knobs, actor)
+            repaired = reconcile(conn, now, cfg.knobs, actor)
+            self.stats.reconciled += repaired.queued
+            self.stats.tampers += repaired.tampered
 
     async def _send_due(self) -> None:
+        """Claim due commands and send them (signed, in billing.commands); none while the
+        broker is away, so they wait queued rather than fail."""
         link = self._link
-        assert link is not None
+        if link is None:
+            return
         cfg = self.config
-        due = await asyncio.to_thread(
-            lifecycle.claim_due, self._conn("_tick_conn"), datetime.now(UTC), cfg.retry,
-            cfg.engine_id,
-        )
+        conn = await asyncio.to_thread(self._conn, "_send_conn")
+        due = await asyncio.to_thread(lifecycle.claim_due, conn, datetime.now(UTC), cfg.retry,
+                                      cfg.engine_id)
         for out in due:
             try:
                 await link.send(out.site, out.gateway, out.command)
                 self.stats.commands_sent += 1
             except (commands.MqttError, wire.WireError) as exc:
-                await asyncio.to_thread(lifecycle.unsend, self._conn("_tick_conn"),
-                                        out.command.command_id, cfg.engine_id, str(exc))
+                await asyncio.to_thread(lifecycle.unsend, conn, out.command.command_id,
+                                        cfg.engine_id, str(exc))
 
     async def _publish_alerts(self) -> None:
         link = self._link
-        assert link is not None
-        conn = self._conn("_tick_conn")
+        if link is None:
+            return
+        conn = await asyncio.to_thread(self._conn, "_alert_conn")
         batch = await asyncio.to_thread(alerts.claim_unpublished, conn, self.config.alerts_site)
         for a in batch:
             try:
@@ -248,16 +313,17 @@ class BillingEngine:
         delay = 0.5
         while not stop.is_set():
             try:
-                async with commands.CommandLink(self.config.mqtt,
-                                                self.config.engine_id) as link:
+                async with commands.CommandLink(self.config.mqtt, self.config.engine_id,
+                                                self.signer, self.stats.acks_refused) as link:
                     self._link = link
                     self.stats.mqtt_connected = True
                     delay = 0.5
-                    async for ack in link.acks():
-                        await self._on_ack(ack)
+                    await self._apply_acks_until(stop, link)
             except commands.MqttError as exc:
                 log.warning("broker unavailable, reconnecting", extra={"why": str(exc)})
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            except psycopg.Error as exc:
+                if not is_outage(exc):
+                    raise
                 self.stats.errors += 1
                 log.warning("database unavailable while applying acks", extra={"why": str(exc)})
                 await asyncio.to_thread(self._drop_conn, "_ack_conn")
@@ -268,9 +334,42 @@ class BillingEngine:
                 await asyncio.wait_for(stop.wait(), delay)
             delay = min(delay * 2, 10.0)
 
+    async def _apply_acks_until(self, stop: asyncio.Event, link: commands.CommandLink) -> None:
+        """Apply acks as they come until ``stop`` (the ack stream itself never ends); an
+        error applying one propagates."""
+        async def consume() -> None:
+            async for ack in link.acks():
+                await self._on_ack(ack)
+
+        consumer = asyncio.create_task(consume())
+        stopped = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({consumer, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (consumer, stopped):
+                task.cancel()
+            await asyncio.gather(stopped, return_exceptions=True)
+        if consumer.done() and not consumer.cancelled():
+            consumer.result()
+        else:
+            with contextlib.suppress(asyncio.CancelledError):
+                await consumer
+
     async def _on_ack(self, ack: wire.Ack) -> None:
-        result = await asyncio.to_thread(self._apply_ack, ack)
-        if result is None or not result.changed:
+        try:
+            result = await asyncio.to_thread(self._apply_ack, ack)
+        except Exception as exc:
+            if not is_data_error(exc):
+                raise  # an outage (the loop reconnects) or a bug (the supervisor restarts)
+            self._refuse_ack(ack, "db_data_error", f"{type(exc).__name__}: {exc}")
+            return
+        if result is None:
+            self._refuse_ack(ack, "unknown_command", "no such command")
+            return
+        if result.refused is not None:
+            self._refuse_ack(ack, result.refused, f"{result.action} in state {result.state}")
+            return
+        if not result.changed:
             return
         self.stats.acks += 1
         if result.state is CommandState.VERIFIED:
@@ -278,6 +377,14 @@ class BillingEngine:
                 self.stats.cutoffs_acked += 1
             elif result.action in ("relay_close", "relay_close_permitted"):
                 self.stats.restores_acked += 1
+
+    def _refuse_ack(self, ack: wire.Ack, reason: str, why: str) -> None:
+        """Count and log an ack that changes nothing (ids are checked ASCII by now)."""
+        self.stats.acks_refused[reason] += 1
+        log.warning("ack ignored", extra={"reason": reason, "command": ack.command_id,
+                                          "gateway": ack.gateway, "meter": ack.meter,
+                                          "stage": ack.stage, "outcome": ack.outcome,
+                                          "why": why[:300]})
 
     def _apply_ack(self, ack: wire.Ack) -> lifecycle.AckResult | None:
         conn = self._conn("_ack_conn")

@@ -61,6 +61,9 @@ _ACTIVE_SQL = sql_states(ACTIVE)
 _RETRY_DUE_SQL = sql_states(ACTIVE - {CommandState.QUEUED})
 
 WANTS = {"relay_open": "open", "relay_close": "closed"}  # relay read back that verifies
+# where each switching command leaves the relay (close-permitted: once the customer presses)
+ACTION_TARGETS = {**WANTS, "relay_close_permitted": "closed"}
+RELAY_READS = ("open", "closed")  # a relay actually read back (not None, not "unknown")
 RESTORE_ACTIONS = {"close": "relay_close", "close_permitted": "relay_close_permitted"}
 
 
@@ -80,6 +83,7 @@ class AckResult:
     purpose: str
     state: CommandState
     changed: bool  # this call moved the state (so counts happen once across engines)
+    refused: str | None = None  # why the ack was ignored (wrong gateway or meter, ...)
 
 
 def _audit(
@@ -226,8 +230,31 @@ def unsend(conn: psycopg.Connection[Any], command_id: str, actor: str, why: str)
                f"publish failed: {why}")
 
 
+def _refusal(row: dict[str, Any], ack: wire.Ack) -> str | None:
+    """Why this ack cannot be about this command, or None when it can.
+
+    Only the gateway the command was sent to may answer, for the meter it was sent for, and
+    a success must not contradict the action (``done ok relay=closed`` for a cut-off): the
+    gateway reports a relay that did not move as ``failed``, so such an ack is not genuine.
+    """
+    if ack.gateway != row["gateway"]:
+        return "wrong_gateway"
+    if ack.meter != row["meter_id"]:
+        return "wrong_meter"
+    wanted = WANTS.get(row["action"])
+    if (ack.stage == "done" and ack.outcome == "ok" and wanted is not None
+            and ack.relay in RELAY_READS and ack.relay != wanted):
+        return "inconsistent"
+    return None
+
+
 def apply_ack(conn: psycopg.Connection[Any], ack: wire.Ack, actor: str) -> AckResult | None:
-    """Move a command on by its gateway ack; None when the command is not ours."""
+    """Move a command on by its gateway ack; None when the command is not ours.
+
+    ``ack.gateway`` must be the gateway that sent it (billing.commands checks the payload
+    against the topic the broker authenticated). An ack refused by :func:`_refusal` changes
+    nothing and writes nothing; the result says why.
+    """
     who = f"gateway:{ack.gateway}"
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(
@@ -238,12 +265,9 @@ def apply_ack(conn: psycopg.Connection[Any], ack: wire.Ack, actor: str) -> AckRe
             return None
         state, cid = CommandState(row["state"]), row["command_id"]
         result = AckResult(cid, row["action"], row["purpose"], state, False)
-        if ack.gateway != row["gateway"] or ack.meter != row["meter_id"]:
-            # only the gateway the command went to may answer for its meter
-            _audit(conn, cid, state, state, who,
-                   f"ack ignored: sent to {row['gateway']} for {row['meter_id']}, "
-                   f"answered by {ack.gateway} for {ack.meter}")
-            return result
+        refused = _refusal(row, ack)
+        if refused is not None:
+            return AckResult(cid, row["action"], row["purpose"], state, False, refused)
         if state in TERMINAL:
             return result  # a late duplicate: already decided
         if ack.stage == "accepted":
@@ -272,10 +296,11 @@ def _apply_ok(
     conn: psycopg.Connection[Any], row: dict[str, Any], state: CommandState, ack: wire.Ack,
     who: str,
 ) -> CommandState:
+    """A success the relay read-back does not contradict (see :func:`_refusal`)."""
     cid, action = row["command_id"], row["action"]
     _move(conn, cid, state, CommandState.CONFIRMED, who,
           f"meter done, relay reads {ack.relay}", relay_reported=ack.relay)
-    if ack.relay is None or ack.relay == "unknown":
+    if ack.relay not in RELAY_READS:
         return CommandState.CONFIRMED  # not read back: reconciliation will ask
     conn.execute(
         """UPDATE billing_meters SET relay_reported = %s, relay_reported_at = %s,
@@ -283,14 +308,9 @@ def _apply_ok(
         (ack.relay, ack.at, action == "relay_close_permitted" and ack.relay == "open",
          row["meter_id"]),
     )
-    wanted = WANTS.get(action)
-    if action == "relay_close_permitted" or action == "relay_status" or ack.relay == wanted:
-        _move(conn, cid, CommandState.CONFIRMED, CommandState.VERIFIED, who,
-              f"relay read back {ack.relay}")
-        return CommandState.VERIFIED
-    conn.execute("UPDATE billing_commands SET reason = %s WHERE command_id = %s",
-                 (f"relay reads {ack.relay}, wanted {wanted}", cid))
-    return CommandState.CONFIRMED
+    _move(conn, cid, CommandState.CONFIRMED, CommandState.VERIFIED, who,
+          f"relay read back {ack.relay}")
+    return CommandState.VERIFIED
 
 
 def due_for_retry(

@@ -4,13 +4,35 @@ cannot be confused with another folder's conftest when the whole suite runs."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import psycopg
 
+from billing import BillingConfig, BillingEngine
+from meterhub.security import Keyring, generate_private_key
+from meterhub.settings import MqttSettings
+
 T0 = datetime(2026, 3, 2, 0, 0, tzinfo=UTC)  # a Monday, 08:00 in Shanghai
+
+
+@dataclass(frozen=True)
+class BillingKey:
+    """Billing's command-signing key for a test, and the keyring a gateway trusting it holds."""
+
+    path: Path
+    keyring: Keyring
+
+    @classmethod
+    def create(cls, folder: Path) -> BillingKey:
+        key = generate_private_key(folder / "billing-signing.pem")
+        return cls(folder / "billing-signing.pem", Keyring([key.public_key()]))
 
 
 def put_intervals(
@@ -54,3 +76,36 @@ def put_meter(conn: psycopg.Connection, meter: str, site: str, gateway: str) -> 
                site = EXCLUDED.site""",
         (meter, gateway, site),
     )
+
+
+def config(db_url: str, mqtt: MqttSettings, key: BillingKey, **kw: object) -> BillingConfig:
+    base: dict[str, object] = {"poll_interval_s": 0.1, "commit_grace_s": 0.1,
+                               "ack_timeout_s": 2.0, "retry_backoff_s": 0.2}
+    base.update(kw)
+    return BillingConfig(database_url=db_url, mqtt=mqtt, signing_key_path=key.path,
+                         **base)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def engines(*cfgs: BillingConfig) -> AsyncIterator[list[BillingEngine]]:
+    stop = asyncio.Event()
+    engs = [BillingEngine(c) for c in cfgs]
+    tasks = [asyncio.create_task(e.run(stop)) for e in engs]
+    try:
+        yield engs
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 15)
+
+
+async def until(pred: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
+
+
+def q(db_url: str, sql: str, *args: object) -> list[tuple]:
+    with psycopg.connect(db_url, autocommit=True) as c:
+        return c.execute(sql, args).fetchall()  # type: ignore[arg-type]

@@ -1,6 +1,10 @@
 """A tiny gateway peer for billing tests: answers commands over the real broker the way the
 wire contract says (ack "accepted", then "done" with the relay read back). It is a test
-peer on the other side of MQTT, not a stand-in for any billing code."""
+peer on the other side of MQTT, not a stand-in for any billing code.
+
+It verifies every command against a keyring of the test's billing key, as a real gateway
+does, and refuses (ack "done"/"rejected" with the reason code) what it cannot verify, so a
+billing test that gets a command executed proves billing signed it."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from datetime import UTC, datetime
 import aiomqtt
 
 from meterhub import wire
+from meterhub.security import Keyring, SignatureRefused
 from meterhub.settings import MqttSettings
 
 
@@ -20,11 +25,13 @@ from meterhub.settings import MqttSettings
 class FakeGateway:
     mqtt: MqttSettings
     site: str
+    keyring: Keyring  # the public keys this gateway trusts
     gateway: str = "gw1"
     silent_first: int = 0  # ignore this many deliveries per command id (lost on the way)
     press_button: bool = False  # close-permitted: customer presses at once
     relay: dict[str, str] = field(default_factory=dict)
     received: list[wire.Command] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)  # reason codes of refused commands
     executed: Counter[tuple[str, str]] = field(default_factory=Counter)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -34,7 +41,14 @@ class FakeGateway:
             await client.subscribe(wire.topic(self.site, self.gateway, "cmd"), qos=1)
             self.ready.set()
             async for msg in client.messages:
-                cmd = wire.decode_command(msg.payload)  # type: ignore[arg-type]
+                try:
+                    signed = wire.decode_command(
+                        msg.payload, self.keyring,  # type: ignore[arg-type]
+                        gateway=self.gateway, now=datetime.now(UTC))
+                except SignatureRefused as exc:
+                    self.refused.append(exc.reason.value)
+                    continue
+                cmd = signed.command
                 self.received.append(cmd)
                 seen = sum(1 for c in self.received if c.command_id == cmd.command_id)
                 if seen <= self.silent_first:

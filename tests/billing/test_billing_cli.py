@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
+from billing import SIGNING_KEY_ENV
 from launcher.cli import main
+from meterhub.security import generate_private_key
 
 
 def run(capsys: pytest.CaptureFixture[str], db_url: str, *argv: str) -> tuple[int, str, str]:
@@ -68,3 +71,21 @@ def test_manual_relay_hold_and_release(capsys: pytest.CaptureFixture[str], db_ur
     assert rc == 1 and "no manual hold" in err
     rc, _, err = run(capsys, db_url, "relay", "--meter", "nope", "--want", "open", "--by", "b")
     assert rc == 1 and "belongs to no account" in err
+
+
+def test_run_refuses_to_start_without_a_signing_key(
+    capsys: pytest.CaptureFixture[str], db_url: str, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """No key, or a key others may read: the engine does not start, and the error names the
+    setting (the flag and the environment variable) rather than failing at the first send."""
+    monkeypatch.delenv(SIGNING_KEY_ENV, raising=False)
+    rc, _, err = run(capsys, db_url, "run", "--mqtt-url", "mqtt://127.0.0.1:1")
+    assert rc == 1
+    assert "signing_key_path" in err and "--signing-key" in err and SIGNING_KEY_ENV in err
+    key = tmp_path / "billing.pem"
+    generate_private_key(key)
+    key.chmod(0o644)
+    monkeypatch.setenv(SIGNING_KEY_ENV, str(key))  # the fallback is read
+    rc, _, err = run(capsys, db_url, "run", "--mqtt-url", "mqtt://127.0.0.1:1")
+    assert rc == 1 and "signing_key_path" in err and "chmod 600" in err

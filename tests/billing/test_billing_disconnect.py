@@ -8,14 +8,22 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import psycopg
-from billing_helpers import T0, put_intervals
+from billing_helpers import T0, put_intervals, put_meter
 
-from billing import ledger
+from billing import ledger, lifecycle
 from billing.charging import charge_all
-from billing.disconnect import PolicyKnobs, evaluate_accounts, handle_deadlines
+from billing.disconnect import (
+    PolicyKnobs,
+    absorb_reported_relays,
+    evaluate_accounts,
+    handle_deadlines,
+    reconcile,
+)
+from billing.lifecycle import apply_ack
 from billing.policy import CreditSettings, ProtectedWindows
 from billing.reports import list_accounts
 from billing.tariffs import load_tariffs
+from meterhub import wire
 
 TARIFFS = load_tariffs()
 CREDIT = CreditSettings(alert_thresholds=(Decimal(10), Decimal(0)), warning_to_final_s=60,
@@ -157,13 +165,11 @@ def test_risk_grade_and_days_left_from_history(conn: psycopg.Connection) -> None
 
 
 def test_failed_cutoff_is_tried_again_by_reconciliation(conn: psycopg.Connection) -> None:
-    from billing.disconnect import reconcile
-
     account(conn, "A", "-1")
     t = ladder(conn)
     conn.execute("UPDATE billing_commands SET state = 'failed', updated_at = %s", (t,))
-    assert reconcile(conn, t + timedelta(seconds=10), KNOBS, "test") == 0  # grace first
-    assert reconcile(conn, t + timedelta(seconds=60), KNOBS, "test") == 1
+    assert reconcile(conn, t + timedelta(seconds=10), KNOBS, "test").queued == 0  # grace first
+    assert reconcile(conn, t + timedelta(seconds=60), KNOBS, "test").queued == 1
     rows = conn.execute("SELECT purpose, state FROM billing_commands ORDER BY created_at")
     assert rows.fetchall() == [("cutoff", "failed"), ("reconcile", "queued")]
 
@@ -220,3 +226,63 @@ def test_acks_only_count_from_the_gateway_the_command_went_to(conn: psycopg.Conn
     assert result is not None and result.state is CommandState.VERIFIED
     again = apply_ack(conn, ack("gw1", "A-m"), "test")  # a re-delivered ack changes nothing
     assert again is not None and not again.changed
+
+
+def report_relay(conn: psycopg.Connection, meter: str, relay: str, at: datetime) -> None:
+    """What the collector stores when a reading carries the meter's relay state."""
+    conn.execute("UPDATE meters SET relay = %s, relay_at = %s WHERE meter_id = %s",
+                 (relay, at, meter))
+
+
+def tamper_alerts(conn: psycopg.Connection) -> list[tuple[str, str]]:
+    return conn.execute("SELECT account_id, meter_id FROM billing_alerts WHERE kind = 'tamper' "
+                        "ORDER BY alert_id").fetchall()
+
+
+def test_relay_movements_no_command_explains_are_tamper(conn: psycopg.Connection) -> None:
+    account(conn, "A", "-1")
+    put_meter(conn, "A-m", "s1", "gw1")
+    # on the wall clock: reconciliation's grace compares with the rows' updated_at (now())
+    t = ladder(conn, datetime.now(UTC))  # cut off: relay_open queued, relay wanted open
+    [out] = lifecycle.claim_due(conn, t, KNOBS.retry, "test")
+    # paid while the cut-off is on its way: a restore is wanted, but the relay opening is
+    # the cut-off's doing (its ack not in yet), not tampering
+    ledger.topup(conn, "A", "50", "wechat", "W-1")
+    evaluate_accounts(conn, t + timedelta(seconds=1), KNOBS, "test")
+    assert conn.execute("SELECT relay_wanted FROM billing_meters").fetchone() == ("closed",)
+    report_relay(conn, "A-m", "open", t + timedelta(seconds=2))
+    assert absorb_reported_relays(conn) == 0 and tamper_alerts(conn) == []
+    apply_ack(conn, wire.Ack(out.command.command_id, "gw1", "A-m", "done", t, "ok", "open"),
+              "test")
+    # the restore goes out and closes the relay; then the relay opens with no command
+    later = t + timedelta(minutes=5)
+    done = reconcile(conn, later, KNOBS, "test")
+    assert (done.queued, done.tampered) == (1, 0)
+    [restore] = lifecycle.claim_due(conn, later, KNOBS.retry, "test")
+    apply_ack(conn, wire.Ack(restore.command.command_id, "gw1", "A-m", "done", later, "ok",
+                             "closed"), "test")
+    report_relay(conn, "A-m", "open", later + timedelta(minutes=1))
+    done = reconcile(conn, later + timedelta(minutes=2), KNOBS, "test")
+    assert (done.queued, done.tampered) == (1, 1)  # alerted, and the restore re-issued
+    assert tamper_alerts(conn) == [("A", "A-m")]
+    assert conn.execute("SELECT action, purpose FROM billing_commands WHERE state = 'queued'"
+                        ).fetchall() == [("relay_close", "reconcile")]
+
+
+def test_a_relay_closed_while_cut_off_is_tamper_and_the_cut_off_is_reissued(
+    conn: psycopg.Connection,
+) -> None:
+    account(conn, "A", "-1")
+    put_meter(conn, "A-m", "s1", "gw1")
+    t = ladder(conn, datetime.now(UTC))
+    [out] = lifecycle.claim_due(conn, t, KNOBS.retry, "test")
+    apply_ack(conn, wire.Ack(out.command.command_id, "gw1", "A-m", "done", t, "ok", "open"),
+              "test")
+    report_relay(conn, "A-m", "closed", t + timedelta(minutes=1))  # bypassed on site
+    done = reconcile(conn, t + timedelta(minutes=2), KNOBS, "test")
+    assert (done.queued, done.tampered) == (1, 1)
+    assert conn.execute("SELECT action, purpose FROM billing_commands WHERE state = 'queued'"
+                        ).fetchall() == [("relay_open", "reconcile")]
+    # a reading repeating the same state raises nothing new
+    report_relay(conn, "A-m", "closed", t + timedelta(minutes=3))
+    assert absorb_reported_relays(conn) == 0 and len(tamper_alerts(conn)) == 1

@@ -4,15 +4,12 @@ that answers commands over MQTT."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import shutil
 import signal
 import sys
-import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -20,12 +17,10 @@ from pathlib import Path
 import aiomqtt
 import psycopg
 import pytest
-from billing_helpers import T0, put_intervals, put_meter
+from billing_helpers import T0, BillingKey, config, engines, put_intervals, put_meter, q, until
 from fake_gateway import FakeGateway, running
 
 from billing import (
-    BillingConfig,
-    BillingEngine,
     CreditSettings,
     balance,
     create_account,
@@ -46,40 +41,9 @@ FAST = CreditSettings(alert_thresholds=(D("0.50"), D(0)), warning_to_final_s=0.3
 TARIFFS = load_tariffs()
 
 
-def config(db_url: str, mqtt: MqttSettings, **kw: object) -> BillingConfig:
-    base: dict[str, object] = {"poll_interval_s": 0.1, "commit_grace_s": 0.1,
-                               "ack_timeout_s": 2.0, "retry_backoff_s": 0.2}
-    base.update(kw)
-    return BillingConfig(database_url=db_url, mqtt=mqtt, **base)  # type: ignore[arg-type]
-
-
-@contextlib.asynccontextmanager
-async def engines(*cfgs: BillingConfig) -> AsyncIterator[list[BillingEngine]]:
-    stop = asyncio.Event()
-    engs = [BillingEngine(c) for c in cfgs]
-    tasks = [asyncio.create_task(e.run(stop)) for e in engs]
-    try:
-        yield engs
-    finally:
-        stop.set()
-        await asyncio.wait_for(asyncio.gather(*tasks), 15)
-
-
-async def until(pred: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
-
-
-def q(db_url: str, sql: str, *args: object) -> list[tuple]:
-    with psycopg.connect(db_url, autocommit=True) as c:
-        return c.execute(sql, args).fetchall()  # type: ignore[arg-type]
-
-
 @pytest.mark.integration
-async def test_cutoff_and_restore_end_to_end(db_url: str, mqtt: MqttSettings, site: str) -> None:
+async def test_cutoff_and_restore_end_to_end(db_url: str, mqtt: MqttSettings, site: str,
+                                             billing_key: BillingKey) -> None:
     with psycopg.connect(db_url, autocommit=True) as c:
         put_meter(c, "m1", site, "gw1")
         create_account(c, "A1", meters=["m1"], tariff="residential-flat", credit=FAST,
@@ -94,8 +58,8 @@ async def test_cutoff_and_restore_end_to_end(db_url: str, mqtt: MqttSettings, si
 
     watcher = asyncio.create_task(watch_events())
     await asyncio.sleep(0.3)
-    gw = FakeGateway(mqtt, site)
-    async with running(gw), engines(config(db_url, mqtt)) as (eng,):
+    gw = FakeGateway(mqtt, site, billing_key.keyring)
+    async with running(gw), engines(config(db_url, mqtt, billing_key)) as (eng,):
         with psycopg.connect(db_url, autocommit=True) as c:
             put_intervals(c, "m1", ["1.0000", "1.0000"])  # 2 kWh x 0.56 = 1.12 > 1.00
         await until(lambda: eng.stats.cutoffs_acked == 1)
@@ -126,13 +90,13 @@ async def test_cutoff_and_restore_end_to_end(db_url: str, mqtt: MqttSettings, si
 
 @pytest.mark.integration
 async def test_lost_command_is_retried_with_the_same_id(db_url: str, mqtt: MqttSettings,
-                                                        site: str) -> None:
+                                                        site: str, billing_key: BillingKey) -> None:
     with psycopg.connect(db_url, autocommit=True) as c:
         put_meter(c, "m1", site, "gw1")
         create_account(c, "A1", meters=["m1"], tariff="residential-flat", credit=FAST,
                        charge_from=T0, tariffs=TARIFFS)
-    gw = FakeGateway(mqtt, site, silent_first=1)
-    async with running(gw), engines(config(db_url, mqtt, ack_timeout_s=0.5)) as (eng,):
+    gw = FakeGateway(mqtt, site, billing_key.keyring, silent_first=1)
+    async with running(gw), engines(config(db_url, mqtt, billing_key, ack_timeout_s=0.5)) as (eng,):
         with psycopg.connect(db_url, autocommit=True) as c:
             put_intervals(c, "m1", ["1"])
         await until(lambda: eng.stats.cutoffs_acked == 1)
@@ -146,13 +110,13 @@ async def test_lost_command_is_retried_with_the_same_id(db_url: str, mqtt: MqttS
 
 @pytest.mark.integration
 async def test_payment_before_retry_cancels_the_cutoff(db_url: str, mqtt: MqttSettings,
-                                                       site: str) -> None:
+                                                       site: str, billing_key: BillingKey) -> None:
     with psycopg.connect(db_url, autocommit=True) as c:
         put_meter(c, "m1", site, "gw1")
         create_account(c, "A1", meters=["m1"], tariff="residential-flat", credit=FAST,
                        charge_from=T0, tariffs=TARIFFS)
-    gw = FakeGateway(mqtt, site, silent_first=100)  # the gateway never answers
-    async with running(gw), engines(config(db_url, mqtt, ack_timeout_s=1.0)) as (eng,):
+    gw = FakeGateway(mqtt, site, billing_key.keyring, silent_first=100)  # the gateway never answers
+    async with running(gw), engines(config(db_url, mqtt, billing_key, ack_timeout_s=1.0)) as (eng,):
         with psycopg.connect(db_url, autocommit=True) as c:
             put_intervals(c, "m1", ["1"])
         await until(lambda: len(gw.received) >= 1)
@@ -178,12 +142,12 @@ def _shared_backlog(db_url: str, site: str, n: int, *, intervals: int) -> None:
 
 @pytest.mark.integration
 async def test_two_engines_send_each_cutoff_once(db_url: str, mqtt: MqttSettings,
-                                                 site: str) -> None:
+                                                 site: str, billing_key: BillingKey) -> None:
     n = 12
     _shared_backlog(db_url, site, n, intervals=12)
-    gw = FakeGateway(mqtt, site)
-    async with running(gw), engines(config(db_url, mqtt, batch_accounts=2),
-                                    config(db_url, mqtt, batch_accounts=2)) as engs:
+    gw = FakeGateway(mqtt, site, billing_key.keyring)
+    async with running(gw), engines(config(db_url, mqtt, billing_key, batch_accounts=2),
+                                    config(db_url, mqtt, billing_key, batch_accounts=2)) as engs:
         await until(lambda: sum(e.stats.cutoffs_acked for e in engs) == n, 30)
         await asyncio.sleep(1.0)  # time for any duplicate to show up
     opens = Counter(c.meter for c in gw.received if c.action == "relay_open")
@@ -195,13 +159,13 @@ async def test_two_engines_send_each_cutoff_once(db_url: str, mqtt: MqttSettings
 
 @pytest.mark.integration
 async def test_close_permitted_waits_for_the_customer(db_url: str, mqtt: MqttSettings,
-                                                      site: str) -> None:
+                                                      site: str, billing_key: BillingKey) -> None:
     with psycopg.connect(db_url, autocommit=True) as c:
         put_meter(c, "m1", site, "gw1")
         create_account(c, "A1", meters=["m1"], tariff="residential-flat", credit=FAST,
                        restore_mode="close_permitted", charge_from=T0, tariffs=TARIFFS)
-    gw = FakeGateway(mqtt, site)
-    async with running(gw), engines(config(db_url, mqtt, reconcile_interval_s=0.5,
+    gw = FakeGateway(mqtt, site, billing_key.keyring)
+    async with running(gw), engines(config(db_url, mqtt, billing_key, reconcile_interval_s=0.5,
                                            reconcile_grace_s=0.2)) as (eng,):
         with psycopg.connect(db_url, autocommit=True) as c:
             put_intervals(c, "m1", ["1"])
@@ -217,14 +181,15 @@ async def test_close_permitted_waits_for_the_customer(db_url: str, mqtt: MqttSet
 
 
 @pytest.mark.integration
-async def test_reconciliation_repairs_drift(db_url: str, mqtt: MqttSettings, site: str) -> None:
+async def test_reconciliation_repairs_drift(db_url: str, mqtt: MqttSettings, site: str,
+                                            billing_key: BillingKey) -> None:
     with psycopg.connect(db_url, autocommit=True) as c:
         put_meter(c, "m1", site, "gw1")
         create_account(c, "A1", meters=["m1"], tariff="residential-flat", credit=FAST,
                        charge_from=T0, tariffs=TARIFFS)
         put_intervals(c, "m1", ["1"])
-    gw = FakeGateway(mqtt, site)
-    async with running(gw), engines(config(db_url, mqtt, reconcile_interval_s=0.3,
+    gw = FakeGateway(mqtt, site, billing_key.keyring)
+    async with running(gw), engines(config(db_url, mqtt, billing_key, reconcile_interval_s=0.3,
                                            reconcile_grace_s=0.3)) as (eng,):
         await until(lambda: eng.stats.cutoffs_acked == 1)
         gw.relay["m1"] = "closed"  # someone bypassed the relay on site
@@ -235,14 +200,52 @@ async def test_reconciliation_repairs_drift(db_url: str, mqtt: MqttSettings, sit
     purposes = q(db_url, "SELECT purpose, state FROM billing_commands ORDER BY created_at")
     assert purposes == [("cutoff", "verified"), ("reconcile", "verified")]
     assert gw.relay["m1"] == "open"
+    assert eng.stats.tampers == 1  # closed while cut off, and no command closed it
+    assert q(db_url, "SELECT meter_id FROM billing_alerts WHERE kind = 'tamper'") == [("m1",)]
+
+
+@pytest.mark.integration
+async def test_a_relay_opened_without_a_command_is_tamper_and_restored(
+    db_url: str, mqtt: MqttSettings, site: str, billing_key: BillingKey
+) -> None:
+    """A paying household's relay reads open and billing never sent a cut-off: a tamper
+    alert (stored and published, naming the meter) and the supply restored."""
+    with psycopg.connect(db_url, autocommit=True) as c:
+        put_meter(c, "m0", site, "gw1")
+        put_meter(c, "m1", site, "gw1")
+        create_account(c, "A1", meters=["m0", "m1"], tariff="residential-flat", credit=FAST,
+                       opening_balance="100.00", charge_from=T0, tariffs=TARIFFS)
+    events: list[dict] = []
+
+    async def watch_events() -> None:
+        async with aiomqtt.Client(mqtt.host, mqtt.port) as cl:
+            await cl.subscribe(wire.topic(site, "billing", "events"), qos=1)
+            async for m in cl.messages:
+                events.extend(json.loads(m.payload)["events"])  # type: ignore[arg-type]
+
+    watcher = asyncio.create_task(watch_events())
+    await asyncio.sleep(0.3)
+    gw = FakeGateway(mqtt, site, billing_key.keyring)
+    gw.relay["m1"] = "open"  # opened on site by someone other than billing
+    async with running(gw), engines(config(db_url, mqtt, billing_key, reconcile_interval_s=0.3,
+                                           reconcile_grace_s=0.3)) as (eng,):
+        with psycopg.connect(db_url, autocommit=True) as c:  # a reading reported it
+            c.execute("UPDATE meters SET relay = 'open', relay_at = now() WHERE meter_id = 'm1'")
+        await until(lambda: eng.stats.restores_acked == 1)
+        await until(lambda: any(e["kind"] == "tamper" for e in events))
+    watcher.cancel()
+    assert gw.relay["m1"] == "closed" and eng.stats.tampers == 1
+    [tamper] = [e for e in events if e["kind"] == "tamper"]
+    assert tamper["meter"] == "m1" and "relay reported open" in tamper["detail"]
+    assert q(db_url, "SELECT action, purpose, state FROM billing_commands") == [
+        ("relay_close", "reconcile", "verified")]
 
 
 
 
 @pytest.mark.integration
 async def test_billing_keeps_charging_through_a_broker_outage(
-    db_url: str, site: str, tmp_path: Path
-) -> None:
+    db_url: str, site: str, tmp_path: Path, billing_key: BillingKey) -> None:
     """No broker at first: charging and the policy go on, the cut-off waits queued; when a
     broker appears on that address the command goes out and is verified."""
     port = free_port()
@@ -251,7 +254,7 @@ async def test_billing_keeps_charging_through_a_broker_outage(
         put_meter(c, "m1", site, "gw1")
         create_account(c, "A1", meters=["m1"], tariff="residential-flat", credit=FAST,
                        charge_from=T0, tariffs=TARIFFS)
-    async with engines(config(db_url, mqtt)) as (eng,):
+    async with engines(config(db_url, mqtt, billing_key)) as (eng,):
         with psycopg.connect(db_url, autocommit=True) as c:
             put_intervals(c, "m1", ["1"])
         await until(lambda: q(db_url, "SELECT state FROM billing_commands") == [("queued",)])
@@ -259,21 +262,22 @@ async def test_billing_keeps_charging_through_a_broker_outage(
         binary = shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()
         broker = mosquitto_broker(tmp_path, port) if binary else amqtt_broker(port)
         with broker:
-            async with running(FakeGateway(mqtt, site)):
+            async with running(FakeGateway(mqtt, site, billing_key.keyring)):
                 await until(lambda: eng.stats.cutoffs_acked == 1, 40)
 
 
 @pytest.mark.integration
-async def test_two_billing_processes_send_each_cutoff_once(db_url: str, mqtt: MqttSettings,
-                                                           site: str) -> None:
+async def test_two_billing_processes_send_each_cutoff_once(
+    db_url: str, mqtt: MqttSettings, site: str, billing_key: BillingKey
+) -> None:
     """Two ``meterhub billing run`` processes on one database and one backlog."""
     n = 10
     _shared_backlog(db_url, site, n, intervals=24)
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root)}
     argv = [sys.executable, "-m", "launcher.cli", "billing", "--database-url", db_url, "run",
-            "--mqtt-url", mqtt.url, "--poll", "0.2"]
-    gw = FakeGateway(mqtt, site)
+            "--mqtt-url", mqtt.url, "--poll", "0.2", "--signing-key", str(billing_key.path)]
+    gw = FakeGateway(mqtt, site, billing_key.keyring)
     async with running(gw):
         procs = [await asyncio.create_subprocess_exec(
             *argv, cwd=root, env=env, stdout=asyncio.subprocess.PIPE,
@@ -297,16 +301,15 @@ async def test_two_billing_processes_send_each_cutoff_once(db_url: str, mqtt: Mq
 
 @pytest.mark.integration
 async def test_manual_cutoff_of_a_paying_account_holds_through_reconciliation(
-    db_url: str, mqtt: MqttSettings, site: str
-) -> None:
+    db_url: str, mqtt: MqttSettings, site: str, billing_key: BillingKey) -> None:
     """An operator cuts off a paying account; payments, charges and reconciliation passes
     leave it open (and repair drift towards it) until the operator releases the hold."""
     with psycopg.connect(db_url, autocommit=True) as c:
         put_meter(c, "m1", site, "gw1")
         create_account(c, "A1", meters=["m1"], tariff="residential-flat", credit=FAST,
                        opening_balance="100.00", charge_from=T0, tariffs=TARIFFS)
-    gw = FakeGateway(mqtt, site)
-    async with running(gw), engines(config(db_url, mqtt, reconcile_interval_s=0.2,
+    gw = FakeGateway(mqtt, site, billing_key.keyring)
+    async with running(gw), engines(config(db_url, mqtt, billing_key, reconcile_interval_s=0.2,
                                            reconcile_grace_s=0.2)) as (eng,):
         with psycopg.connect(db_url, autocommit=True) as c:
             cid = manual_relay(c, "m1", "open", by="op:alice", reason="tampered seal")
@@ -326,6 +329,7 @@ async def test_manual_cutoff_of_a_paying_account_holds_through_reconciliation(
                       "WHERE meter_id = 'm1'")
         await until(lambda: eng.stats.cutoffs_acked == 2)
         assert gw.relay["m1"] == "open" and eng.stats.restores_acked == 0
+        assert eng.stats.tampers == 1  # closed against the operator's hold, by no command
         with psycopg.connect(db_url, autocommit=True) as c:
             assert release_manual_hold(c, "m1", by="op:alice")
         await until(lambda: eng.stats.restores_acked == 1)
@@ -343,16 +347,15 @@ async def test_manual_cutoff_of_a_paying_account_holds_through_reconciliation(
 
 @pytest.mark.integration
 async def test_manual_restore_of_a_negative_account_holds_until_it_expires(
-    db_url: str, mqtt: MqttSettings, site: str
-) -> None:
+    db_url: str, mqtt: MqttSettings, site: str, billing_key: BillingKey) -> None:
     """The policy cut an account off; an operator restores it for a while. Policy passes
     (new charges keep the account dirty) leave it on; when the hold ends the cut-off resumes."""
     with psycopg.connect(db_url, autocommit=True) as c:
         put_meter(c, "m1", site, "gw1")
         create_account(c, "A1", meters=["m1"], tariff="residential-flat", credit=FAST,
                        opening_balance="1.00", charge_from=T0, tariffs=TARIFFS)
-    gw = FakeGateway(mqtt, site)
-    async with running(gw), engines(config(db_url, mqtt, reconcile_interval_s=0.2,
+    gw = FakeGateway(mqtt, site, billing_key.keyring)
+    async with running(gw), engines(config(db_url, mqtt, billing_key, reconcile_interval_s=0.2,
                                            reconcile_grace_s=0.2)) as (eng,):
         with psycopg.connect(db_url, autocommit=True) as c:
             put_intervals(c, "m1", ["1.0000", "1.0000"])
@@ -385,7 +388,7 @@ async def test_manual_restore_of_a_negative_account_holds_until_it_expires(
 
 @pytest.mark.integration
 async def test_engine_charges_on_two_connections(db_url: str, mqtt: MqttSettings,
-                                                 site: str) -> None:
+                                                 site: str, billing_key: BillingKey) -> None:
     with psycopg.connect(db_url, autocommit=True) as c:
         for i in range(8):
             put_meter(c, f"m{i}", site, "gw1")
@@ -393,7 +396,8 @@ async def test_engine_charges_on_two_connections(db_url: str, mqtt: MqttSettings
                            credit=FAST, opening_balance="100.00", charge_from=T0,
                            tariffs=TARIFFS)
             put_intervals(c, f"m{i}", ["0.25"] * 24)
-    async with engines(config(db_url, mqtt, charge_connections=2, batch_accounts=2)) as (eng,):
+    async with engines(config(db_url, mqtt, billing_key, charge_connections=2,
+                              batch_accounts=2)) as (eng,):
         await until(lambda: eng.stats.intervals_charged == 8 * 24)
         assert len(eng._charge_conns) == 1
     assert q(db_url, "SELECT count(*), count(DISTINCT idempotency_key) FROM billing_ledger "
