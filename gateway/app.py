@@ -123,6 +123,7 @@ class Gateway:
             for driver in drivers:
                 with contextlib.suppress(Exception):
                     await driver.close()
+            commands.close()
             store.close()
 
     async def _until(self, stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
@@ -154,6 +155,7 @@ class Gateway:
             "published": {"batches": self.stats.batches_published,
                           "readings": self.stats.readings_published},
             "commands_done": self.stats.commands_done,
+            "commands_refused": self.stats.commands_refused,
             "buses": {
                 n: {"endpoint": w.bus.endpoint, "protocol": w.bus.protocol,
                     "utilisation": w.utilisation_since(busy_before.get(n, 0.0), elapsed),

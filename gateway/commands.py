@@ -1,8 +1,16 @@
 """The command executor: commands down the ``cmd`` topic, onto the bus, acks back.
 
-Each command is checked, remembered by ``command_id`` in the gateway's SQLite file (a repeated
-id gets the first result again without touching the meter), jumps the queue of its bus and is
-acked "accepted" and then "done". Acks and events leave through the publisher's queues (the
+Only signed commands run. Each payload is verified against the trusted keys
+(``[security] trusted_keys``, :func:`meterhub.wire.decode_command`): unsigned, forged, unknown
+key, another gateway's, expired or dated too far ahead are refused, as is a replay (its signed
+nonce was seen before: :class:`~meterhub.security.SqliteReplayGuard` in the gateway's SQLite
+file, kept until the command expires, so a restart does not reopen the window). A refusal is
+acked "done"/"rejected" (or "invalid" for a payload that is not a command) to whoever the
+payload names, and raised as a ``security_refused`` event; it never reaches a bus.
+
+A verified command is remembered by ``command_id`` (a repeated id, e.g. billing's retry signed
+anew, gets the first result again without touching the meter), jumps the queue of its bus and
+is acked "accepted" and then "done". Acks and events leave through the publisher's queues (the
 ``ack`` and ``event`` callables), so they share its ordering and its reconnects.
 """
 
@@ -10,9 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import aiomqtt
 
@@ -22,7 +31,10 @@ from gateway.scheduler import BusWorker
 from gateway.stats import GatewayStats
 from gateway.store import Store
 from meterhub import wire
+from meterhub.security import RefusalReason, SignatureRefused, SqliteReplayGuard
 from meterhub.wire import Ack, Command, Event, RelayState
+
+log = logging.getLogger(__name__)
 
 COMMAND_MEMORY_S = 7 * 86400.0  # how long a command id is remembered for idempotency
 _EXPECTED_RELAY: dict[str, RelayState] = {"relay_open": "open", "relay_close": "closed"}
@@ -49,8 +61,18 @@ class CommandExecutor:
         self._event = event
         self._meters: dict[str, tuple[BusConfig, MeterConfig]] = config.meters()
         self._topic = wire.topic(config.site, config.gateway_id, "cmd")
+        self._keyring = config.security.keyring()
+        self._max_future_skew = timedelta(seconds=config.security.max_future_skew_s)
+        # seen nonces live next to the buffer, in the gateway's own SQLite file
+        self._replay = SqliteReplayGuard(store.path)
+        if not self._keyring:
+            log.error("gateway %s trusts no command keys ([security] trusted_keys is empty): "
+                      "EVERY relay command will be refused", config.gateway_id)
         self._running: set[str] = set()
         self.tasks: set[asyncio.Task[None]] = set()  # commands in flight
+
+    def close(self) -> None:
+        self._replay.close()
 
     async def forget_old(self) -> None:
         """Drop command ids older than :data:`COMMAND_MEMORY_S` from the idempotency memory."""
@@ -75,12 +97,16 @@ class CommandExecutor:
     # ------------------------------------------------------------------ one command
 
     async def handle(self, payload: bytes | str) -> None:
-        """Check, deduplicate, execute and ack one command payload."""
+        """Verify, deduplicate, execute and ack one command payload."""
         try:
-            cmd = wire.decode_command(payload)
+            signed = await self._verify(payload)
         except wire.WireError as exc:
-            self._invalid_command(payload, str(exc))
+            self._refuse(payload, "invalid", "invalid", str(exc))
             return
+        except SignatureRefused as exc:
+            self._refuse(payload, "rejected", exc.reason.value, str(exc))
+            return
+        cmd = signed.command
         _seen, done_ack = await asyncio.to_thread(self.store.command_seen, cmd.command_id)
         if done_ack is not None:  # a repeat: the first result, the meter left alone
             self.stats.commands_repeated += 1
@@ -98,34 +124,56 @@ class CommandExecutor:
         finally:
             self._running.discard(cmd.command_id)
 
+    async def _verify(self, payload: bytes | str) -> wire.SignedCommand:
+        """The signed command, or WireError / SignatureRefused saying why it must not run."""
+        if not self._keyring:
+            raise SignatureRefused(RefusalReason.UNKNOWN_KEY,
+                                   "this gateway trusts no command keys")
+        signed = wire.decode_command(payload, self._keyring, gateway=self.config.gateway_id,
+                                     now=datetime.now(UTC),
+                                     max_future_skew=self._max_future_skew)
+        cmd = signed.command
+        if await asyncio.to_thread(self._replay.seen, signed.nonce, cmd.expires_at):
+            raise SignatureRefused(RefusalReason.REPLAYED,
+                                   f"nonce {signed.nonce!r} of command {cmd.command_id!r} "
+                                   "was seen before")
+        return signed
+
     def _done(self, cmd_id: str, meter: str, outcome: wire.Outcome,
               relay: RelayState | None = None, reason: str | None = None) -> Ack:
         return Ack(cmd_id, self.config.gateway_id, meter, "done", datetime.now(UTC),
                    outcome, relay, reason)
 
-    def _invalid_command(self, payload: bytes | str, reason: str) -> None:
-        """Ack an unusable command when it names itself; otherwise all we can do is tell."""
+    def _refuse(self, payload: bytes | str, outcome: wire.Outcome, code: str,
+                reason: str) -> None:
+        """Say no, loudly: a security event always, and a "done" ack to the command id the
+        (unverified) payload names, if it names one; billing only trusts acks for commands
+        it sent. The refusal is not remembered, so it cannot shadow a genuine command."""
+        self.stats.commands_refused += 1
         try:
             obj = json.loads(payload)
         except ValueError:
             obj = None
         cmd_id = obj.get("command_id") if isinstance(obj, dict) else None
         meter = obj.get("meter") if isinstance(obj, dict) else None
-        if isinstance(cmd_id, str) and cmd_id:
-            self._ack(self._done(cmd_id, meter if isinstance(meter, str) and meter else "?",
-                                 "invalid", reason=reason))
-        else:
-            self._event(Event("command_invalid", datetime.now(UTC), None, reason))
+        cmd_id = cmd_id if isinstance(cmd_id, str) and cmd_id else None
+        meter = meter if isinstance(meter, str) and meter else None
+        log.warning("command %s refused: %s", cmd_id or "(no id)", reason)
+        self._event(Event("security_refused", datetime.now(UTC), meter, reason,
+                          {"reason": code, "command_id": cmd_id}))
+        if cmd_id is not None:
+            self._ack(self._done(cmd_id, meter or "?", outcome, reason=reason))
 
     async def _execute(self, cmd: Command) -> Ack:
-        if cmd.expired(datetime.now(UTC)):
+        if cmd.expired(datetime.now(UTC)):  # expired while the signature was checked
             return self._done(cmd.command_id, cmd.meter, "expired",
                               reason=f"expired at {wire.utc_iso(cmd.expires_at)}")
         target = self._meters.get(cmd.meter)
         if target is None:
-            return self._done(cmd.command_id, cmd.meter, "unknown_meter",
-                              reason=f"no meter {cmd.meter!r} on gateway "
-                                     f"{self.config.gateway_id}")
+            reason = f"no meter {cmd.meter!r} on gateway {self.config.gateway_id}"
+            self._event(Event("security_refused", datetime.now(UTC), cmd.meter, reason,
+                              {"reason": "unknown_meter", "command_id": cmd.command_id}))
+            return self._done(cmd.command_id, cmd.meter, "unknown_meter", reason=reason)
         bus, meter = target
         await asyncio.to_thread(self.store.command_started, cmd.command_id)
         self._ack(Ack(cmd.command_id, self.config.gateway_id, cmd.meter, "accepted",

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from meterhub.quantities import QUANTITIES
+from meterhub.security import KeyFileError, Keyring
 from meterhub.settings import MqttSettings, SettingsError
 
 BusProtocol = Literal["dlt645-2007", "dlt645-1997", "modbus"]
@@ -136,12 +137,26 @@ class BufferConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    """Who may command this gateway: the public keys (PEM files) of the signers it trusts,
+    several during a key rotation, and how far ahead of its clock a command may be dated."""
+
+    trusted_keys: tuple[Path, ...] = ()
+    max_future_skew_s: float = 60.0
+
+    def keyring(self) -> Keyring:
+        """The trusted keys, loaded; empty means every command is refused."""
+        return Keyring.from_files(self.trusted_keys)
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     gateway_id: str
     site: str
     buses: tuple[BusConfig, ...]
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     buffer: BufferConfig = field(default_factory=BufferConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     batch_interval_s: float = 5.0
     max_batch_readings: int = 500
     status_interval_s: float = 30.0
@@ -289,6 +304,30 @@ def _check_mqtt(c: _Checker, raw: dict[str, Any]) -> MqttConfig:
     if cfg.key_file and not cfg.cert_file:
         c.problems.append("mqtt.key_file: needs mqtt.cert_file (the client certificate)")
     return cfg
+
+
+def _check_security(c: _Checker, raw: dict[str, Any], base_dir: Path | None) -> SecurityConfig:
+    c.unknown_keys(raw, ("trusted_keys", "max_future_skew_s"), "security")
+    paths: list[Path] = []
+    for i, item in enumerate(c.get(raw, "trusted_keys", "security", list, [])):
+        where = f"security.trusted_keys[{i}]"
+        if not isinstance(item, str) or not item:
+            c.problem(where, item, "is not a path to a public key (PEM) file")
+            continue
+        path = Path(item).expanduser()
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        try:
+            Keyring.from_files([path])
+        except OSError as exc:
+            c.problem(where, item, f"cannot be read ({exc.strerror})")
+            continue
+        except KeyFileError as exc:
+            c.problem(where, item, f"is not an Ed25519 public key: {exc}")
+            continue
+        paths.append(path)
+    skew = c.get(raw, "max_future_skew_s", "security", (int, float), 60.0, _positive(3600))
+    return SecurityConfig(trusted_keys=tuple(paths), max_future_skew_s=float(skew))
 
 
 _BUS_KEYS = ("name", "protocol", "port", "tcp", "baud", "parity", "stopbits", "bytesize",
@@ -534,12 +573,15 @@ def _check_supported(c: _Checker, bus: BusConfig, path: str, indexes: list[int],
                           f"has no DL/T645-{version} data identifier")
 
 
-def config_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> GatewayConfig:
-    """Check a parsed config; raise :class:`ConfigError` listing every problem."""
+def config_from_dict(data: Mapping[str, Any], source: str = "<dict>", *,
+                     base_dir: Path | None = None) -> GatewayConfig:
+    """Check a parsed config; raise :class:`ConfigError` listing every problem.
+
+    ``base_dir`` resolves relative key and secret paths (the config file's folder)."""
     c = _Checker()
     if not isinstance(data, Mapping):
         raise ConfigError(source, [f"top level: {data!r} is not a table"])
-    c.unknown_keys(data, ("gateway", "mqtt", "buffer", "buses"), "")
+    c.unknown_keys(data, ("gateway", "mqtt", "buffer", "security", "buses"), "")
     gw = c.table(data.get("gateway", _MISSING), "gateway")
     if "gateway" not in data:
         c.problems.append("gateway: is required ([gateway] with id and site)")
@@ -566,6 +608,8 @@ def config_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Gateway
         publish_timeout_s=float(c.get(braw, "publish_timeout_s", "buffer", (int, float), 10.0,
                                       _positive(600))),
     )
+
+    security = _check_security(c, c.table(data.get("security", _MISSING), "security"), base_dir)
 
     buses_raw = c.get(data, "buses", "", list, [])
     if not buses_raw:
@@ -605,6 +649,7 @@ def config_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Gateway
         buses=tuple(buses),
         mqtt=mqtt,
         buffer=buffer,
+        security=security,
         batch_interval_s=float(batch_interval),
         max_batch_readings=max_batch,
         status_interval_s=float(status_interval),
@@ -625,4 +670,4 @@ def load_config(path: str | Path) -> GatewayConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from None
-    return config_from_dict(data, source=str(path))
+    return config_from_dict(data, source=str(path), base_dir=path.parent)

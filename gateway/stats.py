@@ -16,5 +16,6 @@ class GatewayStats:
     readings_dropped: int = 0  # dropped from a full buffer
     commands_done: int = 0
     commands_repeated: int = 0
+    commands_refused: int = 0  # unsigned, forged, replayed, malformed ...
     poll_errors: int = 0
     connects: int = 0

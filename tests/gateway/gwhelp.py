@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -18,10 +22,39 @@ from firmware_sim.dlt645 import Dlt645BusProtocol
 from firmware_sim.meter import SimMeter
 from firmware_sim.modbus import ModbusRtuBusProtocol
 from meterhub import wire
+from meterhub.security import CommandSigner, generate_private_key, write_public_key
 from meterhub.settings import MqttSettings
 
 SIM_MODEL = "sim-prepaid-1p"
 QUANTITIES = ["energy_import_total", "voltage_a", "current_a", "power_active_total"]
+
+
+def signer_for(name: str = "billing") -> CommandSigner:
+    """A signing key for the tests (one per name and test session), its public half in a
+    file (:func:`trusted_key_file`) the test gateways trust."""
+    return _key_files(name)[0]
+
+
+def trusted_key_file(name: str = "billing") -> str:
+    return _key_files(name)[1]
+
+
+@functools.cache
+def _key_files(name: str) -> tuple[CommandSigner, str]:
+    folder = Path(tempfile.mkdtemp(prefix="meterhub-test-keys-"))
+    signer = CommandSigner(generate_private_key(folder / f"{name}.key"))
+    write_public_key(folder / f"{name}.pub", signer.public_key)
+    return signer, str(folder / f"{name}.pub")
+
+
+def command(command_id: str, meter: str, action: str = "relay_open", *,
+            expires_in_s: float = 30.0, issued_in_s: float = 0.0, gateway: str = "gw1",
+            signer: CommandSigner | None = None, nonce: str | None = None) -> bytes:
+    """A command signed with the test key (or ``signer``), as billing would send it."""
+    now = datetime.now(UTC) + timedelta(seconds=issued_in_s)
+    cmd = wire.Command(command_id, meter, action, now,  # type: ignore[arg-type]
+                       now + timedelta(seconds=expires_in_s - issued_in_s))
+    return wire.encode_command(cmd, gateway, signer or signer_for(), nonce=nonce)
 
 
 def dlt_meters(n: int, first: int = 1) -> list[SimMeter]:
@@ -136,4 +169,5 @@ def gateway_config(site: str, dlt: SimBus | None, rtu: SimBus | None, *,
                       "meters": [{"unit": int(m.address)} for m in rtu.meters]})
     return {"gateway": {"id": "gw1", "site": site, "batch_interval_s": batch_s,
                         "status_interval_s": 0.5, **gateway},
+            "security": {"trusted_keys": [trusted_key_file()]},
             "buses": buses}

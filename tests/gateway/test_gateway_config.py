@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
 import pytest
+from gwhelp import signer_for
 
 from gateway import ConfigError, config_from_dict, load_config
+from meterhub.security import write_public_key
 
 EXAMPLE = Path(__file__).parents[2] / "configs" / "gateway.example.toml"
 
@@ -153,8 +154,31 @@ def test_unreadable_and_invalid_files_name_the_file(tmp_path: Path) -> None:
         load_config(bad)
 
 
-def test_example_config_is_valid() -> None:
-    config = load_config(EXAMPLE)
+def installed_example(folder: Path) -> Path:
+    """The example config installed in ``folder`` with the files it points to: the trusted
+    public key and the secret files (mode 0600)."""
+    path = folder / "gateway.toml"
+    path.write_text(EXAMPLE.read_text())
+    write_public_key(folder / "keys" / "billing.pub", signer_for().public_key)
+    return path
+
+
+def test_example_config_is_valid(tmp_path: Path) -> None:
+    path = installed_example(tmp_path)
+    config = load_config(path)
     assert config.gateway_id == "gw-0001"
     assert "flat-12b" in config.meters()
-    assert copy.deepcopy(config) == config
+    assert config.security.trusted_keys == (tmp_path / "keys" / "billing.pub",)
+    assert len(config.security.keyring()) == 1
+    assert load_config(path) == config
+
+
+def test_trusted_keys_must_be_public_key_files(tmp_path: Path) -> None:
+    (tmp_path / "junk.pub").write_text("not a key")
+    data = _good()
+    data["security"] = {"trusted_keys": ["junk.pub", "missing.pub"], "max_future_skew_s": 0}
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(data, source="gw.toml", base_dir=tmp_path)
+    assert [p.split(":")[0] for p in err.value.problems] == [
+        "security.trusted_keys[0]", "security.trusted_keys[1]", "security.max_future_skew_s"]
+    assert "cannot be read" in err.value.problems[1]
