@@ -17,11 +17,15 @@ is acked "accepted" and then "done". Acks and events leave through the publisher
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
+import math
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import aiomqtt
 
@@ -30,6 +34,7 @@ from gateway.drivers.base import Driver, DriverError, MeterRejected, NoAnswer
 from gateway.scheduler import BusWorker
 from gateway.stats import GatewayStats
 from gateway.store import Store
+from gateway.supervise import safe_text
 from meterhub import wire
 from meterhub.security import RefusalReason, SignatureRefused, SqliteReplayGuard
 from meterhub.wire import Ack, Command, Event, RelayState
@@ -37,6 +42,13 @@ from meterhub.wire import Ack, Command, Event, RelayState
 log = logging.getLogger(__name__)
 
 COMMAND_MEMORY_S = 7 * 86400.0  # how long a command id is remembered for idempotency
+
+# Limits on what a command payload may be, checked before anything else reads it
+MAX_PAYLOAD = 64 * 1024
+MAX_DEPTH = 8  # a command is {..., "params": {...}}: anything deeper is not one of ours
+MAX_INT_DIGITS = 20
+_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_ID_FIELDS = ("command_id", "meter", "gateway", "nonce", "key_id")
 _EXPECTED_RELAY: dict[str, RelayState] = {"relay_open": "open", "relay_close": "closed"}
 
 
@@ -90,11 +102,23 @@ class CommandExecutor:
             payload = message.payload
             if not isinstance(payload, bytes | str):
                 continue
-            task = asyncio.create_task(self.handle(payload))
+            task = asyncio.create_task(self._handle_safely(payload))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
     # ------------------------------------------------------------------ one command
+
+    async def _handle_safely(self, payload: bytes | str) -> None:
+        """:meth:`handle`, with a bug in it logged and reported instead of lost with the
+        task: one command never stops the next."""
+        try:
+            await self.handle(payload)
+        except Exception as exc:
+            log.exception("command handling failed")
+            self.stats.commands_failed += 1
+            self._event(Event("command_failed", datetime.now(UTC), None,
+                              safe_text(f"{type(exc).__name__}: {exc}"),
+                              _fingerprint(payload)))
 
     async def handle(self, payload: bytes | str) -> None:
         """Verify, deduplicate, execute and ack one command payload."""
@@ -126,6 +150,7 @@ class CommandExecutor:
 
     async def _verify(self, payload: bytes | str) -> wire.SignedCommand:
         """The signed command, or WireError / SignatureRefused saying why it must not run."""
+        _screen(payload)
         if not self._keyring:
             raise SignatureRefused(RefusalReason.UNKNOWN_KEY,
                                    "this gateway trusts no command keys")
@@ -147,20 +172,15 @@ class CommandExecutor:
     def _refuse(self, payload: bytes | str, outcome: wire.Outcome, code: str,
                 reason: str) -> None:
         """Say no, loudly: a security event always, and a "done" ack to the command id the
-        (unverified) payload names, if it names one; billing only trusts acks for commands
-        it sent. The refusal is not remembered, so it cannot shadow a genuine command."""
+        (unverified) payload names, if it names one well-formed; billing only trusts acks
+        for commands it sent. The refusal is not remembered, so it cannot shadow a genuine
+        command."""
         self.stats.commands_refused += 1
-        try:
-            obj = json.loads(payload)
-        except ValueError:
-            obj = None
-        cmd_id = obj.get("command_id") if isinstance(obj, dict) else None
-        meter = obj.get("meter") if isinstance(obj, dict) else None
-        cmd_id = cmd_id if isinstance(cmd_id, str) and cmd_id else None
-        meter = meter if isinstance(meter, str) and meter else None
+        reason = safe_text(reason)
+        cmd_id, meter = _addressee(payload)
         log.warning("command %s refused: %s", cmd_id or "(no id)", reason)
         self._event(Event("security_refused", datetime.now(UTC), meter, reason,
-                          {"reason": code, "command_id": cmd_id}))
+                          {"reason": code, "command_id": cmd_id, **_fingerprint(payload)}))
         if cmd_id is not None:
             self._ack(self._done(cmd_id, meter or "?", outcome, reason=reason))
 
@@ -211,3 +231,113 @@ class CommandExecutor:
             return self._done(cmd.command_id, cmd.meter, "ok", relay)
 
         return job
+
+
+# ---------------------------------------------------------------------------- untrusted input
+
+
+def _screen(payload: bytes | str) -> None:
+    """Refuse (WireError) a payload no command can be, before a decoder spends effort on it:
+    what :func:`_parse` refuses, and ids that are not 1-64 characters of ``[A-Za-z0-9._:-]``."""
+    obj = _parse(payload)
+    if isinstance(obj, dict):
+        for key in _ID_FIELDS:
+            value = obj.get(key)
+            if isinstance(value, str) and not _ID.fullmatch(value):
+                raise wire.WireError(f"cmd.{key}: {safe_text(repr(value), 80)} is not 1-64 "
+                                     "characters of letters, digits, '.', '_', ':', '-'")
+
+
+def _parse(payload: bytes | str) -> Any:
+    """JSON within limits: at most :data:`MAX_PAYLOAD` bytes of UTF-8, nested at most
+    :data:`MAX_DEPTH` deep, no huge or non-finite numbers, no text with lone surrogates."""
+    raw = payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else payload
+    if len(raw) > MAX_PAYLOAD:
+        raise wire.WireError(f"cmd: {len(raw)} bytes, more than {MAX_PAYLOAD}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise wire.WireError("cmd: not UTF-8") from None
+    depth = _depth(text)
+    if depth > MAX_DEPTH:
+        raise wire.WireError(f"cmd: nested {depth} deep, more than {MAX_DEPTH}")
+
+    def number(token: str) -> int | float:
+        if len(token) > MAX_INT_DIGITS + 1:
+            raise wire.WireError(f"cmd: number {token[:24]}... is too long")
+        value = float(token) if any(c in token for c in ".eE") else int(token)
+        if not math.isfinite(value):
+            raise wire.WireError(f"cmd: number {token} is out of range")
+        return value
+
+    def constant(token: str) -> None:
+        raise wire.WireError(f"cmd: {token} is not a number JSON allows")
+
+    try:
+        obj = json.loads(text, parse_int=number, parse_float=number, parse_constant=constant)
+    except json.JSONDecodeError as exc:
+        raise wire.WireError(f"cmd: not valid JSON ({exc})") from None
+    _check_text(obj, "cmd")
+    return obj
+
+
+def _depth(text: str) -> int:
+    """The deepest nesting of objects and arrays, by a scan that cannot recurse."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def _check_text(obj: object, where: str) -> None:
+    """Every string (keys too) must encode as UTF-8: JSON's ``\\ud800`` escape makes a lone
+    surrogate that would break every encoder after us."""
+    if isinstance(obj, str):
+        try:
+            obj.encode("utf-8")
+        except UnicodeEncodeError:
+            raise wire.WireError(f"{where}: text with a lone surrogate") from None
+    elif isinstance(obj, list):
+        for i, item in enumerate(obj):
+            _check_text(item, f"{where}[{i}]")
+    elif isinstance(obj, dict):
+        for key, item in obj.items():
+            _check_text(key, where)
+            _check_text(item, f"{where}.{safe_text(key, 40)}")
+
+
+def _addressee(payload: bytes | str) -> tuple[str | None, str | None]:
+    """The (command id, meter) an unverified payload names, where both are well-formed ids;
+    a refusal is acked to them. Anything else (too big or too deep to read, an id that is
+    not an id) gets no ack, only the event."""
+    if len(payload) > MAX_PAYLOAD:
+        return None, None
+    try:  # numbers stay text: only the ids are wanted here
+        obj = json.loads(payload, parse_int=str, parse_float=str, parse_constant=str)
+    except (ValueError, RecursionError):
+        obj = None
+    if not isinstance(obj, dict):
+        return None, None
+    found = [obj.get(key) for key in ("command_id", "meter")]
+    cmd_id, meter = (v if isinstance(v, str) and _ID.fullmatch(v) else None for v in found)
+    return cmd_id, meter
+
+
+def _fingerprint(payload: bytes | str) -> dict[str, Any]:
+    """What an event says about a refused payload: its size and hash, never its text."""
+    raw = payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else payload
+    return {"size": len(raw), "sha256": hashlib.sha256(raw).hexdigest()[:16]}

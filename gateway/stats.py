@@ -17,5 +17,6 @@ class GatewayStats:
     commands_done: int = 0
     commands_repeated: int = 0
     commands_refused: int = 0  # unsigned, forged, replayed, malformed ...
+    commands_failed: int = 0  # a bug while handling one (logged; the next one still runs)
     poll_errors: int = 0
     connects: int = 0
