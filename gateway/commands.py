@@ -50,6 +50,7 @@ MAX_INT_DIGITS = 20
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _ID_FIELDS = ("command_id", "meter", "gateway", "nonce", "key_id")
 _EXPECTED_RELAY: dict[str, RelayState] = {"relay_open": "open", "relay_close": "closed"}
+_RELAY_ACTIONS = ("relay_open", "relay_close", "relay_close_permitted")
 
 
 class CommandExecutor:
@@ -195,6 +196,10 @@ class CommandExecutor:
                               {"reason": "unknown_meter", "command_id": cmd.command_id}))
             return self._done(cmd.command_id, cmd.meter, "unknown_meter", reason=reason)
         bus, meter = target
+        if cmd.action in _RELAY_ACTIONS and not meter.relay_control:
+            return self._done(cmd.command_id, cmd.meter, "invalid",
+                              reason=f"relay control is off for meter {cmd.meter} "
+                                     "(relay_control = false)")
         await asyncio.to_thread(self.store.command_started, cmd.command_id)
         self._ack(Ack(cmd.command_id, self.config.gateway_id, cmd.meter, "accepted",
                       datetime.now(UTC)))

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from meterhub.quantities import QUANTITIES
-from meterhub.security import KeyFileError, Keyring
+from meterhub.security import KeyFileError, Keyring, Secret, SecretError, load_secret
 from meterhub.settings import MqttSettings, SettingsError
 
 BusProtocol = Literal["dlt645-2007", "dlt645-1997", "modbus"]
@@ -53,6 +53,8 @@ class MeterConfig:
     quantities: tuple[str, ...]
     model: str | None = None
     read_status: bool = False  # also read the relay state (and DL/T645 alarm bits) each poll
+    relay_control: bool = True  # relay commands run on it (False: refused as invalid)
+    password: Secret | None = None  # DL/T645 relay/write password: its own, else its bus's
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +73,10 @@ class BusConfig:
     timeout_s: float = 1.0
     retries: int = 2
     inter_frame_gap_s: float = 0.0
-    # DL/T645 only: wake-up preamble and the relay-control credentials (0x1C)
+    # DL/T645 only: wake-up preamble and the relay-control credentials (0x1C); the password
+    # is the bus's default (or [security] meter_password), a meter may have its own
     preamble: int = 4
-    password: str = "123456"
+    password: Secret | None = None
     password_level: int = 2
     operator: str = "00000000"
     # Modbus only: a folder of extra register maps next to the packaged ones
@@ -104,7 +107,7 @@ class BusConfig:
 class MqttConfig:
     url: str | None = None
     username: str | None = None
-    password: str | None = None
+    password: Secret | None = None
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
@@ -120,7 +123,7 @@ class MqttConfig:
             port=base.port,
             tls=base.tls or self.ca_file is not None,
             username=self.username or base.username,
-            password=self.password or base.password,
+            password=self.password.reveal() if self.password is not None else base.password,
             ca_file=self.ca_file,
             cert_file=self.cert_file,
             key_file=self.key_file,
@@ -143,6 +146,7 @@ class SecurityConfig:
 
     trusted_keys: tuple[Path, ...] = ()
     max_future_skew_s: float = 60.0
+    meter_password: Secret | None = None  # the DL/T645 password of meters that name none
 
     def keyring(self) -> Keyring:
         """The trusted keys, loaded; empty means every command is refused."""
@@ -175,8 +179,9 @@ class GatewayConfig:
 class _Checker:
     """Walks the raw TOML tables, recording every problem instead of raising at the first."""
 
-    def __init__(self) -> None:
+    def __init__(self, base_dir: Path | None = None) -> None:
         self.problems: list[str] = []
+        self.base_dir = base_dir
 
     def problem(self, path: str, value: Any, why: str) -> None:
         self.problems.append(f"{path}: {value!r} {why}" if value is not _MISSING else
@@ -224,6 +229,24 @@ class _Checker:
             self.problem(where, value, why)
             return default
         return value
+
+
+    def secret(self, raw: Mapping[str, Any], key: str, path: str,
+               check: Callable[[str], str | None] | None = None) -> Secret | None:
+        """A secret given as ``{file = ...}``, ``{env = ...}`` or inline (with a warning);
+        problems name the key, never the value."""
+        if key not in raw:
+            return None
+        where = _join(path, key)
+        try:
+            secret = load_secret(where, raw[key], base_dir=self.base_dir)
+        except SecretError as exc:
+            self.problems.append(str(exc))
+            return None
+        if check is not None and (why := check(secret.reveal())) is not None:
+            self.problems.append(f"{where}: ({secret.source}) {why}")
+            return None
+        return secret
 
 
 _MISSING: Any = object()
@@ -295,7 +318,7 @@ def _check_mqtt(c: _Checker, raw: dict[str, Any]) -> MqttConfig:
     cfg = MqttConfig(
         url=c.get(raw, "url", "mqtt", str, None, url),
         username=c.get(raw, "username", "mqtt", str, None),
-        password=c.get(raw, "password", "mqtt", str, None),
+        password=c.secret(raw, "password", "mqtt"),
         ca_file=c.get(raw, "ca_file", "mqtt", str, None, _file),
         cert_file=c.get(raw, "cert_file", "mqtt", str, None, _file),
         key_file=c.get(raw, "key_file", "mqtt", str, None, _file),
@@ -306,8 +329,12 @@ def _check_mqtt(c: _Checker, raw: dict[str, Any]) -> MqttConfig:
     return cfg
 
 
-def _check_security(c: _Checker, raw: dict[str, Any], base_dir: Path | None) -> SecurityConfig:
-    c.unknown_keys(raw, ("trusted_keys", "max_future_skew_s"), "security")
+def _dlt_password(value: str) -> str | None:
+    return None if re.fullmatch(r"[0-9]{6}", value) else "is not a 6-digit DL/T645 password"
+
+
+def _check_security(c: _Checker, raw: dict[str, Any]) -> SecurityConfig:
+    c.unknown_keys(raw, ("trusted_keys", "max_future_skew_s", "meter_password"), "security")
     paths: list[Path] = []
     for i, item in enumerate(c.get(raw, "trusted_keys", "security", list, [])):
         where = f"security.trusted_keys[{i}]"
@@ -315,8 +342,8 @@ def _check_security(c: _Checker, raw: dict[str, Any], base_dir: Path | None) -> 
             c.problem(where, item, "is not a path to a public key (PEM) file")
             continue
         path = Path(item).expanduser()
-        if not path.is_absolute() and base_dir is not None:
-            path = base_dir / path
+        if not path.is_absolute() and c.base_dir is not None:
+            path = c.base_dir / path
         try:
             Keyring.from_files([path])
         except OSError as exc:
@@ -327,14 +354,18 @@ def _check_security(c: _Checker, raw: dict[str, Any], base_dir: Path | None) -> 
             continue
         paths.append(path)
     skew = c.get(raw, "max_future_skew_s", "security", (int, float), 60.0, _positive(3600))
-    return SecurityConfig(trusted_keys=tuple(paths), max_future_skew_s=float(skew))
+    return SecurityConfig(trusted_keys=tuple(paths), max_future_skew_s=float(skew),
+                          meter_password=c.secret(raw, "meter_password", "security",
+                                                  _dlt_password))
 
 
 _BUS_KEYS = ("name", "protocol", "port", "tcp", "baud", "parity", "stopbits", "bytesize",
              "timeout_s", "retries", "inter_frame_gap_s", "poll_interval_s", "quantities", "model",
              "preamble", "password", "password_level", "operator", "maps_dir", "read_status",
+             "relay_control",
              "meters")
 _METER_KEYS = ("id", "address", "unit", "protocol", "model", "poll_interval_s", "quantities",
+               "password", "relay_control",
                "read_status")
 
 
@@ -386,7 +417,8 @@ def _modbus_unit(c: _Checker, raw: Mapping[str, Any], path: str) -> str | None:
 
 def _check_meter(c: _Checker, raw: Any, path: str, bus: BusConfig, gateway_id: str,
                  interval_s: float, quantities: tuple[str, ...],
-                 model: str | None, read_status: bool) -> MeterConfig | None:
+                 model: str | None, read_status: bool,
+                 relay_control: bool) -> MeterConfig | None:
     raw = c.table(raw, path)
     if not raw:
         return None
@@ -424,6 +456,10 @@ def _check_meter(c: _Checker, raw: Any, path: str, bus: BusConfig, gateway_id: s
     if status and bus.protocol == "dlt645-1997":
         c.problems.append(f"{_join(path, 'read_status')}: DL/T645-1997 has no relay status "
                           "word to read")
+    relay = c.get(raw, "relay_control", path, bool, relay_control)
+    password = c.secret(raw, "password", path, _dlt_password)
+    if password is not None and not bus.protocol.startswith("dlt645"):
+        c.problems.append(f"{_join(path, 'password')}: is for DL/T645 meters")
     if address is None:
         return None
     default_id = address if bus.protocol.startswith("dlt645") else \
@@ -432,10 +468,12 @@ def _check_meter(c: _Checker, raw: Any, path: str, bus: BusConfig, gateway_id: s
     return MeterConfig(id=meter_id, address=address, protocol=bus.protocol,
                        poll_interval_s=float(interval), quantities=qty,
                        model=model if bus.protocol == "modbus" else None,
-                       read_status=status)
+                       read_status=status, relay_control=relay,
+                       password=password or bus.password)
 
 
-def _check_bus(c: _Checker, raw: Any, path: str, gateway_id: str) -> BusConfig | None:
+def _check_bus(c: _Checker, raw: Any, path: str, gateway_id: str,
+               default_password: Secret | None) -> BusConfig | None:
     raw = c.table(raw, path)
     if not raw:
         return None
@@ -472,9 +510,7 @@ def _check_bus(c: _Checker, raw: Any, path: str, gateway_id: str) -> BusConfig |
                                       lambda v: None if 0 <= v <= 5 else
                                       "must be between 0 and 5 seconds")),
         preamble=c.get(raw, "preamble", path, int, 4, _between(0, 4)),
-        password=c.get(raw, "password", path, str, "123456",
-                       lambda v: None if re.fullmatch(r"[0-9]{6}", v) else
-                       "is not a 6-digit DL/T645 password"),
+        password=c.secret(raw, "password", path, _dlt_password) or default_password,
         password_level=c.get(raw, "password_level", path, int, 2, _between(0, 9)),
         operator=c.get(raw, "operator", path, str, "00000000",
                        lambda v: None if re.fullmatch(r"[0-9]{8}", v) else
@@ -486,6 +522,9 @@ def _check_bus(c: _Checker, raw: Any, path: str, gateway_id: str) -> BusConfig |
     quantities = _quantities(c, raw, path, DEFAULT_QUANTITIES)
     model = c.get(raw, "model", path, str, None)
     read_status = c.get(raw, "read_status", path, bool, False)
+    relay_control = c.get(raw, "relay_control", path, bool, True)
+    if "password" in raw and known and not dlt:
+        c.problems.append(f"{_join(path, 'password')}: is for DL/T645 buses")
     if model is not None and dlt:
         c.problems.append(f"{_join(path, 'model')}: is for Modbus buses (register map)")
     meters_raw = c.get(raw, "meters", path, list, [])
@@ -498,7 +537,7 @@ def _check_bus(c: _Checker, raw: Any, path: str, gateway_id: str) -> BusConfig |
     for i, item in enumerate(meters_raw):
         mpath = f"{path}.meters[{i}]"
         meter = _check_meter(c, item, mpath, bus, gateway_id, interval, quantities, model,
-                             read_status)
+                             read_status, relay_control)
         if meter is None:
             continue
         if meter.address in seen:
@@ -510,10 +549,26 @@ def _check_bus(c: _Checker, raw: Any, path: str, gateway_id: str) -> BusConfig |
         meters.append(meter)
         kept.append(i)
     bus = replace(bus, meters=tuple(meters))
+    _check_relay_passwords(c, bus, path, kept)
     if bus.protocol == "modbus":
         _check_models(c, bus, path, kept, model)
     _check_supported(c, bus, path, kept, model)
     return bus
+
+
+def _check_relay_passwords(c: _Checker, bus: BusConfig, path: str, indexes: list[int]) -> None:
+    """A DL/T645-2007 meter that takes relay commands needs its password: there is no
+    default (a meter still on its factory password is for the installer to change)."""
+    if bus.protocol != "dlt645-2007":
+        return
+    missing = [i for m, i in zip(bus.meters, indexes, strict=True)
+               if m.relay_control and m.password is None]
+    if missing:
+        which = ", ".join(f"meters[{i}]" for i in missing)
+        c.problems.append(
+            f"{path}.password: is required for relay control of DL/T645-2007 meters "
+            f"({which}): give password = {{file = \"...\"}} or {{env = \"...\"}} on the bus, "
+            "on each meter or as [security] meter_password, or set relay_control = false")
 
 
 def _check_models(c: _Checker, bus: BusConfig, path: str, indexes: list[int],
@@ -578,7 +633,7 @@ def config_from_dict(data: Mapping[str, Any], source: str = "<dict>", *,
     """Check a parsed config; raise :class:`ConfigError` listing every problem.
 
     ``base_dir`` resolves relative key and secret paths (the config file's folder)."""
-    c = _Checker()
+    c = _Checker(base_dir)
     if not isinstance(data, Mapping):
         raise ConfigError(source, [f"top level: {data!r} is not a table"])
     c.unknown_keys(data, ("gateway", "mqtt", "buffer", "security", "buses"), "")
@@ -609,7 +664,7 @@ def config_from_dict(data: Mapping[str, Any], source: str = "<dict>", *,
                                       _positive(600))),
     )
 
-    security = _check_security(c, c.table(data.get("security", _MISSING), "security"), base_dir)
+    security = _check_security(c, c.table(data.get("security", _MISSING), "security"))
 
     buses_raw = c.get(data, "buses", "", list, [])
     if not buses_raw:
@@ -621,7 +676,7 @@ def config_from_dict(data: Mapping[str, Any], source: str = "<dict>", *,
     ids: dict[str, str] = {}
     for i, item in enumerate(buses_raw):
         path = f"buses[{i}]"
-        bus = _check_bus(c, item, path, gid)
+        bus = _check_bus(c, item, path, gid, security.meter_password)
         if bus is None:
             continue
         if bus.name in names:

@@ -22,7 +22,12 @@ from firmware_sim.dlt645 import Dlt645BusProtocol
 from firmware_sim.meter import SimMeter
 from firmware_sim.modbus import ModbusRtuBusProtocol
 from meterhub import wire
-from meterhub.security import CommandSigner, generate_private_key, write_public_key
+from meterhub.security import (
+    CommandSigner,
+    generate_private_key,
+    write_private_file,
+    write_public_key,
+)
 from meterhub.settings import MqttSettings
 
 SIM_MODEL = "sim-prepaid-1p"
@@ -45,6 +50,17 @@ def _key_files(name: str) -> tuple[CommandSigner, str]:
     signer = CommandSigner(generate_private_key(folder / f"{name}.key"))
     write_public_key(folder / f"{name}.pub", signer.public_key)
     return signer, str(folder / f"{name}.pub")
+
+
+SIM_PASSWORD = "123456"  # what firmware_sim's DL/T645 meters want
+
+
+@functools.cache
+def meter_password_file() -> str:
+    """A 0600 file with the simulated meters' relay password, for ``{file = ...}``."""
+    path = Path(tempfile.mkdtemp(prefix="meterhub-test-secrets-")) / "meter.password"
+    write_private_file(path, f"{SIM_PASSWORD}\n".encode())
+    return str(path)
 
 
 def command(command_id: str, meter: str, action: str = "relay_open", *,
@@ -160,6 +176,7 @@ def gateway_config(site: str, dlt: SimBus | None, rtu: SimBus | None, *,
     if dlt is not None:
         buses.append({"name": "dlt", "protocol": "dlt645-2007", "port": dlt.port,
                       "baud": dlt.baud, "timeout_s": 0.3, "retries": 0,
+                      "password": {"file": meter_password_file()},
                       "poll_interval_s": poll_s, "quantities": QUANTITIES,
                       "meters": [{"address": m.address} for m in dlt.meters]})
     if rtu is not None:

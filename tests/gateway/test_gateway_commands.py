@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,12 @@ from gwhelp import (
     wait_for,
 )
 
+from firmware_sim.bus import SimBus
+from firmware_sim.dlt645 import Dlt645BusProtocol
 from firmware_sim.meter import SimMeter
 from gateway import Gateway, config_from_dict
 from meterhub import wire
+from meterhub.security import write_private_file
 from meterhub.settings import MqttSettings
 
 pytestmark = pytest.mark.integration
@@ -289,3 +293,38 @@ async def test_key_rotation_and_no_trusted_keys(mqtt: MqttSettings, site: str, s
                               [("nobody", command("nobody", "000000000001"))])
     assert seen.acks_for("nobody")[-1].outcome == "rejected"
     assert not dlt.meters[0].relay_open
+
+
+async def test_secrets_stay_out_of_status_and_logs(
+    mqtt: MqttSettings, site: str, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    meter_password, mqtt_password = "730519", "mqtt-pw-Zq81xv"
+    secret = tmp_path / "meter.password"
+    write_private_file(secret, f"{meter_password}\n".encode())
+    monkeypatch.setenv("GW_TEST_MQTT_PASSWORD", mqtt_password)
+    with SimBus(Dlt645BusProtocol(password=meter_password), dlt_meters(1), baud=9600,
+                parity="E") as dlt:
+        data = gateway_config(site, dlt, None, poll_s=0.3)
+        data["buses"][0]["password"] = {"file": str(secret)}
+        data["buses"][0]["read_status"] = True
+        data["mqtt"] = {"url": mqtt.url, "username": "gw1",
+                        "password": {"env": "GW_TEST_MQTT_PASSWORD"}}
+        caplog.set_level(logging.DEBUG)
+        gateway = Gateway(config_from_dict(data), state_dir=tmp_path)  # broker from the config
+        assert gateway.mqtt.password == mqtt_password
+        stop = asyncio.Event()
+        async with record(mqtt, site) as seen:
+            task = asyncio.create_task(gateway.run(stop))
+            await wait_for(lambda: gateway.connected, 10, "the gateway to connect")
+            await asyncio.sleep(0.3)
+            await send_command(mqtt, site, "gw1", command("pw-ok", "000000000001"))
+            await wait_for(lambda: len(seen.acks_for("pw-ok")) >= 2, 15, "the done ack")
+            await wait_for(lambda: len(seen.statuses) >= 2, 10, "statuses")
+            stop.set()
+            await asyncio.wait_for(task, 15)
+    assert seen.acks_for("pw-ok")[-1].outcome == "ok", "the file's password opened the relay"
+    published = repr([seen.statuses, seen.events, seen.acks])
+    for value in (meter_password, mqtt_password):
+        assert value not in published
+        assert value not in caplog.text
