@@ -23,6 +23,7 @@ BusProtocol = Literal["dlt645-2007", "dlt645-1997", "modbus"]
 PROTOCOLS: tuple[BusProtocol, ...] = ("dlt645-2007", "dlt645-1997", "modbus")
 BAUDS = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 DEFAULT_QUANTITIES = ("energy_import_total",)
+DEFAULT_RELAY_EVERY = 1  # polls per relay state report when not configured
 
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _DLT_ADDRESS = re.compile(r"^[0-9]{12}$")
@@ -52,7 +53,9 @@ class MeterConfig:
     poll_interval_s: float
     quantities: tuple[str, ...]
     model: str | None = None
-    read_status: bool = False  # also read the relay state (and DL/T645 alarm bits) each poll
+    # read the relay state (and DL/T645 alarm bits) with every N-th poll, so readings carry
+    # the relay's truth; 0 never; None (not configured) every poll where the driver can
+    report_relay_every: int | None = None
     relay_control: bool = True  # relay commands run on it (False: refused as invalid)
     password: Secret | None = None  # DL/T645 relay/write password: its own, else its bus's
 
@@ -362,11 +365,11 @@ def _check_security(c: _Checker, raw: dict[str, Any]) -> SecurityConfig:
 _BUS_KEYS = ("name", "protocol", "port", "tcp", "baud", "parity", "stopbits", "bytesize",
              "timeout_s", "retries", "inter_frame_gap_s", "poll_interval_s", "quantities", "model",
              "preamble", "password", "password_level", "operator", "maps_dir", "read_status",
-             "relay_control",
+             "report_relay_every", "relay_control",
              "meters")
 _METER_KEYS = ("id", "address", "unit", "protocol", "model", "poll_interval_s", "quantities",
                "password", "relay_control",
-               "read_status")
+               "read_status", "report_relay_every")
 
 
 def _quantities(c: _Checker, raw: Mapping[str, Any], path: str,
@@ -417,7 +420,7 @@ def _modbus_unit(c: _Checker, raw: Mapping[str, Any], path: str) -> str | None:
 
 def _check_meter(c: _Checker, raw: Any, path: str, bus: BusConfig, gateway_id: str,
                  interval_s: float, quantities: tuple[str, ...],
-                 model: str | None, read_status: bool,
+                 model: str | None, relay_every: int | None,
                  relay_control: bool) -> MeterConfig | None:
     raw = c.table(raw, path)
     if not raw:
@@ -452,10 +455,10 @@ def _check_meter(c: _Checker, raw: Any, path: str, bus: BusConfig, gateway_id: s
         model = c.get(raw, "model", path, str, model)
     interval = c.get(raw, "poll_interval_s", path, (int, float), interval_s, _positive(86400))
     qty = _quantities(c, raw, path, quantities)
-    status = c.get(raw, "read_status", path, bool, read_status)
-    if status and bus.protocol == "dlt645-1997":
-        c.problems.append(f"{_join(path, 'read_status')}: DL/T645-1997 has no relay status "
-                          "word to read")
+    every = _relay_every(c, raw, path, relay_every)
+    if every and bus.protocol == "dlt645-1997":
+        c.problems.append(f"{_join(path, _relay_key(raw))}: DL/T645-1997 has no relay "
+                          "status word to read")
     relay = c.get(raw, "relay_control", path, bool, relay_control)
     password = c.secret(raw, "password", path, _dlt_password)
     if password is not None and not bus.protocol.startswith("dlt645"):
@@ -468,7 +471,7 @@ def _check_meter(c: _Checker, raw: Any, path: str, bus: BusConfig, gateway_id: s
     return MeterConfig(id=meter_id, address=address, protocol=bus.protocol,
                        poll_interval_s=float(interval), quantities=qty,
                        model=model if bus.protocol == "modbus" else None,
-                       read_status=status, relay_control=relay,
+                       report_relay_every=every, relay_control=relay,
                        password=password or bus.password)
 
 
@@ -521,7 +524,7 @@ def _check_bus(c: _Checker, raw: Any, path: str, gateway_id: str,
     interval = float(c.get(raw, "poll_interval_s", path, (int, float), 60.0, _positive(86400)))
     quantities = _quantities(c, raw, path, DEFAULT_QUANTITIES)
     model = c.get(raw, "model", path, str, None)
-    read_status = c.get(raw, "read_status", path, bool, False)
+    relay_every = _relay_every(c, raw, path, None)
     relay_control = c.get(raw, "relay_control", path, bool, True)
     if "password" in raw and known and not dlt:
         c.problems.append(f"{_join(path, 'password')}: is for DL/T645 buses")
@@ -537,7 +540,7 @@ def _check_bus(c: _Checker, raw: Any, path: str, gateway_id: str,
     for i, item in enumerate(meters_raw):
         mpath = f"{path}.meters[{i}]"
         meter = _check_meter(c, item, mpath, bus, gateway_id, interval, quantities, model,
-                             read_status, relay_control)
+                             relay_every, relay_control)
         if meter is None:
             continue
         if meter.address in seen:
@@ -554,6 +557,22 @@ def _check_bus(c: _Checker, raw: Any, path: str, gateway_id: str,
         _check_models(c, bus, path, kept, model)
     _check_supported(c, bus, path, kept, model)
     return bus
+
+
+def _relay_every(c: _Checker, raw: Mapping[str, Any], path: str,
+                 inherited: int | None) -> int | None:
+    """``report_relay_every`` (or the older ``read_status = true|false``, meaning 1 or 0)."""
+    if "report_relay_every" in raw and "read_status" in raw:
+        c.problems.append(f"{path}: has both 'report_relay_every' and 'read_status'; "
+                          "give report_relay_every only")
+    if "read_status" in raw:
+        status = c.get(raw, "read_status", path, bool, None)
+        return inherited if status is None else int(status)
+    return c.get(raw, "report_relay_every", path, int, inherited, _between(0, 1_000_000))
+
+
+def _relay_key(raw: Mapping[str, Any]) -> str:
+    return "read_status" if "read_status" in raw else "report_relay_every"
 
 
 def _check_relay_passwords(c: _Checker, bus: BusConfig, path: str, indexes: list[int]) -> None:
@@ -608,9 +627,9 @@ def _check_supported(c: _Checker, bus: BusConfig, path: str, indexes: list[int],
                     c.problem(f"{where}.model", meter.model, "is not a known register map "
                               f"(known: {', '.join(sorted(maps))})")
                 continue
-            if meter.read_status and regmap.relay is None:
-                c.problems.append(f"{where}.read_status: register map {meter.model!r} has no "
-                                  "relay to read")
+            if meter.report_relay_every and regmap.relay is None:
+                c.problems.append(f"{where}.report_relay_every: register map "
+                                  f"{meter.model!r} has no relay to read")
             for q in meter.quantities:
                 if q not in regmap.registers:
                     c.problem(f"{where}.quantities", q,

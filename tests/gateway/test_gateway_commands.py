@@ -60,7 +60,7 @@ async def running(mqtt: MqttSettings, site: str, sim_bus: Any,
     rtu = sim_bus("modbus", rtu_meters(1))
     dlt.meters[1].faults.no_reply = True  # 000000000002 is silent
     data = gateway_config(site, dlt, rtu, poll_s=0.3)
-    data["buses"][0]["read_status"] = True  # readings carry the relay state
+    data["buses"][0]["report_relay_every"] = 1  # readings carry the relay state
     gateway = Gateway(config_from_dict(data), mqtt=mqtt, state_dir=tmp_path)
     stop = asyncio.Event()
     meters = {m.address: m for m in [*dlt.meters]} | {"gw1-rtu-1": rtu.meters[0]}
