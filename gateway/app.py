@@ -25,6 +25,7 @@ from gateway.publisher import Publisher
 from gateway.scheduler import BusWorker
 from gateway.stats import GatewayStats
 from gateway.store import Store
+from gateway.supervise import Supervisor
 from meterhub.settings import MqttSettings, data_dir, mqtt_settings
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class Gateway:
             driver_factory = open_driver
         self._driver_factory = driver_factory
         self.stats = GatewayStats()
+        self.supervisor = Supervisor()
         self._workers: dict[str, BusWorker] = {}
         self._store: Store | None = None
         self._publisher: Publisher | None = None
@@ -80,7 +82,7 @@ class Gateway:
                                     max_batches=cfg.buffer.max_batches)
         self.stats.readings_dropped = store.dropped_readings()
         publisher = self._publisher = Publisher(cfg, self.mqtt, store, self.stats,
-                                                health=self.health)
+                                                health=self.health, supervisor=self.supervisor)
         publisher.load_unsent_events()
         commands = CommandExecutor(cfg, store, self.stats, self._workers,
                                    ack=publisher.ack, event=publisher.event)
@@ -95,11 +97,10 @@ class Gateway:
                 self._workers[bus.name] = BusWorker(
                     bus, driver, on_reading=publisher.take, on_event=publisher.event,
                     backoff_max_s=cfg.backoff_max_s)
-            bus_tasks = [asyncio.create_task(w.run(), name=f"bus {n}")
-                         for n, w in self._workers.items()]
-            batcher = asyncio.create_task(publisher.batcher(stop), name="batcher")
-            mqtt_task = asyncio.create_task(publisher.mqtt_loop(mqtt_stop, commands),
-                                            name="mqtt")
+            sup = self.supervisor
+            bus_tasks = [sup.spawn(f"bus {n}", w.run) for n, w in self._workers.items()]
+            batcher = sup.spawn("batcher", lambda: publisher.batcher(stop))
+            mqtt_task = sup.spawn("mqtt", lambda: publisher.mqtt_loop(mqtt_stop, commands))
             tasks = [*bus_tasks, batcher, mqtt_task]
             log.info("gateway %s/%s running: %d buses, %d meters, state in %s", cfg.site,
                      cfg.gateway_id, len(cfg.buses), len(cfg.meters()), self.state_dir)
@@ -123,6 +124,7 @@ class Gateway:
             for driver in drivers:
                 with contextlib.suppress(Exception):
                     await driver.close()
+            commands.close()
             store.close()
 
     async def _until(self, stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
@@ -154,6 +156,8 @@ class Gateway:
             "published": {"batches": self.stats.batches_published,
                           "readings": self.stats.readings_published},
             "commands_done": self.stats.commands_done,
+            "commands_refused": self.stats.commands_refused,
+            "tasks": self.supervisor.as_dict(),
             "buses": {
                 n: {"endpoint": w.bus.endpoint, "protocol": w.bus.protocol,
                     "utilisation": w.utilisation_since(busy_before.get(n, 0.0), elapsed),

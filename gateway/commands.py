@@ -1,18 +1,31 @@
 """The command executor: commands down the ``cmd`` topic, onto the bus, acks back.
 
-Each command is checked, remembered by ``command_id`` in the gateway's SQLite file (a repeated
-id gets the first result again without touching the meter), jumps the queue of its bus and is
-acked "accepted" and then "done". Acks and events leave through the publisher's queues (the
+Only signed commands run. Each payload is verified against the trusted keys
+(``[security] trusted_keys``, :func:`meterhub.wire.decode_command`): unsigned, forged, unknown
+key, another gateway's, expired or dated too far ahead are refused, as is a replay (its signed
+nonce was seen before: :class:`~meterhub.security.SqliteReplayGuard` in the gateway's SQLite
+file, kept until the command expires, so a restart does not reopen the window). A refusal is
+acked "done"/"rejected" (or "invalid" for a payload that is not a command) to whoever the
+payload names, and raised as a ``security_refused`` event; it never reaches a bus.
+
+A verified command is remembered by ``command_id`` (a repeated id, e.g. billing's retry signed
+anew, gets the first result again without touching the meter), jumps the queue of its bus and
+is acked "accepted" and then "done". Acks and events leave through the publisher's queues (the
 ``ack`` and ``event`` callables), so they share its ordering and its reconnects.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import logging
+import math
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import aiomqtt
 
@@ -21,11 +34,23 @@ from gateway.drivers.base import Driver, DriverError, MeterRejected, NoAnswer
 from gateway.scheduler import BusWorker
 from gateway.stats import GatewayStats
 from gateway.store import Store
+from gateway.supervise import safe_text
 from meterhub import wire
+from meterhub.security import RefusalReason, SignatureRefused, SqliteReplayGuard
 from meterhub.wire import Ack, Command, Event, RelayState
 
+log = logging.getLogger(__name__)
+
 COMMAND_MEMORY_S = 7 * 86400.0  # how long a command id is remembered for idempotency
+
+# Limits on what a command payload may be, checked before anything else reads it
+MAX_PAYLOAD = 64 * 1024
+MAX_DEPTH = 8  # a command is {..., "params": {...}}: anything deeper is not one of ours
+MAX_INT_DIGITS = 20
+_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_ID_FIELDS = ("command_id", "meter", "gateway", "nonce", "key_id")
 _EXPECTED_RELAY: dict[str, RelayState] = {"relay_open": "open", "relay_close": "closed"}
+_RELAY_ACTIONS = ("relay_open", "relay_close", "relay_close_permitted")
 
 
 class CommandExecutor:
@@ -49,8 +74,18 @@ class CommandExecutor:
         self._event = event
         self._meters: dict[str, tuple[BusConfig, MeterConfig]] = config.meters()
         self._topic = wire.topic(config.site, config.gateway_id, "cmd")
+        self._keyring = config.security.keyring()
+        self._max_future_skew = timedelta(seconds=config.security.max_future_skew_s)
+        # seen nonces live next to the buffer, in the gateway's own SQLite file
+        self._replay = SqliteReplayGuard(store.path)
+        if not self._keyring:
+            log.error("gateway %s trusts no command keys ([security] trusted_keys is empty): "
+                      "EVERY relay command will be refused", config.gateway_id)
         self._running: set[str] = set()
         self.tasks: set[asyncio.Task[None]] = set()  # commands in flight
+
+    def close(self) -> None:
+        self._replay.close()
 
     async def forget_old(self) -> None:
         """Drop command ids older than :data:`COMMAND_MEMORY_S` from the idempotency memory."""
@@ -68,19 +103,35 @@ class CommandExecutor:
             payload = message.payload
             if not isinstance(payload, bytes | str):
                 continue
-            task = asyncio.create_task(self.handle(payload))
+            task = asyncio.create_task(self._handle_safely(payload))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
     # ------------------------------------------------------------------ one command
 
-    async def handle(self, payload: bytes | str) -> None:
-        """Check, deduplicate, execute and ack one command payload."""
+    async def _handle_safely(self, payload: bytes | str) -> None:
+        """:meth:`handle`, with a bug in it logged and reported instead of lost with the
+        task: one command never stops the next."""
         try:
-            cmd = wire.decode_command(payload)
+            await self.handle(payload)
+        except Exception as exc:
+            log.exception("command handling failed")
+            self.stats.commands_failed += 1
+            self._event(Event("command_failed", datetime.now(UTC), None,
+                              safe_text(f"{type(exc).__name__}: {exc}"),
+                              _fingerprint(payload)))
+
+    async def handle(self, payload: bytes | str) -> None:
+        """Verify, deduplicate, execute and ack one command payload."""
+        try:
+            signed = await self._verify(payload)
         except wire.WireError as exc:
-            self._invalid_command(payload, str(exc))
+            self._refuse(payload, "invalid", "invalid", str(exc))
             return
+        except SignatureRefused as exc:
+            self._refuse(payload, "rejected", exc.reason.value, str(exc))
+            return
+        cmd = signed.command
         _seen, done_ack = await asyncio.to_thread(self.store.command_seen, cmd.command_id)
         if done_ack is not None:  # a repeat: the first result, the meter left alone
             self.stats.commands_repeated += 1
@@ -98,35 +149,57 @@ class CommandExecutor:
         finally:
             self._running.discard(cmd.command_id)
 
+    async def _verify(self, payload: bytes | str) -> wire.SignedCommand:
+        """The signed command, or WireError / SignatureRefused saying why it must not run."""
+        _screen(payload)
+        if not self._keyring:
+            raise SignatureRefused(RefusalReason.UNKNOWN_KEY,
+                                   "this gateway trusts no command keys")
+        signed = wire.decode_command(payload, self._keyring, gateway=self.config.gateway_id,
+                                     now=datetime.now(UTC),
+                                     max_future_skew=self._max_future_skew)
+        cmd = signed.command
+        if await asyncio.to_thread(self._replay.seen, signed.nonce, cmd.expires_at):
+            raise SignatureRefused(RefusalReason.REPLAYED,
+                                   f"nonce {signed.nonce!r} of command {cmd.command_id!r} "
+                                   "was seen before")
+        return signed
+
     def _done(self, cmd_id: str, meter: str, outcome: wire.Outcome,
               relay: RelayState | None = None, reason: str | None = None) -> Ack:
         return Ack(cmd_id, self.config.gateway_id, meter, "done", datetime.now(UTC),
                    outcome, relay, reason)
 
-    def _invalid_command(self, payload: bytes | str, reason: str) -> None:
-        """Ack an unusable command when it names itself; otherwise all we can do is tell."""
-        try:
-            obj = json.loads(payload)
-        except ValueError:
-            obj = None
-        cmd_id = obj.get("command_id") if isinstance(obj, dict) else None
-        meter = obj.get("meter") if isinstance(obj, dict) else None
-        if isinstance(cmd_id, str) and cmd_id:
-            self._ack(self._done(cmd_id, meter if isinstance(meter, str) and meter else "?",
-                                 "invalid", reason=reason))
-        else:
-            self._event(Event("command_invalid", datetime.now(UTC), None, reason))
+    def _refuse(self, payload: bytes | str, outcome: wire.Outcome, code: str,
+                reason: str) -> None:
+        """Say no, loudly: a security event always, and a "done" ack to the command id the
+        (unverified) payload names, if it names one well-formed; billing only trusts acks
+        for commands it sent. The refusal is not remembered, so it cannot shadow a genuine
+        command."""
+        self.stats.commands_refused += 1
+        reason = safe_text(reason)
+        cmd_id, meter = _addressee(payload)
+        log.warning("command %s refused: %s", cmd_id or "(no id)", reason)
+        self._event(Event("security_refused", datetime.now(UTC), meter, reason,
+                          {"reason": code, "command_id": cmd_id, **_fingerprint(payload)}))
+        if cmd_id is not None:
+            self._ack(self._done(cmd_id, meter or "?", outcome, reason=reason))
 
     async def _execute(self, cmd: Command) -> Ack:
-        if cmd.expired(datetime.now(UTC)):
+        if cmd.expired(datetime.now(UTC)):  # expired while the signature was checked
             return self._done(cmd.command_id, cmd.meter, "expired",
                               reason=f"expired at {wire.utc_iso(cmd.expires_at)}")
         target = self._meters.get(cmd.meter)
         if target is None:
-            return self._done(cmd.command_id, cmd.meter, "unknown_meter",
-                              reason=f"no meter {cmd.meter!r} on gateway "
-                                     f"{self.config.gateway_id}")
+            reason = f"no meter {cmd.meter!r} on gateway {self.config.gateway_id}"
+            self._event(Event("security_refused", datetime.now(UTC), cmd.meter, reason,
+                              {"reason": "unknown_meter", "command_id": cmd.command_id}))
+            return self._done(cmd.command_id, cmd.meter, "unknown_meter", reason=reason)
         bus, meter = target
+        if cmd.action in _RELAY_ACTIONS and not meter.relay_control:
+            return self._done(cmd.command_id, cmd.meter, "invalid",
+                              reason=f"relay control is off for meter {cmd.meter} "
+                                     "(relay_control = false)")
         await asyncio.to_thread(self.store.command_started, cmd.command_id)
         self._ack(Ack(cmd.command_id, self.config.gateway_id, cmd.meter, "accepted",
                       datetime.now(UTC)))
@@ -163,3 +236,113 @@ class CommandExecutor:
             return self._done(cmd.command_id, cmd.meter, "ok", relay)
 
         return job
+
+
+# ---------------------------------------------------------------------------- untrusted input
+
+
+def _screen(payload: bytes | str) -> None:
+    """Refuse (WireError) a payload no command can be, before a decoder spends effort on it:
+    what :func:`_parse` refuses, and ids that are not 1-64 characters of ``[A-Za-z0-9._:-]``."""
+    obj = _parse(payload)
+    if isinstance(obj, dict):
+        for key in _ID_FIELDS:
+            value = obj.get(key)
+            if isinstance(value, str) and not _ID.fullmatch(value):
+                raise wire.WireError(f"cmd.{key}: {safe_text(repr(value), 80)} is not 1-64 "
+                                     "characters of letters, digits, '.', '_', ':', '-'")
+
+
+def _parse(payload: bytes | str) -> Any:
+    """JSON within limits: at most :data:`MAX_PAYLOAD` bytes of UTF-8, nested at most
+    :data:`MAX_DEPTH` deep, no huge or non-finite numbers, no text with lone surrogates."""
+    raw = payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else payload
+    if len(raw) > MAX_PAYLOAD:
+        raise wire.WireError(f"cmd: {len(raw)} bytes, more than {MAX_PAYLOAD}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise wire.WireError("cmd: not UTF-8") from None
+    depth = _depth(text)
+    if depth > MAX_DEPTH:
+        raise wire.WireError(f"cmd: nested {depth} deep, more than {MAX_DEPTH}")
+
+    def number(token: str) -> int | float:
+        if len(token) > MAX_INT_DIGITS + 1:
+            raise wire.WireError(f"cmd: number {token[:24]}... is too long")
+        value = float(token) if any(c in token for c in ".eE") else int(token)
+        if not math.isfinite(value):
+            raise wire.WireError(f"cmd: number {token} is out of range")
+        return value
+
+    def constant(token: str) -> None:
+        raise wire.WireError(f"cmd: {token} is not a number JSON allows")
+
+    try:
+        obj = json.loads(text, parse_int=number, parse_float=number, parse_constant=constant)
+    except json.JSONDecodeError as exc:
+        raise wire.WireError(f"cmd: not valid JSON ({exc})") from None
+    _check_text(obj, "cmd")
+    return obj
+
+
+def _depth(text: str) -> int:
+    """The deepest nesting of objects and arrays, by a scan that cannot recurse."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def _check_text(obj: object, where: str) -> None:
+    """Every string (keys too) must encode as UTF-8: JSON's ``\\ud800`` escape makes a lone
+    surrogate that would break every encoder after us."""
+    if isinstance(obj, str):
+        try:
+            obj.encode("utf-8")
+        except UnicodeEncodeError:
+            raise wire.WireError(f"{where}: text with a lone surrogate") from None
+    elif isinstance(obj, list):
+        for i, item in enumerate(obj):
+            _check_text(item, f"{where}[{i}]")
+    elif isinstance(obj, dict):
+        for key, item in obj.items():
+            _check_text(key, where)
+            _check_text(item, f"{where}.{safe_text(key, 40)}")
+
+
+def _addressee(payload: bytes | str) -> tuple[str | None, str | None]:
+    """The (command id, meter) an unverified payload names, where both are well-formed ids;
+    a refusal is acked to them. Anything else (too big or too deep to read, an id that is
+    not an id) gets no ack, only the event."""
+    if len(payload) > MAX_PAYLOAD:
+        return None, None
+    try:  # numbers stay text: only the ids are wanted here
+        obj = json.loads(payload, parse_int=str, parse_float=str, parse_constant=str)
+    except (ValueError, RecursionError):
+        obj = None
+    if not isinstance(obj, dict):
+        return None, None
+    found = [obj.get(key) for key in ("command_id", "meter")]
+    cmd_id, meter = (v if isinstance(v, str) and _ID.fullmatch(v) else None for v in found)
+    return cmd_id, meter
+
+
+def _fingerprint(payload: bytes | str) -> dict[str, Any]:
+    """What an event says about a refused payload: its size and hash, never its text."""
+    raw = payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else payload
+    return {"size": len(raw), "sha256": hashlib.sha256(raw).hexdigest()[:16]}

@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from meterhub.quantities import QUANTITIES
+from meterhub.security import KeyFileError, Keyring, Secret, SecretError, load_secret
 from meterhub.settings import MqttSettings, SettingsError
 
 BusProtocol = Literal["dlt645-2007", "dlt645-1997", "modbus"]
 PROTOCOLS: tuple[BusProtocol, ...] = ("dlt645-2007", "dlt645-1997", "modbus")
 BAUDS = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 DEFAULT_QUANTITIES = ("energy_import_total",)
+DEFAULT_RELAY_EVERY = 1  # polls per relay state report when not configured
 
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _DLT_ADDRESS = re.compile(r"^[0-9]{12}$")
@@ -51,7 +53,11 @@ class MeterConfig:
     poll_interval_s: float
     quantities: tuple[str, ...]
     model: str | None = None
-    read_status: bool = False  # also read the relay state (and DL/T645 alarm bits) each poll
+    # read the relay state (and DL/T645 alarm bits) with every N-th poll, so readings carry
+    # the relay's truth; 0 never; None (not configured) every poll where the driver can
+    report_relay_every: int | None = None
+    relay_control: bool = True  # relay commands run on it (False: refused as invalid)
+    password: Secret | None = None  # DL/T645 relay/write password: its own, else its bus's
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +76,10 @@ class BusConfig:
     timeout_s: float = 1.0
     retries: int = 2
     inter_frame_gap_s: float = 0.0
-    # DL/T645 only: wake-up preamble and the relay-control credentials (0x1C)
+    # DL/T645 only: wake-up preamble and the relay-control credentials (0x1C); the password
+    # is the bus's default (or [security] meter_password), a meter may have its own
     preamble: int = 4
-    password: str = "123456"
+    password: Secret | None = None
     password_level: int = 2
     operator: str = "00000000"
     # Modbus only: a folder of extra register maps next to the packaged ones
@@ -103,7 +110,7 @@ class BusConfig:
 class MqttConfig:
     url: str | None = None
     username: str | None = None
-    password: str | None = None
+    password: Secret | None = None
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
@@ -119,7 +126,7 @@ class MqttConfig:
             port=base.port,
             tls=base.tls or self.ca_file is not None,
             username=self.username or base.username,
-            password=self.password or base.password,
+            password=self.password.reveal() if self.password is not None else base.password,
             ca_file=self.ca_file,
             cert_file=self.cert_file,
             key_file=self.key_file,
@@ -136,12 +143,27 @@ class BufferConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    """Who may command this gateway: the public keys (PEM files) of the signers it trusts,
+    several during a key rotation, and how far ahead of its clock a command may be dated."""
+
+    trusted_keys: tuple[Path, ...] = ()
+    max_future_skew_s: float = 60.0
+    meter_password: Secret | None = None  # the DL/T645 password of meters that name none
+
+    def keyring(self) -> Keyring:
+        """The trusted keys, loaded; empty means every command is refused."""
+        return Keyring.from_files(self.trusted_keys)
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     gateway_id: str
     site: str
     buses: tuple[BusConfig, ...]
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     buffer: BufferConfig = field(default_factory=BufferConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     batch_interval_s: float = 5.0
     max_batch_readings: int = 500
     status_interval_s: float = 30.0
@@ -160,8 +182,9 @@ class GatewayConfig:
 class _Checker:
     """Walks the raw TOML tables, recording every problem instead of raising at the first."""
 
-    def __init__(self) -> None:
+    def __init__(self, base_dir: Path | None = None) -> None:
         self.problems: list[str] = []
+        self.base_dir = base_dir
 
     def problem(self, path: str, value: Any, why: str) -> None:
         self.problems.append(f"{path}: {value!r} {why}" if value is not _MISSING else
@@ -209,6 +232,24 @@ class _Checker:
             self.problem(where, value, why)
             return default
         return value
+
+
+    def secret(self, raw: Mapping[str, Any], key: str, path: str,
+               check: Callable[[str], str | None] | None = None) -> Secret | None:
+        """A secret given as ``{file = ...}``, ``{env = ...}`` or inline (with a warning);
+        problems name the key, never the value."""
+        if key not in raw:
+            return None
+        where = _join(path, key)
+        try:
+            secret = load_secret(where, raw[key], base_dir=self.base_dir)
+        except SecretError as exc:
+            self.problems.append(str(exc))
+            return None
+        if check is not None and (why := check(secret.reveal())) is not None:
+            self.problems.append(f"{where}: ({secret.source}) {why}")
+            return None
+        return secret
 
 
 _MISSING: Any = object()
@@ -280,7 +321,7 @@ def _check_mqtt(c: _Checker, raw: dict[str, Any]) -> MqttConfig:
     cfg = MqttConfig(
         url=c.get(raw, "url", "mqtt", str, None, url),
         username=c.get(raw, "username", "mqtt", str, None),
-        password=c.get(raw, "password", "mqtt", str, None),
+        password=c.secret(raw, "password", "mqtt"),
         ca_file=c.get(raw, "ca_file", "mqtt", str, None, _file),
         cert_file=c.get(raw, "cert_file", "mqtt", str, None, _file),
         key_file=c.get(raw, "key_file", "mqtt", str, None, _file),
@@ -291,12 +332,44 @@ def _check_mqtt(c: _Checker, raw: dict[str, Any]) -> MqttConfig:
     return cfg
 
 
+def _dlt_password(value: str) -> str | None:
+    return None if re.fullmatch(r"[0-9]{6}", value) else "is not a 6-digit DL/T645 password"
+
+
+def _check_security(c: _Checker, raw: dict[str, Any]) -> SecurityConfig:
+    c.unknown_keys(raw, ("trusted_keys", "max_future_skew_s", "meter_password"), "security")
+    paths: list[Path] = []
+    for i, item in enumerate(c.get(raw, "trusted_keys", "security", list, [])):
+        where = f"security.trusted_keys[{i}]"
+        if not isinstance(item, str) or not item:
+            c.problem(where, item, "is not a path to a public key (PEM) file")
+            continue
+        path = Path(item).expanduser()
+        if not path.is_absolute() and c.base_dir is not None:
+            path = c.base_dir / path
+        try:
+            Keyring.from_files([path])
+        except OSError as exc:
+            c.problem(where, item, f"cannot be read ({exc.strerror})")
+            continue
+        except KeyFileError as exc:
+            c.problem(where, item, f"is not an Ed25519 public key: {exc}")
+            continue
+        paths.append(path)
+    skew = c.get(raw, "max_future_skew_s", "security", (int, float), 60.0, _positive(3600))
+    return SecurityConfig(trusted_keys=tuple(paths), max_future_skew_s=float(skew),
+                          meter_password=c.secret(raw, "meter_password", "security",
+                                                  _dlt_password))
+
+
 _BUS_KEYS = ("name", "protocol", "port", "tcp", "baud", "parity", "stopbits", "bytesize",
              "timeout_s", "retries", "inter_frame_gap_s", "poll_interval_s", "quantities", "model",
              "preamble", "password", "password_level", "operator", "maps_dir", "read_status",
+             "report_relay_every", "relay_control",
              "meters")
 _METER_KEYS = ("id", "address", "unit", "protocol", "model", "poll_interval_s", "quantities",
-               "read_status")
+               "password", "relay_control",
+               "read_status", "report_relay_every")
 
 
 def _quantities(c: _Checker, raw: Mapping[str, Any], path: str,
@@ -347,7 +420,8 @@ def _modbus_unit(c: _Checker, raw: Mapping[str, Any], path: str) -> str | None:
 
 def _check_meter(c: _Checker, raw: Any, path: str, bus: BusConfig, gateway_id: str,
                  interval_s: float, quantities: tuple[str, ...],
-                 model: str | None, read_status: bool) -> MeterConfig | None:
+                 model: str | None, relay_every: int | None,
+                 relay_control: bool) -> MeterConfig | None:
     raw = c.table(raw, path)
     if not raw:
         return None
@@ -381,10 +455,14 @@ def _check_meter(c: _Checker, raw: Any, path: str, bus: BusConfig, gateway_id: s
         model = c.get(raw, "model", path, str, model)
     interval = c.get(raw, "poll_interval_s", path, (int, float), interval_s, _positive(86400))
     qty = _quantities(c, raw, path, quantities)
-    status = c.get(raw, "read_status", path, bool, read_status)
-    if status and bus.protocol == "dlt645-1997":
-        c.problems.append(f"{_join(path, 'read_status')}: DL/T645-1997 has no relay status "
-                          "word to read")
+    every = _relay_every(c, raw, path, relay_every)
+    if every and bus.protocol == "dlt645-1997":
+        c.problems.append(f"{_join(path, _relay_key(raw))}: DL/T645-1997 has no relay "
+                          "status word to read")
+    relay = c.get(raw, "relay_control", path, bool, relay_control)
+    password = c.secret(raw, "password", path, _dlt_password)
+    if password is not None and not bus.protocol.startswith("dlt645"):
+        c.problems.append(f"{_join(path, 'password')}: is for DL/T645 meters")
     if address is None:
         return None
     default_id = address if bus.protocol.startswith("dlt645") else \
@@ -393,10 +471,12 @@ def _check_meter(c: _Checker, raw: Any, path: str, bus: BusConfig, gateway_id: s
     return MeterConfig(id=meter_id, address=address, protocol=bus.protocol,
                        poll_interval_s=float(interval), quantities=qty,
                        model=model if bus.protocol == "modbus" else None,
-                       read_status=status)
+                       report_relay_every=every, relay_control=relay,
+                       password=password or bus.password)
 
 
-def _check_bus(c: _Checker, raw: Any, path: str, gateway_id: str) -> BusConfig | None:
+def _check_bus(c: _Checker, raw: Any, path: str, gateway_id: str,
+               default_password: Secret | None) -> BusConfig | None:
     raw = c.table(raw, path)
     if not raw:
         return None
@@ -433,9 +513,7 @@ def _check_bus(c: _Checker, raw: Any, path: str, gateway_id: str) -> BusConfig |
                                       lambda v: None if 0 <= v <= 5 else
                                       "must be between 0 and 5 seconds")),
         preamble=c.get(raw, "preamble", path, int, 4, _between(0, 4)),
-        password=c.get(raw, "password", path, str, "123456",
-                       lambda v: None if re.fullmatch(r"[0-9]{6}", v) else
-                       "is not a 6-digit DL/T645 password"),
+        password=c.secret(raw, "password", path, _dlt_password) or default_password,
         password_level=c.get(raw, "password_level", path, int, 2, _between(0, 9)),
         operator=c.get(raw, "operator", path, str, "00000000",
                        lambda v: None if re.fullmatch(r"[0-9]{8}", v) else
@@ -446,7 +524,10 @@ def _check_bus(c: _Checker, raw: Any, path: str, gateway_id: str) -> BusConfig |
     interval = float(c.get(raw, "poll_interval_s", path, (int, float), 60.0, _positive(86400)))
     quantities = _quantities(c, raw, path, DEFAULT_QUANTITIES)
     model = c.get(raw, "model", path, str, None)
-    read_status = c.get(raw, "read_status", path, bool, False)
+    relay_every = _relay_every(c, raw, path, None)
+    relay_control = c.get(raw, "relay_control", path, bool, True)
+    if "password" in raw and known and not dlt:
+        c.problems.append(f"{_join(path, 'password')}: is for DL/T645 buses")
     if model is not None and dlt:
         c.problems.append(f"{_join(path, 'model')}: is for Modbus buses (register map)")
     meters_raw = c.get(raw, "meters", path, list, [])
@@ -459,7 +540,7 @@ def _check_bus(c: _Checker, raw: Any, path: str, gateway_id: str) -> BusConfig |
     for i, item in enumerate(meters_raw):
         mpath = f"{path}.meters[{i}]"
         meter = _check_meter(c, item, mpath, bus, gateway_id, interval, quantities, model,
-                             read_status)
+                             relay_every, relay_control)
         if meter is None:
             continue
         if meter.address in seen:
@@ -471,10 +552,42 @@ def _check_bus(c: _Checker, raw: Any, path: str, gateway_id: str) -> BusConfig |
         meters.append(meter)
         kept.append(i)
     bus = replace(bus, meters=tuple(meters))
+    _check_relay_passwords(c, bus, path, kept)
     if bus.protocol == "modbus":
         _check_models(c, bus, path, kept, model)
     _check_supported(c, bus, path, kept, model)
     return bus
+
+
+def _relay_every(c: _Checker, raw: Mapping[str, Any], path: str,
+                 inherited: int | None) -> int | None:
+    """``report_relay_every`` (or the older ``read_status = true|false``, meaning 1 or 0)."""
+    if "report_relay_every" in raw and "read_status" in raw:
+        c.problems.append(f"{path}: has both 'report_relay_every' and 'read_status'; "
+                          "give report_relay_every only")
+    if "read_status" in raw:
+        status = c.get(raw, "read_status", path, bool, None)
+        return inherited if status is None else int(status)
+    return c.get(raw, "report_relay_every", path, int, inherited, _between(0, 1_000_000))
+
+
+def _relay_key(raw: Mapping[str, Any]) -> str:
+    return "read_status" if "read_status" in raw else "report_relay_every"
+
+
+def _check_relay_passwords(c: _Checker, bus: BusConfig, path: str, indexes: list[int]) -> None:
+    """A DL/T645-2007 meter that takes relay commands needs its password: there is no
+    default (a meter still on its factory password is for the installer to change)."""
+    if bus.protocol != "dlt645-2007":
+        return
+    missing = [i for m, i in zip(bus.meters, indexes, strict=True)
+               if m.relay_control and m.password is None]
+    if missing:
+        which = ", ".join(f"meters[{i}]" for i in missing)
+        c.problems.append(
+            f"{path}.password: is required for relay control of DL/T645-2007 meters "
+            f"({which}): give password = {{file = \"...\"}} or {{env = \"...\"}} on the bus, "
+            "on each meter or as [security] meter_password, or set relay_control = false")
 
 
 def _check_models(c: _Checker, bus: BusConfig, path: str, indexes: list[int],
@@ -514,9 +627,9 @@ def _check_supported(c: _Checker, bus: BusConfig, path: str, indexes: list[int],
                     c.problem(f"{where}.model", meter.model, "is not a known register map "
                               f"(known: {', '.join(sorted(maps))})")
                 continue
-            if meter.read_status and regmap.relay is None:
-                c.problems.append(f"{where}.read_status: register map {meter.model!r} has no "
-                                  "relay to read")
+            if meter.report_relay_every and regmap.relay is None:
+                c.problems.append(f"{where}.report_relay_every: register map "
+                                  f"{meter.model!r} has no relay to read")
             for q in meter.quantities:
                 if q not in regmap.registers:
                     c.problem(f"{where}.quantities", q,
@@ -534,12 +647,15 @@ def _check_supported(c: _Checker, bus: BusConfig, path: str, indexes: list[int],
                           f"has no DL/T645-{version} data identifier")
 
 
-def config_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> GatewayConfig:
-    """Check a parsed config; raise :class:`ConfigError` listing every problem."""
-    c = _Checker()
+def config_from_dict(data: Mapping[str, Any], source: str = "<dict>", *,
+                     base_dir: Path | None = None) -> GatewayConfig:
+    """Check a parsed config; raise :class:`ConfigError` listing every problem.
+
+    ``base_dir`` resolves relative key and secret paths (the config file's folder)."""
+    c = _Checker(base_dir)
     if not isinstance(data, Mapping):
         raise ConfigError(source, [f"top level: {data!r} is not a table"])
-    c.unknown_keys(data, ("gateway", "mqtt", "buffer", "buses"), "")
+    c.unknown_keys(data, ("gateway", "mqtt", "buffer", "security", "buses"), "")
     gw = c.table(data.get("gateway", _MISSING), "gateway")
     if "gateway" not in data:
         c.problems.append("gateway: is required ([gateway] with id and site)")
@@ -567,6 +683,8 @@ def config_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Gateway
                                       _positive(600))),
     )
 
+    security = _check_security(c, c.table(data.get("security", _MISSING), "security"))
+
     buses_raw = c.get(data, "buses", "", list, [])
     if not buses_raw:
         c.problems.append("buses: no buses configured; add at least one [[buses]] table")
@@ -577,7 +695,7 @@ def config_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Gateway
     ids: dict[str, str] = {}
     for i, item in enumerate(buses_raw):
         path = f"buses[{i}]"
-        bus = _check_bus(c, item, path, gid)
+        bus = _check_bus(c, item, path, gid, security.meter_password)
         if bus is None:
             continue
         if bus.name in names:
@@ -605,6 +723,7 @@ def config_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Gateway
         buses=tuple(buses),
         mqtt=mqtt,
         buffer=buffer,
+        security=security,
         batch_interval_s=float(batch_interval),
         max_batch_readings=max_batch,
         status_interval_s=float(status_interval),
@@ -625,4 +744,4 @@ def load_config(path: str | Path) -> GatewayConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from None
-    return config_from_dict(data, source=str(path))
+    return config_from_dict(data, source=str(path), base_dir=path.parent)

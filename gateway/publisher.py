@@ -27,6 +27,7 @@ import aiomqtt
 from gateway.config import GatewayConfig
 from gateway.stats import GatewayStats
 from gateway.store import Store
+from gateway.supervise import Supervisor, safe_text
 from meterhub import wire
 from meterhub.settings import MqttSettings
 from meterhub.wire import Ack, Event, Reading
@@ -57,8 +58,10 @@ class Publisher:
         stats: GatewayStats,
         *,
         health: Callable[[], Awaitable[dict[str, Any]]],
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.config = config
+        self.supervisor = supervisor or Supervisor()
         self.mqtt = mqtt
         self.store = store
         self.stats = stats
@@ -139,7 +142,7 @@ class Publisher:
         if not self._events_dirty:
             return
         self._events_dirty = False
-        payloads = [wire.encode_events(self.config.gateway_id, [e]) for e in self._events]
+        payloads = [p for p in (self._encode_events([e]) for e in self._events) if p is not None]
         await asyncio.to_thread(self.store.save_events, payloads)
 
     async def drain_before_exit(self, timeout: float) -> None:
@@ -191,10 +194,13 @@ class Publisher:
                        user: SessionUser) -> None:
         await user.subscribe(client)
         await self._publish_status(client, "online")
+        # a lost broker ends the session (and reconnects); any other failure restarts the task
+        lost = (aiomqtt.MqttError,)
+        sup = self.supervisor
         tasks = [
-            asyncio.create_task(self._sender(client)),
-            asyncio.create_task(user.serve(client)),
-            asyncio.create_task(self._status_loop(client)),
+            sup.spawn("sender", lambda: self._sender(client), passthrough=lost),
+            sup.spawn("commands", lambda: user.serve(client), passthrough=lost),
+            sup.spawn("status", lambda: self._status_loop(client), passthrough=lost),
         ]
         waiter = asyncio.create_task(stop.wait())
         try:
@@ -239,18 +245,41 @@ class Publisher:
     async def _flush_acks(self, client: aiomqtt.Client) -> None:
         while self._acks:
             ack = self._acks[0]
-            payload = ack if isinstance(ack, bytes) else wire.encode_ack(ack)
+            try:
+                payload = ack if isinstance(ack, bytes) else wire.encode_ack(ack)
+            except (ValueError, wire.WireError) as exc:  # e.g. a lone surrogate in a field
+                log.error("dropping an ack that cannot be encoded: %s", safe_text(str(exc)))
+                self._acks.popleft()
+                continue
             await client.publish(self._topic["cmd/ack"], payload, qos=1)
             self._acks.popleft()
 
     async def _flush_events(self, client: aiomqtt.Client) -> None:
         while self._events:
             events = list(self._events)[:100]
-            await client.publish(self._topic["events"],
-                                 wire.encode_events(self.config.gateway_id, events), qos=1)
+            payload = self._encode_events(events)
+            if payload is not None:
+                await client.publish(self._topic["events"], payload, qos=1)
             for _ in events:
                 self._events.popleft()
             self._events_dirty = True
+
+    def _encode_events(self, events: list[Event]) -> bytes | None:
+        """The events as one payload; one that cannot be encoded is dropped (and said), not
+        allowed to stop every later event."""
+        try:
+            return wire.encode_events(self.config.gateway_id, events)
+        except (ValueError, wire.WireError):
+            good = [e for e in events if self._encode_events_one(e)]
+            return wire.encode_events(self.config.gateway_id, good) if good else None
+
+    def _encode_events_one(self, event: Event) -> bool:
+        try:
+            wire.encode_events(self.config.gateway_id, [event])
+        except (ValueError, wire.WireError) as exc:
+            log.error("dropping an event that cannot be encoded: %s", safe_text(str(exc)))
+            return False
+        return True
 
     async def _status_loop(self, client: aiomqtt.Client) -> None:
         while True:

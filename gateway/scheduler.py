@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from gateway.config import BusConfig, MeterConfig
+from gateway.config import DEFAULT_RELAY_EVERY, BusConfig, MeterConfig
 from gateway.drivers.base import Driver, DriverError, NoAnswer
 from meterhub.wire import Event, Reading, RelayState
 
@@ -192,11 +192,19 @@ class BusWorker:
                                 {"bus": self.bus.name}))
         health.consecutive_failures = 0
         health.retry_in_s = None
-        relay = await self._read_status(meter) if meter.read_status else None
+        relay = await self._read_status(meter) if self._relay_due(meter, health) else None
         self.on_reading(Reading(meter.id, taken_at, values, relay))
         now = self.clock()
         at = due.at + meter.poll_interval_s
         self._reschedule(meter, at if at > now else now)
+
+    def _relay_due(self, meter: MeterConfig, health: MeterHealth) -> bool:
+        """Whether this good poll also reports the relay state: every
+        ``report_relay_every``-th one (the first included), where the driver can read it."""
+        every = meter.report_relay_every
+        every = DEFAULT_RELAY_EVERY if every is None else every
+        return (every > 0 and (health.reads_ok - 1) % every == 0
+                and self.driver.capabilities(meter.address).relay)
 
     async def _read_status(self, meter: MeterConfig) -> RelayState | None:
         """Relay state for the reading, with events when it changes (a customer pressed the

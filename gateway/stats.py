@@ -16,5 +16,7 @@ class GatewayStats:
     readings_dropped: int = 0  # dropped from a full buffer
     commands_done: int = 0
     commands_repeated: int = 0
+    commands_refused: int = 0  # unsigned, forged, replayed, malformed ...
+    commands_failed: int = 0  # a bug while handling one (logged; the next one still runs)
     poll_errors: int = 0
     connects: int = 0

@@ -40,6 +40,7 @@ def open_driver(bus: BusConfig) -> Driver:
         retries=bus.retries,
         preamble=bus.preamble,
         password=bus.password,
+        passwords={m.address: m.password for m in bus.meters if m.password is not None},
         password_level=bus.password_level,
         operator=bus.operator,
     )

@@ -10,7 +10,7 @@ ReplyFramer`); the driver only joins it to the transport.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import TypeVar
@@ -47,6 +47,7 @@ from meterhub.protocols.dlt645.identifiers import (
     lookup,
 )
 from meterhub.quantities import unit_of
+from meterhub.security import Secret
 from meterhub.wire import RelayState, Value
 
 R = TypeVar("R")
@@ -88,7 +89,8 @@ class Dlt645Driver:
         timeout_s: float = 1.0,
         retries: int = 2,
         preamble: int = 4,
-        password: str = "123456",
+        password: str | Secret | None = None,
+        passwords: Mapping[str, str | Secret] | None = None,
         password_level: int = 2,
         operator: str = "00000000",
         relay_validity_s: float = 600.0,
@@ -107,6 +109,7 @@ class Dlt645Driver:
         self.retries = retries
         self.preamble = preamble
         self.password = password
+        self.passwords = dict(passwords or {})
         self.password_level = password_level
         self.operator = operator
         self.relay_validity_s = relay_validity_s
@@ -216,8 +219,9 @@ class Dlt645Driver:
             raw = encode_value(entry, value)
         except (Dlt645Error, TypeError, ValueError) as exc:
             raise DriverError(f"meter {address}: cannot write {di:X}: {exc}") from None
-        request = msg.write(address, di, raw, password=self.password, level=self.password_level,
-                            operator=self.operator, version=self.version)
+        request = msg.write(address, di, raw, password=self._password(address, "writing"),
+                            level=self.password_level, operator=self.operator,
+                            version=self.version)
         await self._transact(request, lambda reply: msg.check_reply(request, reply, self.version))
 
     async def relay_command(self, address: str, command: msg.RelayCommand) -> None:
@@ -228,7 +232,7 @@ class Dlt645Driver:
             address,
             command,
             valid_until=valid_until.astimezone(self.tz).replace(tzinfo=None),
-            password=self.password,
+            password=self._password(address, "relay control"),
             level=self.password_level,
             operator=self.operator,
         )
@@ -246,6 +250,15 @@ class Dlt645Driver:
                                                                                    reply))
 
     # ------------------------------------------------------------------ machinery
+
+    def _password(self, address: str, what: str) -> str:
+        """The meter's own password, else the bus's; none configured means no relay control
+        or writing, without a frame sent (there is no default password to try)."""
+        password = self.passwords.get(address, self.password)
+        if password is None:
+            raise DriverError(f"meter {address}: {what} needs its DL/T645 password, "
+                              "and none is configured")
+        return password.reveal() if isinstance(password, Secret) else password
 
     def _need_relay(self, address: str, what: str) -> None:
         if not self.capabilities(address).relay:

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -18,10 +22,55 @@ from firmware_sim.dlt645 import Dlt645BusProtocol
 from firmware_sim.meter import SimMeter
 from firmware_sim.modbus import ModbusRtuBusProtocol
 from meterhub import wire
+from meterhub.security import (
+    CommandSigner,
+    generate_private_key,
+    write_private_file,
+    write_public_key,
+)
 from meterhub.settings import MqttSettings
 
 SIM_MODEL = "sim-prepaid-1p"
 QUANTITIES = ["energy_import_total", "voltage_a", "current_a", "power_active_total"]
+
+
+def signer_for(name: str = "billing") -> CommandSigner:
+    """A signing key for the tests (one per name and test session), its public half in a
+    file (:func:`trusted_key_file`) the test gateways trust."""
+    return _key_files(name)[0]
+
+
+def trusted_key_file(name: str = "billing") -> str:
+    return _key_files(name)[1]
+
+
+@functools.cache
+def _key_files(name: str) -> tuple[CommandSigner, str]:
+    folder = Path(tempfile.mkdtemp(prefix="meterhub-test-keys-"))
+    signer = CommandSigner(generate_private_key(folder / f"{name}.key"))
+    write_public_key(folder / f"{name}.pub", signer.public_key)
+    return signer, str(folder / f"{name}.pub")
+
+
+SIM_PASSWORD = "123456"  # what firmware_sim's DL/T645 meters want
+
+
+@functools.cache
+def meter_password_file() -> str:
+    """A 0600 file with the simulated meters' relay password, for ``{file = ...}``."""
+    path = Path(tempfile.mkdtemp(prefix="meterhub-test-secrets-")) / "meter.password"
+    write_private_file(path, f"{SIM_PASSWORD}\n".encode())
+    return str(path)
+
+
+def command(command_id: str, meter: str, action: str = "relay_open", *,
+            expires_in_s: float = 30.0, issued_in_s: float = 0.0, gateway: str = "gw1",
+            signer: CommandSigner | None = None, nonce: str | None = None) -> bytes:
+    """A command signed with the test key (or ``signer``), as billing would send it."""
+    now = datetime.now(UTC) + timedelta(seconds=issued_in_s)
+    cmd = wire.Command(command_id, meter, action, now,  # type: ignore[arg-type]
+                       now + timedelta(seconds=expires_in_s - issued_in_s))
+    return wire.encode_command(cmd, gateway, signer or signer_for(), nonce=nonce)
 
 
 def dlt_meters(n: int, first: int = 1) -> list[SimMeter]:
@@ -127,6 +176,7 @@ def gateway_config(site: str, dlt: SimBus | None, rtu: SimBus | None, *,
     if dlt is not None:
         buses.append({"name": "dlt", "protocol": "dlt645-2007", "port": dlt.port,
                       "baud": dlt.baud, "timeout_s": 0.3, "retries": 0,
+                      "password": {"file": meter_password_file()},
                       "poll_interval_s": poll_s, "quantities": QUANTITIES,
                       "meters": [{"address": m.address} for m in dlt.meters]})
     if rtu is not None:
@@ -136,4 +186,5 @@ def gateway_config(site: str, dlt: SimBus | None, rtu: SimBus | None, *,
                       "meters": [{"unit": int(m.address)} for m in rtu.meters]})
     return {"gateway": {"id": "gw1", "site": site, "batch_interval_s": batch_s,
                         "status_interval_s": 0.5, **gateway},
+            "security": {"trusted_keys": [trusted_key_file()]},
             "buses": buses}

@@ -81,6 +81,7 @@ baud = 9600
 timeout_s = 0.3
 retries = 0
 quantities = ["energy_import_total", "voltage_a"]
+relay_control = false  # read only: no relay password needed
 meters = [{{ address = "000000000001" }}, {{ address = "000000000002" }}]
 [[buses]]
 name = "rtu"

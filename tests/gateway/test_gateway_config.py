@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
 import pytest
+from gwhelp import signer_for
 
 from gateway import ConfigError, config_from_dict, load_config
+from meterhub.security import write_private_file, write_public_key
 
 EXAMPLE = Path(__file__).parents[2] / "configs" / "gateway.example.toml"
 
@@ -19,6 +20,7 @@ def _good() -> dict[str, Any]:
         "mqtt": {"url": "mqtt://127.0.0.1:1883"},
         "buses": [
             {"name": "rs485-1", "protocol": "dlt645-2007", "port": "/dev/ttyUSB0",
+             "password": "271828",
              "meters": [{"address": "000000000001"}, {"address": "000000000002"}]},
             {"name": "rtu", "protocol": "modbus", "port": "/dev/ttyUSB1",
              "model": "eastron-sdm120", "meters": [{"unit": 1}, {"unit": 2}]},
@@ -153,8 +155,81 @@ def test_unreadable_and_invalid_files_name_the_file(tmp_path: Path) -> None:
         load_config(bad)
 
 
-def test_example_config_is_valid() -> None:
-    config = load_config(EXAMPLE)
+def installed_example(folder: Path) -> Path:
+    """The example config installed in ``folder`` with the files it points to: the trusted
+    public key and the secret files (mode 0600)."""
+    path = folder / "gateway.toml"
+    path.write_text(EXAMPLE.read_text())
+    write_public_key(folder / "keys" / "billing.pub", signer_for().public_key)
+    (folder / "secrets").mkdir()
+    write_private_file(folder / "secrets" / "mqtt.password", b"mqtt-s3cret\n")
+    write_private_file(folder / "secrets" / "rs485-1.password", b"314159\n")
+    return path
+
+
+def test_example_config_is_valid(tmp_path: Path) -> None:
+    path = installed_example(tmp_path)
+    config = load_config(path)
     assert config.gateway_id == "gw-0001"
     assert "flat-12b" in config.meters()
-    assert copy.deepcopy(config) == config
+    assert config.security.trusted_keys == (tmp_path / "keys" / "billing.pub",)
+    assert len(config.security.keyring()) == 1
+    assert load_config(path) == config
+    dlt = config.buses[0]
+    assert dlt.password is not None and dlt.password.reveal() == "314159"
+    assert all(m.password == dlt.password for m in dlt.meters)
+    assert config.mqtt.settings().password == "mqtt-s3cret"  # type: ignore[union-attr]
+    assert "314159" not in repr(config) and "mqtt-s3cret" not in repr(config)
+
+
+def test_example_has_no_default_meter_password() -> None:
+    assert "123456" not in EXAMPLE.read_text()
+
+
+def test_relay_control_needs_a_password_named_by_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _good()
+    del data["buses"][0]["password"]
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(data, source="gw.toml")
+    assert err.value.problems == [
+        "buses[0].password: is required for relay control of DL/T645-2007 meters "
+        "(meters[0], meters[1]): give password = {file = \"...\"} or {env = \"...\"} on the "
+        "bus, on each meter or as [security] meter_password, or set relay_control = false"]
+    data["buses"][0]["meters"][0]["password"] = {"env": "GW_TEST_M1_PASSWORD"}
+    data["buses"][0]["meters"][1]["relay_control"] = False
+    with pytest.raises(ConfigError, match="GW_TEST_M1_PASSWORD is not set"):
+        config_from_dict(data)
+    monkeypatch.setenv("GW_TEST_M1_PASSWORD", "112233")
+    config = config_from_dict(data)
+    first, second = config.buses[0].meters
+    assert first.password is not None and first.password.reveal() == "112233"
+    assert (second.password, second.relay_control) == (None, False)
+    data["buses"][0]["meters"][1]["relay_control"] = True
+    data["security"] = {"meter_password": "445566"}  # the gateway-wide fallback
+    assert config_from_dict(data).buses[0].meters[1].password.reveal() == "445566"  # type: ignore[union-attr]
+
+
+def test_bad_secrets_are_named_without_their_value(tmp_path: Path) -> None:
+    loose = tmp_path / "loose.password"
+    loose.write_text("987654\n")
+    loose.chmod(0o644)
+    data = _good()
+    data["buses"][0]["password"] = "98765x"
+    data["mqtt"]["password"] = {"file": str(loose)}
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(data, source="gw.toml")
+    text = str(err.value)
+    assert "buses[0].password: (inline) is not a 6-digit DL/T645 password" in text
+    assert "mqtt.password" in text
+    assert "98765x" not in text and "987654" not in text
+
+
+def test_trusted_keys_must_be_public_key_files(tmp_path: Path) -> None:
+    (tmp_path / "junk.pub").write_text("not a key")
+    data = _good()
+    data["security"] = {"trusted_keys": ["junk.pub", "missing.pub"], "max_future_skew_s": 0}
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(data, source="gw.toml", base_dir=tmp_path)
+    assert [p.split(":")[0] for p in err.value.problems] == [
+        "security.trusted_keys[0]", "security.trusted_keys[1]", "security.max_future_skew_s"]
+    assert "cannot be read" in err.value.problems[1]

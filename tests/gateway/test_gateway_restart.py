@@ -42,6 +42,7 @@ port = "{dlt.port}"
 baud = 9600
 timeout_s = 0.3
 poll_interval_s = 0.1
+relay_control = false  # read only: no relay password needed
 meters = [{{ address = "000000000001" }}, {{ address = "000000000002" }}]
 
 [[buses]]

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 
+import pytest
+
 from gateway.config import BusConfig, MeterConfig
 from gateway.drivers.base import DriverCapabilities, DriverError, MeterStatus, NoAnswer
 from gateway.drivers.dlt645 import status_from_word3
@@ -149,7 +151,7 @@ class StatusDriver(LineDriver):
 
 async def test_status_reads_report_relay_changes_and_alarm_edges() -> None:
     bus = _bus(1, interval_s=0.02)
-    meter = replace(bus.meters[0], read_status=True)
+    meter = replace(bus.meters[0], report_relay_every=1)
     bus = replace(bus, meters=(meter,))
     driver = StatusDriver()
     readings: list[Reading] = []
@@ -183,3 +185,35 @@ async def test_stop_finishes_the_transaction_in_flight() -> None:
     await asyncio.wait_for(task, 1)
     assert driver.log == ["read:000000000001"], "nothing new started after stop"
     assert [r.meter for r in readings] == ["000000000001"], "the read in flight completed"
+
+
+@pytest.mark.parametrize(("every", "expected"), [(None, [True] * 7), (1, [True] * 7),
+                                                 (3, [True, False, False] * 2 + [True]),
+                                                 (0, [False] * 7)])
+async def test_relay_is_reported_every_n_polls(every: int | None, expected: list[bool]) -> None:
+    bus = _bus(1, interval_s=0.005)
+    bus = replace(bus, meters=(replace(bus.meters[0], report_relay_every=every),))
+    driver = StatusDriver()
+    readings: list[Reading] = []
+    worker = BusWorker(bus, driver, on_reading=readings.append, on_event=lambda e: None)
+    task = asyncio.create_task(worker.run())
+    while len(readings) < 7:
+        await asyncio.sleep(0.005)
+    worker.stop()
+    await task
+    assert [r.relay is not None for r in readings[:7]] == expected
+
+
+def test_report_relay_every_and_read_status_in_the_config() -> None:
+    from gateway import config_from_dict
+
+    data = {"gateway": {"id": "gw1", "site": "s"}, "buses": [
+        {"name": "a", "protocol": "dlt645-2007", "port": "/dev/null", "relay_control": False,
+         "report_relay_every": 5,
+         "meters": [{"address": "000000000001"}, {"address": "000000000002",
+                                                  "report_relay_every": 0},
+                    {"address": "000000000003", "read_status": True}]},
+        {"name": "b", "protocol": "dlt645-2007", "port": "/dev/tty0", "relay_control": False,
+         "meters": [{"address": "000000000004"}]}]}
+    meters = config_from_dict(data).meters()
+    assert [m.report_relay_every for _, m in meters.values()] == [5, 0, 1, None]

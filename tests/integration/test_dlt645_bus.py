@@ -59,7 +59,8 @@ def bus(request: pytest.FixtureRequest, meters: list[SimMeter]) -> Iterator[SimB
 
 
 def driver_for(bus: SimBus, **kwargs: object) -> Dlt645Driver:
-    options: dict[str, object] = {"timeout_s": 0.5, "clock": lambda: NOW}
+    options: dict[str, object] = {"timeout_s": 0.5, "clock": lambda: NOW,
+                                  "password": "123456"}  # the simulated meters' password
     options.update(kwargs)
     return Dlt645Driver(SerialTransport(bus.port, baud=bus.baud), **options)  # type: ignore[arg-type]
 
@@ -338,7 +339,8 @@ async def test_a_read_takes_its_wire_time_at_2400_baud(meters: list[SimMeter]) -
 async def test_dlt645_over_tcp(meters: list[SimMeter]) -> None:
     with SimTcpBus(Dlt645BusProtocol(), meters, turnaround_s=0.01) as server:
         host, port = server.address
-        d = Dlt645Driver(TcpTransport(host, port), timeout_s=0.5, clock=lambda: NOW)
+        d = Dlt645Driver(TcpTransport(host, port), timeout_s=0.5, clock=lambda: NOW,
+                         password="123456")
         try:
             values = await d.read(M07, ["energy_import_total", "voltage_a"])
             assert values["energy_import_total"].value == pytest.approx(1234.56)
@@ -361,3 +363,14 @@ async def test_tcp_transport_reports_a_refused_connection() -> None:
     d = Dlt645Driver(TcpTransport(host, port, connect_timeout_s=1), clock=lambda: NOW)
     with pytest.raises(DriverError, match="cannot connect"):
         await d.read(M07, ["energy_import_total"])
+
+
+async def test_no_password_no_relay_frame(bus: SimBus, meters: list[SimMeter]) -> None:
+    """There is no default password: without one the driver refuses before sending."""
+    d = driver_for(bus, password=None)
+    try:
+        with pytest.raises(DriverError, match="needs its DL/T645 password"):
+            await d.switch_relay(M07, "relay_open")
+        assert not meters[0].relay_open
+    finally:
+        await d.close()
