@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -13,9 +14,11 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import aiomqtt
 import psycopg
 
 from billing import BillingConfig, BillingEngine
+from meterhub import wire
 from meterhub.security import Keyring, generate_private_key
 from meterhub.settings import MqttSettings
 
@@ -109,3 +112,24 @@ async def until(pred: Callable[[], bool], timeout: float = 20.0) -> None:
 def q(db_url: str, sql: str, *args: object) -> list[tuple]:
     with psycopg.connect(db_url, autocommit=True) as c:
         return c.execute(sql, args).fetchall()  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def billing_events(mqtt: MqttSettings, site: str) -> AsyncIterator[list[dict]]:
+    """The alert events billing publishes for ``site``, collected while the block runs."""
+    events: list[dict] = []
+
+    async def watch() -> None:
+        async with aiomqtt.Client(mqtt.host, mqtt.port) as cl:
+            await cl.subscribe(wire.topic(site, "billing", "events"), qos=1)
+            async for m in cl.messages:
+                events.extend(json.loads(m.payload)["events"])  # type: ignore[arg-type]
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(0.3)  # subscribed before anything is published
+    try:
+        yield events
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher

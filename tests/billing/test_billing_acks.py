@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from billing_helpers import BillingKey, config, engines, put_meter, q, until
 
-from billing import create_account, lifecycle, manual_relay
+from billing import BillingEngine, create_account, lifecycle, manual_relay
 from billing.faults import is_data_error, is_outage
 from meterhub import wire
 from meterhub.settings import MqttSettings
@@ -59,6 +59,18 @@ def manual_cutoff(db_url: str, site: str) -> None:
         manual_relay(c, "m1", "open", by="op:test", reason="ack test")
 
 
+@contextlib.asynccontextmanager
+async def cut_off_sent(
+    db_url: str, mqtt: MqttSettings, site: str, key: BillingKey
+) -> AsyncIterator[tuple[aiomqtt.Client, BillingEngine, str]]:
+    """An engine that has sent an operator's cut-off to gw1 (no retry for a minute), the
+    outsider's client and the command id."""
+    manual_cutoff(db_url, site)
+    async with peer(mqtt, site) as gw, engines(
+            config(db_url, mqtt, key, ack_timeout_s=60)) as (eng,):
+        yield gw, eng, (await next_command(gw, key)).command_id
+
+
 def state(db_url: str) -> str:
     return q(db_url, "SELECT state FROM billing_commands")[0][0]
 
@@ -67,11 +79,7 @@ def state(db_url: str) -> str:
 async def test_forged_and_misaddressed_acks_are_ignored(
     db_url: str, mqtt: MqttSettings, site: str, billing_key: BillingKey
 ) -> None:
-    manual_cutoff(db_url, site)
-    async with peer(mqtt, site) as gw, engines(
-            config(db_url, mqtt, billing_key, ack_timeout_s=60)) as (eng,):
-        cmd = await next_command(gw, billing_key)
-        cid = cmd.command_id
+    async with cut_off_sent(db_url, mqtt, site, billing_key) as (gw, eng, cid):
         forged = [
             ("gw2", ack(cid, gateway="gw2")),  # another gateway answers for gw1's meter
             ("gw2", ack(cid)),  # ... claiming in the payload to be gw1
@@ -127,10 +135,7 @@ def poison_acks(cid: str) -> dict[str, bytes]:
 async def test_poison_acks_do_not_stop_the_ack_task(
     db_url: str, mqtt: MqttSettings, site: str, billing_key: BillingKey
 ) -> None:
-    manual_cutoff(db_url, site)
-    async with peer(mqtt, site) as gw, engines(
-            config(db_url, mqtt, billing_key, ack_timeout_s=60)) as (eng,):
-        cid = (await next_command(gw, billing_key)).command_id
+    async with cut_off_sent(db_url, mqtt, site, billing_key) as (gw, eng, cid):
         poisons = poison_acks(cid)
         for payload in poisons.values():
             await publish(gw, site, "gw1", payload)
@@ -166,10 +171,7 @@ async def test_a_failing_ack_task_is_restarted(
         return real(conn, a, actor)
 
     monkeypatch.setattr(lifecycle, "apply_ack", apply_ack)
-    manual_cutoff(db_url, site)
-    async with peer(mqtt, site) as gw, engines(
-            config(db_url, mqtt, billing_key, ack_timeout_s=60)) as (eng,):
-        cid = (await next_command(gw, billing_key)).command_id
+    async with cut_off_sent(db_url, mqtt, site, billing_key) as (gw, eng, cid):
         await publish(gw, site, "gw1", ack(cid))
         await until(lambda: eng.stats.acks_refused == {"db_data_error": 1})
         assert eng.stats.task_restarts == {}

@@ -14,10 +14,19 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
-import aiomqtt
 import psycopg
 import pytest
-from billing_helpers import T0, BillingKey, config, engines, put_intervals, put_meter, q, until
+from billing_helpers import (
+    T0,
+    BillingKey,
+    billing_events,
+    config,
+    engines,
+    put_intervals,
+    put_meter,
+    q,
+    until,
+)
 from fake_gateway import FakeGateway, running
 
 from billing import (
@@ -32,7 +41,6 @@ from billing.lifecycle import audit_trail
 from billing.manual import hold_trail
 from billing.tariffs import load_tariffs
 from launcher.embedded import amqtt_broker, free_port, mosquitto_broker
-from meterhub import wire
 from meterhub.settings import MqttSettings
 
 D = Decimal
@@ -48,18 +56,9 @@ async def test_cutoff_and_restore_end_to_end(db_url: str, mqtt: MqttSettings, si
         put_meter(c, "m1", site, "gw1")
         create_account(c, "A1", meters=["m1"], tariff="residential-flat", credit=FAST,
                        opening_balance="1.00", charge_from=T0, tariffs=TARIFFS)
-    events: list[dict] = []
-
-    async def watch_events() -> None:
-        async with aiomqtt.Client(mqtt.host, mqtt.port) as cl:
-            await cl.subscribe(wire.topic(site, "billing", "events"), qos=1)
-            async for m in cl.messages:
-                events.extend(json.loads(m.payload)["events"])  # type: ignore[arg-type]
-
-    watcher = asyncio.create_task(watch_events())
-    await asyncio.sleep(0.3)
     gw = FakeGateway(mqtt, site, billing_key.keyring)
-    async with running(gw), engines(config(db_url, mqtt, billing_key)) as (eng,):
+    async with billing_events(mqtt, site) as events, running(gw), engines(
+            config(db_url, mqtt, billing_key)) as (eng,):
         with psycopg.connect(db_url, autocommit=True) as c:
             put_intervals(c, "m1", ["1.0000", "1.0000"])  # 2 kWh x 0.56 = 1.12 > 1.00
         await until(lambda: eng.stats.cutoffs_acked == 1)
@@ -70,7 +69,6 @@ async def test_cutoff_and_restore_end_to_end(db_url: str, mqtt: MqttSettings, si
         await until(lambda: eng.stats.restores_acked == 1)
         assert gw.relay["m1"] == "closed"
         await until(lambda: {"restored"} <= {e["kind"] for e in events})
-    watcher.cancel()
     kinds = [e["kind"] for e in events]
     assert kinds == ["low_balance", "low_balance", "warning", "final_warning", "cutoff",
                      "restored"]
@@ -215,25 +213,15 @@ async def test_a_relay_opened_without_a_command_is_tamper_and_restored(
         put_meter(c, "m1", site, "gw1")
         create_account(c, "A1", meters=["m0", "m1"], tariff="residential-flat", credit=FAST,
                        opening_balance="100.00", charge_from=T0, tariffs=TARIFFS)
-    events: list[dict] = []
-
-    async def watch_events() -> None:
-        async with aiomqtt.Client(mqtt.host, mqtt.port) as cl:
-            await cl.subscribe(wire.topic(site, "billing", "events"), qos=1)
-            async for m in cl.messages:
-                events.extend(json.loads(m.payload)["events"])  # type: ignore[arg-type]
-
-    watcher = asyncio.create_task(watch_events())
-    await asyncio.sleep(0.3)
     gw = FakeGateway(mqtt, site, billing_key.keyring)
     gw.relay["m1"] = "open"  # opened on site by someone other than billing
-    async with running(gw), engines(config(db_url, mqtt, billing_key, reconcile_interval_s=0.3,
-                                           reconcile_grace_s=0.3)) as (eng,):
+    async with billing_events(mqtt, site) as events, running(gw), engines(
+            config(db_url, mqtt, billing_key, reconcile_interval_s=0.3,
+                   reconcile_grace_s=0.3)) as (eng,):
         with psycopg.connect(db_url, autocommit=True) as c:  # a reading reported it
             c.execute("UPDATE meters SET relay = 'open', relay_at = now() WHERE meter_id = 'm1'")
         await until(lambda: eng.stats.restores_acked == 1)
         await until(lambda: any(e["kind"] == "tamper" for e in events))
-    watcher.cancel()
     assert gw.relay["m1"] == "closed" and eng.stats.tampers == 1
     [tamper] = [e for e in events if e["kind"] == "tamper"]
     assert tamper["meter"] == "m1" and "relay reported open" in tamper["detail"]
