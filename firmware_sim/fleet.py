@@ -7,6 +7,8 @@ protocol = "dlt645-2007"      # dlt645-2007 | dlt645-1997 | modbus-rtu | modbus-
 baud = 2400
 parity = "E"
 turnaround_ms = 30
+password = "483921"           # DL/T645 relay password of this bus's meters (default 123456,
+                              # the factory setting; a site changes it, and so should a test)
 
 [[bus.meter]]
 address = "000000000001"      # 12 BCD digits for DL/T645, unit id for Modbus
@@ -35,6 +37,7 @@ _METER_KEYS = {
     f.name for f in fields(SimMeter) if f.name not in ("faults", "now", "protocol", "profile")
 }
 _FAULT_KEYS = {f.name for f in fields(Faults)}
+FACTORY_PASSWORD = "123456"  # what DL/T645 meters leave the factory with
 
 
 class FleetConfigError(ValueError):
@@ -86,6 +89,9 @@ class Fleet(StartStop):
                 problems.append(f"{at}.baud: {baud!r} is not a standard baud rate")
             if bus.get("parity", "E") not in ("N", "E", "O"):
                 problems.append(f"{at}.parity: {bus.get('parity')!r} is not N, E or O")
+            password = bus.get("password", FACTORY_PASSWORD)
+            if not (isinstance(password, str) and len(password) == 6 and password.isdigit()):
+                problems.append(f"{at}.password: expected 6 digits as text")
             meters = bus.get("meter")
             if not isinstance(meters, list) or not meters:
                 problems.append(f"{at}.meter: at least one [[bus.meter]] is required")
@@ -125,7 +131,8 @@ class Fleet(StartStop):
                 wire: Any = (
                     ModbusRtuBusProtocol()
                     if protocol == "modbus-rtu"
-                    else Dlt645BusProtocol()  # the version is each meter's own
+                    # the version is each meter's own
+                    else Dlt645BusProtocol(password=spec.get("password", FACTORY_PASSWORD))
                 )
                 bus = SimBus(
                     wire,

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 import signal
 import sys
 import tempfile
@@ -94,6 +95,9 @@ class DemoPlan:
     interval_s: int = 5
     dlt645_baud: int = 9600
     modbus_baud: int = 9600
+    # the DL/T645 relay password of this run's meters: never the factory 123456
+    meter_password: str = field(
+        default_factory=lambda: f"{secrets.randbelow(10**6):06d}", repr=False)
 
     @property
     def gateway_id(self) -> str:
@@ -280,13 +284,16 @@ class _DemoRun:
 
         self.plan, self.summary, self.database_url = plan, summary, database_url
         self.dry = fleet.meter(plan.dry_meter)
-        # Billing signs commands with this key; the gateway trusts its public key. Recorded
-        # here for the billing and gateway configs to take once they verify signatures.
-        self.signing_key_path = run_dir / "keys" / f"billing-{plan.run_id}.pem"
-        summary.signing_key_id, public_key = generate_key_pair(self.signing_key_path)
-        self.trusted_keys = (public_key,)
+        # Billing signs commands with this key; the gateway trusts only its public key.
+        signing_key_path = run_dir / "keys" / f"billing-{plan.run_id}.pem"
+        summary.signing_key_id, public_key = generate_key_pair(signing_key_path)
+        meter_password = run_dir / "gateway-secrets" / "meter.password"
+        meter_password.parent.mkdir(mode=0o700, exist_ok=True)
+        write_private_file(meter_password, plan.meter_password.encode())
         self.gateway = Gateway(
-            config_from_dict(_gateway_spec(plan, fleet), source="demo"),
+            config_from_dict(_gateway_spec(plan, fleet, trusted_key=public_key,
+                                           meter_password=meter_password),
+                             source="demo"),
             mqtt=logins.login(plan.gateway_id),
             state_dir=run_dir / "gateway",
         )
@@ -306,6 +313,7 @@ class _DemoRun:
             BillingConfig(
                 database_url=database_url,
                 mqtt=logins.login("billing"),
+                signing_key_path=signing_key_path,
                 poll_interval_s=1.0,
                 ack_timeout_s=10.0,
                 retry_backoff_s=2.0,
@@ -460,6 +468,7 @@ def _fleet_spec(plan: DemoPlan) -> dict[str, Any]:
                 "baud": plan.dlt645_baud,
                 "parity": "E",
                 "turnaround_ms": 20,
+                "password": plan.meter_password,
                 "meter": [
                     {
                         "address": address,
@@ -488,12 +497,17 @@ def _fleet_spec(plan: DemoPlan) -> dict[str, Any]:
     }
 
 
-def _gateway_spec(plan: DemoPlan, fleet: Any) -> dict[str, Any]:
+def _gateway_spec(plan: DemoPlan, fleet: Any, *, trusted_key: Path,
+                  meter_password: Path) -> dict[str, Any]:
     return {
         "gateway": {
             "id": plan.gateway_id,
             "site": plan.site,
             "batch_interval_s": plan.poll_interval_s,  # one batch per poll cycle
+        },
+        "security": {
+            "trusted_keys": [str(trusted_key)],
+            "meter_password": {"file": str(meter_password)},
         },
         "buses": [
             {
