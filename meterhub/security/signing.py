@@ -213,7 +213,9 @@ class Envelope:
                 issued_at=_parse_time(texts["issued_at"], "issued_at"),
                 expires_at=_parse_time(texts["expires_at"], "expires_at"),
             )
-        except (ValueError, TypeError, binascii.Error) as exc:
+            # text that cannot be UTF-8 (a lone surrogate) cannot have been signed
+            canonical_bytes(claims, texts[KEY_ID_FIELD])
+        except (ValueError, TypeError, OverflowError, binascii.Error) as exc:
             raise SignatureRefused(RefusalReason.MALFORMED, str(exc)) from None
         return cls(claims, texts[KEY_ID_FIELD], signature)
 

@@ -182,3 +182,20 @@ def test_key_files(tmp_path: Path) -> None:
     os.chmod(path, 0o640)
     with pytest.raises(InsecureFileError, match="chmod 600"):
         load_private_key(path)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("meter", "\ud800"),
+    ("command_id", "c-\udfff"),
+    ("issued_at", "9999-12-31T23:59:59-01:00"),
+])
+def test_unencodable_or_overflowing_claims_are_malformed(field: str, value: str) -> None:
+    signer = CommandSigner(Ed25519PrivateKey.generate())
+    body = signer.sign(command_id="c-1", gateway="gw", meter="m", action="relay_open",
+                       issued_at=datetime(2026, 1, 1, tzinfo=UTC),
+                       expires_at=datetime(2026, 1, 1, 0, 5, tzinfo=UTC)).to_json()
+    body[field] = value
+    with pytest.raises(SignatureRefused) as refused:
+        verify(body, Keyring([signer.public_key]), gateway="gw",
+               now=datetime(2026, 1, 1, tzinfo=UTC))
+    assert refused.value.reason == RefusalReason.MALFORMED
