@@ -151,6 +151,11 @@ class Gateway:
         return {
             "uptime_s": round(now - self._started, 1),
             "buffer": {"batches": batches, "readings": readings,
+                       # full: sealing drops the oldest batches (buffer_dropped events)
+                       "full": batches >= self.config.buffer.max_batches,
+                       "receipts": self.config.buffer.receipts,
+                       "confirmed": self.stats.batches_confirmed,
+                       "resent": self.stats.batches_resent,
                        "dropped_readings": self.stats.readings_dropped,
                        "last_seq": await asyncio.to_thread(self._store.last_seq)},
             "published": {"batches": self.stats.batches_published,

@@ -97,15 +97,11 @@ class CommandExecutor:
     async def subscribe(self, client: aiomqtt.Client) -> None:
         await client.subscribe(self._topic, qos=1)
 
-    async def serve(self, client: aiomqtt.Client) -> None:
-        """Start each command as it arrives; they run side by side (each waits for its bus)."""
-        async for message in client.messages:
-            payload = message.payload
-            if not isinstance(payload, bytes | str):
-                continue
-            task = asyncio.create_task(self._handle_safely(payload))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+    def deliver(self, payload: bytes | str) -> None:
+        """Start a command as it arrives; they run side by side (each waits for its bus)."""
+        task = asyncio.create_task(self._handle_safely(payload))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     # ------------------------------------------------------------------ one command
 

@@ -140,6 +140,9 @@ class BufferConfig:
     max_batches: int = 100_000
     replay_rate: float = 20.0  # batches per second while a backlog drains
     publish_timeout_s: float = 10.0
+    # keep a batch until the collector's receipt names it (False: until the broker's PUBACK)
+    receipts: bool = True
+    receipt_timeout_s: float = 10.0  # send it again after this (doubling, jittered)
 
 
 @dataclass(frozen=True, slots=True)
@@ -673,7 +676,8 @@ def config_from_dict(data: Mapping[str, Any], source: str = "<dict>", *,
 
     mqtt = _check_mqtt(c, c.table(data.get("mqtt", _MISSING), "mqtt"))
     braw = c.table(data.get("buffer", _MISSING), "buffer")
-    c.unknown_keys(braw, ("max_batches", "replay_rate", "publish_timeout_s"), "buffer")
+    c.unknown_keys(braw, ("max_batches", "replay_rate", "publish_timeout_s", "receipts",
+                          "receipt_timeout_s"), "buffer")
     buffer = BufferConfig(
         max_batches=c.get(braw, "max_batches", "buffer", int, 100_000,
                           _between(10, 100_000_000)),
@@ -681,6 +685,9 @@ def config_from_dict(data: Mapping[str, Any], source: str = "<dict>", *,
                                 _positive(10_000))),
         publish_timeout_s=float(c.get(braw, "publish_timeout_s", "buffer", (int, float), 10.0,
                                       _positive(600))),
+        receipts=c.get(braw, "receipts", "buffer", bool, True),
+        receipt_timeout_s=float(c.get(braw, "receipt_timeout_s", "buffer", (int, float), 10.0,
+                                      _positive(3600))),
     )
 
     security = _check_security(c, c.table(data.get("security", _MISSING), "security"))

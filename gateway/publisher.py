@@ -4,8 +4,13 @@ retained status on the same session.
 Each bus worker hands its readings to :meth:`Publisher.take`; the batcher seals everything
 taken during one poll cycle (``batch_interval_s``) into one batch with the next ``seq`` and
 commits it before anything is published; the sender publishes sealed batches in ``seq``
-order, one at a time with QoS 1, and deletes each only after its PUBACK. When the broker is
-away the batches simply wait; when it returns they drain at ``replay_rate``.
+order, one at a time with QoS 1. A PUBACK only says the broker has it (a broker killed before
+saving it loses it), so each batch stays in the store until the collector's receipt on the
+gateway's own ``receipt`` topic names its seq, after the collector committed it; a batch
+with no receipt within ``receipt_timeout_s`` is sent again (doubling, jittered; the
+collector's (gateway, seq) idempotency makes a repeat harmless). With ``receipts = false`` a
+batch goes at its PUBACK, for collectors that send no receipts. When the broker is away the
+batches simply wait; when it returns they drain at ``replay_rate``.
 
 The publisher owns the MQTT connection. What else rides on the session (the command
 executor) comes in as a :class:`SessionUser`, so this module knows nothing about commands.
@@ -16,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -26,7 +32,7 @@ import aiomqtt
 
 from gateway.config import GatewayConfig
 from gateway.stats import GatewayStats
-from gateway.store import Store
+from gateway.store import Store, StoredBatch
 from gateway.supervise import Supervisor, safe_text
 from meterhub import wire
 from meterhub.settings import MqttSettings
@@ -42,8 +48,8 @@ class SessionUser(Protocol):
         """Subscribe, before the gateway announces itself online."""
         ...
 
-    async def serve(self, client: aiomqtt.Client) -> None:
-        """Run for as long as the session lasts."""
+    def deliver(self, payload: bytes | str) -> None:
+        """A message on a topic it subscribed to (not to block: start work and return)."""
         ...
 
 
@@ -146,7 +152,8 @@ class Publisher:
         await asyncio.to_thread(self.store.save_events, payloads)
 
     async def drain_before_exit(self, timeout: float) -> None:
-        """Give the broker up to ``timeout`` to take the sealed batches and acks."""
+        """Give the broker (and, with receipts, the collector) up to ``timeout`` to take the
+        sealed batches and acks; what is still unconfirmed stays for the next run."""
         deadline = time.monotonic() + timeout
         while self.connected and time.monotonic() < deadline:
             if (await asyncio.to_thread(self.store.depth))[0] == 0 and not self._acks:
@@ -193,13 +200,15 @@ class Publisher:
     async def _session(self, client: aiomqtt.Client, stop: asyncio.Event,
                        user: SessionUser) -> None:
         await user.subscribe(client)
+        if self.config.buffer.receipts:
+            await client.subscribe(self._topic["receipt"], qos=1)
         await self._publish_status(client, "online")
         # a lost broker ends the session (and reconnects); any other failure restarts the task
         lost = (aiomqtt.MqttError,)
         sup = self.supervisor
         tasks = [
             sup.spawn("sender", lambda: self._sender(client), passthrough=lost),
-            sup.spawn("commands", lambda: user.serve(client), passthrough=lost),
+            sup.spawn("inbox", lambda: self._inbox(client, user), passthrough=lost),
             sup.spawn("status", lambda: self._status_loop(client), passthrough=lost),
         ]
         waiter = asyncio.create_task(stop.wait())
@@ -217,19 +226,68 @@ class Publisher:
         await self._flush_events(client)
         await self._publish_status(client, "offline")
 
+    async def _inbox(self, client: aiomqtt.Client, user: SessionUser) -> None:
+        """Receipts for the publisher, everything else (commands) for the session user."""
+        async for message in client.messages:
+            payload = message.payload
+            if not isinstance(payload, bytes | str):
+                continue
+            if message.topic.value == self._topic["receipt"]:
+                await self._receipt(payload)
+            else:
+                user.deliver(payload)
+
+    async def _receipt(self, payload: bytes | str) -> None:
+        """Forget the batches a receipt names, if it is this gateway's."""
+        cfg = self.config
+        try:
+            receipt = wire.decode_receipt(payload)
+        except wire.WireError as exc:
+            self.stats.receipts_ignored += 1
+            log.warning("ignoring a receipt: %s", safe_text(str(exc)))
+            return
+        if (receipt.gateway, receipt.site) != (cfg.gateway_id, cfg.site):
+            self.stats.receipts_ignored += 1
+            log.warning("ignoring a receipt for %s/%s on this gateway's topic",
+                        safe_text(receipt.site, 64), safe_text(receipt.gateway, 64))
+            return
+        self.stats.batches_confirmed += await asyncio.to_thread(self.store.confirmed,
+                                                                list(receipt.ranges))
+
+    def _resend_after(self, attempts: int) -> float:
+        """Seconds before a batch still without receipt goes again: the timeout, doubling
+        with each attempt up to 32x, jittered so a fleet does not resend in step."""
+        base = self.config.buffer.receipt_timeout_s * 2 ** min(attempts - 1, 5)
+        return base * random.uniform(0.8, 1.2)
+
+    async def _next_batches(self) -> list[StoredBatch]:
+        if self.config.buffer.receipts:
+            return await asyncio.to_thread(self.store.due, time.time(), 20)
+        return await asyncio.to_thread(self.store.oldest, 20)
+
+    async def _idle(self) -> None:
+        """Wait for something to send: new work, or the next batch whose receipt is late."""
+        timeout = None
+        if self.config.buffer.receipts:
+            next_at = await asyncio.to_thread(self.store.next_due)
+            timeout = None if next_at is None else max(0.05, next_at - time.time())
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._outbox.wait(), timeout)
+
     async def _sender(self, client: aiomqtt.Client) -> None:
         """Publish acks, events and sealed batches; batches in seq order, paced, each
-        deleted only once the broker has acknowledged it."""
+        kept until its receipt (or, receipts off, until the broker acknowledged it)."""
         store = self.store
+        receipts = self.config.buffer.receipts
         spacing = 1.0 / self.config.buffer.replay_rate
         last = 0.0
         while True:
             self._outbox.clear()
             await self._flush_acks(client)
             await self._flush_events(client)
-            batches = await asyncio.to_thread(store.oldest, 20)
+            batches = await self._next_batches()
             if not batches and not self._acks and not self._events:
-                await self._outbox.wait()
+                await self._idle()
                 continue
             for batch in batches:
                 await self._flush_acks(client)  # a command's ack does not wait for a backlog
@@ -238,9 +296,15 @@ class Publisher:
                     await asyncio.sleep(wait)
                 await client.publish(self._topic["readings"], batch.payload, qos=1)
                 last = time.monotonic()
-                await asyncio.to_thread(store.acknowledged, [batch.seq])
-                self.stats.batches_published += 1
-                self.stats.readings_published += batch.readings
+                if not receipts:
+                    await asyncio.to_thread(store.acknowledged, [batch.seq])
+                elif batch.attempts:
+                    self.stats.batches_resent += 1
+                if receipts:
+                    await asyncio.to_thread(store.sent, batch.seq, self._resend_after)
+                if not batch.attempts:
+                    self.stats.batches_published += 1
+                    self.stats.readings_published += batch.readings
 
     async def _flush_acks(self, client: aiomqtt.Client) -> None:
         while self._acks:

@@ -13,6 +13,9 @@ class GatewayStats:
     readings_published: int = 0  # readings whose batch the broker acknowledged
     batches_sealed: int = 0
     batches_published: int = 0
+    batches_confirmed: int = 0  # deleted on the collector's receipt
+    batches_resent: int = 0  # published again: no receipt within the timeout
+    receipts_ignored: int = 0  # malformed, or naming another gateway or site
     readings_dropped: int = 0  # dropped from a full buffer
     commands_done: int = 0
     commands_repeated: int = 0

@@ -1,8 +1,13 @@
 """The gateway's local SQLite state: the store-and-forward buffer, the sequence number and
 the results of commands already executed.
 
-A batch is sealed here (given its ``seq`` and committed) *before* it is published and deleted
-only after the broker's PUBACK, so a broker outage, a restart or SIGKILL loses nothing.
+A batch is sealed here (given its ``seq`` and committed) *before* it is published, and deleted
+only when the collector's receipt names it (or, with receipts off, after the broker's PUBACK),
+so a broker outage or crash, a restart or SIGKILL loses nothing. A batch published but not yet
+confirmed carries ``next_at``: when to send it again if no receipt came.
+
+The buffer is bounded (``max_batches``): when it is full, sealing a new batch drops the
+oldest ones (counted in ``dropped_readings``; the publisher raises ``buffer_dropped``).
 
 Durability choice: WAL with ``synchronous=FULL``. NORMAL would be enough against a crashed
 process, but after a *power cut* it may roll back the last commits; a batch that was already
@@ -29,7 +34,9 @@ CREATE TABLE IF NOT EXISTS batches (
     seq INTEGER PRIMARY KEY,
     payload BLOB NOT NULL,
     readings INTEGER NOT NULL,
-    sealed_at REAL NOT NULL
+    sealed_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,  -- times published
+    next_at REAL  -- NULL: due now; else when to send it again unless a receipt came
 );
 CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, payload BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS commands (
@@ -45,6 +52,7 @@ class StoredBatch:
     seq: int
     payload: bytes
     readings: int
+    attempts: int = 0  # times published before
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +76,11 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(batches)")}
+        if "next_at" not in columns:  # a state file from before receipts
+            self._db.execute("ALTER TABLE batches ADD COLUMN attempts INTEGER NOT NULL "
+                             "DEFAULT 0")
+            self._db.execute("ALTER TABLE batches ADD COLUMN next_at REAL")
         self._db.execute("INSERT OR IGNORE INTO meta VALUES ('last_seq', 0)")
         self._db.execute("INSERT OR IGNORE INTO meta VALUES ('dropped_readings', 0)")
 
@@ -89,8 +102,8 @@ class Store:
                 (last,) = db.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()
                 seq = last + 1
                 db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (seq,))
-                db.execute("INSERT INTO batches VALUES (?,?,?,?)",
-                           (seq, make_payload(seq), readings, time.time()))
+                db.execute("INSERT INTO batches (seq, payload, readings, sealed_at) "
+                           "VALUES (?,?,?,?)", (seq, make_payload(seq), readings, time.time()))
                 dropped_b = dropped_r = 0
                 (count,) = db.execute("SELECT count(*) FROM batches").fetchone()
                 if count > self.max_batches:
@@ -116,10 +129,58 @@ class Store:
             ).fetchall()
         return [StoredBatch(seq, bytes(payload), n) for seq, payload, n in rows]
 
+    def due(self, now: float, limit: int = 50) -> list[StoredBatch]:
+        """Batches to publish now (never sent, or sent and unconfirmed past ``next_at``),
+        oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, payload, readings, attempts FROM batches WHERE next_at IS NULL "
+                "OR next_at <= ? ORDER BY seq LIMIT ?", (now, limit)).fetchall()
+        return [StoredBatch(seq, bytes(payload), n, a) for seq, payload, n, a in rows]
+
+    def next_due(self) -> float | None:
+        """The earliest ``next_at`` of a batch waiting for its receipt."""
+        with self._lock:
+            (value,) = self._db.execute("SELECT min(next_at) FROM batches").fetchone()
+        return None if value is None else float(value)
+
+    def sent(self, seq: int, resend_after: Callable[[int], float]) -> None:
+        """Published (PUBACK): keep it until its receipt; ``resend_after(attempts)`` says
+        how many seconds to wait before sending it again."""
+        with self._lock:
+            row = self._db.execute("SELECT attempts FROM batches WHERE seq=?",
+                                   (seq,)).fetchone()
+            if row is None:  # its receipt came first
+                return
+            attempts = row[0] + 1
+            self._db.execute("UPDATE batches SET attempts=?, next_at=? WHERE seq=?",
+                             (attempts, time.time() + resend_after(attempts), seq))
+
+    def unsent(self) -> int:
+        """Batches never published yet (what a stopping gateway still tries to send)."""
+        with self._lock:
+            (value,) = self._db.execute(
+                "SELECT count(*) FROM batches WHERE attempts = 0").fetchone()
+        return int(value)
+
     def acknowledged(self, seqs: Sequence[int]) -> None:
-        """The broker has these batches: forget them."""
+        """The broker has these batches (receipts off): forget them."""
         with self._lock:
             self._db.executemany("DELETE FROM batches WHERE seq=?", [(s,) for s in seqs])
+
+    def confirmed(self, ranges: Sequence[tuple[int, int]]) -> int:
+        """The collector committed these seq ranges: forget them; returns how many went."""
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                gone = sum(db.execute("DELETE FROM batches WHERE seq BETWEEN ? AND ?",
+                                      (first, last)).rowcount for first, last in ranges)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return gone
 
     def depth(self) -> tuple[int, int]:
         """(batches, readings) waiting to be published."""

@@ -29,8 +29,8 @@ from meterhub.security.signing import (
 SCHEMA_VERSION = 1
 TOPIC_ROOT = "meterhub/v1"
 
-Kind = Literal["status", "readings", "events", "cmd", "cmd/ack"]
-KINDS: tuple[Kind, ...] = ("status", "readings", "events", "cmd", "cmd/ack")
+Kind = Literal["status", "readings", "events", "cmd", "cmd/ack", "receipt"]
+KINDS: tuple[Kind, ...] = ("status", "readings", "events", "cmd", "cmd/ack", "receipt")
 
 RelayState = Literal["open", "closed", "unknown"]
 RELAY_STATES: tuple[RelayState, ...] = ("open", "closed", "unknown")
@@ -517,3 +517,51 @@ def decode_events(payload: bytes | str) -> tuple[str, list[Event]]:
 def offline_status(gateway: str, site: str) -> bytes:
     """The last-will payload: the broker publishes it (retained) if the gateway vanishes."""
     return encode_status(Status(gateway, site, "offline", datetime.now(UTC)))
+
+
+# ---------------------------------------------------------------------------- receipts
+#
+# End-to-end delivery: the collector publishes a receipt on the gateway's own topic
+# (``meterhub/v1/<site>/<gateway>/receipt``) once it has committed readings batches; the
+# gateway keeps each sealed batch until a receipt names its seq, and sends it again otherwise.
+# ``{"schema":1,"gateway":gw,"site":site,"ranges":[[first,last],...],"at":iso}``; a range
+# names every seq from ``first`` to ``last`` inclusive.
+
+MAX_RECEIPT_RANGES = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    gateway: str
+    site: str
+    ranges: tuple[tuple[int, int], ...]
+    at: datetime
+
+
+def encode_receipt(gateway: str, site: str, ranges: list[tuple[int, int]],
+                   at: datetime) -> bytes:
+    """The collector's word that batches ``ranges`` of ``gateway`` are committed."""
+    return _dumps({"schema": SCHEMA_VERSION, "gateway": gateway, "site": site,
+                   "ranges": [[first, last] for first, last in ranges], "at": utc_iso(at)})
+
+
+def decode_receipt(payload: bytes | str) -> Receipt:
+    obj = _load(payload, "receipt")
+    raw = obj.get("ranges")
+    if not isinstance(raw, list) or len(raw) > MAX_RECEIPT_RANGES:
+        raise WireError(f"receipt.ranges: expected a list of at most {MAX_RECEIPT_RANGES} "
+                        "[first, last] pairs")
+    ranges = []
+    for i, item in enumerate(raw):
+        if (not isinstance(item, list) or len(item) != 2
+                or any(isinstance(v, bool) or not isinstance(v, int) for v in item)
+                or not 0 <= item[0] <= item[1] < 2**63):
+            raise WireError(f"receipt.ranges[{i}]: {item!r} is not [first, last] with "
+                            "0 <= first <= last")
+        ranges.append((item[0], item[1]))
+    return Receipt(
+        gateway=_str(obj, "gateway", "receipt"),
+        site=_str(obj, "site", "receipt"),
+        ranges=tuple(ranges),
+        at=parse_time(obj.get("at"), "receipt.at"),
+    )

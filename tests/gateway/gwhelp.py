@@ -124,8 +124,10 @@ class Recorder:
 
 
 @contextlib.asynccontextmanager
-async def record(mqtt: MqttSettings, site: str) -> AsyncIterator[Recorder]:
-    """Subscribe (QoS 1) to every topic of ``site`` and record until the block ends."""
+async def record(mqtt: MqttSettings, site: str, *,
+                 confirm: bool = True) -> AsyncIterator[Recorder]:
+    """Subscribe (QoS 1) to every topic of ``site`` and record until the block ends. With
+    ``confirm``, act as the collector too: a receipt for every batch received."""
     recorder = Recorder()
     async with aiomqtt.Client(mqtt.host, mqtt.port) as client:
         await client.subscribe(f"{wire.TOPIC_ROOT}/{site}/#", qos=1)
@@ -138,7 +140,14 @@ async def record(mqtt: MqttSettings, site: str) -> AsyncIterator[Recorder]:
                 if kind == "readings":
                     recorder.raw_batches.append(payload)
                     recorder.arrived.append(time.monotonic())
-                    recorder.batches.append(wire.decode_readings(payload))
+                    batch = wire.decode_readings(payload)
+                    recorder.batches.append(batch)
+                    if confirm:
+                        await client.publish(
+                            wire.topic(batch.site, batch.gateway, "receipt"),
+                            wire.encode_receipt(batch.gateway, batch.site,
+                                                [(batch.seq, batch.seq)], datetime.now(UTC)),
+                            qos=1)
                 elif kind == "cmd/ack":
                     recorder.acks.append(wire.decode_ack(payload))
                 elif kind == "status":

@@ -94,6 +94,6 @@ async def test_poison_commands_then_a_good_one(mqtt: MqttSettings, site: str, si
     assert gateway.stats.commands_refused == refused
     assert gateway.stats.commands_failed == 0
     tasks = seen.statuses[-1].health["tasks"]
-    assert {"mqtt", "batcher", "sender", "commands", "status", "bus dlt"} <= set(tasks)
+    assert {"mqtt", "batcher", "sender", "inbox", "status", "bus dlt"} <= set(tasks)
     assert all(t["restarts"] == 0 for t in tasks.values()), tasks
     assert json.dumps(tasks)
