@@ -16,8 +16,15 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
+
+from meterhub.security.signing import (
+    DEFAULT_MAX_FUTURE_SKEW,
+    CommandSigner,
+    Keyring,
+    verify,
+)
 
 SCHEMA_VERSION = 1
 TOPIC_ROOT = "meterhub/v1"
@@ -202,19 +209,20 @@ def encode_readings(batch: ReadingsBatch) -> bytes:
     )
 
 
-def encode_command(cmd: Command) -> bytes:
-    return _dumps(
-        {
-            "schema": SCHEMA_VERSION,
-            "command_id": cmd.command_id,
-            "meter": cmd.meter,
-            "action": cmd.action,
-            "issued_at": utc_iso(cmd.issued_at),
-            "expires_at": utc_iso(cmd.expires_at),
-            "attempt": cmd.attempt,
-            "params": dict(cmd.params),
-        }
+def encode_command(
+    cmd: Command, gateway: str, signer: CommandSigner, *, nonce: str | None = None
+) -> bytes:
+    """Sign and encode one command for ``gateway``.
+
+    The signature covers command id, gateway, meter, action, params, issue and expiry times
+    and a fresh nonce; ``attempt`` rides outside it (a retry is signed anew with a new nonce).
+    """
+    envelope = signer.sign(
+        command_id=cmd.command_id, gateway=gateway, meter=cmd.meter, action=cmd.action,
+        issued_at=cmd.issued_at, expires_at=cmd.expires_at, params=dict(cmd.params),
+        nonce=nonce,
     )
+    return _dumps({"schema": SCHEMA_VERSION, "attempt": cmd.attempt, **envelope.to_json()})
 
 
 def encode_ack(ack: Ack) -> bytes:
@@ -402,20 +410,46 @@ def decode_readings(payload: bytes | str) -> ReadingsBatch:
     return ReadingsBatch(env.gateway, env.site, env.seq, env.sent_at, readings)
 
 
-def decode_command(payload: bytes | str) -> Command:
+@dataclass(frozen=True, slots=True)
+class SignedCommand:
+    """A command whose signature checked out: act on ``command``, remember ``nonce``."""
+
+    command: Command
+    gateway: str
+    nonce: str
+    key_id: str
+
+
+def decode_command(
+    payload: bytes | str,
+    keyring: Keyring,
+    *,
+    gateway: str,
+    now: datetime,
+    max_future_skew: timedelta = DEFAULT_MAX_FUTURE_SKEW,
+) -> SignedCommand:
+    """Check a command's form, then its signature, and return what the signature vouches for.
+
+    Raises :class:`WireError` for a payload that is not a command at all and
+    :class:`~meterhub.security.SignatureRefused` (with a reason code) for one no trusted key
+    signed for this gateway, or that is expired or dated too far ahead. Replay and meter
+    ownership are the gateway's checks.
+    """
     obj = _load(payload, "cmd")
-    params = obj.get("params", {})
-    if not isinstance(params, dict):
-        raise WireError("cmd.params: expected an object")
-    return Command(
-        command_id=_str(obj, "command_id", "cmd"),
-        meter=_str(obj, "meter", "cmd"),
-        action=_choice(obj, "action", "cmd", ACTIONS),
-        issued_at=parse_time(obj.get("issued_at"), "cmd.issued_at"),
-        expires_at=parse_time(obj.get("expires_at"), "cmd.expires_at"),
-        attempt=_int(obj, "attempt", "cmd", minimum=1) if "attempt" in obj else 1,
-        params=params,
+    attempt = _int(obj, "attempt", "cmd", minimum=1) if "attempt" in obj else 1
+    claims = verify(obj, keyring, gateway=gateway, now=now, max_future_skew=max_future_skew)
+    if claims.action not in ACTIONS:
+        raise WireError(f"cmd.action: {claims.action!r} is not one of {', '.join(ACTIONS)}")
+    command = Command(
+        command_id=claims.command_id,
+        meter=claims.meter,
+        action=claims.action,  # type: ignore[arg-type]
+        issued_at=claims.issued_at,
+        expires_at=claims.expires_at,
+        attempt=attempt,
+        params=claims.params,
     )
+    return SignedCommand(command, claims.gateway, claims.nonce, str(obj["key_id"]))
 
 
 def decode_ack(payload: bytes | str) -> Ack:

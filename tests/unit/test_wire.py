@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
 from meterhub import wire
 from meterhub.quantities import QUANTITIES
+from meterhub.security import CommandSigner, Keyring, RefusalReason, SignatureRefused
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+SIGNER = CommandSigner(Ed25519PrivateKey.generate())
+KEYRING = Keyring([SIGNER.public_key])
 
 times = st.datetimes(
     min_value=datetime(2000, 1, 1), max_value=datetime(2099, 1, 1), timezones=st.just(UTC)
@@ -45,8 +50,12 @@ def test_readings_round_trip(seq: int, sent_at: datetime, batch: list[wire.Readi
 
 
 def test_command_and_ack_round_trip() -> None:
-    cmd = wire.Command("c-1", "000000000001", "relay_open", T0, T0 + timedelta(minutes=5))
-    assert wire.decode_command(wire.encode_command(cmd)) == cmd
+    cmd = wire.Command("c-1", "000000000001", "relay_open", T0, T0 + timedelta(minutes=5),
+                       attempt=2, params={"hold_until": "2026-01-01T00:00:00Z"})
+    signed = wire.decode_command(wire.encode_command(cmd, "gw", SIGNER), KEYRING,
+                                 gateway="gw", now=T0)
+    assert signed.command == cmd
+    assert (signed.gateway, signed.key_id) == ("gw", SIGNER.key_id) and signed.nonce
     ack = wire.Ack("c-1", "gw", "000000000001", "done", T0, outcome="ok", relay="open")
     assert wire.decode_ack(wire.encode_ack(ack)) == ack
     assert cmd.expired(T0 + timedelta(minutes=5)) and not cmd.expired(T0)
@@ -101,13 +110,30 @@ def test_bad_readings_are_named(payload: bytes, message: str) -> None:
         wire.decode_readings(payload)
 
 
-def test_bad_command_names_the_field() -> None:
-    bad = (
-        b'{"schema":1,"command_id":"c","meter":"m","action":"explode",'
+def test_signed_but_unknown_action_names_the_field() -> None:
+    envelope = SIGNER.sign(command_id="c", gateway="gw", meter="m", action="explode",
+                           issued_at=T0, expires_at=T0 + timedelta(minutes=5))
+    bad = json.dumps({"schema": 1, **envelope.to_json()})
+    with pytest.raises(wire.WireError, match=r"cmd\.action: .explode. is not one of relay_open"):
+        wire.decode_command(bad, KEYRING, gateway="gw", now=T0)
+
+
+def test_unsigned_command_refused() -> None:
+    unsigned = (
+        b'{"schema":1,"command_id":"c","meter":"m","action":"relay_open",'
         b'"issued_at":"2026-01-01T00:00:00Z","expires_at":"2026-01-01T00:05:00Z"}'
     )
-    with pytest.raises(wire.WireError, match=r"cmd\.action: .explode. is not one of relay_open"):
-        wire.decode_command(bad)
+    with pytest.raises(SignatureRefused) as refused:
+        wire.decode_command(unsigned, KEYRING, gateway="gw", now=T0)
+    assert refused.value.reason == RefusalReason.UNSIGNED
+
+
+def test_command_for_another_gateway_refused() -> None:
+    cmd = wire.Command("c-1", "m", "relay_open", T0, T0 + timedelta(minutes=5))
+    with pytest.raises(SignatureRefused) as refused:
+        wire.decode_command(wire.encode_command(cmd, "gw-a", SIGNER), KEYRING,
+                            gateway="gw-b", now=T0)
+    assert refused.value.reason == RefusalReason.WRONG_GATEWAY
 
 
 def test_naive_time_refused_on_encode() -> None:
