@@ -64,6 +64,7 @@ KNOWN = (
     Known(ValueError, "Exceeds the limit (4300 digits)", "test_wire_refuses_huge_integers"),
     Known(RecursionError, "maximum recursion depth", "test_wire_refuses_deep_nesting"),
     Known(OverflowError, "date value out of range", "test_wire_refuses_unrepresentable_times"),
+    Known(ValueError, "Out of range float values", "test_wire_refuses_non_finite_free_form"),
 )
 
 

@@ -101,15 +101,13 @@ def _command() -> dict[str, bytes]:
     issued = datetime(2025, 1, 1, tzinfo=UTC)
     seeds = {}
     for action in ("relay_open", "relay_close", "time_sync"):
-        envelope = signer.sign(command_id=f"c-{action}", gateway="gw-1", meter="000000000001",
-                               action=action, issued_at=issued,
-                               expires_at=issued + timedelta(minutes=5), nonce="n1",
-                               params={"reason": "arrears", "tries": 2} if action != "time_sync"
-                               else {})
-        body = {"schema": wire.SCHEMA_VERSION, "attempt": 1, **envelope.to_json()}
-        seeds[f"signed-{action}"] = json.dumps(body, separators=(",", ":")).encode()
-    cmd = wire.Command("c1", "000000000001", "relay_open", issued, issued + timedelta(minutes=5))
-    seeds["unsigned"] = wire.encode_command(cmd)
+        params = {"reason": "arrears", "tries": 2} if action != "time_sync" else {}
+        cmd = wire.Command(f"c-{action}", "000000000001", action, issued,  # type: ignore[arg-type]
+                           issued + timedelta(minutes=5), params=params)
+        seeds[f"signed-{action}"] = wire.encode_command(cmd, "gw-1", signer, nonce="n1")
+    unsigned = json.loads(seeds["signed-relay_open"])
+    del unsigned["sig"], unsigned["key_id"]
+    seeds["unsigned"] = json.dumps(unsigned, separators=(",", ":")).encode()
     return seeds
 
 
