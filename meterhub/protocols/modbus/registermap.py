@@ -293,6 +293,10 @@ def load_map(path: Path | str) -> RegisterMap:
         raise RegisterMapError([f"{path}: not UTF-8 text ({exc.reason})"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise RegisterMapError([f"{path}: not valid TOML ({exc})"]) from None
+    except (ValueError, RecursionError) as exc:  # tomllib: an integer past 4300 digits, or
+        # arrays nested deeper than the stack; neither is a map anyone meant to write
+        raise RegisterMapError([f"{path}: not usable TOML ({type(exc).__name__}: {exc})"]) \
+            from None
     return parse_map(data, name=path.stem, source=str(path))
 
 

@@ -123,13 +123,11 @@ class ReplyFramer:
 
     def needed(self) -> int:
         """Bytes that must still arrive before :meth:`feed` can give a frame or raise: the
-        rest of the frame at the head once its length is known (after ``feed`` the head is
-        always a frame start it can size, or too short to tell), else the rest of the
-        shortest reply (5 bytes)."""
+        rest of the frame at the head once its length is known, else the rest of the
+        shortest reply (5 bytes); at least 1. (After ``feed`` found the answer, what came
+        behind it is not hunted through, so the head may be noise longer than 5 bytes.)"""
         length = _reply_size(self._buf) if len(self._buf) >= 3 else None
-        if not length:
-            return 5 - len(self._buf)
-        return max(1, length - len(self._buf))
+        return max(1, (length or 5) - len(self._buf))
 
 
 @dataclass(frozen=True, slots=True)
