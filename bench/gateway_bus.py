@@ -142,7 +142,9 @@ async def run(seconds: float, warmup: float) -> dict[str, Any]:
             bus: dict[str, Any] = {
                 "name": name, "protocol": protocol, "port": sim.ports[name], "baud": baud,
                 "parity": parity, "timeout_s": 1.0, "retries": 1, "poll_interval_s": 1.0,
-                "quantities": QUANTITIES}
+                "quantities": QUANTITIES,
+                # the bench measures polling: no relay reads between polls, no relay commands
+                "relay_control": False, "report_relay_every": 0}
             if protocol == "modbus":
                 bus["model"] = model
                 bus["meters"] = [{"unit": u} for u in range(1, METERS + 1)]

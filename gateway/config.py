@@ -305,7 +305,7 @@ def _file(value: str) -> str | None:
 
 def _tcp_endpoint(value: str) -> str | None:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not (sep and host and port.isascii() and port.isdigit() and 0 < int(port) < 65536):
         return "is not HOST:PORT (for example '192.168.1.20:502')"
     return None
 
@@ -408,7 +408,7 @@ def _modbus_unit(c: _Checker, raw: Mapping[str, Any], path: str) -> str | None:
         c.problems.append(f"{_join(path, 'unit')}: is required (the Modbus unit id, 1-247)")
         return None
     value = raw[key]
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and value.isascii() and value.isdigit():
         number = int(value)
     elif isinstance(value, int) and not isinstance(value, bool):
         number = value
@@ -747,8 +747,13 @@ def load_config(path: str | Path) -> GatewayConfig:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(str(path), [f"cannot read the file: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), [f"not UTF-8 text: {exc.reason} at byte {exc.start}"]) \
+            from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from None
+    except (ValueError, RecursionError) as exc:  # a 5,000-digit integer, 5,000-deep arrays
+        raise ConfigError(str(path), [f"not usable TOML: {exc}"]) from None
     return config_from_dict(data, source=str(path), base_dir=path.parent)

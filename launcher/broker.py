@@ -60,9 +60,11 @@ ROLES: Mapping[str, tuple[Rule, ...]] = {
     GATEWAY_ROLE: (
         Rule("write", "status", "own"), Rule("write", "readings", "own"),
         Rule("write", "events", "own"), Rule("write", "cmd/ack", "own"),
-        Rule("read", "cmd", "own"),
+        Rule("read", "cmd", "own"), Rule("read", "receipt", "own"),
     ),
-    "collector": (Rule("read", "readings"), Rule("read", "status"), Rule("read", "events")),
+    # the collector confirms each committed batch on the gateway's own receipt topic
+    "collector": (Rule("read", "readings"), Rule("read", "status"), Rule("read", "events"),
+                  Rule("write", "receipt")),
     # billing's own alerts travel as events under its name (billing.commands.ALERTS_GATEWAY)
     "billing": (Rule("write", "cmd"), Rule("read", "cmd/ack"), Rule("read", "status"),
                 Rule("write", "events", "own")),

@@ -35,7 +35,10 @@ class MqttSettings:
     @classmethod
     def from_url(cls, url: str, *, setting: str = MQTT_URL_ENV) -> MqttSettings:
         """Parse ``mqtt://user:pass@host:1883`` or ``mqtts://host:8883``."""
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError as exc:  # "Invalid IPv6 URL" and the like
+            raise SettingsError(f"{setting}: {url!r} is not a URL ({exc})") from None
         if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
             raise SettingsError(f"{setting}: {url!r} must start with mqtt:// or mqtts://")
         if not parts.hostname:

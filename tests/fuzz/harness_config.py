@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 import atheris
-from fuzzkit import Known, run
+from fuzzkit import run
 
 with atheris.instrument_imports(include=["gateway.config", "meterhub", "tomllib"]):
     from gateway.config import ConfigError, load_config
@@ -29,17 +29,6 @@ def one_input(data: bytes) -> None:
         load_config(_FILE)
 
 
-# Reported, pinned by strict-xfail tests in tests/fuzz/test_fuzz_regressions.py; the fixes
-# belong to gateway/config.py and meterhub/settings.py (other branches).
-KNOWN = (
-    Known(UnicodeDecodeError, "codec can't decode", "test_config_refuses_non_utf8"),
-    Known(ValueError, "invalid literal for int()", "test_config_refuses_non_ascii_digits"),
-    Known(ValueError, "Exceeds the limit (4300 digits)", "test_config_refuses_unusable_toml"),
-    Known(RecursionError, "maximum recursion depth", "test_config_refuses_unusable_toml"),
-    Known(ValueError, "Invalid IPv6 URL", "test_config_refuses_unsplittable_mqtt_url"),
-)
-
-
 if __name__ == "__main__":
-    run(one_input, KNOWN)
+    run(one_input)
     sys.exit(0)
