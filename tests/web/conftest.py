@@ -12,7 +12,16 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from web_helpers import Fleet, Logins, free_port, make_logins, seed_fleet
 
-from web import create_app
+from web import auth, create_app, keys
+
+
+@pytest.fixture(autouse=True)
+def _door_for_tests(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A session key from the environment (as a site would set it), and scrypt at a test
+    cost: N=2^17 takes seconds per hash on a shared CI machine, and every test makes five
+    logins. test_web_door checks the real cost and the rehash to it."""
+    monkeypatch.setenv(keys.KEY_ENV, "test-session-key-" + "k" * 40)
+    monkeypatch.setattr(auth, "SCRYPT", auth.ScryptParams(n=2**12))
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import psycopg
 
@@ -112,3 +113,8 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def same_origin(client: Any) -> dict[str, str]:
+    """The Origin header a browser on the test server's own page sends."""
+    return {"Origin": str(client.make_url("")).rstrip("/")}
