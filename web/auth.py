@@ -94,8 +94,13 @@ def check_password(password: str, stored: str | None) -> bool:
 
 
 def needs_rehash(stored: str) -> bool:
-    """A hash made with other parameters than today's (replaced at the next login)."""
-    return not stored.startswith(f"scrypt${SCRYPT.n}${SCRYPT.r}${SCRYPT.p}$")
+    """A hash made at a lower cost than today's (replaced at the next login; a stronger
+    one is left alone)."""
+    try:
+        scheme, n, r, p, _salt, _digest = stored.split("$")
+        return scheme != "scrypt" or (int(n), int(r), int(p)) < (SCRYPT.n, SCRYPT.r, SCRYPT.p)
+    except ValueError:
+        return True
 
 
 _DUMMY_HASH: dict[ScryptParams, str] = {}

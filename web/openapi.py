@@ -287,7 +287,7 @@ def _paths() -> dict[str, S]:
         "/sessions/{id}": {"delete": _op(
             "End one session (one's own; an admin: anyone's)", _obj({"revoked": INT}),
             params=[ID], tag="session", errors=(400, 401, 403, 404, 503))},
-        "/sessions/revoke-all": {"post": _op(
+        "/me/logout-all": {"post": _op(
             "Log out everywhere: end every session of one's own, this one included",
             _obj({"sessions_ended": INT}), tag="session")},
         "/users/{id}/sessions": {"delete": _op(

@@ -179,7 +179,7 @@ def _revoke_one(conn: psycopg.Connection[Any], user: auth.User, session_id: int)
                    {"user_id": owner})
 
 
-@routes.post(f"{API}/sessions/revoke-all")
+@routes.post(f"{API}/me/logout-all")
 @requires("viewer")
 async def revoke_all(request: web.Request) -> web.Response:
     """Log out everywhere: every session of the caller, this one included."""
