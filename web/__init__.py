@@ -11,4 +11,5 @@ from web.app import create_app
 from web.server import WebServer, start_server
 from web.users import ensure_demo_user
 
-__all__ = ["DoorSettings", "WebServer", "WebSettings", "create_app", "ensure_demo_user", "start_server"]
+__all__ = ["DoorSettings", "WebServer", "WebSettings", "create_app", "ensure_demo_user",
+           "start_server"]

@@ -111,10 +111,6 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     door_settings = request.app[SETTINGS_KEY].door
     header = request.headers.get("Authorization", "")
     cookie = request.cookies.get(auth.SESSION_COOKIE)
-    door.check_json_content_type(request, with_cookie=bool(cookie) and not header)
-    if not header and (cookie or "Origin" in request.headers
-                       or "Sec-Fetch-Site" in request.headers):
-        door.check_same_site(request, door_settings.proxies)
     user: User | None = None
     if header:
         scheme, _, token = header.partition(" ")
@@ -134,6 +130,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if user is None and request.path not in _PUBLIC:
         raise Unauthorized("log in first (the session may have expired or been revoked), "
                            "or send an API token as 'Authorization: Bearer ...'")
+    door.check_json_content_type(request, with_cookie=bool(cookie) and not header)
+    if not header and (cookie or "Origin" in request.headers
+                       or "Sec-Fetch-Site" in request.headers):
+        door.check_same_site(request, door_settings.proxies)
     return await handler(request)
 
 
