@@ -120,9 +120,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         if user is None:
             raise Unauthorized("this API token is unknown or revoked")
     elif cookie:
-        token = auth.verify_session(request.app[SESSION_KEY_KEY], cookie)
-        if token is not None:
-            user = await database.run(request, sessions.user_by_session, token,
+        session_token = auth.verify_session(request.app[SESSION_KEY_KEY], cookie)
+        if session_token is not None:
+            user = await database.run(request, sessions.user_by_session, session_token,
                                       door_settings.sessions)
     if user is not None:
         user = dataclasses.replace(user, source=source(request))

@@ -38,9 +38,9 @@ def register(sub: Any) -> None:
                    help=f"file (mode 0600) with the key that signs session cookies "
                         f"(default ${keys.KEY_FILE_ENV}, ${keys.KEY_ENV}, or a key "
                         "generated in the data directory)")
-    p.add_argument("--session-idle", type=float, default=SessionPolicy.idle_s,
+    p.add_argument("--session-idle", type=float, default=SessionPolicy().idle_s,
                    metavar="SECONDS", help="a session unused this long ends")
-    p.add_argument("--session-max", type=float, default=SessionPolicy.absolute_s,
+    p.add_argument("--session-max", type=float, default=SessionPolicy().absolute_s,
                    metavar="SECONDS", help="a session ends this long after login, used or not")
     p.add_argument("--max-topup", type=Decimal, default=None, metavar="YUAN",
                    help="largest amount one top-up may credit (default 100000)")
