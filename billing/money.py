@@ -65,6 +65,8 @@ def parse_yuan(text: str | int, *, max_yuan: Decimal, field: str = "amount") -> 
     if isinstance(text, bool) or not isinstance(text, str | int):
         raise MoneyError(f"{field}: give the amount as text like \"50.00\"")
     raw = str(text)
+    if len(raw) <= MAX_AMOUNT_CHARS and re.fullmatch(r"[0-9]+\.[0-9]{3,}", raw):
+        raise MoneyError(f"{field}: {raw!r} has more than two decimals (fen)")
     if len(raw) > MAX_AMOUNT_CHARS or not _YUAN_TEXT.fullmatch(raw):
         raise MoneyError(f"{field}: {raw[:MAX_AMOUNT_CHARS]!r} is not an amount in yuan; "
                          "write digits with at most two decimals, like 50 or 50.25")
