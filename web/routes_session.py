@@ -20,6 +20,7 @@ from web._http import (
     SESSION_KEY_KEY,
     SETTINGS_KEY,
     USER_KEY,
+    DoorSettings,
     current_user,
     json_response,
     requires,
@@ -60,7 +61,7 @@ def _admit(conn: psycopg.Connection[Any], address: str, name: str,
 
 
 def _login(conn: psycopg.Connection[Any], name: str, password: str, address: str,
-           user_agent: str, policy: sessions.SessionPolicy) -> tuple[auth.User, str]:
+           user_agent: str, door_settings: DoorSettings) -> tuple[auth.User, str]:
     """Check the password, clear the throttle, open a session and audit the login."""
     try:
         user = auth.login(conn, name, password)
@@ -70,7 +71,9 @@ def _login(conn: psycopg.Connection[Any], name: str, password: str, address: str
         raise
     throttle.clear(conn, "addr", address)
     throttle.clear(conn, "name", name.lower())
-    session_id, token = sessions.open_session(conn, user, policy, address, user_agent)
+    throttle.forget_old(conn, door_settings.throttle)
+    session_id, token = sessions.open_session(conn, user, door_settings.sessions, address,
+                                              user_agent)
     database.audit_row(conn, user.name, user.role, address, "session.login",
                        f"session:{session_id}")
     return user, token
@@ -90,7 +93,7 @@ async def login(request: web.Request) -> web.Response:
         try:
             user, token = await database.run(
                 request, _login, name, password, address,
-                request.headers.get("User-Agent", ""), settings.door.sessions)
+                request.headers.get("User-Agent", ""), settings.door)
         except auth.AuthError as exc:
             raise Unauthorized(str(exc)) from None
     response = json_response({"user": _user_json(user)})
