@@ -30,10 +30,12 @@ from billing.manual import (
     manual_relay,
     release_manual_hold,
 )
+from billing.money import DEFAULT_MAX_TOPUP, MoneyError, parse_yuan
 from billing.policy import CreditSettings, ProtectedWindows
 from billing.read_model import manual_holds
 
 __all__ = [
+    "DEFAULT_MAX_TOPUP",
     "SIGNING_KEY_ENV",
     "TOPUP_CHANNELS",
     "AccountExists",
@@ -46,6 +48,7 @@ __all__ = [
     "CreditSettings",
     "EngineStats",
     "LedgerEntry",
+    "MoneyError",
     "ProtectedWindows",
     "TopupConflict",
     "UnknownAccount",
@@ -57,6 +60,7 @@ __all__ = [
     "create_account",
     "manual_holds",
     "manual_relay",
+    "parse_yuan",
     "refund",
     "release_manual_hold",
     "topup",

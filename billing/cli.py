@@ -24,7 +24,7 @@ from billing import alerts as alerts_mod
 from billing import ledger, lifecycle, manual, read_model, reports
 from billing.engine import SIGNING_KEY_ENV, BillingConfig, BillingEngine
 from billing.errors import BillingError
-from billing.money import parse_amount
+from billing.money import DEFAULT_MAX_TOPUP, parse_yuan
 from billing.policy import CreditSettings, ProtectedWindows
 from billing.tariffs import load_tariffs
 from meterhub import db, settings
@@ -183,7 +183,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def _topup(args: argparse.Namespace) -> int:
     with _connect(args) as conn:
-        e = ledger.topup(conn, args.account, parse_amount(args.amount), args.channel,
+        e = ledger.topup(conn, args.account,
+                         parse_yuan(args.amount, max_yuan=DEFAULT_MAX_TOPUP, field='--amount'),
+                         args.channel,
                          args.reference, actor="cli")
         bal = ledger.balance(conn, args.account)
     if args.json:

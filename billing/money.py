@@ -11,6 +11,7 @@ drifts.
 
 from __future__ import annotations
 
+import re
 from decimal import ROUND_FLOOR, Decimal, InvalidOperation
 
 from billing.errors import BillingError
@@ -48,6 +49,34 @@ def parse_amount(value: object, *, what: str = "amount") -> Decimal:
     if amount != amount.quantize(FEN):
         raise MoneyError(f"{what}: {value!r} has more than two decimals (fen)")
     return amount.quantize(FEN)
+
+
+_YUAN_TEXT = re.compile(r"(0|[1-9][0-9]*)(\.[0-9]{1,2})?")
+MAX_AMOUNT_CHARS = 20
+DEFAULT_MAX_TOPUP = Decimal("100000")  # yuan in one top-up, unless a site sets its own
+
+
+def parse_yuan(text: str | int, *, max_yuan: Decimal, field: str = "amount") -> Decimal:
+    """A payment amount as a person or client types it, checked the one way the CLI, the API
+    and the page share: ASCII digits only, an optional point and at most two decimals, more
+    than zero and at most ``max_yuan``. No signs, spaces, underscores, exponents or other
+    scripts' digits (``Decimal`` and ``int`` accept ``"1_0"``, ``"1e30"`` and ``"١٠"``;
+    this does not). Raises :class:`MoneyError` naming ``field``."""
+    if isinstance(text, bool) or not isinstance(text, str | int):
+        raise MoneyError(f"{field}: give the amount as text like \"50.00\"")
+    raw = str(text)
+    if len(raw) <= MAX_AMOUNT_CHARS and re.fullmatch(r"[0-9]+\.[0-9]{3,}", raw):
+        raise MoneyError(f"{field}: {raw!r} has more than two decimals (fen)")
+    if len(raw) > MAX_AMOUNT_CHARS or not _YUAN_TEXT.fullmatch(raw):
+        raise MoneyError(f"{field}: {raw[:MAX_AMOUNT_CHARS]!r} is not an amount in yuan; "
+                         "write digits with at most two decimals, like 50 or 50.25")
+    amount = Decimal(raw).quantize(FEN)
+    if amount <= 0:
+        raise MoneyError(f"{field}: must be more than zero")
+    if amount > max_yuan:
+        raise MoneyError(f"{field}: {amount} is more than the {max_yuan} allowed in one "
+                         "top-up; split it")
+    return amount
 
 
 def post_charge(carry: Decimal, exact: Decimal) -> tuple[int, Decimal]:

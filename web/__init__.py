@@ -6,9 +6,10 @@ the demo does), :func:`ensure_demo_user`; the CLI is in ``web.cli``. Everything 
 machinery.
 """
 
-from web._http import WebSettings
+from web._http import DoorSettings, WebSettings
 from web.app import create_app
 from web.server import WebServer, start_server
 from web.users import ensure_demo_user
 
-__all__ = ["WebServer", "WebSettings", "create_app", "ensure_demo_user", "start_server"]
+__all__ = ["DoorSettings", "WebServer", "WebSettings", "create_app", "ensure_demo_user",
+           "start_server"]

@@ -9,19 +9,38 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from aiohttp import web
 
+import billing
 from meterhub.settings import MqttSettings
-from web import database, inputs
+from web import database, door, inputs
 from web.auth import Role, User
 from web.errors import Forbidden, Unauthorized
+from web.sessions import SessionPolicy
+from web.throttle import ThrottlePolicy
 
 API = "/api/v1"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class DoorSettings:
+    """How the web lets people in: proxies, sessions, login throttling, top-up bound, key."""
+
+    trusted_proxies: tuple[str, ...] = ()  # addresses/networks whose X-Forwarded-* we believe
+    sessions: SessionPolicy = field(default_factory=SessionPolicy)
+    throttle: ThrottlePolicy = field(default_factory=ThrottlePolicy)
+    max_topup_yuan: Decimal = billing.DEFAULT_MAX_TOPUP  # yuan in one top-up
+    session_key_file: str | None = None  # else web.keys' environment variables / data dir
+
+    @property
+    def proxies(self) -> tuple[door.Network, ...]:
+        return door.trusted_networks(self.trusted_proxies)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +51,8 @@ class WebSettings:
     mqtt: MqttSettings | None = None
     live_interval_s: float = 1.0  # how often the live feed polls the database
     offline_after_s: float = 60.0  # a gateway silent this long shows offline
-    secure_cookies: bool = False  # set behind HTTPS so the session cookie is never sent plain
+    secure_cookies: bool = False  # always mark the cookie Secure (else: when HTTPS is seen)
+    door: DoorSettings = field(default_factory=DoorSettings)
 
 
 SETTINGS_KEY: web.AppKey[WebSettings] = web.AppKey("settings", WebSettings)
@@ -69,6 +89,11 @@ def current_user(request: web.Request) -> User:
         raise Unauthorized("log in first, or send an API token as 'Authorization: Bearer ...'")
     assert isinstance(user, User)
     return user
+
+
+def source(request: web.Request) -> str:
+    """The client's address as the audit log and the login throttle see it."""
+    return door.client_address(request, request.app[SETTINGS_KEY].door.proxies)
 
 
 def page(request: web.Request, default: int = 100) -> tuple[int, int]:

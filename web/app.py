@@ -9,6 +9,7 @@ also become 400.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -19,20 +20,27 @@ from meterhub.settings import MqttSettings
 from web import (
     auth,
     database,
+    door,
+    keys,
+    openapi,
     routes_accounts,
     routes_admin,
     routes_fleet,
     routes_review,
     routes_session,
+    sessions,
+    validation,
 )
 from web._http import (
     API,
     SESSION_KEY_KEY,
     SETTINGS_KEY,
     USER_KEY,
+    DoorSettings,
     Handler,
     WebSettings,
     json_response,
+    source,
 )
 from web.auth import User
 from web.errors import ApiError, Unauthorized, Unavailable
@@ -95,10 +103,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Who is asking: a Bearer token or the session cookie. Unknown credentials are a 401
-    (not silently anonymous) so a client with a revoked token learns why."""
+    (not silently anonymous) so a client with a revoked token learns why. State-changing
+    requests must be JSON, and from our own page when a browser (cookie, Origin or
+    Sec-Fetch-Site) is involved; API-token clients have no ambient credential to abuse."""
     if not request.path.startswith(API):
         return await handler(request)
+    door_settings = request.app[SETTINGS_KEY].door
     header = request.headers.get("Authorization", "")
+    cookie = request.cookies.get(auth.SESSION_COOKIE)
     user: User | None = None
     if header:
         scheme, _, token = header.partition(" ")
@@ -107,15 +119,21 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         user = await database.run(request, auth.user_by_token, token.strip())
         if user is None:
             raise Unauthorized("this API token is unknown or revoked")
-    else:
-        cookie = request.cookies.get(auth.SESSION_COOKIE)
-        if cookie:
-            user_id = auth.verify_session(request.app[SESSION_KEY_KEY], cookie)
-            if user_id is not None:
-                user = await database.run(request, auth.user_by_id, user_id)
+    elif cookie:
+        session_token = auth.verify_session(request.app[SESSION_KEY_KEY], cookie)
+        if session_token is not None:
+            user = await database.run(request, sessions.user_by_session, session_token,
+                                      door_settings.sessions)
+    if user is not None:
+        user = dataclasses.replace(user, source=source(request))
     request[USER_KEY] = user
     if user is None and request.path not in _PUBLIC:
-        raise Unauthorized("log in first, or send an API token as 'Authorization: Bearer ...'")
+        raise Unauthorized("log in first (the session may have expired or been revoked), "
+                           "or send an API token as 'Authorization: Bearer ...'")
+    door.check_json_content_type(request, with_cookie=bool(cookie) and not header)
+    if not header and (cookie or "Origin" in request.headers
+                       or "Sec-Fetch-Site" in request.headers):
+        door.check_same_site(request, door_settings.proxies)
     return await handler(request)
 
 
@@ -143,17 +161,20 @@ def create_app(
     live_interval_s: float = 1.0,
     offline_after_s: float = 60.0,
     secure_cookies: bool = False,
+    door_settings: DoorSettings | None = None,
 ) -> web.Application:
     """The whole web service; the database must already be migrated (``meterhub.db``)."""
-    settings = WebSettings(database_url, mqtt, live_interval_s, offline_after_s, secure_cookies)
+    settings = WebSettings(database_url, mqtt, live_interval_s, offline_after_s, secure_cookies,
+                           door_settings or DoorSettings())
     app = web.Application(
-        middlewares=[headers_middleware, error_middleware, auth_middleware],
+        middlewares=[headers_middleware, error_middleware, auth_middleware,
+                     validation.middleware],
         client_max_size=1024 * 1024,
     )
     app[SETTINGS_KEY] = settings
+    app[validation.VALIDATOR_KEY] = validation.Validator(openapi.DOCUMENT)
     app[database.POOL_KEY] = database.make_pool(database_url)
     app[LIVE_KEY] = LiveHub(app, settings.live_interval_s, settings.offline_after_s, mqtt)
-    app[routes_session.THROTTLE_KEY] = routes_session.LoginThrottle()
     app.on_startup.append(_start)
     app.on_shutdown.append(_stop_live)
     app.on_cleanup.append(_close_pool)
@@ -171,7 +192,8 @@ def create_app(
 async def _start(app: web.Application) -> None:
     pool = app[database.POOL_KEY]
     await asyncio.to_thread(pool.open, wait=True, timeout=15)
-    app[SESSION_KEY_KEY] = await database.run(app, auth.session_key)
+    app[SESSION_KEY_KEY] = await asyncio.to_thread(keys.session_key,
+                                                   app[SETTINGS_KEY].door.session_key_file)
     await app[LIVE_KEY].start()
 
 

@@ -1,9 +1,10 @@
-"""Users, roles, passwords, API tokens and signed session cookies.
+"""Users, roles, passwords, API tokens and the signing of session cookies.
 
-Passwords are hashed with scrypt (memory-hard, in the standard library); API tokens are long
-random strings, so one sha256 is enough to store them without making a dump useful. Session
-cookies carry the user id and an expiry, signed with HMAC-SHA256 by a key kept in the
-database so several web processes accept each other's cookies.
+Passwords are hashed with scrypt (memory-hard, in the standard library) at N=2^17, r=8, p=1;
+a hash made with weaker parameters is replaced at the next successful login. API tokens are
+long random strings, so one sha256 is enough to store them without making a dump useful.
+A session cookie is a random token (its session row is in ``web.sessions``) signed with
+HMAC-SHA256 by a key that lives outside the database (``web.keys``).
 """
 
 from __future__ import annotations
@@ -12,23 +13,36 @@ import base64
 import hashlib
 import hmac
 import secrets
-import time
 from dataclasses import dataclass
 from typing import Literal
 
 import psycopg
 from psycopg.rows import tuple_row
 
-Role = Literal["viewer", "engineer", "operator", "admin"]
-ROLES: tuple[Role, ...] = ("viewer", "engineer", "operator", "admin")
-_RANK: dict[str, int] = {role: n for n, role in enumerate(ROLES)}
+Role = Literal["viewer", "auditor", "engineer", "operator", "admin"]
+ROLES: tuple[Role, ...] = ("viewer", "auditor", "engineer", "operator", "admin")
+# Reading rights rise with the rank; the auditor reads like a viewer and, besides the admin,
+# is the one who may read the audit log (see User.can).
+_RANK: dict[str, int] = {"viewer": 0, "auditor": 0, "engineer": 1, "operator": 2, "admin": 3}
 
 TOKEN_PREFIX = "mh_"
 SESSION_COOKIE = "meterhub_session"
-SESSION_TTL_S = 12 * 3600
 
-# scrypt cost: 16 MiB of memory per hash, about 50 ms: slow for a guesser, fine for a login.
-_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
+
+@dataclass(frozen=True, slots=True)
+class ScryptParams:
+    """scrypt cost: N=2^17, r=8 is 128 MiB of memory per hash (OWASP's current advice)."""
+
+    n: int = 2**17
+    r: int = 8
+    p: int = 1
+
+    @property
+    def maxmem(self) -> int:
+        return 2 * 128 * self.r * self.n  # what the hash needs, with room to spare
+
+
+SCRYPT = ScryptParams()
 
 
 class AuthError(ValueError):
@@ -42,13 +56,13 @@ class User:
     role: Role
     via: Literal["session", "token"] = "session"
     token_id: int | None = None
+    session_id: int | None = None
+    source: str = ""  # the client's address, for the audit log
 
     def can(self, needed: Role) -> bool:
+        if needed == "auditor":
+            return self.role in ("auditor", "admin")
         return _RANK[self.role] >= _RANK[needed]
-
-
-def role_at_least(role: str, needed: Role) -> bool:
-    return _RANK.get(role, -1) >= _RANK[needed]
 
 
 # ---------------------------------------------------------------------------- hashing
@@ -56,10 +70,10 @@ def role_at_least(role: str, needed: Role) -> bool:
 
 def hash_password(password: str) -> str:
     salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(
-        password.encode(), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, dklen=32
-    )
-    return f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${salt.hex()}${digest.hex()}"
+    cost = SCRYPT
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=cost.n, r=cost.r, p=cost.p,
+                            maxmem=cost.maxmem, dklen=32)
+    return f"scrypt${cost.n}${cost.r}${cost.p}${salt.hex()}${digest.hex()}"
 
 
 def check_password(password: str, stored: str | None) -> bool:
@@ -69,13 +83,35 @@ def check_password(password: str, stored: str | None) -> bool:
         scheme, n, r, p, salt, digest = stored.split("$")
         if scheme != "scrypt":
             return False
+        cost = ScryptParams(int(n), int(r), int(p))
         got = hashlib.scrypt(
-            password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p),
-            dklen=len(digest) // 2,
+            password.encode(), salt=bytes.fromhex(salt), n=cost.n, r=cost.r, p=cost.p,
+            maxmem=cost.maxmem, dklen=len(digest) // 2,
         )
     except ValueError:
         return False
     return hmac.compare_digest(got.hex(), digest)
+
+
+def needs_rehash(stored: str) -> bool:
+    """A hash made at a lower cost than today's (replaced at the next login; a stronger
+    one is left alone)."""
+    try:
+        scheme, n, r, p, _salt, _digest = stored.split("$")
+        return scheme != "scrypt" or (int(n), int(r), int(p)) < (SCRYPT.n, SCRYPT.r, SCRYPT.p)
+    except ValueError:
+        return True
+
+
+_DUMMY_HASH: dict[ScryptParams, str] = {}
+
+
+def _dummy_hash() -> str:
+    """A hash to check against when the name is unknown, so timing does not tell which names
+    exist; made once per cost, not once per attempt."""
+    if SCRYPT not in _DUMMY_HASH:
+        _DUMMY_HASH[SCRYPT] = hash_password(secrets.token_urlsafe(16))
+    return _DUMMY_HASH[SCRYPT]
 
 
 def new_token() -> str:
@@ -90,42 +126,26 @@ def new_password() -> str:
     return secrets.token_urlsafe(12)
 
 
-# ---------------------------------------------------------------------------- sessions
+# ---------------------------------------------------------------------------- session cookies
 
 
-def sign_session(key: bytes, user_id: int, now: float | None = None) -> str:
-    expires = int((now if now is not None else time.time()) + SESSION_TTL_S)
-    body = f"{user_id}.{expires}.{secrets.token_hex(8)}"
-    mac = hmac.new(key, body.encode(), hashlib.sha256).digest()
-    return body + "." + base64.urlsafe_b64encode(mac).decode().rstrip("=")
+def sign_session(key: bytes, token: str) -> str:
+    """The cookie for a session token: ``token.mac``; a forged cookie is refused before any
+    database lookup."""
+    return f"{token}.{_mac(key, token)}"
 
 
-def verify_session(key: bytes, cookie: str, now: float | None = None) -> int | None:
-    """The user id of a valid, unexpired cookie; None for anything else."""
-    body, _, mac = cookie.rpartition(".")
-    try:
-        want = base64.urlsafe_b64encode(
-            hmac.new(key, body.encode(), hashlib.sha256).digest()
-        ).decode().rstrip("=")
-        if not hmac.compare_digest(want, mac):
-            return None
-        user_id, expires, _nonce = body.split(".")
-        if int(expires) < (now if now is not None else time.time()):
-            return None
-        return int(user_id)
-    except ValueError:
+def verify_session(key: bytes, cookie: str) -> str | None:
+    """The session token of a correctly signed cookie; None for anything else."""
+    token, _, mac = cookie.rpartition(".")
+    if not token or not hmac.compare_digest(_mac(key, token), mac):
         return None
+    return token
 
 
-def session_key(conn: psycopg.Connection) -> bytes:
-    """The shared signing key, created on first use (first writer wins)."""
-    conn.execute(
-        "INSERT INTO web_secrets (name, value) VALUES ('session', %s) ON CONFLICT DO NOTHING",
-        (secrets.token_bytes(32),),
-    )
-    row = _one(conn, "SELECT value FROM web_secrets WHERE name = 'session'", ())
-    assert row is not None
-    return bytes(row[0])
+def _mac(key: bytes, body: str) -> str:
+    return base64.urlsafe_b64encode(
+        hmac.new(key, body.encode(), hashlib.sha256).digest()).decode().rstrip("=")
 
 
 # ---------------------------------------------------------------------------- database
@@ -171,21 +191,22 @@ def create_token(conn: psycopg.Connection, user_id: int, label: str = "") -> tup
 
 
 def login(conn: psycopg.Connection, name: str, password: str) -> User:
+    """The user whose password this is; a hash made at older parameters is replaced."""
     row = _one(
         conn, "SELECT id, name, role, password_hash, disabled FROM web_users WHERE name = %s",
         (name,),
     )
-    # Hash anyway when the user is unknown so timing does not tell which names exist.
-    ok = check_password(password, row[3] if row else hash_password("x"))
+    ok = check_password(password, row[3] if row else _dummy_hash())
     if row is None or not ok or row[4]:
         raise AuthError("wrong user name or password")
+    if needs_rehash(row[3]):
+        set_password(conn, int(row[0]), password)
     return User(int(row[0]), row[1], row[2])
 
 
-def user_by_id(conn: psycopg.Connection, user_id: int) -> User | None:
-    row = _one(conn, "SELECT id, name, role FROM web_users WHERE id = %s AND NOT disabled",
-               (user_id,))
-    return User(int(row[0]), row[1], row[2]) if row else None
+def set_password(conn: psycopg.Connection, user_id: int, password: str) -> None:
+    conn.execute("UPDATE web_users SET password_hash = %s WHERE id = %s",
+                 (hash_password(password), user_id))
 
 
 def user_by_token(conn: psycopg.Connection, token: str) -> User | None:

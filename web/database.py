@@ -68,11 +68,18 @@ def tuple_rows(conn: psycopg.Connection[Any]) -> Iterator[None]:
 
 def audit(conn: psycopg.Connection[Any], user: User, action: str, target: str,
           detail: dict[str, Any] | None = None) -> None:
-    """One row per write, in the same transaction as the write it describes."""
+    """One row per write, in the same transaction as the write it describes: who, from
+    where (the user's source address), what."""
+    audit_row(conn, user.name, user.role, user.source, action, target, detail)
+
+
+def audit_row(conn: psycopg.Connection[Any], user_name: str, role: str, source: str,
+              action: str, target: str, detail: dict[str, Any] | None = None) -> None:
+    """An audit row for someone who is not (yet) a logged-in user: a login attempt."""
     conn.execute(
-        "INSERT INTO web_audit (user_name, role, action, target, detail)"
-        " VALUES (%s, %s, %s, %s, %s)",
-        (user.name, user.role, action, target, Jsonb(jsonable(detail or {}))),
+        "INSERT INTO web_audit (user_name, role, action, target, detail, source)"
+        " VALUES (%s, %s, %s, %s, %s, %s)",
+        (user_name, role, action, target, Jsonb(jsonable(detail or {})), source),
     )
 
 

@@ -14,11 +14,11 @@ from typing import Any
 
 from aiohttp import web
 
+import billing
 from web.errors import BadRequest
 
 MAX_TEXT = 500
 BIGINT_MAX = 2**63 - 1
-MAX_AMOUNT = Decimal("999999.99")
 
 
 def text(value: Any, name: str, *, required: bool = True, max_len: int = MAX_TEXT,
@@ -131,24 +131,12 @@ def only_keys(body: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
         raise BadRequest(f"{', '.join(nulls)} must not be null; leave it out instead")
 
 
-def money(value: Any, name: str) -> Decimal:
-    """A positive amount with at most two decimals, as a string ("50.00") or an integer."""
+def money(value: Any, name: str, *, max_yuan: Decimal) -> Decimal:
+    """A positive amount in yuan, by billing's one parser (:func:`billing.parse_yuan`):
+    the CLI, this API and the page accept exactly the same text."""
     if value is None:
         raise BadRequest(f"{name} is required")
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        raise BadRequest(f"{name} must be a decimal string like \"50.00\" (or a whole number)")
-    if isinstance(value, str) and (len(value) > 20 or "\x00" in value):
-        raise BadRequest(f"{name} is not an amount: {value[:20]!r}")
     try:
-        amount = Decimal(str(value).strip())
-    except ArithmeticError:
-        raise BadRequest(f"{name} is not a number: {value!r}") from None
-    if not amount.is_finite():
-        raise BadRequest(f"{name} must be a finite number")
-    if amount != amount.quantize(Decimal("0.01")):
-        raise BadRequest(f"{name} has more than two decimals: {value!r}")
-    if amount <= 0:
-        raise BadRequest(f"{name} must be more than zero")
-    if amount > MAX_AMOUNT:
-        raise BadRequest(f"{name} is more than {MAX_AMOUNT}; split it or use an adjustment")
-    return amount.quantize(Decimal("0.01"))
+        return billing.parse_yuan(value, max_yuan=max_yuan, field=name)
+    except billing.MoneyError as exc:
+        raise BadRequest(str(exc), details={"field": name}) from None

@@ -45,12 +45,22 @@ NUM: S = {"type": "number"}
 BOOL: S = {"type": "boolean"}
 TIME: S = {"type": "string", "format": "date-time"}
 MONEY: S = {"type": "string", "pattern": r"^-?\d+\.\d{2}$", "example": "50.00"}
-# What a top-up accepts: 0.01 to 999999.99, at most two decimals.
+# What a top-up accepts (billing.parse_yuan with the default bound, 100000 yuan): ASCII
+# digits, at most two decimals, no leading zeros, 0.01 to 100000.
 AMOUNT: S = {"oneOf": [
-    {"type": "string", "pattern": r"^([1-9]\d{0,5}(\.\d{1,2})?|0\.(0[1-9]|[1-9]\d?))$",
-     "example": "50.00"},
-    {"type": "integer", "minimum": 1, "maximum": 999999},
+    {"type": "string", "maxLength": 20, "example": "50.00",
+     "pattern": r"^([1-9][0-9]{0,4}(\.[0-9]{1,2})?|100000(\.00?)?|0\.(0[1-9]|[1-9][0-9]?))$",
+     "x-pattern-text": "must be an amount in yuan more than zero and at most 100000: ASCII "
+                       "digits with at most two decimals, like 50 or 50.25"},
+    {"type": "integer", "minimum": 1, "maximum": 100000},
 ]}
+# Ids of gateways, meters, accounts and commands as the API accepts them.
+ID_TEXT: S = {"type": "string", "minLength": 1, "maxLength": 64,
+              "pattern": r"^[A-Za-z0-9._:-]+$",
+              "x-pattern-text": "must be letters, digits and . _ : - only"}
+ID_FILTER: S = {"type": "string", "maxLength": 64, "pattern": r"^([A-Za-z0-9._:-]*|\s*)$",
+                "x-pattern-text": "must be letters, digits and . _ : - only",
+                "description": "an id; empty (or blank) means no filter"}
 ANY_OBJ: S = {"type": "object", "additionalProperties": True}
 _NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL; web.inputs refuses it
 _NOT_BLANK = r"^[^\x00]*[^\s\x00][^\x00]*$"
@@ -58,12 +68,14 @@ _NOT_BLANK = r"^[^\x00]*[^\s\x00][^\x00]*$"
 
 def _text(max_len: int = 500) -> S:
     """A string the API accepts as input (web.inputs.text)."""
-    return {"type": "string", "pattern": _NO_NUL, "maxLength": max_len}
+    return {"type": "string", "pattern": _NO_NUL, "maxLength": max_len,
+            "x-pattern-text": "must not contain NUL characters"}
 
 
 def _name(max_len: int = 100) -> S:
     """A required input string that must not be blank."""
-    return {"type": "string", "pattern": _NOT_BLANK, "minLength": 1, "maxLength": max_len}
+    return {"type": "string", "pattern": _NOT_BLANK, "minLength": 1, "maxLength": max_len,
+            "x-pattern-text": "must not be empty (nor contain NUL characters)"}
 
 GATEWAY: dict[str, S] = {
     "gateway": STR, "site": _null(STR),
@@ -172,8 +184,13 @@ SCHEMAS: dict[str, S] = {
     "Approval": _obj({"group": STR, "households": INT, "requested_at": TIME,
                       "approved_at": _null(TIME), "approved_by": _null(STR),
                       "valid_until": _null(TIME), "accounts_waiting": INT}),
-    "AuditEntry": _obj({"id": INT, "at": TIME, "user": STR, "role": STR, "action": STR,
-                        "target": STR, "detail": ANY_OBJ}),
+    "AuditEntry": _obj({"id": INT, "at": TIME, "user": STR, "role": STR,
+                        "source": {"type": "string", "description": "the client's address"},
+                        "action": STR, "target": STR, "detail": ANY_OBJ}),
+    "Session": _obj({"id": INT, "created_at": TIME, "last_seen_at": TIME,
+                     "expires_at": {**TIME, "description": "idle or absolute end, whichever "
+                                                         "comes first"},
+                     "source": STR, "user_agent": STR, "current": BOOL}),
 }
 
 
@@ -187,19 +204,21 @@ def _q(name: str, schema: S, description: str = "") -> S:
 
 
 def _p(name: str, schema: S | None = None) -> S:
-    return {"name": name, "in": "path", "required": True, "schema": schema or _text()}
+    return {"name": name, "in": "path", "required": True, "schema": schema or ID_TEXT}
 
 
 LIMIT = _q("limit", {"type": "integer", "minimum": 1, "maximum": 1000})
 OFFSET = _q("offset", {"type": "integer", "minimum": 0, "maximum": 1_000_000})
-ID = _p("id", {"type": "integer", "minimum": 1, "format": "int64"})
+ID = _p("id", {"type": "integer", "minimum": 1, "maximum": 2**63 - 1, "format": "int64"})
 FROM = _q("from", TIME, "start of the range (ISO-8601 with timezone)")
 TO = _q("to", TIME, "end of the range (ISO-8601 with timezone, default now)")
 
 
 def _errors(*codes: int) -> dict[str, S]:
     text = {400: "invalid input (the message says what)", 401: "not logged in",
-            403: "role too low", 404: "not found", 409: "conflicts with the current state",
+            403: "role too low, or a cross-site request (the message says which)",
+            404: "not found", 409: "conflicts with the current state",
+            415: "a request that changes something must be 'Content-Type: application/json'",
             429: "too many attempts; the message says when to try again",
             503: "a needed part (database, billing tables) is not available"}
     return {str(c): {"description": text[c],
@@ -252,12 +271,28 @@ def _paths() -> dict[str, S]:
         "/session": {
             "post": _op("Log in to the page (sets the session cookie)",
                         _obj({"user": _ref("User")}), public=True,
-                        errors=(400, 401, 429, 503),
+                        errors=(400, 401, 403, 429, 503),
                         body=_obj({"name": _name(100), "password": _name(200)}),
                         tag="session"),
-            "delete": _op("Log out (clears the session cookie)", _obj({"ok": BOOL}),
-                          tag="session", public=True, errors=()),
+            "delete": _op("Log out (ends this session on the server, clears the cookie)",
+                          _obj({"ok": BOOL}), tag="session", public=True, errors=(403, 503)),
         },
+        "/me/password": {"post": _op(
+            "Change one's password (needs the current one); every other session ends",
+            _obj({"ok": BOOL, "sessions_ended": INT}), tag="session",
+            body=_obj({"current": _name(200),
+                       "new": {**_name(200), "minLength": 12}}))},
+        "/sessions": {"get": _op("One's own live sessions", _obj({
+            "sessions": _arr(_ref("Session"))}), tag="session")},
+        "/sessions/{id}": {"delete": _op(
+            "End one session (one's own; an admin: anyone's)", _obj({"revoked": INT}),
+            params=[ID], tag="session", errors=(400, 401, 403, 404, 503))},
+        "/me/logout-all": {"post": _op(
+            "Log out everywhere: end every session of one's own, this one included",
+            _obj({"sessions_ended": INT}), tag="session")},
+        "/users/{id}/sessions": {"delete": _op(
+            "End every session of a user", _obj({"sessions_ended": INT}), params=[ID],
+            role="admin", tag="admin", errors=(400, 401, 403, 404, 503))},
         "/me": {"get": _op("Who is asking", _obj({"user": _ref("User")}), tag="session",
                            errors=(401, 503))},
         "/gateways": {"get": _op("Gateways with online/offline, last seen and health",
@@ -271,7 +306,7 @@ def _paths() -> dict[str, S]:
         "/meters": {"get": _op(
             "Meters with their newest values",
             _list("meters", _ref("Meter")),
-            params=[_q("gateway", _text()), _q("q", _text(), "part of the meter id"), LIMIT,
+            params=[_q("gateway", ID_FILTER), _q("q", _text(), "part of the meter id"), LIMIT,
                     OFFSET],
             tag="fleet")},
         "/meters/{meter}": {"get": _op("One meter with its newest values and billing's view",
@@ -301,14 +336,14 @@ def _paths() -> dict[str, S]:
         "/anomalies": {"get": _op(
             "Validation rules that fired, newest first",
             _obj({"anomalies": _arr(_ref("Anomaly")), **_page_props()}),
-            params=[_q("meter", _text()), _q("rule", _text()), FROM, TO, LIMIT, OFFSET],
+            params=[_q("meter", ID_FILTER), _q("rule", _text()), FROM, TO, LIMIT, OFFSET],
             tag="review")},
         "/review-items": {"get": _op(
             "The review queue (abnormal work orders); open ones first",
             _list("review_items", _ref("ReviewItem")),
             params=[_q("status", {"type": "string",
                                   "enum": ["open", "confirmed", "dismissed", "all"]}),
-                    _q("meter", _text()), LIMIT, OFFSET], tag="review")},
+                    _q("meter", ID_FILTER), LIMIT, OFFSET], tag="review")},
         "/review-items/{id}": {"get": _op("One review item with its anomalies",
                                           _ref("ReviewItem"), params=[ID],
                                           errors=(400, 401, 403, 404, 503), tag="review")},
@@ -351,7 +386,7 @@ def _paths() -> dict[str, S]:
             errors=(400, 401, 403, 404, 409, 503), tag="accounts")},
         "/alerts": {"get": _op("Balance alerts and warnings, newest first",
                                _obj({"alerts": _arr(_ref("Alert")), **_page_props()}),
-                               params=[_q("account", _text()), LIMIT, OFFSET], tag="accounts")},
+                               params=[_q("account", ID_FILTER), LIMIT, OFFSET], tag="accounts")},
         "/cutoff-approvals": {
             "get": _op("Mass cut-offs (one building or transformer) waiting for a person's "
                        "approval, or all of them", _obj({"approvals": _arr(_ref("Approval"))}),
@@ -365,7 +400,7 @@ def _paths() -> dict[str, S]:
         "/commands": {
             "get": _op("Relay command history, newest first",
                        _list("commands", _ref("Command")),
-                       params=[_q("account", _text()), _q("meter", _text()),
+                       params=[_q("account", ID_FILTER), _q("meter", ID_FILTER),
                                _q("state", {"type": "string",
                                             "enum": [str(s) for s in CommandState]}),
                                LIMIT, OFFSET], tag="commands"),
@@ -373,7 +408,7 @@ def _paths() -> dict[str, S]:
                         "billing's policy until hold_until or, without it, until released "
                         "(POST /meters/{meter}/hold/release)", _ref("Command"),
                         status=201, role="operator",
-                        body=_obj({"meter": _name(100),
+                        body=_obj({"meter": ID_TEXT,
                                    "action": {"type": "string",
                                               "enum": ["cutoff", "restore"]},
                                    "reason": _text(500),
@@ -400,7 +435,7 @@ def _paths() -> dict[str, S]:
         "/dead-letters": {"get": _op(
             "Messages the collector refused, with the reason",
             _list("dead_letters", _ref("DeadLetter")),
-            params=[_q("gateway", _text()), LIMIT, OFFSET], tag="fleet")},
+            params=[_q("gateway", ID_FILTER), LIMIT, OFFSET], tag="fleet")},
         "/users": {
             "get": _op("Users", _obj({"users": _arr(_ref("AdminUser"))}), role="admin",
                        tag="admin"),
@@ -432,10 +467,7 @@ def _paths() -> dict[str, S]:
                                        _obj({"id": INT, "revoked_at": TIME}), params=[ID],
                                        role="admin", tag="admin",
                                        errors=(400, 401, 403, 404, 503))},
-        "/audit": {"get": _op("Every write made through the web, newest first",
-                              _obj({"entries": _arr(_ref("AuditEntry")), **_page_props()}),
-                              params=[_q("user", _text()), LIMIT, OFFSET], role="admin",
-                              tag="admin")},
+        "/audit": {"get": _audit_op()},
         "/live": {"get": {
             "summary": "Live telemetry as Server-Sent Events",
             "description": "Needs the **viewer** role. Events: `snapshot` (gateways and the "
@@ -452,6 +484,29 @@ def _paths() -> dict[str, S]:
     }
 
 
+def _audit_op() -> S:
+    op = _op("Every action made through the web (logins included): who, when, what and "
+             "from where, newest first; format=csv for an export",
+             _obj({"entries": _arr(_ref("AuditEntry")), **_page_props()}),
+             params=[_q("user", _text()),
+                     _q("limit", {"type": "integer", "minimum": 1, "maximum": 100_000}),
+                     OFFSET, _q("format", {"type": "string", "enum": ["json", "csv"]})],
+             role="auditor", tag="admin")
+    op["description"] = "Needs the **auditor** or **admin** role."
+    op["responses"]["200"]["content"]["text/csv"] = {"schema": STR}
+    return op
+
+
+def _refusals(paths: dict[str, S]) -> dict[str, S]:
+    """Every request that changes something may be refused as not JSON (415) or, from a
+    browser, as cross-site (403)."""
+    for ops in paths.values():
+        for method, op in ops.items():
+            if method in ("post", "put", "patch", "delete"):
+                op["responses"].update(_errors(403, 415))
+    return paths
+
+
 def document() -> S:
     return {
         "openapi": "3.0.3",
@@ -462,9 +517,12 @@ def document() -> S:
                            "relay commands. Log in with `POST /session` (the page does) or "
                            "send `Authorization: Bearer <token>`. Roles: viewer (read) < "
                            "engineer (review items) < operator (top-ups, commands) < admin "
-                           "(users, tokens). Errors are `{\"error\": {\"status\", "
-                           "\"message\"}}`. Money is a decimal string in yuan; times are "
-                           "ISO-8601 UTC.",
+                           "(users, tokens, sessions); the auditor reads what a viewer "
+                           "reads and the audit log. Requests that change something "
+                           "send `Content-Type: application/json`; from a browser session "
+                           "they must also come from this origin. Errors are "
+                           "`{\"error\": {\"status\", \"message\"}}`. Money is a decimal "
+                           "string in yuan; times are ISO-8601 UTC.",
         },
         "servers": [{"url": "/api/v1"}],
         "components": {
@@ -475,12 +533,12 @@ def document() -> S:
             },
         },
         "security": [{"token": []}, {"session": []}],
-        "paths": _paths(),
+        "paths": _refusals(_paths()),
     }
 
 
-_DOCUMENT = document()
+DOCUMENT = document()  # what is served, and what web.validation checks requests against
 
 
 async def openapi_handler(request: web.Request) -> web.Response:
-    return web.json_response(_DOCUMENT)
+    return web.json_response(DOCUMENT)

@@ -19,7 +19,7 @@ from aiohttp import web
 import billing
 from billing import read_model as billing_read
 from web import accounts, database, inputs
-from web._http import API, current_user, json_response, page, requires
+from web._http import API, SETTINGS_KEY, current_user, json_response, page, requires
 from web.auth import User
 from web.errors import BadRequest, Conflict, NotFound
 
@@ -74,7 +74,8 @@ async def create_topup(request: web.Request) -> web.Response:
     account_id = inputs.path_text(request, "account")
     body = await inputs.json_body(request)
     inputs.only_keys(body, ("amount", "channel", "reference"))
-    amount = inputs.money(body.get("amount"), "amount")
+    amount = inputs.money(body.get("amount"), "amount",
+                          max_yuan=request.app[SETTINGS_KEY].door.max_topup_yuan)
     channel = inputs.text(body.get("channel"), "channel", max_len=20)
     if channel not in billing.TOPUP_CHANNELS:
         raise BadRequest(f"channel must be one of {', '.join(billing.TOPUP_CHANNELS)}")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 from typing import Any
 
 import psycopg
@@ -135,19 +138,40 @@ async def revoke_token(request: web.Request) -> web.Response:
 
 
 @routes.get(f"{API}/audit")
-@requires("admin")
-async def list_audit(request: web.Request) -> web.Response:
-    limit = inputs.query_int(request, "limit", default=100, lo=1, hi=1000)
+@requires("auditor")
+async def list_audit(request: web.Request) -> web.StreamResponse:
+    """Who did what, when and from where; ``format=csv`` for a spreadsheet or an archive."""
+    limit = inputs.query_int(request, "limit", default=100, lo=1, hi=100_000)
     offset = inputs.query_int(request, "offset", default=0, lo=0, hi=1_000_000)
     who = inputs.query_text(request, "user")
+    fmt = inputs.query_text(request, "format", choices=("json", "csv"), default="json")
     rows = await database.run(request, _audit_rows, who, limit, offset)
+    if fmt == "csv":
+        return web.Response(text=_csv(rows), content_type="text/csv", headers={
+            "Content-Disposition": 'attachment; filename="meterhub-audit.csv"'})
     return json_response({"entries": rows, "limit": limit, "offset": offset})
+
+
+_AUDIT_COLUMNS = ("id", "at", "user", "role", "source", "action", "target", "detail")
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(_AUDIT_COLUMNS)
+    for row in rows:
+        cells = database.jsonable([row[c] for c in _AUDIT_COLUMNS])
+        cells[-1] = json.dumps(cells[-1], sort_keys=True)
+        # A cell a spreadsheet would run as a formula is quoted as text (CSV injection).
+        writer.writerow(["'" + c if isinstance(c, str) and c and c[0] in "=+-@\t\r" else c
+                         for c in cells])
+    return out.getvalue()
 
 
 def _audit_rows(conn: psycopg.Connection[Any], who: str | None, limit: int,
                 offset: int) -> list[dict[str, Any]]:
     where, params = ("user_name = %s", [who]) if who else ("true", [])
     return [dict(r) for r in conn.execute(
-        f"SELECT id, at, user_name AS user, role, action, target, detail FROM web_audit"
-        f" WHERE {where} ORDER BY id DESC LIMIT %s OFFSET %s", [*params, limit, offset])]
-
+        f"SELECT id, at, user_name AS user, role, source, action, target, detail"
+        f" FROM web_audit WHERE {where} ORDER BY id DESC LIMIT %s OFFSET %s",
+        [*params, limit, offset])]

@@ -31,7 +31,7 @@ def browser() -> Iterator[Browser]:
         b = pw.chromium.launch(
             executable_path=CHROMIUM,
             args=["--headless", "--no-sandbox", "--disable-gpu",
-                  "--disable-background-networking"],
+                  "--disable-background-networking", "--ignore-certificate-errors"],
         )
         yield b
         b.close()
@@ -45,8 +45,10 @@ def _login(page: Page, url: str, name: str, password: str) -> None:
     expect(page.locator("#who-name")).to_contain_text(name)
 
 
-def test_engineer_and_operator_day(browser: Browser, served: str, logins: Logins,
+def test_engineer_and_operator_day(browser: Browser, served_tls: str, logins: Logins,
                                    fleet: Fleet, db_url: str, artifacts_dir: Path) -> None:
+    """Over HTTPS (a self-signed certificate): the session cookie is Secure."""
+    served = served_tls
     shots = artifacts_dir / "web"
     shots.mkdir(exist_ok=True)
     page = browser.new_page(viewport={"width": 1366, "height": 900})
@@ -58,6 +60,8 @@ def test_engineer_and_operator_day(browser: Browser, served: str, logins: Logins
 
     # Log in and see the fleet: one gateway online, one offline, the meters with values.
     _login(page, served, "operator", logins.passwords["operator"])
+    [cookie] = page.context.cookies()
+    assert cookie["secure"] and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     online = page.locator(f'[data-gateway="{fleet.gateway}"]')
     expect(online).to_contain_text("online")
     expect(online).to_contain_text("buffer depth")  # health figures from the status topic
@@ -100,9 +104,9 @@ def test_engineer_and_operator_day(browser: Browser, served: str, logins: Logins
     # page with who set it; the Release button ends it and the note goes.
     until = (datetime.now(UTC) + timedelta(days=1)).replace(microsecond=0)
     resp = requests.post(f"{served}/api/v1/commands", headers=logins.auth("operator"),
-                         timeout=10, json={"meter": fleet.meters[0], "action": "cutoff",
-                                           "reason": "seal broken",
-                                           "hold_until": until.isoformat()})
+                         timeout=10, verify=False,
+                         json={"meter": fleet.meters[0], "action": "cutoff",
+                               "reason": "seal broken", "hold_until": until.isoformat()})
     assert resp.status_code == 201, resp.text
     page.reload()
     note = page.get_by_test_id("hold-note")

@@ -31,9 +31,9 @@ class ApiError extends Error {
 
 async function api(method, path, body) {
   const opts = { method, credentials: "same-origin", headers: {} };
-  if (body !== undefined) {
+  if (method !== "GET") {  // the server refuses a change that is not JSON (no form posts)
     opts.headers["Content-Type"] = "application/json";
-    opts.body = JSON.stringify(body);
+    opts.body = JSON.stringify(body === undefined ? {} : body);
   }
   const resp = await fetch(API + path, opts);
   let data = null;
