@@ -145,7 +145,11 @@ class Consumer:
 
     def _on_message(self, _c: paho.Client, _ud: object, msg: paho.MQTTMessage) -> None:
         loop = self._loop
-        message = Message(msg.topic, bytes(msg.payload), msg.mid, msg.qos, 0.0)
+        try:
+            name = msg.topic
+        except UnicodeDecodeError:  # not UTF-8: keep it, readable, for the dead letter
+            name = msg._topic.decode("utf-8", "backslashreplace")
+        message = Message(name, bytes(msg.payload), msg.mid, msg.qos, 0.0)
         # RuntimeError: the loop closed while shutting down; unacked, so the broker redelivers
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(self._put, message)

@@ -35,9 +35,11 @@ class CollectorStats:
     readings_stored: int = 0  # (meter, taken_at) pairs newly stored
     values_stored: int = 0  # rows newly stored in `readings`
     dead_letters: int = 0
+    dead_letters_by_code: dict[str, int] = field(default_factory=dict)
     duplicate_batches: int = 0
     batches_committed: int = 0
-    db_errors: int = 0
+    db_errors: int = 0  # every failed write, both kinds
+    db_data_errors: int = 0  # ... the database refused the data: dead-lettered, acked
     validation_runs: int = 0
     intervals_written: int = 0
     last_commit_at: datetime | None = None
@@ -58,6 +60,10 @@ class Collector:
         self._known: set[str] = set()
         self.ready = asyncio.Event()  # set while subscribed to the broker
         self._writing = False
+        self._policy = store.WritePolicy(
+            dead_letter_keep_bytes=config.dead_letter_keep_bytes,
+            dead_letter_prefix_bytes=config.dead_letter_prefix_bytes,
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set, then commit and ack what was received, and return."""
@@ -154,43 +160,70 @@ class Collector:
         batch.acks.append((msg.mid, msg.qos))
         batch.items.append(msg)
         batch.publish_times.append(msg.arrived)
+        try:
+            self._parse_into(batch, msg)
+        except Exception as exc:  # a decoder bug must not stop ingestion: dead-letter, go on
+            log.exception("decoding a message on %s failed", msg.topic)
+            batch.dead.append(parse.refused(msg.topic, msg.payload, exc, "decoder_crash"))
+
+    def _parse_into(self, batch: Batch, msg: Message) -> None:
         received = datetime.now(UTC)
         kind = msg.topic.rsplit("/", 1)[-1]
+        limits = self.config.limits
         if kind == "readings":
             batch.add_readings(parse.parse_readings(
                 msg.topic, msg.payload, received, max_future_s=self.config.max_future_s,
-                max_age_s=self.config.max_age_s,
+                max_age_s=self.config.max_age_s, limits=limits,
             ))
         elif kind == "status":
-            status = parse.parse_status(msg.topic, msg.payload)
+            status = parse.parse_status(msg.topic, msg.payload, limits)
             if isinstance(status, parse.DeadLetter):
                 batch.dead.append(status)
             else:
                 batch.statuses.append(status)
         elif kind == "events":
-            parsed = parse.parse_events(msg.topic, msg.payload)
+            parsed = parse.parse_events(msg.topic, msg.payload, limits)
             if isinstance(parsed, parse.DeadLetter):
                 batch.dead.append(parsed)
             else:
                 site, gateway, events = parsed
                 batch.events.extend((site, gateway, e) for e in events)
         else:
-            batch.dead.append(parse.DeadLetter(
-                msg.topic, msg.payload, f"topic {msg.topic!r} is not one the collector reads",
-                None,
+            batch.dead.append(parse.refused(
+                msg.topic, msg.payload,
+                ValueError(f"topic {msg.topic[:200]!r} is not one the collector reads"),
+                "not_collected",
             ))
 
     async def _flush(self, consumer: Consumer, batch: Batch, stop: asyncio.Event) -> None:
-        """Commit the batch (retrying through database outages), then ack it."""
+        """Commit the batch, then ack it. The database's refusal is sorted by SQLSTATE
+        (store.is_data_error): data it refused is dead-lettered and acked, so one poison
+        message never stalls ingestion; an outage keeps the messages unacked and retries with
+        backoff until the database is back."""
         delay = 0.2
         gave_up_at = None
         while True:
             try:
                 result = await self._write(batch)
                 break
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            except psycopg.Error as exc:
                 self.stats.db_errors += 1
                 await self._drop_connection()
+                if store.is_data_error(exc):
+                    self.stats.db_data_errors += 1
+                    if batch.messages > 1:  # find the message(s) responsible, keep the rest
+                        await self._flush_one_by_one(consumer, batch, stop)
+                        return
+                    if batch.rejected:
+                        # Not even its raw bytes could be stored: say so loudly and let it
+                        # go, or the broker would hand it back to us forever.
+                        log.error("message on %s refused by the database even as a dead "
+                                  "letter: %s", batch.items[0].topic if batch.items else "?",
+                                  exc)
+                        result = store.WriteResult(0, 0, 0, 0)
+                        break
+                    batch = self._as_dead(batch, exc)
+                    continue
                 if stop.is_set():
                     # Shutting down with the database away: leave the messages unacked; the
                     # broker hands them to the next collector (or us, after a restart).
@@ -199,25 +232,10 @@ class Collector:
                         log.error("database unreachable at shutdown; %d messages left unacked"
                                   " for redelivery", batch.messages)
                         return
-                log.warning("database write failed, retrying in %.1f s: %s", delay, exc)
+                log.warning("database unavailable (SQLSTATE %s), retrying in %.1f s: %s",
+                            exc.sqlstate, delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.config.db_retry_max_s)
-            except psycopg.Error as exc:
-                # The data itself was refused (it passed our checks but not the database's):
-                # find the message(s) responsible and dead-letter them, keep the rest.
-                self.stats.db_errors += 1
-                await self._drop_connection()
-                if batch.messages > 1:
-                    await self._flush_one_by_one(consumer, batch, stop)
-                    return
-                if batch.rejected:
-                    # Not even its raw bytes could be stored: say so loudly and let it go, or
-                    # the broker would hand it back to us forever.
-                    log.error("message on %s refused by the database even as a dead letter: "
-                              "%s", batch.items[0].topic if batch.items else "?", exc)
-                    result = store.WriteResult(0, 0, 0, 0)
-                    break
-                batch = self._as_dead(batch, f"refused by the database: {exc}")
         if self.on_commit is not None:
             self.on_commit(batch)
         for mid, qos in batch.acks:
@@ -233,14 +251,12 @@ class Collector:
             await self._flush(consumer, single, stop)
 
     @staticmethod
-    def _as_dead(batch: Batch, reason: str) -> Batch:
+    def _as_dead(batch: Batch, exc: psycopg.Error) -> Batch:
         dead = Batch(messages=batch.messages, acks=batch.acks, items=batch.items,
                      publish_times=batch.publish_times, first_at=batch.first_at, rejected=True)
-        for msg in batch.items:
-            gateway = None
-            with contextlib.suppress(wire.WireError):
-                gateway = wire.parse_topic(msg.topic)[1]
-            dead.dead.append(parse.DeadLetter(msg.topic, msg.payload, reason, gateway))
+        reason = ValueError(f"refused by the database (SQLSTATE {exc.sqlstate}): {exc}")
+        dead.dead.extend(parse.refused(msg.topic, msg.payload, reason, "db_refused")
+                         for msg in batch.items)
         return dead
 
     def _count(self, batch: Batch, result: store.WriteResult) -> None:
@@ -250,6 +266,8 @@ class Collector:
         s.readings_stored += result.readings_stored
         s.values_stored += result.values_stored
         s.dead_letters += result.dead_letters
+        for d in batch.dead:
+            s.dead_letters_by_code[d.code] = s.dead_letters_by_code.get(d.code, 0) + 1
         s.duplicate_batches += result.duplicate_batches
         s.batches_committed += 1
         s.last_commit_at = datetime.now(UTC)
@@ -278,7 +296,7 @@ class Collector:
             await self._ensure_months(conn, batch)
             if self.config.known_meters_only:
                 await self._reject_unknown(conn, batch)
-        return await store.write(conn, batch, datetime.now(UTC))
+        return await store.write(conn, batch, datetime.now(UTC), self._policy)
 
     async def _ensure_months(self, conn: psycopg.AsyncConnection, batch: Batch) -> None:
         missing: dict[tuple[int, int], datetime] = {}
