@@ -98,9 +98,11 @@ class Consumer:
         )
         self._client.loop_start()
 
-    def stop(self) -> None:
+    def stop(self, leave: bool | None = None) -> None:
+        """Disconnect; end the broker session too if ``leave`` (default: the config's
+        ``leave_on_stop``). A restart after a failure keeps it, so unacked messages return."""
         props = None
-        if self._config.leave_on_stop:
+        if self._config.leave_on_stop if leave is None else leave:
             for t in topic_filters(self._config):
                 self._client.unsubscribe(t)
             if self._config.mqtt_v5:
@@ -108,6 +110,11 @@ class Consumer:
                 props.SessionExpiryInterval = 0
         self._client.disconnect(properties=props)
         self._client.loop_stop()
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        """QoS 1, not retained; paho queues it while disconnected and sends it again in the
+        session, so a receipt published after a commit is not lost to a broker blip."""
+        self._client.publish(topic, payload, qos=1)
 
     def ack(self, mid: int, qos: int) -> None:
         if qos > 0:

@@ -94,6 +94,11 @@ class CollectorConfig:
     # whose clock fell back to its epoch (a flat RTC battery) sends 2000-01-01 or 1970
     max_age_s: float = 400 * 86400.0
     known_meters_only: bool = False  # dead-letter readings of meters not in `meters`
+    # Register an unknown meter to the gateway that sends it, as if every gateway were
+    # commissioning (the demo). Off: only a gateway in its commissioning window
+    # (`meterhub collector commissioning GW --minutes N`) registers meters; other unknown
+    # meters wait in `pending_meters` for an operator (collector/ownership.py).
+    commission_unknown_meters: bool = False
     # what one message may hold (meterhub.wire.Limits); anything beyond is dead-lettered
     max_payload_bytes: int = 1 << 20
     max_json_depth: int = 32
@@ -106,6 +111,9 @@ class CollectorConfig:
     dead_letter_max_age_days: float = 30.0
     dead_letter_max_total_bytes: int = 256 * 1024 * 1024
     dead_letter_prune_every_s: float = 300.0
+    # after each commit, publish `meterhub/v1/<site>/<gateway>/receipt` naming the committed
+    # batches' seq ranges (QoS 1): the gateway keeps a batch until then (issue 12)
+    receipts: bool = True
     validate_every_s: float | None = 5.0  # continuous validation; None: ingest only
     migrate: bool = False  # apply migrations at start
     db_retry_max_s: float = 10.0  # reconnect backoff ceiling during a database outage

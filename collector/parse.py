@@ -58,7 +58,7 @@ def refused(topic: str, payload: bytes, exc: Exception, code: str | None = None)
     with contextlib.suppress(wire.WireError):
         gateway = wire.parse_topic(topic)[1]
     return DeadLetter(topic, payload, str(exc), gateway,
-                      code or getattr(exc, "code", "refused"))
+                      str(code or getattr(exc, "code", None) or "refused"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,15 +54,13 @@ FROM _stage s JOIN readings r USING (meter_id, quantity, ts)
 WHERE r.value <> s.value
 """
 
+# gateway and site are set when a meter is registered (collector/ownership.py), never here:
+# ingest does not re-home a meter.
 _METERS = """
 INSERT INTO meters AS m (meter_id, gateway, site, first_seen, last_seen, relay, relay_at)
 SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[],
                      %s::text[], %s::timestamptz[])
 ON CONFLICT (meter_id) DO UPDATE SET
-    gateway = CASE WHEN m.last_seen IS NULL OR excluded.last_seen >= m.last_seen
-                   THEN excluded.gateway ELSE m.gateway END,
-    site = CASE WHEN m.last_seen IS NULL OR excluded.last_seen >= m.last_seen
-                THEN excluded.site ELSE m.site END,
     first_seen = least(m.first_seen, excluded.first_seen),
     last_seen = greatest(m.last_seen, excluded.last_seen),
     relay = CASE WHEN excluded.relay_at IS NOT NULL
@@ -109,6 +107,7 @@ class Batch:
 
     chunks: list[str] = field(default_factory=list)  # COPY text, one chunk per reading
     keys: list[tuple[str, datetime]] = field(default_factory=list)  # (meter, ts) per chunk
+    origins: list[str] = field(default_factory=list)  # sending gateway (topic's) per chunk
     values: int = 0
     readings: int = 0
     meters: dict[str, MeterSeen] = field(default_factory=dict)
@@ -126,6 +125,8 @@ class Batch:
     def add_readings(self, parsed: Parsed) -> None:
         self.chunks.extend(parsed.chunks)
         self.keys.extend(parsed.keys)
+        if parsed.batch is not None:
+            self.origins.extend([parsed.batch.gateway] * len(parsed.chunks))
         self.values += parsed.values
         self.readings += parsed.readings
         self.dead.extend(parsed.dead)

@@ -34,13 +34,6 @@ pytestmark = pytest.mark.integration
 _ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def pub(mqtt):
-    p = Publisher(mqtt)
-    yield p
-    p.close()
-
-
 def _payloads(site: str, n: int, per: int = 5) -> list[bytes]:
     return [batch_payload(site, "gw1", seq, [reading(f"m{k}", T0 + minutes(seq), seq + k)
                                              for k in range(per)]) for seq in range(n)]

@@ -10,7 +10,6 @@ import psycopg
 import pytest
 from colhelp import (
     T0,
-    Publisher,
     batch_payload,
     config,
     minutes,
@@ -24,13 +23,6 @@ from colhelp import (
 from meterhub import wire
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def pub(mqtt):
-    p = Publisher(mqtt)
-    yield p
-    p.close()
 
 
 async def test_batch_is_stored_with_meters_and_sequence(db_url, mqtt, site, pub):

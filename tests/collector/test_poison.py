@@ -12,7 +12,6 @@ import psycopg
 import pytest
 from colhelp import (
     T0,
-    Publisher,
     batch_payload,
     config,
     minutes,
@@ -27,13 +26,6 @@ from collector import store
 from meterhub import wire
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def pub(mqtt):
-    p = Publisher(mqtt)
-    yield p
-    p.close()
 
 
 def _poison(site: str) -> list[bytes]:
