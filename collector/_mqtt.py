@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from dataclasses import dataclass
 
 import paho.mqtt.client as paho
@@ -54,6 +55,18 @@ def topic_filters(config: CollectorConfig) -> list[str]:
     ]
 
 
+RECONNECT_FIRST_S = 0.5  # the first retry after a lost connection comes within this
+RECONNECT_MAX_S = 10.0
+
+
+def _jitter_reconnect(client: paho.Client) -> None:
+    """Reset paho's reconnect backoff to a random first delay in (0.05, 0.5] s, doubling up
+    to 10 s: a broker restart is noticed fast, and a fleet of collectors does not come back
+    in lockstep (issue 12 item 5)."""
+    client.reconnect_delay_set(random.uniform(0.05, RECONNECT_FIRST_S),  # type: ignore[arg-type]
+                               RECONNECT_MAX_S)  # type: ignore[arg-type]
+
+
 class Consumer:
     """A paho client that feeds an asyncio queue and acks only when told."""
 
@@ -78,7 +91,7 @@ class Consumer:
         ctx = settings.tls_context()
         if ctx is not None:
             self._client.tls_set_context(ctx)
-        self._client.reconnect_delay_set(1, 10)
+        _jitter_reconnect(self._client)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -147,6 +160,7 @@ class Consumer:
         # our own clean disconnect at shutdown is not worth a warning
         level = logging.INFO if getattr(rc, "value", rc) == 0 else logging.WARNING
         log.log(level, "mqtt disconnected", extra={"reason": str(rc)})
+        _jitter_reconnect(_c)  # paho waits this long before its first retry, then doubles
         self._loop.call_soon_threadsafe(self.connected.clear)
         self._loop.call_soon_threadsafe(self.ready.clear)
 
