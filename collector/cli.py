@@ -153,13 +153,13 @@ def _move(args: argparse.Namespace) -> int:
 def _dead_letters(args: argparse.Namespace) -> int:
     import psycopg
 
-    from collector import dead_letters
+    from collector import dead_letters, read_model
 
     url = _database_url(args)
     which = {"code": args.code, "gateway": args.gateway, "since": args.since, "ids": args.ids}
     with psycopg.connect(url, autocommit=True) as conn:
         if args.dead_letter_command == "list":
-            counts = dead_letters.counts(conn)
+            counts = read_model.dead_letter_counts(conn)
             print(json.dumps({"by_code": counts, "total": sum(counts.values())}))
             for row in dead_letters.rows(conn, **which, limit=args.limit):
                 mark = "replayable" if dead_letters.replayable(row) else "read-only"

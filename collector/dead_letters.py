@@ -1,4 +1,5 @@
-"""Dead letters after the fact: bounded retention, counts by reason, list, export, replay.
+"""Dead letters after the fact: bounded retention, list, export, replay (counts by reason:
+read_model.dead_letter_counts).
 
 Ingest writes them (store.dead_letter_row: a payload up to the keep cap whole, else its first
 bytes, with the original length and sha256). Only a whole message kept complete can be
@@ -36,12 +37,6 @@ def prune(conn: psycopg.Connection[Any], max_age_s: float, max_total_bytes: int)
         gone = conn.execute(_PRUNE_AGE, (max_age_s,)).rowcount
         gone += conn.execute(_PRUNE_SIZE, (max_total_bytes,)).rowcount
     return gone
-
-
-def counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
-    """Stored dead letters per reason code."""
-    rows = conn.execute("SELECT code, count(*) FROM dead_letters GROUP BY code ORDER BY code")
-    return {code: int(n) for code, n in rows.fetchall()}
 
 
 def _filter(code: str | None, gateway: str | None, since: datetime | None,

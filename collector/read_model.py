@@ -398,6 +398,12 @@ def review_version(conn: psycopg.Connection[Any]) -> tuple[int, int | None]:
 # ---------------------------------------------------------------------------- dead letters
 
 
+def dead_letter_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    """Stored dead letters per reason code (``bad_json``, ``not_owner``, ...)."""
+    rows = _fetch(conn, "SELECT code, count(*) AS n FROM dead_letters GROUP BY code ORDER BY code")
+    return {row["code"]: int(row["n"]) for row in rows}
+
+
 def dead_letters(conn: psycopg.Connection[Any], gateway: str | None, limit: int,
                  offset: int) -> tuple[list[DeadLetter], int]:
     """A page of messages the collector could not take (newest first) and the total."""

@@ -21,7 +21,7 @@ from colhelp import (
     wait_until,
 )
 
-from collector import dead_letters
+from collector import dead_letters, read_model
 from launcher.cli import main as meterhub
 from meterhub import wire
 
@@ -103,3 +103,27 @@ async def test_list_export_and_replay_after_a_fix(db_url, mqtt, site, pub, capsy
     # what is still poison comes back as a new dead letter
     assert await asyncio.to_thread(meterhub, [*replay, "--code", "bad_json"]) == 0
     assert json.loads(capsys.readouterr().out)["dead_letters"] == 1
+
+
+async def test_a_failing_task_is_restarted_and_counted(db_url, mqtt, site, pub, monkeypatch):
+    """Supervision (issue 12 item 3): the prune task dies once; it is logged, counted and
+    started again, and ingest goes on meanwhile."""
+    calls = []
+
+    def flaky(conn, max_age_s, max_total_bytes):
+        calls.append(max_age_s)
+        if len(calls) == 1:
+            raise RuntimeError("prune bug")
+        return 0
+
+    monkeypatch.setattr(dead_letters, "prune", flaky)
+    async with running(config(db_url, mqtt, site, dead_letter_prune_every_s=0.2)) as col:
+        await subscribed(col)
+        await wait_until(lambda: len(calls) >= 2, what="prune started again")
+        pub.publish(wire.topic(site, "gw1", "readings"),
+                    batch_payload(site, "gw1", 1, [reading("m", T0, 1.0)]))
+        await wait_until(lambda: col.stats.messages == 1, what="ingest goes on")
+    assert col.stats.task_restarts == {"dead_letter_prune": 1}
+    assert col.stats.task_last_error["dead_letter_prune"] == "RuntimeError: prune bug"
+    with psycopg.connect(db_url) as conn:
+        assert read_model.dead_letter_counts(conn) == {}
