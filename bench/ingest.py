@@ -128,7 +128,8 @@ def publish_all(mqtt: MqttSettings, topic: str, payloads: list[bytes]) -> None:
 
 def config(url: str, mqtt: MqttSettings, site: str, client_id: str) -> CollectorConfig:
     return CollectorConfig(database_url=url, mqtt=mqtt, site=site, shared_group=f"b{site}",
-                           client_id=client_id, validate_every_s=None)
+                           client_id=client_id, validate_every_s=None,
+                           commission_unknown_meters=True)
 
 
 async def bench_ingest(url: str, mqtt: MqttSettings, messages: int, meters: int

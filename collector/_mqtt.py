@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from dataclasses import dataclass
 
 import paho.mqtt.client as paho
@@ -54,6 +55,18 @@ def topic_filters(config: CollectorConfig) -> list[str]:
     ]
 
 
+RECONNECT_FIRST_S = 0.5  # the first retry after a lost connection comes within this
+RECONNECT_MAX_S = 10.0
+
+
+def _jitter_reconnect(client: paho.Client) -> None:
+    """Reset paho's reconnect backoff to a random first delay in (0.05, 0.5] s, doubling up
+    to 10 s: a broker restart is noticed fast, and a fleet of collectors does not come back
+    in lockstep (issue 12 item 5)."""
+    client.reconnect_delay_set(random.uniform(0.05, RECONNECT_FIRST_S),  # type: ignore[arg-type]
+                               RECONNECT_MAX_S)  # type: ignore[arg-type]
+
+
 class Consumer:
     """A paho client that feeds an asyncio queue and acks only when told."""
 
@@ -78,7 +91,7 @@ class Consumer:
         ctx = settings.tls_context()
         if ctx is not None:
             self._client.tls_set_context(ctx)
-        self._client.reconnect_delay_set(1, 10)
+        _jitter_reconnect(self._client)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -98,9 +111,11 @@ class Consumer:
         )
         self._client.loop_start()
 
-    def stop(self) -> None:
+    def stop(self, leave: bool | None = None) -> None:
+        """Disconnect; end the broker session too if ``leave`` (default: the config's
+        ``leave_on_stop``). A restart after a failure keeps it, so unacked messages return."""
         props = None
-        if self._config.leave_on_stop:
+        if self._config.leave_on_stop if leave is None else leave:
             for t in topic_filters(self._config):
                 self._client.unsubscribe(t)
             if self._config.mqtt_v5:
@@ -108,6 +123,11 @@ class Consumer:
                 props.SessionExpiryInterval = 0
         self._client.disconnect(properties=props)
         self._client.loop_stop()
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        """QoS 1, not retained; paho queues it while disconnected and sends it again in the
+        session, so a receipt published after a commit is not lost to a broker blip."""
+        self._client.publish(topic, payload, qos=1)
 
     def ack(self, mid: int, qos: int) -> None:
         if qos > 0:
@@ -140,12 +160,17 @@ class Consumer:
         # our own clean disconnect at shutdown is not worth a warning
         level = logging.INFO if getattr(rc, "value", rc) == 0 else logging.WARNING
         log.log(level, "mqtt disconnected", extra={"reason": str(rc)})
+        _jitter_reconnect(_c)  # paho waits this long before its first retry, then doubles
         self._loop.call_soon_threadsafe(self.connected.clear)
         self._loop.call_soon_threadsafe(self.ready.clear)
 
     def _on_message(self, _c: paho.Client, _ud: object, msg: paho.MQTTMessage) -> None:
         loop = self._loop
-        message = Message(msg.topic, bytes(msg.payload), msg.mid, msg.qos, 0.0)
+        try:
+            name = msg.topic
+        except UnicodeDecodeError:  # not UTF-8: keep it, readable, for the dead letter
+            name = msg._topic.decode("utf-8", "backslashreplace")
+        message = Message(name, bytes(msg.payload), msg.mid, msg.qos, 0.0)
         # RuntimeError: the loop closed while shutting down; unacked, so the broker redelivers
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(self._put, message)

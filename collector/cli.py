@@ -1,4 +1,4 @@
-"""``meterhub collector run | migrate | revalidate | review``."""
+"""``meterhub collector run | migrate | revalidate | review | dead-letters``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -51,6 +52,151 @@ def register(subparsers: Any) -> None:
     review.add_argument("--by", help="who decides")
     review.add_argument("--comment", default="")
     review.set_defaults(handler=_review)
+
+    _register_ownership(sub)
+
+    dl = sub.add_parser("dead-letters", help="list, export or replay refused messages")
+    dl_sub = dl.add_subparsers(dest="dead_letter_command", required=True, metavar="ACTION")
+    for name, text in (("list", "counts by reason, then the newest rows"),
+                       ("export", "JSON lines: payload base64, length, sha256"),
+                       ("replay", "feed complete refused messages through ingest again")):
+        one = dl_sub.add_parser(name, help=text)
+        one.add_argument("--database-url", help=f"default: ${settings.DATABASE_URL_ENV}")
+        one.add_argument("--code", help="only this reason code (e.g. bad_id, not_owner)")
+        one.add_argument("--gateway", help="only this gateway's")
+        one.add_argument("--since", type=_since, help="ISO date/time or a span back: 7d, 12h")
+        one.add_argument("--id", type=int, action="append", dest="ids",
+                         help="only this dead letter (repeatable)")
+        one.set_defaults(handler=_dead_letters)
+        if name == "list":
+            one.add_argument("--limit", type=int, default=50)
+        if name == "export":
+            one.add_argument("--out", default="-", help="file (default: stdout)")
+        if name == "replay":
+            one.add_argument("--again", action="store_true",
+                             help="also those replayed before")
+
+
+def _register_ownership(sub: Any) -> None:
+    """``commissioning``, ``pending`` and ``meters move``: who owns a meter (issue 11)."""
+    com = sub.add_parser("commissioning",
+                         help="let a gateway register its unknown meters for a while")
+    com.add_argument("gateway")
+    com.add_argument("--minutes", type=float, required=True, help="window length; 0 closes it")
+    com.add_argument("--database-url", help=f"default: ${settings.DATABASE_URL_ENV}")
+    com.set_defaults(handler=_commissioning)
+
+    pending = sub.add_parser("pending", help="unknown meters waiting for an operator")
+    pending.add_argument("action", nargs="?", choices=("list", "approve", "reject"),
+                         default="list")
+    pending.add_argument("meter", nargs="?")
+    pending.add_argument("--gateway", help="the claiming gateway (approve, reject)")
+    pending.add_argument("--by", default="", help="who decides (audited)")
+    pending.add_argument("--comment", default="")
+    pending.add_argument("--database-url", help=f"default: ${settings.DATABASE_URL_ENV}")
+    pending.set_defaults(handler=_pending)
+
+    meters = sub.add_parser("meters", help="registered meters: move one to another gateway")
+    msub = meters.add_subparsers(dest="meters_command", required=True, metavar="ACTION")
+    move = msub.add_parser("move", help="give a meter to another gateway (audited)")
+    move.add_argument("meter")
+    move.add_argument("--to", required=True, metavar="GATEWAY")
+    move.add_argument("--by", required=True, help="who moves it")
+    move.add_argument("--comment", default="")
+    move.add_argument("--database-url", help=f"default: ${settings.DATABASE_URL_ENV}")
+    move.set_defaults(handler=_move)
+
+
+def _commissioning(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from collector import ownership
+
+    with psycopg.connect(_database_url(args), autocommit=True) as conn:
+        until = ownership.commission(conn, args.gateway, args.minutes, datetime.now(UTC))
+    print(f"gateway {args.gateway} commissioning until {until.isoformat()}" if until
+          else f"gateway {args.gateway}: commissioning closed")
+    return 0
+
+
+def _pending(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from collector import ownership, read_model
+
+    with psycopg.connect(_database_url(args), autocommit=True) as conn:
+        if args.action == "list":
+            for row in read_model.pending_meters(conn):
+                print(f"{row['meter_id']} claimed by {row['gateway']} ({row['status']}): "
+                      f"{row['readings']} reading(s) {row['first_seen']:%Y-%m-%d %H:%M}.."
+                      f"{row['last_seen']:%Y-%m-%d %H:%M}")
+            return 0
+        if not args.meter or not args.gateway:
+            raise ownership.OwnershipError(f"pending {args.action} needs METER and --gateway")
+        decide = ownership.approve if args.action == "approve" else ownership.reject
+        decide(conn, args.meter, args.gateway, args.by, args.comment)
+    print(f"meter {args.meter} claimed by {args.gateway}: {args.action}d")
+    return 0
+
+
+def _move(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from collector import ownership
+
+    with psycopg.connect(_database_url(args), autocommit=True) as conn:
+        old = ownership.move(conn, args.meter, args.to, args.by, args.comment)
+    print(f"meter {args.meter} moved from {old} to {args.to}")
+    return 0
+
+
+def _dead_letters(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from collector import dead_letters, read_model
+
+    url = _database_url(args)
+    which = {"code": args.code, "gateway": args.gateway, "since": args.since, "ids": args.ids}
+    with psycopg.connect(url, autocommit=True) as conn:
+        if args.dead_letter_command == "list":
+            counts = read_model.dead_letter_counts(conn)
+            print(json.dumps({"by_code": counts, "total": sum(counts.values())}))
+            for row in dead_letters.rows(conn, **which, limit=args.limit):
+                mark = "replayable" if dead_letters.replayable(row) else "read-only"
+                print(f"#{row['id']} {row['received_at']:%Y-%m-%d %H:%M:%S} {row['code']} "
+                      f"{row['gateway'] or '-'} {row['payload_length']} B {mark}: "
+                      f"{row['reason'][:160]}")
+            return 0
+        if args.dead_letter_command == "export":
+            with contextlib.ExitStack() as stack:
+                out = (sys.stdout if args.out == "-"
+                       else stack.enter_context(open(args.out, "w", encoding="utf-8")))
+                for row in dead_letters.rows(conn, **which):
+                    out.write(json.dumps(dead_letters.export_record(row)) + "\n")
+            return 0
+        picked = [r for r in dead_letters.rows(conn, **which)
+                  if dead_letters.replayable(r) and (args.again or r["replayed_at"] is None)]
+    if not picked:
+        print("nothing to replay (only whole messages kept complete can be replayed)")
+        return 0
+    result = _replay(url, [(r["topic"], bytes(r["payload"])) for r in picked])
+    with psycopg.connect(url, autocommit=True) as conn:
+        dead_letters.mark_replayed(conn, [r["id"] for r in picked])
+    print(json.dumps({"replayed": len(picked), "readings_stored": result.readings_stored,
+                      "dead_letters": result.dead_letters}))
+    return 0
+
+
+def _replay(url: str, letters: list[tuple[str, bytes]]) -> Any:
+    from collector.service import Collector
+
+    config = CollectorConfig(database_url=url, mqtt=settings.MqttSettings("localhost", 1883),
+                             validate_every_s=None)
+
+    async def main() -> Any:
+        return await Collector(config).replay(letters)
+
+    return asyncio.run(main())
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -7,6 +7,7 @@ import socket
 from dataclasses import dataclass, field
 from datetime import date
 
+from meterhub import wire
 from meterhub.settings import MqttSettings
 
 
@@ -93,6 +94,26 @@ class CollectorConfig:
     # whose clock fell back to its epoch (a flat RTC battery) sends 2000-01-01 or 1970
     max_age_s: float = 400 * 86400.0
     known_meters_only: bool = False  # dead-letter readings of meters not in `meters`
+    # Register an unknown meter to the gateway that sends it, as if every gateway were
+    # commissioning (the demo). Off: only a gateway in its commissioning window
+    # (`meterhub collector commissioning GW --minutes N`) registers meters; other unknown
+    # meters wait in `pending_meters` for an operator (collector/ownership.py).
+    commission_unknown_meters: bool = False
+    # what one message may hold (meterhub.wire.Limits); anything beyond is dead-lettered
+    max_payload_bytes: int = 1 << 20
+    max_json_depth: int = 32
+    max_readings_per_batch: int = 10_000
+    # dead letters: a payload up to `dead_letter_keep_bytes` is kept whole (and can be
+    # replayed); a longer one keeps its first `dead_letter_prefix_bytes`, its length and
+    # sha256. Pruned every `dead_letter_prune_every_s` to at most this age and total size.
+    dead_letter_keep_bytes: int = 64 * 1024
+    dead_letter_prefix_bytes: int = 4096
+    dead_letter_max_age_days: float = 30.0
+    dead_letter_max_total_bytes: int = 256 * 1024 * 1024
+    dead_letter_prune_every_s: float = 300.0
+    # after each commit, publish `meterhub/v1/<site>/<gateway>/receipt` naming the committed
+    # batches' seq ranges (QoS 1): the gateway keeps a batch until then (issue 12)
+    receipts: bool = True
     validate_every_s: float | None = 5.0  # continuous validation; None: ingest only
     migrate: bool = False  # apply migrations at start
     db_retry_max_s: float = 10.0  # reconnect backoff ceiling during a database outage
@@ -112,8 +133,18 @@ class CollectorConfig:
             raise ConfigError(f"shared_group {self.shared_group!r} must be a plain name")
         if self.retention_days is not None and self.retention_days < 1:
             raise ConfigError("retention_days must be at least 1 (or None to keep everything)")
+        if min(self.max_payload_bytes, self.max_json_depth, self.max_readings_per_batch) < 1:
+            raise ConfigError("max_payload_bytes, max_json_depth, max_readings_per_batch must "
+                              "be positive")
+        if not 0 < self.dead_letter_prefix_bytes <= self.dead_letter_keep_bytes:
+            raise ConfigError("dead_letter_prefix_bytes must be within 1..dead_letter_keep_bytes")
         if not 1 <= self.receive_maximum <= 65535:
             raise ConfigError("receive_maximum must be within 1..65535")
+
+    @property
+    def limits(self) -> wire.Limits:
+        return wire.Limits(max_bytes=self.max_payload_bytes, max_depth=self.max_json_depth,
+                           max_items=self.max_readings_per_batch)
 
     @property
     def mqtt_v5(self) -> bool:

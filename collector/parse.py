@@ -39,10 +39,26 @@ _BOUNDS: dict[str, tuple[float, float]] = {
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
+    """A refused message (``whole_message``) or one refused reading of a message. ``code`` is
+    the short reason dead-letter counts group by (a WireError's code, or the collector's own:
+    ``out_of_range``, ``topic_mismatch``, ``not_owner``, ``pending_meter``, ``db_refused``,
+    ``decoder_crash``, ``not_collected``)."""
+
     topic: str
     payload: bytes
     reason: str
     gateway: str | None
+    code: str = "refused"
+    whole_message: bool = True
+
+
+def refused(topic: str, payload: bytes, exc: Exception, code: str | None = None) -> DeadLetter:
+    """The dead letter for a whole message, named by the gateway of its topic if it has one."""
+    gateway = None
+    with contextlib.suppress(wire.WireError):
+        gateway = wire.parse_topic(topic)[1]
+    return DeadLetter(topic, payload, str(exc), gateway,
+                      str(code or getattr(exc, "code", None) or "refused"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,24 +147,23 @@ def _reading_payload(raw: Any) -> bytes:
 
 def parse_readings(
     topic: str, payload: bytes, received_at: datetime, *, max_future_s: float,
-    max_age_s: float = 400 * 86400.0,
+    max_age_s: float = 400 * 86400.0, limits: wire.Limits = wire.DEFAULT_LIMITS,
 ) -> Parsed:
     """One readings message: COPY lines of its good readings, a dead letter per bad one (or
     one for the message when its envelope is bad), and what it says of meters and sequence."""
     out = Parsed()
     try:
         topic_site, topic_gateway, _kind = wire.parse_topic(topic)
-        env = wire.decode_readings_envelope(payload)
+        env = wire.decode_readings_envelope(payload, limits)
+        # The topic is what the broker authenticated (its ACL lets a gateway publish only on
+        # its own topics); a payload naming another gateway is not believed.
         if env.gateway != topic_gateway or env.site != topic_site:
             raise wire.WireError(
                 f"readings.gateway/site {env.gateway!r}/{env.site!r} do not match the topic's "
-                f"{topic_gateway!r}/{topic_site!r}"
+                f"{topic_gateway!r}/{topic_site!r}", "topic_mismatch",
             )
     except wire.WireError as exc:
-        gateway = None
-        with contextlib.suppress(wire.WireError):
-            gateway = wire.parse_topic(topic)[1]
-        out.dead.append(DeadLetter(topic, payload, str(exc), gateway))
+        out.dead.append(refused(topic, payload, exc))
         return out
     horizon = received_at + timedelta(seconds=max_future_s)
     oldest = received_at - timedelta(seconds=max_age_s)
@@ -161,26 +176,28 @@ def parse_readings(
         where = f"readings.readings[{i}]"
         try:
             meter, ts, values, relay = wire.decode_reading_fields(raw, where, times)
-            if "\x00" in meter:
-                raise wire.WireError(f"{where}.meter: contains a NUL character")
             if ts > horizon:
                 raise wire.WireError(
                     f"{where}.taken_at {wire.utc_iso(ts)} is more than "
-                    f"{max_future_s:.0f} s in the future (received {wire.utc_iso(received_at)})"
+                    f"{max_future_s:.0f} s in the future (received {wire.utc_iso(received_at)})",
+                    "bad_time",
                 )
             if ts < oldest:
                 raise wire.WireError(
                     f"{where}.taken_at {wire.utc_iso(ts)} is more than "
-                    f"{max_age_s / 86400:.0f} days old: a gateway clock that fell back?"
+                    f"{max_age_s / 86400:.0f} days old: a gateway clock that fell back?",
+                    "bad_time",
                 )
             if not _storable(values):
-                raise wire.WireError(f"{where} (meter {meter}): " + "; ".join(_problems(values)))
+                raise wire.WireError(f"{where} (meter {meter}): " + "; ".join(_problems(values)),
+                                     "out_of_range")
             if "meter_clock" in raw:
                 skew = _clock_skew(raw, ts, where)
                 if skew is not None:
                     values.append((CLOCK_SKEW, skew, "s"))
         except wire.WireError as exc:
-            out.dead.append(DeadLetter(topic, _reading_payload(raw), str(exc), env.gateway))
+            out.dead.append(DeadLetter(topic, _reading_payload(raw), str(exc), env.gateway,
+                                       exc.code, whole_message=False))
             continue
         m = escaped.get(meter)
         if m is None:
@@ -221,23 +238,27 @@ def _clock_skew(raw: dict[str, Any], taken_at: datetime, where: str) -> float | 
     return skew if math.isfinite(skew) else None
 
 
-def parse_status(topic: str, payload: bytes) -> wire.Status | DeadLetter:
+def parse_status(topic: str, payload: bytes,
+                 limits: wire.Limits = wire.DEFAULT_LIMITS) -> wire.Status | DeadLetter:
     try:
         _site, gateway, _ = wire.parse_topic(topic)
-        status = wire.decode_status(payload)
+        status = wire.decode_status(payload, limits)
         if status.gateway != gateway:
-            raise wire.WireError(f"status.gateway {status.gateway!r} does not match the topic")
+            raise wire.WireError(f"status.gateway {status.gateway!r} does not match the topic",
+                                 "topic_mismatch")
         return status
     except wire.WireError as exc:
-        return DeadLetter(topic, payload, str(exc), None)
+        return refused(topic, payload, exc)
 
 
-def parse_events(topic: str, payload: bytes) -> tuple[str, str, list[wire.Event]] | DeadLetter:
+def parse_events(topic: str, payload: bytes, limits: wire.Limits = wire.DEFAULT_LIMITS,
+                 ) -> tuple[str, str, list[wire.Event]] | DeadLetter:
     try:
         site, gateway, _ = wire.parse_topic(topic)
-        claimed, events = wire.decode_events(payload)
+        claimed, events = wire.decode_events(payload, limits)
         if claimed != gateway:
-            raise wire.WireError(f"events.gateway {claimed!r} does not match the topic")
+            raise wire.WireError(f"events.gateway {claimed!r} does not match the topic",
+                                 "topic_mismatch")
         return site, gateway, events
     except wire.WireError as exc:
-        return DeadLetter(topic, payload, str(exc), None)
+        return refused(topic, payload, exc)

@@ -143,6 +143,18 @@ class DeadLetter(TypedDict):
     payload: str  # the first 2000 characters
 
 
+class PendingMeter(TypedDict):
+    meter_id: str
+    gateway: str  # the gateway that claims it
+    site: str | None
+    first_seen: datetime
+    last_seen: datetime
+    readings: int  # refused (dead-lettered) while it waits
+    status: str  # pending | rejected
+    decided_by: str | None
+    decided_at: datetime | None
+
+
 def _fetch(conn: psycopg.Connection[Any], query: str,
            params: Any = None) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
@@ -386,6 +398,12 @@ def review_version(conn: psycopg.Connection[Any]) -> tuple[int, int | None]:
 # ---------------------------------------------------------------------------- dead letters
 
 
+def dead_letter_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    """Stored dead letters per reason code (``bad_json``, ``not_owner``, ...)."""
+    rows = _fetch(conn, "SELECT code, count(*) AS n FROM dead_letters GROUP BY code ORDER BY code")
+    return {row["code"]: int(row["n"]) for row in rows}
+
+
 def dead_letters(conn: psycopg.Connection[Any], gateway: str | None, limit: int,
                  offset: int) -> tuple[list[DeadLetter], int]:
     """A page of messages the collector could not take (newest first) and the total."""
@@ -396,3 +414,17 @@ def dead_letters(conn: psycopg.Connection[Any], gateway: str | None, limit: int,
         f" substring(payload from 1 for 2000) AS payload FROM dead_letters WHERE {where}"
         " ORDER BY received_at DESC, id DESC LIMIT %s OFFSET %s", [*params, limit, offset])
     return cast("list[DeadLetter]", rows), total
+
+
+# ---------------------------------------------------------------------------- ownership
+
+
+def pending_meters(conn: psycopg.Connection[Any], status: str | None = None
+                   ) -> list[PendingMeter]:
+    """Unknown meters a gateway sent while not commissioning: they wait for an operator to
+    approve (register to that gateway) or reject them; newest claim first."""
+    where, params = _where((("status = %s", status),))
+    rows = _fetch(conn, "SELECT meter_id, gateway, site, first_seen, last_seen, readings, status,"
+                  f" decided_by, decided_at FROM pending_meters WHERE {where}"
+                  " ORDER BY last_seen DESC, meter_id, gateway", params)
+    return cast("list[PendingMeter]", rows)

@@ -12,14 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import psycopg
 
-from collector import parse, store, vee
+from collector import dead_letters, ownership, parse, store, vee
 from collector._mqtt import Consumer, Message
 from collector.config import CollectorConfig
 from collector.store import Batch
@@ -35,13 +36,19 @@ class CollectorStats:
     readings_stored: int = 0  # (meter, taken_at) pairs newly stored
     values_stored: int = 0  # rows newly stored in `readings`
     dead_letters: int = 0
+    dead_letters_by_code: dict[str, int] = field(default_factory=dict)
+    dead_letters_pruned: int = 0
     duplicate_batches: int = 0
     batches_committed: int = 0
-    db_errors: int = 0
+    receipts_sent: int = 0  # receipt messages published (one per gateway and commit)
+    db_errors: int = 0  # every failed write, both kinds
+    db_data_errors: int = 0  # ... the database refused the data: dead-lettered, acked
     validation_runs: int = 0
     intervals_written: int = 0
     last_commit_at: datetime | None = None
     commit_latencies_s: list[float] = field(default_factory=list)  # arrival -> commit, sampled
+    task_restarts: dict[str, int] = field(default_factory=dict)  # supervised task -> restarts
+    task_last_error: dict[str, str] = field(default_factory=dict)
 
 
 class Collector:
@@ -55,32 +62,114 @@ class Collector:
         self.on_commit: Callable[[Batch], None] | None = None
         self._conn: psycopg.AsyncConnection | None = None
         self._months: set[tuple[int, int]] = set()
-        self._known: set[str] = set()
         self.ready = asyncio.Event()  # set while subscribed to the broker
         self._writing = False
+        self._policy = store.WritePolicy(
+            dead_letter_keep_bytes=config.dead_letter_keep_bytes,
+            dead_letter_prefix_bytes=config.dead_letter_prefix_bytes,
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until `stop` is set, then commit and ack what was received, and return."""
+        """Consume until `stop` is set, then commit and ack what was received, and return.
+
+        Every long-running task is supervised (:meth:`_supervise`): one that fails is
+        logged, counted in ``stats.task_restarts`` and started again with backoff, so the
+        collector never runs on with a dead task."""
         if self.config.migrate:
             await asyncio.to_thread(db.migrate, self.config.database_url)
-        loop = asyncio.get_running_loop()
-        consumer = Consumer(self.config, loop, self.ready)
-        consumer.start()
-        validator: asyncio.Task[None] | None = None
+        helpers = [asyncio.create_task(self._supervise("dead_letter_prune", self._prune_loop,
+                                                       stop))]
         if self.config.validate_every_s:
-            validator = asyncio.create_task(self._validate_loop(stop))
+            helpers.append(asyncio.create_task(self._supervise("validation",
+                                                               self._validate_loop, stop)))
         try:
-            await self._ingest(consumer, stop)
+            await self._supervise("ingest", self._consume, stop)
         finally:
-            consumer.stop()
-            if validator is not None:
-                validator.cancel()
+            for task in helpers:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await validator
+                    await task
             if self._conn is not None:
                 with contextlib.suppress(Exception):
                     await self._conn.close()
                 self._conn = None
+
+    async def _supervise(self, name: str, body: Callable[[asyncio.Event], Awaitable[None]],
+                         stop: asyncio.Event) -> None:
+        """Run ``body`` until it returns with ``stop`` set; restart it after an exception
+        (jittered exponential backoff from 0.5 s up to 30 s, reset after a minute of health)."""
+        delay = 0.5
+        while True:
+            started = time.monotonic()
+            try:
+                await body(stop)
+                if stop.is_set():
+                    return
+                raise RuntimeError(f"{name} returned while the collector runs")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if stop.is_set():
+                    log.exception("collector task %s failed while stopping", name)
+                    return
+                self.stats.task_restarts[name] = self.stats.task_restarts.get(name, 0) + 1
+                self.stats.task_last_error[name] = f"{type(exc).__name__}: {exc}"[:300]
+                if time.monotonic() - started > 60:
+                    delay = 0.5
+                wait = delay * random.uniform(0.5, 1.0)
+                log.exception("collector task %s failed; restarting in %.1f s", name, wait)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=wait)
+                if stop.is_set():
+                    return
+                delay = min(delay * 2, 30.0)
+
+    async def _consume(self, stop: asyncio.Event) -> None:
+        """One broker session's worth of ingest. After a failure the session is resumed (not
+        ended), so the broker hands back every message this run had not acknowledged."""
+        consumer = Consumer(self.config, asyncio.get_running_loop(), self.ready)
+        consumer.start()
+        clean = False
+        try:
+            await self._ingest(consumer, stop)
+            clean = True
+        finally:
+            consumer.stop(leave=None if clean else False)
+
+    async def replay(self, letters: Sequence[tuple[str, bytes]]) -> store.WriteResult:
+        """Feed stored payloads (topic, payload) through the normal parse and store path
+        again, in one transaction: after a fix, what was refused may now be taken (what is
+        still refused becomes a new dead letter). No broker is involved."""
+        loop = asyncio.get_running_loop()
+        batch = Batch()
+        for topic, payload in letters:
+            self._add(batch, Message(topic, payload, 0, 0, loop.time()), loop.time())
+        try:
+            result = await self._write(batch)
+        finally:
+            await self._drop_connection()
+        self._count(batch, result)
+        return result
+
+    async def _prune_loop(self, stop: asyncio.Event) -> None:
+        cfg = self.config
+        while not stop.is_set():
+            try:
+                gone = await asyncio.to_thread(self._prune_once)
+                if gone:
+                    log.info("dead letters: pruned %d (age / total size limits)", gone)
+            except psycopg.OperationalError as exc:
+                log.warning("dead-letter prune failed (database): %s", exc)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=cfg.dead_letter_prune_every_s)
+
+    def _prune_once(self) -> int:
+        cfg = self.config
+        with psycopg.connect(cfg.database_url, connect_timeout=5, autocommit=True) as conn:
+            gone = dead_letters.prune(conn, cfg.dead_letter_max_age_days * 86400,
+                                      cfg.dead_letter_max_total_bytes)
+        self.stats.dead_letters_pruned += gone
+        return gone
 
     # ------------------------------------------------------------------ ingest loop
 
@@ -105,7 +194,7 @@ class Collector:
                         break
                     self._add(batch, msg, loop.time())
                 if writer.done():
-                    writer.result()  # a writer that died takes the collector down, loudly
+                    writer.result()  # a writer that died: raised to the supervisor
                     return
                 if batch.messages:
                     age = loop.time() - batch.first_at
@@ -154,43 +243,70 @@ class Collector:
         batch.acks.append((msg.mid, msg.qos))
         batch.items.append(msg)
         batch.publish_times.append(msg.arrived)
+        try:
+            self._parse_into(batch, msg)
+        except Exception as exc:  # a decoder bug must not stop ingestion: dead-letter, go on
+            log.exception("decoding a message on %s failed", msg.topic)
+            batch.dead.append(parse.refused(msg.topic, msg.payload, exc, "decoder_crash"))
+
+    def _parse_into(self, batch: Batch, msg: Message) -> None:
         received = datetime.now(UTC)
         kind = msg.topic.rsplit("/", 1)[-1]
+        limits = self.config.limits
         if kind == "readings":
             batch.add_readings(parse.parse_readings(
                 msg.topic, msg.payload, received, max_future_s=self.config.max_future_s,
-                max_age_s=self.config.max_age_s,
+                max_age_s=self.config.max_age_s, limits=limits,
             ))
         elif kind == "status":
-            status = parse.parse_status(msg.topic, msg.payload)
+            status = parse.parse_status(msg.topic, msg.payload, limits)
             if isinstance(status, parse.DeadLetter):
                 batch.dead.append(status)
             else:
                 batch.statuses.append(status)
         elif kind == "events":
-            parsed = parse.parse_events(msg.topic, msg.payload)
+            parsed = parse.parse_events(msg.topic, msg.payload, limits)
             if isinstance(parsed, parse.DeadLetter):
                 batch.dead.append(parsed)
             else:
                 site, gateway, events = parsed
                 batch.events.extend((site, gateway, e) for e in events)
         else:
-            batch.dead.append(parse.DeadLetter(
-                msg.topic, msg.payload, f"topic {msg.topic!r} is not one the collector reads",
-                None,
+            batch.dead.append(parse.refused(
+                msg.topic, msg.payload,
+                ValueError(f"topic {msg.topic[:200]!r} is not one the collector reads"),
+                "not_collected",
             ))
 
     async def _flush(self, consumer: Consumer, batch: Batch, stop: asyncio.Event) -> None:
-        """Commit the batch (retrying through database outages), then ack it."""
+        """Commit the batch, then ack it. The database's refusal is sorted by SQLSTATE
+        (store.is_data_error): data it refused is dead-lettered and acked, so one poison
+        message never stalls ingestion; an outage keeps the messages unacked and retries with
+        backoff until the database is back."""
         delay = 0.2
         gave_up_at = None
         while True:
             try:
                 result = await self._write(batch)
                 break
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            except psycopg.Error as exc:
                 self.stats.db_errors += 1
                 await self._drop_connection()
+                if store.is_data_error(exc):
+                    self.stats.db_data_errors += 1
+                    if batch.messages > 1:  # find the message(s) responsible, keep the rest
+                        await self._flush_one_by_one(consumer, batch, stop)
+                        return
+                    if batch.rejected:
+                        # Not even its raw bytes could be stored: say so loudly and let it
+                        # go, or the broker would hand it back to us forever.
+                        log.error("message on %s refused by the database even as a dead "
+                                  "letter: %s", batch.items[0].topic if batch.items else "?",
+                                  exc)
+                        result = store.WriteResult(0, 0, 0, 0)
+                        break
+                    batch = self._as_dead(batch, exc)
+                    continue
                 if stop.is_set():
                     # Shutting down with the database away: leave the messages unacked; the
                     # broker hands them to the next collector (or us, after a restart).
@@ -199,27 +315,14 @@ class Collector:
                         log.error("database unreachable at shutdown; %d messages left unacked"
                                   " for redelivery", batch.messages)
                         return
-                log.warning("database write failed, retrying in %.1f s: %s", delay, exc)
+                log.warning("database unavailable (SQLSTATE %s), retrying in %.1f s: %s",
+                            exc.sqlstate, delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.config.db_retry_max_s)
-            except psycopg.Error as exc:
-                # The data itself was refused (it passed our checks but not the database's):
-                # find the message(s) responsible and dead-letter them, keep the rest.
-                self.stats.db_errors += 1
-                await self._drop_connection()
-                if batch.messages > 1:
-                    await self._flush_one_by_one(consumer, batch, stop)
-                    return
-                if batch.rejected:
-                    # Not even its raw bytes could be stored: say so loudly and let it go, or
-                    # the broker would hand it back to us forever.
-                    log.error("message on %s refused by the database even as a dead letter: "
-                              "%s", batch.items[0].topic if batch.items else "?", exc)
-                    result = store.WriteResult(0, 0, 0, 0)
-                    break
-                batch = self._as_dead(batch, f"refused by the database: {exc}")
         if self.on_commit is not None:
             self.on_commit(batch)
+        if self.config.receipts:
+            self._send_receipts(consumer, batch)
         for mid, qos in batch.acks:
             consumer.ack(mid, qos)
         self._count(batch, result)
@@ -232,15 +335,35 @@ class Collector:
             self._add(single, msg, now)
             await self._flush(consumer, single, stop)
 
+    def _send_receipts(self, consumer: Consumer, batch: Batch) -> None:
+        """Tell each gateway which of its batches are committed (stored, duplicates, or
+        dead-lettered for good), so it may drop them and not send them again (issue 12)."""
+        seqs: dict[tuple[str, str], list[int]] = {}
+        for seen in batch.batches:
+            seqs.setdefault((seen.site, seen.gateway), []).append(seen.seq)
+        for d in batch.dead:
+            if not d.whole_message or not d.topic.endswith("/readings"):
+                continue
+            try:
+                site, gateway, _ = wire.parse_topic(d.topic)
+            except wire.WireError:
+                continue
+            identity = wire.batch_identity(d.payload, self.config.limits)
+            if identity is not None and identity[0] == gateway:  # never for a forged name
+                seqs.setdefault((site, gateway), []).append(identity[1])
+        at = datetime.now(UTC)
+        for (site, gateway), numbers in sorted(seqs.items()):
+            consumer.publish(wire.topic(site, gateway, "receipt"),
+                             wire.encode_receipt(gateway, site, wire.seq_ranges(numbers), at))
+            self.stats.receipts_sent += 1
+
     @staticmethod
-    def _as_dead(batch: Batch, reason: str) -> Batch:
+    def _as_dead(batch: Batch, exc: psycopg.Error) -> Batch:
         dead = Batch(messages=batch.messages, acks=batch.acks, items=batch.items,
                      publish_times=batch.publish_times, first_at=batch.first_at, rejected=True)
-        for msg in batch.items:
-            gateway = None
-            with contextlib.suppress(wire.WireError):
-                gateway = wire.parse_topic(msg.topic)[1]
-            dead.dead.append(parse.DeadLetter(msg.topic, msg.payload, reason, gateway))
+        reason = ValueError(f"refused by the database (SQLSTATE {exc.sqlstate}): {exc}")
+        dead.dead.extend(parse.refused(msg.topic, msg.payload, reason, "db_refused")
+                         for msg in batch.items)
         return dead
 
     def _count(self, batch: Batch, result: store.WriteResult) -> None:
@@ -250,6 +373,8 @@ class Collector:
         s.readings_stored += result.readings_stored
         s.values_stored += result.values_stored
         s.dead_letters += result.dead_letters
+        for d in batch.dead:
+            s.dead_letters_by_code[d.code] = s.dead_letters_by_code.get(d.code, 0) + 1
         s.duplicate_batches += result.duplicate_batches
         s.batches_committed += 1
         s.last_commit_at = datetime.now(UTC)
@@ -276,9 +401,10 @@ class Collector:
         conn = await self._connection()
         if batch.chunks:
             await self._ensure_months(conn, batch)
-            if self.config.known_meters_only:
-                await self._reject_unknown(conn, batch)
-        return await store.write(conn, batch, datetime.now(UTC))
+            await ownership.sort(conn, batch, datetime.now(UTC),
+                                 commission_unknown=self.config.commission_unknown_meters,
+                                 known_only=self.config.known_meters_only)
+        return await store.write(conn, batch, datetime.now(UTC), self._policy)
 
     async def _ensure_months(self, conn: psycopg.AsyncConnection, batch: Batch) -> None:
         missing: dict[tuple[int, int], datetime] = {}
@@ -290,28 +416,6 @@ class Collector:
         for key, ts in sorted(missing.items()):  # each month on its own: no range in between
             await store.ensure_partitions(conn, ts, ts)
             known.add(key)
-
-    async def _reject_unknown(self, conn: psycopg.AsyncConnection, batch: Batch) -> None:
-        meters = sorted({k[0] for k in batch.keys} - self._known)
-        unknown = await store.unknown_meters(conn, meters) if meters else set()
-        self._known.update(set(meters) - unknown)
-        if not unknown:
-            return
-        kept = [(k, c) for k, c in zip(batch.keys, batch.chunks, strict=True)
-                if k[0] not in unknown]
-        for meter in sorted(unknown):
-            mine = [c for k, c in zip(batch.keys, batch.chunks, strict=True) if k[0] == meter]
-            gateway = batch.meters[meter].gateway if meter in batch.meters else None
-            batch.dead.append(parse.DeadLetter(
-                wire.subscription("readings", "+", gateway or "+"), "".join(mine).encode(),
-                f"unknown meter {meter!r}: not registered in meters (known_meters_only); "
-                "payload: its rows as COPY text", gateway,
-            ))
-            batch.readings -= len(mine)
-            batch.values -= sum(c.count("\n") for c in mine)
-            batch.meters.pop(meter, None)
-        batch.keys = [k for k, _ in kept]
-        batch.chunks = [c for _, c in kept]
 
     # ------------------------------------------------------------------ validation loop
 

@@ -8,6 +8,7 @@ gateway and dead-letter bookkeeping means the broker ack (sent after commit) cov
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -53,15 +54,13 @@ FROM _stage s JOIN readings r USING (meter_id, quantity, ts)
 WHERE r.value <> s.value
 """
 
+# gateway and site are set when a meter is registered (collector/ownership.py), never here:
+# ingest does not re-home a meter.
 _METERS = """
 INSERT INTO meters AS m (meter_id, gateway, site, first_seen, last_seen, relay, relay_at)
 SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[],
                      %s::text[], %s::timestamptz[])
 ON CONFLICT (meter_id) DO UPDATE SET
-    gateway = CASE WHEN m.last_seen IS NULL OR excluded.last_seen >= m.last_seen
-                   THEN excluded.gateway ELSE m.gateway END,
-    site = CASE WHEN m.last_seen IS NULL OR excluded.last_seen >= m.last_seen
-                THEN excluded.site ELSE m.site END,
     first_seen = least(m.first_seen, excluded.first_seen),
     last_seen = greatest(m.last_seen, excluded.last_seen),
     relay = CASE WHEN excluded.relay_at IS NOT NULL
@@ -108,6 +107,7 @@ class Batch:
 
     chunks: list[str] = field(default_factory=list)  # COPY text, one chunk per reading
     keys: list[tuple[str, datetime]] = field(default_factory=list)  # (meter, ts) per chunk
+    origins: list[str] = field(default_factory=list)  # sending gateway (topic's) per chunk
     values: int = 0
     readings: int = 0
     meters: dict[str, MeterSeen] = field(default_factory=dict)
@@ -125,6 +125,8 @@ class Batch:
     def add_readings(self, parsed: Parsed) -> None:
         self.chunks.extend(parsed.chunks)
         self.keys.extend(parsed.keys)
+        if parsed.batch is not None:
+            self.origins.extend([parsed.batch.gateway] * len(parsed.chunks))
         self.values += parsed.values
         self.readings += parsed.readings
         self.dead.extend(parsed.dead)
@@ -144,6 +146,43 @@ class Batch:
 
     def __len__(self) -> int:
         return self.messages
+
+
+@dataclass(frozen=True, slots=True)
+class WritePolicy:
+    """What the collector's config decides about a write (see CollectorConfig)."""
+
+    dead_letter_keep_bytes: int = 64 * 1024
+    dead_letter_prefix_bytes: int = 4096
+
+
+# SQLSTATE classes of errors the data itself caused: data exception, integrity constraint,
+# syntax/access rule (a value the statement cannot take), program limit exceeded (a key too
+# long for its index), PL/pgSQL raise. Anything else is the database being away or busy.
+DATA_ERROR_CLASSES = ("22", "23", "42", "54", "P0")
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """Whether the database refused what we sent (dead-letter it and go on) rather than being
+    unavailable (08 connection, 57P operator intervention, 53 resources, a dropped socket:
+    keep the messages unacked, back off, try again)."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate[:2] in DATA_ERROR_CLASSES
+
+
+def dead_letter_row(d: DeadLetter, now: datetime, policy: WritePolicy) -> tuple[Any, ...]:
+    """A dead letter as stored: the payload whole when small enough to replay, else its
+    first bytes; always its length and sha256; the reason cut to a line a person reads."""
+    payload = d.payload
+    complete = len(payload) <= policy.dead_letter_keep_bytes
+    kept = payload if complete else payload[: policy.dead_letter_prefix_bytes]
+    return (_text(d.topic), kept, _text(d.reason[:1000]), d.gateway, now, d.code,
+            len(payload), hashlib.sha256(payload).digest(), complete, d.whole_message)
+
+
+def _text(value: str) -> str:
+    """Text PostgreSQL accepts whatever arrived: no NUL, no lone surrogate."""
+    return value.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,8 +210,10 @@ async def unknown_meters(conn: psycopg.AsyncConnection, meters: list[str]) -> se
     return {r[0] for r in await cur.fetchall()}
 
 
-async def write(conn: psycopg.AsyncConnection, batch: Batch, now: datetime) -> WriteResult:
+async def write(conn: psycopg.AsyncConnection, batch: Batch, now: datetime,
+                policy: WritePolicy | None = None) -> WriteResult:
     """Everything in `batch`, one transaction; the caller commits nothing else around it."""
+    policy = policy or WritePolicy()
     stored = values = dup_batches = 0
     async with conn.transaction():
         if batch.chunks:
@@ -206,9 +247,10 @@ async def write(conn: psycopg.AsyncConnection, batch: Batch, now: datetime) -> W
         if batch.dead:
             async with conn.cursor() as cur:
                 await cur.executemany(
-                    "INSERT INTO dead_letters (topic, payload, reason, gateway, received_at)"
-                    " VALUES (%s, %s, %s, %s, %s)",
-                    [(d.topic, d.payload, d.reason, d.gateway, now) for d in batch.dead],
+                    "INSERT INTO dead_letters (topic, payload, reason, gateway, received_at,"
+                    " code, payload_length, payload_sha256, complete, whole_message)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    [dead_letter_row(d, now, policy) for d in batch.dead],
                 )
     return WriteResult(stored, values, dup_batches, len(batch.dead))
 

@@ -307,6 +307,8 @@ class _DemoRun:
                 validate_every_s=1.0,
                 interval_s=plan.interval_s,
                 client_id=f"demo-collector-{plan.run_id}",
+                # the demo's gateway brings its meters: they are registered to it
+                commission_unknown_meters=True,
             )
         )
         self.billing = BillingEngine(

@@ -8,13 +8,22 @@ with a reason a person can act on; they never return half-checked data.
 Delivery is QoS 1 (at least once): consumers must be idempotent. Readings batches carry a
 per-gateway ``seq`` that only grows (it survives gateway restarts) so the collector can tell
 gaps from duplicates.
+
+Every payload is untrusted. :func:`_load` bounds what any decoder accepts before and while
+parsing (:class:`Limits`: size, nesting depth, integer digits, lone surrogates and NUL in
+text); the field decoders bound ids (:data:`ID_PATTERN`), counts, numbers and timestamps
+(:data:`EARLIEST`, :data:`MAX_AHEAD`). Whatever goes wrong comes out as a :class:`WireError`
+with a short ``code`` (dead-letter statistics group by it), never as another exception.
 """
 
 from __future__ import annotations
 
+import array
+import itertools
 import json
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -54,7 +63,109 @@ OUTCOMES: tuple[Outcome, ...] = (
 
 
 class WireError(ValueError):
-    """A payload or topic that breaks the contract; the message says which field and why."""
+    """A payload or topic that breaks the contract; the message says which field and why,
+    ``code`` says what kind of breach in one word (``too_large``, ``too_deep``, ``bad_json``,
+    ``bad_schema``, ``bad_id``, ``bad_number``, ``bad_time``, ``bad_text``, ``too_many``,
+    ``bad_topic``, ``bad_field``), so refusals can be counted by kind."""
+
+    def __init__(self, message: str, code: str = "bad_field") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ---------------------------------------------------------------------------- limits
+
+# Meter, gateway and site ids: what a topic level, a file name and a log line can all carry.
+ID_PATTERN = r"[A-Za-z0-9._:-]{1,64}"
+_is_id = re.compile(ID_PATTERN).fullmatch
+MAX_INT = 2**63 - 1  # a PostgreSQL bigint
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)  # no reading, status or event is older
+MAX_AHEAD = timedelta(days=1)  # ... or further ahead of this clock than this
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one payload may hold, checked before (size, depth) and after parsing."""
+
+    max_bytes: int = 1 << 20
+    max_depth: int = 32  # nesting of objects and arrays
+    max_items: int = 10_000  # readings in a batch, events in a message
+    max_text: int = 1024  # free text (event detail, units, health strings)
+
+
+DEFAULT_LIMITS = Limits()
+
+# Bytes -> nesting steps for the depth scan: opening brackets +1, closing -1, the rest dropped.
+_BRACKETS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
+# An escape that may decode to a lone surrogate or NUL (text PostgreSQL cannot store): only
+# then are the parsed strings walked. Raw UTF-8 bytes cannot decode to either.
+_SUSPECT = re.compile(rb"\\u(?:[dD][89a-fA-F]|0000)")
+
+
+def _show(value: Any, width: int = 60) -> str:
+    """A value for an error message, cut short: reasons are stored and shown."""
+    text = repr(value)
+    return text if len(text) <= width else text[:width] + "..."
+
+
+def _depth(raw: bytes) -> int:
+    """Deepest nesting of ``raw``, found without parsing (no recursion): count brackets
+    outside strings. Brackets inside strings only matter when the quick count over all
+    brackets exceeds the caller's limit, so strings are stripped only then."""
+    steps = array.array("b", raw.translate(_BRACKETS, _NOT_BRACKETS))
+    return max(itertools.accumulate(steps), default=0)
+
+
+def _check_depth(raw: bytes, what: str, limit: int) -> None:
+    if _depth(raw) > limit and _depth(_STRINGS.sub(b"", raw)) > limit:
+        raise WireError(f"{what}: nested deeper than {limit} levels", "too_deep")
+
+
+def _check_text(obj: Any, where: str) -> None:
+    """Refuse strings (keys too) PostgreSQL cannot store: lone surrogates, NUL. Iterative."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            if "\x00" in item:
+                raise WireError(f"{where}: text with a NUL character", "bad_text")
+            try:
+                item.encode()
+            except UnicodeEncodeError:
+                raise WireError(f"{where}: text with a lone surrogate {_show(item)}",
+                                "bad_text") from None
+
+
+def check_free(obj: Any, where: str, limits: Limits = DEFAULT_LIMITS) -> None:
+    """Bound free-form data (status health, event data) before it is stored as JSON:
+    nesting, text length, finite numbers, integers within a bigint. Iterative."""
+    stack: list[tuple[Any, int]] = [(obj, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limits.max_depth:
+            raise WireError(f"{where}: nested deeper than {limits.max_depth} levels", "too_deep")
+        if isinstance(item, dict):
+            for key, value in item.items():
+                if len(key) > limits.max_text:
+                    raise WireError(f"{where}: a key longer than {limits.max_text}", "bad_text")
+                stack.append((value, depth + 1))
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+        elif isinstance(item, str):
+            if len(item) > limits.max_text:
+                raise WireError(f"{where}: text longer than {limits.max_text}", "bad_text")
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise WireError(f"{where}: {item!r} is not finite", "bad_number")
+        elif isinstance(item, int) and not isinstance(item, bool) and abs(item) > MAX_INT:
+            raise WireError(f"{where}: integer {_show(item)} is out of range", "bad_number")
 
 
 # ---------------------------------------------------------------------------- topics
@@ -81,10 +192,15 @@ def parse_topic(name: str) -> tuple[str, str, Kind]:
     """Split a topic into (site, gateway, kind)."""
     prefix = TOPIC_ROOT + "/"
     if not name.startswith(prefix):
-        raise WireError(f"topic {name!r} is not under {TOPIC_ROOT}/")
+        raise WireError(f"topic {_show(name)} is not under {TOPIC_ROOT}/", "bad_topic")
     parts = name[len(prefix) :].split("/", 2)
     if len(parts) != 3 or parts[2] not in KINDS:
-        raise WireError(f"topic {name!r} is not {TOPIC_ROOT}/<site>/<gateway>/<kind>")
+        raise WireError(f"topic {_show(name)} is not {TOPIC_ROOT}/<site>/<gateway>/<kind>",
+                        "bad_topic")
+    for label, part in (("site", parts[0]), ("gateway", parts[1])):
+        if not _is_id(part):
+            raise WireError(f"topic {label} {_show(part)} is not an id ({ID_PATTERN})",
+                            "bad_topic")
     return parts[0], parts[1], parts[2]  # type: ignore[return-value]
 
 
@@ -98,15 +214,28 @@ def utc_iso(ts: datetime) -> str:
 
 
 def parse_time(value: Any, where: str) -> datetime:
-    if not isinstance(value, str):
-        raise WireError(f"{where}: expected an ISO-8601 timestamp string, got {value!r}")
+    if not isinstance(value, str) or len(value) > 64:
+        raise WireError(f"{where}: expected an ISO-8601 timestamp string, got {_show(value)}",
+                        "bad_time")
     try:
         ts = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise WireError(f"{where}: {value!r} is not an ISO-8601 timestamp") from None
-    if ts.tzinfo is None:
-        raise WireError(f"{where}: {value!r} has no timezone; send UTC with 'Z'")
-    return ts.astimezone(UTC)
+        if ts.tzinfo is None:
+            raise WireError(f"{where}: {value!r} has no timezone; send UTC with 'Z'", "bad_time")
+        return ts.astimezone(UTC)
+    except (ValueError, OverflowError) as exc:  # OverflowError: year 1 at +01:00, in UTC
+        if isinstance(exc, WireError):
+            raise
+        raise WireError(f"{where}: {value!r} is not an ISO-8601 timestamp", "bad_time") from None
+
+
+def parse_stamp(value: Any, where: str, now: datetime | None = None) -> datetime:
+    """:func:`parse_time` for what a device reports: not before :data:`EARLIEST`, not more
+    than :data:`MAX_AHEAD` after ``now`` (a clock that ran off, or a poison date)."""
+    ts = parse_time(value, where)
+    if ts < EARLIEST or ts > (now or datetime.now(UTC)) + MAX_AHEAD:
+        raise WireError(f"{where}: {value!r} is outside {EARLIEST.year}..now+"
+                        f"{MAX_AHEAD.days}d", "bad_time")
+    return ts
 
 
 # ---------------------------------------------------------------------------- payloads
@@ -276,30 +405,63 @@ def encode_events(gateway: str, events: list[Event]) -> bytes:
 # ---------------------------------------------------------------------------- decoding
 
 
-def _load(payload: bytes | str, what: str) -> dict[str, Any]:
+def _load(payload: bytes | str, what: str, limits: Limits = DEFAULT_LIMITS,
+          check_text: bool = True) -> dict[str, Any]:
+    """Parse one payload within ``limits``: every failure is a WireError, including those
+    json raises as RecursionError (deep nesting) or ValueError (an integer of more than
+    4,300 digits). ``check_text=False`` leaves lone surrogates and NUL to a decoder that
+    checks every string it keeps itself (readings: one bad reading must not cost the
+    batch)."""
+    if len(payload) > limits.max_bytes:
+        raise WireError(f"{what}: {len(payload)} bytes is over the limit of {limits.max_bytes}",
+                        "too_large")
     try:
-        obj = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WireError(f"{what}: not valid JSON ({exc})") from None
+        raw = payload.encode() if isinstance(payload, str) else bytes(payload)
+    except UnicodeEncodeError:
+        raise WireError(f"{what}: text with a lone surrogate", "bad_text") from None
+    _check_depth(raw, what, limits.max_depth)
+    try:
+        obj = json.loads(raw)
+    except RecursionError:
+        raise WireError(f"{what}: nested too deep to parse", "too_deep") from None
+    except UnicodeDecodeError as exc:
+        raise WireError(f"{what}: not valid UTF-8 ({exc.reason})", "bad_json") from None
+    except ValueError as exc:  # JSONDecodeError, or an integer too long to convert
+        code = "bad_number" if "digits" in str(exc) else "bad_json"
+        raise WireError(f"{what}: not valid JSON ({_show(str(exc), 120)})", code) from None
+    if check_text and _SUSPECT.search(raw):
+        _check_text(obj, what)
     if not isinstance(obj, dict):
-        raise WireError(f"{what}: expected a JSON object, got {type(obj).__name__}")
+        raise WireError(f"{what}: expected a JSON object, got {type(obj).__name__}", "bad_json")
     schema = obj.get("schema")
     if schema != SCHEMA_VERSION:
-        raise WireError(f"{what}: schema {schema!r} is not supported (expected {SCHEMA_VERSION})")
+        raise WireError(f"{what}: schema {_show(schema)} is not supported "
+                        f"(expected {SCHEMA_VERSION})", "bad_schema")
     return obj
 
 
 def _str(obj: Mapping[str, Any], key: str, where: str) -> str:
     value = obj.get(key)
     if not isinstance(value, str) or not value:
-        raise WireError(f"{where}.{key}: expected a non-empty string, got {value!r}")
+        raise WireError(f"{where}.{key}: expected a non-empty string, got {_show(value)}")
+    return value
+
+
+def _id(obj: Mapping[str, Any], key: str, where: str) -> str:
+    """A meter, gateway or site id: at most 64 characters of :data:`ID_PATTERN`."""
+    value = obj.get(key)
+    if type(value) is not str or not _is_id(value):
+        if not isinstance(value, str) or not value:
+            _str(obj, key, where)
+        raise WireError(f"{where}.{key}: {_show(value)} is not an id ({ID_PATTERN})", "bad_id")
     return value
 
 
 def _int(obj: Mapping[str, Any], key: str, where: str, minimum: int = 0) -> int:
     value = obj.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise WireError(f"{where}.{key}: expected an integer >= {minimum}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_INT:
+        raise WireError(f"{where}.{key}: expected an integer >= {minimum}, got {_show(value)}",
+                        "bad_number")
     return value
 
 
@@ -332,14 +494,14 @@ def decode_reading_fields(obj: Any, where: str = "reading",
     readings of one batch (they usually share one stamp).
     """
     if not isinstance(obj, dict):
-        raise WireError(f"{where}: expected an object, got {obj!r}")
+        raise WireError(f"{where}: expected an object, got {_show(obj)}")
     meter = obj.get("meter")
-    if type(meter) is not str or not meter:
-        meter = _str(obj, "meter", where)  # a str subclass passes; anything else raises
+    if type(meter) is not str or not _is_id(meter):
+        meter = _id(obj, "meter", where)  # raises
     stamp: Any = obj.get("taken_at")
     taken_at = times.get(stamp) if times is not None and type(stamp) is str else None
     if taken_at is None:
-        taken_at = parse_time(stamp, f"{where}.taken_at")
+        taken_at = parse_stamp(stamp, f"{where}.taken_at")
         if times is not None:
             times[stamp] = taken_at  # a str: parse_time refuses anything else
     raw_values = obj.get("values")
@@ -347,32 +509,36 @@ def decode_reading_fields(obj: Any, where: str = "reading",
         raise WireError(f"{where}.values: expected a non-empty object of quantities")
     values: list[tuple[str, float, str]] = []
     for name, item in raw_values.items():
+        if not _is_id(name):
+            raise WireError(f"{where}.values: quantity {_show(name)} is not a name "
+                            f"({ID_PATTERN})", "bad_id")
         if not isinstance(item, dict):
             raise WireError(f"{where}.values.{name}: expected {{'value': number, 'unit': text}},"
-                            f" got {item!r}")
+                            f" got {_show(item)}")
         number = item.get("value")
         if type(number) is not float or not math.isfinite(number):
             number = _number(number, f"{where}.values.{name}.value")
         unit = item.get("unit")
-        if not isinstance(unit, str):
-            raise WireError(f"{where}.values.{name}.unit: expected a unit string, got {unit!r}")
+        if not isinstance(unit, str) or len(unit) > 16:
+            raise WireError(f"{where}.values.{name}.unit: expected a unit string, "
+                            f"got {_show(unit)}", "bad_text")
         values.append((name, number, unit))
     relay = obj.get("relay")
     if relay is not None and relay not in RELAY_STATES:
-        raise WireError(f"{where}.relay: {relay!r} is not one of {', '.join(RELAY_STATES)}")
+        raise WireError(f"{where}.relay: {_show(relay)} is not one of {', '.join(RELAY_STATES)}")
     return meter, taken_at, values, relay
 
 
 def _number(value: Any, where: str) -> float:
     """A JSON number as a finite float, or the reason it is not (the uncommon path)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise WireError(f"{where}: expected a number, got {value!r}")
+        raise WireError(f"{where}: expected a number, got {_show(value)}", "bad_number")
     try:
         number = float(value)
     except OverflowError:
-        raise WireError(f"{where}: {value!r} is not finite") from None
+        raise WireError(f"{where}: {_show(value)} is not finite", "bad_number") from None
     if not math.isfinite(number):
-        raise WireError(f"{where}: {value!r} is not finite")
+        raise WireError(f"{where}: {value!r} is not finite", "bad_number")
     return number
 
 
@@ -387,18 +553,33 @@ class BatchEnvelope:
     raw_readings: list[Any]
 
 
-def decode_readings_envelope(payload: bytes | str) -> BatchEnvelope:
-    obj = _load(payload, "readings")
+def decode_readings_envelope(payload: bytes | str,
+                             limits: Limits = DEFAULT_LIMITS) -> BatchEnvelope:
+    obj = _load(payload, "readings", limits, check_text=False)  # ids, units, names: checked
     raw = obj.get("readings")
     if not isinstance(raw, list):
         raise WireError("readings.readings: expected a list")
+    if len(raw) > limits.max_items:
+        raise WireError(f"readings.readings: {len(raw)} readings, more than the "
+                        f"{limits.max_items} a batch may hold", "too_many")
     return BatchEnvelope(
-        gateway=_str(obj, "gateway", "readings"),
-        site=_str(obj, "site", "readings"),
+        gateway=_id(obj, "gateway", "readings"),
+        site=_id(obj, "site", "readings"),
         seq=_int(obj, "seq", "readings"),
-        sent_at=parse_time(obj.get("sent_at"), "readings.sent_at"),
+        sent_at=parse_stamp(obj.get("sent_at"), "readings.sent_at"),
         raw_readings=raw,
     )
+
+
+def batch_identity(payload: bytes | str, limits: Limits = DEFAULT_LIMITS
+                   ) -> tuple[str, int] | None:
+    """(gateway, seq) of a readings payload whose envelope may be bad otherwise, or None: a
+    refused batch is still receipted, so its gateway stops sending it."""
+    try:
+        obj = _load(payload, "readings", limits)
+        return _id(obj, "gateway", "readings"), _int(obj, "seq", "readings")
+    except WireError:
+        return None
 
 
 def decode_readings(payload: bytes | str) -> ReadingsBatch:
@@ -476,42 +657,57 @@ def decode_ack(payload: bytes | str) -> Ack:
     )
 
 
-def decode_status(payload: bytes | str) -> Status:
-    obj = _load(payload, "status")
+def decode_status(payload: bytes | str, limits: Limits = DEFAULT_LIMITS) -> Status:
+    """A (retained) status: the same guard as readings, or a retained poison message would
+    stop every consumer that starts later."""
+    obj = _load(payload, "status", limits)
     health = obj.get("health", {})
     if not isinstance(health, dict):
         raise WireError("status.health: expected an object")
+    check_free(health, "status.health", limits)
     return Status(
-        gateway=_str(obj, "gateway", "status"),
-        site=_str(obj, "site", "status"),
+        gateway=_id(obj, "gateway", "status"),
+        site=_id(obj, "site", "status"),
         state=_choice(obj, "state", "status", ("online", "offline")),
-        at=parse_time(obj.get("at"), "status.at"),
+        at=parse_stamp(obj.get("at"), "status.at"),
         health=health,
     )
 
 
-def decode_events(payload: bytes | str) -> tuple[str, list[Event]]:
-    obj = _load(payload, "events")
-    gateway = _str(obj, "gateway", "events")
+def decode_events(payload: bytes | str,
+                  limits: Limits = DEFAULT_LIMITS) -> tuple[str, list[Event]]:
+    obj = _load(payload, "events", limits)
+    gateway = _id(obj, "gateway", "events")
     raw = obj.get("events")
     if not isinstance(raw, list):
         raise WireError("events.events: expected a list")
+    if len(raw) > limits.max_items:
+        raise WireError(f"events.events: more than {limits.max_items} events", "too_many")
     events = []
     for i, item in enumerate(raw):
         where = f"events.events[{i}]"
         if not isinstance(item, dict):
             raise WireError(f"{where}: expected an object")
         data = item.get("data", {})
+        data = data if isinstance(data, dict) else {}
+        check_free(data, f"{where}.data", limits)
+        meter = item.get("meter")
         events.append(
             Event(
-                kind=_str(item, "kind", where),
-                at=parse_time(item.get("at"), f"{where}.at"),
-                meter=item.get("meter") if isinstance(item.get("meter"), str) else None,
-                detail=str(item.get("detail", "")),
-                data=data if isinstance(data, dict) else {},
+                kind=_id(item, "kind", where),
+                at=parse_stamp(item.get("at"), f"{where}.at"),
+                meter=_id(item, "meter", where) if isinstance(meter, str) else None,
+                detail=_detail(item.get("detail", ""), limits),
+                data=data,
             )
         )
     return gateway, events
+
+
+def _detail(value: Any, limits: Limits) -> str:
+    """An event's free text, cut to the text limit (a long message is still worth keeping)."""
+    text = value if isinstance(value, str) else _show(value, limits.max_text)
+    return text[: limits.max_text]
 
 
 def offline_status(gateway: str, site: str) -> bytes:
@@ -527,41 +723,53 @@ def offline_status(gateway: str, site: str) -> bytes:
 # ``{"schema":1,"gateway":gw,"site":site,"ranges":[[first,last],...],"at":iso}``; a range
 # names every seq from ``first`` to ``last`` inclusive.
 
-MAX_RECEIPT_RANGES = 10_000
-
 
 @dataclass(frozen=True, slots=True)
 class Receipt:
+    """The collector's word that it is done with these readings batches of one gateway."""
+
     gateway: str
     site: str
-    ranges: tuple[tuple[int, int], ...]
+    ranges: tuple[tuple[int, int], ...]  # (first_seq, last_seq), inclusive
     at: datetime
 
 
-def encode_receipt(gateway: str, site: str, ranges: list[tuple[int, int]],
+def encode_receipt(gateway: str, site: str, ranges: Sequence[tuple[int, int]],
                    at: datetime) -> bytes:
-    """The collector's word that batches ``ranges`` of ``gateway`` are committed."""
+    """Published by the collector on ``meterhub/v1/<site>/<gateway>/receipt`` (QoS 1) after
+    the batches were committed: stored, or refused for good (dead-lettered); either way the
+    gateway may drop them from its buffer and must not send them again."""
     return _dumps({"schema": SCHEMA_VERSION, "gateway": gateway, "site": site,
                    "ranges": [[first, last] for first, last in ranges], "at": utc_iso(at)})
 
 
-def decode_receipt(payload: bytes | str) -> Receipt:
-    obj = _load(payload, "receipt")
+def decode_receipt(payload: bytes | str, limits: Limits = DEFAULT_LIMITS) -> Receipt:
+    obj = _load(payload, "receipt", limits)
     raw = obj.get("ranges")
-    if not isinstance(raw, list) or len(raw) > MAX_RECEIPT_RANGES:
-        raise WireError(f"receipt.ranges: expected a list of at most {MAX_RECEIPT_RANGES} "
-                        "[first, last] pairs")
+    if not isinstance(raw, list) or not raw or len(raw) > limits.max_items:
+        raise WireError(f"receipt.ranges: expected 1..{limits.max_items} [first, last] pairs")
     ranges = []
-    for i, item in enumerate(raw):
-        if (not isinstance(item, list) or len(item) != 2
-                or any(isinstance(v, bool) or not isinstance(v, int) for v in item)
-                or not 0 <= item[0] <= item[1] < 2**63):
-            raise WireError(f"receipt.ranges[{i}]: {item!r} is not [first, last] with "
-                            "0 <= first <= last")
-        ranges.append((item[0], item[1]))
+    for i, pair in enumerate(raw):
+        if (not isinstance(pair, list) or len(pair) != 2
+                or any(isinstance(n, bool) or not isinstance(n, int) for n in pair)
+                or not 0 <= pair[0] <= pair[1] <= MAX_INT):
+            raise WireError(f"receipt.ranges[{i}]: {_show(pair)} is not [first, last] with "
+                            "0 <= first <= last", "bad_number")
+        ranges.append((pair[0], pair[1]))
     return Receipt(
-        gateway=_str(obj, "gateway", "receipt"),
-        site=_str(obj, "site", "receipt"),
+        gateway=_id(obj, "gateway", "receipt"),
+        site=_id(obj, "site", "receipt"),
         ranges=tuple(ranges),
         at=parse_time(obj.get("at"), "receipt.at"),
     )
+
+
+def seq_ranges(seqs: Sequence[int]) -> list[tuple[int, int]]:
+    """Sequence numbers coalesced into inclusive runs: [1, 2, 3, 7] -> [(1, 3), (7, 7)]."""
+    out: list[tuple[int, int]] = []
+    for n in sorted(set(seqs)):
+        if out and n == out[-1][1] + 1:
+            out[-1] = (out[-1][0], n)
+        else:
+            out.append((n, n))
+    return out

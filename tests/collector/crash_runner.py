@@ -17,7 +17,7 @@ async def main(db_url: str, host: str, port: int, site: str, client_id: str) -> 
     config = CollectorConfig(
         database_url=db_url, mqtt=MqttSettings(host, port), site=site,
         shared_group=f"g{site}", client_id=client_id, validate_every_s=None,
-        batch_max_delay_s=0.3,
+        batch_max_delay_s=0.3, commission_unknown_meters=True,
     )
     collector = Collector(config)
 

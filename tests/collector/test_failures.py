@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -32,13 +33,6 @@ from meterhub import wire
 
 pytestmark = pytest.mark.integration
 _ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def pub(mqtt):
-    p = Publisher(mqtt)
-    yield p
-    p.close()
 
 
 def _payloads(site: str, n: int, per: int = 5) -> list[bytes]:
@@ -224,11 +218,14 @@ async def test_broker_restart_loses_nothing(db_url, site, broker_dir, shared):
             first.close()  # the broker goes away under the running collector
             await wait_until(lambda: not col.ready.is_set(), what="collector sees the outage")
             with mosquitto_broker(workdir, port) as again:
+                back = time.monotonic()
                 if shared:
                     # Mosquitto 2.0 restores plain subscriptions from its persistence file but
                     # not $share ones: until the collector has subscribed again, messages for a
                     # shared group are dropped by the broker. Publish once it has.
                     await wait_until(col.ready.is_set, what="resubscribed", timeout=30)
+                    # fast reconnect: first retry within 0.5 s, doubling from there
+                    assert time.monotonic() - back < 5.0
                 pub = Publisher(again)
                 for p in payloads[3:]:
                     pub.publish(topic, p)  # plain: queued for the collector's session
@@ -239,3 +236,22 @@ async def test_broker_restart_loses_nothing(db_url, site, broker_dir, shared):
                 await wait_until(lambda: col.stats.messages >= 6, what="six messages counted")
                 pub.close()
     assert scalar(db_url, "SELECT count(*) FROM readings") == 30
+
+
+def test_reconnect_backoff_starts_fast_and_jittered(mqtt, site):
+    """paho's first retry comes within 0.5 s, at a different moment for each collector, and
+    a lost connection starts the backoff over (issue 12 item 5)."""
+    from collector._mqtt import Consumer
+
+    loop = asyncio.new_event_loop()
+    try:
+        consumers = [Consumer(config("postgresql://unused", mqtt, site), loop) for _ in range(8)]
+        first = [c._client._reconnect_min_delay for c in consumers]
+        assert all(0 < d <= 0.5 for d in first) and len(set(first)) > 1
+        one = consumers[0]
+        one._client._reconnect_delay = 8  # deep in a backoff ...
+        one._on_disconnect(one._client, None, None, 7)  # ... then connected and lost again
+        assert one._client._reconnect_delay is None
+        assert 0 < one._client._reconnect_min_delay <= 0.5
+    finally:
+        loop.close()

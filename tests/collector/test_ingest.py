@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
 from colhelp import (
     T0,
-    Publisher,
     batch_payload,
     config,
     minutes,
@@ -23,13 +23,6 @@ from colhelp import (
 from meterhub import wire
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def pub(mqtt):
-    p = Publisher(mqtt)
-    yield p
-    p.close()
 
 
 async def test_batch_is_stored_with_meters_and_sequence(db_url, mqtt, site, pub):
@@ -79,7 +72,7 @@ async def test_malformed_messages_go_to_dead_letters_and_good_readings_stay(
     mixed["readings"] += [
         {"meter": "bad-unit", "taken_at": wire.utc_iso(T0),
          "values": {"energy_import_total": {"value": 1, "unit": "Wh"}}},
-        {"meter": "future", "taken_at": "2099-01-01T00:00:00Z",
+        {"meter": "future", "taken_at": wire.utc_iso(datetime.now(UTC) + timedelta(hours=1)),
          "values": {"energy_import_total": {"value": 1, "unit": "kWh"}}},
         {"meter": "epoch", "taken_at": "2000-01-01T00:00:00Z",
          "values": {"energy_import_total": {"value": 1, "unit": "kWh"}}},
@@ -180,8 +173,9 @@ async def test_known_meters_only_dead_letters_strangers(db_url, mqtt, site, pub)
     assert "unknown meter 'stranger'" in str(scalar(db_url, "SELECT reason FROM dead_letters"))
 
 
-async def test_data_the_database_refuses_is_dead_lettered_alone(db_url, mqtt, site, pub):
-    """A status whose health JSON holds a NUL passes the wire checks but not jsonb."""
+async def test_text_the_database_cannot_store_is_refused_at_the_wire(db_url, mqtt, site, pub):
+    """A status whose health JSON holds a NUL (jsonb refuses it) is dead-lettered by the wire
+    checks, alone; the database-refusal path itself is tested in test_poison.py."""
     async with running(config(db_url, mqtt, site, batch_max_delay_s=0.5,
                               batch_linger_s=0.5)) as col:
         await subscribed(col)
@@ -191,7 +185,7 @@ async def test_data_the_database_refuses_is_dead_lettered_alone(db_url, mqtt, si
                     batch_payload(site, "gw3", 1, [reading("m", T0, 1.0)]))
         await wait_until(lambda: col.stats.messages == 2, what="both messages")
     assert scalar(db_url, "SELECT count(*) FROM readings") == 1
-    assert "refused by the database" in str(scalar(db_url, "SELECT reason FROM dead_letters"))
+    assert scalar(db_url, "SELECT code FROM dead_letters") == "bad_text"
 
 
 async def test_two_collectors_split_one_shared_subscription(db_url, mqtt, site, pub):
@@ -212,15 +206,23 @@ async def test_two_collectors_split_one_shared_subscription(db_url, mqtt, site, 
     assert scalar(db_url, "SELECT count(*) FROM readings") == n * 10
 
 
-async def test_odd_meter_ids_are_stored_verbatim(db_url, mqtt, site, pub):
-    odd = ["tab\there", "back\\slash", "new\nline", "\\.", "dollar$'quote\"", "电表-01"]
+async def test_odd_meter_ids_are_refused_and_plain_ones_stored_verbatim(db_url, mqtt, site,
+                                                                         pub):
+    """Ids are at most 64 characters of [A-Za-z0-9._:-] (wire.ID_PATTERN): anything else is
+    a dead letter (bad_id), the allowed punctuation is stored as sent."""
+    odd = ["tab\there", "back\\slash", "new\nline", "\\.", "dollar$'quote\"", "电表-01",
+           "x" * 65]
+    plain = ["a.b", "c:d", "e-f", "g_h", "X" * 64]
     topic = wire.topic(site, "gw1", "readings")
     async with running(config(db_url, mqtt, site)) as col:
         await subscribed(col)
-        pub.publish(topic, batch_payload(site, "gw1", 1, [reading(m, T0, 1.0) for m in odd]))
-        pub.publish(topic, batch_payload(site, "gw1", 1, [reading(m, T0, 1.0) for m in odd]))
+        payload = batch_payload(site, "gw1", 1, [reading(m, T0, 1.0) for m in odd + plain])
+        pub.publish(topic, payload)
+        pub.publish(topic, payload)
         await wait_until(lambda: col.stats.messages == 2, what="both (the second redelivered)")
     with psycopg.connect(db_url) as conn:
         stored = sorted(r[0] for r in conn.execute("SELECT meter_id FROM readings"))
-    assert stored == sorted(odd)
-    assert col.stats.readings_stored == len(odd)
+        codes = [r[0] for r in conn.execute("SELECT code FROM dead_letters")]
+    assert stored == sorted(plain)
+    assert codes == ["bad_id"] * len(odd) * 2
+    assert col.stats.readings_stored == len(plain)

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import psycopg
 import pytest
-from colhelp import T0, Publisher, batch_payload, config, reading, running, subscribed, wait_until
+from colhelp import T0, batch_payload, config, reading, running, subscribed, wait_until
 
 from collector.config import ValidationConfig
 from collector.vee import revalidate, review, run_pending
@@ -15,13 +15,6 @@ from meterhub import wire
 
 pytestmark = pytest.mark.integration
 IV_S = 900
-
-
-@pytest.fixture
-def pub(mqtt):
-    p = Publisher(mqtt)
-    yield p
-    p.close()
 
 
 def _reads(meter: str, start_min: int, end_min: int, step_min: int = 5, rate=lambda m: 1.0,

@@ -18,8 +18,10 @@ T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 SIGNER = CommandSigner(Ed25519PrivateKey.generate())
 KEYRING = Keyring([SIGNER.public_key])
 
+# the wire refuses device times before 2000 or more than a day ahead (wire.parse_stamp)
 times = st.datetimes(
-    min_value=datetime(2000, 1, 1), max_value=datetime(2099, 1, 1), timezones=st.just(UTC)
+    min_value=datetime(2000, 1, 1), max_value=datetime.now() - timedelta(days=1),
+    timezones=st.just(UTC),
 ).map(lambda t: t.replace(microsecond=t.microsecond // 1000 * 1000))
 values = st.dictionaries(
     st.sampled_from(sorted(QUANTITIES)),
@@ -32,7 +34,7 @@ values = st.dictionaries(
 )
 readings = st.builds(
     wire.Reading,
-    meter=st.text(min_size=1, max_size=20),
+    meter=st.from_regex(r"[A-Za-z0-9._:-]{1,20}", fullmatch=True),  # wire.ID_PATTERN
     taken_at=times,
     values=values,
     relay=st.sampled_from([None, "open", "closed", "unknown"]),
