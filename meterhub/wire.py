@@ -123,6 +123,11 @@ def _check_depth(raw: bytes, what: str, limit: int) -> None:
         raise WireError(f"{what}: nested deeper than {limit} levels", "too_deep")
 
 
+def _storable(text: str) -> bool:
+    """Text PostgreSQL can store and every encoder can write: no NUL, no lone surrogate."""
+    return "\x00" not in text and not any("\ud800" <= c <= "\udfff" for c in text)
+
+
 def _check_text(obj: Any, where: str) -> None:
     """Refuse strings (keys too) PostgreSQL cannot store: lone surrogates, NUL. Iterative."""
     stack = [obj]
@@ -519,7 +524,7 @@ def decode_reading_fields(obj: Any, where: str = "reading",
         if type(number) is not float or not math.isfinite(number):
             number = _number(number, f"{where}.values.{name}.value")
         unit = item.get("unit")
-        if not isinstance(unit, str) or len(unit) > 16:
+        if not isinstance(unit, str) or len(unit) > 16 or not _storable(unit):
             raise WireError(f"{where}.values.{name}.unit: expected a unit string, "
                             f"got {_show(unit)}", "bad_text")
         values.append((name, number, unit))

@@ -7,22 +7,9 @@ function (``one_input``) free of atheris so the regression tests can call it on 
 
 from __future__ import annotations
 
-import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from typing import Any
-
-
-@dataclass(frozen=True, slots=True)
-class Known:
-    """A crash already reported and pinned by a strict-xfail regression test (``test``) whose
-    fix lands in a file another branch owns. Tolerated so the fuzzer looks past it; set
-    ``FUZZ_STRICT=1`` to stop on it again. Remove the entry with the xfail marker."""
-
-    error: type[BaseException]
-    text: str  # part of the message that identifies this crash
-    test: str
 
 
 def chunks(data: bytes, sizes: bytes) -> Iterator[bytes]:
@@ -49,26 +36,9 @@ def split(data: bytes) -> tuple[int, bytes, bytes]:
     return selector, data[2 : 2 + count], data[2 + count :]
 
 
-def tolerating(one_input: Callable[[bytes], Any],
-               known: Sequence[Known]) -> Callable[[bytes], Any]:
-    """``one_input`` with the ``known`` crashes swallowed (unless ``FUZZ_STRICT`` is set)."""
-    if not known or os.environ.get("FUZZ_STRICT"):
-        return one_input
-    errors = tuple(k.error for k in known)
-
-    def wrapped(data: bytes) -> None:
-        try:
-            one_input(data)
-        except errors as exc:
-            if not any(isinstance(exc, k.error) and k.text in str(exc) for k in known):
-                raise
-
-    return wrapped
-
-
-def run(one_input: Callable[[bytes], Any], known: Sequence[Known] = ()) -> None:
+def run(one_input: Callable[[bytes], Any]) -> None:
     """Hand ``one_input`` to libFuzzer with the command line's flags and corpus folders."""
     import atheris
 
-    atheris.Setup(sys.argv, tolerating(one_input, known))
+    atheris.Setup(sys.argv, one_input)
     atheris.Fuzz()

@@ -17,7 +17,7 @@ import sys
 from datetime import UTC, datetime
 
 import atheris
-from fuzzkit import Known, run
+from fuzzkit import run
 
 with atheris.instrument_imports(include=["meterhub"]):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -39,14 +39,8 @@ def one_input(data: bytes) -> None:
         wire.encode_command(signed.command, signed.gateway, SIGNER, nonce=signed.nonce)
 
 
-# Reported, pinned by strict-xfail tests in tests/fuzz/test_fuzz_regressions.py; the fixes
-# belong to meterhub/security/signing.py and meterhub/wire.py (other branches).
-KNOWN = (
-    Known(ValueError, "Exceeds the limit (4300 digits)", "test_wire_refuses_huge_integers"),
-    Known(RecursionError, "maximum recursion depth", "test_wire_refuses_deep_nesting"),
-)
 
 
 if __name__ == "__main__":
-    run(one_input, KNOWN)
+    run(one_input)
     sys.exit(0)

@@ -14,7 +14,7 @@ import contextlib
 import sys
 
 import atheris
-from fuzzkit import Known, run
+from fuzzkit import run
 
 with atheris.instrument_imports(include=["meterhub"]):
     from meterhub import wire
@@ -57,17 +57,8 @@ def one_input(data: bytes) -> None:
         TARGETS[data[0] % len(TARGETS)](data[1:])
 
 
-# Reported, pinned by strict-xfail tests in tests/fuzz/test_fuzz_regressions.py; the fixes
-# belong to meterhub/wire.py (another branch).
-KNOWN = (
-    Known(UnicodeEncodeError, "surrogates not allowed", "test_wire_refuses_lone_surrogates"),
-    Known(ValueError, "Exceeds the limit (4300 digits)", "test_wire_refuses_huge_integers"),
-    Known(RecursionError, "maximum recursion depth", "test_wire_refuses_deep_nesting"),
-    Known(OverflowError, "date value out of range", "test_wire_refuses_unrepresentable_times"),
-    Known(ValueError, "Out of range float values", "test_wire_refuses_non_finite_free_form"),
-)
 
 
 if __name__ == "__main__":
-    run(one_input, KNOWN)
+    run(one_input)
     sys.exit(0)

@@ -1,11 +1,9 @@
 """Crashes the fuzz harnesses found (or that the issue-12 poisons reproduce), each fed to its
 entry point: the documented error must come out, nothing else.
 
-Fixed: the protocol codecs, the signed-command envelope, the gateway config loader and the
-MQTT URL setting. Still marked ``xfail(strict=True)``: the wire decoders' crashes, whose fix is
-on its way with the collector's payload limits; when it lands the test passes, strict xfail
-turns that into a failure, and the marker comes off together with the matching ``KNOWN`` entry
-of the harness.
+All fixed: the protocol codecs, the wire decoders' payload limits, the signed-command
+envelope, the gateway config loader and the MQTT URL setting. A new crash gets its test here
+with its fix.
 """
 
 from __future__ import annotations
@@ -53,9 +51,6 @@ WIRE_DECODERS = (wire.decode_readings, wire.decode_ack, wire.decode_status,
                  wire.decode_events, decode_command)
 
 
-def _wire_owns(reason: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=f"meterhub/wire.py (other branch): {reason}")
-
 
 # ---------------------------------------------------------------------------- fixed here
 
@@ -81,8 +76,6 @@ def test_register_map_file_that_tomllib_cannot_hold_is_a_map_error(
 # ---------------------------------------------------------------------------- wire.py
 
 
-@_wire_owns("decoded strings may hold lone surrogates that no encoder can write; refuse them "
-            "in _load (json.loads then check every str, or a strict re-encode of the text)")
 def test_wire_refuses_lone_surrogates() -> None:
     with pytest.raises(wire.WireError):
         wire.encode_readings(wire.decode_readings(READINGS))
@@ -102,24 +95,18 @@ def test_command_refuses_non_finite_params() -> None:
         decode_command(poison)
 
 
-@_wire_owns("json.loads raises a plain ValueError for an integer of more than 4300 digits; "
-            "_load catches only JSONDecodeError/UnicodeDecodeError")
 @pytest.mark.parametrize("decode", WIRE_DECODERS)
 def test_wire_refuses_huge_integers(decode) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(wire.WireError):
         decode(b'{"schema":1,"seq":' + b"1" * 5000 + b"}")
 
 
-@_wire_owns("json.loads raises RecursionError on deep nesting; cap the depth before parsing "
-            "or catch RecursionError in _load")
 @pytest.mark.parametrize("decode", WIRE_DECODERS)
 def test_wire_refuses_deep_nesting(decode) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(wire.WireError):
         decode(b"[" * 100_000)
 
 
-@_wire_owns("parse_time: astimezone(UTC) overflows past year 9999 / before year 1 "
-            "(OverflowError); catch it with the ValueError")
 @pytest.mark.parametrize("payload", [
     ACK_FAR_FUTURE, ACK_FAR_FUTURE.replace(b"9999-12-31T23:59:59-01:00",
                                            b"0001-01-01T00:00:00+01:00")])
@@ -128,9 +115,6 @@ def test_wire_refuses_unrepresentable_times(payload: bytes) -> None:
         wire.decode_ack(payload)
 
 
-@_wire_owns("events' data and status' health are free-form objects whose numbers may be "
-            "1e400 (inf); they decode but encode_events/encode_status refuse them: check them "
-            "with the same finite-number rule as reading values")
 @pytest.mark.parametrize("payload", [
     b'{"schema":1,"gateway":"gw-1","events":[{"kind":"comm_error",'
     b'"at":"2025-01-01T00:00:00.000Z","data":{"tries":1e4003}}]}',
