@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from colhelp import Publisher
+from collector_helpers import Publisher
 
 from meterhub.settings import MqttSettings
 

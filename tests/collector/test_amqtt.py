@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from colhelp import (
+from collector_helpers import (
     T0,
     Publisher,
     batch_payload,

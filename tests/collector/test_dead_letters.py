@@ -10,7 +10,7 @@ import json
 
 import psycopg
 import pytest
-from colhelp import (
+from collector_helpers import (
     T0,
     batch_payload,
     config,

@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from colhelp import (
+from collector_helpers import (
     T0,
     Publisher,
     batch_payload,

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
-from colhelp import (
+from collector_helpers import (
     T0,
     batch_payload,
     config,

@@ -9,7 +9,7 @@ import uuid
 
 import paho.mqtt.client as paho
 import pytest
-from colhelp import (
+from collector_helpers import (
     T0,
     batch_payload,
     config,

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import psycopg
 import pytest
-from colhelp import T0, batch_payload, config, reading, running, subscribed, wait_until
+from collector_helpers import T0, batch_payload, config, reading, running, subscribed, wait_until
 
 from collector.config import ValidationConfig
 from collector.vee import revalidate, review, run_pending

@@ -1,5 +1,5 @@
-"""Fixtures of the gateway tests (helpers live in gwhelp.py)."""
+"""Fixtures of the gateway tests (helpers live in gateway_helpers.py)."""
 
-from gwhelp import sim_bus
+from gateway_helpers import sim_bus
 
 __all__ = ["sim_bus"]

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gwhelp import SIM_MODEL, dlt_meters, rtu_meters
+from gateway_helpers import SIM_MODEL, dlt_meters, rtu_meters
 
 from firmware_sim.modbus_tcp import ModbusTcpServer
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gwhelp import (
+from gateway_helpers import (
     Recorder,
     command,
     dlt_meters,

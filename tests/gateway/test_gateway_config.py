@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gwhelp import signer_for
+from gateway_helpers import signer_for
 
 from gateway import ConfigError, config_from_dict, load_config
 from meterhub.security import write_private_file, write_public_key

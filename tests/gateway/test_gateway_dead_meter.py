@@ -7,7 +7,7 @@ import asyncio
 from collections import Counter
 from typing import Any
 
-from gwhelp import SIM_MODEL, rtu_meters
+from gateway_helpers import SIM_MODEL, rtu_meters
 
 from gateway.config import BusConfig, MeterConfig
 from gateway.drivers import open_driver

@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from gwhelp import SIM_MODEL, record, rtu_meters, wait_for
+from gateway_helpers import SIM_MODEL, record, rtu_meters, wait_for
 
 from firmware_sim.modbus_tcp import ModbusTcpServer
 from gateway import Gateway, config_from_dict

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gwhelp import command, dlt_meters, gateway_config, record, send_command, wait_for
+from gateway_helpers import command, dlt_meters, gateway_config, record, send_command, wait_for
 
 from gateway import Gateway, config_from_dict
 from gateway.supervise import Supervisor, safe_text

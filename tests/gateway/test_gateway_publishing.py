@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gwhelp import QUANTITIES, dlt_meters, gateway_config, record, rtu_meters, wait_for
+from gateway_helpers import QUANTITIES, dlt_meters, gateway_config, record, rtu_meters, wait_for
 
 from gateway import Gateway, config_from_dict
 from launcher.embedded import free_port, mosquitto_broker

@@ -13,7 +13,7 @@ from typing import Any
 
 import aiomqtt
 import pytest
-from gwhelp import gateway_config, record, rtu_meters, wait_for
+from gateway_helpers import gateway_config, record, rtu_meters, wait_for
 
 from gateway import Gateway, config_from_dict
 from gateway.store import Store

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gwhelp import SIM_MODEL, Recorder, dlt_meters, record, rtu_meters, wait_for
+from gateway_helpers import SIM_MODEL, Recorder, dlt_meters, record, rtu_meters, wait_for
 
 from meterhub.settings import MqttSettings
 
