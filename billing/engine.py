@@ -32,14 +32,15 @@ from billing import alerts, commands, lifecycle
 from billing.charging import CommitHorizon, charge_parallel
 from billing.disconnect import PolicyKnobs, evaluate_accounts, handle_deadlines, reconcile
 from billing.errors import BillingError
-from billing.faults import Supervisor, is_data_error, is_outage
 from billing.lifecycle import CommandState
 from billing.manual import end_expired_holds
 from billing.retry import RetryPolicy
 from billing.tariffs import TariffError, check_history, load_tariffs
 from meterhub import wire
+from meterhub.dbfaults import is_data_error, is_outage
 from meterhub.security import CommandSigner, InsecureFileError, KeyFileError
 from meterhub.settings import MqttSettings
+from meterhub.supervise import Supervisor, TaskHealth
 
 log = logging.getLogger(__name__)
 
@@ -167,23 +168,26 @@ class BillingEngine:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; survives database and broker outages.
 
-        Four tasks run under a :class:`billing.faults.Supervisor` (a failing one is logged,
+        Four tasks run under a :class:`meterhub.supervise.Supervisor` (a failing one is logged,
         counted in ``stats.task_restarts`` and restarted with backoff): charging (charge,
         policy, deadlines, reconciliation), commands (send what is due), alerts (publish)
         and acks (the broker connection, applying acks). Tariff files that rewrite the past
         stop the engine: a person must fix them.
         """
-        supervisor = Supervisor(stop, fatal=(TariffError,), restarts=self.stats.task_restarts,
-                                last_errors=self.stats.task_errors)
+        def counted(name: str, health: TaskHealth) -> None:
+            self.stats.task_restarts[name] = health.restarts
+            self.stats.task_errors[name] = health.last_error or ""
+
+        supervisor = Supervisor(stop, on_restart=counted)
         try:
-            await supervisor.run({
+            await supervisor.run_all({
                 "charging": lambda: self._every_poll(stop, self.tick, self._drop_tick_conns),
                 "commands": lambda: self._every_poll(
                     stop, self._send_due, lambda: self._drop_conn("_send_conn")),
                 "alerts": lambda: self._every_poll(
                     stop, self._publish_alerts, lambda: self._drop_conn("_alert_conn")),
                 "acks": lambda: self._mqtt_loop(stop),
-            })
+            }, passthrough=(TariffError,))
         finally:
             for name in ("_tick_conn", "_send_conn", "_alert_conn", "_ack_conn"):
                 await asyncio.to_thread(self._drop_conn, name)

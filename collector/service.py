@@ -12,9 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -24,7 +23,8 @@ from collector import dead_letters, ownership, parse, store, vee
 from collector._mqtt import Consumer, Message
 from collector.config import CollectorConfig
 from collector.store import Batch
-from meterhub import db, wire
+from meterhub import db, dbfaults, wire
+from meterhub.supervise import Supervisor, TaskHealth
 
 log = logging.getLogger(__name__)
 
@@ -72,18 +72,22 @@ class Collector:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set, then commit and ack what was received, and return.
 
-        Every long-running task is supervised (:meth:`_supervise`): one that fails is
-        logged, counted in ``stats.task_restarts`` and started again with backoff, so the
-        collector never runs on with a dead task."""
+        Every long-running task runs under a :class:`meterhub.supervise.Supervisor`: one that
+        fails is logged, counted in ``stats.task_restarts`` and started again with backoff,
+        so the collector never runs on with a dead task."""
         if self.config.migrate:
             await asyncio.to_thread(db.migrate, self.config.database_url)
-        helpers = [asyncio.create_task(self._supervise("dead_letter_prune", self._prune_loop,
-                                                       stop))]
+
+        def counted(name: str, health: TaskHealth) -> None:
+            self.stats.task_restarts[name] = health.restarts
+            self.stats.task_last_error[name] = health.last_error or ""
+
+        supervisor = Supervisor(stop, on_restart=counted)
+        helpers = [supervisor.spawn("dead_letter_prune", lambda: self._prune_loop(stop))]
         if self.config.validate_every_s:
-            helpers.append(asyncio.create_task(self._supervise("validation",
-                                                               self._validate_loop, stop)))
+            helpers.append(supervisor.spawn("validation", lambda: self._validate_loop(stop)))
         try:
-            await self._supervise("ingest", self._consume, stop)
+            await supervisor.run("ingest", lambda: self._consume(stop))
         finally:
             for task in helpers:
                 task.cancel()
@@ -93,36 +97,6 @@ class Collector:
                 with contextlib.suppress(Exception):
                     await self._conn.close()
                 self._conn = None
-
-    async def _supervise(self, name: str, body: Callable[[asyncio.Event], Awaitable[None]],
-                         stop: asyncio.Event) -> None:
-        """Run ``body`` until it returns with ``stop`` set; restart it after an exception
-        (jittered exponential backoff from 0.5 s up to 30 s, reset after a minute of health)."""
-        delay = 0.5
-        while True:
-            started = time.monotonic()
-            try:
-                await body(stop)
-                if stop.is_set():
-                    return
-                raise RuntimeError(f"{name} returned while the collector runs")
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if stop.is_set():
-                    log.exception("collector task %s failed while stopping", name)
-                    return
-                self.stats.task_restarts[name] = self.stats.task_restarts.get(name, 0) + 1
-                self.stats.task_last_error[name] = f"{type(exc).__name__}: {exc}"[:300]
-                if time.monotonic() - started > 60:
-                    delay = 0.5
-                wait = delay * random.uniform(0.5, 1.0)
-                log.exception("collector task %s failed; restarting in %.1f s", name, wait)
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=wait)
-                if stop.is_set():
-                    return
-                delay = min(delay * 2, 30.0)
 
     async def _consume(self, stop: asyncio.Event) -> None:
         """One broker session's worth of ingest. After a failure the session is resumed (not
@@ -280,9 +254,9 @@ class Collector:
 
     async def _flush(self, consumer: Consumer, batch: Batch, stop: asyncio.Event) -> None:
         """Commit the batch, then ack it. The database's refusal is sorted by SQLSTATE
-        (store.is_data_error): data it refused is dead-lettered and acked, so one poison
-        message never stalls ingestion; an outage keeps the messages unacked and retries with
-        backoff until the database is back."""
+        (:func:`meterhub.dbfaults.is_data_error`): data it refused is dead-lettered and
+        acked, so one poison message never stalls ingestion; an outage keeps the messages
+        unacked and retries with backoff until the database is back."""
         delay = 0.2
         gave_up_at = None
         while True:
@@ -292,7 +266,7 @@ class Collector:
             except psycopg.Error as exc:
                 self.stats.db_errors += 1
                 await self._drop_connection()
-                if store.is_data_error(exc):
+                if dbfaults.is_data_error(exc):
                     self.stats.db_data_errors += 1
                     if batch.messages > 1:  # find the message(s) responsible, keep the rest
                         await self._flush_one_by_one(consumer, batch, stop)

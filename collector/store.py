@@ -156,20 +156,6 @@ class WritePolicy:
     dead_letter_prefix_bytes: int = 4096
 
 
-# SQLSTATE classes of errors the data itself caused: data exception, integrity constraint,
-# syntax/access rule (a value the statement cannot take), program limit exceeded (a key too
-# long for its index), PL/pgSQL raise. Anything else is the database being away or busy.
-DATA_ERROR_CLASSES = ("22", "23", "42", "54", "P0")
-
-
-def is_data_error(exc: BaseException) -> bool:
-    """Whether the database refused what we sent (dead-letter it and go on) rather than being
-    unavailable (08 connection, 57P operator intervention, 53 resources, a dropped socket:
-    keep the messages unacked, back off, try again)."""
-    sqlstate = getattr(exc, "sqlstate", None)
-    return isinstance(sqlstate, str) and sqlstate[:2] in DATA_ERROR_CLASSES
-
-
 def dead_letter_row(d: DeadLetter, now: datetime, policy: WritePolicy) -> tuple[Any, ...]:
     """A dead letter as stored: the payload whole when small enough to replay, else its
     first bytes; always its length and sha256; the reason cut to a line a person reads."""

@@ -25,8 +25,8 @@ from gateway.publisher import Publisher
 from gateway.scheduler import BusWorker
 from gateway.stats import GatewayStats
 from gateway.store import Store
-from gateway.supervise import Supervisor
 from meterhub.settings import MqttSettings, data_dir, mqtt_settings
+from meterhub.supervise import Supervisor
 
 log = logging.getLogger(__name__)
 

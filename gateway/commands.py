@@ -34,9 +34,9 @@ from gateway.drivers.base import Driver, DriverError, MeterRejected, NoAnswer
 from gateway.scheduler import BusWorker
 from gateway.stats import GatewayStats
 from gateway.store import Store
-from gateway.supervise import safe_text
 from meterhub import wire
 from meterhub.security import RefusalReason, SignatureRefused, SqliteReplayGuard
+from meterhub.supervise import safe_text
 from meterhub.wire import Ack, Command, Event, RelayState
 
 log = logging.getLogger(__name__)

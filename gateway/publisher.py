@@ -33,9 +33,9 @@ import aiomqtt
 from gateway.config import GatewayConfig
 from gateway.stats import GatewayStats
 from gateway.store import Store, StoredBatch
-from gateway.supervise import Supervisor, safe_text
 from meterhub import wire
 from meterhub.settings import MqttSettings
+from meterhub.supervise import Supervisor, safe_text
 from meterhub.wire import Ack, Event, Reading
 
 log = logging.getLogger(__name__)

@@ -22,8 +22,7 @@ from collector_helpers import (
     wait_until,
 )
 
-from collector import store
-from meterhub import wire
+from meterhub import dbfaults, wire
 
 pytestmark = pytest.mark.integration
 
@@ -170,11 +169,8 @@ async def test_unreachable_database_acks_nothing(db_url, mqtt, site, pub):
 
 
 def test_sqlstate_classes() -> None:
-    class Err(Exception):
-        def __init__(self, sqlstate: str | None) -> None:
-            self.sqlstate = sqlstate
-
     for code in ("22003", "22P02", "23505", "42804", "54000", "54001", "P0001"):
-        assert store.is_data_error(Err(code)), code
-    for code in ("08006", "57P01", "57P03", "53300", "53100", "40001", None):
-        assert not store.is_data_error(Err(code)), code
+        assert dbfaults.is_data_error(psycopg.errors.lookup(code)("x")), code
+    for code in ("08006", "57P01", "57P03", "53300", "53100", "40001"):
+        assert not dbfaults.is_data_error(psycopg.errors.lookup(code)("x")), code
+    assert not dbfaults.is_data_error(RuntimeError("a bug"))

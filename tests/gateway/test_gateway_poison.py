@@ -13,8 +13,8 @@ import pytest
 from gateway_helpers import command, dlt_meters, gateway_config, record, send_command, wait_for
 
 from gateway import Gateway, config_from_dict
-from gateway.supervise import Supervisor, safe_text
 from meterhub.settings import MqttSettings
+from meterhub.supervise import Supervisor, safe_text
 
 GOOD_SHAPE = '{"schema":1,"attempt":1,"command_id":"%s","meter":"000000000001","gateway":"gw1"'
 
