@@ -410,7 +410,8 @@ def dead_letters(conn: psycopg.Connection[Any], gateway: str | None, limit: int,
     where, params = _where((("gateway = %s", gateway),))
     total = _count(conn, f"SELECT count(*) AS n FROM dead_letters WHERE {where}", params)
     rows = _fetch(
-        conn, f"SELECT id, topic, reason, gateway, received_at, length(payload) AS size,"
+        conn, f"SELECT id, topic, reason, gateway, received_at,"
+        " coalesce(payload_length, length(payload)) AS size,"
         f" substring(payload from 1 for 2000) AS payload FROM dead_letters WHERE {where}"
         " ORDER BY received_at DESC, id DESC LIMIT %s OFFSET %s", [*params, limit, offset])
     return cast("list[DeadLetter]", rows), total

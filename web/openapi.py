@@ -147,6 +147,10 @@ SCHEMAS: dict[str, S] = {
     "DeadLetter": _obj({"id": INT, "topic": STR, "reason": STR, "gateway": _null(STR),
                         "received_at": TIME, "size": INT,
                         "payload": {"type": "string", "description": "first 2000 bytes"}}),
+    "PendingMeter": _obj({"meter_id": STR, "gateway": STR, "site": _null(STR),
+                          "first_seen": TIME, "last_seen": TIME, "readings": INT,
+                          "status": {"type": "string", "enum": ["pending", "rejected"]},
+                          "decided_by": _null(STR), "decided_at": _null(TIME)}),
     "Risk": _obj({"grade": {"type": "string", "enum": ["A", "B", "C", "D"]}, "score": INT,
                   "late_topups": INT, "times_below_zero": INT, "disconnections": INT,
                   "days_in_arrears": INT}),
@@ -432,6 +436,12 @@ def _paths() -> dict[str, S]:
                                            params=[_p("command")],
                                            errors=(400, 401, 403, 404, 503),
                                            tag="commands")},
+        "/pending-meters": {"get": _op(
+            "Unknown meters a gateway sent outside commissioning, waiting for an operator "
+            "(approve or reject with `meterhub collector pending`)",
+            _obj({"pending_meters": _arr(_ref("PendingMeter"))}),
+            params=[_q("status", {"type": "string", "enum": ["pending", "rejected"]})],
+            tag="fleet")},
         "/dead-letters": {"get": _op(
             "Messages the collector refused, with the reason",
             _list("dead_letters", _ref("DeadLetter")),

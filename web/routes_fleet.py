@@ -146,6 +146,14 @@ async def list_anomalies(request: web.Request) -> web.Response:
     return json_response({"anomalies": rows, "limit": limit, "offset": offset})
 
 
+@routes.get(f"{API}/pending-meters")
+@requires("viewer")
+async def list_pending_meters(request: web.Request) -> web.Response:
+    status = inputs.query_text(request, "status", choices=("pending", "rejected"))
+    rows = await database.run(request, collector_read.pending_meters, status)
+    return json_response({"pending_meters": rows})
+
+
 @routes.get(f"{API}/dead-letters")
 @requires("viewer")
 async def list_dead_letters(request: web.Request) -> web.Response:

@@ -439,3 +439,19 @@ async def test_mass_cutoff_approval(client: Client, logins: Logins, fleet: Fleet
                         params={"user": "operator"})
     # the refused attempt (404) left no audit row: its transaction was rolled back
     assert [e["action"] for e in audit["entries"]] == ["cutoff.approve"]
+
+
+async def test_pending_meters_are_listed_for_operators(
+    client: Client, logins: Logins, fleet: Fleet, db_url: str
+) -> None:
+    with psycopg.connect(db_url) as conn:
+        conn.execute(
+            "INSERT INTO pending_meters (meter_id, gateway, site, first_seen, last_seen,"
+            " readings) VALUES ('stray-1', %s, 's1', %s, %s, 3)",
+            (fleet.gateway, fleet.now, fleet.now))
+    listed = (await _json(client, "GET", "/pending-meters", logins))["pending_meters"]
+    assert [(p["meter_id"], p["gateway"], p["readings"], p["status"]) for p in listed] == [
+        ("stray-1", fleet.gateway, 3, "pending")]
+    none = await _json(client, "GET", "/pending-meters", logins, params={"status": "rejected"})
+    assert none["pending_meters"] == []
+    await _json(client, "GET", "/pending-meters", logins, params={"status": "lost"}, status=400)
