@@ -72,8 +72,10 @@ def amqtt_plugins(paths: SitePaths, site: str, identities: Mapping[str, str]) ->
             # amqtt compares a subscription's wildcards literally ('+' only matches a '+'
             # rule), so a part subscribing to every site ('meterhub/v1/+/+/status') needs a
             # '+' site here; the receive rule above still limits delivery to this site
-            _, gateway, kind = wire.parse_topic(topic)
-            subscribe[name].append(topic if gateway != "+" else wire.subscription(kind))
+            # a filter, not a topic (wire.parse_topic takes only real ids): root/site/gw/kind
+            _, _, _, gateway, kind = topic.split("/", 4)
+            subscribe[name].append(
+                topic if gateway != "+" else wire.subscription(kind))  # type: ignore[arg-type]
     return {
         "amqtt.plugins.authentication.FileAuthPlugin": {"password_file": str(passwd)},
         f"{__name__}.SiteAclPlugin": {
