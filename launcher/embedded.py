@@ -61,7 +61,7 @@ def _mosquitto_binary() -> str | None:
 
 
 @contextlib.contextmanager
-def _run_mosquitto(config: Path, port: int) -> Iterator[None]:
+def _run_mosquitto(config: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
     """``mosquitto -c config`` until the block ends; ready once ``port`` accepts."""
     binary = _mosquitto_binary()
     if binary is None:
@@ -69,7 +69,7 @@ def _run_mosquitto(config: Path, port: int) -> Iterator[None]:
     proc = subprocess.Popen([binary, "-c", str(config)], stderr=subprocess.DEVNULL)
     try:
         wait_for_port("127.0.0.1", port)
-        yield
+        yield proc
     finally:
         proc.terminate()
         try:
@@ -84,6 +84,15 @@ def mosquitto_broker(workdir: Path, port: int | None = None) -> Iterator[MqttSet
     """Run the ``mosquitto`` binary on a free port, anonymous (what the tests use); persistence
     on (saved when the broker stops), so QoS 1 sessions survive a restart on the same port.
     The provisioned :func:`site_broker` also saves on change."""
+    with mosquitto_process(workdir, port) as (settings, _):
+        yield settings
+
+
+@contextlib.contextmanager
+def mosquitto_process(
+    workdir: Path, port: int | None = None
+) -> Iterator[tuple[MqttSettings, subprocess.Popen[bytes]]]:
+    """:func:`mosquitto_broker` and its process, for fault tests that kill it (SIGKILL)."""
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     conf = workdir / "mosquitto.conf"
@@ -99,8 +108,8 @@ def mosquitto_broker(workdir: Path, port: int | None = None) -> Iterator[MqttSet
         "log_type error\n"
         "log_dest stderr\n"
     )
-    with _run_mosquitto(conf, port):
-        yield MqttSettings("127.0.0.1", port)
+    with _run_mosquitto(conf, port) as proc:
+        yield MqttSettings("127.0.0.1", port), proc
 
 
 @contextlib.contextmanager
