@@ -20,7 +20,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -43,12 +42,7 @@ log = logging.getLogger(__name__)
 
 COMMAND_MEMORY_S = 7 * 86400.0  # how long a command id is remembered for idempotency
 
-# Limits on what a command payload may be, checked before anything else reads it
-MAX_PAYLOAD = 64 * 1024
-MAX_DEPTH = 8  # a command is {..., "params": {...}}: anything deeper is not one of ours
-MAX_INT_DIGITS = 20
-_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-_ID_FIELDS = ("command_id", "meter", "gateway", "nonce", "key_id")
+_ID = re.compile(wire.ID_PATTERN)
 _EXPECTED_RELAY: dict[str, RelayState] = {"relay_open": "open", "relay_close": "closed"}
 _RELAY_ACTIONS = ("relay_open", "relay_close", "relay_close_permitted")
 
@@ -146,8 +140,8 @@ class CommandExecutor:
             self._running.discard(cmd.command_id)
 
     async def _verify(self, payload: bytes | str) -> wire.SignedCommand:
-        """The signed command, or WireError / SignatureRefused saying why it must not run."""
-        _screen(payload)
+        """The signed command, or WireError / SignatureRefused saying why it must not run
+        (the payload limits are :data:`meterhub.wire.COMMAND_LIMITS`)."""
         if not self._keyring:
             raise SignatureRefused(RefusalReason.UNKNOWN_KEY,
                                    "this gateway trusts no command keys")
@@ -237,95 +231,11 @@ class CommandExecutor:
 # ---------------------------------------------------------------------------- untrusted input
 
 
-def _screen(payload: bytes | str) -> None:
-    """Refuse (WireError) a payload no command can be, before a decoder spends effort on it:
-    what :func:`_parse` refuses, and ids that are not 1-64 characters of ``[A-Za-z0-9._:-]``."""
-    obj = _parse(payload)
-    if isinstance(obj, dict):
-        for key in _ID_FIELDS:
-            value = obj.get(key)
-            if isinstance(value, str) and not _ID.fullmatch(value):
-                raise wire.WireError(f"cmd.{key}: {safe_text(repr(value), 80)} is not 1-64 "
-                                     "characters of letters, digits, '.', '_', ':', '-'")
-
-
-def _parse(payload: bytes | str) -> Any:
-    """JSON within limits: at most :data:`MAX_PAYLOAD` bytes of UTF-8, nested at most
-    :data:`MAX_DEPTH` deep, no huge or non-finite numbers, no text with lone surrogates."""
-    raw = payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else payload
-    if len(raw) > MAX_PAYLOAD:
-        raise wire.WireError(f"cmd: {len(raw)} bytes, more than {MAX_PAYLOAD}")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise wire.WireError("cmd: not UTF-8") from None
-    depth = _depth(text)
-    if depth > MAX_DEPTH:
-        raise wire.WireError(f"cmd: nested {depth} deep, more than {MAX_DEPTH}")
-
-    def number(token: str) -> int | float:
-        if len(token) > MAX_INT_DIGITS + 1:
-            raise wire.WireError(f"cmd: number {token[:24]}... is too long")
-        value = float(token) if any(c in token for c in ".eE") else int(token)
-        if not math.isfinite(value):
-            raise wire.WireError(f"cmd: number {token} is out of range")
-        return value
-
-    def constant(token: str) -> None:
-        raise wire.WireError(f"cmd: {token} is not a number JSON allows")
-
-    try:
-        obj = json.loads(text, parse_int=number, parse_float=number, parse_constant=constant)
-    except json.JSONDecodeError as exc:
-        raise wire.WireError(f"cmd: not valid JSON ({exc})") from None
-    _check_text(obj, "cmd")
-    return obj
-
-
-def _depth(text: str) -> int:
-    """The deepest nesting of objects and arrays, by a scan that cannot recurse."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in "]}":
-            depth -= 1
-    return deepest
-
-
-def _check_text(obj: object, where: str) -> None:
-    """Every string (keys too) must encode as UTF-8: JSON's ``\\ud800`` escape makes a lone
-    surrogate that would break every encoder after us."""
-    if isinstance(obj, str):
-        try:
-            obj.encode("utf-8")
-        except UnicodeEncodeError:
-            raise wire.WireError(f"{where}: text with a lone surrogate") from None
-    elif isinstance(obj, list):
-        for i, item in enumerate(obj):
-            _check_text(item, f"{where}[{i}]")
-    elif isinstance(obj, dict):
-        for key, item in obj.items():
-            _check_text(key, where)
-            _check_text(item, f"{where}.{safe_text(key, 40)}")
-
-
 def _addressee(payload: bytes | str) -> tuple[str | None, str | None]:
     """The (command id, meter) an unverified payload names, where both are well-formed ids;
     a refusal is acked to them. Anything else (too big or too deep to read, an id that is
     not an id) gets no ack, only the event."""
-    if len(payload) > MAX_PAYLOAD:
+    if len(payload) > wire.COMMAND_LIMITS.max_bytes:
         return None, None
     try:  # numbers stay text: only the ids are wanted here
         obj = json.loads(payload, parse_int=str, parse_float=str, parse_constant=str)

@@ -91,9 +91,14 @@ class Limits:
     max_depth: int = 32  # nesting of objects and arrays
     max_items: int = 10_000  # readings in a batch, events in a message
     max_text: int = 1024  # free text (event detail, units, health strings)
+    # longest number literal a payload may hold; when set, NaN, Infinity and numbers that
+    # overflow to infinity are refused while parsing (a command holds small numbers only)
+    max_number_chars: int | None = None
 
 
 DEFAULT_LIMITS = Limits()
+# a command is {..., "params": {...}}: small, shallow, and its numbers are attempt counts
+COMMAND_LIMITS = Limits(max_bytes=64 * 1024, max_depth=8, max_number_chars=21)
 
 # Bytes -> nesting steps for the depth scan: opening brackets +1, closing -1, the rest dropped.
 _BRACKETS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
@@ -426,7 +431,9 @@ def _load(payload: bytes | str, what: str, limits: Limits = DEFAULT_LIMITS,
         raise WireError(f"{what}: text with a lone surrogate", "bad_text") from None
     _check_depth(raw, what, limits.max_depth)
     try:
-        obj = json.loads(raw)
+        obj = _parse_json(raw, what, limits)
+    except WireError:
+        raise
     except RecursionError:
         raise WireError(f"{what}: nested too deep to parse", "too_deep") from None
     except UnicodeDecodeError as exc:
@@ -443,6 +450,27 @@ def _load(payload: bytes | str, what: str, limits: Limits = DEFAULT_LIMITS,
         raise WireError(f"{what}: schema {_show(schema)} is not supported "
                         f"(expected {SCHEMA_VERSION})", "bad_schema")
     return obj
+
+
+def _parse_json(raw: bytes, what: str, limits: Limits) -> Any:
+    """json.loads; with ``limits.max_number_chars``, long, non-finite and non-JSON (NaN)
+    numbers are refused as they are parsed."""
+    longest = limits.max_number_chars
+    if longest is None:
+        return json.loads(raw)
+
+    def number(token: str) -> int | float:
+        if len(token) > longest:
+            raise WireError(f"{what}: number {token[:24]}... is too long", "bad_number")
+        value = float(token) if any(c in token for c in ".eE") else int(token)
+        if not math.isfinite(value):
+            raise WireError(f"{what}: number {token} is out of range", "bad_number")
+        return value
+
+    def constant(token: str) -> None:
+        raise WireError(f"{what}: {token} is not a number JSON allows", "bad_number")
+
+    return json.loads(raw, parse_int=number, parse_float=number, parse_constant=constant)
 
 
 def _str(obj: Mapping[str, Any], key: str, where: str) -> str:
@@ -596,6 +624,9 @@ def decode_readings(payload: bytes | str) -> ReadingsBatch:
     return ReadingsBatch(env.gateway, env.site, env.seq, env.sent_at, readings)
 
 
+_COMMAND_IDS = ("command_id", "meter", "gateway", "nonce", "key_id")
+
+
 @dataclass(frozen=True, slots=True)
 class SignedCommand:
     """A command whose signature checked out: act on ``command``, remember ``nonce``."""
@@ -616,12 +647,17 @@ def decode_command(
 ) -> SignedCommand:
     """Check a command's form, then its signature, and return what the signature vouches for.
 
-    Raises :class:`WireError` for a payload that is not a command at all and
+    Raises :class:`WireError` for a payload that is not a command at all (beyond
+    :data:`COMMAND_LIMITS`, or an id that is not an id) and
     :class:`~meterhub.security.SignatureRefused` (with a reason code) for one no trusted key
     signed for this gateway, or that is expired or dated too far ahead. Replay and meter
     ownership are the gateway's checks.
     """
-    obj = _load(payload, "cmd")
+    obj = _load(payload, "cmd", COMMAND_LIMITS)
+    for key in _COMMAND_IDS:  # refused before a signature check spends effort on them
+        value = obj.get(key)
+        if isinstance(value, str) and not _is_id(value):
+            raise WireError(f"cmd.{key}: {_show(value)} is not an id ({ID_PATTERN})", "bad_id")
     attempt = _int(obj, "attempt", "cmd", minimum=1) if "attempt" in obj else 1
     claims = verify(obj, keyring, gateway=gateway, now=now, max_future_skew=max_future_skew)
     if claims.action not in ACTIONS:
