@@ -159,5 +159,5 @@ async def test_broker_sigkill_and_restart_stores_every_sealed_reading_once(
     assert distinct == rows, "a reading stored twice"
     assert rows == stats.readings_taken * len(QUANTITIES), (
         f"{rows} rows for {stats.readings_taken} readings x {len(QUANTITIES)} quantities")
-    meters = {m for (m,) in _rows(db_url, "SELECT DISTINCT meter_id FROM readings")}
+    meters = {m for (m,) in _rows(db_url, "SELECT DISTINCT meter_id FROM reading_values")}
     assert len(meters) == len(DLT_ADDRESSES) + len(RTU_UNITS)
