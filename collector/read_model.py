@@ -68,7 +68,7 @@ class GatewayEvent(TypedDict):
 
 
 class Value(TypedDict):
-    value: Decimal
+    value: float
     unit: str
     at: datetime
 

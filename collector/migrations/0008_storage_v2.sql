@@ -305,22 +305,24 @@ SELECT m.meter_id, r.meter, r.ts, v.quantity, v.value, v.unit
 FROM readings r
 JOIN meters m ON m.meter_key = r.meter
 CROSS JOIN LATERAL (VALUES
-    ('energy_import_total', round(r.energy_import * power(10::numeric, -m.energy_decimals),
-                                  m.energy_decimals), 'kWh'),
-    ('energy_export_total', round(r.energy_export * power(10::numeric, -m.energy_decimals),
-                                  m.energy_decimals), 'kWh'),
-    ('voltage_a', r.voltage_a::numeric, 'V'), ('voltage_b', r.voltage_b::numeric, 'V'),
-    ('voltage_c', r.voltage_c::numeric, 'V'), ('current_a', r.current_a::numeric, 'A'),
-    ('current_b', r.current_b::numeric, 'A'), ('current_c', r.current_c::numeric, 'A'),
-    ('power_active_total', r.power_active::numeric, 'kW'),
-    ('power_factor_total', r.power_factor::numeric, ''),
-    ('frequency', r.frequency::numeric, 'Hz'), ('clock_skew_s', r.clock_skew::numeric, 's')
+    ('energy_import_total', r.energy_import / 10::float8 ^ m.energy_decimals, 'kWh'),
+    ('energy_export_total', r.energy_export / 10::float8 ^ m.energy_decimals, 'kWh'),
+    -- float4 through numeric: 229.87 stays 229.87, not 229.8699951171875
+    ('voltage_a', r.voltage_a::numeric::float8, 'V'),
+    ('voltage_b', r.voltage_b::numeric::float8, 'V'),
+    ('voltage_c', r.voltage_c::numeric::float8, 'V'),
+    ('current_a', r.current_a::numeric::float8, 'A'),
+    ('current_b', r.current_b::numeric::float8, 'A'),
+    ('current_c', r.current_c::numeric::float8, 'A'),
+    ('power_active_total', r.power_active::numeric::float8, 'kW'),
+    ('power_factor_total', r.power_factor::numeric::float8, ''),
+    ('frequency', r.frequency::numeric::float8, 'Hz'),
+    ('clock_skew_s', r.clock_skew::numeric::float8, 's')
 ) AS v(quantity, value, unit)
 WHERE v.value IS NOT NULL
 UNION ALL
 SELECT m.meter_id, x.meter, x.ts, q.name,
-       coalesce(round(x.counts * power(10::numeric, -m.energy_decimals), m.energy_decimals),
-                x.value::numeric), q.unit
+       coalesce(x.counts / 10::float8 ^ m.energy_decimals, x.value), q.unit
 FROM reading_extras x
 JOIN meters m ON m.meter_key = x.meter
 JOIN quantity_codes q ON q.code = x.quantity;

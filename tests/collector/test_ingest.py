@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 
 import psycopg
 import pytest
@@ -46,7 +45,7 @@ async def test_batch_is_stored_with_meters_and_sequence(db_url, mqtt, site, pub)
             " JOIN readings r ON r.meter = v.meter AND r.ts = v.ts"
             " JOIN gateway_batches b ON b.batch_id = r.batch"
             " WHERE v.meter_id='m3' AND v.quantity='energy_import_total'").fetchone()
-        assert r == (Decimal("103.00"), "kWh", "gw1", 7)
+        assert r == (103.0, "kWh", "gw1", 7)
         # the register as an exact integer of the meter's resolution (0.01 kWh by default)
         assert conn.execute("SELECT r.energy_import, r.voltage_a FROM readings r JOIN meters m"
                             " ON m.meter_key = r.meter WHERE m.meter_id = 'm3'"
