@@ -83,17 +83,21 @@ def _load(conn: psycopg.Connection[Any], accounts: int, per_meter: int) -> int:
         with cur.copy("COPY billing_meters (meter_id, account_id, charge_from) FROM STDIN") as cp:
             for a in range(accounts):
                 cp.write_row((f"M{a:05d}", f"A{a:05d}", START))
+        # the collector's meters: meter_key a + 1 (a fresh database's identity)
+        with cur.copy("COPY meters (meter_id) FROM STDIN") as cp:
+            for a in range(accounts):
+                cp.write_row((f"M{a:05d}",))
         step = timedelta(minutes=15)
         # 96 intervals = one day; spread meters over the day so both bands are charged
         with cur.copy(
-            "COPY intervals (meter_id, interval_start, interval_end, kwh, quality, change_id) "
+            "COPY intervals (meter, interval_start, seconds, kwh, quality, change_id) "
             "FROM STDIN"
         ) as cp:
             for i in range(per_meter):
                 for a in range(accounts):
                     s = START + ((a * 7 + i) % 96) * step + (i // 96) * timedelta(days=1)
                     kwh = Decimal(1 + (a * 31 + i * 17) % 400) / 1000
-                    cp.write_row((f"M{a:05d}", s, s + step, kwh, "A", 0))
+                    cp.write_row((a + 1, s, 900, kwh, "A", 0))
     conn.execute("ANALYZE")
     return accounts * per_meter
 
@@ -101,7 +105,8 @@ def _load(conn: psycopg.Connection[Any], accounts: int, per_meter: int) -> int:
 def _pricing_only(conn: psycopg.Connection[Any]) -> tuple[int, float]:
     tariffs = load_tariffs()
     t = tariffs[TARIFF]
-    rows = conn.execute("SELECT interval_start, interval_end, kwh FROM intervals").fetchall()
+    rows = conn.execute("SELECT interval_start, interval_start + make_interval(secs => seconds),"
+                        " kwh FROM intervals").fetchall()
     usage: dict[date, Decimal] = {}
     t0 = time.perf_counter()
     for s, e, k in rows:

@@ -1,12 +1,13 @@
 """Collector benchmark: MQTT readings to committed rows, against a raw COPY of the same rows.
 
 Figures (last line with --json, one object):
-- ``ingest_readings_per_s``: readings (meter, taken_at pairs) per second from messages waiting
-  at the broker to rows committed and acked by a real Collector (parse, COPY, conflict-safe
-  insert, bookkeeping, ack), timed from the first message's arrival to the last commit; each
-  reading carries 4 quantities, so ``ingest_values_per_s`` (rows) is 4x that;
-- ``raw_copy_readings_per_s``: the same rows written by a bare COPY from this process into the
-  same (migrated, partitioned) table: the physical reference;
+- ``ingest_readings_per_s``: readings (meter, taken_at pairs: one layout-v2 row each) per
+  second from messages waiting at the broker to rows committed and acked by a real Collector
+  (parse into columns, binary COPY, bookkeeping, ack), timed from the first message's arrival
+  to the last commit; each reading carries 4 quantities, so ``ingest_values_per_s`` is 4x;
+- ``raw_copy_readings_per_s``: the same rows written by a bare binary COPY (psycopg
+  ``write_row``) from this process into the same (migrated, partitioned) table: the physical
+  reference;
 - ``ratio_ingest_vs_raw_copy``: the first over the second (goal >= 0.5);
 - ``latency_p50_ms`` / ``latency_p99_ms``: a live run at a steady publish rate, from the
   gateway's ``sent_at`` (publish time) to the commit of that message's rows;
@@ -42,7 +43,6 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from collector import Collector, CollectorConfig, ValidationConfig
-from collector._copy import copy_text
 from collector.store import Batch
 from collector.vee import rules
 from launcher.embedded import embedded_postgres, mosquitto_broker
@@ -177,29 +177,29 @@ async def bench_ingest(url: str, mqtt: MqttSettings, messages: int, meters: int
 
 
 def bench_raw_copy(url: str, messages: int, meters: int) -> float:
-    """The physical reference: the same rows, already in COPY form in this process, COPYed
-    straight into the same `readings` table and committed (no MQTT, no parsing, no checks)."""
+    """The physical reference: the same readings as layout-v2 rows, already tuples in this
+    process, written by a bare binary COPY (psycopg ``set_types`` / ``write_row``) into the
+    same `readings` table and committed (no MQTT, no parsing, no checks, no bookkeeping)."""
     start = BASE
     rows = []
     for seq in range(messages):
         taken = start + timedelta(seconds=60 * seq)
         for k in range(meters):
-            m = f"bm{k:05d}"
-            rows.append((m, "energy_import_total", taken, 1000.0 + k + seq * 0.01, "kWh",
-                         "bgw", seq))
-            rows.append((m, "voltage_a", taken, 230.0 + (k % 7) * 0.1, "V", "bgw", seq))
-            rows.append((m, "current_a", taken, 3.0 + (k % 5) * 0.1, "A", "bgw", seq))
-            rows.append((m, "power_active_total", taken, 0.7 + (k % 3) * 0.01, "kW", "bgw", seq))
-    data = copy_text(rows)
+            rows.append((taken, seq + 1, 100_000 + 100 * k + seq, k + 1,
+                         230.0 + (k % 7) * 0.1, 3.0 + (k % 5) * 0.1, 0.7 + (k % 3) * 0.01))
     with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO meters (meter_id) SELECT 'bm' || lpad(k::text, 5, '0')"
+                     " FROM generate_series(0, %s - 1) k ORDER BY 1", (meters,))
         conn.execute("SELECT collector_ensure_partitions(%s, %s)",
                      (start, start + timedelta(seconds=60 * messages)))
         t0 = time.perf_counter()
         with conn.transaction(), conn.cursor().copy(
-            "COPY readings (meter_id, quantity, ts, value, unit, gateway, seq) FROM STDIN"
+            "COPY readings (ts, batch, energy_import, meter, voltage_a, current_a, power_active)"
+            " FROM STDIN (FORMAT BINARY)"
         ) as copy:
-            for i in range(0, len(data), 1 << 20):
-                copy.write(data[i:i + (1 << 20)])
+            copy.set_types(["timestamptz", "int8", "int8", "int4", "float4", "float4", "float4"])
+            for row in rows:
+                copy.write_row(row)
         return time.perf_counter() - t0
 
 

@@ -106,7 +106,8 @@ SELECT a.account_id, a.tariff_id, a.balance_fen, a.carry
 FROM billing_accounts a
 WHERE {after} EXISTS (
     SELECT 1 FROM billing_meters m
-    JOIN intervals i ON i.meter_id = m.meter_id AND i.change_id > m.cursor
+    JOIN meter_contract mc ON mc.meter_id = m.meter_id
+    JOIN intervals i ON i.meter = mc.meter_key AND i.change_id > m.cursor
                     AND i.change_id <= %(h)s
     WHERE m.account_id = a.account_id)
 ORDER BY a.account_id
@@ -116,20 +117,23 @@ FOR UPDATE OF a SKIP LOCKED
 _PICK_FIRST = _PICK.format(after="")
 _PICK_AFTER = _PICK.format(after="a.account_id > %(after)s AND")
 
-# Per meter, its intervals past the cursor by the (meter_id, change_id) index (LATERAL), so
-# a batch reads its own meters' new intervals rather than scanning the whole table.
+# Per meter, its intervals past the cursor by the (meter, change_id) index (LATERAL), so a
+# batch reads its own meters' new intervals rather than scanning the whole table. The
+# collector's integer meter key comes from the meter_contract view.
 _ROWS = """
-SELECT m.account_id, i.meter_id, i.interval_start, i.interval_end, i.kwh,
+SELECT m.account_id, m.meter_id, i.interval_start,
+       i.interval_start + make_interval(secs => i.seconds), i.kwh,
        i.held OR i.interval_start < m.charge_from, i.change_id, c.kwh
 FROM billing_meters m
+JOIN meter_contract mc ON mc.meter_id = m.meter_id
 CROSS JOIN LATERAL (
-    SELECT i.meter_id, i.interval_start, i.interval_end, i.kwh, i.held, i.change_id
+    SELECT i.interval_start, i.seconds, i.kwh, i.held, i.change_id
     FROM intervals i
-    WHERE i.meter_id = m.meter_id AND i.change_id > m.cursor AND i.change_id <= %(h)s
+    WHERE i.meter = mc.meter_key AND i.change_id > m.cursor AND i.change_id <= %(h)s
     ORDER BY i.change_id LIMIT %(rows)s) i
-LEFT JOIN billing_charges c ON c.meter_id = i.meter_id AND c.interval_start = i.interval_start
+LEFT JOIN billing_charges c ON c.meter_id = m.meter_id AND c.interval_start = i.interval_start
 WHERE m.account_id = ANY(%(acc)s)
-ORDER BY i.meter_id, i.change_id
+ORDER BY m.meter_id, i.change_id
 LIMIT %(rows)s
 """
 

@@ -4,8 +4,8 @@ Public face: :class:`CollectorConfig`, :class:`ValidationConfig`, :class:`Collec
 ``stats``), and the review decision (:func:`decide_review`); what others may read is in
 :mod:`collector.read_model`. Everything else is machinery. One reading's way:
 :mod:`collector.service` takes MQTT messages, :mod:`collector.parse` checks them (on top of
-:mod:`meterhub.wire`), :mod:`collector.store` writes them by COPY (text laid out by
-:mod:`collector._copy`), :mod:`collector.vee` turns them into intervals.
+:mod:`meterhub.wire`), :mod:`collector.store` writes them by binary COPY (built by
+:mod:`collector.columns`), :mod:`collector.vee` turns them into intervals.
 """
 
 from collector.config import CollectorConfig, ConfigError, ValidationConfig

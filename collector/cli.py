@@ -34,7 +34,9 @@ def register(subparsers: Any) -> None:
                      help="continuous validation period; 0 turns it off")
     run.set_defaults(handler=_run)
 
-    migrate = sub.add_parser("migrate", help="apply the versioned SQL migrations")
+    migrate = sub.add_parser(
+        "migrate", help="apply the versioned SQL migrations and move v1 rows into layout v2"
+        " (stop the collector and billing first)")
     migrate.add_argument("--database-url", help=f"default: ${settings.DATABASE_URL_ENV}")
     migrate.set_defaults(handler=_migrate)
 
@@ -258,9 +260,21 @@ def _run(args: argparse.Namespace) -> int:
 
 def _migrate(args: argparse.Namespace) -> int:
     url = _database_url(args)
+    import psycopg
+
+    from collector import migrate_v2
+
     applied = db.migrate(url)
     print("\n".join(f"applied {name}" for name in applied) or
           f"up to date ({db.host_label(url)})")
+    with psycopg.connect(url) as conn:
+        left = migrate_v2.pending(conn)
+    if left:
+        print(f"moving rows of {', '.join(left)} into layout v2 (collector and billing must "
+              "stay stopped until this ends)", flush=True)
+        moved = migrate_v2.move(url, lambda line: print(line, flush=True))
+        print(f"moved {moved.readings} readings, {moved.intervals} intervals, "
+              f"{moved.anomalies} anomalies in {moved.seconds:.1f} s")
     return 0
 
 

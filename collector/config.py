@@ -44,7 +44,8 @@ class ValidationConfig:
     voltage_band: float = 0.10
     # clock skew of the meter (reading field `meter_clock`) against gateway time
     clock_skew_s: float = 60.0
-    # a reading stored this long after it was taken is a late arrival
+    # a readings batch whose oldest reading arrives this long after it was taken is a late
+    # arrival: one `late_batches` row per run of such batches (not an anomaly per interval)
     late_after_s: float = 3600.0
     # forward estimates (quality E, like-day profile) for a meter silent this long; billing
     # then charges them and re-charges the difference when the reads come. None: off.

@@ -14,6 +14,7 @@ An operator moves a meter with :func:`move`. Every assignment is audited in
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -68,7 +69,9 @@ def claims(batch: Batch) -> list[Claim]:
     """Each (meter, gateway) pair of the batch's good readings."""
     sites = {b.gateway: b.site for b in batch.batches}
     spans: dict[tuple[str, str], list[Any]] = {}
-    for (meter, ts), gateway in zip(batch.keys, batch.origins, strict=True):
+    cols = batch.cols
+    for meter, ts, origin in zip(cols.meters, cols.times, cols.origins, strict=True):
+        gateway = batch.batches[origin].gateway
         span = spans.get((meter, gateway))
         if span is None:
             spans[(meter, gateway)] = [ts, ts, 1]
@@ -178,28 +181,30 @@ async def _violations(conn: psycopg.AsyncConnection, found: list[tuple[Claim, st
 
 
 def _drop(batch: Batch, refused: dict[tuple[str, str], tuple[str, str]]) -> None:
-    """Take the refused (meter, gateway) readings out of the batch as dead letters."""
+    """Take the refused (meter, gateway) readings out of the batch as dead letters (their
+    meter and time as JSON lines: what was refused, not a replayable message)."""
     sites = {b.gateway: b.site for b in batch.batches}
-    kept_keys, kept_chunks, kept_origins = [], [], []
+    cols = batch.cols
+    gateways = [batch.batches[o].gateway for o in cols.origins]
+    mask = [(m, g) not in refused for m, g in zip(cols.meters, gateways, strict=True)]
     out: dict[tuple[str, str], list[str]] = {}
-    for key, chunk, gateway in zip(batch.keys, batch.chunks, batch.origins, strict=True):
-        if (key[0], gateway) in refused:
-            out.setdefault((key[0], gateway), []).append(chunk)
-        else:
-            kept_keys.append(key)
-            kept_chunks.append(chunk)
-            kept_origins.append(gateway)
-    for (meter, gateway), chunks in out.items():
+    for ok, meter, gateway, ts in zip(mask, cols.meters, gateways, cols.times, strict=True):
+        if not ok:
+            out.setdefault((meter, gateway), []).append(
+                json.dumps({"meter": meter, "taken_at": wire.utc_iso(ts)}) + "\n")
+    for (meter, gateway), lines in out.items():
         code, reason = refused[(meter, gateway)]
         batch.dead.append(DeadLetter(
-            wire.topic(sites.get(gateway, "+"), gateway, "readings"), "".join(chunks).encode(),
-            f"{reason}; payload: its rows as COPY text", gateway, code, whole_message=False))
-        batch.readings -= len(chunks)
-        batch.values -= sum(c.count("\n") for c in chunks)
-    batch.keys, batch.chunks, batch.origins = kept_keys, kept_chunks, kept_origins
+            wire.topic(sites.get(gateway, "+"), gateway, "readings"), "".join(lines).encode(),
+            f"{reason}; payload: the refused readings' meter and time", gateway, code,
+            whole_message=False))
+        batch.readings -= len(lines)
+    batch.cols = cols.keep(mask)
     # What the batch says of each meter must come from its owner's readings only.
     spans: dict[str, tuple[datetime, datetime, str]] = {}
-    for (meter, ts), gateway in zip(kept_keys, kept_origins, strict=True):
+    kept = [(m, t, g) for ok, m, t, g in zip(mask, cols.meters, cols.times, gateways,
+                                             strict=True) if ok]
+    for meter, ts, gateway in kept:
         f, la, _ = spans.get(meter, (ts, ts, gateway))
         spans[meter] = (min(f, ts), max(la, ts), gateway)
     for meter in list(batch.meters):

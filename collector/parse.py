@@ -3,7 +3,7 @@ rejection is easy to test.
 
 :mod:`meterhub.wire` decodes (the one decoder of the contract); this module adds what only the
 collector knows (known quantities and units, possible ranges, how far in the future or past a
-reading may be) and lays good readings out as COPY text (:mod:`collector._copy`). A readings
+reading may be) and lays good readings out as columns (:mod:`collector.columns`). A readings
 message is checked in two layers: the envelope (JSON, schema version, gateway, seq) and then
 each reading on its own, so one bad reading goes to the dead-letter list while the good
 readings beside it are kept. Nothing here raises for bad input: rejections are data.
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from collector import _copy
+from collector.columns import Columns, pg_micros
 from meterhub import wire
 from meterhub.quantities import QUANTITIES
 
@@ -70,6 +70,9 @@ class BatchSeen:
     seq: int
     sent_at: datetime
     readings: int
+    received_at: datetime | None = None
+    oldest: datetime | None = None  # of its good readings: lateness is judged per batch
+    newest: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -86,13 +89,10 @@ class MeterSeen:
 class Parsed:
     """What one readings message contributes to a batch."""
 
-    # Each good reading as COPY text lines for `readings` (meter, quantity, ts, value, unit,
-    # gateway, seq), built here in one pass: formatting rows later from tuples cost as much
-    # as parsing. `keys` holds the (meter, taken_at) of each chunk.
-    chunks: list[str] = field(default_factory=list)
-    keys: list[tuple[str, datetime]] = field(default_factory=list)
-    values: int = 0  # rows in the chunks
+    # Good readings as columns, built here in one pass (origin 0: this message).
+    cols: Columns = field(default_factory=Columns)
     readings: int = 0  # good readings (meter, taken_at) in the message
+    months: set[tuple[int, int]] = field(default_factory=set)  # (year, month) of their times
     meters: dict[str, MeterSeen] = field(default_factory=dict)
     dead: list[DeadLetter] = field(default_factory=list)
     batch: BatchSeen | None = None
@@ -168,10 +168,8 @@ def parse_readings(
     horizon = received_at + timedelta(seconds=max_future_s)
     oldest = received_at - timedelta(seconds=max_age_s)
     times: dict[str, datetime] = {}
-    stamps: dict[datetime, str] = {}
-    escaped: dict[str, str] = {}
-    end = _copy.tail(env.gateway, env.seq)
-    chunks, keys = out.chunks, out.keys
+    stamps: dict[datetime, int] = {}
+    cols = out.cols
     for i, raw in enumerate(env.raw_readings):
         where = f"readings.readings[{i}]"
         try:
@@ -199,18 +197,15 @@ def parse_readings(
             out.dead.append(DeadLetter(topic, _reading_payload(raw), str(exc), env.gateway,
                                        exc.code, whole_message=False))
             continue
-        m = escaped.get(meter)
-        if m is None:
-            m = escaped[meter] = _copy.escape(meter)
         t = stamps.get(ts)
         if t is None:
-            t = stamps[ts] = ts.isoformat()
-        chunks.append(_copy.reading_lines(m, t, values, end))
-        keys.append((meter, ts))
-        out.values += len(values)
+            t = stamps[ts] = pg_micros(ts)
+            out.months.add((ts.year, ts.month))
+        cols.add(meter, ts, t, 0, values)
         out.readings += 1
         _seen(out, meter, ts, relay, env)
-    out.batch = BatchSeen(env.gateway, env.site, env.seq, env.sent_at, out.readings)
+    out.batch = BatchSeen(env.gateway, env.site, env.seq, env.sent_at, out.readings,
+                          received_at, min(stamps, default=None), max(stamps, default=None))
     return out
 
 

@@ -3,9 +3,10 @@ intervals, anomalies, the review queue and dead letters. One function per questi
 rows; nobody outside the collector writes SQL against its tables.
 
 Every function takes any psycopg connection (it opens its own dict-row cursor) and answers
-the same on plain PostgreSQL and on TimescaleDB: history buckets use ``date_bin`` over a
-``ts`` range of one meter and quantity, which the readings primary key
-``(meter_id, quantity, ts)`` serves on both.
+the same on plain PostgreSQL and on TimescaleDB: values come from the ``reading_values``
+view (layout v2's typed columns and side table as quantity, value, unit), history buckets use
+``date_bin`` over a ``ts`` range of one meter, which the readings primary key ``(meter, ts)``
+serves on both.
 """
 
 from __future__ import annotations
@@ -40,8 +41,19 @@ class SeqGap(TypedDict):
     noticed_after: int | None
 
 
+class LateBatches(TypedDict):
+    seq_from: int
+    seq_to: int
+    readings: int
+    oldest: datetime
+    newest: datetime
+    delay_s: int
+    received_at: datetime
+
+
 class GatewayDetail(Gateway):
     gaps: list[SeqGap]  # the newest 20 batch sequence gaps
+    late: list[LateBatches]  # the newest 20 runs of late batches (backfills, replays)
 
 
 class GatewayEvent(TypedDict):
@@ -56,7 +68,7 @@ class GatewayEvent(TypedDict):
 
 
 class Value(TypedDict):
-    value: Decimal
+    value: float
     unit: str
     at: datetime
 
@@ -213,6 +225,10 @@ def gateway(conn: psycopg.Connection[Any], name: str,
     out["gaps"] = cast("list[SeqGap]", _fetch(
         conn, "SELECT from_seq, to_seq, noticed_after FROM seq_gaps WHERE gateway = %s"
         " ORDER BY from_seq DESC LIMIT 20", (name,)))
+    out["late"] = cast("list[LateBatches]", _fetch(
+        conn, "SELECT seq_from, seq_to, readings, oldest_ts AS oldest, newest_ts AS newest,"
+        " delay_s, received_at FROM late_batches WHERE gateway = %s"
+        " ORDER BY seq_from DESC LIMIT 20", (name,)))
     return out
 
 
@@ -258,8 +274,8 @@ def latest_values(conn: psycopg.Connection[Any], meters: list[str]) -> list[Late
         """SELECT m.meter_id, m.last_seen, m.relay, r.quantity, r.value, r.unit, r.ts
            FROM meters m
            LEFT JOIN LATERAL (
-               SELECT DISTINCT ON (quantity) quantity, value, unit, ts FROM readings r
-               WHERE r.meter_id = m.meter_id AND r.ts > m.last_seen - interval '1 hour'
+               SELECT DISTINCT ON (quantity) quantity, value, unit, ts FROM reading_values r
+               WHERE r.meter = m.meter_key AND r.ts > m.last_seen - interval '1 hour'
                  AND r.ts <= m.last_seen
                ORDER BY quantity, ts DESC) r ON true
            WHERE m.meter_id = ANY(%s)""",
@@ -309,7 +325,7 @@ def history(conn: psycopg.Connection[Any], meter_id: str, quantity: str, start: 
         rows = _fetch(
             conn,
             """SELECT ts AS t, value, value AS min, value AS max, value AS last FROM (
-                   SELECT ts, value FROM readings
+                   SELECT ts, value FROM reading_values
                    WHERE meter_id = %s AND quantity = %s AND ts >= %s AND ts < %s
                    ORDER BY ts DESC LIMIT %s) newest ORDER BY ts""",
             (meter_id, quantity, start, end, max_raw_points),
@@ -320,7 +336,7 @@ def history(conn: psycopg.Connection[Any], meter_id: str, quantity: str, start: 
             """SELECT date_bin(%s, ts, timestamptz '2000-01-01 00:00:00+00') AS t,
                       avg(value) AS value, min(value) AS min, max(value) AS max,
                       (array_agg(value ORDER BY ts DESC))[1] AS last
-               FROM readings
+               FROM reading_values
                WHERE meter_id = %s AND quantity = %s AND ts >= %s AND ts < %s
                GROUP BY 1 ORDER BY 1""",
             (bucket, meter_id, quantity, start, end),
@@ -334,27 +350,37 @@ def intervals(conn: psycopg.Connection[Any], meter_id: str, start: datetime,
     oldest first."""
     return cast("list[Interval]", _fetch(
         conn,
-        """SELECT interval_start AS start, interval_end AS "end", kwh, quality, method, held,
-                  reason, raw_kwh, flags
-           FROM intervals WHERE meter_id = %s AND interval_start >= %s AND interval_start < %s
-           ORDER BY interval_start DESC LIMIT %s""",
+        """SELECT i.interval_start AS start,
+                  i.interval_start + make_interval(secs => i.seconds) AS "end", i.kwh,
+                  i.quality::text AS quality, i.method, i.held,
+                  (SELECT string_agg(v.name || ': ' || a.reason, '; ' ORDER BY a.rule)
+                   FROM anomalies a JOIN vee_rules v ON v.code = a.rule
+                   WHERE a.meter = i.meter AND a.at = i.interval_start) AS reason,
+                  i.raw_kwh,
+                  ARRAY(SELECT v.name FROM vee_rules v WHERE i.flags & (1 << v.code) <> 0
+                        ORDER BY v.code) AS flags
+           FROM intervals i JOIN meters m ON m.meter_key = i.meter
+           WHERE m.meter_id = %s AND i.interval_start >= %s AND i.interval_start < %s
+           ORDER BY i.interval_start DESC LIMIT %s""",
         (meter_id, start, end, limit))[::-1])
 
 
 # ---------------------------------------------------------------------------- anomalies, review
 
-_ANOMALY_COLUMNS = """a.id, a.meter_id AS meter, a.rule, a.at, a.reason, a.value, a.expected,
-a.holds, a.review_item_id, a.detected_at"""
+_ANOMALY_COLUMNS = """a.id, m.meter_id AS meter, v.name AS rule, a.at, a.reason, a.value,
+a.expected, a.holds, a.review_item_id, a.detected_at"""
+_ANOMALIES = """anomalies a JOIN meters m ON m.meter_key = a.meter
+JOIN vee_rules v ON v.code = a.rule"""
 
 
 def anomalies(conn: psycopg.Connection[Any], meter_id: str | None, rule: str | None,
               start: datetime | None, end: datetime | None, limit: int,
               offset: int) -> list[Anomaly]:
     """Anomalies the validation found, newest first; each filter applies when given."""
-    sql_where, params = _where((("a.meter_id = %s", meter_id), ("a.rule = %s", rule),
+    sql_where, params = _where((("m.meter_id = %s", meter_id), ("v.name = %s", rule),
                                 ("a.at >= %s", start), ("a.at < %s", end)))
     return cast("list[Anomaly]", _fetch(
-        conn, f"SELECT {_ANOMALY_COLUMNS} FROM anomalies a WHERE {sql_where}"
+        conn, f"SELECT {_ANOMALY_COLUMNS} FROM {_ANOMALIES} WHERE {sql_where}"
         " ORDER BY a.at DESC, a.id DESC LIMIT %s OFFSET %s", [*params, limit, offset]))
 
 
@@ -382,7 +408,7 @@ def review_item(conn: psycopg.Connection[Any], item_id: int) -> ReviewItemDetail
         return None
     out = cast(ReviewItemDetail, rows[0])
     out["anomalies"] = cast("list[Anomaly]", _fetch(
-        conn, f"SELECT {_ANOMALY_COLUMNS} FROM anomalies a WHERE a.review_item_id = %s"
+        conn, f"SELECT {_ANOMALY_COLUMNS} FROM {_ANOMALIES} WHERE a.review_item_id = %s"
         " ORDER BY a.at", (item_id,)))
     return out
 

@@ -4,7 +4,7 @@ Ordering of a batch's life: messages arrive (unacked) -> parsed into rows -> one
 (COPY + conflict-safe insert + bookkeeping) -> commit -> ack every message in the batch.
 A database outage leaves the batch unacked in memory and retries with backoff; the broker
 stops sending once Receive Maximum messages are unacked, so memory stays bounded. A crash at
-any point makes the broker redeliver; the (meter, quantity, ts) key makes that harmless.
+any point makes the broker redeliver; the (meter, ts) key makes that harmless.
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ class Collector:
         self._policy = store.WritePolicy(
             dead_letter_keep_bytes=config.dead_letter_keep_bytes,
             dead_letter_prefix_bytes=config.dead_letter_prefix_bytes,
+            late_after_s=config.validation.late_after_s,
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -382,7 +383,7 @@ class Collector:
 
     async def _write(self, batch: Batch) -> store.WriteResult:
         conn = await self._connection()
-        if batch.chunks:
+        if len(batch.cols):
             await self._ensure_months(conn, batch)
             await ownership.sort(conn, batch, datetime.now(UTC),
                                  commission_unknown=self.config.commission_unknown_meters,
@@ -390,13 +391,9 @@ class Collector:
         return await store.write(conn, batch, datetime.now(UTC), self._policy)
 
     async def _ensure_months(self, conn: psycopg.AsyncConnection, batch: Batch) -> None:
-        missing: dict[tuple[int, int], datetime] = {}
         known = self._months
-        for ts in {key[1] for key in batch.keys}:
-            key = (ts.year, ts.month)
-            if key not in known and key not in missing:
-                missing[key] = ts
-        for key, ts in sorted(missing.items()):  # each month on its own: no range in between
+        for key in sorted(batch.months - known):  # each month on its own: no range between
+            ts = datetime(key[0], key[1], 1, tzinfo=UTC)
             await store.ensure_partitions(conn, ts, ts)
             known.add(key)
 

@@ -1,9 +1,13 @@
 """The store: write one accumulated batch of messages in one transaction (the COPY path).
 
-Rows go through COPY into a per-connection temporary staging table and from there into
-`readings` with ON CONFLICT DO NOTHING: COPY is the fast path, the conflict clause makes a
-redelivered message harmless, and doing both in one transaction with the sequence, meter,
-gateway and dead-letter bookkeeping means the broker ack (sent after commit) covers all of it.
+Layout v2 (migration 0008): the batch's meters are upserted first (their integer keys and
+register resolution come back), then its readings batches (their ids come back: gateway, seq
+and arrival time live once per batch), then the readings as one binary COPY built by numpy
+(:mod:`collector.columns`). COPY is the fast path; a redelivered message makes it fail on the
+primary key, and then the rows go through a staging table and INSERT ... ON CONFLICT DO
+NOTHING, which stores each reading once. Doing all of it in one transaction with the
+sequence, meter, gateway, late-arrival and dead-letter bookkeeping means the broker ack (sent
+after commit) covers all of it.
 """
 
 from __future__ import annotations
@@ -13,45 +17,48 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import psycopg
 from psycopg.types.json import Jsonb
 
-from collector._copy import with_column
+from collector import columns
+from collector.columns import Columns
 from collector.parse import BatchSeen, DeadLetter, MeterSeen, Parsed
 from meterhub import wire
 
 _STAGE = """
-CREATE TEMP TABLE IF NOT EXISTS _stage (
-    meter_id text, quantity text, ts timestamptz, value double precision, unit text,
-    gateway text, seq bigint
-) ON COMMIT DELETE ROWS
+CREATE TEMP TABLE IF NOT EXISTS _stage (LIKE readings) ON COMMIT DELETE ROWS
 """
 
 _INSERT = """
 WITH ins AS (
-    INSERT INTO readings (meter_id, quantity, ts, value, unit, gateway, seq, received_at)
-    SELECT meter_id, quantity, ts, value, unit, gateway, seq, %(now)s FROM _stage
-    ORDER BY meter_id, quantity, ts
+    INSERT INTO readings SELECT * FROM _stage ORDER BY meter, ts
     ON CONFLICT DO NOTHING
-    RETURNING meter_id, quantity, ts
+    RETURNING meter, ts, num_nonnulls(energy_import, energy_export, voltage_a, voltage_b,
+        voltage_c, current_a, current_b, current_c, power_active, power_factor, frequency,
+        clock_skew) AS n
 ), dirty AS (
-    INSERT INTO vee_dirty (meter_id, dirty_from)
-    SELECT meter_id, min(ts) FROM ins GROUP BY meter_id ORDER BY meter_id
-    ON CONFLICT (meter_id) DO UPDATE
+    INSERT INTO vee_dirty (meter, dirty_from)
+    SELECT meter, min(ts) FROM ins GROUP BY meter ORDER BY meter
+    ON CONFLICT (meter) DO UPDATE
         SET dirty_from = least(vee_dirty.dirty_from, excluded.dirty_from),
             marked_at = clock_timestamp(), mark = nextval('vee_mark_seq')
 )
-SELECT (SELECT count(*) FROM (SELECT DISTINCT meter_id, ts FROM ins) r), (SELECT count(*) FROM ins)
+SELECT count(*), coalesce(sum(n), 0) FROM ins
 """
 
 # Same key, different value: a meter or gateway fault worth an engineer's eye.
 _CONFLICTS = """
 INSERT INTO gateway_events (gateway, source, kind, meter_id, at, detail, data)
-SELECT s.gateway, 'collector', 'conflicting_duplicate', s.meter_id, s.ts,
-       format('%%s at %%s arrived again with %%s (stored %%s)', s.quantity, s.ts, s.value, r.value),
-       jsonb_build_object('quantity', s.quantity, 'stored', r.value, 'received', s.value)
-FROM _stage s JOIN readings r USING (meter_id, quantity, ts)
-WHERE r.value <> s.value
+SELECT b.gateway, 'collector', 'conflicting_duplicate', m.meter_id, s.ts,
+       format('the reading at %%s arrived again with other values: %%s (stored %%s)', s.ts,
+              to_jsonb(s) - 'batch' - 'meter' - 'ts', to_jsonb(r) - 'batch' - 'meter' - 'ts'),
+       jsonb_build_object('stored', to_jsonb(r) - 'batch' - 'meter' - 'ts',
+                          'received', to_jsonb(s) - 'batch' - 'meter' - 'ts')
+FROM _stage s JOIN readings r USING (meter, ts)
+JOIN meters m ON m.meter_key = s.meter
+JOIN gateway_batches b ON b.batch_id = s.batch
+WHERE (to_jsonb(r) - 'batch') <> (to_jsonb(s) - 'batch')
 """
 
 # gateway and site are set when a meter is registered (collector/ownership.py), never here:
@@ -67,14 +74,30 @@ ON CONFLICT (meter_id) DO UPDATE SET
                   AND (m.relay_at IS NULL OR excluded.relay_at >= m.relay_at)
                  THEN excluded.relay ELSE m.relay END,
     relay_at = greatest(m.relay_at, excluded.relay_at)
+RETURNING meter_id, meter_key, energy_decimals
 """
 
 _BATCHES = """
-INSERT INTO gateway_batches (gateway, seq, received_at, readings)
-SELECT g, s, %s, n FROM unnest(%s::text[], %s::bigint[], %s::int[]) AS u(g, s, n)
+INSERT INTO gateway_batches (gateway, seq, received_at, readings, oldest_ts)
+SELECT g, s, %s, n, o FROM unnest(%s::text[], %s::bigint[], %s::int[], %s::timestamptz[])
+    AS u(g, s, n, o)
 ORDER BY g, s
 ON CONFLICT DO NOTHING
-RETURNING gateway, seq
+RETURNING gateway, seq, batch_id
+"""
+
+_LATE = """
+INSERT INTO late_batches (gateway, seq_from, seq_to, readings, oldest_ts, newest_ts, delay_s,
+                          received_at)
+SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::int[], %s::timestamptz[],
+                     %s::timestamptz[], %s::int[], %s::timestamptz[])
+ON CONFLICT DO NOTHING
+"""
+
+_EXTRAS = """
+INSERT INTO reading_extras (meter, ts, quantity, counts, value)
+SELECT * FROM unnest(%s::int[], %s::timestamptz[], %s::smallint[], %s::bigint[], %s::float8[])
+ON CONFLICT DO NOTHING
 """
 
 _GATEWAY_SEEN = """
@@ -105,11 +128,9 @@ WHERE g.status_at IS NULL OR excluded.status_at >= g.status_at
 class Batch:
     """Messages accumulated since the last commit, with the broker ids to ack after it."""
 
-    chunks: list[str] = field(default_factory=list)  # COPY text, one chunk per reading
-    keys: list[tuple[str, datetime]] = field(default_factory=list)  # (meter, ts) per chunk
-    origins: list[str] = field(default_factory=list)  # sending gateway (topic's) per chunk
-    values: int = 0
+    cols: Columns = field(default_factory=Columns)  # good readings; origin: index in batches
     readings: int = 0
+    months: set[tuple[int, int]] = field(default_factory=set)
     meters: dict[str, MeterSeen] = field(default_factory=dict)
     dead: list[DeadLetter] = field(default_factory=list)
     batches: list[BatchSeen] = field(default_factory=list)
@@ -123,15 +144,12 @@ class Batch:
     rejected: bool = False  # already turned into dead letters after the database refused it
 
     def add_readings(self, parsed: Parsed) -> None:
-        self.chunks.extend(parsed.chunks)
-        self.keys.extend(parsed.keys)
         if parsed.batch is not None:
-            self.origins.extend([parsed.batch.gateway] * len(parsed.chunks))
-        self.values += parsed.values
+            self.cols.extend(parsed.cols, len(self.batches))
+            self.batches.append(parsed.batch)
+            self.months |= parsed.months
         self.readings += parsed.readings
         self.dead.extend(parsed.dead)
-        if parsed.batch is not None:
-            self.batches.append(parsed.batch)
         for meter, seen in parsed.meters.items():
             have = self.meters.get(meter)
             if have is None:
@@ -144,6 +162,10 @@ class Batch:
             if seen.relay_at is not None and newer:
                 have.relay, have.relay_at = seen.relay, seen.relay_at
 
+    @property
+    def values(self) -> int:
+        return self.cols.count
+
     def __len__(self) -> int:
         return self.messages
 
@@ -154,6 +176,7 @@ class WritePolicy:
 
     dead_letter_keep_bytes: int = 64 * 1024
     dead_letter_prefix_bytes: int = 4096
+    late_after_s: float = 3600.0  # ValidationConfig.late_after_s
 
 
 def dead_letter_row(d: DeadLetter, now: datetime, policy: WritePolicy) -> tuple[Any, ...]:
@@ -202,11 +225,10 @@ async def write(conn: psycopg.AsyncConnection, batch: Batch, now: datetime,
     policy = policy or WritePolicy()
     stored = values = dup_batches = 0
     async with conn.transaction():
-        if batch.chunks:
-            stored, values = await _store_rows(conn, batch, now)
+        keys: dict[str, tuple[int, int]] = {}
         if batch.meters:
             ms = sorted(batch.meters.items())
-            await conn.execute(
+            cur = await conn.execute(
                 _METERS,
                 (
                     [m for m, _ in ms], [s.gateway for _, s in ms], [s.site for _, s in ms],
@@ -214,8 +236,12 @@ async def write(conn: psycopg.AsyncConnection, batch: Batch, now: datetime,
                     [s.relay for _, s in ms], [s.relay_at for _, s in ms],
                 ),
             )
+            keys = {m: (k, d) for m, k, d in await cur.fetchall()}
+        ids: list[int] = []
         if batch.batches:
-            dup_batches = await _track_sequences(conn, batch.batches, now)
+            dup_batches, ids = await _track_sequences(conn, batch.batches, now, policy)
+        if len(batch.cols):
+            stored, values = await _store_rows(conn, batch, keys, ids)
         for status in batch.statuses:
             await conn.execute(
                 _STATUS,
@@ -241,53 +267,80 @@ async def write(conn: psycopg.AsyncConnection, batch: Batch, now: datetime,
     return WriteResult(stored, values, dup_batches, len(batch.dead))
 
 
-async def _store_rows(conn: psycopg.AsyncConnection, batch: Batch, now: datetime
-                      ) -> tuple[int, int]:
+async def _store_rows(conn: psycopg.AsyncConnection, batch: Batch,
+                      keys: dict[str, tuple[int, int]], ids: list[int]) -> tuple[int, int]:
     """(readings, values) newly stored.
 
-    Fresh data, the common case, goes straight into `readings` by COPY (inside a savepoint):
-    that is the database's fastest path. If any row is already there (a redelivery, a replay)
-    the savepoint is rolled back and the rows go through a staging table and
+    Fresh data, the common case, goes straight into `readings` by binary COPY (inside a
+    savepoint): the database's fastest path. If any row is already there (a redelivery, a
+    replay) the savepoint is rolled back and the rows go through a staging table and
     INSERT ... ON CONFLICT DO NOTHING, which stores each reading once.
     """
-    text = "".join(batch.chunks).encode()
+    cols = batch.cols
+    key = np.array([keys[m][0] for m in cols.meters], dtype=np.int32)
+    decimals = np.array([keys[m][1] for m in cols.meters], dtype=np.int64)
+    data = columns.binary_copy(
+        np.array(cols.micros, dtype=np.int64),
+        np.array(ids, dtype=np.int64)[np.array(cols.origins, dtype=np.int64)], key,
+        np.array(cols.values, dtype=np.float64).reshape(-1, columns.WIDTH), decimals)
     try:
         async with conn.transaction(), conn.cursor().copy(
-            "COPY readings (meter_id, quantity, ts, value, unit, gateway, seq, received_at) "
-            "FROM STDIN"
+            f"COPY readings ({columns.COPY_COLUMNS}) FROM STDIN (FORMAT BINARY)"
         ) as copy:
-            await copy.write(with_column(text, now.isoformat()))
+            await copy.write(data)
     except psycopg.errors.UniqueViolation:
         pass
     else:
-        meters = sorted((m, s.first) for m, s in batch.meters.items())
-        await conn.execute(_DIRTY, ([m for m, _ in meters], [f for _, f in meters]))
-        return len(set(batch.keys)), batch.values
+        firsts: dict[int, datetime] = {}
+        for k, ts in zip(key.tolist(), cols.times, strict=True):
+            if k not in firsts or ts < firsts[k]:
+                firsts[k] = ts
+        order = sorted(firsts)
+        await conn.execute(_DIRTY, (order, [firsts[k] for k in order]))
+        await _store_extras(conn, cols, key, decimals)
+        return len(cols), cols.count
     async with conn.cursor().copy(
-        "COPY _stage (meter_id, quantity, ts, value, unit, gateway, seq) FROM STDIN"
+        f"COPY _stage ({columns.COPY_COLUMNS}) FROM STDIN (FORMAT BINARY)"
     ) as copy:
-        await copy.write(text)
-    cur = await conn.execute(_INSERT, {"now": now})
+        await copy.write(data)
+    cur = await conn.execute(_INSERT)
     stored, values = (await cur.fetchone()) or (0, 0)
-    if values < batch.values:
+    if stored < len(cols):
         await conn.execute(_CONFLICTS)
-    return stored, values
+    return int(stored), int(values) + await _store_extras(conn, cols, key, decimals)
+
+
+async def _store_extras(conn: psycopg.AsyncConnection, cols: Columns,
+                        key: np.ndarray, decimals: np.ndarray) -> int:
+    """The rare quantities, one row per value (conflict-safe: few rows, no COPY needed);
+    returns how many were new."""
+    if not cols.extras:
+        return 0
+    rows, codes, numbers = zip(*cols.extras, strict=True)
+    cumulative = [c in columns.CUMULATIVE_EXTRAS for c in codes]
+    counts = [round(v * 10 ** int(decimals[r])) if cum else None
+              for r, v, cum in zip(rows, numbers, cumulative, strict=True)]
+    cur = await conn.execute(_EXTRAS, (
+        [int(key[r]) for r in rows], [cols.times[r] for r in rows], list(codes), counts,
+        [None if cum else v for v, cum in zip(numbers, cumulative, strict=True)]))
+    return cur.rowcount
 
 
 _DIRTY = """
-INSERT INTO vee_dirty (meter_id, dirty_from)
-SELECT * FROM unnest(%s::text[], %s::timestamptz[])
-ON CONFLICT (meter_id) DO UPDATE
+INSERT INTO vee_dirty (meter, dirty_from)
+SELECT * FROM unnest(%s::int[], %s::timestamptz[])
+ON CONFLICT (meter) DO UPDATE
     SET dirty_from = least(vee_dirty.dirty_from, excluded.dirty_from),
         marked_at = clock_timestamp(), mark = nextval('vee_mark_seq')
 """
 
 
 async def _track_sequences(
-    conn: psycopg.AsyncConnection, seen: list[BatchSeen], now: datetime
-) -> int:
+    conn: psycopg.AsyncConnection, seen: list[BatchSeen], now: datetime, policy: WritePolicy
+) -> tuple[int, list[int]]:
     """Record each (gateway, seq); a conflict is a duplicate batch, a new seq below the
-    highest already seen is an out-of-order (late) batch: both become events."""
+    highest already seen is an out-of-order (late) batch: both become events. Returns the
+    duplicates and the batch id of each message (in `seen` order)."""
     gateways = sorted({b.gateway for b in seen})
     cur = await conn.execute(
         "SELECT gateway, max_seq FROM gateways WHERE gateway = ANY(%s)", (gateways,)
@@ -295,9 +348,19 @@ async def _track_sequences(
     highest: dict[str, int] = {g: m for g, m in await cur.fetchall() if m is not None}
     cur = await conn.execute(
         _BATCHES,
-        (now, [b.gateway for b in seen], [b.seq for b in seen], [b.readings for b in seen]),
+        (now, [b.gateway for b in seen], [b.seq for b in seen], [b.readings for b in seen],
+         [b.oldest for b in seen]),
     )
-    fresh = {(g, s) for g, s in await cur.fetchall()}
+    ids = {(g, s): i for g, s, i in await cur.fetchall()}
+    fresh = set(ids)
+    again = sorted({(b.gateway, b.seq) for b in seen} - fresh)
+    if again:
+        cur = await conn.execute(
+            "SELECT b.gateway, b.seq, b.batch_id FROM gateway_batches b"
+            " JOIN unnest(%s::text[], %s::bigint[]) AS u(g, s) ON b.gateway = u.g AND b.seq = u.s",
+            ([g for g, _ in again], [s for _, s in again]))
+        ids.update({(g, s): i for g, s, i in await cur.fetchall()})
+    await _late_batches(conn, [b for b in seen if (b.gateway, b.seq) in fresh], policy)
     per_gateway: dict[str, list[BatchSeen]] = {}
     duplicates: list[BatchSeen] = []
     counted: set[tuple[str, int]] = set()
@@ -336,7 +399,29 @@ async def _track_sequences(
              for g in gws],
         ),
     )
-    return len(duplicates)
+    return len(duplicates), [ids[(b.gateway, b.seq)] for b in seen]
+
+
+async def _late_batches(conn: psycopg.AsyncConnection, fresh: list[BatchSeen],
+                        policy: WritePolicy) -> None:
+    """One `late_batches` row per run of consecutive late batches of a gateway: a backfill
+    is one event with its seq range and delay, not an anomaly per interval."""
+    late = sorted((b for b in fresh if b.oldest is not None and b.received_at is not None
+                   and (b.received_at - b.oldest).total_seconds() > policy.late_after_s),
+                  key=lambda b: (b.gateway, b.seq))
+    runs: list[list[BatchSeen]] = []
+    for b in late:
+        if runs and runs[-1][-1].gateway == b.gateway and runs[-1][-1].seq + 1 == b.seq:
+            runs[-1].append(b)
+        else:
+            runs.append([b])
+    if not runs:
+        return
+    rows = [(r[0].gateway, r[0].seq, r[-1].seq, sum(b.readings for b in r),
+             min(b.oldest for b in r), max(b.newest for b in r),
+             int(max((b.received_at - b.oldest).total_seconds() for b in r)),
+             max(b.received_at for b in r)) for r in runs]
+    await conn.execute(_LATE, [list(c) for c in zip(*rows, strict=True)])
 
 
 async def _batch_events(conn: psycopg.AsyncConnection, kind: str,

@@ -443,7 +443,8 @@ def _raise_if_failed(tasks: list[asyncio.Task[None]]) -> None:
 def _stored(database_url: str, plan: DemoPlan) -> int:
     with psycopg.connect(database_url) as conn:
         row = conn.execute(
-            "SELECT count(DISTINCT (meter_id, ts)) FROM readings WHERE meter_id = ANY(%s)",
+            "SELECT count(*) FROM readings r JOIN meters m ON m.meter_key = r.meter"
+            " WHERE m.meter_id = ANY(%s)",
             (plan.meter_ids(),),
         ).fetchone()
     return int(row[0]) if row else 0

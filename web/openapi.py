@@ -106,6 +106,8 @@ SCHEMAS: dict[str, S] = {
     "GatewayDetail": _obj({
         **GATEWAY,
         "gaps": _arr(_obj({"from_seq": INT, "to_seq": INT, "noticed_after": TIME})),
+        "late": _arr(_obj({"seq_from": INT, "seq_to": INT, "readings": INT, "oldest": TIME,
+                           "newest": TIME, "delay_s": INT, "received_at": TIME})),
         "events": _arr(_ref("GatewayEvent")), "meter_ids": _arr(STR),
     }),
     "GatewayEvent": _obj({"id": INT, "source": STR, "kind": STR, "meter": _null(STR),

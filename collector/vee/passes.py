@@ -20,10 +20,8 @@ import numpy as np
 import psycopg
 
 from collector.config import ValidationConfig
-from collector.parse import CLOCK_SKEW
 from collector.vee import estimate, rules
 from collector.vee.review import VEE_LOCK, open_review_items
-from meterhub.quantities import ENERGY_IMPORT
 
 log = logging.getLogger(__name__)
 
@@ -68,20 +66,20 @@ def estimate_forward(conn: psycopg.Connection, interval_s: int, cfg: ValidationC
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (VEE_LOCK,))
         rows = conn.execute(
-            """SELECT m.meter_id, extract(epoch FROM lr.ts)::float8
+            """SELECT m.meter_key, extract(epoch FROM lr.ts)::float8
                FROM meters m CROSS JOIN LATERAL (
                    SELECT ts FROM readings
-                   WHERE meter_id = m.meter_id AND quantity = %s
+                   WHERE meter = m.meter_key AND energy_import IS NOT NULL
                    ORDER BY ts DESC LIMIT 1) lr
                WHERE m.last_seen < %s AND m.last_seen > %s AND lr.ts < %s
-               ORDER BY m.meter_id""",
-            (ENERGY_IMPORT, now - timedelta(seconds=cfg.forward_estimate_after_s),
+               ORDER BY m.meter_key""",
+            (now - timedelta(seconds=cfg.forward_estimate_after_s),
              now - timedelta(seconds=cfg.forward_estimate_max_s),
              now - timedelta(seconds=cfg.forward_estimate_after_s)),
         ).fetchall()
         if not rows:
             return 0
-        names = [r[0] for r in rows]
+        names: list[int] = [r[0] for r in rows]
         first = np.floor(np.array([r[1] for r in rows]) / size) * size
         end = np.floor(now.timestamp() / size) * size
         counts = np.maximum(((end - first) / size).astype(np.int64), 0)
@@ -107,17 +105,15 @@ def estimate_forward(conn: psycopg.Connection, interval_s: int, cfg: ValidationC
         )
         last = {i: datetime.fromtimestamp(float(r[1]), UTC) for i, r in enumerate(rows)}
         anomalies: list[tuple[Any, ...]] = []
-        reasons: dict[int, str] = {}
         for i in range(n):
             mi = int(iv.meter[i])
             method = int(iv.method[i])
             reason = (f"no reads since {last[mi]:%Y-%m-%d %H:%M}: forward estimate from the "
                       f"like-day profile (method {method}); replaced when reads arrive")
-            reasons[i] = f"missing_reads: {reason}"
-            anomalies.append((names[mi], "missing_reads",
+            anomalies.append((names[mi], rules.code(rules.MISSING),
                               datetime.fromtimestamp(float(iv.start[i]), UTC), reason,
                               float(iv.kwh[i]), None, False, i))
-        written, _, _ = _write(conn, names, iv, anomalies, reasons, interval_s)
+        written, _, _ = _write(conn, names, iv, anomalies, interval_s)
     return written
 
 
@@ -126,12 +122,12 @@ def revalidate(database_url: str, interval_s: int, cfg: ValidationConfig, since:
     """Mark every meter with readings since `since` (or the given ones) and validate again."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(
-            """INSERT INTO vee_dirty (meter_id, dirty_from)
-               SELECT meter_id, %(since)s FROM meters
+            """INSERT INTO vee_dirty (meter, dirty_from)
+               SELECT meter_key, %(since)s FROM meters
                WHERE (%(meters)s::text[] IS NULL OR meter_id = ANY(%(meters)s))
                  AND last_seen >= %(since)s
-               ORDER BY meter_id
-               ON CONFLICT (meter_id) DO UPDATE
+               ORDER BY meter_key
+               ON CONFLICT (meter) DO UPDATE
                  SET dirty_from = least(vee_dirty.dirty_from, excluded.dirty_from),
                      marked_at = clock_timestamp(), mark = nextval('vee_mark_seq')""",
             {"since": since, "meters": meters},
@@ -154,7 +150,7 @@ def validate_chunk(conn: psycopg.Connection, interval_s: int, cfg: ValidationCon
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (VEE_LOCK,))
         dirty = conn.execute(
-            "SELECT meter_id, dirty_from, mark FROM vee_dirty ORDER BY meter_id LIMIT %s",
+            "SELECT meter, dirty_from, mark FROM vee_dirty ORDER BY meter LIMIT %s",
             (chunk,),
         ).fetchall()
         if not dirty:
@@ -165,11 +161,11 @@ def validate_chunk(conn: psycopg.Connection, interval_s: int, cfg: ValidationCon
                   for d in dirty]
         result = _validate(conn, names, window, interval_s, cfg)
         # lock in meter order, as ingest does when it marks meters: no deadlock between them
-        conn.execute("SELECT 1 FROM vee_dirty WHERE meter_id = ANY(%s) ORDER BY meter_id "
+        conn.execute("SELECT 1 FROM vee_dirty WHERE meter = ANY(%s) ORDER BY meter "
                      "FOR UPDATE", (names,))
         conn.execute(
-            "DELETE FROM vee_dirty d USING unnest(%s::text[], %s::bigint[]) AS u(m, mark) "
-            "WHERE d.meter_id = u.m AND d.mark <= u.mark",
+            "DELETE FROM vee_dirty d USING unnest(%s::int[], %s::bigint[]) AS u(m, mark) "
+            "WHERE d.meter = u.m AND d.mark <= u.mark",
             (names, [d[2] for d in dirty]),
         )
     return PassResult(len(names), *result)
@@ -178,45 +174,45 @@ def validate_chunk(conn: psycopg.Connection, interval_s: int, cfg: ValidationCon
 # ---------------------------------------------------------------------------- loading
 
 
-def _load_reads(conn: psycopg.Connection, names: list[str], window: list[datetime]
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _load_reads(conn: psycopg.Connection, names: list[int], window: list[datetime]
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(meter index, epoch s, kWh) of the energy register from each meter's window on, with
+    a few reads before it; the register's integer counts become kWh here."""
     rows = conn.execute(
-        f"""SELECT u.i, extract(epoch FROM r.ts)::float8, r.value,
-                   extract(epoch FROM r.received_at - r.ts)::float8
-            FROM unnest(%s::text[], %s::timestamptz[]) WITH ORDINALITY AS u(m, w, i)
+        f"""SELECT u.i, extract(epoch FROM r.ts)::float8,
+                   r.energy_import::float8 / (10::float8 ^ m.energy_decimals)
+            FROM unnest(%s::int[], %s::timestamptz[]) WITH ORDINALITY AS u(m, w, i)
+            JOIN meters m ON m.meter_key = u.m
             CROSS JOIN LATERAL (
-                (SELECT ts, value, received_at FROM readings
-                 WHERE meter_id = u.m AND quantity = %s AND ts < u.w
+                (SELECT ts, energy_import FROM readings
+                 WHERE meter = u.m AND ts < u.w AND energy_import IS NOT NULL
                  ORDER BY ts DESC LIMIT {_CONTEXT_READS})
                 UNION ALL
-                (SELECT ts, value, received_at FROM readings
-                 WHERE meter_id = u.m AND quantity = %s AND ts >= u.w)
+                (SELECT ts, energy_import FROM readings
+                 WHERE meter = u.m AND ts >= u.w AND energy_import IS NOT NULL)
             ) r
             ORDER BY u.i, r.ts""",
-        (names, window, ENERGY_IMPORT, ENERGY_IMPORT),
+        (names, window),
     ).fetchall()
-    arr = np.array(rows, dtype=np.float64).reshape(-1, 4)
-    return arr[:, 0].astype(np.int64) - 1, arr[:, 1], arr[:, 2], arr[:, 3]
+    arr = np.array(rows, dtype=np.float64).reshape(-1, 3)
+    return arr[:, 0].astype(np.int64) - 1, arr[:, 1], arr[:, 2]
 
 
-def _load_side(conn: psycopg.Connection, names: list[str], lo: list[datetime],
+def _load_side(conn: psycopg.Connection, names: list[int], lo: list[datetime],
                interval_s: int) -> np.ndarray:
-    """Per (meter, interval): max current, min/max voltage, max |clock skew|."""
+    """Per (meter, interval): max current, min/max voltage, max |clock skew|, that skew."""
     rows = conn.execute(
         """SELECT u.i, extract(epoch FROM date_bin(make_interval(secs => %s), r.ts,
                                                    timestamptz 'epoch'))::float8 AS s,
-                  max(r.value) FILTER (WHERE r.quantity LIKE 'current\\_%%'),
-                  min(r.value) FILTER (WHERE r.quantity LIKE 'voltage\\_%%'),
-                  max(r.value) FILTER (WHERE r.quantity LIKE 'voltage\\_%%'),
-                  max(abs(r.value)) FILTER (WHERE r.quantity = %s),
-                  (array_agg(r.value ORDER BY abs(r.value) DESC)
-                       FILTER (WHERE r.quantity = %s))[1]
-           FROM unnest(%s::text[], %s::timestamptz[]) WITH ORDINALITY AS u(m, w, i)
-           JOIN readings r ON r.meter_id = u.m AND r.ts >= u.w
-           WHERE r.quantity LIKE 'current\\_%%' OR r.quantity LIKE 'voltage\\_%%'
-              OR r.quantity = %s
+                  max(greatest(r.current_a, r.current_b, r.current_c)),
+                  min(least(r.voltage_a, r.voltage_b, r.voltage_c)),
+                  max(greatest(r.voltage_a, r.voltage_b, r.voltage_c)),
+                  max(abs(r.clock_skew)),
+                  (array_agg(r.clock_skew ORDER BY abs(r.clock_skew) DESC NULLS LAST))[1]
+           FROM unnest(%s::int[], %s::timestamptz[]) WITH ORDINALITY AS u(m, w, i)
+           JOIN readings r ON r.meter = u.m AND r.ts >= u.w
            GROUP BY u.i, s ORDER BY u.i, s""",
-        (interval_s, CLOCK_SKEW, CLOCK_SKEW, names, lo, CLOCK_SKEW),
+        (interval_s, names, lo),
     ).fetchall()
     arr = np.array([[np.nan if v is None else v for v in r] for r in rows],
                    dtype=np.float64).reshape(-1, 7)
@@ -224,27 +220,27 @@ def _load_side(conn: psycopg.Connection, names: list[str], lo: list[datetime],
     return arr
 
 
-def _load_history(conn: psycopg.Connection, names: list[str], window: list[datetime],
+def _load_history(conn: psycopg.Connection, names: list[int], window: list[datetime],
                   days: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Actual, unflagged intervals before each meter's window: baseline and like-day input."""
     rows = conn.execute(
         """SELECT u.i, extract(epoch FROM iv.interval_start)::float8, iv.kwh::float8
-           FROM unnest(%s::text[], %s::timestamptz[]) WITH ORDINALITY AS u(m, w, i)
-           JOIN intervals iv ON iv.meter_id = u.m
+           FROM unnest(%s::int[], %s::timestamptz[]) WITH ORDINALITY AS u(m, w, i)
+           JOIN intervals iv ON iv.meter = u.m
                 AND iv.interval_start >= u.w - make_interval(days => %s)
                 AND iv.interval_start < u.w
-           WHERE iv.quality = 'A' AND NOT iv.flags && %s::text[]""",
-        (names, window, days, ["surge", "drop", "register_reset", "register_replacement",
-                               "zero_with_current"]),
+           WHERE iv.quality = 'A' AND iv.flags & %s = 0""",
+        (names, window, days, rules.SURGE | rules.DROP | rules.RESET | rules.REPLACEMENT
+         | rules.ZERO_WITH_CURRENT),
     ).fetchall()
     arr = np.array(rows, dtype=np.float64).reshape(-1, 3)
     return arr[:, 0].astype(np.int64) - 1, arr[:, 1], arr[:, 2]
 
 
-def _expected(conn: psycopg.Connection, names: list[str]) -> np.ndarray:
+def _expected(conn: psycopg.Connection, names: list[int]) -> np.ndarray:
     rows = conn.execute(
-        "SELECT u.i, m.expected_interval_s FROM unnest(%s::text[]) WITH ORDINALITY AS u(m, i)"
-        " LEFT JOIN meters m ON m.meter_id = u.m ORDER BY u.i",
+        "SELECT u.i, m.expected_interval_s FROM unnest(%s::int[]) WITH ORDINALITY AS u(m, i)"
+        " LEFT JOIN meters m ON m.meter_key = u.m ORDER BY u.i",
         (names,),
     ).fetchall()
     return np.array([np.nan if r[1] is None else float(r[1]) for r in rows])
@@ -253,9 +249,9 @@ def _expected(conn: psycopg.Connection, names: list[str]) -> np.ndarray:
 # ---------------------------------------------------------------------------- the pass
 
 
-def _validate(conn: psycopg.Connection, names: list[str], window: list[datetime],
+def _validate(conn: psycopg.Connection, names: list[int], window: list[datetime],
               interval_s: int, cfg: ValidationConfig) -> tuple[int, int, int]:
-    meter, t, e, late = _load_reads(conn, names, window)
+    meter, t, e = _load_reads(conn, names, window)
     if len(t) == 0:
         return 0, 0, 0
     expected_cfg = _expected(conn, names)[meter]
@@ -287,22 +283,17 @@ def _validate(conn: psycopg.Connection, names: list[str], window: list[datetime]
     iv.flags[(vmin < lo_v) | (vmax > hi_v)] |= rules.VOLTAGE
     skew = rules.lookup(iv.meter, iv.start, sm, ss, side[:, 6])
     iv.flags[np.abs(skew) > cfg.clock_skew_s] |= rules.CLOCK_SKEW
-    lm, ls, lmax = rules.per_interval_max(meter, t, late, interval_s)
-    lateness = rules.lookup(iv.meter, iv.start, lm, ls, lmax)
-    iv.flags[lateness > cfg.late_after_s] |= rules.LATE
 
-    ctx = _Context(names, iv, reg, meter, t, e, med, scale, amps, vmin, vmax, skew, lateness,
-                   cfg, interval_s)
-    anomalies = ctx.anomalies()
-    reasons = ctx.interval_reasons(anomalies)
-    return _write(conn, names, iv, anomalies, reasons, interval_s)
+    ctx = _Context(names, iv, reg, meter, t, e, med, scale, amps, vmin, vmax, skew, cfg,
+                   interval_s)
+    return _write(conn, names, iv, ctx.anomalies(), interval_s)
 
 
 @dataclass
 class _Context:
     """Words for what fired: one reason per (interval, rule), built only for flagged ones."""
 
-    names: list[str]
+    names: list[int]
     iv: rules.Intervals
     reg: rules.Register
     meter: np.ndarray
@@ -314,7 +305,6 @@ class _Context:
     vmin: np.ndarray
     vmax: np.ndarray
     skew: np.ndarray
-    lateness: np.ndarray
     cfg: ValidationConfig
     interval_s: int
 
@@ -333,19 +323,13 @@ class _Context:
         out: list[tuple[Any, ...]] = []
         for i in np.flatnonzero(iv.flags):
             flags = int(iv.flags[i])
-            for bit, rule in rules.RULES.items():
+            for bit in rules.RULES:
                 if flags & bit:
                     reason, value, expected = self._reason(int(i), bit)
-                    out.append((self.names[int(iv.meter[i])], rule,
+                    out.append((self.names[int(iv.meter[i])], rules.code(bit),
                                 datetime.fromtimestamp(float(iv.start[i]), UTC), reason,
                                 value, expected, bool(bit & rules.HOLDS), int(i)))
         return out
-
-    def interval_reasons(self, anomalies: list[tuple[Any, ...]]) -> dict[int, str]:
-        reasons: dict[int, list[str]] = {}
-        for a in anomalies:
-            reasons.setdefault(a[7], []).append(f"{a[1]}: {a[3]}")
-        return {i: "; ".join(r) for i, r in reasons.items()}
 
     def _reason(self, i: int, bit: int) -> tuple[str, float | None, float | None]:
         iv, cfg = self.iv, self.cfg
@@ -388,10 +372,6 @@ class _Context:
             s = float(self.skew[i])
             return (f"meter clock {abs(s):.0f} s {'ahead of' if s > 0 else 'behind'} gateway "
                     f"time (limit {cfg.clock_skew_s:.0f} s): time-sync the meter", s, 0.0)
-        if bit == rules.LATE:
-            late = float(self.lateness[i])
-            return (f"reads arrived up to {late / 3600:.1f} h after they were taken (late after "
-                    f"{cfg.late_after_s / 3600:.1f} h): interval recomputed", late, None)
         # register events
         evs = [ev for ev in self.events.get((int(iv.meter[i]), float(iv.start[i])), [])
                if ev[0] == bit]
@@ -422,50 +402,45 @@ def _hm(epoch: float) -> str:
 
 _IV_STAGE = """
 CREATE TEMP TABLE IF NOT EXISTS _iv (
-    meter_id text, interval_start timestamptz, interval_end timestamptz, kwh numeric(16,4),
-    quality char(1), method smallint, reason text, raw_kwh numeric(16,4), flags text[]
+    meter int, interval_start timestamptz, seconds int, kwh numeric(16,4), quality "char",
+    method smallint, raw_kwh numeric(16,4), flags int
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS _an (
-    meter_id text, rule text, at timestamptz, reason text, value float8, expected float8,
+    meter int, rule smallint, at timestamptz, reason text, value float8, expected float8,
     holds boolean
 ) ON COMMIT DELETE ROWS;
 """
 
 
-def _write(conn: psycopg.Connection, names: list[str], iv: rules.Intervals,
-           anomalies: list[tuple[Any, ...]], reasons: dict[int, str], interval_s: int
-           ) -> tuple[int, int, int]:
+def _write(conn: psycopg.Connection, names: list[int], iv: rules.Intervals,
+           anomalies: list[tuple[Any, ...]], interval_s: int) -> tuple[int, int, int]:
     conn.execute(_IV_STAGE)
-    size = float(interval_s)
     with conn.cursor().copy(
-        "COPY _iv (meter_id, interval_start, interval_end, kwh, quality, method, reason, "
-        "raw_kwh, flags) FROM STDIN"
+        "COPY _iv (meter, interval_start, seconds, kwh, quality, method, raw_kwh, flags) "
+        "FROM STDIN"
     ) as copy:
         for i in range(len(iv)):
-            start = float(iv.start[i])
-            flags = int(iv.flags[i])
             copy.write_row((
-                names[int(iv.meter[i])],
-                datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(start + size, UTC),
-                round(float(iv.kwh[i]), 4), str(iv.quality[i]),
-                int(iv.method[i]) or None, reasons.get(i),
+                names[int(iv.meter[i])], datetime.fromtimestamp(float(iv.start[i]), UTC),
+                interval_s, round(float(iv.kwh[i]), 4), str(iv.quality[i]),
+                int(iv.method[i]) or None,
                 None if np.isnan(iv.raw_kwh[i]) else round(float(iv.raw_kwh[i]), 4),
-                [r for b, r in rules.RULES.items() if flags & b],
+                int(iv.flags[i]),
             ))
     with conn.cursor().copy(
-        "COPY _an (meter_id, rule, at, reason, value, expected, holds) FROM STDIN"
+        "COPY _an (meter, rule, at, reason, value, expected, holds) FROM STDIN"
     ) as copy:
         for a in anomalies:
             copy.write_row([_finite(v) for v in a[:7]])
     # Anomalies of the recomputed span that no longer fire go (unless a person decided them);
     # a review item left with nothing to review is closed by the collector.
     orphaned = conn.execute(
-        """WITH span AS (SELECT meter_id, min(interval_start) lo, max(interval_start) hi
-                         FROM _iv GROUP BY meter_id)
+        """WITH span AS (SELECT meter, min(interval_start) lo, max(interval_start) hi
+                         FROM _iv GROUP BY meter)
            DELETE FROM anomalies a USING span
-           WHERE a.meter_id = span.meter_id AND a.at BETWEEN span.lo AND span.hi
+           WHERE a.meter = span.meter AND a.at BETWEEN span.lo AND span.hi
              AND NOT EXISTS (SELECT 1 FROM _an n
-                             WHERE n.meter_id = a.meter_id AND n.rule = a.rule AND n.at = a.at)
+                             WHERE n.meter = a.meter AND n.rule = a.rule AND n.at = a.at)
              AND (a.review_item_id IS NULL OR EXISTS (
                     SELECT 1 FROM review_items r WHERE r.id = a.review_item_id
                     AND r.status = 'open'))
@@ -482,34 +457,32 @@ def _write(conn: psycopg.Connection, names: list[str], iv: rules.Intervals,
             (gone,),
         )
     conn.execute(
-        """INSERT INTO anomalies AS a (meter_id, rule, at, reason, value, expected, holds)
-           SELECT meter_id, rule, at, reason, value, expected, holds FROM _an
-           ORDER BY meter_id, rule, at
-           ON CONFLICT (meter_id, rule, at) DO UPDATE SET
+        """INSERT INTO anomalies AS a (meter, rule, at, reason, value, expected, holds)
+           SELECT meter, rule, at, reason, value, expected, holds FROM _an
+           ORDER BY meter, at, rule
+           ON CONFLICT (meter, at, rule) DO UPDATE SET
                reason = excluded.reason, value = excluded.value,
                expected = excluded.expected, holds = excluded.holds"""
     )
     opened = open_review_items(conn, interval_s)
     cur = conn.execute(
-        """INSERT INTO intervals AS iv (meter_id, interval_start, interval_end, kwh, quality,
-                                        method, held, reason, raw_kwh, change_id, flags,
-                                        validated_at)
-           SELECT s.meter_id, s.interval_start, s.interval_end, s.kwh, s.quality, s.method,
+        """INSERT INTO intervals AS iv (meter, interval_start, seconds, kwh, quality, method,
+                                        held, raw_kwh, change_id, flags)
+           SELECT s.meter, s.interval_start, s.seconds, s.kwh, s.quality, s.method,
                   EXISTS (SELECT 1 FROM anomalies a LEFT JOIN review_items r
                               ON r.id = a.review_item_id
-                          WHERE a.meter_id = s.meter_id AND a.at = s.interval_start
+                          WHERE a.meter = s.meter AND a.at = s.interval_start
                             AND a.holds AND (r.id IS NULL OR r.status = 'open')),
-                  s.reason, s.raw_kwh, 0, s.flags, now()
-           FROM _iv s ORDER BY s.meter_id, s.interval_start
-           ON CONFLICT (meter_id, interval_start) DO UPDATE SET
-               interval_end = excluded.interval_end, kwh = excluded.kwh,
+                  s.raw_kwh, 0, s.flags
+           FROM _iv s ORDER BY s.meter, s.interval_start
+           ON CONFLICT (meter, interval_start) DO UPDATE SET
+               seconds = excluded.seconds, kwh = excluded.kwh,
                quality = excluded.quality, method = excluded.method, held = excluded.held,
-               reason = excluded.reason, raw_kwh = excluded.raw_kwh, flags = excluded.flags,
-               validated_at = excluded.validated_at
-           WHERE (iv.kwh, iv.quality, iv.method, iv.held, iv.reason, iv.raw_kwh, iv.flags)
+               raw_kwh = excluded.raw_kwh, flags = excluded.flags
+           WHERE (iv.kwh, iv.quality, iv.method, iv.held, iv.raw_kwh, iv.flags, iv.seconds)
                  IS DISTINCT FROM (excluded.kwh, excluded.quality, excluded.method,
-                                   excluded.held, excluded.reason, excluded.raw_kwh,
-                                   excluded.flags)"""
+                                   excluded.held, excluded.raw_kwh, excluded.flags,
+                                   excluded.seconds)"""
     )
     return cur.rowcount, len(anomalies), opened
 

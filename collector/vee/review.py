@@ -55,11 +55,11 @@ def decide(database_url: str, item_id: int, decision: Decision, who: str,
         released = conn.execute(
             """UPDATE intervals iv SET held = false
                FROM anomalies a
-               WHERE a.review_item_id = %s AND iv.meter_id = a.meter_id
+               WHERE a.review_item_id = %s AND iv.meter = a.meter
                  AND iv.interval_start = a.at AND iv.held
                  AND NOT EXISTS (
                      SELECT 1 FROM anomalies o LEFT JOIN review_items r ON r.id = o.review_item_id
-                     WHERE o.meter_id = iv.meter_id AND o.at = iv.interval_start AND o.holds
+                     WHERE o.meter = iv.meter AND o.at = iv.interval_start AND o.holds
                        AND (r.id IS NULL OR r.status = 'open'))""",
             (item_id,),
         ).rowcount
@@ -82,8 +82,9 @@ def open_review_items(conn: psycopg.Connection, interval_s: int) -> int:
     """One work order per run of consecutive held intervals of one meter and rule, for the
     anomalies a validation pass just stored (inside its transaction)."""
     rows = conn.execute(
-        "SELECT id, meter_id, rule, at, reason FROM anomalies "
-        "WHERE holds AND review_item_id IS NULL ORDER BY meter_id, rule, at"
+        "SELECT a.id, m.meter_id, v.name, a.at, a.reason FROM anomalies a"
+        " JOIN meters m ON m.meter_key = a.meter JOIN vee_rules v ON v.code = a.rule"
+        " WHERE a.holds AND a.review_item_id IS NULL ORDER BY m.meter_id, v.name, a.at"
     ).fetchall()
     if not rows:
         return 0

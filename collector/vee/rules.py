@@ -46,7 +46,6 @@ GLITCH = 1 << 6
 ZERO_WITH_CURRENT = 1 << 7
 VOLTAGE = 1 << 8
 CLOCK_SKEW = 1 << 9
-LATE = 1 << 10
 
 RULES: dict[int, str] = {
     MISSING: "missing_reads",
@@ -59,8 +58,14 @@ RULES: dict[int, str] = {
     ZERO_WITH_CURRENT: "zero_with_current",
     VOLTAGE: "voltage_out_of_band",
     CLOCK_SKEW: "clock_skew",
-    LATE: "late_arrival",
 }
+
+
+def code(bit: int) -> int:
+    """A rule's code in `vee_rules` and `anomalies.rule`: its bit's number."""
+    return bit.bit_length() - 1
+
+
 # Rules that hold an interval from billing until a person reviews it.
 HOLDS = SURGE | DROP | RESET | REPLACEMENT | ZERO_WITH_CURRENT
 
@@ -405,19 +410,6 @@ def surge_drop(iv: Intervals, base: Baseline, cfg: ValidationConfig,
 
 
 # ---------------------------------------------------------------------------- 4. reading rules
-
-
-def per_interval_max(meter: I64, ts: F64, value: F64, interval_s: int) -> tuple[I64, F64, F64]:
-    """Largest value per (meter, interval start): groups readings onto intervals."""
-    start = np.floor(ts / interval_s) * interval_s
-    if len(value) == 0:
-        return meter[:0], start, value
-    order = np.lexsort((start, meter))
-    m, s, v = meter[order], start[order], value[order]
-    new = np.ones(len(m), dtype=bool)
-    new[1:] = (m[1:] != m[:-1]) | (s[1:] != s[:-1])
-    at = np.flatnonzero(new)
-    return m[at], s[at], np.maximum.reduceat(v, at)
 
 
 def zero_with_current(iv: Intervals, cur_meter: I64, cur_start: F64, cur_max: F64,

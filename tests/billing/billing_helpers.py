@@ -49,16 +49,17 @@ def put_intervals(
     held: bool = False,
 ) -> None:
     """Insert or replace intervals (an upsert bumps change_id through the collector's trigger)."""
+    conn.execute("INSERT INTO meters (meter_id) VALUES (%s) ON CONFLICT DO NOTHING", (meter,))
     rows = [
-        (meter, start + i * step, start + (i + 1) * step, Decimal(str(k)), quality, held)
+        (start + i * step, int(step.total_seconds()), Decimal(str(k)), quality, held, meter)
         for i, k in enumerate(kwhs)
     ]
     with conn.cursor() as cur:
         cur.executemany(
-            """INSERT INTO intervals (meter_id, interval_start, interval_end, kwh, quality, held,
+            """INSERT INTO intervals (meter, interval_start, seconds, kwh, quality, held,
                    change_id)
-               VALUES (%s, %s, %s, %s, %s, %s, 0)
-               ON CONFLICT (meter_id, interval_start) DO UPDATE
+               SELECT meter_key, %s, %s, %s, %s, %s, 0 FROM meters WHERE meter_id = %s
+               ON CONFLICT (meter, interval_start) DO UPDATE
                SET kwh = EXCLUDED.kwh, quality = EXCLUDED.quality, held = EXCLUDED.held""",
             rows,
         )
@@ -66,7 +67,8 @@ def put_intervals(
 
 def set_held(conn: psycopg.Connection, meter: str, start: datetime, held: bool) -> None:
     conn.execute(
-        "UPDATE intervals SET held = %s WHERE meter_id = %s AND interval_start = %s",
+        "UPDATE intervals i SET held = %s FROM meters m WHERE m.meter_key = i.meter"
+        " AND m.meter_id = %s AND i.interval_start = %s",
         (held, meter, start),
     )
 

@@ -142,6 +142,7 @@ def test_tiers_accumulate_per_account_across_meters(conn: psycopg.Connection) ->
 
 def test_commit_horizon_waits_for_open_writers(conn: psycopg.Connection, db_url: str) -> None:
     open_account(conn, "A1", ["m1"])
+    put_intervals(conn, "m1", [])  # the collector knows the meter (its integer key)
     horizon = CommitHorizon(grace_s=0.0)
     with psycopg.connect(db_url) as writer:  # a transaction left open
         put_intervals(writer, "m1", ["1"])

@@ -7,6 +7,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
 from datetime import UTC, datetime, timedelta
 
 import paho.mqtt.client as paho
@@ -109,3 +110,37 @@ async def subscribed(collector: Collector) -> None:
 
 def minutes(n: float) -> timedelta:
     return timedelta(minutes=n)
+
+
+def put_values(conn: psycopg.Connection, rows: Iterable[tuple[str, str, datetime, float]],
+               dirty_from: datetime | None = None) -> None:
+    """Store (meter, quantity, ts, value) rows as layout-v2 readings, as a tool would
+    (``collector_put_values``), and optionally mark their meters for validation."""
+    rows = list(rows)
+    lo, hi = min(r[2] for r in rows), max(r[2] for r in rows)
+    conn.execute("SELECT collector_ensure_partitions(%s, %s)", (lo, hi))
+    conn.execute("SELECT collector_put_values(%s, %s, %s, %s)",
+                 [[r[i] for r in rows] for i in range(4)])
+    conn.execute("UPDATE meters SET first_seen = least(first_seen, %s),"
+                 " last_seen = greatest(last_seen, %s) WHERE meter_id = ANY(%s)",
+                 (lo, hi, sorted({r[0] for r in rows})))
+    if dirty_from is not None:
+        conn.execute(
+            "INSERT INTO vee_dirty (meter, dirty_from) SELECT meter_key, %s FROM meters"
+            " WHERE meter_id = ANY(%s) ON CONFLICT (meter) DO UPDATE SET dirty_from ="
+            " excluded.dirty_from, mark = nextval('vee_mark_seq')",
+            (dirty_from, sorted({r[0] for r in rows})))
+
+
+def intervals_of(conn: psycopg.Connection, meter: str) -> list[tuple[Any, ...]]:
+    """(start, kwh, quality, method, held, change_id, rule names, reasons) per interval."""
+    return conn.execute(
+        """SELECT i.interval_start, i.kwh::float8, i.quality::text, i.method, i.held,
+                  i.change_id,
+                  ARRAY(SELECT v.name FROM vee_rules v WHERE i.flags & (1 << v.code) <> 0
+                        ORDER BY v.code),
+                  (SELECT string_agg(v.name || ': ' || a.reason, '; ' ORDER BY a.rule)
+                   FROM anomalies a JOIN vee_rules v ON v.code = a.rule
+                   WHERE a.meter = i.meter AND a.at = i.interval_start)
+           FROM intervals i JOIN meters m ON m.meter_key = i.meter
+           WHERE m.meter_id = %s ORDER BY i.interval_start""", (meter,)).fetchall()

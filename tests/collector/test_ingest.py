@@ -34,14 +34,22 @@ async def test_batch_is_stored_with_meters_and_sequence(db_url, mqtt, site, pub)
         await wait_until(lambda: col.stats.readings_stored == 5, what="5 readings stored")
     assert col.stats.values_stored == 10
     assert col.stats.messages == 1
-    assert scalar(db_url, "SELECT count(*) FROM readings") == 10
+    assert scalar(db_url, "SELECT count(*) FROM readings") == 5  # one row per reading
+    assert scalar(db_url, "SELECT count(*) FROM reading_values") == 10
     with psycopg.connect(db_url) as conn:
         m = conn.execute("SELECT gateway, site, first_seen, last_seen FROM meters "
                          "WHERE meter_id='m3'").fetchone()
         assert m == ("gw1", site, T0 + minutes(1), T0 + minutes(1))
-        r = conn.execute("SELECT value, unit, gateway, seq FROM readings WHERE meter_id='m3' "
-                         "AND quantity='energy_import_total'").fetchone()
+        r = conn.execute(
+            "SELECT v.value, v.unit, b.gateway, b.seq FROM reading_values v"
+            " JOIN readings r ON r.meter = v.meter AND r.ts = v.ts"
+            " JOIN gateway_batches b ON b.batch_id = r.batch"
+            " WHERE v.meter_id='m3' AND v.quantity='energy_import_total'").fetchone()
         assert r == (103.0, "kWh", "gw1", 7)
+        # the register as an exact integer of the meter's resolution (0.01 kWh by default)
+        assert conn.execute("SELECT r.energy_import, r.voltage_a FROM readings r JOIN meters m"
+                            " ON m.meter_key = r.meter WHERE m.meter_id = 'm3'"
+                            ).fetchone() == (10300, 230.0)
         g = conn.execute("SELECT site, max_seq, batches FROM gateways WHERE gateway='gw1'"
                          ).fetchone()
         assert g == (site, 7, 1)
@@ -169,7 +177,7 @@ async def test_known_meters_only_dead_letters_strangers(db_url, mqtt, site, pub)
                                                           reading("stranger", T0, 2.0)]))
         await wait_until(lambda: col.stats.messages == 1, what="message")
     assert col.stats.readings_stored == 1
-    assert scalar(db_url, "SELECT meter_id FROM readings") == "known"
+    assert scalar(db_url, "SELECT DISTINCT meter_id FROM reading_values") == "known"
     assert "unknown meter 'stranger'" in str(scalar(db_url, "SELECT reason FROM dead_letters"))
 
 
@@ -221,8 +229,36 @@ async def test_odd_meter_ids_are_refused_and_plain_ones_stored_verbatim(db_url, 
         pub.publish(topic, payload)
         await wait_until(lambda: col.stats.messages == 2, what="both (the second redelivered)")
     with psycopg.connect(db_url) as conn:
-        stored = sorted(r[0] for r in conn.execute("SELECT meter_id FROM readings"))
+        stored = sorted(r[0] for r in conn.execute("SELECT DISTINCT meter_id FROM reading_values"))
         codes = [r[0] for r in conn.execute("SELECT code FROM dead_letters")]
     assert stored == sorted(plain)
     assert codes == ["bad_id"] * len(odd) * 2
     assert col.stats.readings_stored == len(plain)
+
+
+async def test_a_backfill_is_one_late_arrival_per_run_of_batches(db_url, mqtt, site, pub):
+    """A gateway replaying old batches: one `late_batches` row with the seq range and delay,
+    no anomaly per interval (issue 14 item 4); a fresh batch beside them is not late."""
+    topic = wire.topic(site, "gw1", "readings")
+    now = datetime.now(UTC).replace(microsecond=0)
+    old = now - timedelta(days=1)
+    async with running(config(db_url, mqtt, site, batch_linger_s=0.5)) as col:
+        await subscribed(col)
+        for seq in range(10, 13):  # three consecutive late batches, then a gap, then one more
+            pub.publish(topic, batch_payload(site, "gw1", seq,
+                                             [reading("m1", old + minutes(seq), seq)]))
+        pub.publish(topic, batch_payload(site, "gw1", 20, [reading("m1", old, 1.0),
+                                                           reading("m2", old, 2.0)]))
+        pub.publish(topic, batch_payload(site, "gw1", 21, [reading("m3", now, 3.0)]))
+        await wait_until(lambda: col.stats.messages == 5, what="five messages")
+    with psycopg.connect(db_url) as conn:
+        late = conn.execute("SELECT seq_from, seq_to, readings, delay_s FROM late_batches"
+                            " WHERE gateway = 'gw1' ORDER BY seq_from").fetchall()
+        anomalies = conn.execute("SELECT count(*) FROM anomalies").fetchone()
+    runs = [(a, b, n) for a, b, n, _ in late]
+    # how the messages fall into commits decides how runs join (one commit: one run of
+    # 10-12); never across the gap, never with the fresh batch 21
+    assert sorted(s for a, b, _ in runs for s in range(a, b + 1)) == [10, 11, 12, 20]
+    assert (20, 20, 2) in runs and sum(n for *_, n in runs) == 5
+    assert all(85000 < d < 87000 for *_, d in late)
+    assert anomalies == (0,)

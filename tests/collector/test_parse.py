@@ -4,12 +4,13 @@ collector's own checks accept, refuses the rest with a reason, and never raises.
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from collector import parse
+from collector import columns, parse
 from meterhub import wire
 
 NOW = datetime(2026, 3, 2, tzinfo=UTC)
@@ -68,14 +69,18 @@ def test_accepts_exactly_the_decodable_storable_readings(raw):
         assert parsed.dead[0].reason.startswith("readings.readings[0]")
         return
     assert parsed.readings == 1 and not parsed.dead
-    assert parsed.keys == [(reading.meter, reading.taken_at)]
-    lines = parsed.chunks[0].rstrip("\n").split("\n")
-    stamp = reading.taken_at.isoformat()
-    expected = [(n, stamp, repr(v.value), v.unit) for n, v in reading.values.items()]
+    cols = parsed.cols
+    assert (cols.meters, cols.times) == ([reading.meter], [reading.taken_at])
+    assert cols.micros == [columns.pg_micros(reading.taken_at)]
+    expected = {n: v.value for n, v in reading.values.items()}
     if "meter_clock" in raw:
         skew = datetime(2026, 3, 2, 0, 0, 10, tzinfo=UTC) - reading.taken_at
-        expected.append((parse.CLOCK_SKEW, stamp, repr(skew.total_seconds()), "s"))
-    assert [tuple(line.split("\t")[1:5]) for line in lines] == expected
+        expected[parse.CLOCK_SKEW] = skew.total_seconds()
+    got = {q: cols.values[slot] for q, slot in columns.SLOT.items()
+           if not math.isnan(cols.values[slot])}
+    codes = {c: n for n, c in columns.EXTRA_CODES.items()}
+    got.update({codes[c]: v for _row, c, v in cols.extras})
+    assert got == expected and cols.count == len(expected)
 
 
 @settings(max_examples=300, deadline=None)
@@ -101,4 +106,4 @@ valid = st.fixed_dictionaries({
 @given(valid)
 def test_well_formed_readings_are_stored(raw):
     parsed = _parse(raw)
-    assert parsed.readings == 1 and parsed.values == len(raw["values"]) and not parsed.dead
+    assert parsed.readings == 1 and parsed.cols.count == len(raw["values"]) and not parsed.dead

@@ -113,7 +113,7 @@ async def test_data_errors_dead_letter_the_message_and_go_on(db_url, mqtt, site,
         pub.publish(topic, batch_payload(site, "gw1", 3, [reading("b", T0, 1.0)]))
         await wait_until(lambda: col.stats.messages == 3, what="all three acked")
     assert sorted(r for (r,) in psycopg.connect(db_url).execute(
-        "SELECT DISTINCT meter_id FROM readings")) == ["a", "b"]
+        "SELECT DISTINCT meter_id FROM reading_values")) == ["a", "b"]
     assert scalar(db_url, "SELECT code FROM dead_letters") == "db_refused"
     assert f"SQLSTATE {code}" in str(scalar(db_url, "SELECT reason FROM dead_letters"))
     assert col.stats.db_data_errors >= 1

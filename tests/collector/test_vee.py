@@ -230,13 +230,6 @@ def test_zero_consumption_while_current_flows():
     assert [names(int(f)) for f in iv.flags[:3]] == [{"zero_with_current"}, set(), set()]
 
 
-def test_per_interval_max_groups_readings():
-    m = np.array([0, 0, 0, 1], dtype=np.int64)
-    ts = T0 + np.array([10.0, 899.0, 900.0, 5.0])
-    gm, gs, gv = rules.per_interval_max(m, ts, np.array([1.0, 3.0, 2.0, 7.0]), IV_S)
-    assert list(gm) == [0, 0, 1] and list(gs - T0) == [0, 900, 0] and list(gv) == [3, 2, 7]
-
-
 def test_many_meters_at_once_equal_one_at_a_time():
     rng = np.random.default_rng(3)
     ms, ts, es = [], [], []

@@ -29,13 +29,13 @@ async def test_meter_to_relay_and_back(db_url: str, mqtt: MqttSettings) -> None:
     assert summary.readings_stored == summary.readings_published
     with psycopg.connect(db_url) as conn:
         dupes = conn.execute(
-            "SELECT count(*) FROM (SELECT meter_id, quantity, ts FROM readings "
+            "SELECT count(*) FROM (SELECT meter_id, quantity, ts FROM reading_values "
             "GROUP BY 1, 2, 3 HAVING count(*) > 1) d"
         ).fetchone()
         assert dupes == (0,)
         per_meter = dict(
             conn.execute(
-                "SELECT meter_id, count(DISTINCT ts) FROM readings GROUP BY meter_id"
+                "SELECT meter_id, count(DISTINCT ts) FROM reading_values GROUP BY meter_id"
             ).fetchall()
         )
         assert set(per_meter) == set(plan.meter_ids()), "every meter was read and stored"

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 import requests
 from playwright.sync_api import Browser, Page, expect, sync_playwright
-from web_helpers import Fleet, Logins
+from web_helpers import Fleet, Logins, put_readings
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -90,10 +90,8 @@ def test_engineer_and_operator_day(browser: Browser, served_tls: str, logins: Lo
     page.wait_for_timeout(700)  # the live poller has seen the current state
     at = datetime.now(UTC) + timedelta(seconds=1)
     with psycopg.connect(db_url) as conn:
-        conn.execute(
-            "INSERT INTO readings (meter_id, quantity, ts, value, unit) VALUES"
-            " (%s, 'power_active_total', %s, 4.321, 'kW'), (%s, 'voltage_a', %s, 236.5, 'V')",
-            (fleet.meters[0], at, fleet.meters[0], at))
+        put_readings(conn, [(fleet.meters[0], "power_active_total", at, 4.321),
+                            (fleet.meters[0], "voltage_a", at, 236.5)])
         conn.execute("UPDATE meters SET last_seen = %s WHERE meter_id = %s",
                      (at, fleet.meters[0]))
     expect(power).to_have_text("4.321", timeout=5000)

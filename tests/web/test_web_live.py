@@ -14,7 +14,7 @@ import aiomqtt
 import psycopg
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
-from web_helpers import Fleet, Logins
+from web_helpers import Fleet, Logins, put_readings
 
 from meterhub import wire
 from meterhub.settings import MqttSettings
@@ -62,8 +62,7 @@ async def test_new_reading_and_offline_gateway_are_pushed(client: Client, logins
     meter = fleet.meters[0]
     at = datetime.now(UTC) + timedelta(seconds=1)
     with psycopg.connect(db_url) as conn:
-        conn.execute("INSERT INTO readings (meter_id, quantity, ts, value, unit) VALUES"
-                     " (%s, 'power_active_total', %s, 7.25, 'kW')", (meter, at))
+        put_readings(conn, [(meter, "power_active_total", at, 7.25)])
         conn.execute("UPDATE meters SET last_seen = %s WHERE meter_id = %s", (at, meter))
     sent = time.monotonic()
     update, got = await _wait_for(
@@ -129,14 +128,12 @@ async def test_future_clock_meter_hides_no_one(client: Client, logins: Logins, f
     skewed, normal = fleet.meters[1], fleet.meters[2]
     ahead = datetime.now(UTC) + timedelta(days=1)
     with psycopg.connect(db_url) as conn:
-        conn.execute("INSERT INTO readings (meter_id, quantity, ts, value, unit) VALUES"
-                     " (%s, 'voltage_a', %s, 231, 'V')", (skewed, ahead))
+        put_readings(conn, [(skewed, "voltage_a", ahead, 231.0)])
         conn.execute("UPDATE meters SET last_seen = %s WHERE meter_id = %s", (ahead, skewed))
     await _wait_for(resp, "meter", lambda d: d["meter"] == skewed)
     at = datetime.now(UTC)
     with psycopg.connect(db_url) as conn:
-        conn.execute("INSERT INTO readings (meter_id, quantity, ts, value, unit) VALUES"
-                     " (%s, 'voltage_a', %s, 229.5, 'V')", (normal, at))
+        put_readings(conn, [(normal, "voltage_a", at, 229.5)])
         conn.execute("UPDATE meters SET last_seen = %s WHERE meter_id = %s", (at, normal))
     update, _ = await _wait_for(resp, "meter", lambda d: d["meter"] == normal
                                 and d["values"]["voltage_a"]["value"] == 229.5)

@@ -72,24 +72,21 @@ def seed_fleet(db_url: str) -> Fleet:
             for k in range(61):
                 ts = now - timedelta(minutes=60 - k)
                 rows += [
-                    (meter, "power_active_total", ts, 1.0 + 0.01 * k, "kW"),
-                    (meter, "voltage_a", ts, 230.0 + (k % 5), "V"),
-                    (meter, "energy_import_total", ts, 1000.0 + k / 60, "kWh"),
+                    (meter, "power_active_total", ts, 1.0 + 0.01 * k),
+                    (meter, "voltage_a", ts, 230.0 + (k % 5)),
+                    (meter, "energy_import_total", ts, 1000.0 + k / 60),
                 ]
-            with conn.cursor() as cur:
-                cur.executemany(
-                    "INSERT INTO readings (meter_id, quantity, ts, value, unit, gateway)"
-                    " VALUES (%s, %s, %s, %s, %s, 'seed')", rows)
+            put_readings(conn, rows)
         start = now.replace(minute=0, second=0) - timedelta(hours=6)
         for k in range(24):
             s = start + timedelta(minutes=15 * k)
             surge = k == 20
             conn.execute(
-                "INSERT INTO intervals (meter_id, interval_start, interval_end, kwh, quality,"
-                " held, reason, flags) VALUES (%s, %s, %s, %s, 'A', %s, %s, %s)",
-                (meters[0], s, s + timedelta(minutes=15), Decimal("9.5") if surge
-                 else Decimal("0.25"), surge, "surge against baseline" if surge else None,
-                 ["surge"] if surge else []))
+                "INSERT INTO intervals (meter, interval_start, seconds, kwh, quality, held,"
+                " flags, change_id) SELECT meter_key, %s, 900, %s, 'A', %s, %s, 0 FROM meters"
+                " WHERE meter_id = %s",
+                (s, Decimal("9.5") if surge else Decimal("0.25"), surge,
+                 2 if surge else 0, meters[0]))  # 2: bit 1, the surge rule
         surge_at = start + timedelta(minutes=15 * 20)
         review_id = conn.execute(
             "INSERT INTO review_items (meter_id, rule, period_start, period_end, reason)"
@@ -97,9 +94,9 @@ def seed_fleet(db_url: str) -> Fleet:
             " RETURNING id", (meters[0], surge_at, surge_at + timedelta(minutes=15))
         ).fetchone()[0]  # type: ignore[index]
         conn.execute(
-            "INSERT INTO anomalies (meter_id, rule, at, reason, value, expected, holds,"
-            " review_item_id) VALUES (%s, 'surge', %s, 'consumption 38x the baseline', 9.5,"
-            " 0.25, true, %s)", (meters[0], surge_at, review_id))
+            "INSERT INTO anomalies (meter, rule, at, reason, value, expected, holds,"
+            " review_item_id) SELECT meter_key, 1, %s, 'consumption 38x the baseline', 9.5,"
+            " 0.25, true, %s FROM meters WHERE meter_id = %s", (surge_at, review_id, meters[0]))
         conn.execute(
             "INSERT INTO dead_letters (topic, payload, reason, gateway) VALUES"
             " (%s, %s, 'readings: not valid JSON', %s)",
@@ -145,3 +142,10 @@ def self_signed_cert(folder: Path) -> tuple[Path, Path]:
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()))
     return cert_path, key_path
+
+
+def put_readings(conn: psycopg.Connection, rows: list[tuple[str, str, datetime, float]]) -> None:
+    """(meter, quantity, ts, value) rows into the collector's layout-v2 tables, as a tool
+    would (``collector_put_values``)."""
+    conn.execute("SELECT collector_put_values(%s, %s, %s, %s)",
+                 [[r[i] for r in rows] for i in range(4)])
