@@ -170,3 +170,32 @@ def test_assignment_comments_bulk_and_work_orders(db_url: str) -> None:
         assert actions == ["work_order", "work_order_closed", "decided"]
         with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
             conn.execute("DELETE FROM review_history")
+
+
+def test_review_and_work_order_commands(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from launcher import cli
+
+    (item,) = _open_item(db_url)
+    base = ["collector", "review", "--database-url", db_url]
+    assert cli.main([*base, str(item), "--assign", "eng. Li", "--due", "2031-01-06T09:00+08:00",
+                     "--by", "Zhao"]) == 0
+    assert cli.main([*base, str(item), "--note", "customer called", "--by", "Li"]) == 0
+    # a time without a zone is refused by the parser, naming the fix
+    with pytest.raises(SystemExit):
+        cli.main([*base, str(item), "--assign", "x", "--due", "2031-01-06T09:00"])
+    assert "needs a time zone" in capsys.readouterr().err
+    assert cli.main([*base, str(item), "--correct", f"{SURGE_AT.isoformat()}=abc",
+                     "--reason", "r", "--by", "Li"]) == 1
+    assert "not a number" in capsys.readouterr().err
+    assert cli.main([*base, str(item), "--correct", f"{SURGE_AT.isoformat()}=0.3",
+                     "--reason", "meter test on site", "--by", "Li"]) == 0
+    assert "corrected" in capsys.readouterr().out
+    assert cli.main(["collector", "work-orders", "open", "--database-url", db_url,
+                     "--item", str(item), "--instructions", "re-test the meter", "--by", "Li"]) == 0
+    assert cli.main(["collector", "work-orders", "export", "--database-url", db_url]) == 0
+    exported = capsys.readouterr().out
+    assert "re-test the meter" in exported and "m1" in exported
+    assert cli.main([*base, str(item), "--history"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(": ", 1)[1].split()[0] for line in lines] == [
+        "assigned", "comment", "decided", "work_order"]
