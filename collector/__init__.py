@@ -1,7 +1,8 @@
 """Backend collector: MQTT ingest into PostgreSQL, validation (VEE), review queue.
 
 Public face: :class:`CollectorConfig`, :class:`ValidationConfig`, :class:`Collector` (with
-``stats``), and the review decision (:func:`decide_review`); what others may read is in
+``stats``), and the review decisions (:func:`decide_review`; :mod:`review_decisions`: reject,
+estimate, correct, assign, comment, history, bulk, work orders); what others may read is in
 :mod:`collector.read_model`. Everything else is machinery. One reading's way:
 :mod:`collector.service` takes MQTT messages, :mod:`collector.parse` checks them (on top of
 :mod:`meterhub.wire`), :mod:`collector.store` writes them by binary COPY (built by
@@ -10,6 +11,7 @@ Public face: :class:`CollectorConfig`, :class:`ValidationConfig`, :class:`Collec
 
 from collector.config import CollectorConfig, ConfigError, ValidationConfig
 from collector.service import Collector, CollectorStats
+from collector.vee import decisions as review_decisions
 from collector.vee.review import Decided, ReviewError
 from collector.vee.review import decide as decide_review
 
@@ -22,4 +24,5 @@ __all__ = [
     "ReviewError",
     "ValidationConfig",
     "decide_review",
+    "review_decisions",
 ]

@@ -11,6 +11,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from collector import review_cli
 from collector.config import CollectorConfig
 from meterhub import db, settings
 from meterhub.metrics import add_metrics_option, metrics_endpoint
@@ -48,14 +49,7 @@ def register(subparsers: Any) -> None:
     reval.add_argument("--interval", type=int, default=900, help="interval length, s")
     reval.set_defaults(handler=_revalidate)
 
-    review = sub.add_parser("review", help="list open review items or decide one")
-    review.add_argument("--database-url", help=f"default: ${settings.DATABASE_URL_ENV}")
-    review.add_argument("item", nargs="?", type=int, help="item id to decide")
-    review.add_argument("--confirm", action="store_true")
-    review.add_argument("--dismiss", action="store_true")
-    review.add_argument("--by", help="who decides")
-    review.add_argument("--comment", default="")
-    review.set_defaults(handler=_review)
+    review_cli.register(sub, _database_url, f"default: ${settings.DATABASE_URL_ENV}")
 
     _register_ownership(sub)
 
@@ -285,22 +279,4 @@ def _revalidate(args: argparse.Namespace) -> int:
     written = revalidate(_database_url(args), args.interval, ValidationConfig(), args.since,
                          args.meter)
     print(f"revalidated since {args.since.isoformat()}: {written} intervals written")
-    return 0
-
-
-def _review(args: argparse.Namespace) -> int:
-    from collector import vee
-
-    url = _database_url(args)
-    if args.item is None:
-        for item in vee.open_items(url):
-            print(f"#{item['id']} {item['meter_id']} {item['rule']} "
-                  f"{item['period_start']}..{item['period_end']}: {item['reason']}")
-        return 0
-    if args.confirm == args.dismiss:
-        raise vee.ReviewError("say --confirm or --dismiss")
-    decided = vee.decide(url, args.item, "confirmed" if args.confirm else "dismissed",
-                         args.by or "", args.comment)
-    print(f"review item {decided.item_id} {decided.status}; "
-          f"{decided.released} interval(s) released to billing")
     return 0

@@ -62,6 +62,9 @@ ID_FILTER: S = {"type": "string", "maxLength": 64, "pattern": r"^([A-Za-z0-9._:-
                 "x-pattern-text": "must be letters, digits and . _ : - only",
                 "description": "an id; empty (or blank) means no filter"}
 ANY_OBJ: S = {"type": "object", "additionalProperties": True}
+# an interval's kWh as a person enters it (collector.review_decisions.parse_kwh)
+KWH: S = {"type": "string", "maxLength": 20, "pattern": r"^[0-9]{1,7}(\.[0-9]{1,4})?$",
+          "example": "0.2500", "x-pattern-text": "must be kWh with at most 4 decimals"}
 _NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL; web.inputs refuses it
 _NOT_BLANK = r"^[^\x00]*[^\s\x00][^\x00]*$"
 
@@ -76,6 +79,8 @@ def _name(max_len: int = 100) -> S:
     """A required input string that must not be blank."""
     return {"type": "string", "pattern": _NOT_BLANK, "minLength": 1, "maxLength": max_len,
             "x-pattern-text": "must not be empty (nor contain NUL characters)"}
+
+REVIEW_STATUSES = ("open", "confirmed", "dismissed", "rejected", "corrected", "estimated")
 
 GATEWAY: dict[str, S] = {
     "gateway": STR, "site": _null(STR),
@@ -140,12 +145,26 @@ SCHEMAS: dict[str, S] = {
                      "review_item_id": _null(INT), "detected_at": TIME}),
     "ReviewItem": _obj({
         "id": INT, "meter": STR, "rule": STR, "period_start": TIME, "period_end": TIME,
-        "reason": STR, "status": {"type": "string", "enum": ["open", "confirmed", "dismissed"]},
+        "reason": STR, "status": {"type": "string", "enum": list(REVIEW_STATUSES)},
         "opened_at": TIME, "decided_at": _null(TIME), "decided_by": _null(STR),
         "comment": _null(STR), "anomalies": _arr(_ref("Anomaly")),
         "released_intervals": {"type": "integer",
                                "description": "intervals this decision released to billing"},
     }, optional=("anomalies", "released_intervals")),
+    "ReviewOutcome": _obj({
+        "id": INT, "status": {"type": "string", "enum": list(REVIEW_STATUSES)},
+        "released_intervals": INT,
+        "changed": _arr(_obj({"interval_start": TIME, "previous_kwh": KWH, "kwh": KWH}))}),
+    "ReviewStep": _obj({"at": TIME, "by": STR, "comment": STR, "detail": ANY_OBJ,
+                        "action": {"type": "string", "enum": [
+                            "assigned", "comment", "decided", "work_order",
+                            "work_order_closed"]}}),
+    "WorkOrder": _obj({"id": INT, "item_id": INT, "meter": STR, "created_at": TIME,
+                       "created_by": STR, "assigned_to": _null(STR), "due_at": _null(TIME),
+                       "instructions": STR,
+                       "status": {"type": "string", "enum": ["open", "done", "cancelled"]},
+                       "closed_at": _null(TIME), "closed_by": _null(STR),
+                       "findings": _null(STR)}),
     "DeadLetter": _obj({"id": INT, "topic": STR, "reason": STR, "gateway": _null(STR),
                         "received_at": TIME, "size": INT,
                         "payload": {"type": "string", "description": "first 2000 bytes"}}),
@@ -348,7 +367,7 @@ def _paths() -> dict[str, S]:
             "The review queue (abnormal work orders); open ones first",
             _list("review_items", _ref("ReviewItem")),
             params=[_q("status", {"type": "string",
-                                  "enum": ["open", "confirmed", "dismissed", "all"]}),
+                                  "enum": [*REVIEW_STATUSES, "all"]}),
                     _q("meter", ID_FILTER), LIMIT, OFFSET], tag="review")},
         "/review-items/{id}": {"get": _op("One review item with its anomalies",
                                           _ref("ReviewItem"), params=[ID],
@@ -509,6 +528,91 @@ def _audit_op() -> S:
     return op
 
 
+def _review_work_paths() -> dict[str, S]:
+    """Decisions that change values, the queue's work, and site-visit work orders."""
+    comment = _text(2000)
+    method = {"type": "string", "enum": ["like_day", "linear"],
+              "description": "estimate method (default like_day)"}
+    items = {**_arr({"type": "integer", "minimum": 1, "maximum": 2**63 - 1}),
+             "minItems": 1, "maxItems": 500}
+    due = {**TIME, "description": "when it is due (with a time zone)"}
+    decided = (400, 401, 403, 404, 409, 503)
+
+    def estimate(what: str) -> S:
+        return {"post": _op(what, _ref("ReviewOutcome"), params=[ID],
+                            body=_obj({"comment": comment, "method": method},
+                                      optional=("comment", "method")),
+                            body_required=False, role="engineer", errors=decided,
+                            tag="review")}
+
+    return {
+        "/review-items/{id}/reject": estimate(
+            "The value is invalid: an estimate (like_day or linear) replaces every interval "
+            "of the item; billing charges the difference if it was billed"),
+        "/review-items/{id}/estimate": estimate(
+            "Replace the item's intervals by an estimate of the chosen method"),
+        "/review-items/{id}/correct": {"post": _op(
+            "The engineer's own kWh for intervals of the item (NEM12 quality F, method 16); "
+            "may revise a decided item, and billing posts the adjustment",
+            _ref("ReviewOutcome"), params=[ID],
+            body=_obj({"reason": _name(2000), "values": {
+                **_arr(_obj({"interval_start": TIME, "kwh": KWH})),
+                "minItems": 1, "maxItems": 500}}),
+            role="engineer", errors=decided, tag="review")},
+        "/review-items/bulk": {"post": _op(
+            "One decision for many items, all or nothing", _obj({
+                "decided": _arr(_ref("ReviewOutcome"))}),
+            body=_obj({"items": items, "decision": {"type": "string", "enum": [
+                "confirmed", "dismissed", "rejected", "estimated"]},
+                "comment": comment, "method": method}, optional=("comment", "method")),
+            role="engineer", errors=decided, tag="review")},
+        "/review-items/assign": {"post": _op(
+            "Give items to a person or a team, with a due date", _obj({"assigned": INT}),
+            body=_obj({"items": items, "to": _name(), "team": _name(), "due_at": due},
+                      optional=("to", "team", "due_at")),
+            role="engineer", errors=decided, tag="review")},
+        "/review-items/{id}/comments": {"post": _op(
+            "Add a comment to the item's history", _obj({"history": _arr(_ref("ReviewStep"))}),
+            params=[ID], body=_obj({"text": _name(2000)}), status=201, role="engineer",
+            errors=decided, tag="review")},
+        "/review-items/{id}/history": {"get": _op(
+            "Everything done to the item, oldest first",
+            _obj({"history": _arr(_ref("ReviewStep"))}), params=[ID],
+            errors=(400, 401, 403, 404, 503), tag="review")},
+        "/review-items/{id}/work-orders": {"post": _op(
+            "Order a site visit: the answer is in the field", _ref("WorkOrder"), params=[ID],
+            body=_obj({"instructions": _name(2000), "assigned_to": _name(), "due_at": due},
+                      optional=("assigned_to", "due_at")),
+            status=201, role="engineer", errors=decided, tag="review")},
+        "/work-orders": {"get": _op(
+            "Site-visit work orders, soonest due first",
+            _obj({"work_orders": _arr(_ref("WorkOrder"))}),
+            params=[_q("status", {"type": "string",
+                                  "enum": ["open", "done", "cancelled", "all"]})],
+            tag="review")},
+        "/work-orders.csv": {"get": _csv_op(
+            "Work orders as CSV for the field team's tools",
+            [_q("status", {"type": "string", "enum": ["open", "done", "cancelled", "all"]})])},
+        "/work-orders/{id}/print": {"get": _html_op("A work order as a printable page", [ID])},
+        "/work-orders/{id}/close": {"post": _op(
+            "Close a site visit with its findings", _ref("WorkOrder"), params=[ID],
+            body=_obj({"findings": _name(2000), "cancelled": BOOL}, optional=("cancelled",)),
+            role="engineer", errors=decided, tag="review")},
+    }
+
+
+def _csv_op(summary: str, params: list[S]) -> S:
+    op = _op(summary, STR, params=params, tag="review")
+    op["responses"]["200"]["content"] = {"text/csv": {"schema": STR}}
+    return op
+
+
+def _html_op(summary: str, params: list[S]) -> S:
+    op = _op(summary, STR, params=params, errors=(400, 401, 403, 404, 503), tag="review")
+    op["responses"]["200"]["content"] = {"text/html": {"schema": STR}}
+    return op
+
+
 def _refusals(paths: dict[str, S]) -> dict[str, S]:
     """Every request that changes something may be refused as not JSON (415) or, from a
     browser, as cross-site (403)."""
@@ -545,7 +649,7 @@ def document() -> S:
             },
         },
         "security": [{"token": []}, {"session": []}],
-        "paths": _refusals(_paths()),
+        "paths": _refusals({**_paths(), **_review_work_paths()}),
     }
 
 

@@ -482,7 +482,10 @@ def _write(conn: psycopg.Connection, names: list[int], iv: rules.Intervals,
            WHERE (iv.kwh, iv.quality, iv.method, iv.held, iv.raw_kwh, iv.flags, iv.seconds)
                  IS DISTINCT FROM (excluded.kwh, excluded.quality, excluded.method,
                                    excluded.held, excluded.raw_kwh, excluded.flags,
-                                   excluded.seconds)"""
+                                   excluded.seconds)
+             -- a person's decision (collector/vee/decisions.py) is never re-derived
+             AND NOT EXISTS (SELECT 1 FROM interval_overrides o
+                             WHERE o.meter = iv.meter AND o.interval_start = iv.interval_start)"""
     )
     return cur.rowcount, len(anomalies), opened
 

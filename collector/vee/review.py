@@ -9,6 +9,7 @@ per run of held intervals.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -34,36 +35,50 @@ class Decided:
 
 def decide(database_url: str, item_id: int, decision: Decision, who: str,
            comment: str = "") -> Decided:
+    with psycopg.connect(database_url, autocommit=True) as conn, conn.transaction():
+        return decide_in(conn, item_id, decision, who, comment)
+
+
+def decide_in(conn: psycopg.Connection[Any], item_id: int, decision: Decision, who: str,
+              comment: str = "") -> Decided:
+    """Confirm or dismiss an open item inside the caller's transaction."""
     if decision not in ("confirmed", "dismissed"):
         raise ReviewError(f"decision must be 'confirmed' or 'dismissed', not {decision!r}")
     if not who.strip():
         raise ReviewError("a decision needs the name of the person taking it")
-    with psycopg.connect(database_url, autocommit=True) as conn, conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (VEE_LOCK,))
-        row = conn.execute(
-            "SELECT status FROM review_items WHERE id = %s FOR UPDATE", (item_id,)
-        ).fetchone()
-        if row is None:
-            raise ReviewError(f"review item {item_id} does not exist")
-        if row[0] != "open":
-            raise ReviewError(f"review item {item_id} is already {row[0]}")
-        conn.execute(
-            "UPDATE review_items SET status = %s, decided_at = now(), decided_by = %s, "
-            "comment = %s WHERE id = %s",
-            (decision, who, comment, item_id),
-        )
-        released = conn.execute(
-            """UPDATE intervals iv SET held = false
-               FROM anomalies a
-               WHERE a.review_item_id = %s AND iv.meter = a.meter
-                 AND iv.interval_start = a.at AND iv.held
-                 AND NOT EXISTS (
-                     SELECT 1 FROM anomalies o LEFT JOIN review_items r ON r.id = o.review_item_id
-                     WHERE o.meter = iv.meter AND o.at = iv.interval_start AND o.holds
-                       AND (r.id IS NULL OR r.status = 'open'))""",
-            (item_id,),
-        ).rowcount
-    return Decided(item_id, decision, released)
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (VEE_LOCK,))
+    row = conn.execute(
+        "SELECT status FROM review_items WHERE id = %s FOR UPDATE", (item_id,)
+    ).fetchone()
+    if row is None:
+        raise ReviewError(f"review item {item_id} does not exist")
+    if row[0] != "open":
+        raise ReviewError(f"review item {item_id} is already {row[0]}")
+    conn.execute(
+        "UPDATE review_items SET status = %s, decided_at = now(), decided_by = %s, "
+        "comment = %s WHERE id = %s",
+        (decision, who, comment, item_id),
+    )
+    conn.execute("INSERT INTO review_history (item_id, by, action, detail, comment)"
+                 " VALUES (%s, %s, 'decided', %s, %s)",
+                 (item_id, who, json.dumps({"decision": decision, "previous_status": "open"}),
+                  comment))
+    return Decided(item_id, decision, release_held(conn, item_id))
+
+
+def release_held(conn: psycopg.Connection[Any], item_id: int) -> int:
+    """Let billing have the item's intervals that no other open item still holds."""
+    return conn.execute(
+        """UPDATE intervals iv SET held = false
+           FROM anomalies a
+           WHERE a.review_item_id = %s AND iv.meter = a.meter
+             AND iv.interval_start = a.at AND iv.held
+             AND NOT EXISTS (
+                 SELECT 1 FROM anomalies o LEFT JOIN review_items r ON r.id = o.review_item_id
+                 WHERE o.meter = iv.meter AND o.at = iv.interval_start AND o.holds
+                   AND (r.id IS NULL OR r.status = 'open'))""",
+        (item_id,),
+    ).rowcount
 
 
 def open_items(database_url: str, limit: int = 100) -> list[dict[str, object]]:
