@@ -23,6 +23,7 @@ from collector.config import ValidationConfig
 from collector.parse import CLOCK_SKEW
 from collector.vee import estimate, rules
 from collector.vee.review import VEE_LOCK, open_review_items
+from meterhub import channels
 from meterhub.quantities import ENERGY_IMPORT
 
 log = logging.getLogger(__name__)
@@ -511,6 +512,8 @@ def _write(conn: psycopg.Connection, names: list[str], iv: rules.Intervals,
                                    excluded.held, excluded.reason, excluded.raw_kwh,
                                    excluded.flags)"""
     )
+    if cur.rowcount:
+        channels.notify(conn, channels.INTERVALS)  # billing wakes when this pass commits
     return cur.rowcount, len(anomalies), opened
 
 

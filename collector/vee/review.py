@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 import psycopg
 
+from meterhub import channels
+
 # Advisory lock: one writer of `intervals` at a time (validation passes and review decisions),
 # so change ids become visible in commit order.
 VEE_LOCK = 7411002
@@ -63,6 +65,8 @@ def decide(database_url: str, item_id: int, decision: Decision, who: str,
                        AND (r.id IS NULL OR r.status = 'open'))""",
             (item_id,),
         ).rowcount
+        if released:
+            channels.notify(conn, channels.HOLDS_RELEASED, str(item_id))
     return Decided(item_id, decision, released)
 
 
