@@ -38,7 +38,13 @@ from psycopg import sql
 
 from billing import alerts, commands, lifecycle
 from billing.charging import CommitHorizon, charge_parallel
-from billing.disconnect import PolicyKnobs, evaluate_accounts, handle_deadlines, reconcile
+from billing.disconnect import (
+    PolicyKnobs,
+    evaluate_accounts,
+    handle_deadlines,
+    next_ladder_step,
+    reconcile,
+)
 from billing.errors import BillingError
 from billing.lifecycle import CommandState
 from billing.manual import end_expired_holds
@@ -176,6 +182,7 @@ class BillingEngine:
         self._tariffs_checked = False
         # set to run a task's pass now rather than at its fallback poll
         self._wake = {name: asyncio.Event() for name in ("charging", "commands", "alerts")}
+        self._next_step: datetime | None = None  # the next ladder timer to run out
 
     @property
     def listener_name(self) -> str:
@@ -233,10 +240,17 @@ class BillingEngine:
                 log.warning("database unavailable, retrying", extra={"why": str(exc)})
                 await asyncio.to_thread(drop)
             else:
-                if name == "charging" and self._horizon.waiting:
-                    # intervals wait for the commit horizon to settle: look again then
-                    fallback = min(fallback, self.config.commit_grace_s)
+                if name == "charging":
+                    fallback = min(fallback, self._charging_due_in())
             await _first(stop, wake, fallback)
+
+    def _charging_due_in(self) -> float:
+        """Seconds until the charging pass has timed work: intervals waiting for the commit
+        horizon to settle, or a ladder timer running out."""
+        due = self.config.commit_grace_s if self._horizon.waiting else float("inf")
+        if self._next_step is not None:
+            due = min(due, (self._next_step - datetime.now(UTC)).total_seconds())
+        return max(0.0, due)
 
     def _wake_up(self, *names: str) -> None:
         for name in names:
@@ -353,6 +367,7 @@ class BillingEngine:
                 wake.add("alerts")
             if ev.accounts < cfg.batch_accounts:
                 break
+        self._next_step = next_ladder_step(conn, now)
         done = handle_deadlines(conn, now, cfg.knobs, actor)
         self.stats.retries += done.get(CommandState.QUEUED, 0)
         mono = time.monotonic()

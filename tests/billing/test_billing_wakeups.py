@@ -13,7 +13,7 @@ from billing_helpers import T0, BillingKey, config, engines, put_intervals, put_
 from fake_gateway import FakeGateway, running
 from psycopg.conninfo import make_conninfo
 
-from billing import BillingEngine, CreditSettings, create_account, topup
+from billing import BillingEngine, CreditSettings, adjust, create_account, topup
 from billing.tariffs import load_tariffs
 from meterhub import channels
 from meterhub.settings import MqttSettings
@@ -113,3 +113,33 @@ async def test_a_notification_lost_with_the_listener_is_caught_up_on_reconnect(
     assert gw.relay["m1"] == "closed"
     assert eng.stats.listen_connects == 2
     assert eng.stats.wakeups[channels.ACCOUNTS] == 0  # the catch-up pass found it
+
+
+async def test_the_ladder_runs_on_its_own_timers_not_the_poll(
+    db_url: str, mqtt: MqttSettings, site: str, billing_key: BillingKey
+) -> None:
+    with psycopg.connect(db_url, autocommit=True) as c:
+        put_meter(c, "m1", site, "gw1")
+        create_account(
+            c,
+            "A1",
+            meters=["m1"],
+            tariff="residential-flat",
+            credit=FAST,
+            opening_balance="1.00",
+            charge_from=T0,
+            tariffs=load_tariffs(),
+        )
+    gw = FakeGateway(mqtt, site, billing_key.keyring)
+    async with (
+        running(gw),
+        engines(config(db_url, mqtt, billing_key, poll_interval_s=SLOW_POLL_S)) as (eng,),
+    ):
+        await _idle(eng)
+        started = time.monotonic()
+        with psycopg.connect(db_url, autocommit=True) as c:
+            adjust(c, "A1", "-5.00", "meter-fee-1", reason="a fee")  # warning, final, cut
+        await until(lambda: eng.stats.cutoffs_acked == 1, timeout=10)
+        took = time.monotonic() - started
+    assert gw.relay["m1"] == "open"
+    assert took < 5.0, took  # 0.2 s + 0.2 s of ladder timers, then the command
