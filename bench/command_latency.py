@@ -265,7 +265,7 @@ async def run(cycles: int, meters: int, seed: int) -> dict[str, Any]:
             tasks = [asyncio.create_task(p.run(stop)) for p in (gateway, collector, billing)]
             try:
                 accounts = await _open_accounts(url, site, meters, create_account, CreditSettings)
-                cut, restore = [], []
+                cut, restore, to_queue = [], [], []
                 for i in range(cycles):
                     account = accounts[i % len(accounts)]
                     for t in tasks:
@@ -279,10 +279,12 @@ async def run(cycles: int, meters: int, seed: int) -> dict[str, Any]:
                     await asyncio.sleep(rng.uniform(0.0, 1.0))
                     with psycopg.connect(url, autocommit=True) as conn:
                         paid = topup(conn, account, "1000.00", "wechat", f"pay-{i}")
-                    _, verified = await _verified(url, account, "relay_close", started)
+                    queued, verified = await _verified(url, account, "relay_close", started)
                     restore.append(_ms(paid.created_at, verified))
+                    to_queue.append(_ms(paid.created_at, queued))
                     await asyncio.sleep(rng.uniform(0.0, 1.0))
                 stats = billing.stats
+                stages = _stages(url)
             finally:
                 stop.set()
                 await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
@@ -309,13 +311,40 @@ async def run(cycles: int, meters: int, seed: int) -> dict[str, Any]:
         "wire_bytes_per_command": statistics.median(sum(c) for c in wire.commands),
         "ratio_cutoff_p50_to_floor": round(_p(cut, 0.5) / floor, 2),
         "ratio_restore_p50_to_floor": round(_p(restore, 0.5) / floor, 2),
+        # where the time goes (medians over every command): billing's pass after the
+        # top-up, billing to the gateway, the gateway's queue for the bus plus the wire
+        # plus the ack back and applied
+        "topup_to_queued_ms": round(statistics.median(to_queue), 1),
+        **stages,
         "billing_wakeups": dict(stats.wakeups),
+        "billing_acks_refused": dict(stats.acks_refused),
         "billing_ticks": stats.ticks,
         "billing_poll_interval_s": billing.config.poll_interval_s,
         "goal_cutoff_p99_ms": GOAL_P99_MS,
         "goal_restore_p99_ms": GOAL_P99_MS,
     }
     return result
+
+
+def _stages(url: str) -> dict[str, float]:
+    """Median milliseconds between the states of the commands (from their audit rows)."""
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            """SELECT c.created_at,
+                      min(a.at) FILTER (WHERE a.to_state = 'sent'),
+                      min(a.at) FILTER (WHERE a.to_state = 'accepted'),
+                      min(a.at) FILTER (WHERE a.to_state = 'verified')
+               FROM billing_commands c JOIN billing_command_audit a USING (command_id)
+               GROUP BY c.command_id, c.created_at"""
+        ).fetchall()
+    done = [r for r in rows if None not in r]
+    names = ("queued_to_sent_ms", "sent_to_accepted_ms", "accepted_to_verified_ms")
+    return {
+        name: round(statistics.median(_ms(r[i], r[i + 1]) for r in done), 1)
+        for i, name in enumerate(names)
+    }
 
 
 async def _open_accounts(

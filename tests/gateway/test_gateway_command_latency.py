@@ -1,6 +1,7 @@
-"""A relay command does not wait for the poll in progress: at 2400 baud, through the real
-DL/T645 driver and a simulated bus on a pty, it goes between two exchanges of the poll it
-arrives in (which then carries on), before the cycle's other meters are polled."""
+"""A relay command waits for nothing it need not: at 2400 baud, through the real DL/T645
+driver and a simulated bus on a pty, it goes between two exchanges of the poll it arrives in
+(which then carries on), before the cycle's other meters are polled; and its acks leave at
+once, not behind a backlog of batches being replayed."""
 
 from __future__ import annotations
 
@@ -44,8 +45,7 @@ class LineLog:
         class Logged:
             name = inner.name
 
-            async def exchange(self, request: bytes, framer: Framer[Any],
-                               timeout_s: float) -> Any:
+            async def exchange(self, request: bytes, framer: Framer[Any], timeout_s: float) -> Any:
                 log.saw(request)
                 return await inner.exchange(request, framer, timeout_s)
 
@@ -66,7 +66,8 @@ class LineLog:
 
 
 async def test_a_command_goes_between_two_exchanges_of_the_poll_in_progress(
-        mqtt: MqttSettings, site: str, sim_bus: Any, tmp_path: Path) -> None:
+    mqtt: MqttSettings, site: str, sim_bus: Any, tmp_path: Path
+) -> None:
     dlt = sim_bus("dlt645", dlt_meters(4), baud=2400, turnaround_s=0.02)
     data = gateway_config(site, dlt, None, poll_s=5.0)  # a cycle takes about 4 x 1 s
     data["buses"][0]["report_relay_every"] = 1  # each poll ends with the status word
@@ -78,8 +79,9 @@ async def test_a_command_goes_between_two_exchanges_of_the_poll_in_progress(
         driver.transport = line.wrap(driver.transport)
         return driver
 
-    gateway = Gateway(config_from_dict(data), mqtt=mqtt, state_dir=tmp_path,
-                      driver_factory=logged_driver)
+    gateway = Gateway(
+        config_from_dict(data), mqtt=mqtt, state_dir=tmp_path, driver_factory=logged_driver
+    )
     first, last = (m.address for m in (dlt.meters[0], dlt.meters[-1]))
     stop = asyncio.Event()
     async with record(mqtt, site) as seen:
@@ -94,8 +96,11 @@ async def test_a_command_goes_between_two_exchanges_of_the_poll_in_progress(
         started = len(line.exchanges)
         await asyncio.wait_for(polling.wait(), 10)
         await send_command(mqtt, site, "gw1", command("cut-1", last))
-        await wait_for(lambda: any(a.stage == "done" for a in seen.acks_for("cut-1")), 15,
-                       "the command's done ack")
+        await wait_for(
+            lambda: any(a.stage == "done" for a in seen.acks_for("cut-1")),
+            15,
+            "the command's done ack",
+        )
         await wait_for(lambda: len(seen.readings) >= 8, 20, "the second cycle")
         stop.set()
         await asyncio.wait_for(task, 15)
@@ -104,10 +109,42 @@ async def test_a_command_goes_between_two_exchanges_of_the_poll_in_progress(
     cycle = line.exchanges[started:]
     relay = next(i for i, x in enumerate(cycle) if x.control == RELAY_CONTROL)
     # relay control and its read-back, both to the last meter, inside the first meter's poll
-    assert [x.meter for x in cycle[relay:relay + 2]] == [last, last]
-    before, after = cycle[:relay], cycle[relay + 2:]
+    assert [x.meter for x in cycle[relay : relay + 2]] == [last, last]
+    before, after = cycle[:relay], cycle[relay + 2 :]
     assert before and {x.meter for x in before} == {first}, before
     assert after[0].meter == first, after[:2]  # the interrupted poll carries on
     assert len(before) <= 2, before  # it waited for at most the exchange in flight (or so)
     # the cycle's other meters were all polled after the command
     assert {x.meter for x in after} == {m.address for m in dlt.meters}
+
+
+async def test_acks_do_not_wait_behind_a_paced_backlog(
+    mqtt: MqttSettings, site: str, sim_bus: Any, tmp_path: Path
+) -> None:
+    dlt = sim_bus("dlt645", dlt_meters(1))
+    meter = dlt.meters[0].address
+    data = gateway_config(site, dlt, None, poll_s=0.05, batch_s=0.05)
+    # one batch every 5 s: batches pile up and the batch sender is always pacing
+    data["buffer"] = {"replay_rate": 0.2, "publish_timeout_s": 1.0}
+    gateway = Gateway(config_from_dict(data), mqtt=mqtt, state_dir=tmp_path)
+    took: list[float] = []
+    stop = asyncio.Event()
+    async with record(mqtt, site) as seen:
+        task = asyncio.create_task(gateway.run(stop))
+        await wait_for(lambda: len(seen.batches) >= 1, 10, "the first batch")
+        await asyncio.sleep(0.5)  # the gateway's subscription is in place by now
+        for i, action in enumerate(["relay_open", "relay_close", "relay_open"]):
+            started = time.monotonic()
+            await send_command(mqtt, site, "gw1", command(f"c{i}", meter, action))
+            await wait_for(
+                lambda i=i: any(a.stage == "done" for a in seen.acks_for(f"c{i}")),
+                10,
+                f"the done ack of c{i}",
+            )
+            took.append(time.monotonic() - started)
+        backlog = (await asyncio.to_thread(gateway._store.depth))[0]  # type: ignore[union-attr]
+        published = len(seen.batches)
+        stop.set()
+        await asyncio.wait_for(task, 15)
+    assert max(took) < 1.5, took  # not up to 5 s behind the next paced batch
+    assert backlog >= 2, (backlog, published)  # the batch sender was pacing a backlog
