@@ -53,6 +53,7 @@ class CommitHorizon:
     def __init__(self, grace_s: float = 2.0) -> None:
         self.grace_s = grace_s
         self.value = 0
+        self._latest = 0  # the sequence value at the last update
         self._marks: deque[tuple[float, int, frozenset[int]]] = deque(maxlen=100_000)
 
     def update(self, conn: psycopg.Connection[Any]) -> int:
@@ -66,6 +67,7 @@ class CommitHorizon:
         ).fetchone()
         assert row is not None
         seq, running = int(row[0]), frozenset(row[1])
+        self._latest = seq
         now = time.monotonic()
         self._marks.append((now, seq, running))
         while self._marks:
@@ -76,6 +78,12 @@ class CommitHorizon:
             self.value = max(self.value, seq0)
             self._marks.popleft()
         return self.value
+
+    @property
+    def waiting(self) -> bool:
+        """Whether change ids were taken that the horizon has not reached yet (another
+        :meth:`update` after the grace may let them be charged)."""
+        return self._latest > self.value
 
 
 @dataclass(slots=True)

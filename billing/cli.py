@@ -42,7 +42,8 @@ def register(subparsers: Any) -> None:
 
     run = sub.add_parser("run", help="charge intervals and drive cut-offs until interrupted")
     run.add_argument("--mqtt-url", default=None, help=f"broker (default ${settings.MQTT_URL_ENV})")
-    run.add_argument("--poll", type=float, default=1.0, help="seconds between passes")
+    run.add_argument("--poll", type=float, default=5.0,
+                     help="fallback seconds between passes (notifications wake them at once)")
     run.add_argument("--max-group-cutoffs", type=int, default=50,
                      help="more cut-offs at once in one building/transformer need approval")
     run.add_argument("--charge-connections", type=int, default=1,

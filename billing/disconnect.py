@@ -121,6 +121,23 @@ def evaluate_accounts(
     return stats
 
 
+def next_ladder_step(conn: psycopg.Connection[Any], now: datetime) -> datetime | None:
+    """When the next warned or final account's timer runs out (at ``now``, the time of the
+    evaluation just done, or later), so the engine evaluates it then rather than at its
+    next fallback poll. Timers that ran out before ``now`` were evaluated and held."""
+    defaults = CreditSettings()
+    row = conn.execute(
+        """SELECT min(due) FROM (
+               SELECT phase_since + make_interval(secs => CASE phase
+                   WHEN 'warned' THEN coalesce((credit->>'warning_to_final_s')::float8, %s)
+                   ELSE coalesce((credit->>'final_to_cutoff_s')::float8, %s) END) AS due
+               FROM billing_accounts WHERE phase IN ('warned', 'final')) d
+           WHERE due >= %s""",
+        (defaults.warning_to_final_s, defaults.final_to_cutoff_s, now),
+    ).fetchone()
+    return row[0] if row else None
+
+
 def _evaluate_one(
     conn: psycopg.Connection[Any], acc: dict[str, Any], now: datetime, knobs: PolicyKnobs,
     actor: str, stats: EvalStats,

@@ -6,6 +6,13 @@ reconcile wanted and reported relay state now and then, send due commands and pu
 alerts. Acks are applied as they arrive. All coordination between engines goes through
 PostgreSQL row locks, so any number of engines may run against one database.
 
+The passes wake on PostgreSQL notifications (:mod:`meterhub.channels`: top-ups and other
+account changes, validated intervals, released review holds, queued commands) and on each
+other (a tick that queued a command wakes the sender at once); ``poll_interval_s`` is only
+the fallback for timers (warning delays, ack deadlines, retries) and for a lost
+notification. After its listening connection (re)connects, the engine runs every pass once,
+which catches up on whatever was notified while it was away.
+
 Database work is synchronous psycopg run in worker threads (one connection for the tick,
 one for acks): the same functions serve the CLI and the web API.
 """
@@ -27,16 +34,23 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from billing import alerts, commands, lifecycle
 from billing.charging import CommitHorizon, charge_parallel
-from billing.disconnect import PolicyKnobs, evaluate_accounts, handle_deadlines, reconcile
+from billing.disconnect import (
+    PolicyKnobs,
+    evaluate_accounts,
+    handle_deadlines,
+    next_ladder_step,
+    reconcile,
+)
 from billing.errors import BillingError
 from billing.lifecycle import CommandState
 from billing.manual import end_expired_holds
 from billing.retry import RetryPolicy
 from billing.tariffs import TariffError, check_history, load_tariffs
-from meterhub import wire
+from meterhub import channels, wire
 from meterhub.dbfaults import is_data_error, is_outage
 from meterhub.security import CommandSigner, InsecureFileError, KeyFileError
 from meterhub.settings import MqttSettings
@@ -65,7 +79,8 @@ class BillingConfig:
     mqtt: MqttSettings
     # Ed25519 private key (PEM, mode 0600) every relay command is signed with; required
     signing_key_path: Path | None = None
-    poll_interval_s: float = 1.0
+    # fallback: the passes run at least this often; notifications wake them at once
+    poll_interval_s: float = 5.0
     tariffs_dir: Path | None = None  # default: configs/tariffs of the project
     engine_id: str = field(default_factory=_engine_id)
     commit_grace_s: float = 2.0  # see billing.charging.CommitHorizon
@@ -120,6 +135,9 @@ class EngineStats:
     tampers: int = 0  # relay movements reported with readings that no command explains
     errors: int = 0  # database outages ridden out
     mqtt_connected: bool = False
+    listening: bool = False  # the LISTEN connection is up
+    listen_connects: int = 0  # each (re)connect is followed by one catch-up pass
+    wakeups: Counter[str] = field(default_factory=Counter)  # notifications, by channel
     # acks ignored, by reason: malformed, too_large, bad_field, topic_mismatch (the payload's
     # gateway is not the topic's), unknown_command, wrong_gateway, wrong_meter, inconsistent
     # (a success contradicting the action), db_data_error
@@ -162,6 +180,14 @@ class BillingEngine:
         self._charge_conns: list[psycopg.Connection[Any]] = []  # beside the tick connection
         self._last_reconcile = -1e18
         self._tariffs_checked = False
+        # set to run a task's pass now rather than at its fallback poll
+        self._wake = {name: asyncio.Event() for name in ("charging", "commands", "alerts")}
+        self._next_step: datetime | None = None  # the next ladder timer to run out
+
+    @property
+    def listener_name(self) -> str:
+        """The ``application_name`` of the LISTEN connection (pg_stat_activity)."""
+        return f"{self.config.engine_id} listen"[:63]
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -181,24 +207,30 @@ class BillingEngine:
         supervisor = Supervisor(stop, on_restart=counted)
         try:
             await supervisor.run_all({
-                "charging": lambda: self._every_poll(stop, self.tick, self._drop_tick_conns),
+                "charging": lambda: self._every_poll(stop, "charging", self.tick,
+                                                     self._drop_tick_conns),
                 "commands": lambda: self._every_poll(
-                    stop, self._send_due, lambda: self._drop_conn("_send_conn")),
+                    stop, "commands", self._send_due, lambda: self._drop_conn("_send_conn")),
                 "alerts": lambda: self._every_poll(
-                    stop, self._publish_alerts, lambda: self._drop_conn("_alert_conn")),
+                    stop, "alerts", self._publish_alerts,
+                    lambda: self._drop_conn("_alert_conn")),
                 "acks": lambda: self._mqtt_loop(stop),
+                "listen": lambda: self._listen(stop),
             }, passthrough=(TariffError,))
         finally:
             for name in ("_tick_conn", "_send_conn", "_alert_conn", "_ack_conn"):
                 await asyncio.to_thread(self._drop_conn, name)
             await asyncio.to_thread(self._drop_charge_conns)
 
-    async def _every_poll(self, stop: asyncio.Event, work: Callable[[], Awaitable[None]],
-                          drop: Callable[[], None]) -> None:
-        """Do ``work`` every poll interval until ``stop``; a database outage drops the task's
-        connections (``drop``) and is retried next time. Other errors end the task (its
-        supervisor restarts it)."""
+    async def _every_poll(self, stop: asyncio.Event, name: str,
+                          work: Callable[[], Awaitable[None]], drop: Callable[[], None]) -> None:
+        """Do ``work`` when woken (``self._wake[name]``), and at least every poll interval,
+        until ``stop``; a database outage drops the task's connections (``drop``) and is
+        retried next time. Other errors end the task (its supervisor restarts it)."""
+        wake = self._wake[name]
         while not stop.is_set():
+            wake.clear()  # a wake-up during the work means one more pass
+            fallback = self.config.poll_interval_s
             try:
                 await work()
             except psycopg.Error as exc:
@@ -207,8 +239,66 @@ class BillingEngine:
                 self.stats.errors += 1
                 log.warning("database unavailable, retrying", extra={"why": str(exc)})
                 await asyncio.to_thread(drop)
+            else:
+                if name == "charging":
+                    fallback = min(fallback, self._charging_due_in())
+            await _first(stop, wake, fallback)
+
+    def _charging_due_in(self) -> float:
+        """Seconds until the charging pass has timed work: intervals waiting for the commit
+        horizon to settle, or a ladder timer running out."""
+        due = self.config.commit_grace_s if self._horizon.waiting else float("inf")
+        if self._next_step is not None:
+            due = min(due, (self._next_step - datetime.now(UTC)).total_seconds())
+        return max(0.0, due)
+
+    def _wake_up(self, *names: str) -> None:
+        for name in names:
+            self._wake[name].set()
+
+    async def _listen(self, stop: asyncio.Event) -> None:
+        """LISTEN on :data:`meterhub.channels.BILLING_WAKES` and wake the passes that care;
+        reconnect when the connection drops, then wake every pass once (the catch-up: what
+        was notified meanwhile is still in the tables)."""
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    self.config.database_url, autocommit=True,
+                    application_name=self.listener_name)
+                async with conn:
+                    for channel in channels.BILLING_WAKES:
+                        await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+                    self.stats.listening = True
+                    self.stats.listen_connects += 1
+                    delay = 0.5
+                    self._wake_up(*self._wake)
+                    await self._notifications(conn, stop)
+            except psycopg.Error as exc:
+                if not is_outage(exc):
+                    raise
+                self.stats.errors += 1
+                log.warning("notification listener lost, reconnecting",
+                            extra={"why": str(exc)})
+            finally:
+                self.stats.listening = False
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.config.poll_interval_s)
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, 10.0)
+
+    async def _notifications(self, conn: psycopg.AsyncConnection[Any],
+                             stop: asyncio.Event) -> None:
+        """Wake passes as notifications come, until ``stop`` (looked at every second). After
+        a fallback interval without any, a query checks that the connection still lives."""
+        quiet_since = time.monotonic()
+        while not stop.is_set():
+            async for note in conn.notifies(timeout=min(1.0, self.config.poll_interval_s)):
+                quiet_since = time.monotonic()
+                self.stats.wakeups[note.channel] += 1
+                self._wake_up("commands" if note.channel == channels.COMMANDS else "charging")
+            if time.monotonic() - quiet_since >= self.config.poll_interval_s:
+                await conn.execute("SELECT 1")
+                quiet_since = time.monotonic()
 
     def _conn(self, name: str) -> psycopg.Connection[Any]:
         conn = getattr(self, name)
@@ -245,11 +335,14 @@ class BillingEngine:
     # ------------------------------------------------------------------ the tick
 
     async def tick(self) -> None:
-        """One charging pass: horizon, charges, policy, deadlines, now and then reconciliation."""
-        await asyncio.to_thread(self._db_tick)
+        """One charging pass: horizon, charges, policy, deadlines, now and then reconciliation;
+        then wake the sender and the alert publisher if it gave them work."""
+        self._wake_up(*await asyncio.to_thread(self._db_tick))
         self.stats.ticks += 1
 
-    def _db_tick(self) -> None:
+    def _db_tick(self) -> set[str]:
+        """The pass itself (in a worker thread); returns the tasks to wake."""
+        wake: set[str] = set()
         cfg, actor = self.config, self.config.engine_id
         conn = self._conn("_tick_conn")
         if not self._tariffs_checked:
@@ -268,8 +361,13 @@ class BillingEngine:
             self.stats.alerts_raised += ev.alerts
             self.stats.cutoffs_queued += ev.cutoffs_queued
             self.stats.restores_queued += ev.restores_queued
+            if ev.cutoffs_queued or ev.restores_queued:
+                wake.add("commands")
+            if ev.alerts:
+                wake.add("alerts")
             if ev.accounts < cfg.batch_accounts:
                 break
+        self._next_step = next_ladder_step(conn, now)
         done = handle_deadlines(conn, now, cfg.knobs, actor)
         self.stats.retries += done.get(CommandState.QUEUED, 0)
         mono = time.monotonic()
@@ -278,6 +376,11 @@ class BillingEngine:
             repaired = reconcile(conn, now, cfg.knobs, actor)
             self.stats.reconciled += repaired.queued
             self.stats.tampers += repaired.tampered
+            if repaired.queued:
+                wake.add("commands")
+        if done.get(CommandState.QUEUED, 0):
+            wake.add("commands")
+        return wake
 
     async def _send_due(self) -> None:
         """Claim due commands and send them (signed, in billing.commands); none while the
@@ -375,6 +478,8 @@ class BillingEngine:
             return
         if not result.changed:
             return
+        if result.state in lifecycle.TERMINAL:
+            self._wake_up("commands")  # _apply_ack's repair may have queued one
         self.stats.acks += 1
         if result.state is CommandState.VERIFIED:
             if result.action == "relay_open":
@@ -399,3 +504,14 @@ class BillingEngine:
             reconcile(conn, datetime.now(UTC), self.config.knobs, self.config.engine_id,
                       meter_id=ack.meter)
         return result
+
+
+async def _first(stop: asyncio.Event, wake: asyncio.Event, timeout: float) -> None:
+    """Return when ``stop`` or ``wake`` is set, or after ``timeout`` seconds."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in (stop, wake)]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)

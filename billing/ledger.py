@@ -22,6 +22,7 @@ from billing.errors import BillingError
 from billing.money import from_fen, parse_amount, to_fen
 from billing.policy import CreditSettings, ProtectedWindows
 from billing.tariffs import Tariff, load_tariffs
+from meterhub import channels
 
 CHANNELS = ("wechat", "alipay", "bank", "counter")
 RestoreMode = Literal["close", "close_permitted"]
@@ -155,7 +156,8 @@ def _post(
     actor: str | None = None,
     detail: Mapping[str, Any] | None = None,
 ) -> LedgerEntry:
-    """Append one entry and move the cached balance; the caller holds the transaction."""
+    """Append one entry and move the cached balance; the caller holds the transaction,
+    whose commit wakes billing engines (meterhub.channels.ACCOUNTS)."""
     with conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(
             """UPDATE billing_accounts SET balance_fen = balance_fen + %s, dirty = true
@@ -172,6 +174,7 @@ def _post(
              json.dumps(detail) if detail else None),
         ).fetchone()
     assert entry is not None
+    channels.notify(conn, channels.ACCOUNTS, account_id)
     return _entry(entry)
 
 
@@ -289,6 +292,7 @@ def announce_topup(
         )
         conn.execute("UPDATE billing_accounts SET dirty = true WHERE account_id = %s",
                      (account_id,))
+        channels.notify(conn, channels.ACCOUNTS, account_id)
 
 
 def balance(conn: psycopg.Connection[Any], account_id: str) -> Decimal:
@@ -334,4 +338,5 @@ def approve_cutoffs(
             (by, valid_for, group),
         )
         conn.execute("UPDATE billing_accounts SET dirty = true WHERE group_key = %s", (group,))
+        channels.notify(conn, channels.ACCOUNTS, group)
     return cur.rowcount == 1

@@ -24,7 +24,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from billing.retry import RetryPolicy
-from meterhub import wire
+from meterhub import channels, wire
 
 
 class CommandState(StrEnum):
@@ -143,6 +143,7 @@ def issue(
     if row is None:
         return None
     _audit(conn, command_id, None, CommandState.QUEUED, actor, detail)
+    channels.notify(conn, channels.COMMANDS, command_id)  # the senders wake at commit
     return command_id
 
 

@@ -31,6 +31,7 @@ from billing import lifecycle
 from billing.disconnect import PolicyKnobs, ensure_relay
 from billing.errors import BillingError
 from billing.policy import ProtectedWindows
+from meterhub import channels
 
 Wanted = Literal["open", "closed"]
 
@@ -133,6 +134,7 @@ def manual_relay(
                command_id=command_id)
         conn.execute("UPDATE billing_accounts SET dirty = true WHERE account_id = %s",
                      (row["account_id"],))
+        channels.notify(conn, channels.ACCOUNTS, row["account_id"])
     return command_id
 
 
@@ -199,6 +201,7 @@ def _end(conn: psycopg.Connection[Any], row: dict[str, Any], event: str, actor: 
            until=row["manual_hold_until"], command_id=row["manual_hold_command"])
     conn.execute("UPDATE billing_accounts SET dirty = true WHERE account_id = %s",
                  (account_id,))
+    channels.notify(conn, channels.ACCOUNTS, account_id)
     why = (f"manual {row['manual_hold']} hold of {row['manual_hold_by']} {event}: "
            f"policy wants the relay {policy_wants}")
     if policy_wants == "open":

@@ -12,6 +12,9 @@ collector's (gateway, seq) idempotency makes a repeat harmless). With ``receipts
 batch goes at its PUBACK, for collectors that send no receipts. When the broker is away the
 batches simply wait; when it returns they drain at ``replay_rate``.
 
+Command acks have a sender task of their own on the session: an ack goes out the moment it
+is queued, never behind a batch being published, paced or waiting for its PUBACK.
+
 The publisher owns the MQTT connection. What else rides on the session (the command
 executor) comes in as a :class:`SessionUser`, so this module knows nothing about commands.
 """
@@ -77,7 +80,8 @@ class Publisher:
         self._events: deque[Event] = deque(maxlen=1000)
         self._events_dirty = False
         self._acks: deque[Ack | bytes] = deque()
-        self._outbox = asyncio.Event()  # a batch, an event or an ack waits to be published
+        self._ack_waiting = asyncio.Event()  # for the ack sender
+        self._outbox = asyncio.Event()  # a batch or an event waits to be published
         self._flush_now = asyncio.Event()
         self._topic = {k: wire.topic(config.site, config.gateway_id, k) for k in wire.KINDS}
 
@@ -104,9 +108,9 @@ class Publisher:
         self._outbox.set()
 
     def ack(self, ack: Ack | bytes) -> None:
-        """A command ack (or its encoded payload) for the ``cmd/ack`` topic, sent first."""
+        """A command ack (or its encoded payload) for the ``cmd/ack`` topic, sent at once."""
         self._acks.append(ack)
-        self._outbox.set()
+        self._ack_waiting.set()
 
     # ------------------------------------------------------------------ batches
 
@@ -208,6 +212,7 @@ class Publisher:
         sup = self.supervisor
         tasks = [
             sup.spawn("sender", lambda: self._sender(client), passthrough=lost),
+            sup.spawn("acks", lambda: self._ack_sender(client), passthrough=lost),
             sup.spawn("inbox", lambda: self._inbox(client, user), passthrough=lost),
             sup.spawn("status", lambda: self._status_loop(client), passthrough=lost),
         ]
@@ -278,22 +283,20 @@ class Publisher:
             await asyncio.wait_for(self._outbox.wait(), timeout)
 
     async def _sender(self, client: aiomqtt.Client) -> None:
-        """Publish acks, events and sealed batches; batches in seq order, paced, each
-        kept until its receipt (or, receipts off, until the broker acknowledged it)."""
+        """Publish events and sealed batches; batches in seq order, paced, each kept until
+        its receipt (or, receipts off, until the broker acknowledged it)."""
         store = self.store
         receipts = self.config.buffer.receipts
         spacing = 1.0 / self.config.buffer.replay_rate
         last = 0.0
         while True:
             self._outbox.clear()
-            await self._flush_acks(client)
             await self._flush_events(client)
             batches = await self._next_batches()
-            if not batches and not self._acks and not self._events:
+            if not batches and not self._events:
                 await self._idle()
                 continue
             for batch in batches:
-                await self._flush_acks(client)  # a command's ack does not wait for a backlog
                 wait = last + spacing - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
@@ -308,6 +311,13 @@ class Publisher:
                 if not batch.attempts:
                     self.stats.batches_published += 1
                     self.stats.readings_published += batch.readings
+
+    async def _ack_sender(self, client: aiomqtt.Client) -> None:
+        """Publish each ack as it is queued, beside the batch sender rather than behind it."""
+        while True:
+            self._ack_waiting.clear()
+            await self._flush_acks(client)
+            await self._ack_waiting.wait()
 
     async def _flush_acks(self, client: aiomqtt.Client) -> None:
         while self._acks:

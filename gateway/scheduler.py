@@ -12,6 +12,13 @@ fight the back-off.
 One :class:`BusWorker` per bus. A serial bus has exactly one worker, hence one transaction in
 flight. Each Modbus TCP endpoint is a bus of its own, so TCP devices are polled concurrently
 with each other and with the serial lines.
+
+A command does not wait for the poll in progress: a poll of one meter is several request /
+reply exchanges (blocks, single values, the status word), and the driver awaits the worker's
+checkpoint (:attr:`~gateway.drivers.base.Driver.between_exchanges`) before each. A command
+waiting there runs at once, between two exchanges, never cutting one short. So polling is
+not starved by a stream of commands, at most :data:`COMMANDS_IN_A_ROW` of them go before
+the next poll exchange while a poll waits.
 """
 
 from __future__ import annotations
@@ -34,6 +41,9 @@ from meterhub.wire import Event, Reading, RelayState
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+COMMANDS_IN_A_ROW = 4
+"""Commands that may take the line in a row while a poll is due or in progress."""
 
 
 @dataclass
@@ -80,6 +90,7 @@ class BusWorker:
         on_event: Callable[[Event], None],
         backoff_max_s: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
+        commands_in_a_row: int = COMMANDS_IN_A_ROW,
     ) -> None:
         self.bus = bus
         self.driver = driver
@@ -101,6 +112,12 @@ class BusWorker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._gap_s = bus.frame_gap_s
+        self._in_a_row_max = max(1, commands_in_a_row)
+        self._in_a_row = 0  # commands run since the last poll exchange
+        self._in_command = False
+        self._command_s = 0.0  # line time of commands, total (taken out of a poll's own)
+        self._cost_s = 0.0  # line time of the last transaction, commands inside it excluded
+        driver.between_exchanges = self._between
 
     # ------------------------------------------------------------------ public
 
@@ -122,16 +139,18 @@ class BusWorker:
     async def run(self) -> None:
         try:
             while not self._stopping:
-                if self._commands:
-                    await self._run_command(*self._commands.popleft())
-                    continue
                 due = self._heap[0] if self._heap else None
                 now = self.clock()
-                if due is None or due.at > now:
+                poll_due = due is not None and due.at <= now
+                if self._commands and not (poll_due and self._in_a_row >= self._in_a_row_max):
+                    await self._run_command(*self._commands.popleft())
+                    continue
+                if due is None or not poll_due:
                     await self._sleep(None if due is None else due.at - now)
                     continue
                 heapq.heappop(self._heap)
                 await self._poll(due)
+                self._in_a_row = 0
         finally:
             for _, future in self._commands:
                 future.cancel()
@@ -146,13 +165,25 @@ class BusWorker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
 
+    async def _between(self) -> None:
+        """The driver's checkpoint before each exchange: during a poll, the commands waiting
+        run here (at most the allowance in a row), then the poll's exchange goes."""
+        if self._in_command:
+            return
+        while self._commands and self._in_a_row < self._in_a_row_max:
+            await self._run_command(*self._commands.popleft())
+        self._in_a_row = 0
+
     async def _transaction(self, job: Awaitable[T]) -> T:
-        started = self.clock()
+        """Run one job on the line; its own line time (commands that ran at its checkpoints
+        taken out) is added to ``busy_s`` and left in ``_cost_s``."""
+        started, commands_before = self.clock(), self._command_s
         try:
             return await job
         finally:
+            self._cost_s = self.clock() - started - (self._command_s - commands_before)
             self.transactions += 1
-            self.busy_s += self.clock() - started
+            self.busy_s += self._cost_s
             if self._gap_s:
                 await asyncio.sleep(self._gap_s)
 
@@ -161,6 +192,9 @@ class BusWorker:
     ) -> None:
         if future.cancelled():
             return
+        self._in_a_row += 1
+        self._in_command = True
+        started = self.clock()
         try:
             result = await self._transaction(job(self.driver))
         except Exception as exc:  # handed to whoever submitted the command
@@ -169,22 +203,24 @@ class BusWorker:
         else:
             if not future.cancelled():
                 future.set_result(result)
+        finally:
+            self._in_command = False
+            self._command_s += self.clock() - started
 
     async def _poll(self, due: _Due) -> None:
         meter = due.meter
         health = self.health[meter.id]
-        started = self.clock()
         taken_at = datetime.now(UTC)
         try:
             values = await self._transaction(self.driver.read(meter.address, meter.quantities))
         except DriverError as exc:
-            self._failed(due, health, exc, self.clock() - started)
+            self._failed(due, health, exc, self._cost_s)
             return
         except Exception as exc:  # a driver bug must not stop the bus for every other meter
             log.exception("driver failed reading %s", meter.id)
-            self._failed(due, health, exc, self.clock() - started)
+            self._failed(due, health, exc, self._cost_s)
             return
-        health.last_rtt_ms = round((self.clock() - started) * 1000, 1)
+        health.last_rtt_ms = round(self._cost_s * 1000, 1)
         health.reads_ok += 1
         if health.consecutive_failures:
             self.on_event(Event("meter_recovered", datetime.now(UTC), meter.id,

@@ -22,6 +22,7 @@ import psycopg
 from collector.config import ValidationConfig
 from collector.vee import estimate, rules
 from collector.vee.review import VEE_LOCK, open_review_items
+from meterhub import channels
 
 log = logging.getLogger(__name__)
 
@@ -487,6 +488,8 @@ def _write(conn: psycopg.Connection, names: list[int], iv: rules.Intervals,
              AND NOT EXISTS (SELECT 1 FROM interval_overrides o
                              WHERE o.meter = iv.meter AND o.interval_start = iv.interval_start)"""
     )
+    if cur.rowcount:
+        channels.notify(conn, channels.INTERVALS)  # billing wakes when this pass commits
     return cur.rowcount, len(anomalies), opened
 
 

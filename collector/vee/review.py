@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 import psycopg
 
+from meterhub import channels
+
 # Advisory lock: one writer of `intervals` at a time (validation passes and review decisions),
 # so change ids become visible in commit order.
 VEE_LOCK = 7411002
@@ -68,7 +70,7 @@ def decide_in(conn: psycopg.Connection[Any], item_id: int, decision: Decision, w
 
 def release_held(conn: psycopg.Connection[Any], item_id: int) -> int:
     """Let billing have the item's intervals that no other open item still holds."""
-    return conn.execute(
+    released: int = conn.execute(
         """UPDATE intervals iv SET held = false
            FROM anomalies a
            WHERE a.review_item_id = %s AND iv.meter = a.meter
@@ -79,6 +81,9 @@ def release_held(conn: psycopg.Connection[Any], item_id: int) -> int:
                    AND (r.id IS NULL OR r.status = 'open'))""",
         (item_id,),
     ).rowcount
+    if released:
+        channels.notify(conn, channels.HOLDS_RELEASED, str(item_id))  # billing wakes
+    return released
 
 
 def open_items(database_url: str, limit: int = 100) -> list[dict[str, object]]:

@@ -4,12 +4,20 @@ what a status read gives (:class:`MeterStatus`), and the errors drivers raise.""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 from meterhub.wire import RelayState, Value
+
+Checkpoint = Callable[[], Awaitable[None]]
+"""Awaited by a driver before each request it puts on the line (see
+:attr:`Driver.between_exchanges`)."""
+
+
+async def no_checkpoint() -> None:
+    """The checkpoint of a driver no bus worker drives (installer tools): nothing waits."""
 
 
 class DriverError(Exception):
@@ -58,6 +66,11 @@ class MeterStatus:
 class Driver(Protocol):
     """One per bus (serial port or TCP endpoint). Calls are serialised by the caller for a
     serial bus: one transaction in flight per RS-485 port."""
+
+    between_exchanges: Checkpoint
+    """Awaited before each request frame goes out, never while one is on the line. The bus
+    worker sets it, so a command waiting runs between two exchanges of a poll rather than
+    after the poll (drivers start with :func:`no_checkpoint`)."""
 
     def capabilities(self, address: str) -> DriverCapabilities:
         """What this driver can do for the meter at ``address`` (no I/O)."""

@@ -17,12 +17,14 @@ from typing import TypeVar
 
 from gateway.drivers.base import (
     BadFrame,
+    Checkpoint,
     DriverCapabilities,
     DriverError,
     MeterRejected,
     MeterStatus,
     NoAnswer,
     StatusFlag,
+    no_checkpoint,
 )
 from gateway.transport import Transport, TransportError, TransportTimeout
 from meterhub.protocols.dlt645 import messages as msg
@@ -118,6 +120,7 @@ class Dlt645Driver:
         self.clock = clock
         self.use_blocks = use_blocks
         self._no_block: set[tuple[str, int]] = set()
+        self.between_exchanges: Checkpoint = no_checkpoint
 
     # ------------------------------------------------------------------ Driver protocol
 
@@ -294,6 +297,7 @@ class Dlt645Driver:
 
     async def _transact(self, request: Frame, parse: Callable[[Frame], R]) -> R:
         """One request, retried on silence and garbled replies; returns ``parse(reply)``."""
+        await self.between_exchanges()
         wire = request.encode(self.preamble)
         who = f"meter {request.address} on {self.transport.name}"
         attempts = self.retries + 1

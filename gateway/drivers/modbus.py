@@ -39,11 +39,13 @@ from pymodbus.pdu import DecodePDU, ExceptionResponse, ModbusPDU
 
 from gateway.drivers.base import (
     BadFrame,
+    Checkpoint,
     DriverCapabilities,
     DriverError,
     MeterRejected,
     MeterStatus,
     NoAnswer,
+    no_checkpoint,
 )
 from gateway.transport import TransportError, TransportTimeout
 from gateway.transport.serial import SerialTransport
@@ -167,6 +169,7 @@ class ModbusDriver:
         self._units = _resolve_units(endpoint, models, self._maps)
         self._lock = asyncio.Lock()
         self._rx = b""
+        self.between_exchanges: Checkpoint = no_checkpoint
 
     # ------------------------------------------------------------------ construction
 
@@ -388,6 +391,7 @@ class ModbusDriver:
         self, unit: int, where: str, send: Callable[[], Awaitable[ModbusPDU]]
     ) -> Any:
         """One transaction, errors mapped to the driver's exceptions (one in flight)."""
+        await self.between_exchanges()
         async with self._lock:
             await self._connect()
             self._rx = b""

@@ -12,7 +12,13 @@ from datetime import datetime
 import pytest
 
 from gateway.config import BusConfig, MeterConfig
-from gateway.drivers.base import DriverCapabilities, DriverError, MeterStatus, NoAnswer
+from gateway.drivers.base import (
+    DriverCapabilities,
+    DriverError,
+    MeterStatus,
+    NoAnswer,
+    no_checkpoint,
+)
 from gateway.drivers.dlt645 import status_from_word3
 from gateway.scheduler import BusWorker
 from meterhub.wire import Event, Reading, RelayState, Value
@@ -135,6 +141,72 @@ async def test_command_jumps_the_queue_and_waits_for_the_line() -> None:
     position = driver.log.index("relay_open:000000000003")
     # at most the transaction in flight ran between the command's arrival and its turn
     assert 2 <= position <= 4, driver.log[:6]
+
+
+class ExchangesDriver(LineDriver):
+    """A poll is ``exchanges`` request/reply exchanges, each after the driver's checkpoint,
+    as the real drivers do it."""
+
+    def __init__(self, exchanges: int, cost_s: float) -> None:
+        super().__init__(cost_s=cost_s)
+        self.exchanges = exchanges
+        self.between_exchanges = no_checkpoint
+        self.second = asyncio.Event()  # the second exchange is on the line
+
+    async def read(self, address: str, quantities: Sequence[str]) -> dict[str, Value]:
+        for _ in range(self.exchanges):
+            await self.between_exchanges()
+            if len(self.log) == 1:
+                self.second.set()
+            await self._transaction("read", address)
+        return {q: Value(1.0, "kWh") for q in quantities}
+
+    async def switch_relay(self, address: str, action: str) -> RelayState:
+        await self.between_exchanges()  # a no-op inside a command
+        return await super().switch_relay(address, action)
+
+
+async def test_a_command_goes_between_two_exchanges_of_a_poll() -> None:
+    driver = ExchangesDriver(exchanges=4, cost_s=0.02)
+    readings: list[Reading] = []
+    worker = BusWorker(_bus(3, interval_s=10), driver, on_reading=readings.append,
+                       on_event=lambda e: None)
+    task = asyncio.create_task(worker.run())
+    await driver.second.wait()
+    state = await worker.submit(lambda d: d.switch_relay("000000000003", "relay_open"))
+    await asyncio.sleep(0.3)
+    worker.stop()
+    await task
+    assert state == "open"
+    assert driver.max_in_flight == 1
+    first, third = "read:000000000001", "read:000000000003"
+    assert driver.log[:6] == [first, first, "relay_open:000000000003", first, first,
+                              "read:000000000002"]
+    assert driver.log.count(third) == 4 and len(readings) == 3
+    assert worker.health["000000000001"].last_rtt_ms < 4 * 20 + 15  # its own line time
+
+
+async def test_a_stream_of_commands_does_not_starve_polling() -> None:
+    driver = ExchangesDriver(exchanges=2, cost_s=0.005)
+    readings: list[Reading] = []
+    worker = BusWorker(_bus(2, interval_s=0.001), driver, on_reading=readings.append,
+                       on_event=lambda e: None, commands_in_a_row=3)
+    task = asyncio.create_task(worker.run())
+    await asyncio.sleep(0.02)
+    jobs = [worker.submit(lambda d, i=i: d.switch_relay(f"{i:012d}", "relay_open"))
+            for i in range(1, 31)]
+    assert await asyncio.gather(*jobs) == ["open"] * 30
+    worker.stop()
+    await task
+    runs, run = [], 0
+    for entry in driver.log[driver.log.index("relay_open:000000000001"):]:
+        if entry.startswith("relay_open"):
+            run += 1
+        elif run:
+            runs.append(run)
+            run = 0
+    assert runs and max(runs) <= 3, runs  # a poll exchange after at most three commands
+    assert sum(runs) + run == 30
 
 
 class StatusDriver(LineDriver):
