@@ -17,7 +17,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from collector._copy import with_column
-from collector.parse import BatchSeen, DeadLetter, MeterSeen, Parsed
+from collector.parse import BatchSeen, ClockSeen, DeadLetter, MeterSeen, Parsed
 from meterhub import wire
 
 _STAGE = """
@@ -112,6 +112,7 @@ class Batch:
     readings: int = 0
     meters: dict[str, MeterSeen] = field(default_factory=dict)
     dead: list[DeadLetter] = field(default_factory=list)
+    clocks: list[ClockSeen] = field(default_factory=list)
     batches: list[BatchSeen] = field(default_factory=list)
     statuses: list[wire.Status] = field(default_factory=list)
     events: list[tuple[str, str, wire.Event]] = field(default_factory=list)
@@ -130,6 +131,7 @@ class Batch:
         self.values += parsed.values
         self.readings += parsed.readings
         self.dead.extend(parsed.dead)
+        self.clocks.extend(parsed.clocks)
         if parsed.batch is not None:
             self.batches.append(parsed.batch)
         for meter, seen in parsed.meters.items():
@@ -214,6 +216,8 @@ async def write(conn: psycopg.AsyncConnection, batch: Batch, now: datetime,
                     [s.relay for _, s in ms], [s.relay_at for _, s in ms],
                 ),
             )
+        if batch.clocks:
+            await _store_clocks(conn, batch.clocks)
         if batch.batches:
             dup_batches = await _track_sequences(conn, batch.batches, now)
         for status in batch.statuses:
@@ -239,6 +243,26 @@ async def write(conn: psycopg.AsyncConnection, batch: Batch, now: datetime,
                     [dead_letter_row(d, now, policy) for d in batch.dead],
                 )
     return WriteResult(stored, values, dup_batches, len(batch.dead))
+
+
+# Clock checks of meters the sending gateway owns (ownership was sorted before the write; a
+# check from any other gateway is not believed); the same check twice is one row.
+_CLOCKS = """
+INSERT INTO clock_checks (meter_id, read_at, meter_clock, drift_s, gateway)
+SELECT c.m, c.r, c.mc, c.d, c.g
+FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[], %s::float8[], %s::text[])
+     AS c(m, r, mc, d, g)
+JOIN meters mt ON mt.meter_id = c.m AND mt.gateway = c.g
+ORDER BY c.m, c.r
+ON CONFLICT DO NOTHING
+"""
+
+
+async def _store_clocks(conn: psycopg.AsyncConnection, clocks: list[ClockSeen]) -> None:
+    await conn.execute(_CLOCKS, ([c.meter for c in clocks], [c.check.read_at for c in clocks],
+                                 [c.check.meter_clock for c in clocks],
+                                 [c.check.drift_s for c in clocks],
+                                 [c.gateway for c in clocks]))
 
 
 async def _store_rows(conn: psycopg.AsyncConnection, batch: Batch, now: datetime

@@ -20,7 +20,6 @@ import numpy as np
 import psycopg
 
 from collector.config import ValidationConfig
-from collector.parse import CLOCK_SKEW
 from collector.vee import estimate, rules
 from collector.vee.review import VEE_LOCK, open_review_items
 from meterhub.quantities import ENERGY_IMPORT
@@ -201,27 +200,37 @@ def _load_reads(conn: psycopg.Connection, names: list[str], window: list[datetim
 
 def _load_side(conn: psycopg.Connection, names: list[str], lo: list[datetime],
                interval_s: int) -> np.ndarray:
-    """Per (meter, interval): max current, min/max voltage, max |clock skew|."""
+    """Per (meter, interval): max current, min/max voltage."""
     rows = conn.execute(
         """SELECT u.i, extract(epoch FROM date_bin(make_interval(secs => %s), r.ts,
                                                    timestamptz 'epoch'))::float8 AS s,
                   max(r.value) FILTER (WHERE r.quantity LIKE 'current\\_%%'),
                   min(r.value) FILTER (WHERE r.quantity LIKE 'voltage\\_%%'),
-                  max(r.value) FILTER (WHERE r.quantity LIKE 'voltage\\_%%'),
-                  max(abs(r.value)) FILTER (WHERE r.quantity = %s),
-                  (array_agg(r.value ORDER BY abs(r.value) DESC)
-                       FILTER (WHERE r.quantity = %s))[1]
+                  max(r.value) FILTER (WHERE r.quantity LIKE 'voltage\\_%%')
            FROM unnest(%s::text[], %s::timestamptz[]) WITH ORDINALITY AS u(m, w, i)
            JOIN readings r ON r.meter_id = u.m AND r.ts >= u.w
            WHERE r.quantity LIKE 'current\\_%%' OR r.quantity LIKE 'voltage\\_%%'
-              OR r.quantity = %s
            GROUP BY u.i, s ORDER BY u.i, s""",
-        (interval_s, CLOCK_SKEW, CLOCK_SKEW, names, lo, CLOCK_SKEW),
+        (interval_s, names, lo),
     ).fetchall()
     arr = np.array([[np.nan if v is None else v for v in r] for r in rows],
-                   dtype=np.float64).reshape(-1, 7)
+                   dtype=np.float64).reshape(-1, 5)
     arr[:, 0] -= 1
     return arr
+
+
+def _load_clocks(conn: psycopg.Connection[Any], names: list[str], since: datetime
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clock checks (collector/migrations/0020) of these meters from ``since``: meter index,
+    read time (epoch s), drift (s)."""
+    rows = conn.execute(
+        """SELECT u.i, extract(epoch FROM c.read_at)::float8, c.drift_s
+           FROM unnest(%s::text[]) WITH ORDINALITY AS u(m, i)
+           JOIN clock_checks c ON c.meter_id = u.m AND c.read_at >= %s""",
+        (names, since),
+    ).fetchall()
+    arr = np.array(rows, dtype=np.float64).reshape(-1, 3)
+    return arr[:, 0].astype(np.int64) - 1, arr[:, 1], arr[:, 2]
 
 
 def _load_history(conn: psycopg.Connection, names: list[str], window: list[datetime],
@@ -285,7 +294,10 @@ def _validate(conn: psycopg.Connection, names: list[str], window: list[datetime]
     lo_v = cfg.nominal_voltage * (1 - cfg.voltage_band)
     hi_v = cfg.nominal_voltage * (1 + cfg.voltage_band)
     iv.flags[(vmin < lo_v) | (vmax > hi_v)] |= rules.VOLTAGE
-    skew = rules.lookup(iv.meter, iv.start, sm, ss, side[:, 6])
+    first = datetime.fromtimestamp(float(iv.start.min()) - cfg.clock_check_valid_s, UTC)
+    cm, ct, cd = _load_clocks(conn, names, first)
+    skew = rules.latest_before(iv.meter, iv.start + interval_s, cm, ct, cd,
+                               cfg.clock_check_valid_s)
     iv.flags[np.abs(skew) > cfg.clock_skew_s] |= rules.CLOCK_SKEW
     lm, ls, lmax = rules.per_interval_max(meter, t, late, interval_s)
     lateness = rules.lookup(iv.meter, iv.start, lm, ls, lmax)

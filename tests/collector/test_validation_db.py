@@ -106,8 +106,15 @@ def test_reading_rules_and_register_reset_through_the_database(db_url):
         rows.append(("m2", "energy_import_total", ts, e, "kWh"))
         rows.append(("m2", "voltage_a", ts, 190.0 if m == 20 else 231.0, "V"))
         rows.append(("m2", "current_a", ts, 5.0, "A"))
-        rows.append(("m2", "clock_skew_s", ts, 130.0 if m == 130 else 1.0, "s"))
+    # the gateway's clock checks (collector/migrations/0020): hourly, one of them 130 s ahead;
+    # a check speaks for the intervals after it until the next one
+    checks = [(T0 + timedelta(minutes=m, seconds=20), 130.0 if m == 125 else 1.0)
+              for m in (0, 60, 125, 135)]
     with psycopg.connect(db_url) as conn:
+        for read_at, drift in checks:
+            conn.execute("INSERT INTO clock_checks (meter_id, read_at, meter_clock, drift_s, "
+                         "gateway) VALUES ('m2', %s, %s, %s, 'g')",
+                         (read_at, read_at + timedelta(seconds=drift), drift))
         conn.execute("SELECT collector_ensure_partitions(%s, %s)", (T0, T0))
         with conn.cursor().copy("COPY readings (meter_id, quantity, ts, value, unit, "
                                 "received_at) FROM STDIN") as copy:
