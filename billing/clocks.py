@@ -40,8 +40,8 @@ class ClockPolicy:
 
 
 # Meters of billing's whose newest clock check is off by more than the threshold, can be set,
-# and that check came after the meter's last time sync finished (a check from before it
-# speaks of the clock the sync corrected) and after the minimum gap.
+# and that check came after the meter's last time sync was sent (a check from before it
+# speaks of the clock the sync corrected), with no sync queued within the minimum gap.
 _DRIFTED = """
 SELECT bm.meter_id, bm.account_id, f.clock_drift_s, f.clock_read_at
 FROM billing_meters bm
@@ -50,7 +50,8 @@ WHERE abs(f.clock_drift_s) > %(threshold)s
   AND f.time_sync_capable IS NOT FALSE
   AND NOT EXISTS (SELECT 1 FROM billing_commands c
                   WHERE c.meter_id = bm.meter_id AND c.action = 'time_sync'
-                    AND (c.created_at > %(gap)s OR c.updated_at >= f.clock_read_at))
+                    AND (c.created_at > %(gap)s
+                         OR coalesce(c.sent_at, c.created_at) >= f.clock_read_at))
 ORDER BY bm.meter_id
 LIMIT %(n)s
 FOR UPDATE OF bm SKIP LOCKED
