@@ -29,8 +29,8 @@ from typing import Any
 import psycopg
 
 from billing import alerts, commands, lifecycle
-from billing.clocks import ClockPolicy, queue_time_syncs
 from billing.charging import CommitHorizon, charge_parallel
+from billing.clocks import ClockPolicy, queue_time_syncs
 from billing.disconnect import PolicyKnobs, evaluate_accounts, handle_deadlines, reconcile
 from billing.errors import BillingError
 from billing.lifecycle import CommandState

@@ -37,8 +37,8 @@ from meterhub.protocols.dlt645.frame import WILDCARD, Frame
 from meterhub.protocols.dlt645.identifiers import (
     DI_ADDRESS,
     DI_DATE,
-    DI_TIME,
     DI_STATUS_WORD_3,
+    DI_TIME,
     STATUS3_PRE_TRIP_ALARM,
     STATUS3_RELAY_OPEN,
     DataId,

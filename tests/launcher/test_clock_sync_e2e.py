@@ -107,10 +107,9 @@ async def test_drift_is_flagged_synced_and_read_back(
             await _wait(lambda: _rows(db_url, "SELECT relay_capable FROM meter_field_contract "
                                               "WHERE meter_id = %s", RELAYLESS) == [(False,)],
                         20, "the relay-less meter's capability")
-            with psycopg.connect(db_url, autocommit=True) as conn:
-                with pytest.raises(RelaylessMeter, match=f"meter {RELAYLESS} .* has no relay"):
-                    create_account(conn, "no-relay", meters=[RELAYLESS],
-                                   tariff="residential-flat")
+            with (psycopg.connect(db_url, autocommit=True) as conn,
+                  pytest.raises(RelaylessMeter, match=f"meter {RELAYLESS} .* has no relay")):
+                create_account(conn, "no-relay", meters=[RELAYLESS], tariff="residential-flat")
             # validation flags the meter's intervals read while its clock was off (billing
             # leaves meters that are on no account alone, so the drift stays until then)
             await _wait(lambda: bool(_rows(db_url, "SELECT 1 FROM anomalies WHERE meter_id = %s "
