@@ -33,6 +33,7 @@ from billing.manual import (
 from billing.money import DEFAULT_MAX_TOPUP, MoneyError, parse_yuan
 from billing.policy import CreditSettings, ProtectedWindows
 from billing.read_model import manual_holds
+from billing.relays import RelaylessMeter
 
 __all__ = [
     "DEFAULT_MAX_TOPUP",
@@ -50,6 +51,7 @@ __all__ = [
     "LedgerEntry",
     "MoneyError",
     "ProtectedWindows",
+    "RelaylessMeter",
     "TopupConflict",
     "UnknownAccount",
     "UnknownMeter",

@@ -89,6 +89,9 @@ def register(subparsers: Any) -> None:
     new.add_argument("--windows", default=None,
                      help='protected windows as JSON, e.g. {"nightly": ["18:00", "08:00"], '
                           '"weekends": true, "holidays": ["2026-10-01"]}')
+    new.add_argument("--relayless", choices=("refuse", "flag"), default="refuse",
+                     help="a meter without a relay: refuse the account (default), or open it "
+                          "flagged as needing a site visit to disconnect")
     new.set_defaults(handler=_create)
 
     cmds = sub.add_parser("commands", help="relay commands and their audit trail")
@@ -259,6 +262,7 @@ def _create(args: argparse.Namespace) -> int:
             conn, args.account, meters=args.meter, tariff=args.tariff, name=args.name,
             credit=credit, windows=windows, group=args.group, restore_mode=args.restore_mode,
             opening_balance=args.opening_balance, tariffs=load_tariffs(args.tariffs),
+            relayless=args.relayless,
         )
     print(f"account {args.account} opened for {', '.join(args.meter)} on {args.tariff}")
     return 0

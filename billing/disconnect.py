@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from billing import lifecycle
+from billing import lifecycle, relays
 from billing.lifecycle import CommandState
 from billing.money import from_fen, to_fen
 from billing.policy import (
@@ -43,6 +43,7 @@ class PolicyKnobs:
     mass_window_s: float = 3600.0  # cut-offs this recent count towards "at once"
     retry: RetryPolicy = field(default_factory=RetryPolicy)  # of the relay commands queued
     reconcile_grace_s: float = 30.0  # leave a finished command's effect this long
+    reconcile_max_attempts: int = 3  # repairs of one meter before asking for a site visit
 
 
 @dataclass(slots=True)
@@ -218,9 +219,14 @@ def _evaluate_one(
                     "awaiting_approval": False}
         conn.execute("UPDATE billing_meters SET relay_wanted = 'open' WHERE meter_id = ANY(%s)",
                      (meters,))
-        for m in meters:
-            # a status question still waiting must not keep the cut-off out
+        relayless = relays.without_relay(conn, meters)
+        for m in relayless:  # no command it could not execute: a person has to go
+            relays.ask_site_visit(conn, m, now, "has no relay: the account is cut off but "
+                                                "supply flows until someone disconnects it")
+        for m in (m for m in meters if m not in relayless):
+            # a status question or a clock sync still waiting must not keep the cut-off out
             lifecycle.cancel_unsent(conn, m, "relay_status", actor, "superseded by cut-off")
+            lifecycle.cancel_unsent(conn, m, "time_sync", actor, "superseded by cut-off")
             if lifecycle.issue(
                 conn, account_id=acc_id, meter_id=m, action="relay_open", purpose="cutoff",
                 now=now, retry=knobs.retry, actor=actor, detail=decision.reason,
@@ -235,10 +241,12 @@ def _evaluate_one(
             "UPDATE billing_meters SET relay_wanted = 'closed' WHERE meter_id = ANY(%s)",
             (meters,))
         action = lifecycle.RESTORE_ACTIONS[acc["restore_mode"]]
-        for m in meters:
+        relayless = relays.without_relay(conn, meters)
+        for m in (m for m in meters if m not in relayless):
             # a cut-off not yet executed is simply cancelled: the payment arrived first
             lifecycle.cancel_unsent(conn, m, "relay_open", actor, "payment arrived first")
             lifecycle.cancel_unsent(conn, m, "relay_status", actor, "superseded by restore")
+            lifecycle.cancel_unsent(conn, m, "time_sync", actor, "superseded by restore")
             stats.restores_queued += int(
                 ensure_relay(conn, acc_id, m, action, now, knobs, actor, "restore",
                              decision.reason)
@@ -388,6 +396,8 @@ def reconcile(
     queued = tampered = 0
     if meter_id is None:
         tampered = absorb_reported_relays(conn)
+        with conn.transaction():
+            relays.clear_site_visits(conn)
     # recently finished commands are given time to show their effect, unless asked for one
     # meter right after its command finished
     grace = now + timedelta(days=1) if meter_id else now - timedelta(
@@ -397,8 +407,11 @@ def reconcile(
             f"""SELECT m.meter_id, m.account_id, m.relay_wanted, m.relay_reported,
                       m.customer_action_needed, a.windows, a.restore_mode,
                       m.manual_hold IS NOT NULL AND (m.manual_hold_until IS NULL
-                          OR m.manual_hold_until > %s) AS manual
+                          OR m.manual_hold_until > %s) AS manual,
+                      m.reconcile_attempts, m.site_visit_since IS NOT NULL AS visit_asked,
+                      m.no_relay OR coalesce(NOT f.relay_capable, false) AS no_relay
                FROM billing_meters m JOIN billing_accounts a ON a.account_id = m.account_id
+               LEFT JOIN meter_field_contract f ON f.meter_id = m.meter_id
                WHERE (m.relay_reported IS DISTINCT FROM m.relay_wanted
                       OR m.customer_action_needed)
                  AND (%s::text IS NULL OR m.meter_id = %s)
@@ -413,6 +426,9 @@ def reconcile(
         for r in rows:
             if r["customer_action_needed"] and meter_id:
                 continue  # just asked; the periodic pass asks again later
+            if r["no_relay"] or r["reconcile_attempts"] >= knobs.reconcile_max_attempts:
+                _give_up(conn, r, now, knobs)
+                continue
             if r["customer_action_needed"] and r["relay_wanted"] == "closed":
                 action, why = "relay_status", "waiting for the customer to press the button"
             elif r["relay_wanted"] == "open":
@@ -433,4 +449,23 @@ def reconcile(
                 purpose="reconcile", now=now, retry=knobs.retry, actor=actor, detail=why,
             ):
                 queued += 1
+                conn.execute("UPDATE billing_meters SET reconcile_attempts = "
+                             "reconcile_attempts + 1 WHERE meter_id = %s", (r["meter_id"],))
     return Reconciled(queued, tampered)
+
+
+def _give_up(conn: psycopg.Connection[Any], r: dict[str, Any], now: datetime,
+             knobs: PolicyKnobs) -> None:
+    """No more repairs for this meter: a person must go (asked once, by a site_visit alert).
+    Where the relay wanted is closed and the meter has none, there is nothing to repair."""
+    if r["no_relay"]:
+        if r["relay_wanted"] == "open":
+            relays.ask_site_visit(conn, r["meter_id"], now, "has no relay: the account is "
+                                  "cut off but supply flows until someone disconnects it")
+        return
+    if not r["visit_asked"]:
+        relays.ask_site_visit(
+            conn, r["meter_id"], now,
+            f"relay reads {r['relay_reported']}, wanted {r['relay_wanted']}, after "
+            f"{r['reconcile_attempts']} reconciliation attempts (limit "
+            f"{knobs.reconcile_max_attempts}); reconciliation has stopped")

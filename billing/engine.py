@@ -38,6 +38,7 @@ from psycopg import sql
 
 from billing import alerts, commands, lifecycle
 from billing.charging import CommitHorizon, charge_parallel
+from billing.clocks import ClockPolicy, queue_time_syncs
 from billing.disconnect import (
     PolicyKnobs,
     evaluate_accounts,
@@ -96,6 +97,14 @@ class BillingConfig:
     alerts_site: str = "billing"  # site for alerts of accounts whose meters were never heard
     batch_accounts: int = 500
     charge_connections: int = 1  # >1: charge on that many connections at once (threads)
+    # meter clocks (billing.clocks): sync a clock further off than this, verify the read-back
+    # within the tolerance, and sync one meter at most every clock_sync_gap_s
+    clock_sync_threshold_s: float = 60.0
+    clock_sync_tolerance_s: float = 5.0
+    clock_sync_gap_s: float = 3600.0
+    # reconciliation queues at most this many repairs of one meter's relay, then raises a
+    # site_visit alert and stops (billing.disconnect.reconcile)
+    reconcile_max_attempts: int = 3
 
     @property
     def retry(self) -> RetryPolicy:
@@ -110,7 +119,14 @@ class BillingConfig:
             mass_window_s=self.mass_window_s,
             retry=self.retry,
             reconcile_grace_s=self.reconcile_grace_s,
+            reconcile_max_attempts=self.reconcile_max_attempts,
         )
+
+    @property
+    def clocks(self) -> ClockPolicy:
+        return ClockPolicy(threshold_s=self.clock_sync_threshold_s,
+                           tolerance_s=self.clock_sync_tolerance_s,
+                           min_gap_s=self.clock_sync_gap_s)
 
 
 @dataclass
@@ -131,6 +147,8 @@ class EngineStats:
     acks: int = 0
     retries: int = 0
     reconciled: int = 0
+    time_syncs_queued: int = 0
+    time_syncs_verified: int = 0  # a meter's clock read back within tolerance after a sync
     holds_ended: int = 0  # operators' manual holds that expired (billing.manual)
     tampers: int = 0  # relay movements reported with readings that no command explains
     errors: int = 0  # database outages ridden out
@@ -378,6 +396,10 @@ class BillingEngine:
             self.stats.tampers += repaired.tampered
             if repaired.queued:
                 wake.add("commands")
+            synced = queue_time_syncs(conn, now, cfg.clocks, cfg.retry, actor)
+            self.stats.time_syncs_queued += synced
+            if synced:
+                wake.add("commands")
         if done.get(CommandState.QUEUED, 0):
             wake.add("commands")
         return wake
@@ -486,6 +508,8 @@ class BillingEngine:
                 self.stats.cutoffs_acked += 1
             elif result.action in ("relay_close", "relay_close_permitted"):
                 self.stats.restores_acked += 1
+            elif result.action == "time_sync":
+                self.stats.time_syncs_verified += 1
 
     def _refuse_ack(self, ack: wire.Ack, reason: str, why: str) -> None:
         """Count and log an ack that changes nothing (ids are checked ASCII by now)."""
@@ -497,7 +521,8 @@ class BillingEngine:
 
     def _apply_ack(self, ack: wire.Ack) -> lifecycle.AckResult | None:
         conn = self._conn("_ack_conn")
-        result = lifecycle.apply_ack(conn, ack, self.config.engine_id)
+        result = lifecycle.apply_ack(conn, ack, self.config.engine_id,
+                                     clock_tolerance_s=self.config.clock_sync_tolerance_s)
         if result is not None and result.changed and result.state in lifecycle.TERMINAL:
             # what was wanted may have changed while the command ran (a payment during a
             # cut-off): repair at once rather than at the next reconciliation

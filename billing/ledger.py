@@ -18,9 +18,11 @@ from typing import Any, Literal
 import psycopg
 from psycopg.rows import dict_row
 
+from billing import relays
 from billing.errors import BillingError
 from billing.money import from_fen, parse_amount, to_fen
 from billing.policy import CreditSettings, ProtectedWindows
+from billing.relays import RelaylessPolicy
 from billing.tariffs import Tariff, load_tariffs
 from meterhub import channels
 
@@ -83,12 +85,15 @@ def create_account(
     arrears_share: Decimal | str = Decimal(0),
     charge_from: datetime | None = None,
     tariffs: Mapping[str, Tariff] | None = None,
+    relayless: RelaylessPolicy = "refuse",
 ) -> None:
     """Open a prepaid account for one or more meters.
 
     ``group`` is the building or transformer (mass cut-off limit); ``windows`` None means no
     protected windows; consumption before ``charge_from`` (default: now) is not charged.
-    ``arrears`` is old debt, recovered as ``arrears_share`` of each top-up.
+    ``arrears`` is old debt, recovered as ``arrears_share`` of each top-up. A meter without
+    a relay is refused, or with ``relayless="flag"`` flagged as needing a site visit to
+    disconnect (billing.relays).
     """
     known = tariffs if tariffs is not None else load_tariffs()
     if tariff not in known:
@@ -129,6 +134,7 @@ def create_account(
             "INSERT INTO billing_meters (meter_id, account_id, charge_from) VALUES (%s, %s, %s)",
             [(m, account_id, start) for m in meter_ids],
         )
+        relays.admit(conn, account_id, meter_ids, relayless, datetime.now(UTC))
         if opening:
             _post(conn, account_id, "adjustment", to_fen(opening), f"open:{account_id}",
                   actor="create_account", detail={"why": "opening balance"})

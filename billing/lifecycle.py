@@ -65,6 +65,7 @@ WANTS = {"relay_open": "open", "relay_close": "closed"}  # relay read back that 
 ACTION_TARGETS = {**WANTS, "relay_close_permitted": "closed"}
 RELAY_READS = ("open", "closed")  # a relay actually read back (not None, not "unknown")
 RESTORE_ACTIONS = {"close": "relay_close", "close_permitted": "relay_close_permitted"}
+TIME_SYNC_TOLERANCE_S = 5.0  # a clock read back within this of gateway time verifies a sync
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +250,8 @@ def _refusal(row: dict[str, Any], ack: wire.Ack) -> str | None:
     return None
 
 
-def apply_ack(conn: psycopg.Connection[Any], ack: wire.Ack, actor: str) -> AckResult | None:
+def apply_ack(conn: psycopg.Connection[Any], ack: wire.Ack, actor: str, *,
+              clock_tolerance_s: float = TIME_SYNC_TOLERANCE_S) -> AckResult | None:
     """Move a command on by its gateway ack; None when the command is not ours.
 
     ``ack.gateway`` must be the gateway that sent it (billing.commands checks the payload
@@ -277,7 +279,9 @@ def apply_ack(conn: psycopg.Connection[Any], ack: wire.Ack, actor: str) -> AckRe
             _move(conn, cid, state, CommandState.ACCEPTED, who)
             return AckResult(cid, row["action"], row["purpose"], CommandState.ACCEPTED, True)
         outcome = ack.outcome
-        if outcome == "ok":
+        if outcome == "ok" and row["action"] == "time_sync":
+            new = _apply_time_sync(conn, row, state, ack, who, clock_tolerance_s)
+        elif outcome == "ok":
             new = _apply_ok(conn, row, state, ack, who)
         elif outcome in ("rejected", "expired"):
             new = CommandState(outcome)  # the outcome names the state
@@ -311,6 +315,29 @@ def _apply_ok(
     )
     _move(conn, cid, CommandState.CONFIRMED, CommandState.VERIFIED, who,
           f"relay read back {ack.relay}")
+    return CommandState.VERIFIED
+
+
+def _apply_time_sync(
+    conn: psycopg.Connection[Any], row: dict[str, Any], state: CommandState, ack: wire.Ack,
+    who: str, tolerance_s: float,
+) -> CommandState:
+    """A time sync is verified by the clock the gateway read back afterwards: within
+    ``tolerance_s`` of gateway time; further off, the meter did not take it (failed, and the
+    clock policy tries again after its gap); not read back, it stays confirmed."""
+    cid = row["command_id"]
+    if ack.clock is None:
+        _move(conn, cid, state, CommandState.CONFIRMED, who, "clock set, not read back")
+        return CommandState.CONFIRMED
+    drift = ack.clock.drift_s
+    _move(conn, cid, state, CommandState.CONFIRMED, who, f"clock set, reads {drift:+.1f} s",
+          clock_drift_s=drift)
+    if abs(drift) > tolerance_s:
+        why = f"meter clock still {drift:+.1f} s off after the sync (tolerance {tolerance_s} s)"
+        _move(conn, cid, CommandState.CONFIRMED, CommandState.FAILED, who, why, reason=why)
+        return CommandState.FAILED
+    _move(conn, cid, CommandState.CONFIRMED, CommandState.VERIFIED, who,
+          f"clock read back {drift:+.1f} s from gateway time")
     return CommandState.VERIFIED
 
 
@@ -378,7 +405,7 @@ def command_history(
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(
             """SELECT command_id, account_id, meter_id, action, purpose, state, attempt,
-                      created_at, updated_at, relay_reported, reason
+                      created_at, updated_at, relay_reported, clock_drift_s, reason
                FROM billing_commands WHERE %(acc)s::text IS NULL OR account_id = %(acc)s
                ORDER BY created_at DESC LIMIT %(n)s""",
             {"acc": account_id, "n": limit},

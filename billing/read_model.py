@@ -56,6 +56,10 @@ class Account(Outlook):
     meters: list[str]
     cut_off: bool | None  # any of its meters wanted open
     customer_action_needed: bool | None
+    # the supply as its meters' relays were last read: "off" only when every relay read
+    # back open, "on" when every one read closed, else "unknown"
+    supply: str
+    site_visit_needed: bool | None  # a meter without a relay, or reconciliation gave up
 
 
 class BillingMeter(TypedDict):
@@ -117,6 +121,7 @@ class Command(TypedDict):
     sent_at: datetime | None
     updated_at: datetime
     relay_reported: str | None
+    clock_drift_s: float | None  # time_sync: the meter's clock read back, minus gateway time
     reason: str | None
 
 
@@ -229,7 +234,13 @@ SELECT a.account_id AS account, a.name, a.tariff_id AS tariff, a.group_key AS "g
        (SELECT bool_or(bm.relay_wanted = 'open') FROM billing_meters bm
          WHERE bm.account_id = a.account_id) AS cut_off,
        (SELECT bool_or(bm.customer_action_needed) FROM billing_meters bm
-         WHERE bm.account_id = a.account_id) AS customer_action_needed
+         WHERE bm.account_id = a.account_id) AS customer_action_needed,
+       (SELECT CASE WHEN bool_and(bm.relay_reported = 'open') THEN 'off'
+                    WHEN bool_and(bm.relay_reported = 'closed') THEN 'on'
+                    ELSE 'unknown' END
+        FROM billing_meters bm WHERE bm.account_id = a.account_id) AS supply,
+       (SELECT bool_or(bm.site_visit_since IS NOT NULL OR bm.no_relay) FROM billing_meters bm
+         WHERE bm.account_id = a.account_id) AS site_visit_needed
 FROM billing_accounts a
 """
 
@@ -281,6 +292,16 @@ def account_exists(conn: psycopg.Connection[Any], account_id: str) -> bool:
     """Whether billing has this account (cheaper than :func:`account`)."""
     return bool(_fetch(conn, "SELECT 1 FROM billing_accounts WHERE account_id = %s",
                        (account_id,)))
+
+
+def reported_relays(conn: psycopg.Connection[Any], meter_ids: list[str]
+                    ) -> dict[str, tuple[str, datetime]]:
+    """The relay state billing last read back (a verified command's ack, or a reading it
+    absorbed) and when, for those of ``meter_ids`` where it was read at all."""
+    rows = _fetch(conn, "SELECT meter_id, relay_reported, relay_reported_at FROM "
+                        "billing_meters WHERE meter_id = ANY(%s) AND relay_reported IN "
+                        "('open', 'closed') AND relay_reported_at IS NOT NULL", (meter_ids,))
+    return {r["meter_id"]: (r["relay_reported"], r["relay_reported_at"]) for r in rows}
 
 
 def billing_meter(conn: psycopg.Connection[Any], meter_id: str) -> BillingMeter | None:
@@ -357,7 +378,7 @@ def alerts(conn: psycopg.Connection[Any], account_id: str | None, limit: int,
 
 _COMMAND = """SELECT command_id AS id, account_id AS account, meter_id AS meter, action, purpose,
 state, attempt, max_attempts, site, gateway, created_at, expires_at, sent_at, updated_at,
-relay_reported, reason FROM billing_commands"""
+relay_reported, clock_drift_s, reason FROM billing_commands"""
 
 
 def commands(conn: psycopg.Connection[Any], account_id: str | None, meter_id: str | None,

@@ -24,7 +24,7 @@ TYPED: tuple[tuple[str, str], ...] = (
     ("voltage_a", "voltage_a"), ("voltage_b", "voltage_b"), ("voltage_c", "voltage_c"),
     ("current_a", "current_a"), ("current_b", "current_b"), ("current_c", "current_c"),
     ("power_active", "power_active_total"), ("power_factor", "power_factor_total"),
-    ("frequency", "frequency"), ("clock_skew", "clock_skew_s"),
+    ("frequency", "frequency"),
 )
 SLOT: dict[str, int] = {quantity: i for i, (_, quantity) in enumerate(TYPED)}
 WIDTH = len(TYPED)

@@ -42,8 +42,10 @@ class ValidationConfig:
     # voltage band
     nominal_voltage: float = 230.0
     voltage_band: float = 0.10
-    # clock skew of the meter (reading field `meter_clock`) against gateway time
+    # clock skew of the meter (its gateway's clock checks, table clock_checks) against
+    # gateway time; a check speaks for the intervals up to clock_check_valid_s after it
     clock_skew_s: float = 60.0
+    clock_check_valid_s: float = 2 * 86400.0
     # a readings batch whose oldest reading arrives this long after it was taken is a late
     # arrival: one `late_batches` row per run of such batches (not an anomaly per interval)
     late_after_s: float = 3600.0

@@ -35,8 +35,15 @@ LEFT JOIN gateway_batches b ON b.gateway = v.gateway AND b.seq = v.seq
 WHERE v.meter_id = ANY(%s) AND v.quantity IN (SELECT name FROM quantity_codes UNION ALL
     SELECT unnest(ARRAY['energy_import_total', 'energy_export_total', 'voltage_a',
                         'voltage_b', 'voltage_c', 'current_a', 'current_b', 'current_c',
-                        'power_active_total', 'power_factor_total', 'frequency',
-                        'clock_skew_s']))
+                        'power_active_total', 'power_factor_total', 'frequency']))
+"""
+
+# v1 kept a meter's clock skew as a reading quantity; v2 keeps clock checks in their own table
+_CLOCKS = """
+INSERT INTO clock_checks (meter_id, read_at, meter_clock, drift_s, gateway)
+SELECT meter_id, ts, ts + make_interval(secs => value), value, coalesce(gateway, '')
+FROM readings_v1 WHERE meter_id = ANY(%s) AND quantity = 'clock_skew_s'
+ON CONFLICT DO NOTHING
 """
 
 _INTERVALS = """
@@ -109,6 +116,7 @@ def _chunk(conn: psycopg.Connection[Any], table: str, sql: str, meters: list[str
     with conn.transaction():
         if table == "readings_v1":
             row = conn.execute(sql, (meters,)).fetchone()
+            conn.execute(_CLOCKS, (meters,))
             return int(row[0] or 0) if row else 0
         conn.execute("INSERT INTO meters (meter_id) SELECT unnest(%s::text[]) ORDER BY 1"
                      " ON CONFLICT (meter_id) DO NOTHING", (meters,))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,10 +20,6 @@ from typing import Any
 from collector.columns import Columns, pg_micros
 from meterhub import wire
 from meterhub.quantities import QUANTITIES
-
-# Derived quantity the collector stores from a reading's optional `meter_clock` field (the
-# meter's own clock as the gateway read it): meter clock minus gateway time, in seconds.
-CLOCK_SKEW = "clock_skew_s"
 
 # Values no working meter can report; anything outside is dead-lettered, not stored.
 _BOUNDS: dict[str, tuple[float, float]] = {
@@ -96,6 +91,16 @@ class Parsed:
     meters: dict[str, MeterSeen] = field(default_factory=dict)
     dead: list[DeadLetter] = field(default_factory=list)
     batch: BatchSeen | None = None
+    clocks: list[ClockSeen] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ClockSeen:
+    """A clock check carried by a reading (see :class:`meterhub.wire.ClockCheck`)."""
+
+    meter: str
+    gateway: str
+    check: wire.ClockCheck
 
 
 # quantity -> (unit, cumulative, bounds of a non-cumulative value or None)
@@ -189,10 +194,8 @@ def parse_readings(
             if not _storable(values):
                 raise wire.WireError(f"{where} (meter {meter}): " + "; ".join(_problems(values)),
                                      "out_of_range")
-            if "meter_clock" in raw:
-                skew = _clock_skew(raw, ts, where)
-                if skew is not None:
-                    values.append((CLOCK_SKEW, skew, "s"))
+            if "clock" in raw:
+                _clock(out, topic, raw, meter, env.gateway, where, received_at)
         except wire.WireError as exc:
             out.dead.append(DeadLetter(topic, _reading_payload(raw), str(exc), env.gateway,
                                        exc.code, whole_message=False))
@@ -223,14 +226,17 @@ def _seen(out: Parsed, meter: str, ts: datetime, relay: str | None,
         seen.relay, seen.relay_at = relay, ts
 
 
-def _clock_skew(raw: dict[str, Any], taken_at: datetime, where: str) -> float | None:
-    """Meter clock minus gateway time, when the gateway sent the meter's clock."""
-    value = raw.get("meter_clock")
-    if value is None:
-        return None
-    meter_clock = wire.parse_time(value, f"{where}.meter_clock")
-    skew = (meter_clock - taken_at).total_seconds()
-    return skew if math.isfinite(skew) else None
+def _clock(out: Parsed, topic: str, raw: dict[str, Any], meter: str, gateway: str,
+           where: str, received_at: datetime) -> None:
+    """The reading's clock check, or a dead letter for it alone: a malformed clock must not
+    cost the energy values beside it."""
+    try:
+        check = wire.decode_clock(raw["clock"], f"{where}.clock", received_at)
+    except wire.WireError as exc:
+        out.dead.append(DeadLetter(topic, _reading_payload(raw), str(exc), gateway, exc.code,
+                                   whole_message=False))
+        return
+    out.clocks.append(ClockSeen(meter, gateway, check))
 
 
 def parse_status(topic: str, payload: bytes,

@@ -90,6 +90,9 @@ class Meter(TypedDict):
     last_seen: datetime | None
     relay: str | None
     relay_at: datetime | None
+    relay_capable: bool | None  # the meter has a relay (its gateway says); None: not said
+    clock_drift_s: float | None  # newest clock check: meter clock minus gateway time
+    clock_read_at: datetime | None
     open_reviews: int
     values: dict[str, Value]  # newest value of each quantity
 
@@ -250,10 +253,14 @@ def gateway_meter_ids(conn: psycopg.Connection[Any], name: str) -> list[str]:
 
 _METER_COLUMNS = """
 m.meter_id AS meter, m.gateway, m.site, m.protocol, m.expected_interval_s, m.first_seen,
-m.last_seen, m.relay, m.relay_at,
+m.last_seen, m.relay, m.relay_at, f.relay_capable, f.clock_drift_s, f.clock_read_at,
 (SELECT count(*) FROM review_items ri WHERE ri.meter_id = m.meter_id AND ri.status = 'open')
     AS open_reviews
 """
+
+
+# what the meter can do and its newest clock check (collector/migrations/0020)
+_FIELD = "LEFT JOIN meter_field_contract f ON f.meter_id = m.meter_id"
 
 
 def meter_last_seen(conn: psycopg.Connection[Any],
@@ -298,15 +305,15 @@ def meters(conn: psycopg.Connection[Any], gateway: str | None, search: str | Non
     sql_where, params = _where((("m.gateway = %s", gateway),
                                 ("m.meter_id ILIKE %s", search and _like(search))))
     total = _count(conn, f"SELECT count(*) AS n FROM meters m WHERE {sql_where}", params)
-    rows = _fetch(conn, f"SELECT {_METER_COLUMNS} FROM meters m WHERE {sql_where}"
+    rows = _fetch(conn, f"SELECT {_METER_COLUMNS} FROM meters m {_FIELD} WHERE {sql_where}"
                   " ORDER BY m.meter_id LIMIT %s OFFSET %s", [*params, limit, offset])
     return _with_values(conn, rows), total
 
 
 def meter(conn: psycopg.Connection[Any], meter_id: str) -> Meter | None:
     """One meter with its newest values; None when the collector never heard of it."""
-    rows = _fetch(conn, f"SELECT {_METER_COLUMNS} FROM meters m WHERE m.meter_id = %s",
-                  (meter_id,))
+    rows = _fetch(conn, f"SELECT {_METER_COLUMNS} FROM meters m {_FIELD} "
+                  "WHERE m.meter_id = %s", (meter_id,))
     return _with_values(conn, rows)[0] if rows else None
 
 

@@ -23,7 +23,7 @@ from psycopg.types.json import Jsonb
 
 from collector import columns
 from collector.columns import Columns
-from collector.parse import BatchSeen, DeadLetter, MeterSeen, Parsed
+from collector.parse import BatchSeen, ClockSeen, DeadLetter, MeterSeen, Parsed
 from meterhub import wire
 
 _STAGE = """
@@ -35,8 +35,7 @@ WITH ins AS (
     INSERT INTO readings SELECT * FROM _stage ORDER BY meter, ts
     ON CONFLICT DO NOTHING
     RETURNING meter, ts, num_nonnulls(energy_import, energy_export, voltage_a, voltage_b,
-        voltage_c, current_a, current_b, current_c, power_active, power_factor, frequency,
-        clock_skew) AS n
+        voltage_c, current_a, current_b, current_c, power_active, power_factor, frequency) AS n
 ), dirty AS (
     INSERT INTO vee_dirty (meter, dirty_from)
     SELECT meter, min(ts) FROM ins GROUP BY meter ORDER BY meter
@@ -133,6 +132,7 @@ class Batch:
     months: set[tuple[int, int]] = field(default_factory=set)
     meters: dict[str, MeterSeen] = field(default_factory=dict)
     dead: list[DeadLetter] = field(default_factory=list)
+    clocks: list[ClockSeen] = field(default_factory=list)
     batches: list[BatchSeen] = field(default_factory=list)
     statuses: list[wire.Status] = field(default_factory=list)
     events: list[tuple[str, str, wire.Event]] = field(default_factory=list)
@@ -150,6 +150,7 @@ class Batch:
             self.months |= parsed.months
         self.readings += parsed.readings
         self.dead.extend(parsed.dead)
+        self.clocks.extend(parsed.clocks)
         for meter, seen in parsed.meters.items():
             have = self.meters.get(meter)
             if have is None:
@@ -237,6 +238,8 @@ async def write(conn: psycopg.AsyncConnection, batch: Batch, now: datetime,
                 ),
             )
             keys = {m: (k, d) for m, k, d in await cur.fetchall()}
+        if batch.clocks:
+            await _store_clocks(conn, batch.clocks)
         ids: list[int] = []
         if batch.batches:
             dup_batches, ids = await _track_sequences(conn, batch.batches, now, policy)
@@ -265,6 +268,26 @@ async def write(conn: psycopg.AsyncConnection, batch: Batch, now: datetime,
                     [dead_letter_row(d, now, policy) for d in batch.dead],
                 )
     return WriteResult(stored, values, dup_batches, len(batch.dead))
+
+
+# Clock checks of meters the sending gateway owns (ownership was sorted before the write; a
+# check from any other gateway is not believed); the same check twice is one row.
+_CLOCKS = """
+INSERT INTO clock_checks (meter_id, read_at, meter_clock, drift_s, gateway)
+SELECT c.m, c.r, c.mc, c.d, c.g
+FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[], %s::float8[], %s::text[])
+     AS c(m, r, mc, d, g)
+JOIN meters mt ON mt.meter_id = c.m AND mt.gateway = c.g
+ORDER BY c.m, c.r
+ON CONFLICT DO NOTHING
+"""
+
+
+async def _store_clocks(conn: psycopg.AsyncConnection, clocks: list[ClockSeen]) -> None:
+    await conn.execute(_CLOCKS, ([c.meter for c in clocks], [c.check.read_at for c in clocks],
+                                 [c.check.meter_clock for c in clocks],
+                                 [c.check.drift_s for c in clocks],
+                                 [c.gateway for c in clocks]))
 
 
 async def _store_rows(conn: psycopg.AsyncConnection, batch: Batch,

@@ -75,6 +75,8 @@ class SimMeter:
     profile: tuple[float, ...] = RESIDENTIAL_PROFILE
     seed: int = 0
     clock_drift_s_per_day: float = 0.0
+    clock_drift_ppm: float = 0.0  # a crystal's error: 1 ppm is 0.0864 s a day
+    clock_offset_s: float = 0.0  # how far off the clock is at start (positive: ahead)
     balance_remaining: float = 0.0
     relay_open: bool = False
     relay_close_pending: bool = False  # "close permitted": waits for the customer's button
@@ -86,7 +88,7 @@ class SimMeter:
         self._rng = random.Random(self.seed or hash(self.address))
         self._last = self.now()
         self._started = self._last
-        self._clock_offset_s = 0.0
+        self._clock_offset_s = self.clock_offset_s
         self._surge_factor = 1.0
         self._tariff_energy = [0.0, 0.0, 0.0, 0.0]
 
@@ -159,12 +161,14 @@ class SimMeter:
 
     def clock(self) -> datetime:
         """The meter's own clock, drifting from true time as configured."""
-        elapsed_days = (self.now() - self._started) / 86400.0
-        drift = self.clock_drift_s_per_day * elapsed_days + self._clock_offset_s
+        elapsed_s = self.now() - self._started
+        drift = (self.clock_drift_s_per_day / 86400.0 + self.clock_drift_ppm * 1e-6) \
+            * elapsed_s + self._clock_offset_s
         return datetime.fromtimestamp(self.now(), UTC) + timedelta(seconds=drift)
 
     def set_clock(self, when: datetime) -> None:
-        """Broadcast time sync: the meter adopts the given time (drift starts again)."""
+        """Time sync (broadcast or written): the meter adopts the given time and keeps it
+        in whole seconds, as a DL/T645 meter does; its drift starts again from there."""
         self._started = self.now()
         self._clock_offset_s = (when - datetime.fromtimestamp(self.now(), UTC)).total_seconds()
 

@@ -23,6 +23,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -186,6 +187,12 @@ class CommandExecutor:
                               {"reason": "unknown_meter", "command_id": cmd.command_id}))
             return self._done(cmd.command_id, cmd.meter, "unknown_meter", reason=reason)
         bus, meter = target
+        caps = self.workers[bus.name].health[meter.id].capabilities
+        if cmd.action in (*_RELAY_ACTIONS, "relay_status") and not caps.get("relay"):
+            return self._done(cmd.command_id, cmd.meter, "invalid",
+                              reason=f"meter {cmd.meter} has no relay ({meter.protocol}, "
+                                     f"model {meter.model or 'as configured'}): disconnecting "
+                                     "it needs a site visit")
         if cmd.action in _RELAY_ACTIONS and not meter.relay_control:
             return self._done(cmd.command_id, cmd.meter, "invalid",
                               reason=f"relay control is off for meter {cmd.meter} "
@@ -216,7 +223,9 @@ class CommandExecutor:
                     return self._done(cmd.command_id, cmd.meter, "invalid",
                                       reason=f"{meter.protocol} meters have no time sync")
                 await driver.time_sync(meter.address, datetime.now(UTC))
-                return self._done(cmd.command_id, cmd.meter, "ok")
+                # verified by reading the clock back: the ack carries what the meter says now
+                check = await driver.read_clock(meter.address)
+                return replace(self._done(cmd.command_id, cmd.meter, "ok"), clock=check)
             relay = await driver.switch_relay(meter.address, cmd.action)
             expected = _EXPECTED_RELAY.get(cmd.action)
             if expected is not None and relay != expected:

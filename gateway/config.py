@@ -58,6 +58,10 @@ class MeterConfig:
     report_relay_every: int | None = None
     relay_control: bool = True  # relay commands run on it (False: refused as invalid)
     password: Secret | None = None  # DL/T645 relay/write password: its own, else its bus's
+    # the meter model has a relay (DL/T645-2007 meters without one say has_relay = false;
+    # DL/T645-1997 has none; a Modbus meter's register map says it)
+    has_relay: bool = True
+    clock_check_s: float = 3600.0  # read the meter's clock this often (0: never)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +86,7 @@ class BusConfig:
     password: Secret | None = None
     password_level: int = 2
     operator: str = "00000000"
+    time_sync: str = "broadcast"  # DL/T645: "broadcast" (08H to all) or "set" (write, per meter)
     # Modbus only: a folder of extra register maps next to the packaged ones
     maps_dir: str | None = None
 
@@ -368,11 +373,12 @@ def _check_security(c: _Checker, raw: dict[str, Any]) -> SecurityConfig:
 _BUS_KEYS = ("name", "protocol", "port", "tcp", "baud", "parity", "stopbits", "bytesize",
              "timeout_s", "retries", "inter_frame_gap_s", "poll_interval_s", "quantities", "model",
              "preamble", "password", "password_level", "operator", "maps_dir", "read_status",
-             "report_relay_every", "relay_control",
+             "report_relay_every", "relay_control", "has_relay", "clock_check_s", "time_sync",
              "meters")
 _METER_KEYS = ("id", "address", "unit", "protocol", "model", "poll_interval_s", "quantities",
-               "password", "relay_control",
+               "password", "relay_control", "has_relay", "clock_check_s",
                "read_status", "report_relay_every")
+TIME_SYNC_MODES = ("broadcast", "set")
 
 
 def _quantities(c: _Checker, raw: Mapping[str, Any], path: str,
@@ -424,7 +430,7 @@ def _modbus_unit(c: _Checker, raw: Mapping[str, Any], path: str) -> str | None:
 def _check_meter(c: _Checker, raw: Any, path: str, bus: BusConfig, gateway_id: str,
                  interval_s: float, quantities: tuple[str, ...],
                  model: str | None, relay_every: int | None,
-                 relay_control: bool) -> MeterConfig | None:
+                 relay_control: bool, clock: tuple[bool, float]) -> MeterConfig | None:
     raw = c.table(raw, path)
     if not raw:
         return None
@@ -462,7 +468,11 @@ def _check_meter(c: _Checker, raw: Any, path: str, bus: BusConfig, gateway_id: s
     if every and bus.protocol == "dlt645-1997":
         c.problems.append(f"{_join(path, _relay_key(raw))}: DL/T645-1997 has no relay "
                           "status word to read")
-    relay = c.get(raw, "relay_control", path, bool, relay_control)
+    has_relay = c.get(raw, "has_relay", path, bool, clock[0])
+    if has_relay and bus.protocol == "dlt645-1997" and "has_relay" in raw:
+        c.problem(_join(path, "has_relay"), True, "DL/T645-1997 has no relay control")
+    relay = c.get(raw, "relay_control", path, bool, relay_control) and has_relay
+    clock_check = c.get(raw, "clock_check_s", path, (int, float), clock[1], _clock_check)
     password = c.secret(raw, "password", path, _dlt_password)
     if password is not None and not bus.protocol.startswith("dlt645"):
         c.problems.append(f"{_join(path, 'password')}: is for DL/T645 meters")
@@ -474,8 +484,10 @@ def _check_meter(c: _Checker, raw: Any, path: str, bus: BusConfig, gateway_id: s
     return MeterConfig(id=meter_id, address=address, protocol=bus.protocol,
                        poll_interval_s=float(interval), quantities=qty,
                        model=model if bus.protocol == "modbus" else None,
-                       report_relay_every=every, relay_control=relay,
-                       password=password or bus.password)
+                       report_relay_every=every if has_relay else 0, relay_control=relay,
+                       password=password or bus.password,
+                       has_relay=has_relay and bus.protocol != "dlt645-1997",
+                       clock_check_s=float(clock_check))
 
 
 def _check_bus(c: _Checker, raw: Any, path: str, gateway_id: str,
@@ -523,7 +535,12 @@ def _check_bus(c: _Checker, raw: Any, path: str, gateway_id: str,
                        "is not an 8-digit DL/T645 operator code"),
         maps_dir=c.get(raw, "maps_dir", path, str, None,
                        lambda v: None if Path(v).is_dir() else "is not a folder that exists"),
+        time_sync=c.get(raw, "time_sync", path, str, "broadcast", _one_of(TIME_SYNC_MODES)),
     )
+    if "time_sync" in raw and known and not dlt:
+        c.problems.append(f"{_join(path, 'time_sync')}: is for DL/T645 buses")
+    clock = (c.get(raw, "has_relay", path, bool, protocol != "dlt645-1997"),
+             float(c.get(raw, "clock_check_s", path, (int, float), 3600.0, _clock_check)))
     interval = float(c.get(raw, "poll_interval_s", path, (int, float), 60.0, _positive(86400)))
     quantities = _quantities(c, raw, path, DEFAULT_QUANTITIES)
     model = c.get(raw, "model", path, str, None)
@@ -543,7 +560,7 @@ def _check_bus(c: _Checker, raw: Any, path: str, gateway_id: str,
     for i, item in enumerate(meters_raw):
         mpath = f"{path}.meters[{i}]"
         meter = _check_meter(c, item, mpath, bus, gateway_id, interval, quantities, model,
-                             relay_every, relay_control)
+                             relay_every, relay_control, clock)
         if meter is None:
             continue
         if meter.address in seen:
@@ -572,6 +589,12 @@ def _relay_every(c: _Checker, raw: Mapping[str, Any], path: str,
         status = c.get(raw, "read_status", path, bool, None)
         return inherited if status is None else int(status)
     return c.get(raw, "report_relay_every", path, int, inherited, _between(0, 1_000_000))
+
+
+def _clock_check(value: float) -> str | None:
+    """0 (never) or between 10 s and a week: a clock read costs line time like a poll."""
+    return None if value == 0 or 10 <= value <= 7 * 86400 else \
+        "must be 0 (never) or between 10 and 604800 seconds"
 
 
 def _relay_key(raw: Mapping[str, Any]) -> str:

@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 
 from gateway.config import DEFAULT_RELAY_EVERY, BusConfig, MeterConfig
 from gateway.drivers.base import Driver, DriverError, NoAnswer
-from meterhub.wire import Event, Reading, RelayState
+from meterhub.wire import ClockCheck, Event, Reading, RelayState
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -58,6 +58,9 @@ class MeterHealth:
     retry_in_s: float | None = None
     relay: RelayState | None = None
     flags: dict[str, bool] = field(default_factory=dict)
+    capabilities: dict[str, bool] = field(default_factory=dict)  # what the meter can do
+    clock_due: float = 0.0  # monotonic time of its next clock check
+    clock_drift_s: float | None = None  # meter clock minus gateway time at the last check
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -68,6 +71,8 @@ class MeterHealth:
             "last_rtt_ms": self.last_rtt_ms,
             "last_error": self.last_error,
             **({"relay": self.relay} if self.relay is not None else {}),
+            **({"clock_drift_s": self.clock_drift_s} if self.clock_drift_s is not None else {}),
+            "capabilities": self.capabilities,
         }
 
 
@@ -98,7 +103,8 @@ class BusWorker:
         self.on_event = on_event
         self.backoff_max_s = backoff_max_s
         self.clock = clock
-        self.health = {m.id: MeterHealth() for m in bus.meters}
+        self.health = {m.id: MeterHealth(capabilities=meter_capabilities(driver, m))
+                       for m in bus.meters}
         self.transactions = 0
         self.busy_s = 0.0
         self._order = itertools.count()
@@ -229,7 +235,8 @@ class BusWorker:
         health.consecutive_failures = 0
         health.retry_in_s = None
         relay = await self._read_status(meter) if self._relay_due(meter, health) else None
-        self.on_reading(Reading(meter.id, taken_at, values, relay))
+        clock = await self._read_clock(meter) if self._clock_due(meter, health) else None
+        self.on_reading(Reading(meter.id, taken_at, values, relay, clock))
         now = self.clock()
         at = due.at + meter.poll_interval_s
         self._reschedule(meter, at if at > now else now)
@@ -262,6 +269,25 @@ class BusWorker:
                                 {"bus": self.bus.name, "from": health.relay, "to": relay}))
         health.relay = relay
         return relay
+
+    def _clock_due(self, meter: MeterConfig, health: MeterHealth) -> bool:
+        """Whether this good poll also reads the meter's clock (every ``clock_check_s``)."""
+        return (meter.clock_check_s > 0 and health.capabilities.get("clock", False)
+                and self.clock() >= health.clock_due)
+
+    async def _read_clock(self, meter: MeterConfig) -> ClockCheck | None:
+        """The meter's clock for the reading; a failure only costs the clock field, and the
+        next check comes after a poll interval rather than a whole ``clock_check_s``."""
+        health = self.health[meter.id]
+        try:
+            check = await self._transaction(self.driver.read_clock(meter.address))
+        except DriverError as exc:
+            health.last_error = f"clock: {type(exc).__name__}: {exc}"
+            health.clock_due = self.clock() + meter.poll_interval_s
+            return None
+        health.clock_due = self.clock() + meter.clock_check_s
+        health.clock_drift_s = check.drift_s
+        return check
 
     def _edge(self, meter: MeterConfig, flag: str, now_set: bool, kind: str,
               what: str) -> None:
@@ -297,3 +323,15 @@ class BusWorker:
 
     def _reschedule(self, meter: MeterConfig, at: float) -> None:
         heapq.heappush(self._heap, _Due(at, next(self._order), meter))
+
+
+def meter_capabilities(driver: Driver, meter: MeterConfig) -> dict[str, bool]:
+    """What the meter can do: its driver's answer for its model, narrowed by the config
+    (``has_relay = false``: a model without a relay); reported in the gateway's status so
+    the backend knows, e.g., which meters can be cut off remotely."""
+    try:
+        caps = driver.capabilities(meter.address)
+    except DriverError:
+        return {"relay": False, "time_sync": False, "clock": False}
+    return {"relay": caps.relay and meter.has_relay, "time_sync": caps.time_sync,
+            "clock": caps.clock}

@@ -81,6 +81,11 @@ _is_id = re.compile(ID_PATTERN).fullmatch
 MAX_INT = 2**63 - 1  # a PostgreSQL bigint
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)  # no reading, status or event is older
 MAX_AHEAD = timedelta(days=1)  # ... or further ahead of this clock than this
+# A meter's own clock may be far off (that is what a clock check finds), but DL/T645 keeps
+# two-digit years: anything outside 2000..2099 is not a clock reading at all.
+CLOCK_EARLIEST = EARLIEST
+CLOCK_LATEST = datetime(2100, 1, 1, tzinfo=UTC)
+CLOCK_DRIFT_SLACK_S = 0.002  # ``drift_s`` may differ from meter_clock - read_at by rounding
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,13 +263,29 @@ class Value:
 
 
 @dataclass(frozen=True, slots=True)
+class ClockCheck:
+    """A meter's own clock as the gateway read it: ``meter_clock`` (what the meter said,
+    whole seconds, made UTC from the meters' zone) at ``read_at`` (gateway time, UTC)."""
+
+    meter_clock: datetime
+    read_at: datetime
+
+    @property
+    def drift_s(self) -> float:
+        """Meter clock minus gateway time: positive when the meter runs ahead."""
+        return round((self.meter_clock - self.read_at).total_seconds(), 3)
+
+
+@dataclass(frozen=True, slots=True)
 class Reading:
-    """One meter read in one poll: every quantity the meter answered, with units."""
+    """One meter read in one poll: every quantity the meter answered, with units, and on
+    the polls that check it, the meter's clock (``clock``; optional on the wire)."""
 
     meter: str
     taken_at: datetime
     values: Mapping[str, Value]
     relay: RelayState | None = None
+    clock: ClockCheck | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +321,7 @@ class Ack:
     outcome: Outcome | None = None
     relay: RelayState | None = None
     reason: str | None = None
+    clock: ClockCheck | None = None  # time_sync: the meter's clock read back afterwards
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,6 +363,7 @@ def encode_readings(batch: ReadingsBatch) -> bytes:
                     "taken_at": utc_iso(r.taken_at),
                     "values": {k: {"value": v.value, "unit": v.unit} for k, v in r.values.items()},
                     **({"relay": r.relay} if r.relay is not None else {}),
+                    **({"clock": encode_clock(r.clock)} if r.clock is not None else {}),
                 }
                 for r in batch.readings
             ],
@@ -376,8 +399,16 @@ def encode_ack(ack: Ack) -> bytes:
             "outcome": ack.outcome,
             "relay": ack.relay,
             "reason": ack.reason,
+            **({"clock": encode_clock(ack.clock)} if ack.clock is not None else {}),
         }
     )
+
+
+def encode_clock(check: ClockCheck) -> dict[str, Any]:
+    """``{"meter_clock", "read_at", "drift_s"}``: the drift is written out for people reading
+    the topic; decoders check it against the two times."""
+    return {"meter_clock": utc_iso(check.meter_clock), "read_at": utc_iso(check.read_at),
+            "drift_s": check.drift_s}
 
 
 def encode_status(status: Status) -> bytes:
@@ -515,7 +546,9 @@ def decode_reading(obj: Any, where: str = "reading") -> Reading:
     """Check one reading; the collector calls this per reading so one bad reading does not
     cost the good ones in the same batch."""
     meter, taken_at, values, relay = decode_reading_fields(obj, where)
-    return Reading(meter, taken_at, {name: Value(v, unit) for name, v, unit in values}, relay)
+    clock = obj.get("clock")
+    return Reading(meter, taken_at, {name: Value(v, unit) for name, v, unit in values}, relay,
+                   None if clock is None else decode_clock(clock, f"{where}.clock"))
 
 
 def decode_reading_fields(obj: Any, where: str = "reading",
@@ -560,6 +593,27 @@ def decode_reading_fields(obj: Any, where: str = "reading",
     if relay is not None and relay not in RELAY_STATES:
         raise WireError(f"{where}.relay: {_show(relay)} is not one of {', '.join(RELAY_STATES)}")
     return meter, taken_at, values, relay
+
+
+def decode_clock(obj: Any, where: str, now: datetime | None = None) -> ClockCheck:
+    """A reading's or ack's ``clock``: ``read_at`` is a device stamp (:func:`parse_stamp`),
+    ``meter_clock`` may be far off but within :data:`CLOCK_EARLIEST`..:data:`CLOCK_LATEST`,
+    and ``drift_s``, when sent, must agree with them."""
+    if not isinstance(obj, dict):
+        raise WireError(f"{where}: expected {{'meter_clock', 'read_at', 'drift_s'}}, "
+                        f"got {_show(obj)}")
+    read_at = parse_stamp(obj.get("read_at"), f"{where}.read_at", now)
+    meter_clock = parse_time(obj.get("meter_clock"), f"{where}.meter_clock")
+    if not CLOCK_EARLIEST <= meter_clock < CLOCK_LATEST:
+        raise WireError(f"{where}.meter_clock: {obj.get('meter_clock')!r} is outside "
+                        f"{CLOCK_EARLIEST.year}..{CLOCK_LATEST.year - 1}", "bad_time")
+    check = ClockCheck(meter_clock, read_at)
+    if "drift_s" in obj:
+        drift = _number(obj["drift_s"], f"{where}.drift_s")
+        if abs(drift - check.drift_s) > CLOCK_DRIFT_SLACK_S:
+            raise WireError(f"{where}.drift_s: {drift!r} is not meter_clock - read_at "
+                            f"({check.drift_s!r})", "bad_number")
+    return check
 
 
 def _number(value: Any, where: str) -> float:
@@ -686,6 +740,7 @@ def decode_ack(payload: bytes | str) -> Ack:
     reason = obj.get("reason")
     if reason is not None and not isinstance(reason, str):
         raise WireError(f"ack.reason: expected text, got {reason!r}")
+    clock = obj.get("clock")
     return Ack(
         command_id=_str(obj, "command_id", "ack"),
         gateway=_str(obj, "gateway", "ack"),
@@ -695,6 +750,7 @@ def decode_ack(payload: bytes | str) -> Ack:
         outcome=outcome,
         relay=relay,
         reason=reason,
+        clock=None if clock is None else decode_clock(clock, "ack.clock"),
     )
 
 

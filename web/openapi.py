@@ -95,7 +95,13 @@ GATEWAY: dict[str, S] = {
 METER: dict[str, S] = {
     "meter": STR, "gateway": _null(STR), "site": _null(STR), "protocol": _null(STR),
     "expected_interval_s": _null(INT), "first_seen": _null(TIME), "last_seen": _null(TIME),
-    "relay": _null(STR), "relay_at": _null(TIME), "open_reviews": INT,
+    "relay": {"type": "string", "enum": ["open", "closed", "unknown", "none"],
+              "description": "as last read from the meter (with a reading or read back "
+                             "after a command); none: the meter has no relay"},
+    "relay_at": _null(TIME), "relay_capable": _null(BOOL),
+    "clock_drift_s": _null({**NUM, "description": "newest clock check: meter clock minus "
+                                                   "gateway time, seconds"}),
+    "clock_read_at": _null(TIME), "open_reviews": INT,
     "values": {"type": "object", "additionalProperties": _ref("Value"),
                    "description": "newest value of each quantity, by canonical name"},
     }
@@ -186,6 +192,9 @@ SCHEMAS: dict[str, S] = {
         "phase_since": TIME, "hold_reason": _null(STR), "awaiting_approval": BOOL,
         "created_at": TIME, "meters": _arr(STR), "cut_off": _null(BOOL),
         "customer_action_needed": _null(BOOL),
+        "supply": {"type": "string", "enum": ["on", "off", "unknown"],
+                   "description": "off only when every meter's relay was read back open"},
+        "site_visit_needed": _null(BOOL),
         "days_of_credit": _null({"type": "string",
                                  "description": "days until the balance runs out at the "
                                                 "account's own usage; null: no usage"}),
@@ -199,10 +208,12 @@ SCHEMAS: dict[str, S] = {
     }),
     "Command": _obj({
         "id": STR, "account": STR, "meter": STR, "action": STR,
-        "purpose": {"type": "string", "enum": ["cutoff", "restore", "reconcile"]},
+        "purpose": {"type": "string",
+                    "enum": ["cutoff", "restore", "reconcile", "time_sync"]},
         "state": STR, "attempt": INT, "max_attempts": INT, "site": _null(STR),
         "gateway": _null(STR), "created_at": TIME, "expires_at": TIME, "sent_at": _null(TIME),
-        "updated_at": TIME, "relay_reported": _null(STR), "reason": _null(STR),
+        "updated_at": TIME, "relay_reported": _null(STR), "clock_drift_s": _null(NUM),
+        "reason": _null(STR),
         "audit": _arr(_obj({"at": TIME, "from_state": _null(STR), "to_state": STR,
                             "actor": STR, "detail": STR})),
     }, optional=("audit",)),

@@ -42,12 +42,37 @@ def pick_resolution(span: timedelta) -> str:
     return "day"
 
 
+def true_relays(conn: psycopg.Connection[Any], meters: list[collector_read.Meter]) -> list[Row]:
+    """Each meter with ``relay`` as it truly is: the newest state read from the meter (with
+    a reading, or read back after a billing command), "none" for a meter without a relay,
+    "unknown" when it was never read; never what billing merely wants."""
+    billed = billing_read.reported_relays(conn, [m["meter"] for m in meters])
+    out: list[Row] = []
+    for m in meters:
+        relay, at = m["relay"] if m["relay"] in ("open", "closed") else None, m["relay_at"]
+        if m["meter"] in billed and (relay is None or at is None
+                                     or billed[m["meter"]][1] > at):
+            relay, at = billed[m["meter"]]
+        if m["relay_capable"] is False:
+            relay, at = "none", None
+        out.append({**m, "relay": relay or "unknown", "relay_at": at})
+    return out
+
+
+def fleet_meters(conn: psycopg.Connection[Any], gateway: str | None, search: str | None,
+                 limit: int, offset: int) -> tuple[list[Row], int]:
+    """A page of meters (see collector_read.meters) with their true relay state."""
+    rows, total = collector_read.meters(conn, gateway, search, limit, offset)
+    return true_relays(conn, rows), total
+
+
 def meter_detail(conn: psycopg.Connection[Any], meter_id: str) -> Row | None:
-    """A meter with, when billing knows it, its account and billing's relay view (the relay
-    state read back after commands, which readings may not carry) and its manual hold."""
-    meter = collector_read.meter(conn, meter_id)
-    if meter is None:
+    """A meter with its true relay state and, when billing knows it, its account and
+    billing's relay view (what it wants and read back) and its manual hold."""
+    found = collector_read.meter(conn, meter_id)
+    if found is None:
         return None
+    meter = true_relays(conn, [found])[0]
     seen = billing_read.billing_meter(conn, meter_id)
     billing = None
     if seen is not None:

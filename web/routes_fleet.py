@@ -64,7 +64,7 @@ async def list_meters(request: web.Request) -> web.Response:
     gateway = inputs.query_text(request, "gateway")
     search = inputs.query_text(request, "q")
     limit, offset = page(request, 200)
-    rows, total = await database.run(request, collector_read.meters, gateway, search, limit, offset)
+    rows, total = await database.run(request, queries.fleet_meters, gateway, search, limit, offset)
     return json_response({"meters": rows, "total": total, "limit": limit, "offset": offset})
 
 

@@ -126,7 +126,6 @@ BEGIN
         power_active real,              -- power_active_total, kW
         power_factor real,              -- power_factor_total
         frequency real,                 -- Hz
-        clock_skew real,                -- meter clock minus gateway time, s (from meter_clock)
         PRIMARY KEY (meter, ts)
     )$s$ || how;
     -- Everything else a reading carries: one row per rare value.
@@ -237,7 +236,7 @@ BEGIN
     SELECT q INTO bad FROM unnest(quantities) q
     WHERE q NOT IN ('energy_import_total', 'energy_export_total', 'voltage_a', 'voltage_b',
                     'voltage_c', 'current_a', 'current_b', 'current_c', 'power_active_total',
-                    'power_factor_total', 'frequency', 'clock_skew_s')
+                    'power_factor_total', 'frequency')
       AND NOT EXISTS (SELECT 1 FROM quantity_codes c WHERE c.name = q)
     LIMIT 1;
     IF bad IS NOT NULL THEN
@@ -256,7 +255,7 @@ BEGIN
     JOIN meters m ON m.meter_id = u.m;
     INSERT INTO readings AS r (ts, batch, energy_import, energy_export, meter, voltage_a,
                                voltage_b, voltage_c, current_a, current_b, current_c,
-                               power_active, power_factor, frequency, clock_skew)
+                               power_active, power_factor, frequency)
     SELECT ts, max(batch),
            round(max(value) FILTER (WHERE quantity = 'energy_import_total') * 10 ^ max(dec)),
            round(max(value) FILTER (WHERE quantity = 'energy_export_total') * 10 ^ max(dec)),
@@ -269,8 +268,7 @@ BEGIN
            max(value) FILTER (WHERE quantity = 'current_c'),
            max(value) FILTER (WHERE quantity = 'power_active_total'),
            max(value) FILTER (WHERE quantity = 'power_factor_total'),
-           max(value) FILTER (WHERE quantity = 'frequency'),
-           max(value) FILTER (WHERE quantity = 'clock_skew_s')
+           max(value) FILTER (WHERE quantity = 'frequency')
     FROM _put GROUP BY meter, ts ORDER BY meter, ts
     ON CONFLICT (meter, ts) DO UPDATE SET
         batch = coalesce(excluded.batch, r.batch),
@@ -284,8 +282,7 @@ BEGIN
         current_c = coalesce(excluded.current_c, r.current_c),
         power_active = coalesce(excluded.power_active, r.power_active),
         power_factor = coalesce(excluded.power_factor, r.power_factor),
-        frequency = coalesce(excluded.frequency, r.frequency),
-        clock_skew = coalesce(excluded.clock_skew, r.clock_skew);
+        frequency = coalesce(excluded.frequency, r.frequency);
     GET DIAGNOSTICS n = ROW_COUNT;
     INSERT INTO reading_extras (ts, counts, meter, quantity, value)
     SELECT p.ts, CASE WHEN c.cumulative THEN round(p.value * 10 ^ p.dec)::bigint END, p.meter,
@@ -316,8 +313,7 @@ CROSS JOIN LATERAL (VALUES
     ('current_c', r.current_c::numeric::float8, 'A'),
     ('power_active_total', r.power_active::numeric::float8, 'kW'),
     ('power_factor_total', r.power_factor::numeric::float8, ''),
-    ('frequency', r.frequency::numeric::float8, 'Hz'),
-    ('clock_skew_s', r.clock_skew::numeric::float8, 's')
+    ('frequency', r.frequency::numeric::float8, 'Hz')
 ) AS v(quantity, value, unit)
 WHERE v.value IS NOT NULL
 UNION ALL

@@ -201,24 +201,37 @@ def _load_reads(conn: psycopg.Connection, names: list[int], window: list[datetim
 
 def _load_side(conn: psycopg.Connection, names: list[int], lo: list[datetime],
                interval_s: int) -> np.ndarray:
-    """Per (meter, interval): max current, min/max voltage, max |clock skew|, that skew."""
+    """Per (meter, interval): max current, min/max voltage."""
     rows = conn.execute(
         """SELECT u.i, extract(epoch FROM date_bin(make_interval(secs => %s), r.ts,
                                                    timestamptz 'epoch'))::float8 AS s,
                   max(greatest(r.current_a, r.current_b, r.current_c)),
                   min(least(r.voltage_a, r.voltage_b, r.voltage_c)),
-                  max(greatest(r.voltage_a, r.voltage_b, r.voltage_c)),
-                  max(abs(r.clock_skew)),
-                  (array_agg(r.clock_skew ORDER BY abs(r.clock_skew) DESC NULLS LAST))[1]
+                  max(greatest(r.voltage_a, r.voltage_b, r.voltage_c))
            FROM unnest(%s::int[], %s::timestamptz[]) WITH ORDINALITY AS u(m, w, i)
            JOIN readings r ON r.meter = u.m AND r.ts >= u.w
            GROUP BY u.i, s ORDER BY u.i, s""",
         (interval_s, names, lo),
     ).fetchall()
     arr = np.array([[np.nan if v is None else v for v in r] for r in rows],
-                   dtype=np.float64).reshape(-1, 7)
+                   dtype=np.float64).reshape(-1, 5)
     arr[:, 0] -= 1
     return arr
+
+
+def _load_clocks(conn: psycopg.Connection[Any], names: list[int], since: datetime
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clock checks (collector/migrations/0020) of these meters from ``since``: meter index,
+    read time (epoch s), drift (s)."""
+    rows = conn.execute(
+        """SELECT u.i, extract(epoch FROM c.read_at)::float8, c.drift_s
+           FROM unnest(%s::int[]) WITH ORDINALITY AS u(m, i)
+           JOIN meters m ON m.meter_key = u.m
+           JOIN clock_checks c ON c.meter_id = m.meter_id AND c.read_at >= %s""",
+        (names, since),
+    ).fetchall()
+    arr = np.array(rows, dtype=np.float64).reshape(-1, 3)
+    return arr[:, 0].astype(np.int64) - 1, arr[:, 1], arr[:, 2]
 
 
 def _load_history(conn: psycopg.Connection, names: list[int], window: list[datetime],
@@ -282,7 +295,10 @@ def _validate(conn: psycopg.Connection, names: list[int], window: list[datetime]
     lo_v = cfg.nominal_voltage * (1 - cfg.voltage_band)
     hi_v = cfg.nominal_voltage * (1 + cfg.voltage_band)
     iv.flags[(vmin < lo_v) | (vmax > hi_v)] |= rules.VOLTAGE
-    skew = rules.lookup(iv.meter, iv.start, sm, ss, side[:, 6])
+    first = datetime.fromtimestamp(float(iv.start.min()) - cfg.clock_check_valid_s, UTC)
+    cm, ct, cd = _load_clocks(conn, names, first)
+    skew = rules.latest_before(iv.meter, iv.start + interval_s, cm, ct, cd,
+                               cfg.clock_check_valid_s)
     iv.flags[np.abs(skew) > cfg.clock_skew_s] |= rules.CLOCK_SKEW
 
     ctx = _Context(names, iv, reg, meter, t, e, med, scale, amps, vmin, vmax, skew, cfg,

@@ -436,5 +436,28 @@ def lookup(meter: I64, start: F64, t_meter: I64, t_start: F64, t_value: F64) -> 
     return np.where(tk[pos] == key, tv[pos], np.nan)
 
 
+def latest_before(meter: I64, at: F64, c_meter: I64, c_at: F64, c_value: F64,
+                  max_age: float) -> F64:
+    """For each (meter, at): the value of that meter's newest check at or before ``at`` and
+    at most ``max_age`` older; NaN where there is none. Checks need not be sorted.
+
+    A clock check speaks for the time after it until the next one: an interval is judged by
+    the clock as last read before it ended, not only by a check inside it."""
+    out = np.full(len(meter), np.nan)
+    if len(c_value) == 0 or len(meter) == 0:
+        return out
+    lo = float(min(at.min(), c_at.min()))
+    span = float(max(at.max(), c_at.max())) - lo + max_age + 1.0
+    ck = _sorted_key(c_meter, c_at, lo, span)
+    order = np.argsort(ck, kind="stable")
+    ck, cm, ct, cv = ck[order], c_meter[order], c_at[order], c_value[order]
+    pos = np.searchsorted(ck, _sorted_key(meter, at, lo, span), side="right") - 1
+    ok = pos >= 0
+    pos = np.maximum(pos, 0)
+    ok &= (cm[pos] == meter) & (at - ct[pos] <= max_age)
+    out[ok] = cv[pos[ok]]
+    return out
+
+
 def out_of_band(value: F64, low: float, high: float) -> Bool:
     return np.asarray((value < low) | (value > high))

@@ -43,6 +43,8 @@ def open_driver(bus: BusConfig) -> Driver:
         passwords={m.address: m.password for m in bus.meters if m.password is not None},
         password_level=bus.password_level,
         operator=bus.operator,
+        no_relay=frozenset(m.address for m in bus.meters if not m.has_relay),
+        time_sync_mode=bus.time_sync,
     )
 
 

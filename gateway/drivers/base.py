@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from meterhub.wire import RelayState, Value
+from meterhub.wire import ClockCheck, RelayState, Value
 
 Checkpoint = Callable[[], Awaitable[None]]
 """Awaited by a driver before each request it puts on the line (see
@@ -44,6 +44,7 @@ class DriverCapabilities:
 
     relay: bool  # switch_relay and read_status (the meter has a relay and reports it)
     time_sync: bool  # time_sync sets the meter's clock
+    clock: bool = False  # read_clock reads the meter's date and time
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +93,10 @@ class Driver(Protocol):
 
     async def time_sync(self, address: str, when: datetime) -> None:
         """Set the meter's clock to ``when`` (timezone-aware); see :meth:`capabilities`."""
+        ...
+
+    async def read_clock(self, address: str) -> ClockCheck:
+        """The meter's date and time, with the gateway's time when it answered."""
         ...
 
     async def close(self) -> None:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from datetime import time as dt_time
 from typing import TypeVar
 
 from gateway.drivers.base import (
@@ -37,7 +38,9 @@ from meterhub.protocols.dlt645.errors import (
 from meterhub.protocols.dlt645.frame import WILDCARD, Frame
 from meterhub.protocols.dlt645.identifiers import (
     DI_ADDRESS,
+    DI_DATE,
     DI_STATUS_WORD_3,
+    DI_TIME,
     STATUS3_PRE_TRIP_ALARM,
     STATUS3_RELAY_OPEN,
     DataId,
@@ -50,9 +53,10 @@ from meterhub.protocols.dlt645.identifiers import (
 )
 from meterhub.quantities import unit_of
 from meterhub.security import Secret
-from meterhub.wire import RelayState, Value
+from meterhub.wire import ClockCheck, RelayState, Value
 
 R = TypeVar("R")
+_DAY_START_SLACK = dt_time(0, 0, 10)  # a time read this early may follow a date read yesterday
 
 RELAY_ACTIONS = {
     "relay_open": msg.RelayCommand.TRIP,
@@ -100,11 +104,15 @@ class Dlt645Driver:
         options: msg.Options = msg.DEFAULT_OPTIONS,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         use_blocks: bool = True,
+        no_relay: frozenset[str] = frozenset(),
+        time_sync_mode: str = "broadcast",
     ) -> None:
         if version not in ("2007", "1997"):
             raise ValueError(f"DL/T645 version {version!r} is not 2007 or 1997")
         if retries < 0 or timeout_s <= 0:
             raise ValueError("retries must be >= 0 and timeout_s > 0")
+        if time_sync_mode not in ("broadcast", "set"):
+            raise ValueError(f"time sync mode {time_sync_mode!r} is not broadcast or set")
         self.transport = transport
         self.version = version
         self.timeout_s = timeout_s
@@ -119,15 +127,19 @@ class Dlt645Driver:
         self.options = options
         self.clock = clock
         self.use_blocks = use_blocks
+        self.no_relay = no_relay
+        self.time_sync_mode = time_sync_mode
         self._no_block: set[tuple[str, int]] = set()
         self.between_exchanges: Checkpoint = no_checkpoint
 
     # ------------------------------------------------------------------ Driver protocol
 
     def capabilities(self, address: str) -> DriverCapabilities:
-        """Relay control and the status word are DL/T645-2007 only; every meter on the bus
-        takes the broadcast time sync."""
-        return DriverCapabilities(relay=self.version == "2007", time_sync=True)
+        """Relay control and the status word are DL/T645-2007 only, for meters whose model
+        has a relay (``no_relay`` lists those without); every meter on the bus takes the
+        broadcast time sync and has a clock (04000101/04000102, -1997 C010/C011)."""
+        return DriverCapabilities(relay=self.version == "2007" and address not in self.no_relay,
+                                  time_sync=True, clock=True)
 
     async def read(self, address: str, quantities: Sequence[str]) -> dict[str, Value]:
         """Quantities that share a block identifier (all tariffs, all phases) come in one
@@ -192,16 +204,42 @@ class Dlt645Driver:
 
     async def time_sync(self, address: str, when: datetime | None = None) -> None:
         """Broadcast time sync (08H): every meter on the bus sets its clock, ``address``
-        among them; none replies."""
+        among them; none replies. With ``time_sync_mode = "set"`` only ``address`` is set,
+        by writing its date then its time (14H/04H with its password; the meter answers)."""
         when = when if when is not None else self.clock()
         if when.tzinfo is None:
             raise ValueError("time_sync wants a timezone-aware time")
         local = when.astimezone(self.tz).replace(tzinfo=None)
+        if self.time_sync_mode == "set":
+            await self.write_identifier(address, DI_DATE[self.version], local.date())
+            # the date write took line time: the time written is taken after it
+            now = self.clock().astimezone(self.tz).replace(tzinfo=None)
+            await self.write_identifier(address, DI_TIME[self.version], now.time())
+            return
         frame = msg.broadcast_time(local, options=self.options)
         try:
             await self.transport.send(frame.encode(self.preamble))
         except TransportError as exc:
             raise DriverError(f"broadcast time sync on {self.transport.name}: {exc}") from exc
+
+    async def read_clock(self, address: str) -> ClockCheck:
+        """Date, then time, in the meters' zone. The time is read last and stamped with the
+        middle of its exchange; a time in the first seconds of a day may pair with the date
+        of the day before, so the date is read again then."""
+        day = await self._read_date(address)
+        sent = self.clock()
+        moment = await self.read_identifier(address, DI_TIME[self.version])
+        read_at = sent + (self.clock() - sent) / 2
+        assert isinstance(moment, dt_time)
+        if moment < _DAY_START_SLACK:
+            day = await self._read_date(address)
+        meter_clock = datetime.combine(day, moment, self.tz).astimezone(UTC)
+        return ClockCheck(meter_clock, read_at)
+
+    async def _read_date(self, address: str) -> date:
+        value = await self.read_identifier(address, DI_DATE[self.version])
+        assert isinstance(value, date)
+        return value
 
     async def close(self) -> None:
         await self.transport.close()
@@ -265,7 +303,8 @@ class Dlt645Driver:
 
     def _need_relay(self, address: str, what: str) -> None:
         if not self.capabilities(address).relay:
-            raise DriverError(f"meter {address}: DL/T645-1997 has no {what}")
+            which = "DL/T645-1997" if self.version == "1997" else "its model (has_relay = false)"
+            raise DriverError(f"meter {address}: {which} has no relay, so no {what}")
 
     async def _read_entry(self, address: str, entry: DataId) -> DecodedValue:
         payload = await self._read_payload(address, entry.di)

@@ -59,7 +59,7 @@ from meterhub.protocols.modbus.registermap import (
     plan_reads,
 )
 from meterhub.quantities import QUANTITIES
-from meterhub.wire import RelayState, Value
+from meterhub.wire import ClockCheck, RelayState, Value
 
 PYMODBUS_SUPPORTED = ((3, 16), (3, 17))  # [lower, upper) as (major, minor)
 
@@ -238,7 +238,8 @@ class ModbusDriver:
     # ------------------------------------------------------------------ Driver protocol
 
     def capabilities(self, address: str) -> DriverCapabilities:
-        """A relay when the unit's register map has one; no register map gives a clock yet."""
+        """A relay when the unit's register map has one; no register map gives a clock yet
+        (the maps of the meters here have no clock register)."""
         return DriverCapabilities(relay=self._unit(address)[1].relay is not None,
                                   time_sync=False)
 
@@ -293,6 +294,11 @@ class ModbusDriver:
         """Not supported: no register map describes a clock (see :meth:`capabilities`)."""
         unit, regmap = self._unit(address)
         raise DriverError(f"unit {unit}: model {regmap.name} has no time sync")
+
+    async def read_clock(self, address: str) -> ClockCheck:
+        """Not supported: no register map describes a clock (see :meth:`capabilities`)."""
+        unit, regmap = self._unit(address)
+        raise DriverError(f"unit {unit}: model {regmap.name} has no clock register")
 
     async def _read_relay(self, address: str) -> RelayState:
         unit, regmap = self._unit(address)

@@ -167,10 +167,10 @@ async def test_a_failing_ack_task_is_restarted(
 
     faults: list[Callable[[psycopg.Connection[Any]], None]] = [data_error, bug]
 
-    def apply_ack(conn: psycopg.Connection[Any], a: wire.Ack, actor: str) -> Any:
+    def apply_ack(conn: psycopg.Connection[Any], a: wire.Ack, actor: str, **kw: Any) -> Any:
         if faults:
             faults.pop(0)(conn)
-        return real(conn, a, actor)
+        return real(conn, a, actor, **kw)
 
     monkeypatch.setattr(lifecycle, "apply_ack", apply_ack)
     async with cut_off_sent(db_url, mqtt, site, billing_key) as (gw, eng, cid):

@@ -113,9 +113,16 @@ def test_reading_rules_and_register_reset_through_the_database(db_url):
         rows.append(("m2", "energy_import_total", ts, e))
         rows.append(("m2", "voltage_a", ts, 190.0 if m == 20 else 231.0))
         rows.append(("m2", "current_a", ts, 5.0))
-        rows.append(("m2", "clock_skew_s", ts, 130.0 if m == 130 else 1.0))
+    # the gateway's clock checks (collector/migrations/0020): hourly, one of them 130 s ahead;
+    # a check speaks for the intervals after it until the next one
+    checks = [(T0 + timedelta(minutes=m, seconds=20), 130.0 if m == 125 else 1.0)
+              for m in (0, 60, 125, 135)]
     with psycopg.connect(db_url) as conn:
         put_values(conn, rows, dirty_from=T0)
+        for read_at, drift in checks:
+            conn.execute("INSERT INTO clock_checks (meter_id, read_at, meter_clock, drift_s, "
+                         "gateway) VALUES ('m2', %s, %s, %s, 'g')",
+                         (read_at, read_at + timedelta(seconds=drift), drift))
     assert run_pending(db_url, IV_S, ValidationConfig()) == 12
     with psycopg.connect(db_url) as conn:
         fired = conn.execute("SELECT v.name, extract(epoch FROM at - %s)::int / 60, a.holds "

@@ -374,3 +374,56 @@ async def test_no_password_no_relay_frame(bus: SimBus, meters: list[SimMeter]) -
         assert not meters[0].relay_open
     finally:
         await d.close()
+
+
+async def test_read_clock_gives_the_meter_clock_and_the_gateway_time(
+    bus: SimBus, driver: Dlt645Driver, meters: list[SimMeter]
+) -> None:
+    meters[0].set_clock(NOW + timedelta(seconds=95))
+    meters[2].set_clock(NOW - timedelta(hours=2))
+    check = await driver.read_clock(M07)
+    assert (check.meter_clock, check.read_at, check.drift_s) == (
+        NOW + timedelta(seconds=95), NOW, 95.0)
+    d97 = driver_for(bus, version="1997")
+    try:
+        assert (await d97.read_clock(M97)).drift_s == -7200.0  # -1997: C010 / C011
+    finally:
+        await d97.close()
+
+
+async def test_read_clock_rereads_the_date_right_after_midnight(
+    bus: SimBus, meters: list[SimMeter]
+) -> None:
+    """The date is read before the time: if midnight passes between the two, the time
+    (00:00:0x) is paired with the new date, read again."""
+    midnight = datetime(2026, 11, 24, tzinfo=UTC)
+    # what the meter's clock says at each read: the date, the time, the date again
+    said = iter([midnight - timedelta(seconds=0.4), midnight + timedelta(seconds=0.2),
+                 midnight + timedelta(seconds=0.3)])
+    meters[0].clock = lambda: next(said)  # type: ignore[method-assign]
+    d = driver_for(bus, clock=lambda: midnight)
+    try:
+        check = await d.read_clock(M07)
+    finally:
+        await d.close()
+    assert check.meter_clock == midnight
+
+
+async def test_time_sync_by_writing_sets_one_meter_and_needs_its_password(
+    bus: SimBus, meters: list[SimMeter]
+) -> None:
+    when = datetime(2027, 2, 3, 4, 5, 6, tzinfo=UTC)
+    d = driver_for(bus, time_sync_mode="set", clock=lambda: when)
+    try:
+        await d.time_sync(M07, when)
+    finally:
+        await d.close()
+    assert meters[0].clock() == when
+    assert meters[1].clock() == NOW  # not a broadcast: the others keep their time
+    wrong = driver_for(bus, time_sync_mode="set", password="654321")
+    try:
+        with pytest.raises(MeterRejected, match="password"):
+            await wrong.time_sync(M07B, when)
+    finally:
+        await wrong.close()
+    assert meters[1].clock() == NOW

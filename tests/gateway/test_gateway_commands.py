@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -104,9 +105,13 @@ async def test_modbus_relay_and_status(running: Running) -> None:
 async def test_time_sync_runs_where_the_driver_can_and_is_invalid_where_it_cannot(
     running: Running,
 ) -> None:
+    meter = running.meters["000000000001"]
+    meter.set_clock(meter.clock() + timedelta(seconds=300))
     await running.send(command("sync-1", "000000000001", "time_sync"))
     acks = await running.done("sync-1")
     assert [(a.stage, a.outcome) for a in acks] == [("accepted", None), ("done", "ok")]
+    # verified by reading the clock back: the ack carries it, on time again
+    assert acks[1].clock is not None and abs(acks[1].clock.drift_s) < 2.0
     await running.send(command("sync-rtu", "gw1-rtu-1", "time_sync"))
     done = (await running.done("sync-rtu"))[-1]
     assert (done.outcome, done.reason) == ("invalid", "modbus meters have no time sync")
@@ -328,3 +333,35 @@ async def test_secrets_stay_out_of_status_and_logs(
     for value in (meter_password, mqtt_password):
         assert value not in published
         assert value not in caplog.text
+
+
+async def test_a_meter_without_a_relay_refuses_relay_commands_and_says_so(
+    mqtt: MqttSettings, site: str, sim_bus: Any, tmp_path: Path
+) -> None:
+    dlt = sim_bus("dlt645", dlt_meters(1))
+    data = gateway_config(site, dlt, None, poll_s=0.3)
+    data["buses"][0]["meters"][0]["has_relay"] = False  # a 2007 model without a relay
+    data["buses"][0]["clock_check_s"] = 10
+    gateway = Gateway(config_from_dict(data), mqtt=mqtt, state_dir=tmp_path)
+    stop = asyncio.Event()
+    async with record(mqtt, site) as seen:
+        task = asyncio.create_task(gateway.run(stop))
+        try:
+            await wait_for(lambda: gateway.connected, 10, "the gateway to connect")
+            await asyncio.sleep(0.3)
+            await send_command(mqtt, site, "gw1", command("open-x", "000000000001"))
+            await wait_for(lambda: any(a.stage == "done" for a in seen.acks_for("open-x")), 15,
+                           "the refusal")
+            [done] = [a for a in seen.acks_for("open-x") if a.stage == "done"]
+            assert done.outcome == "invalid" and "has no relay" in (done.reason or "")
+            assert not dlt.meters[0].relay_open
+            # the status says what the meter can do; the readings carry its clock, no relay
+            await wait_for(lambda: any(r.clock is not None for r in seen.readings), 10,
+                           "a reading with a clock check")
+            assert all(r.relay is None for r in seen.readings)
+            await wait_for(lambda: bool(seen.statuses), 10, "a status")
+            caps = seen.statuses[-1].health["meters"]["000000000001"]["capabilities"]
+            assert caps == {"relay": False, "time_sync": True, "clock": True}
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 15)

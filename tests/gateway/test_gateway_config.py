@@ -71,6 +71,12 @@ BROKEN = [
      "buses[0].baud: 2401 is not one of 300, 600, 1200, 2400, 4800, 9600, 19200, 38400, "
      "57600, 115200"),
     ("buses[0].parity", "X", "buses[0].parity: 'X' is not one of N, E, O"),
+    ("buses[0].meters[0].clock_check_s", 5,
+     "buses[0].meters[0].clock_check_s: 5 must be 0 (never) or between 10 and 604800 seconds"),
+    ("buses[0].time_sync", "ntp", "buses[0].time_sync: 'ntp' is not one of broadcast, set"),
+    ("buses[1].time_sync", "set", "buses[1].time_sync: is for DL/T645 buses"),
+    ("buses[0].meters[0].has_relay", "no",
+     "buses[0].meters[0].has_relay: 'no' is not true or false"),
     ("buses[0].retries", -1, "buses[0].retries: -1 must be between 0 and 10"),
     ("buses[0].port", {"tcp": "10.0.0.5"}, "buses[0].tcp: '10.0.0.5' is not HOST:PORT "
      "(for example '192.168.1.20:502')"),
@@ -233,3 +239,17 @@ def test_trusted_keys_must_be_public_key_files(tmp_path: Path) -> None:
     assert [p.split(":")[0] for p in err.value.problems] == [
         "security.trusted_keys[0]", "security.trusted_keys[1]", "security.max_future_skew_s"]
     assert "cannot be read" in err.value.problems[1]
+
+
+def test_clock_and_relay_settings_and_their_defaults() -> None:
+    data = _good()
+    data["buses"][0]["clock_check_s"] = 600
+    data["buses"][0]["meters"][1]["has_relay"] = False  # a 2007 model without a relay
+    cfg = config_from_dict(data)
+    first, second = cfg.buses[0].meters
+    assert (first.clock_check_s, first.has_relay, first.relay_control) == (600.0, True, True)
+    # no relay: no relay control, no relay status read, and no password needed for it
+    assert (second.has_relay, second.relay_control, second.report_relay_every) == (
+        False, False, 0)
+    assert cfg.buses[0].time_sync == "broadcast"
+    assert cfg.buses[1].meters[0].clock_check_s == 3600.0

@@ -89,7 +89,17 @@ function badge(text, cls) { return h("span", { class: `badge ${cls || text}` }, 
 function relayBadge(relay) {
   if (relay === "open") return badge("open", "bad");
   if (relay === "closed") return badge("closed", "ok");
+  if (relay === "none") return badge("no relay", "neutral");
   return badge(relay || "unknown", "neutral");
+}
+// "cut" only when every meter's relay was read back open; otherwise what was ordered and why
+function phaseBadge(a) {
+  if (a.phase !== "cut" || a.supply === "off") return badge(a.phase, a.phase === "normal" ? "neutral" : a.phase);
+  return badge(a.site_visit_needed ? "cut-off ordered · site visit needed" : "cut-off ordered · relay unknown", "warn");
+}
+function supplyBadge(a) {
+  if (!a.cut_off) return a.site_visit_needed ? badge("site visit needed", "warn") : "";
+  return a.supply === "off" ? badge("cut off", "bad") : phaseBadge({ ...a, phase: "cut" });
 }
 function val(values, q) { return values && values[q] ? values[q].value : null; }
 
@@ -257,7 +267,7 @@ async function viewFleet(target) {
       h("td", { class: "num", "data-q": "power_active_total" }, num(val(m.values, "power_active_total"))),
       h("td", { class: "num", "data-q": "voltage_a" }, num(val(m.values, "voltage_a"), 1)),
       h("td", { class: "num", "data-q": "energy_import_total" }, num(val(m.values, "energy_import_total"), 2)),
-      h("td", {}, m.relay ? relayBadge(m.relay) : "—"),
+      h("td", { "data-q": "relay" }, relayBadge(m.relay)),
       h("td", { class: "muted", "data-q": "last_seen" }, ago(m.last_seen)),
       h("td", {}, m.open_reviews ? badge(`${m.open_reviews} open`, "open") : ""));
     rows.set(m.meter, row);
@@ -564,9 +574,9 @@ async function viewAccounts(target) {
         h("td", { class: "num", "data-testid": "balance" }, money(a.balance)),
         h("td", { class: "num" }, a.days_of_credit === null ? "—" : a.days_of_credit),
         h("td", {}, badge(a.risk.grade)),
-        h("td", {}, badge(a.phase, a.phase === "normal" ? "neutral" : a.phase)),
+        h("td", {}, phaseBadge(a)),
         h("td", { class: "muted" }, a.meters.join(", ")),
-        h("td", {}, a.cut_off ? badge("cut off", "bad") : "", a.awaiting_approval ? badge("awaiting approval", "warn") : "", a.hold_reason ? h("span", { class: "muted" }, a.hold_reason) : ""))),
+        h("td", {}, supplyBadge(a), a.awaiting_approval ? badge("awaiting approval", "warn") : "", a.hold_reason ? h("span", { class: "muted" }, a.hold_reason) : ""))),
       "no accounts"));
   };
   let timer = null;
@@ -632,7 +642,7 @@ async function viewAccount(target, accountId) {
         h("dl", { class: "kv" },
           h("dt", {}, "days of credit"), h("dd", {}, a.days_of_credit === null ? "no usage yet" : `${a.days_of_credit} days`),
           h("dt", {}, "risk grade"), h("dd", {}, badge(a.risk.grade), ` score ${a.risk.score}`),
-          h("dt", {}, "phase"), h("dd", {}, badge(a.phase, a.phase === "normal" ? "neutral" : a.phase), a.hold_reason ? ` ${a.hold_reason}` : ""),
+          h("dt", {}, "phase"), h("dd", {}, phaseBadge(a), a.hold_reason ? ` ${a.hold_reason}` : ""),
           h("dt", {}, "tariff"), h("dd", {}, a.tariff),
           h("dt", {}, "meters"), h("dd", {}, a.meters.map((m) => h("a", { href: `#/meter/${encodeURIComponent(m)}` }, m, " "))),
           Number(a.arrears) ? [h("dt", {}, "arrears"), h("dd", {}, money(a.arrears))] : null,
