@@ -16,6 +16,14 @@ Pipeline (:func:`derive`):
    scaled to the register difference across the gap so nothing is created or lost;
 4. flag surges and drops against the meter's own median/MAD per time-of-day bucket.
 
+Rules about consumption judge against what the meter can resolve: its register counts in
+steps (0.01 kWh on DL/T645's XXXXXX.XX; times the CT ratio on a CT-connected meter), so a
+small load over a short span leaves it unmoved. ``step_kwh`` (one step per read or interval,
+:mod:`collector.vee.resolution` works it out) sets the least change a rule may call a fault:
+a backward move within one step is read noise, a surge or drop must exceed
+``evidence_steps`` steps, and zero consumption while current flows must last until the
+current should have moved the register by ``evidence_steps`` steps.
+
 Estimation beyond linear substitution (like-day profiles) is :mod:`collector.vee.estimate`.
 
 Quality and method follow NEM12: A actual, S substitute; 17 linear, 14 like day, 15 average
@@ -100,13 +108,17 @@ class Register:
 
 
 def clean_register(meter: npt.NDArray[np.integer], t: F64, e: F64,
-                   cfg: ValidationConfig) -> Register:
+                   cfg: ValidationConfig, *, step_kwh: F64 | float | None = None) -> Register:
+    """Never-decreasing register from raw reads. A backward move of at most one register
+    step (``step_kwh`` per read, default ``cfg.register_step_kwh``) is read noise (a float
+    register's last digit, a read taken mid-update): absorbed, no rule fires."""
     n = len(e)
+    tol = _per_item(step_kwh, cfg.register_step_kwh, n) + _EPS
     first = group_starts(meter)
     last = np.ones(n, dtype=bool)
     last[:-1] = meter[1:] != meter[:-1]
     back = np.zeros(n, dtype=bool)
-    back[1:] = ~first[1:] & (e[1:] < e[:-1] - _EPS)
+    back[1:] = ~first[1:] & (e[1:] < e[:-1] - tol[1:])
 
     # Pass 1: a single read out of line is a glitch when the reads around it agree.
     keep = np.ones(n, dtype=bool)
@@ -136,12 +148,14 @@ def clean_register(meter: npt.NDArray[np.integer], t: F64, e: F64,
     d = np.zeros(len(k))
     d[1:] = ek[1:] - ek[:-1]
     step = ~firstk & (d < -_EPS)
-    s = np.flatnonzero(step)
+    noise = step & (-d <= tol[k])
+    offset = np.zeros(len(k))
+    offset[noise] = -d[noise]  # held flat: the register did not really go back
+    s = np.flatnonzero(step & ~noise)
     before, after = ek[s - 1], ek[s]
     rollover = _near_max(before, cfg) & (after <= cfg.register_modulus_kwh * cfg.rollover_margin)
     reset = ~rollover & (after <= cfg.reset_max_kwh)
     replacement = ~rollover & ~reset
-    offset = np.zeros(len(k))
     offset[s[rollover]] = cfg.register_modulus_kwh  # consumption = max - before + after
     offset[s[reset]] = before[reset]  # counted again from zero: consumption = after
     offset[s[replacement]] = before[replacement] - after[replacement]  # unknown: zero
@@ -161,6 +175,13 @@ def clean_register(meter: npt.NDArray[np.integer], t: F64, e: F64,
 
 def _near_max(value: F64, cfg: ValidationConfig) -> Bool:
     return np.asarray(value >= cfg.register_modulus_kwh * (1 - cfg.rollover_margin))
+
+
+def _per_item(value: F64 | float | None, default: float, n: int) -> F64:
+    """A per-item array from a scalar, an array or None (the default)."""
+    if value is None:
+        return np.full(n, float(default))
+    return np.broadcast_to(np.asarray(value, dtype=np.float64), (n,))
 
 
 # ---------------------------------------------------------------------------- 2. intervals
@@ -257,10 +278,12 @@ def grouped_median(group: npt.NDArray[np.integer], x: F64) -> F64:
 
 
 def derive(meter: npt.NDArray[np.integer], t: F64, e: F64, interval_s: int,
-           cfg: ValidationConfig, expected_s: F64 | None = None) -> tuple[Intervals, Register]:
-    """Intervals from cumulative register reads sorted by (meter, t)."""
+           cfg: ValidationConfig, expected_s: F64 | None = None, *,
+           step_kwh: F64 | float | None = None) -> tuple[Intervals, Register]:
+    """Intervals from cumulative register reads sorted by (meter, t); ``step_kwh`` per read
+    (see :func:`clean_register`)."""
     meter64: I64 = np.asarray(meter, dtype=np.int64)
-    reg = clean_register(meter64, t, e, cfg)
+    reg = clean_register(meter64, t, e, cfg, step_kwh=step_kwh)
     k = np.flatnonzero(reg.keep)
     mk, tk, ck, ek = meter64[k], t[k], reg.corrected[k], e[k]
     if len(k) == 0:
@@ -379,12 +402,14 @@ def baseline(meter: I64, start: F64, kwh: F64, buckets: int) -> Baseline:
 
 
 def surge_drop(iv: Intervals, base: Baseline, cfg: ValidationConfig,
-               candidates: Bool | None = None) -> tuple[F64, F64]:
+               candidates: Bool | None = None, *,
+               step_kwh: F64 | float | None = None) -> tuple[F64, F64]:
     """Flag surges and drops of actual intervals; returns (median, robust scale) per interval.
 
-    A surge is ``kwh - median > max(surge_z * 1.4826 * MAD, min_abs_kwh)`` in the interval's
-    time-of-day bucket; a drop mirrors it. Buckets with fewer than ``min_baseline_samples``
-    actual intervals give no verdict.
+    A surge is ``kwh - median > max(surge_z * 1.4826 * MAD, min_abs_kwh, evidence_steps *
+    step)`` in the interval's time-of-day bucket; a drop mirrors it. The step term keeps a
+    coarse register (a CT meter's 0.4 kWh, a short interval's one-step jumps) from reading as
+    a surge. Buckets with fewer than ``min_baseline_samples`` actual intervals give no verdict.
     """
     key = iv.meter * cfg.tod_buckets + tod_bucket(iv.start, cfg.tod_buckets)
     pos = np.minimum(np.searchsorted(base.key, key), max(len(base.key) - 1, 0))
@@ -397,8 +422,10 @@ def surge_drop(iv: Intervals, base: Baseline, cfg: ValidationConfig,
     if candidates is not None:
         judged &= candidates
     diff = iv.kwh - med
-    surge = judged & (diff > np.maximum(cfg.surge_z * scale, cfg.min_abs_kwh))
-    drop = judged & (-diff > np.maximum(cfg.drop_z * scale, cfg.min_abs_kwh))
+    floor = np.maximum(cfg.min_abs_kwh,
+                       cfg.evidence_steps * _per_item(step_kwh, cfg.register_step_kwh, len(iv)))
+    surge = judged & (diff > np.maximum(cfg.surge_z * scale, floor))
+    drop = judged & (-diff > np.maximum(cfg.drop_z * scale, floor))
     iv.flags[surge] |= SURGE
     iv.flags[drop] |= DROP
     return med, scale
@@ -421,12 +448,43 @@ def per_interval_max(meter: I64, ts: F64, value: F64, interval_s: int) -> tuple[
 
 
 def zero_with_current(iv: Intervals, cur_meter: I64, cur_start: F64, cur_max: F64,
-                      cfg: ValidationConfig) -> F64:
-    """Flag actual intervals with (near) zero energy while current was flowing."""
+                      cfg: ValidationConfig, *, interval_s: float | None = None,
+                      step_kwh: F64 | float | None = None) -> F64:
+    """Flag runs of actual intervals with (near) zero energy while current flowed, once the
+    current should have moved the register.
+
+    A run is consecutive intervals of one meter, each with ``kwh <= zero_kwh`` and a current
+    above ``zero_current_a``. Its evidence is the least energy that current can carry: the
+    run's smallest current x the band's lowest voltage x ``zero_min_power_factor`` x its
+    length. Only a run whose evidence reaches ``evidence_steps`` register steps is flagged
+    (all its intervals): 1 kW for a few seconds does not move a 0.01 kWh register.
+    ``interval_s`` defaults to the smallest spacing of the intervals given.
+    """
     amps = lookup(iv.meter, iv.start, cur_meter, cur_start, cur_max)
-    hit = (iv.quality == "A") & (iv.kwh <= cfg.zero_kwh) & (amps > cfg.zero_current_a)
-    iv.flags[hit] |= ZERO_WITH_CURRENT
+    zero = (iv.quality == "A") & (iv.kwh <= cfg.zero_kwh) & (amps > cfg.zero_current_a)
+    idx = np.flatnonzero(zero)
+    if len(idx) == 0:
+        return amps
+    size = float(interval_s) if interval_s else _smallest_spacing(iv)
+    new = np.ones(len(idx), dtype=bool)
+    new[1:] = ((idx[1:] != idx[:-1] + 1) | (iv.meter[idx[1:]] != iv.meter[idx[:-1]])
+               | (iv.start[idx[1:]] - iv.start[idx[:-1]] != size))
+    starts = np.flatnonzero(new)
+    run = np.cumsum(new) - 1
+    least_amps = np.minimum.reduceat(amps[idx], starts)
+    length_h = np.diff(np.append(starts, len(idx))) * size / 3600.0
+    volts = cfg.nominal_voltage * (1 - cfg.voltage_band)
+    evidence_kwh = least_amps * volts * cfg.zero_min_power_factor * length_h / 1000.0
+    step = np.maximum.reduceat(_per_item(step_kwh, cfg.register_step_kwh, len(iv))[idx], starts)
+    fired = evidence_kwh >= cfg.evidence_steps * step
+    iv.flags[idx[fired[run]]] |= ZERO_WITH_CURRENT
     return amps
+
+
+def _smallest_spacing(iv: Intervals) -> float:
+    d = np.diff(iv.start)
+    d = d[(d > 0) & (iv.meter[1:] == iv.meter[:-1])]
+    return float(d.min()) if len(d) else 0.0  # one interval alone: no length, no evidence
 
 
 def lookup(meter: I64, start: F64, t_meter: I64, t_start: F64, t_value: F64) -> F64:
