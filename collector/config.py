@@ -26,6 +26,9 @@ class ValidationConfig:
     surge_z: float = 6.0  # robust z-score above which an interval is a surge
     drop_z: float = 6.0
     min_abs_kwh: float = 0.05  # ignore deviations smaller than this (noise on tiny loads)
+    # ... and a sustained one is judged over up to this much of consecutive intervals
+    evidence_window_s: float = 3600.0
+    max_window_intervals: int = 8
     # missing reads: a gap longer than factor x the meter's expected read interval
     missing_factor: float = 2.5
     # estimation: linear up to this gap length (Ontario VEE: 1 hour), like-day beyond

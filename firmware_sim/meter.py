@@ -105,30 +105,38 @@ class SimMeter:
     def _load_kw(self, at: float) -> float:
         if self.relay_open:
             return 0.0
-        hour = datetime.fromtimestamp(at, UTC).hour
+        hour = int(at // 3600) % 24  # UTC hour of the epoch time
         return (self.base_load_kw * self.profile[hour % len(self.profile)] * self._surge_factor
                 * self._noise)
 
     def advance(self) -> None:
-        """Integrate energy up to now; called before every read."""
+        """Integrate energy up to now, hour by hour (the profile changes on the hour); called
+        before every read."""
         with self._lock:
             now = self.now()
-            dt_h = max(0.0, now - self._last) / 3600.0 * self.speedup
-            self._last = now
-            if self.load_noise and dt_h:
+            last, self._last = self._last, max(self._last, now)
+            if now <= last:
+                return
+            if self.load_noise:
                 self._noise = max(0.0, self._rng.gauss(1.0, self.load_noise))
-            kwh = 0.0 if self._stuck else self._load_kw(now) * dt_h
-            if kwh:
-                self.energy_kwh += kwh
-                # per-tariff registers: split the day into 4 bands by hour (sharp/peak/flat/valley)
-                hour = datetime.fromtimestamp(now, UTC).hour
-                band = 3 if hour < 8 else (1 if 8 <= hour < 12 or 17 <= hour < 21 else 2)
-                if hour in (19, 20):
-                    band = 0
-                self._tariff_energy[band] += kwh
-                if self.energy_kwh > self.register_max_kwh:  # the register wraps like a real one
-                    self.energy_kwh -= self.register_max_kwh + 0.01
-                    self.labels.instant("rollover", now)
+            while last < now and not self._stuck:
+                cut = min(now, (last // 3600 + 1) * 3600)
+                self._count(self._load_kw(last) * (cut - last) / 3600.0 * self.speedup, cut)
+                last = cut
+
+    def _count(self, kwh: float, at: float) -> None:
+        if not kwh:
+            return
+        self.energy_kwh += kwh
+        # per-tariff registers: split the day into 4 bands by hour (sharp/peak/flat/valley)
+        hour = int((at - 1e-6) // 3600) % 24
+        band = 3 if hour < 8 else (1 if 8 <= hour < 12 or 17 <= hour < 21 else 2)
+        if hour in (19, 20):
+            band = 0
+        self._tariff_energy[band] += kwh
+        if self.energy_kwh > self.register_max_kwh:  # the register wraps like a real one
+            self.energy_kwh -= self.register_max_kwh + 0.01
+            self.labels.instant("rollover", at)
 
     def value(self, quantity: str) -> float:
         """Current value of a canonical quantity (see meterhub.quantities)."""

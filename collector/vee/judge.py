@@ -84,10 +84,12 @@ def judge(reads: Reads, side: F64, history: History, interval_s: int, cfg: Valid
     base = rules.baseline(np.concatenate([hm[recent], iv.meter[own]]),
                           np.concatenate([hs[recent], iv.start[own]]),
                           np.concatenate([hk[recent], iv.kwh[own]]), cfg.tod_buckets)
-    med, scale = rules.surge_drop(iv, base, cfg, step_kwh=step)
+    skip = rules.unmeasured(iv, reg, meter, t, interval_s)
+    med, scale = rules.surge_drop(iv, base, cfg, interval_s=interval_s, step_kwh=step,
+                                  skip=skip)
     sm, ss = side[:, 0].astype(np.int64), side[:, 1]
     amps = rules.zero_with_current(iv, sm, ss, side[:, 2], cfg, interval_s=interval_s,
-                                   step_kwh=step)
+                                   step_kwh=step, skip=skip)
     vmin = rules.lookup(iv.meter, iv.start, sm, ss, side[:, 3])
     vmax = rules.lookup(iv.meter, iv.start, sm, ss, side[:, 4])
     lo_v = cfg.nominal_voltage * (1 - cfg.voltage_band)

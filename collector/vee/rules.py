@@ -71,6 +71,10 @@ RULES: dict[int, str] = {
 }
 # Rules that hold an interval from billing until a person reviews it.
 HOLDS = SURGE | DROP | RESET | REPLACEMENT | ZERO_WITH_CURRENT
+# A register that stepped back leaves consumption between the reads around the step unknown
+# (counted as 0 or from zero): consumption rules do not judge it, the register event is the
+# finding (see :func:`unmeasured`).
+UNMEASURED = RESET | REPLACEMENT
 
 METHOD_NONE = 0
 METHOD_LIKE_DAY = 14
@@ -337,6 +341,20 @@ def derive(meter: npt.NDArray[np.integer], t: F64, e: F64, interval_s: int,
     return out, reg
 
 
+def unmeasured(iv: Intervals, reg: Register, meter: I64, t: F64, interval_s: float) -> Bool:
+    """Intervals overlapping the span between the reads around a reset or replacement: their
+    consumption is partly unknown, so consumption rules skip them (``skip=``)."""
+    out = np.zeros(len(iv), dtype=bool)
+    kept = np.flatnonzero(reg.keep)
+    for i, rule in zip(reg.event_index, reg.event_rule, strict=True):
+        if not rule & UNMEASURED:
+            continue
+        prev = kept[np.searchsorted(kept, i) - 1]
+        out |= ((iv.meter == meter[i]) & (iv.start < t[i])
+                & (iv.start + interval_s > t[prev]))
+    return out
+
+
 def _empty() -> Intervals:
     z = np.zeros(0)
     zi = np.zeros(0, dtype=np.int64)
@@ -402,14 +420,20 @@ def baseline(meter: I64, start: F64, kwh: F64, buckets: int) -> Baseline:
 
 
 def surge_drop(iv: Intervals, base: Baseline, cfg: ValidationConfig,
-               candidates: Bool | None = None, *,
-               step_kwh: F64 | float | None = None) -> tuple[F64, F64]:
+               candidates: Bool | None = None, *, interval_s: float | None = None,
+               step_kwh: F64 | float | None = None, skip: Bool | None = None
+               ) -> tuple[F64, F64]:
     """Flag surges and drops of actual intervals; returns (median, robust scale) per interval.
 
-    A surge is ``kwh - median > max(surge_z * 1.4826 * MAD, min_abs_kwh, evidence_steps *
-    step)`` in the interval's time-of-day bucket; a drop mirrors it. The step term keeps a
-    coarse register (a CT meter's 0.4 kWh, a short interval's one-step jumps) from reading as
-    a surge. Buckets with fewer than ``min_baseline_samples`` actual intervals give no verdict.
+    A surge is ``kwh - median > max(surge_z * 1.4826 * MAD, floor)`` in the interval's
+    time-of-day bucket, ``floor = max(min_abs_kwh, evidence_steps * step)``; a drop mirrors
+    it. The step term keeps a coarse register (a CT meter's 0.4 kWh, a short interval's
+    one-step jumps) from reading as a surge. A sustained one is judged over its evidence
+    window too (:func:`_sustained`): 2 to ``evidence_window_s`` worth of consecutive intervals
+    (at most ``max_window_intervals``), each beyond the floor the same way, whose summed
+    deviation exceeds z x the root-sum-square of their scales; noise averages out over the
+    window, a real drop does not. Buckets with fewer than ``min_baseline_samples`` actual
+    intervals give no verdict. ``interval_s`` defaults to the intervals' smallest spacing.
     """
     key = iv.meter * cfg.tod_buckets + tod_bucket(iv.start, cfg.tod_buckets)
     pos = np.minimum(np.searchsorted(base.key, key), max(len(base.key) - 1, 0))
@@ -419,13 +443,23 @@ def surge_drop(iv: Intervals, base: Baseline, cfg: ValidationConfig,
     med = np.where(found, base.median[pos], np.nan)
     scale = np.where(found, 1.4826 * base.mad[pos], np.nan)
     judged = found & (iv.quality == "A")
+    if skip is not None:
+        judged &= ~skip
     if candidates is not None:
         judged &= candidates
+    step = _per_item(step_kwh, cfg.register_step_kwh, len(iv))
+    # a MAD of register-quantised intervals collapses when most read the same: the scale is
+    # never finer than the register can show
+    scale = np.maximum(scale, step)
     diff = iv.kwh - med
-    floor = np.maximum(cfg.min_abs_kwh,
-                       cfg.evidence_steps * _per_item(step_kwh, cfg.register_step_kwh, len(iv)))
+    floor = np.maximum(cfg.min_abs_kwh, cfg.evidence_steps * step)
     surge = judged & (diff > np.maximum(cfg.surge_z * scale, floor))
     drop = judged & (-diff > np.maximum(cfg.drop_z * scale, floor))
+    size = float(interval_s) if interval_s else _smallest_spacing(iv)
+    longest = int(min(cfg.max_window_intervals, cfg.evidence_window_s // size)) if size else 1
+    if longest >= 2:
+        surge |= _sustained(iv, judged & (diff > floor), diff, scale, cfg.surge_z, longest, size)
+        drop |= _sustained(iv, judged & (-diff > floor), -diff, scale, cfg.drop_z, longest, size)
     iv.flags[surge] |= SURGE
     iv.flags[drop] |= DROP
     return med, scale
@@ -449,7 +483,7 @@ def per_interval_max(meter: I64, ts: F64, value: F64, interval_s: int) -> tuple[
 
 def zero_with_current(iv: Intervals, cur_meter: I64, cur_start: F64, cur_max: F64,
                       cfg: ValidationConfig, *, interval_s: float | None = None,
-                      step_kwh: F64 | float | None = None) -> F64:
+                      step_kwh: F64 | float | None = None, skip: Bool | None = None) -> F64:
     """Flag runs of actual intervals with (near) zero energy while current flowed, once the
     current should have moved the register.
 
@@ -462,13 +496,13 @@ def zero_with_current(iv: Intervals, cur_meter: I64, cur_start: F64, cur_max: F6
     """
     amps = lookup(iv.meter, iv.start, cur_meter, cur_start, cur_max)
     zero = (iv.quality == "A") & (iv.kwh <= cfg.zero_kwh) & (amps > cfg.zero_current_a)
+    if skip is not None:
+        zero &= ~skip
     idx = np.flatnonzero(zero)
     if len(idx) == 0:
         return amps
     size = float(interval_s) if interval_s else _smallest_spacing(iv)
-    new = np.ones(len(idx), dtype=bool)
-    new[1:] = ((idx[1:] != idx[:-1] + 1) | (iv.meter[idx[1:]] != iv.meter[idx[:-1]])
-               | (iv.start[idx[1:]] - iv.start[idx[:-1]] != size))
+    new = _run_starts(iv, idx, size)
     starts = np.flatnonzero(new)
     run = np.cumsum(new) - 1
     least_amps = np.minimum.reduceat(amps[idx], starts)
@@ -479,6 +513,40 @@ def zero_with_current(iv: Intervals, cur_meter: I64, cur_start: F64, cur_max: F6
     fired = evidence_kwh >= cfg.evidence_steps * step
     iv.flags[idx[fired[run]]] |= ZERO_WITH_CURRENT
     return amps
+
+
+def _run_starts(iv: Intervals, idx: I64, size: float) -> Bool:
+    """For the intervals ``idx`` (ascending): True where a run of consecutive intervals of
+    one meter begins."""
+    new = np.ones(len(idx), dtype=bool)
+    new[1:] = ((idx[1:] != idx[:-1] + 1) | (iv.meter[idx[1:]] != iv.meter[idx[:-1]])
+               | (iv.start[idx[1:]] - iv.start[idx[:-1]] != size))
+    return new
+
+
+def _sustained(iv: Intervals, beyond: Bool, dev: F64, scale: F64, z: float, longest: int,
+               size: float) -> Bool:
+    """Intervals inside a window of 2..longest consecutive ``beyond`` intervals whose summed
+    deviation exceeds ``z`` x the root-sum-square of their scales."""
+    idx = np.flatnonzero(beyond)
+    out = np.zeros(len(iv), dtype=bool)
+    if len(idx) < 2:
+        return out
+    new = _run_starts(iv, idx, size)
+    run_first = np.maximum.accumulate(np.where(new, np.arange(len(idx)), 0))
+    pos = np.arange(len(idx)) - run_first
+    cdev = np.concatenate([[0.0], np.cumsum(dev[idx])])
+    cvar = np.concatenate([[0.0], np.cumsum(scale[idx] ** 2)])
+    mark = np.zeros(len(idx) + 1, dtype=np.int64)
+    for width in range(2, longest + 1):
+        end = np.flatnonzero(pos >= width - 1)
+        total = cdev[end + 1] - cdev[end + 1 - width]
+        spread = np.sqrt(cvar[end + 1] - cvar[end + 1 - width])
+        fired = end[total > z * spread]
+        np.add.at(mark, fired - width + 1, 1)
+        np.add.at(mark, fired + 1, -1)
+    out[idx[np.cumsum(mark[:-1]) > 0]] = True
+    return out
 
 
 def _smallest_spacing(iv: Intervals) -> float:
