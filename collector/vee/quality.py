@@ -136,7 +136,20 @@ def score(iv: rules.Intervals, labels: Iterable[Label], interval_s: int, toleran
                       if rule == FAULT_RULES[lb.kind][0] or rule in FAULT_RULES[lb.kind][1]]
             true_flags[rule] += bool(causes)
             hit.update((lb, rule) for lb in causes if FAULT_RULES[lb.kind][0] == rule)
-    for lb, rule in hit:
+    for _label, rule in hit:
         found[rule] += 1
     names = sorted(set(flags) | set(faults))
     return {r: RuleScore(r, flags[r], true_flags[r], faults[r], found[r]) for r in names}
+
+
+def review_items(iv: rules.Intervals, interval_s: int) -> dict[str, int]:
+    """Work orders the flags would open, per rule: one per run of consecutive held intervals
+    of one meter and rule (as :func:`collector.vee.review.open_review_items` opens them)."""
+    out: dict[str, int] = {}
+    for bit, rule in rules.RULES.items():
+        if not bit & rules.HOLDS:
+            continue
+        idx = np.flatnonzero(iv.flags & bit)
+        if len(idx):
+            out[rule] = int(rules.run_starts(iv, idx, float(interval_s)).sum())
+    return out

@@ -448,9 +448,10 @@ def surge_drop(iv: Intervals, base: Baseline, cfg: ValidationConfig,
     if candidates is not None:
         judged &= candidates
     step = _per_item(step_kwh, cfg.register_step_kwh, len(iv))
-    # a MAD of register-quantised intervals collapses when most read the same: the scale is
-    # never finer than the register can show
-    scale = np.maximum(scale, step)
+    # intervals are differences of register reads, each off by up to a step, and a MAD of
+    # such values is itself counted in steps (0 when most read the same): one step of
+    # uncertainty is added to the scale
+    scale = np.hypot(scale, step)
     diff = iv.kwh - med
     floor = np.maximum(cfg.min_abs_kwh, cfg.evidence_steps * step)
     surge = judged & (diff > np.maximum(cfg.surge_z * scale, floor))
@@ -502,7 +503,7 @@ def zero_with_current(iv: Intervals, cur_meter: I64, cur_start: F64, cur_max: F6
     if len(idx) == 0:
         return amps
     size = float(interval_s) if interval_s else _smallest_spacing(iv)
-    new = _run_starts(iv, idx, size)
+    new = run_starts(iv, idx, size)
     starts = np.flatnonzero(new)
     run = np.cumsum(new) - 1
     least_amps = np.minimum.reduceat(amps[idx], starts)
@@ -515,7 +516,7 @@ def zero_with_current(iv: Intervals, cur_meter: I64, cur_start: F64, cur_max: F6
     return amps
 
 
-def _run_starts(iv: Intervals, idx: I64, size: float) -> Bool:
+def run_starts(iv: Intervals, idx: I64, size: float) -> Bool:
     """For the intervals ``idx`` (ascending): True where a run of consecutive intervals of
     one meter begins."""
     new = np.ones(len(idx), dtype=bool)
@@ -532,7 +533,7 @@ def _sustained(iv: Intervals, beyond: Bool, dev: F64, scale: F64, z: float, long
     out = np.zeros(len(iv), dtype=bool)
     if len(idx) < 2:
         return out
-    new = _run_starts(iv, idx, size)
+    new = run_starts(iv, idx, size)
     run_first = np.maximum.accumulate(np.where(new, np.arange(len(idx)), 0))
     pos = np.arange(len(idx)) - run_first
     cdev = np.concatenate([[0.0], np.cumsum(dev[idx])])
