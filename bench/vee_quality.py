@@ -47,15 +47,25 @@ GOAL = 0.95
 
 
 def _judged(rec: Recording, interval_s: int, cfg: ValidationConfig) -> judge.Verdict:
-    verdict = quality.judge_reads(rec.meter, rec.t, rec.energy, rec.current, rec.voltage,
-                                  rec.clock_skew, interval_s, cfg, len(rec.meter_ids))
+    verdict = quality.judge_reads(
+        rec.meter,
+        rec.t,
+        rec.energy,
+        rec.current,
+        rec.voltage,
+        rec.clock_skew,
+        interval_s,
+        cfg,
+        len(rec.meter_ids),
+    )
     if verdict is None:
         raise SystemExit("no interval came out of the recording")
     return verdict
 
 
-def labelled_day(meters: int, history_days: int, every_s: int, seed: int,
-                 cfg: ValidationConfig, say: Any) -> dict[str, Any]:
+def labelled_day(
+    meters: int, history_days: int, every_s: int, seed: int, cfg: ValidationConfig, say: Any
+) -> dict[str, Any]:
     clock = SimClock(DAY - history_days * 86400.0)
     fleet, plan = labelled_fleet(meters, clock, DAY, history_days, seed=seed)
     t0 = time.perf_counter()
@@ -64,20 +74,26 @@ def labelled_day(meters: int, history_days: int, every_s: int, seed: int,
     verdict = _judged(rec, every_s, cfg)
     t2 = time.perf_counter()
     number = {m: i for i, m in enumerate(rec.meter_ids)}
-    labels = [quality.Label(number[lb.meter], lb.kind, lb.start,
-                            lb.end if lb.end is not None else DAY + 86400.0)
-              for lb in rec.labels]
+    labels = [
+        quality.Label(
+            number[lb.meter], lb.kind, lb.start, lb.end if lb.end is not None else DAY + 86400.0
+        )
+        for lb in rec.labels
+    ]
     scores = quality.score(verdict.iv, labels, every_s, float(every_s), (DAY, DAY + 86400.0))
-    say(f"{meters} meters, {history_days} + 1 days read every {every_s} s: {len(rec.t)} reads "
-        f"simulated in {t1 - t0:.1f} s, {len(verdict.iv)} intervals judged in {t2 - t1:.2f} s")
-    say(f"{'rule':<22} {'flags':>6} {'true':>6} {'faults':>6} {'found':>6} "
-        f"{'precision':>9} {'recall':>7}")
+    say(
+        f"{meters} meters, {history_days} + 1 days read every {every_s} s: {len(rec.t)} reads "
+        f"simulated in {t1 - t0:.1f} s, {len(verdict.iv)} intervals judged in {t2 - t1:.2f} s"
+    )
+    say(
+        f"{'rule':<22} {'flags':>6} {'true':>6} {'faults':>6} {'found':>6} "
+        f"{'precision':>9} {'recall':>7}"
+    )
     out: dict[str, Any] = {}
     for rule, s in scores.items():
         p = "-" if s.precision is None else f"{s.precision:.3f}"
         r = "-" if s.recall is None else f"{s.recall:.3f}"
-        say(f"{rule:<22} {s.flags:>6} {s.true_flags:>6} {s.faults:>6} {s.found:>6} {p:>9} "
-            f"{r:>7}")
+        say(f"{rule:<22} {s.flags:>6} {s.true_flags:>6} {s.faults:>6} {s.found:>6} {p:>9} {r:>7}")
         out[f"ratio_precision_{rule}"] = None if s.precision is None else round(s.precision, 4)
         out[f"ratio_recall_{rule}"] = None if s.recall is None else round(s.recall, 4)
         out[f"flags_{rule}"] = s.flags
@@ -96,8 +112,10 @@ def healthy_demo(cfg: ValidationConfig) -> tuple[dict[str, int], dict[str, int]]
     start = DAY + 10 * 3600.0
     clock = SimClock(start)
     # the demo's healthy meters (launcher/demo.py _fleet_spec): no noise, no faults
-    fleet = [SimMeter(address=f"demo{i}", base_load_kw=kw, energy_kwh=1000.0 + 250 * i,
-                      now=clock) for i, kw in enumerate((1.2, 0.8, 0.8))]
+    fleet = [
+        SimMeter(address=f"demo{i}", base_load_kw=kw, energy_kwh=1000.0 + 250 * i, now=clock)
+        for i, kw in enumerate((1.2, 0.8, 0.8))
+    ]
     rec = record(fleet, clock, start, start + 240.0, 2.0, jitter_s=0.5)
     with_evidence = quality.review_items(_judged(rec, 5, cfg).iv, 5)
     bare = replace(cfg, evidence_steps=1e-9, zero_min_power_factor=1.0, max_window_intervals=1)
@@ -108,8 +126,12 @@ def healthy_demo(cfg: ValidationConfig) -> tuple[dict[str, int], dict[str, int]]
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--meters", type=int, default=1000)
-    ap.add_argument("--history-days", type=int, default=7,
-                    help="healthy days before the labelled one (the surge/drop baseline)")
+    ap.add_argument(
+        "--history-days",
+        type=int,
+        default=7,
+        help="healthy days before the labelled one (the surge/drop baseline)",
+    )
     ap.add_argument("--every", type=int, default=900, help="read interval = interval (s)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", action="store_true", help="only the JSON line")
@@ -125,8 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     items, before = healthy_demo(cfg)
     result["healthy_demo_review_items"] = sum(items.values())
     result["healthy_demo_review_items_without_evidence"] = sum(before.values())
-    say(f"healthy demo fleet, 4 min: {sum(items.values())} review items "
-        f"({sum(before.values())} without the evidence rules: {before})")
+    say(
+        f"healthy demo fleet, 4 min: {sum(items.values())} review items "
+        f"({sum(before.values())} without the evidence rules: {before})"
+    )
     print(json.dumps(result))
     return 0
 

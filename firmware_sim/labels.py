@@ -80,5 +80,7 @@ class FaultLog:
     def snapshot(self, until: float | None = None) -> list[FaultLabel]:
         """Every label, open ones closed at ``until`` when given."""
         with self._lock:
-            return [lb.closed(until) if lb.end is None and until is not None else lb
-                    for lb in self.labels]
+            return [
+                lb.closed(until) if lb.end is None and until is not None else lb
+                for lb in self.labels
+            ]

@@ -101,9 +101,16 @@ def _end(m: SimMeter, inj: Injection) -> None:
             m.silence(False)
 
 
-def record(meters: Sequence[SimMeter], clock: SimClock, start: float, end: float,
-           every_s: float, injections: Sequence[Injection] = (), jitter_s: float = 0.0,
-           seed: int = 0) -> Recording:
+def record(
+    meters: Sequence[SimMeter],
+    clock: SimClock,
+    start: float,
+    end: float,
+    every_s: float,
+    injections: Sequence[Injection] = (),
+    jitter_s: float = 0.0,
+    seed: int = 0,
+) -> Recording:
     """Read every meter every ``every_s`` from ``start`` to ``end`` (each read up to
     ``jitter_s`` late, as a busy bus makes it), injecting the planned faults on the way."""
     rng = random.Random(seed)
@@ -141,9 +148,16 @@ def record(meters: Sequence[SimMeter], clock: SimClock, start: float, end: float
             k += 1
     order = np.lexsort((t[:k], meter[:k]))
     labels = [lb for m in meters for lb in m.labels.snapshot(until=end)]
-    return Recording([m.address for m in meters], meter[:k][order], t[:k][order],
-                     energy[:k][order], current[:k][order], voltage[:k][order],
-                     skew[:k][order], labels)
+    return Recording(
+        [m.address for m in meters],
+        meter[:k][order],
+        t[:k][order],
+        energy[:k][order],
+        current[:k][order],
+        voltage[:k][order],
+        skew[:k][order],
+        labels,
+    )
 
 
 def _expected_use(base_kw: float, start: float, end: float) -> float:
@@ -154,12 +168,25 @@ def _expected_use(base_kw: float, start: float, end: float) -> float:
     return float(base_kw * (factor * cover).sum())
 
 
-def labelled_fleet(n_meters: int, clock: SimClock, day_start: float, history_days: int,
-                   share: float = 0.5, seed: int = 1,
-                   kinds: Sequence[str] = ("surge", "drop", "zero_with_current", "reset",
-                                           "rollover", "backwards", "clock_drift", "voltage",
-                                           "no_reply"),
-                   ) -> tuple[list[SimMeter], list[Injection]]:
+def labelled_fleet(
+    n_meters: int,
+    clock: SimClock,
+    day_start: float,
+    history_days: int,
+    share: float = 0.5,
+    seed: int = 1,
+    kinds: Sequence[str] = (
+        "surge",
+        "drop",
+        "zero_with_current",
+        "reset",
+        "rollover",
+        "backwards",
+        "clock_drift",
+        "voltage",
+        "no_reply",
+    ),
+) -> tuple[list[SimMeter], list[Injection]]:
     """Households with varied loads (1-3 kW mean, 15 % read-to-read noise) and, for
     ``share`` of them, one fault each on the day starting at ``day_start`` (after
     ``history_days`` healthy days), kinds taken in turn. Sizes are ones a person reviewing the
@@ -179,8 +206,16 @@ def labelled_fleet(n_meters: int, clock: SimClock, day_start: float, history_day
         at = day_start + rng.uniform(1.0, 18.0) * 3600.0
         if kind == "rollover":  # the register reaches its top at about `at`
             energy = SimMeter.register_max_kwh - _expected_use(base, start, at)
-        meters.append(SimMeter(address=f"m{i:05d}", base_load_kw=base, energy_kwh=energy,
-                               load_noise=0.15, seed=seed * 100_003 + i, now=clock))
+        meters.append(
+            SimMeter(
+                address=f"m{i:05d}",
+                base_load_kw=base,
+                energy_kwh=energy,
+                load_noise=0.15,
+                seed=seed * 100_003 + i,
+                now=clock,
+            )
+        )
         if kind is None or kind == "rollover":
             continue
         size = {
@@ -191,8 +226,9 @@ def labelled_fleet(n_meters: int, clock: SimClock, day_start: float, history_day
             "backwards": rng.uniform(50.0, 500.0),
             "reset": 0.0,
         }.get(kind, 0.0)
-        duration = {"clock_drift": rng.uniform(4.0, 6.0) * 3600.0,
-                    "voltage": rng.uniform(0.5, 2.0) * 3600.0}.get(
-            kind, rng.uniform(0.75, 3.0) * 3600.0)
+        duration = {
+            "clock_drift": rng.uniform(4.0, 6.0) * 3600.0,
+            "voltage": rng.uniform(0.5, 2.0) * 3600.0,
+        }.get(kind, rng.uniform(0.75, 3.0) * 3600.0)
         plan.append(Injection(i, kind, at, duration, size))
     return meters, plan

@@ -59,8 +59,16 @@ class Verdict:
     lateness: F64
 
 
-def judge(reads: Reads, side: F64, history: History, interval_s: int, cfg: ValidationConfig,
-          *, expected_s: F64, step_kwh: F64) -> Verdict | None:
+def judge(
+    reads: Reads,
+    side: F64,
+    history: History,
+    interval_s: int,
+    cfg: ValidationConfig,
+    *,
+    expected_s: F64,
+    step_kwh: F64,
+) -> Verdict | None:
     """Intervals of the reads, estimated and flagged by every rule; None when no interval.
 
     ``side`` is one row per (meter, interval): meter, interval start, max current, min and max
@@ -69,27 +77,36 @@ def judge(reads: Reads, side: F64, history: History, interval_s: int, cfg: Valid
     (:mod:`collector.vee.resolution`).
     """
     meter, t = reads.meter, reads.t
-    iv, reg = rules.derive(meter, t, reads.e, interval_s, cfg, expected_s=expected_s,
-                           step_kwh=step_kwh[meter])
+    iv, reg = rules.derive(
+        meter, t, reads.e, interval_s, cfg, expected_s=expected_s, step_kwh=step_kwh[meter]
+    )
     if len(iv) == 0:
         return None
     step = step_kwh[iv.meter]
     hm, hs, hk = history.meter, history.start, history.kwh
     # like-day from history plus this pass's own actual intervals
     own = (iv.quality == "A") & ((iv.flags & rules.HOLDS) == 0)
-    estimate.estimate_like_day(iv, np.concatenate([hm, iv.meter[own]]),
-                               np.concatenate([hs, iv.start[own]]),
-                               np.concatenate([hk, iv.kwh[own]]), cfg, interval_s)
+    estimate.estimate_like_day(
+        iv,
+        np.concatenate([hm, iv.meter[own]]),
+        np.concatenate([hs, iv.start[own]]),
+        np.concatenate([hk, iv.kwh[own]]),
+        cfg,
+        interval_s,
+    )
     recent = hs >= (iv.start.min() - cfg.baseline_days * 86400.0)
-    base = rules.baseline(np.concatenate([hm[recent], iv.meter[own]]),
-                          np.concatenate([hs[recent], iv.start[own]]),
-                          np.concatenate([hk[recent], iv.kwh[own]]), cfg.tod_buckets)
+    base = rules.baseline(
+        np.concatenate([hm[recent], iv.meter[own]]),
+        np.concatenate([hs[recent], iv.start[own]]),
+        np.concatenate([hk[recent], iv.kwh[own]]),
+        cfg.tod_buckets,
+    )
     skip = rules.unmeasured(iv, reg, meter, t, interval_s)
-    med, scale = rules.surge_drop(iv, base, cfg, interval_s=interval_s, step_kwh=step,
-                                  skip=skip)
+    med, scale = rules.surge_drop(iv, base, cfg, interval_s=interval_s, step_kwh=step, skip=skip)
     sm, ss = side[:, 0].astype(np.int64), side[:, 1]
-    amps = rules.zero_with_current(iv, sm, ss, side[:, 2], cfg, interval_s=interval_s,
-                                   step_kwh=step, skip=skip)
+    amps = rules.zero_with_current(
+        iv, sm, ss, side[:, 2], cfg, interval_s=interval_s, step_kwh=step, skip=skip
+    )
     vmin = rules.lookup(iv.meter, iv.start, sm, ss, side[:, 3])
     vmax = rules.lookup(iv.meter, iv.start, sm, ss, side[:, 4])
     lo_v = cfg.nominal_voltage * (1 - cfg.voltage_band)

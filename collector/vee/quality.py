@@ -71,8 +71,7 @@ class RuleScore:
         return self.found / self.faults if self.faults else None
 
 
-def side_table(meter: I64, t: F64, current: F64, voltage: F64, skew: F64,
-               interval_s: int) -> F64:
+def side_table(meter: I64, t: F64, current: F64, voltage: F64, skew: F64, interval_s: int) -> F64:
     """Per (meter, interval) what a pass loads beside the register (the pure twin of the
     pass's query): max current, min and max voltage, max |skew|, the skew of largest size."""
     start = np.floor(t / interval_s) * interval_s
@@ -89,26 +88,52 @@ def side_table(meter: I64, t: F64, current: F64, voltage: F64, skew: F64,
     group = np.cumsum(new) - 1
     by_size = np.lexsort((np.nan_to_num(absk, nan=-1.0), group))
     last = np.append(at[1:], len(m)) - 1
-    return np.column_stack([
-        m[at].astype(np.float64), s[at],
-        np.fmax.reduceat(c, at), np.fmin.reduceat(v, at), np.fmax.reduceat(v, at),
-        np.fmax.reduceat(absk, at), k[by_size][last],
-    ])
+    return np.column_stack(
+        [
+            m[at].astype(np.float64),
+            s[at],
+            np.fmax.reduceat(c, at),
+            np.fmin.reduceat(v, at),
+            np.fmax.reduceat(v, at),
+            np.fmax.reduceat(absk, at),
+            k[by_size][last],
+        ]
+    )
 
 
-def judge_reads(meter: I64, t: F64, e: F64, current: F64, voltage: F64, skew: F64,
-                interval_s: int, cfg: ValidationConfig, n_meters: int) -> judge.Verdict | None:
+def judge_reads(
+    meter: I64,
+    t: F64,
+    e: F64,
+    current: F64,
+    voltage: F64,
+    skew: F64,
+    interval_s: int,
+    cfg: ValidationConfig,
+    n_meters: int,
+) -> judge.Verdict | None:
     """Every rule over reads of many meters at once, as one pass over their whole span would
     judge them (no stored history: the span is its own baseline)."""
     reads = judge.Reads(meter, t, e, np.zeros(len(t)))
     step = resolution.register_step(meter, e, np.full(n_meters, np.nan), cfg.register_step_kwh)
-    return judge.judge(reads, side_table(meter, t, current, voltage, skew, interval_s),
-                       judge.History.empty(), interval_s, cfg,
-                       expected_s=rules.expected_spacing(meter, t), step_kwh=step)
+    return judge.judge(
+        reads,
+        side_table(meter, t, current, voltage, skew, interval_s),
+        judge.History.empty(),
+        interval_s,
+        cfg,
+        expected_s=rules.expected_spacing(meter, t),
+        step_kwh=step,
+    )
 
 
-def score(iv: rules.Intervals, labels: Iterable[Label], interval_s: int, tolerance_s: float,
-          window: tuple[float, float]) -> dict[str, RuleScore]:
+def score(
+    iv: rules.Intervals,
+    labels: Iterable[Label],
+    interval_s: int,
+    tolerance_s: float,
+    window: tuple[float, float],
+) -> dict[str, RuleScore]:
     """Precision and recall per rule of the flagged intervals against the labels."""
     lo, hi = window
     by_meter: dict[int, list[Label]] = defaultdict(list)
@@ -126,14 +151,20 @@ def score(iv: rules.Intervals, labels: Iterable[Label], interval_s: int, toleran
     inside = np.flatnonzero((iv.flags != 0) & (iv.start >= lo) & (iv.start < hi))
     for i in inside:
         m, s, f = int(iv.meter[i]), float(iv.start[i]), int(iv.flags[i])
-        near = [lb for lb in by_meter.get(m, ())
-                if lb.start - tolerance_s < s + interval_s and s < lb.end + tolerance_s]
+        near = [
+            lb
+            for lb in by_meter.get(m, ())
+            if lb.start - tolerance_s < s + interval_s and s < lb.end + tolerance_s
+        ]
         for bit, rule in rules.RULES.items():
             if not f & bit:
                 continue
             flags[rule] += 1
-            causes = [lb for lb in near
-                      if rule == FAULT_RULES[lb.kind][0] or rule in FAULT_RULES[lb.kind][1]]
+            causes = [
+                lb
+                for lb in near
+                if rule == FAULT_RULES[lb.kind][0] or rule in FAULT_RULES[lb.kind][1]
+            ]
             true_flags[rule] += bool(causes)
             hit.update((lb, rule) for lb in causes if FAULT_RULES[lb.kind][0] == rule)
     for _label, rule in hit:

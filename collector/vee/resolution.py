@@ -33,8 +33,9 @@ _GRIDS = (1.0, 0.1, 0.01, 0.001)  # coarsest first
 
 def declared_step(resolution_kwh: F64, ct_ratio: F64, default: float) -> F64:
     """Step per meter from its declared resolution and CT ratio (NaN where it declares none)."""
-    res = np.where(np.isnan(resolution_kwh), np.where(np.isnan(ct_ratio), np.nan, default),
-                   resolution_kwh)
+    res = np.where(
+        np.isnan(resolution_kwh), np.where(np.isnan(ct_ratio), np.nan, default), resolution_kwh
+    )
     return np.asarray(res * np.where(np.isnan(ct_ratio), 1.0, ct_ratio), dtype=np.float64)
 
 

@@ -31,8 +31,17 @@ def test_every_rule_keeps_its_precision_and_recall_on_a_labelled_run():
     clock = SimClock(DAY - 4 * 86400.0)
     fleet, plan = labelled_fleet(60, clock, DAY, 4, share=0.75, seed=5)
     rec = record(fleet, clock, clock.now, DAY + 86400.0, 900, plan, jitter_s=5.0, seed=5)
-    verdict = quality.judge_reads(rec.meter, rec.t, rec.energy, rec.current, rec.voltage,
-                                  rec.clock_skew, 900, ValidationConfig(), len(fleet))
+    verdict = quality.judge_reads(
+        rec.meter,
+        rec.t,
+        rec.energy,
+        rec.current,
+        rec.voltage,
+        rec.clock_skew,
+        900,
+        ValidationConfig(),
+        len(fleet),
+    )
     assert verdict is not None
     scores = quality.score(verdict.iv, _labels(rec), 900, 900.0, (DAY, DAY + 86400.0))
     expected = {primary for primary, _ in quality.FAULT_RULES.values()}
@@ -64,15 +73,24 @@ def test_labels_record_what_the_simulator_injected():
     assert m.value("voltage_a") < 180
     m.drift_clock(3600.0)
     m.silence()
-    got = [(lb.kind, lb.start - DAY, None if lb.end is None else lb.end - DAY)
-           for lb in m.labels.snapshot()]
+    got = [
+        (lb.kind, lb.start - DAY, None if lb.end is None else lb.end - DAY)
+        for lb in m.labels.snapshot()
+    ]
     assert got == [
-        ("rollover", 600.0, 600.0), ("surge", 600.0, 1500.0), ("drop", 1500.0, 2400.0),
-        ("zero_with_current", 2400.0, 3000.0), ("backwards", 3000.0, 3000.0),
-        ("voltage", 3000.0, None), ("clock_drift", 3000.0, None), ("no_reply", 3000.0, None)]
+        ("rollover", 600.0, 600.0),
+        ("surge", 600.0, 1500.0),
+        ("drop", 1500.0, 2400.0),
+        ("zero_with_current", 2400.0, 3000.0),
+        ("backwards", 3000.0, 3000.0),
+        ("voltage", 3000.0, None),
+        ("clock_drift", 3000.0, None),
+        ("no_reply", 3000.0, None),
+    ]
     clock.now += 86400 / 24
-    assert (m.clock() - datetime.fromtimestamp(clock.now, UTC)).total_seconds() == \
-        pytest.approx(150.0)
+    assert (m.clock() - datetime.fromtimestamp(clock.now, UTC)).total_seconds() == pytest.approx(
+        150.0
+    )
     with pytest.raises(ValueError, match="unknown fault kind"):
         m.labels.begin("gremlins", clock.now)
 
@@ -80,20 +98,38 @@ def test_labels_record_what_the_simulator_injected():
 def _iv(meter, start, flags):
     n = len(start)
     return rules.Intervals(
-        meter=np.array(meter, dtype=np.int64), start=np.array(start, dtype=np.float64),
-        kwh=np.zeros(n), raw_kwh=np.zeros(n), quality=np.full(n, "A"),
-        method=np.zeros(n, dtype=np.int64), flags=np.array(flags, dtype=np.int64),
-        gap=np.zeros(n), gap_from=np.zeros(n), gap_to=np.zeros(n))
+        meter=np.array(meter, dtype=np.int64),
+        start=np.array(start, dtype=np.float64),
+        kwh=np.zeros(n),
+        raw_kwh=np.zeros(n),
+        quality=np.full(n, "A"),
+        method=np.zeros(n, dtype=np.int64),
+        flags=np.array(flags, dtype=np.int64),
+        gap=np.zeros(n),
+        gap_from=np.zeros(n),
+        gap_to=np.zeros(n),
+    )
 
 
 def test_scoring_counts_true_and_false_flags_and_found_faults():
-    iv = _iv([0, 0, 0, 1, 1, 2], [0, 900, 5400, 0, 900, 0],
-             [rules.SURGE, rules.SURGE, rules.SURGE, rules.ZERO_WITH_CURRENT,
-              rules.DROP | rules.ZERO_WITH_CURRENT, rules.VOLTAGE])
-    labels = [quality.Label(0, "surge", 100.0, 1700.0),  # flags at 0 and 900 are true
-              quality.Label(1, "zero_with_current", 0.0, 1800.0),  # drop allowed beside it
-              quality.Label(2, "drop", 0.0, 900.0),  # the voltage flag is not its rule: missed
-              quality.Label(3, "reset", 50_000.0, 50_000.0)]  # outside the window
+    iv = _iv(
+        [0, 0, 0, 1, 1, 2],
+        [0, 900, 5400, 0, 900, 0],
+        [
+            rules.SURGE,
+            rules.SURGE,
+            rules.SURGE,
+            rules.ZERO_WITH_CURRENT,
+            rules.DROP | rules.ZERO_WITH_CURRENT,
+            rules.VOLTAGE,
+        ],
+    )
+    labels = [
+        quality.Label(0, "surge", 100.0, 1700.0),  # flags at 0 and 900 are true
+        quality.Label(1, "zero_with_current", 0.0, 1800.0),  # drop allowed beside it
+        quality.Label(2, "drop", 0.0, 900.0),  # the voltage flag is not its rule: missed
+        quality.Label(3, "reset", 50_000.0, 50_000.0),
+    ]  # outside the window
     s = quality.score(iv, labels, 900, 0.0, (0.0, 10_000.0))
     assert (s["surge"].flags, s["surge"].true_flags, s["surge"].precision) == (3, 2, 2 / 3)
     assert (s["surge"].faults, s["surge"].found) == (1, 1)
@@ -109,8 +145,10 @@ def test_scoring_counts_true_and_false_flags_and_found_faults():
 
 def _review_items(db_url: str) -> list[tuple[str, str, datetime, datetime]]:
     with psycopg.connect(db_url) as conn:
-        return conn.execute("SELECT meter_id, rule, period_start, period_end FROM review_items"
-                            " ORDER BY meter_id, period_start").fetchall()
+        return conn.execute(
+            "SELECT meter_id, rule, period_start, period_end FROM review_items"
+            " ORDER BY meter_id, period_start"
+        ).fetchall()
 
 
 def _pending(db_url: str) -> int:
@@ -131,26 +169,46 @@ async def test_healthy_demo_meters_open_no_review_item_and_a_stuck_one_still_doe
     start = float(int(time.time() - 900) // 5 * 5)
     clock = SimClock(start)
     loads = {"healthy-1": 1.2, "healthy-2": 0.8, "healthy-3": 0.8, "stuck-1": 1.2}
-    fleet = [SimMeter(address=name, base_load_kw=kw, energy_kwh=1000.0 + 250 * i, now=clock)
-             for i, (name, kw) in enumerate(loads.items())]
-    rec = record(fleet, clock, start, start + 240.0, 2.0,
-                 [Injection(3, "zero_with_current", start + 60.0, 600.0)], jitter_s=0.5)
+    fleet = [
+        SimMeter(address=name, base_load_kw=kw, energy_kwh=1000.0 + 250 * i, now=clock)
+        for i, (name, kw) in enumerate(loads.items())
+    ]
+    rec = record(
+        fleet,
+        clock,
+        start,
+        start + 240.0,
+        2.0,
+        [Injection(3, "zero_with_current", start + 60.0, 600.0)],
+        jitter_s=0.5,
+    )
     label = next(lb for lb in rec.labels if lb.kind == "zero_with_current")
-    reads = [reading(rec.meter_ids[int(m)], datetime.fromtimestamp(float(t), UTC), float(e),
-                     voltage_a=float(v), current_a=float(c))
-             for m, t, e, v, c in zip(rec.meter, rec.t, rec.energy, rec.voltage, rec.current,
-                                      strict=True)]
+    reads = [
+        reading(
+            rec.meter_ids[int(m)],
+            datetime.fromtimestamp(float(t), UTC),
+            float(e),
+            voltage_a=float(v),
+            current_a=float(c),
+        )
+        for m, t, e, v, c in zip(
+            rec.meter, rec.t, rec.energy, rec.voltage, rec.current, strict=True
+        )
+    ]
     reads.sort(key=lambda r: r.taken_at)
     topic = wire.topic(site, "gw1", "readings")
     cfg = ValidationConfig(late_after_s=1e9)
-    async with running(config(db_url, mqtt, site, validate_every_s=0.1, interval_s=5,
-                              validation=cfg)) as col:
+    async with running(
+        config(db_url, mqtt, site, validate_every_s=0.1, interval_s=5, validation=cfg)
+    ) as col:
         await subscribed(col)
         per_batch = 4 * 5  # 5 poll cycles of the 4 meters: 10 seconds a batch
         for seq, lo in enumerate(range(0, len(reads), per_batch), start=1):
-            pub.publish(topic, batch_payload(site, "gw1", seq, reads[lo:lo + per_batch]))
-            await wait_until(lambda lo=lo: col.stats.readings_stored >= min(
-                len(reads), lo + per_batch), what="batch stored")
+            pub.publish(topic, batch_payload(site, "gw1", seq, reads[lo : lo + per_batch]))
+            await wait_until(
+                lambda lo=lo: col.stats.readings_stored >= min(len(reads), lo + per_batch),
+                what="batch stored",
+            )
             await wait_until(lambda: _pending(db_url) == 0, what="validation pass")
     items = _review_items(db_url)
     assert [(i[0], i[1]) for i in items] == [("stuck-1", "zero_with_current")]
@@ -160,9 +218,11 @@ async def test_healthy_demo_meters_open_no_review_item_and_a_stuck_one_still_doe
     assert label.start - 35 <= lo.timestamp() <= label.start + 5
     assert hi.timestamp() >= start + 230
     with psycopg.connect(db_url) as conn:
-        held = conn.execute("SELECT meter_id, count(*) FROM intervals WHERE held "
-                            "GROUP BY meter_id").fetchall()
-        healthy = conn.execute("SELECT count(*) FROM intervals WHERE meter_id LIKE 'healthy%'"
-                               " AND kwh = 0").fetchone()
+        held = conn.execute(
+            "SELECT meter_id, count(*) FROM intervals WHERE held GROUP BY meter_id"
+        ).fetchall()
+        healthy = conn.execute(
+            "SELECT count(*) FROM intervals WHERE meter_id LIKE 'healthy%' AND kwh = 0"
+        ).fetchone()
     assert [h[0] for h in held] == ["stuck-1"]
     assert healthy is not None and healthy[0] > 50  # zero-kWh intervals were there to judge

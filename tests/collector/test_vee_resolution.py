@@ -14,20 +14,30 @@ CFG = ValidationConfig()
 T0 = 1772409600.0  # 2026-03-02 00:00 UTC
 
 
-def register(kw: float, seconds: float, every: float, step: float, start: float = 1000.0,
-             ) -> tuple[np.ndarray, np.ndarray]:
+def register(
+    kw: float,
+    seconds: float,
+    every: float,
+    step: float,
+    start: float = 1000.0,
+) -> tuple[np.ndarray, np.ndarray]:
     """Reads of a register counting in `step`s (truncated, as meters do) under a steady load."""
     t = T0 + np.arange(0.0, seconds + every / 2, every)
     e = np.floor((start + kw * (t - T0) / 3600.0) / step + 1e-9) * step
     return t, e
 
 
-def judge_zero(t: np.ndarray, e: np.ndarray, amps: float, interval_s: int, step: float,
-               cfg: ValidationConfig = CFG) -> rules.Intervals:
+def judge_zero(
+    t: np.ndarray,
+    e: np.ndarray,
+    amps: float,
+    interval_s: int,
+    step: float,
+    cfg: ValidationConfig = CFG,
+) -> rules.Intervals:
     iv, _ = rules.derive(np.zeros(len(t), dtype=np.int64), t, e, interval_s, cfg, step_kwh=step)
     cur = np.full(len(iv), amps)
-    rules.zero_with_current(iv, iv.meter, iv.start, cur, cfg, interval_s=interval_s,
-                            step_kwh=step)
+    rules.zero_with_current(iv, iv.meter, iv.start, cur, cfg, interval_s=interval_s, step_kwh=step)
     return iv
 
 
@@ -64,10 +74,17 @@ def test_stuck_register_fires_once_the_current_should_have_moved_it():
 
 def test_run_is_as_weak_as_its_smallest_current_and_breaks_on_gaps():
     iv = rules.Intervals(
-        meter=np.zeros(6, dtype=np.int64), start=T0 + 900.0 * np.array([0, 1, 2, 4, 5, 6]),
-        kwh=np.zeros(6), raw_kwh=np.zeros(6), quality=np.full(6, "A"),
-        method=np.zeros(6, dtype=np.int64), flags=np.zeros(6, dtype=np.int64),
-        gap=np.zeros(6), gap_from=np.zeros(6), gap_to=np.zeros(6))
+        meter=np.zeros(6, dtype=np.int64),
+        start=T0 + 900.0 * np.array([0, 1, 2, 4, 5, 6]),
+        kwh=np.zeros(6),
+        raw_kwh=np.zeros(6),
+        quality=np.full(6, "A"),
+        method=np.zeros(6, dtype=np.int64),
+        flags=np.zeros(6, dtype=np.int64),
+        gap=np.zeros(6),
+        gap_from=np.zeros(6),
+        gap_to=np.zeros(6),
+    )
     # 0.6 A over one 15-min interval: 0.6 x 207 x 0.5 x 0.25 h = 0.0155 kWh < 0.02; two: 0.031
     amps = np.array([0.6, 0.6, 0.6, 0.6, 0.4, 0.6])
     rules.zero_with_current(iv, iv.meter, iv.start, amps, CFG, interval_s=900)
@@ -75,9 +92,14 @@ def test_run_is_as_weak_as_its_smallest_current_and_breaks_on_gaps():
 
 
 @settings(max_examples=150, deadline=None)
-@given(kw=st.floats(0.05, 12.0), pf=st.floats(0.5, 1.0), step=st.sampled_from([0.001, 0.01, 0.1]),
-       interval_s=st.sampled_from([5, 60, 300, 900]), every=st.sampled_from([1.0, 2.0, 10.0, 60.0]),
-       volts=st.floats(207.0, 253.0))
+@given(
+    kw=st.floats(0.05, 12.0),
+    pf=st.floats(0.5, 1.0),
+    step=st.sampled_from([0.001, 0.01, 0.1]),
+    interval_s=st.sampled_from([5, 60, 300, 900]),
+    every=st.sampled_from([1.0, 2.0, 10.0, 60.0]),
+    volts=st.floats(207.0, 253.0),
+)
 def test_a_healthy_register_never_looks_stuck(kw, pf, step, interval_s, every, volts):
     """Whatever the load, power factor, register step, interval and sampling: a register that
     counts what flows is never flagged (its flat spans carry less than one step)."""
@@ -90,8 +112,11 @@ def test_a_healthy_register_never_looks_stuck(kw, pf, step, interval_s, every, v
 
 
 @settings(max_examples=150, deadline=None)
-@given(amps=st.floats(0.6, 60.0), step=st.sampled_from([0.001, 0.01, 0.1]),
-       interval_s=st.sampled_from([5, 60, 300, 900]))
+@given(
+    amps=st.floats(0.6, 60.0),
+    step=st.sampled_from([0.001, 0.01, 0.1]),
+    interval_s=st.sampled_from([5, 60, 300, 900]),
+)
 def test_a_stuck_register_is_found_when_the_evidence_suffices(amps, step, interval_s):
     need_h = CFG.evidence_steps * step / (amps * 207.0 * 0.5 / 1000.0)
     intervals = int(np.ceil(need_h * 3600 / interval_s)) + 1
@@ -109,11 +134,17 @@ def _flat_history(kwh: float, days: int = 10) -> rules.Intervals:
     n = days * 96
     rng = np.random.default_rng(7)
     return rules.Intervals(
-        meter=np.zeros(n, dtype=np.int64), start=T0 + 900.0 * np.arange(n),
-        kwh=np.round(kwh * rng.normal(1.0, 0.05, n) / 0.4) * 0.4, raw_kwh=np.zeros(n),
-        quality=np.full(n, "A"), method=np.zeros(n, dtype=np.int64),
-        flags=np.zeros(n, dtype=np.int64), gap=np.zeros(n), gap_from=np.zeros(n),
-        gap_to=np.zeros(n))
+        meter=np.zeros(n, dtype=np.int64),
+        start=T0 + 900.0 * np.arange(n),
+        kwh=np.round(kwh * rng.normal(1.0, 0.05, n) / 0.4) * 0.4,
+        raw_kwh=np.zeros(n),
+        quality=np.full(n, "A"),
+        method=np.zeros(n, dtype=np.int64),
+        flags=np.zeros(n, dtype=np.int64),
+        gap=np.zeros(n),
+        gap_from=np.zeros(n),
+        gap_to=np.zeros(n),
+    )
 
 
 def test_one_step_of_a_coarse_ct_register_is_not_a_surge():
@@ -135,10 +166,17 @@ def test_sustained_drop_is_found_over_its_evidence_window():
     n = 10 * 96
     kwh = np.round(0.4 * rng.normal(1.0, 0.15, n), 2)
     hist = rules.Intervals(
-        meter=np.zeros(n, dtype=np.int64), start=T0 + 900.0 * np.arange(n), kwh=kwh,
-        raw_kwh=kwh, quality=np.full(n, "A"), method=np.zeros(n, dtype=np.int64),
-        flags=np.zeros(n, dtype=np.int64), gap=np.zeros(n), gap_from=np.zeros(n),
-        gap_to=np.zeros(n))
+        meter=np.zeros(n, dtype=np.int64),
+        start=T0 + 900.0 * np.arange(n),
+        kwh=kwh,
+        raw_kwh=kwh,
+        quality=np.full(n, "A"),
+        method=np.zeros(n, dtype=np.int64),
+        flags=np.zeros(n, dtype=np.int64),
+        gap=np.zeros(n),
+        gap_from=np.zeros(n),
+        gap_to=np.zeros(n),
+    )
     base = rules.baseline(hist.meter, hist.start, hist.kwh, CFG.tod_buckets)
     probe = hist.take(np.arange(96 * 9 + 40, 96 * 9 + 48))
     probe.kwh[:] = 0.4  # the usual, around ...
@@ -173,24 +211,29 @@ def test_backward_move_within_one_step_is_read_noise():
 def test_step_is_declared_else_inferred_else_the_default():
     m = np.repeat(np.arange(5), 20)
     k = np.arange(20)
-    e = np.concatenate([
-        np.round(1000 + k * 0.03, 2),  # BCD XXXXXX.XX: 0.01
-        1000.5 + k * 0.3,  # one decimal: 0.1
-        np.float32(100000 + k * 0.013).astype(np.float64),  # float32 near 1e5: 2^-7
-        np.full(20, 5.0),  # stuck: no changes, nothing to infer
-        np.round(1000 + k * 0.03, 2),
-    ])
-    declared = resolution.declared_step(np.array([np.nan] * 4 + [0.01]),
-                                        np.array([np.nan] * 4 + [40.0]), 0.01)
+    e = np.concatenate(
+        [
+            np.round(1000 + k * 0.03, 2),  # BCD XXXXXX.XX: 0.01
+            1000.5 + k * 0.3,  # one decimal: 0.1
+            np.float32(100000 + k * 0.013).astype(np.float64),  # float32 near 1e5: 2^-7
+            np.full(20, 5.0),  # stuck: no changes, nothing to infer
+            np.round(1000 + k * 0.03, 2),
+        ]
+    )
+    declared = resolution.declared_step(
+        np.array([np.nan] * 4 + [0.01]), np.array([np.nan] * 4 + [40.0]), 0.01
+    )
     step = resolution.register_step(m, e, declared, 0.01)
-    assert list(step) == pytest.approx([0.01, 0.1, 2.0 ** -7, 0.01, 0.4])
+    assert list(step) == pytest.approx([0.01, 0.1, 2.0**-7, 0.01, 0.4])
     # a CT ratio without a resolution applies to the default step
     assert resolution.declared_step(np.array([np.nan]), np.array([40.0]), 0.01)[0] == 0.4
 
 
 @settings(max_examples=200, deadline=None)
-@given(grid=st.sampled_from([1.0, 0.1, 0.01, 0.001]),
-       counts=st.lists(st.integers(0, 10**8), min_size=9, max_size=40, unique=True))
+@given(
+    grid=st.sampled_from([1.0, 0.1, 0.01, 0.001]),
+    counts=st.lists(st.integers(0, 10**8), min_size=9, max_size=40, unique=True),
+)
 def test_inferred_grid_holds_every_read_and_is_no_finer_than_the_register(grid, counts):
     e = np.sort(np.array(counts, dtype=np.float64)) * grid
     e = np.round(e, 3)
