@@ -47,17 +47,7 @@ GOAL = 0.95
 
 
 def _judged(rec: Recording, interval_s: int, cfg: ValidationConfig) -> judge.Verdict:
-    verdict = quality.judge_reads(
-        rec.meter,
-        rec.t,
-        rec.energy,
-        rec.current,
-        rec.voltage,
-        rec.clock_skew,
-        interval_s,
-        cfg,
-        len(rec.meter_ids),
-    )
+    verdict, _ = quality.judge_recording(rec, interval_s, cfg)
     if verdict is None:
         raise SystemExit("no interval came out of the recording")
     return verdict
@@ -71,15 +61,10 @@ def labelled_day(
     t0 = time.perf_counter()
     rec = record(fleet, clock, clock.now, DAY + 86400.0, every_s, plan, jitter_s=5.0, seed=seed)
     t1 = time.perf_counter()
-    verdict = _judged(rec, every_s, cfg)
+    verdict, labels = quality.judge_recording(rec, every_s, cfg)
     t2 = time.perf_counter()
-    number = {m: i for i, m in enumerate(rec.meter_ids)}
-    labels = [
-        quality.Label(
-            number[lb.meter], lb.kind, lb.start, lb.end if lb.end is not None else DAY + 86400.0
-        )
-        for lb in rec.labels
-    ]
+    if verdict is None:
+        raise SystemExit("no interval came out of the recording")
     scores = quality.score(verdict.iv, labels, every_s, float(every_s), (DAY, DAY + 86400.0))
     say(
         f"{meters} meters, {history_days} + 1 days read every {every_s} s: {len(rec.t)} reads "

@@ -18,8 +18,9 @@ and faults inside the scored window.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -101,30 +102,47 @@ def side_table(meter: I64, t: F64, current: F64, voltage: F64, skew: F64, interv
     )
 
 
-def judge_reads(
-    meter: I64,
-    t: F64,
-    e: F64,
-    current: F64,
-    voltage: F64,
-    skew: F64,
-    interval_s: int,
-    cfg: ValidationConfig,
-    n_meters: int,
-) -> judge.Verdict | None:
-    """Every rule over reads of many meters at once, as one pass over their whole span would
-    judge them (no stored history: the span is its own baseline)."""
+class Recorded(Protocol):
+    """A labelled run as the simulator records it (``firmware_sim.recording.Recording``):
+    reads sorted by (meter, t), meter numbers indexing ``meter_ids``, and its fault labels
+    (``meter`` a meter id, ``end`` None while the fault lasts)."""
+
+    meter_ids: list[str]
+    meter: I64
+    t: F64
+    energy: F64
+    current: F64
+    voltage: F64
+    clock_skew: F64
+    labels: Sequence[Any]
+
+
+def judge_recording(
+    rec: Recorded, interval_s: int, cfg: ValidationConfig
+) -> tuple[judge.Verdict | None, list[Label]]:
+    """Every rule over a recording's reads at once, as one pass over their whole span would
+    judge them (no stored history: the span is its own baseline), and its labels by meter
+    number; a fault still lasting at the end lasts to the last read."""
+    meter, t, e = rec.meter, rec.t, rec.energy
     reads = judge.Reads(meter, t, e, np.zeros(len(t)))
-    step = resolution.register_step(meter, e, np.full(n_meters, np.nan), cfg.register_step_kwh)
-    return judge.judge(
+    n = len(rec.meter_ids)
+    step = resolution.register_step(meter, e, np.full(n, np.nan), cfg.register_step_kwh)
+    verdict = judge.judge(
         reads,
-        side_table(meter, t, current, voltage, skew, interval_s),
+        side_table(meter, t, rec.current, rec.voltage, rec.clock_skew, interval_s),
         judge.History.empty(),
         interval_s,
         cfg,
         expected_s=rules.expected_spacing(meter, t),
         step_kwh=step,
     )
+    number = {m: i for i, m in enumerate(rec.meter_ids)}
+    last = float(t.max()) if len(t) else 0.0
+    labels = [
+        Label(number[lb.meter], lb.kind, lb.start, last if lb.end is None else lb.end)
+        for lb in rec.labels
+    ]
+    return verdict, labels
 
 
 def score(

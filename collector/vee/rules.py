@@ -488,15 +488,21 @@ def zero_with_current(iv: Intervals, cur_meter: I64, cur_start: F64, cur_max: F6
     """Flag runs of actual intervals with (near) zero energy while current flowed, once the
     current should have moved the register.
 
-    A run is consecutive intervals of one meter, each with ``kwh <= zero_kwh`` and a current
-    above ``zero_current_a``. Its evidence is the least energy that current can carry: the
-    run's smallest current x the band's lowest voltage x ``zero_min_power_factor`` x its
-    length. Only a run whose evidence reaches ``evidence_steps`` register steps is flagged
-    (all its intervals): 1 kW for a few seconds does not move a 0.01 kWh register.
-    ``interval_s`` defaults to the smallest spacing of the intervals given.
+    A run is consecutive intervals of one meter, each with ``kwh <= min(zero_kwh, step /
+    1000)`` (the register did not move) and a current above ``zero_current_a``. Its evidence
+    is the least energy that current can carry: the run's smallest current x the band's
+    lowest voltage x ``zero_min_power_factor`` x its length. Only a run whose evidence
+    reaches ``evidence_steps`` register steps is flagged (all its intervals): 1 kW for a few
+    seconds does not move a 0.01 kWh register. ``interval_s`` defaults to the smallest
+    spacing of the intervals given.
     """
     amps = lookup(iv.meter, iv.start, cur_meter, cur_start, cur_max)
-    zero = (iv.quality == "A") & (iv.kwh <= cfg.zero_kwh) & (amps > cfg.zero_current_a)
+    step = _per_item(step_kwh, cfg.register_step_kwh, len(iv))
+    # zero: the register did not move between the reads around the interval; one that moved
+    # a step shows more than a thousandth of it even spread over an interval far shorter than
+    # the reads' spacing
+    zero = ((iv.quality == "A") & (iv.kwh <= np.minimum(cfg.zero_kwh, step * 1e-3))
+            & (amps > cfg.zero_current_a))
     if skip is not None:
         zero &= ~skip
     idx = np.flatnonzero(zero)
@@ -510,8 +516,7 @@ def zero_with_current(iv: Intervals, cur_meter: I64, cur_start: F64, cur_max: F6
     length_h = np.diff(np.append(starts, len(idx))) * size / 3600.0
     volts = cfg.nominal_voltage * (1 - cfg.voltage_band)
     evidence_kwh = least_amps * volts * cfg.zero_min_power_factor * length_h / 1000.0
-    step = np.maximum.reduceat(_per_item(step_kwh, cfg.register_step_kwh, len(iv))[idx], starts)
-    fired = evidence_kwh >= cfg.evidence_steps * step
+    fired = evidence_kwh >= cfg.evidence_steps * np.maximum.reduceat(step[idx], starts)
     iv.flags[idx[fired[run]]] |= ZERO_WITH_CURRENT
     return amps
 

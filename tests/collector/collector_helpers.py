@@ -109,3 +109,20 @@ async def subscribed(collector: Collector) -> None:
 
 def minutes(n: float) -> timedelta:
     return timedelta(minutes=n)
+
+
+def actual_intervals(meter, start, kwh, flags=None):
+    """Intervals of quality A (measured), as the rules see them, from plain lists/arrays."""
+    import numpy as np
+
+    from collector.vee import rules
+
+    n = len(start)
+    z = np.zeros(n)
+    return rules.Intervals(
+        meter=np.asarray(meter, dtype=np.int64), start=np.asarray(start, dtype=np.float64),
+        kwh=np.asarray(kwh, dtype=np.float64), raw_kwh=np.asarray(kwh, dtype=np.float64),
+        quality=np.full(n, "A"), method=np.zeros(n, dtype=np.int64),
+        flags=np.zeros(n, dtype=np.int64) if flags is None else np.asarray(flags, dtype=np.int64),
+        gap=z, gap_from=z.copy(), gap_to=z.copy(),
+    )

@@ -6,10 +6,17 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
-import numpy as np
 import psycopg
 import pytest
-from collector_helpers import batch_payload, config, reading, running, subscribed, wait_until
+from collector_helpers import (
+    actual_intervals,
+    batch_payload,
+    config,
+    reading,
+    running,
+    subscribed,
+    wait_until,
+)
 
 from collector.config import ValidationConfig
 from collector.vee import quality, rules
@@ -20,30 +27,15 @@ from meterhub import wire
 DAY = 1772928000.0  # 2026-03-08 00:00 UTC
 
 
-def _labels(rec) -> list[quality.Label]:
-    number = {m: i for i, m in enumerate(rec.meter_ids)}
-    return [quality.Label(number[lb.meter], lb.kind, lb.start, lb.end) for lb in rec.labels]
-
-
 def test_every_rule_keeps_its_precision_and_recall_on_a_labelled_run():
     """45 faults, 5 of each kind, among 60 households over 4 healthy days and a labelled one.
     Deterministic (seeded): a rule that starts crying wolf or missing faults fails here."""
     clock = SimClock(DAY - 4 * 86400.0)
     fleet, plan = labelled_fleet(60, clock, DAY, 4, share=0.75, seed=5)
     rec = record(fleet, clock, clock.now, DAY + 86400.0, 900, plan, jitter_s=5.0, seed=5)
-    verdict = quality.judge_reads(
-        rec.meter,
-        rec.t,
-        rec.energy,
-        rec.current,
-        rec.voltage,
-        rec.clock_skew,
-        900,
-        ValidationConfig(),
-        len(fleet),
-    )
+    verdict, labels = quality.judge_recording(rec, 900, ValidationConfig())
     assert verdict is not None
-    scores = quality.score(verdict.iv, _labels(rec), 900, 900.0, (DAY, DAY + 86400.0))
+    scores = quality.score(verdict.iv, labels, 900, 900.0, (DAY, DAY + 86400.0))
     expected = {primary for primary, _ in quality.FAULT_RULES.values()}
     assert set(scores) == expected  # every rule had faults to find, and no other rule fired
     for rule, s in scores.items():
@@ -95,27 +87,12 @@ def test_labels_record_what_the_simulator_injected():
         m.labels.begin("gremlins", clock.now)
 
 
-def _iv(meter, start, flags):
-    n = len(start)
-    return rules.Intervals(
-        meter=np.array(meter, dtype=np.int64),
-        start=np.array(start, dtype=np.float64),
-        kwh=np.zeros(n),
-        raw_kwh=np.zeros(n),
-        quality=np.full(n, "A"),
-        method=np.zeros(n, dtype=np.int64),
-        flags=np.array(flags, dtype=np.int64),
-        gap=np.zeros(n),
-        gap_from=np.zeros(n),
-        gap_to=np.zeros(n),
-    )
-
-
 def test_scoring_counts_true_and_false_flags_and_found_faults():
-    iv = _iv(
+    iv = actual_intervals(
         [0, 0, 0, 1, 1, 2],
         [0, 900, 5400, 0, 900, 0],
-        [
+        [0.0] * 6,
+        flags=[
             rules.SURGE,
             rules.SURGE,
             rules.SURGE,

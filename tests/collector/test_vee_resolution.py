@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from collector_helpers import actual_intervals
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -73,18 +74,7 @@ def test_stuck_register_fires_once_the_current_should_have_moved_it():
 
 
 def test_run_is_as_weak_as_its_smallest_current_and_breaks_on_gaps():
-    iv = rules.Intervals(
-        meter=np.zeros(6, dtype=np.int64),
-        start=T0 + 900.0 * np.array([0, 1, 2, 4, 5, 6]),
-        kwh=np.zeros(6),
-        raw_kwh=np.zeros(6),
-        quality=np.full(6, "A"),
-        method=np.zeros(6, dtype=np.int64),
-        flags=np.zeros(6, dtype=np.int64),
-        gap=np.zeros(6),
-        gap_from=np.zeros(6),
-        gap_to=np.zeros(6),
-    )
+    iv = actual_intervals(np.zeros(6), T0 + 900.0 * np.array([0, 1, 2, 4, 5, 6]), np.zeros(6))
     # 0.6 A over one 15-min interval: 0.6 x 207 x 0.5 x 0.25 h = 0.0155 kWh < 0.02; two: 0.031
     amps = np.array([0.6, 0.6, 0.6, 0.6, 0.4, 0.6])
     rules.zero_with_current(iv, iv.meter, iv.start, amps, CFG, interval_s=900)
@@ -133,18 +123,8 @@ def test_a_stuck_register_is_found_when_the_evidence_suffices(amps, step, interv
 def _flat_history(kwh: float, days: int = 10) -> rules.Intervals:
     n = days * 96
     rng = np.random.default_rng(7)
-    return rules.Intervals(
-        meter=np.zeros(n, dtype=np.int64),
-        start=T0 + 900.0 * np.arange(n),
-        kwh=np.round(kwh * rng.normal(1.0, 0.05, n) / 0.4) * 0.4,
-        raw_kwh=np.zeros(n),
-        quality=np.full(n, "A"),
-        method=np.zeros(n, dtype=np.int64),
-        flags=np.zeros(n, dtype=np.int64),
-        gap=np.zeros(n),
-        gap_from=np.zeros(n),
-        gap_to=np.zeros(n),
-    )
+    kwh = np.round(kwh * rng.normal(1.0, 0.05, n) / 0.4) * 0.4
+    return actual_intervals(np.zeros(n), T0 + 900.0 * np.arange(n), kwh)
 
 
 def test_one_step_of_a_coarse_ct_register_is_not_a_surge():
@@ -165,18 +145,7 @@ def test_sustained_drop_is_found_over_its_evidence_window():
     rng = np.random.default_rng(3)
     n = 10 * 96
     kwh = np.round(0.4 * rng.normal(1.0, 0.15, n), 2)
-    hist = rules.Intervals(
-        meter=np.zeros(n, dtype=np.int64),
-        start=T0 + 900.0 * np.arange(n),
-        kwh=kwh,
-        raw_kwh=kwh,
-        quality=np.full(n, "A"),
-        method=np.zeros(n, dtype=np.int64),
-        flags=np.zeros(n, dtype=np.int64),
-        gap=np.zeros(n),
-        gap_from=np.zeros(n),
-        gap_to=np.zeros(n),
-    )
+    hist = actual_intervals(np.zeros(n), T0 + 900.0 * np.arange(n), kwh)
     base = rules.baseline(hist.meter, hist.start, hist.kwh, CFG.tod_buckets)
     probe = hist.take(np.arange(96 * 9 + 40, 96 * 9 + 48))
     probe.kwh[:] = 0.4  # the usual, around ...
