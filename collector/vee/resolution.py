@@ -14,7 +14,9 @@ order:
 3. ``ValidationConfig.register_step_kwh`` (0.01 kWh, DL/T645's XXXXXX.XX).
 
 A coarser inferred step only makes the rules more patient, never louder; a stuck register
-shows no changes and keeps the declared or default step.
+shows no changes and keeps the declared or default step. An operator declares a meter's with
+``meterhub collector meters resolution METER --register-kwh 0.01 --ct-ratio 40``
+(:func:`declare`).
 """
 
 from __future__ import annotations
@@ -82,3 +84,18 @@ def load_declared(conn: psycopg.Connection, names: list[str], default: float) ->
     res = np.array([np.nan if r[1] is None else float(r[1]) for r in rows])
     ct = np.array([np.nan if r[2] is None else float(r[2]) for r in rows])
     return declared_step(res.reshape(-1), ct.reshape(-1), default)
+
+
+def declare(conn: psycopg.Connection, meter: str, resolution_kwh: float | None,
+            ct_ratio: float | None) -> None:
+    """Set (None: clear) what a registered meter's register resolves; checked first."""
+    if resolution_kwh is not None and not 0 < resolution_kwh <= 1000:
+        raise ValueError(f"register resolution {resolution_kwh} kWh: expected 0 < kWh <= 1000")
+    if ct_ratio is not None and not 1 <= ct_ratio <= 100_000:
+        raise ValueError(f"CT ratio {ct_ratio}: expected 1 <= ratio <= 100000 (e.g. 40 for 200/5)")
+    done = conn.execute(
+        "UPDATE meters SET register_resolution_kwh = %s, ct_ratio = %s WHERE meter_id = %s",
+        (resolution_kwh, ct_ratio, meter),
+    ).rowcount
+    if not done:
+        raise ValueError(f"meter {meter!r} is not registered")

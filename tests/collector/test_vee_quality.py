@@ -3,12 +3,14 @@ real pipeline (broker, collector, PostgreSQL) opening no review item (issue 17.3
 
 from __future__ import annotations
 
+import math
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
 from collector_helpers import (
+    T0,
     actual_intervals,
     batch_payload,
     config,
@@ -19,9 +21,10 @@ from collector_helpers import (
 )
 
 from collector.config import ValidationConfig
-from collector.vee import quality, rules
+from collector.vee import quality, revalidate, rules, run_pending
 from firmware_sim.meter import SimMeter
 from firmware_sim.recording import Injection, SimClock, labelled_fleet, record
+from launcher import cli
 from meterhub import wire
 
 DAY = 1772928000.0  # 2026-03-08 00:00 UTC
@@ -203,3 +206,67 @@ async def test_healthy_demo_meters_open_no_review_item_and_a_stuck_one_still_doe
         ).fetchone()
     assert [h[0] for h in held] == ["stuck-1"]
     assert healthy is not None and healthy[0] > 50  # zero-kWh intervals were there to judge
+
+
+@pytest.mark.integration
+def test_declared_ct_ratio_makes_a_coarse_register_no_fault(db_url, capsys):
+    """A CT meter (ratio 40 on a 0.01 kWh register: 0.4 kWh a step) under 0.44 kW moves its
+    register once an hour. Judged as a 0.01 kWh register its flat hours look stuck; declared
+    (`meterhub collector meters resolution ... --ct-ratio 40`), revalidation closes them."""
+    rows = []
+    for m in range(0, 4 * 60 + 1):
+        ts = T0 + timedelta(minutes=m)
+        kwh = 2000.0 + 0.4 * math.floor(0.44 * m / 60 / 0.4 + 1e-9)
+        rows += [
+            ("ct1", "energy_import_total", ts, round(kwh, 2), "kWh"),
+            ("ct1", "current_a", ts, 2.0, "A"),
+            ("ct1", "voltage_a", ts, 231.0, "V"),
+        ]
+    with psycopg.connect(db_url) as conn:
+        conn.execute("SELECT collector_ensure_partitions(%s, %s)", (T0, T0))
+        with conn.cursor().copy(
+            "COPY readings (meter_id, quantity, ts, value, unit, received_at) FROM STDIN"
+        ) as copy:
+            for r in rows:
+                copy.write_row((*r, r[2]))
+        conn.execute("INSERT INTO meters (meter_id, last_seen) VALUES ('ct1', %s)", (T0,))
+        conn.execute("INSERT INTO vee_dirty (meter_id, dirty_from) VALUES ('ct1', %s)", (T0,))
+    run_pending(db_url, 900, ValidationConfig())
+    assert {r[1] for r in _review_items(db_url)} == {"zero_with_current"}
+    assert (
+        cli.main(
+            [
+                "collector",
+                "meters",
+                "resolution",
+                "ct1",
+                "--ct-ratio",
+                "40",
+                "--database-url",
+                db_url,
+            ]
+        )
+        == 0
+    )
+    assert "one register step is 0.4 kWh" in capsys.readouterr().out
+    assert (
+        cli.main(
+            [
+                "collector",
+                "meters",
+                "resolution",
+                "nosuch",
+                "--ct-ratio",
+                "0.5",
+                "--database-url",
+                db_url,
+            ]
+        )
+        == 1
+    )
+    assert "CT ratio 0.5" in capsys.readouterr().err
+    revalidate(db_url, 900, ValidationConfig(), T0)
+    with psycopg.connect(db_url) as conn:
+        statuses = conn.execute("SELECT DISTINCT status, decided_by FROM review_items").fetchall()
+        held = conn.execute("SELECT count(*) FROM intervals WHERE held").fetchone()
+    assert statuses == [("dismissed", "collector")] and held == (0,)
