@@ -106,8 +106,10 @@ async def test_healthy_demo_meters_open_no_review_item_and_a_stuck_one_still_doe
     start = float(int(time.time() - 900) // 5 * 5)
     clock = SimClock(start)
     loads = {"healthy-1": 1.2, "healthy-2": 0.8, "healthy-3": 0.8, "stuck-1": 1.2}
-    fleet = [
-        SimMeter(address=name, base_load_kw=kw, energy_kwh=1000.0 + 250 * i, now=clock)
+    fleet = [  # a flat profile: the load is the same whatever the hour the test runs at
+        SimMeter(
+            address=name, base_load_kw=kw, energy_kwh=1000.0 + 250 * i, now=clock, profile=(1.0,)
+        )
         for i, (name, kw) in enumerate(loads.items())
     ]
     rec = record(
