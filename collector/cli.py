@@ -94,7 +94,8 @@ def _register_ownership(sub: Any) -> None:
     pending.add_argument("--database-url", help=f"default: ${settings.DATABASE_URL_ENV}")
     pending.set_defaults(handler=_pending)
 
-    meters = sub.add_parser("meters", help="registered meters: move one to another gateway")
+    meters = sub.add_parser("meters", help="registered meters: move one to another gateway, "
+                            "declare its register resolution")
     msub = meters.add_subparsers(dest="meters_command", required=True, metavar="ACTION")
     move = msub.add_parser("move", help="give a meter to another gateway (audited)")
     move.add_argument("meter")
@@ -103,6 +104,14 @@ def _register_ownership(sub: Any) -> None:
     move.add_argument("--comment", default="")
     move.add_argument("--database-url", help=f"default: ${settings.DATABASE_URL_ENV}")
     move.set_defaults(handler=_move)
+    res = msub.add_parser("resolution", help="what a meter's energy register resolves "
+                          "(validation judges consumption against it)")
+    res.add_argument("meter")
+    res.add_argument("--register-kwh", type=float, metavar="KWH",
+                     help="one step of the register, e.g. 0.01 (omitted: inferred from reads)")
+    res.add_argument("--ct-ratio", type=float, help="CT ratio the register is scaled by, e.g. 40")
+    res.add_argument("--database-url", help=f"default: ${settings.DATABASE_URL_ENV}")
+    res.set_defaults(handler=_resolution)
 
 
 def _commissioning(args: argparse.Namespace) -> int:
@@ -145,6 +154,25 @@ def _move(args: argparse.Namespace) -> int:
     with psycopg.connect(_database_url(args), autocommit=True) as conn:
         old = ownership.move(conn, args.meter, args.to, args.by, args.comment)
     print(f"meter {args.meter} moved from {old} to {args.to}")
+    return 0
+
+
+def _resolution(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from collector.vee import resolution
+
+    with psycopg.connect(_database_url(args), autocommit=True) as conn:
+        resolution.declare(conn, args.meter, args.register_kwh, args.ct_ratio)
+    res = args.register_kwh
+    if res is None and args.ct_ratio is not None:
+        from collector.config import ValidationConfig
+
+        res = ValidationConfig().register_step_kwh
+    step = ("inferred from its reads" if res is None
+            else f"{res * (args.ct_ratio or 1):g} kWh")
+    print(f"meter {args.meter}: one register step is {step}; "
+          "`collector revalidate` judges stored reads again")
     return 0
 
 

@@ -26,6 +26,9 @@ class ValidationConfig:
     surge_z: float = 6.0  # robust z-score above which an interval is a surge
     drop_z: float = 6.0
     min_abs_kwh: float = 0.05  # ignore deviations smaller than this (noise on tiny loads)
+    # ... and a sustained one is judged over up to this much of consecutive intervals
+    evidence_window_s: float = 3600.0
+    max_window_intervals: int = 8
     # missing reads: a gap longer than factor x the meter's expected read interval
     missing_factor: float = 2.5
     # estimation: linear up to this gap length (Ontario VEE: 1 hour), like-day beyond
@@ -36,9 +39,18 @@ class ValidationConfig:
     register_modulus_kwh: float = 1_000_000.0  # a 6-digit kWh register wraps here
     rollover_margin: float = 0.02  # within 2% of the modulus counts as "near the maximum"
     reset_max_kwh: float = 1.0  # a backwards step landing below this is a reset/replacement
-    # zero consumption while current flows
+    # what the meter can resolve: one step of its energy register, when the meter declares
+    # none (meters.register_resolution_kwh x ct_ratio) and its reads do not show it
+    register_step_kwh: float = 0.01  # DL/T645 XXXXXX.XX
+    # a consumption rule fires only on a change of at least this many register steps
+    evidence_steps: float = 2.0
+    # zero consumption while current flows: a run of zero intervals must last until its
+    # current (at the band's lowest voltage and this power factor) carried evidence_steps
+    # steps; the pass looks back at most zero_lookback_s for the start of the run
     zero_kwh: float = 0.0005
     zero_current_a: float = 0.5
+    zero_min_power_factor: float = 0.5
+    zero_lookback_s: float = 3600.0
     # voltage band
     nominal_voltage: float = 230.0
     voltage_band: float = 0.10
@@ -63,6 +75,12 @@ class ValidationConfig:
             raise ConfigError("validation.voltage_band is a fraction of nominal, e.g. 0.10")
         if self.register_modulus_kwh <= 0:
             raise ConfigError("validation.register_modulus_kwh must be positive")
+        if self.register_step_kwh <= 0 or self.evidence_steps <= 0:
+            raise ConfigError("validation.register_step_kwh and evidence_steps must be positive")
+        if not 0 < self.zero_min_power_factor <= 1:
+            raise ConfigError("validation.zero_min_power_factor is a power factor in (0, 1]")
+        if self.zero_lookback_s < 0:
+            raise ConfigError("validation.zero_lookback_s must not be negative")
 
 
 def _default_client_id() -> str:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,8 @@ _FAULTS = sorted(
     name for name in Faults.__dataclass_fields__ if not name.endswith("_once")
     and name != "slow_reply_s"
 )
-_PHYSICS = ("surge", "drop", "reset", "rollover", "replace")
+_PHYSICS = ("surge", "drop", "reset", "rollover", "replace", "stuck", "sag", "swell", "backwards",
+            "drift")
 
 
 def register(sub: Any) -> None:
@@ -35,6 +38,9 @@ def register(sub: Any) -> None:
         help=f"inject a fault: KIND is one of {', '.join(_FAULTS + list(_PHYSICS))} "
         "or slow=SECONDS",
     )
+    p.add_argument("--labels", type=Path, metavar="FILE",
+                   help="on exit, write the physics faults injected (firmware_sim.labels) as "
+                   "JSON lines: meter, kind, start, end (epoch s), detail")
     p.set_defaults(handler=_run)
 
 
@@ -45,7 +51,9 @@ def apply_fault(fleet: Fleet, spec: str) -> None:
         meter = fleet.meter(address)
     except KeyError:
         raise ValueError(f"--fault {spec!r}: no meter {address!r} in the fleet") from None
-    if kind in _FAULTS:
+    if kind == "no_reply":
+        meter.silence()
+    elif kind in _FAULTS:
         setattr(meter.faults, kind, True)
     elif kind.startswith("slow="):
         meter.faults.slow_reply_s = float(kind.removeprefix("slow="))
@@ -59,6 +67,14 @@ def apply_fault(fleet: Fleet, spec: str) -> None:
         meter.near_rollover()
     elif kind == "replace":
         meter.replace()
+    elif kind == "stuck":  # the register stops while current flows: zero_with_current
+        meter.stick_register()
+    elif kind in ("sag", "swell"):
+        meter.voltage_fault(0.85 if kind == "sag" else 1.2)
+    elif kind == "backwards":
+        meter.step_back(100.0)
+    elif kind == "drift":
+        meter.drift_clock(600.0)
     else:
         raise ValueError(f"--fault {spec!r}: unknown kind {kind!r}")
 
@@ -74,4 +90,11 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{bus:12} {protocol:12} {count:3d} meters  {port}", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             done.wait()
+    if args.labels:
+        now = time.time()
+        with args.labels.open("w", encoding="utf-8") as out:
+            for m in fleet.meters():
+                for lb in m.labels.snapshot(until=now):
+                    out.write(json.dumps({"meter": lb.meter, "kind": lb.kind, "start": lb.start,
+                                          "end": lb.end, "detail": dict(lb.detail)}) + "\n")
     return 0

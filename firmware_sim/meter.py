@@ -6,6 +6,8 @@ consistent picture. An open relay drops current and power to zero and freezes th
 Protocol responders (``firmware_sim.dlt645``, ``firmware_sim.modbus``) only ask
 :meth:`SimMeter.value` and the relay methods; transport faults (no reply, garbled checksum,
 truncated frame, slow reply) are applied by the bus on the bytes, from :attr:`SimMeter.faults`.
+Physics faults are recorded in :attr:`SimMeter.labels` (:mod:`firmware_sim.labels`) as they are
+injected, so a run can be scored against what validation flags.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from firmware_sim.labels import FaultLog
 from meterhub.quantities import QUANTITIES
 
 # Daily shape of a household's load, one factor per hour (morning and evening peaks).
@@ -57,7 +60,9 @@ class SimMeter:
     """One meter. ``address`` is the 12-digit DL/T645 address or the Modbus unit id as text.
 
     ``speedup`` makes simulated time for energy run faster than wall time, so a demo can use
-    up a prepaid balance in a minute. ``base_load_kw`` is the mean load before the profile.
+    up a prepaid balance in a minute. ``base_load_kw`` is the mean load before the profile;
+    ``load_noise`` the relative spread of the load from one read to the next (households are
+    never as regular as a profile).
     """
 
     address: str
@@ -68,6 +73,7 @@ class SimMeter:
     frequency_hz: float = 50.0
     base_load_kw: float = 1.5
     power_factor: float = 0.95
+    load_noise: float = 0.0
     speedup: float = 1.0
     energy_kwh: float = 0.0
     export_kwh: float = 0.0
@@ -90,33 +96,49 @@ class SimMeter:
         self._started = self._last
         self._clock_offset_s = self.clock_offset_s
         self._surge_factor = 1.0
+        self._noise = 1.0
+        self._stuck = False  # the register ignores the energy that flows
+        self._voltage_factor = 1.0
         self._tariff_energy = [0.0, 0.0, 0.0, 0.0]
+        self.labels = FaultLog(self.address)
 
     # ------------------------------------------------------------------ physics
 
     def _load_kw(self, at: float) -> float:
         if self.relay_open:
             return 0.0
-        hour = datetime.fromtimestamp(at, UTC).hour
-        return self.base_load_kw * self.profile[hour % len(self.profile)] * self._surge_factor
+        hour = int(at // 3600) % 24  # UTC hour of the epoch time
+        return (self.base_load_kw * self.profile[hour % len(self.profile)] * self._surge_factor
+                * self._noise)
 
     def advance(self) -> None:
-        """Integrate energy up to now; called before every read."""
+        """Integrate energy up to now, hour by hour (the profile changes on the hour); called
+        before every read."""
         with self._lock:
             now = self.now()
-            dt_h = max(0.0, now - self._last) / 3600.0 * self.speedup
-            self._last = now
-            kwh = self._load_kw(now) * dt_h
-            if kwh:
-                self.energy_kwh += kwh
-                # per-tariff registers: split the day into 4 bands by hour (sharp/peak/flat/valley)
-                hour = datetime.fromtimestamp(now, UTC).hour
-                band = 3 if hour < 8 else (1 if 8 <= hour < 12 or 17 <= hour < 21 else 2)
-                if hour in (19, 20):
-                    band = 0
-                self._tariff_energy[band] += kwh
-                if self.energy_kwh > self.register_max_kwh:  # the register wraps like a real one
-                    self.energy_kwh -= self.register_max_kwh + 0.01
+            last, self._last = self._last, max(self._last, now)
+            if now <= last:
+                return
+            if self.load_noise:
+                self._noise = max(0.0, self._rng.gauss(1.0, self.load_noise))
+            while last < now and not self._stuck:
+                cut = min(now, (last // 3600 + 1) * 3600)
+                self._count(self._load_kw(last) * (cut - last) / 3600.0 * self.speedup, cut)
+                last = cut
+
+    def _count(self, kwh: float, at: float) -> None:
+        if not kwh:
+            return
+        self.energy_kwh += kwh
+        # per-tariff registers: split the day into 4 bands by hour (sharp/peak/flat/valley)
+        hour = int((at - 1e-6) // 3600) % 24
+        band = 3 if hour < 8 else (1 if 8 <= hour < 12 or 17 <= hour < 21 else 2)
+        if hour in (19, 20):
+            band = 0
+        self._tariff_energy[band] += kwh
+        if self.energy_kwh > self.register_max_kwh:  # the register wraps like a real one
+            self.energy_kwh -= self.register_max_kwh + 0.01
+            self.labels.instant("rollover", at)
 
     def value(self, quantity: str) -> float:
         """Current value of a canonical quantity (see meterhub.quantities)."""
@@ -127,7 +149,7 @@ class SimMeter:
             load = self._load_kw(self._last)
             per_phase_kw = load / self.phases
             jitter = 1.0 + self._rng.uniform(-0.004, 0.004)
-            voltage = self.nominal_voltage * jitter
+            voltage = self.nominal_voltage * jitter * self._voltage_factor
             current = per_phase_kw * 1000 / (voltage * self.power_factor)
             pf = self.power_factor if load > 0 else 1.0
             phase = quantity[-1] if quantity[-2:] in ("_a", "_b", "_c") else ""
@@ -206,16 +228,73 @@ class SimMeter:
     # ------------------------------------------------------------------ physics faults
 
     def surge(self, factor: float) -> None:
-        """Sudden surge (factor > 1) or drop (factor < 1, 0 for drop to zero) of the load."""
+        """Sudden surge (factor > 1) or drop (factor < 1, 0 for drop to zero) of the load;
+        factor 1 ends it."""
         self.advance()
+        at = self.now()
+        self.labels.end("surge", at)
+        self.labels.end("drop", at)
+        if factor != 1.0:
+            self.labels.begin("surge" if factor > 1.0 else "drop", at, factor=factor)
         self._surge_factor = factor
+
+    def stick_register(self, stuck: bool = True) -> None:
+        """The energy register stops counting while current still flows (a stuck or bypassed
+        register: what ``zero_with_current`` looks for); False counts again."""
+        self.advance()
+        self._stuck = stuck
+        if stuck:
+            self.labels.begin("zero_with_current", self.now())
+        else:
+            self.labels.end("zero_with_current", self.now())
+
+    def voltage_fault(self, factor: float) -> None:
+        """Supply voltage at ``factor`` x nominal (a sag below 1, a swell above); 1 ends it."""
+        self._voltage_factor = factor
+        if factor != 1.0:
+            self.labels.begin("voltage", self.now(), factor=factor)
+        else:
+            self.labels.end("voltage", self.now())
+
+    def drift_clock(self, seconds_per_day: float) -> None:
+        """The meter's clock drifts from now on at this rate (0 stops the drift, keeping the
+        offset it reached)."""
+        with self._lock:
+            now = self.now()
+            self._clock_offset_s += self.clock_drift_s_per_day * (now - self._started) / 86400
+            self._started = now
+            self.clock_drift_s_per_day = seconds_per_day
+        if seconds_per_day:
+            self.labels.begin("clock_drift", now, seconds_per_day=seconds_per_day)
+        else:
+            self.labels.end("clock_drift", now)
+
+    def silence(self, silent: bool = True) -> None:
+        """The meter stops answering on the bus (a lasting ``no_reply``); False answers again."""
+        self.faults.no_reply = silent
+        if silent:
+            self.labels.begin("no_reply", self.now())
+        else:
+            self.labels.end("no_reply", self.now())
+
+    def step_back(self, kwh: float) -> None:
+        """The register goes back by ``kwh`` and counts on from there (a meter reprogrammed or
+        swapped for a used one): near neither zero nor the maximum."""
+        self.advance()
+        with self._lock:
+            before = self.energy_kwh
+            self.energy_kwh = max(0.0, before - kwh)
+        self.labels.instant("backwards", self.now(), before=round(before, 2),
+                            after=round(self.energy_kwh, 2))
 
     def reset_register(self, to_kwh: float = 0.0) -> None:
         """Register reset, as after a meter reset or a replaced meter starting at zero."""
         self.advance()
         with self._lock:
+            before = self.energy_kwh
             self.energy_kwh = to_kwh
             self._tariff_energy = [0.0, 0.0, 0.0, 0.0]
+        self.labels.instant("reset", self.now(), before=round(before, 2), after=to_kwh)
 
     def near_rollover(self, margin_kwh: float = 0.5) -> None:
         """Put the register just below its maximum so it rolls over soon."""

@@ -20,7 +20,7 @@ import numpy as np
 import psycopg
 
 from collector.config import ValidationConfig
-from collector.vee import estimate, rules
+from collector.vee import estimate, judge, resolution, rules
 from collector.vee.review import VEE_LOCK, open_review_items
 from meterhub import channels
 
@@ -265,45 +265,34 @@ def _expected(conn: psycopg.Connection, names: list[int]) -> np.ndarray:
 
 def _validate(conn: psycopg.Connection, names: list[int], window: list[datetime],
               interval_s: int, cfg: ValidationConfig) -> tuple[int, int, int]:
-    meter, t, e = _load_reads(conn, names, window)
-    if len(t) == 0:
+    reads = judge.Reads(*_load_reads(conn, names, window))
+    if len(reads.t) == 0:
         return 0, 0, 0
+    step = resolution.register_step(reads.meter, reads.e,
+                                    resolution.load_declared(conn, names, cfg.register_step_kwh),
+                                    cfg.register_step_kwh)
+    flat = judge.flat_at_start(reads, step, len(names))
+    if flat.any() and cfg.zero_lookback_s > 0:  # measure a run of zeros from its start
+        back = timedelta(seconds=cfg.zero_lookback_s)
+        reads = judge.replace_meters(reads, flat, judge.Reads(*_load_reads(
+            conn, names, [w - back if f else w for w, f in zip(window, flat, strict=True)])))
+    meter, t, e = reads.meter, reads.t, reads.e
     expected_cfg = _expected(conn, names)[meter]
     observed = rules.expected_spacing(meter, t)
     expected = np.where(np.isnan(expected_cfg), observed, expected_cfg)
-    iv, reg = rules.derive(meter, t, e, interval_s, cfg, expected_s=expected)
-    if len(iv) == 0:
-        return 0, 0, 0
     hist_days = max(cfg.baseline_days, 7 * cfg.like_day_weeks * 2)
-    hm, hs, hk = _load_history(conn, names, window, hist_days)
-    # like-day from history plus this pass's own actual intervals
-    own = (iv.quality == "A") & ((iv.flags & rules.HOLDS) == 0)
-    estimate.estimate_like_day(iv, np.concatenate([hm, iv.meter[own]]),
-                          np.concatenate([hs, iv.start[own]]),
-                          np.concatenate([hk, iv.kwh[own]]), cfg, interval_s)
-    recent = hs >= (iv.start.min() - cfg.baseline_days * 86400.0)
-    base = rules.baseline(np.concatenate([hm[recent], iv.meter[own]]),
-                        np.concatenate([hs[recent], iv.start[own]]),
-                        np.concatenate([hk[recent], iv.kwh[own]]), cfg.tod_buckets)
-    med, scale = rules.surge_drop(iv, base, cfg)
+    history = judge.History(*_load_history(conn, names, window, hist_days))
     side = _load_side(conn, names, [datetime.fromtimestamp(float(t.min()), UTC)] * len(names),
                       interval_s)
-    sm, ss = side[:, 0].astype(np.int64), side[:, 1]
-    amps = rules.zero_with_current(iv, sm, ss, side[:, 2], cfg)
-    vmin = rules.lookup(iv.meter, iv.start, sm, ss, side[:, 3])
-    vmax = rules.lookup(iv.meter, iv.start, sm, ss, side[:, 4])
-    lo_v = cfg.nominal_voltage * (1 - cfg.voltage_band)
-    hi_v = cfg.nominal_voltage * (1 + cfg.voltage_band)
-    iv.flags[(vmin < lo_v) | (vmax > hi_v)] |= rules.VOLTAGE
-    first = datetime.fromtimestamp(float(iv.start.min()) - cfg.clock_check_valid_s, UTC)
-    cm, ct, cd = _load_clocks(conn, names, first)
-    skew = rules.latest_before(iv.meter, iv.start + interval_s, cm, ct, cd,
-                               cfg.clock_check_valid_s)
-    iv.flags[np.abs(skew) > cfg.clock_skew_s] |= rules.CLOCK_SKEW
-
-    ctx = _Context(names, iv, reg, meter, t, e, med, scale, amps, vmin, vmax, skew, cfg,
-                   interval_s)
-    return _write(conn, names, iv, ctx.anomalies(), interval_s)
+    first = datetime.fromtimestamp(float(t.min()) - cfg.clock_check_valid_s, UTC)
+    clocks = judge.Clocks(*_load_clocks(conn, names, first))
+    v = judge.judge(reads, side, clocks, history, interval_s, cfg, expected_s=expected,
+                    step_kwh=step)
+    if v is None:
+        return 0, 0, 0
+    ctx = _Context(names, v.iv, v.reg, meter, t, e, v.med, v.scale, v.amps, v.vmin, v.vmax,
+                   v.skew, cfg, interval_s)
+    return _write(conn, names, v.iv, ctx.anomalies(), interval_s)
 
 
 @dataclass

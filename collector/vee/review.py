@@ -100,7 +100,9 @@ def open_items(database_url: str, limit: int = 100) -> list[dict[str, object]]:
 
 def open_review_items(conn: psycopg.Connection, interval_s: int) -> int:
     """One work order per run of consecutive held intervals of one meter and rule, for the
-    anomalies a validation pass just stored (inside its transaction)."""
+    anomalies a validation pass just stored (inside its transaction). A run that touches an
+    open work order of the same meter and rule (a fault still going on when the last pass
+    ran) joins it: one fault, one work order. Returns how many were opened."""
     rows = conn.execute(
         "SELECT a.id, m.meter_id, v.name, a.at, a.reason FROM anomalies a"
         " JOIN meters m ON m.meter_key = a.meter JOIN vee_rules v ON v.code = a.rule"
@@ -117,16 +119,37 @@ def open_review_items(conn: psycopg.Connection, interval_s: int) -> int:
             runs[-1].append(row)
         else:
             runs.append([row])
+    opened = 0
     for run in runs:
         first, last = run[0], run[-1]
-        n = len(run)
-        reason = first[4] if n == 1 else f"{n} intervals: {first[4]}"
         item = conn.execute(
-            """INSERT INTO review_items (meter_id, rule, period_start, period_end, reason)
-               VALUES (%s, %s, %s, %s + make_interval(secs => %s), %s) RETURNING id""",
-            (first[1], first[2], first[3], last[3], interval_s, reason),
+            """SELECT id FROM review_items
+               WHERE meter_id = %s AND rule = %s AND status = 'open'
+                 AND period_end >= %s AND period_start <= %s + make_interval(secs => %s)
+               ORDER BY id LIMIT 1""",
+            (first[1], first[2], first[3], last[3], interval_s),
         ).fetchone()
+        if item is None:
+            n = len(run)
+            reason = first[4] if n == 1 else f"{n} intervals: {first[4]}"
+            item = conn.execute(
+                """INSERT INTO review_items (meter_id, rule, period_start, period_end, reason)
+                   VALUES (%s, %s, %s, %s + make_interval(secs => %s), %s) RETURNING id""",
+                (first[1], first[2], first[3], last[3], interval_s, reason),
+            ).fetchone()
+            opened += 1
         assert item is not None
         conn.execute("UPDATE anomalies SET review_item_id = %s WHERE id = ANY(%s)",
                      (item[0], [r[0] for r in run]))
-    return len(runs)
+        conn.execute(
+            """UPDATE review_items r
+               SET period_start = least(r.period_start, %(lo)s),
+                   period_end = greatest(r.period_end, %(hi)s + make_interval(secs => %(s)s)),
+                   reason = (SELECT CASE WHEN count(*) = 1 THEN min(a.reason)
+                                    ELSE count(*) || ' intervals: '
+                                         || (array_agg(a.reason ORDER BY a.at))[1] END
+                             FROM anomalies a WHERE a.review_item_id = r.id)
+               WHERE r.id = %(id)s""",
+            {"lo": first[3], "hi": last[3], "s": interval_s, "id": item[0]},
+        )
+    return opened

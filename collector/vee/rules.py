@@ -16,6 +16,14 @@ Pipeline (:func:`derive`):
    scaled to the register difference across the gap so nothing is created or lost;
 4. flag surges and drops against the meter's own median/MAD per time-of-day bucket.
 
+Rules about consumption judge against what the meter can resolve: its register counts in
+steps (0.01 kWh on DL/T645's XXXXXX.XX; times the CT ratio on a CT-connected meter), so a
+small load over a short span leaves it unmoved. ``step_kwh`` (one step per read or interval,
+:mod:`collector.vee.resolution` works it out) sets the least change a rule may call a fault:
+a backward move within one step is read noise, a surge or drop must exceed
+``evidence_steps`` steps, and zero consumption while current flows must last until the
+current should have moved the register by ``evidence_steps`` steps.
+
 Estimation beyond linear substitution (like-day profiles) is :mod:`collector.vee.estimate`.
 
 Quality and method follow NEM12: A actual, S substitute; 17 linear, 14 like day, 15 average
@@ -68,6 +76,10 @@ def code(bit: int) -> int:
 
 # Rules that hold an interval from billing until a person reviews it.
 HOLDS = SURGE | DROP | RESET | REPLACEMENT | ZERO_WITH_CURRENT
+# A register that stepped back leaves consumption between the reads around the step unknown
+# (counted as 0 or from zero): consumption rules do not judge it, the register event is the
+# finding (see :func:`unmeasured`).
+UNMEASURED = RESET | REPLACEMENT
 
 METHOD_NONE = 0
 METHOD_LIKE_DAY = 14
@@ -105,13 +117,17 @@ class Register:
 
 
 def clean_register(meter: npt.NDArray[np.integer], t: F64, e: F64,
-                   cfg: ValidationConfig) -> Register:
+                   cfg: ValidationConfig, *, step_kwh: F64 | float | None = None) -> Register:
+    """Never-decreasing register from raw reads. A backward move of at most one register
+    step (``step_kwh`` per read, default ``cfg.register_step_kwh``) is read noise (a float
+    register's last digit, a read taken mid-update): absorbed, no rule fires."""
     n = len(e)
+    tol = _per_item(step_kwh, cfg.register_step_kwh, n) + _EPS
     first = group_starts(meter)
     last = np.ones(n, dtype=bool)
     last[:-1] = meter[1:] != meter[:-1]
     back = np.zeros(n, dtype=bool)
-    back[1:] = ~first[1:] & (e[1:] < e[:-1] - _EPS)
+    back[1:] = ~first[1:] & (e[1:] < e[:-1] - tol[1:])
 
     # Pass 1: a single read out of line is a glitch when the reads around it agree.
     keep = np.ones(n, dtype=bool)
@@ -141,12 +157,14 @@ def clean_register(meter: npt.NDArray[np.integer], t: F64, e: F64,
     d = np.zeros(len(k))
     d[1:] = ek[1:] - ek[:-1]
     step = ~firstk & (d < -_EPS)
-    s = np.flatnonzero(step)
+    noise = step & (-d <= tol[k])
+    offset = np.zeros(len(k))
+    offset[noise] = -d[noise]  # held flat: the register did not really go back
+    s = np.flatnonzero(step & ~noise)
     before, after = ek[s - 1], ek[s]
     rollover = _near_max(before, cfg) & (after <= cfg.register_modulus_kwh * cfg.rollover_margin)
     reset = ~rollover & (after <= cfg.reset_max_kwh)
     replacement = ~rollover & ~reset
-    offset = np.zeros(len(k))
     offset[s[rollover]] = cfg.register_modulus_kwh  # consumption = max - before + after
     offset[s[reset]] = before[reset]  # counted again from zero: consumption = after
     offset[s[replacement]] = before[replacement] - after[replacement]  # unknown: zero
@@ -166,6 +184,13 @@ def clean_register(meter: npt.NDArray[np.integer], t: F64, e: F64,
 
 def _near_max(value: F64, cfg: ValidationConfig) -> Bool:
     return np.asarray(value >= cfg.register_modulus_kwh * (1 - cfg.rollover_margin))
+
+
+def _per_item(value: F64 | float | None, default: float, n: int) -> F64:
+    """A per-item array from a scalar, an array or None (the default)."""
+    if value is None:
+        return np.full(n, float(default))
+    return np.broadcast_to(np.asarray(value, dtype=np.float64), (n,))
 
 
 # ---------------------------------------------------------------------------- 2. intervals
@@ -262,10 +287,12 @@ def grouped_median(group: npt.NDArray[np.integer], x: F64) -> F64:
 
 
 def derive(meter: npt.NDArray[np.integer], t: F64, e: F64, interval_s: int,
-           cfg: ValidationConfig, expected_s: F64 | None = None) -> tuple[Intervals, Register]:
-    """Intervals from cumulative register reads sorted by (meter, t)."""
+           cfg: ValidationConfig, expected_s: F64 | None = None, *,
+           step_kwh: F64 | float | None = None) -> tuple[Intervals, Register]:
+    """Intervals from cumulative register reads sorted by (meter, t); ``step_kwh`` per read
+    (see :func:`clean_register`)."""
     meter64: I64 = np.asarray(meter, dtype=np.int64)
-    reg = clean_register(meter64, t, e, cfg)
+    reg = clean_register(meter64, t, e, cfg, step_kwh=step_kwh)
     k = np.flatnonzero(reg.keep)
     mk, tk, ck, ek = meter64[k], t[k], reg.corrected[k], e[k]
     if len(k) == 0:
@@ -317,6 +344,20 @@ def derive(meter: npt.NDArray[np.integer], t: F64, e: F64, interval_s: int,
         np.bitwise_or.at(out.flags, pos[hit], reg.event_rule[hit])
     _mark_gaps(out, mk, tk, first, key_r, key_s, base, span, size, cfg, expected_s, k)
     return out, reg
+
+
+def unmeasured(iv: Intervals, reg: Register, meter: I64, t: F64, interval_s: float) -> Bool:
+    """Intervals overlapping the span between the reads around a reset or replacement: their
+    consumption is partly unknown, so consumption rules skip them (``skip=``)."""
+    out = np.zeros(len(iv), dtype=bool)
+    kept = np.flatnonzero(reg.keep)
+    for i, rule in zip(reg.event_index, reg.event_rule, strict=True):
+        if not rule & UNMEASURED:
+            continue
+        prev = kept[np.searchsorted(kept, i) - 1]
+        out |= ((iv.meter == meter[i]) & (iv.start < t[i])
+                & (iv.start + interval_s > t[prev]))
+    return out
 
 
 def _empty() -> Intervals:
@@ -384,12 +425,20 @@ def baseline(meter: I64, start: F64, kwh: F64, buckets: int) -> Baseline:
 
 
 def surge_drop(iv: Intervals, base: Baseline, cfg: ValidationConfig,
-               candidates: Bool | None = None) -> tuple[F64, F64]:
+               candidates: Bool | None = None, *, interval_s: float | None = None,
+               step_kwh: F64 | float | None = None, skip: Bool | None = None
+               ) -> tuple[F64, F64]:
     """Flag surges and drops of actual intervals; returns (median, robust scale) per interval.
 
-    A surge is ``kwh - median > max(surge_z * 1.4826 * MAD, min_abs_kwh)`` in the interval's
-    time-of-day bucket; a drop mirrors it. Buckets with fewer than ``min_baseline_samples``
-    actual intervals give no verdict.
+    A surge is ``kwh - median > max(surge_z * 1.4826 * MAD, floor)`` in the interval's
+    time-of-day bucket, ``floor = max(min_abs_kwh, evidence_steps * step)``; a drop mirrors
+    it. The step term keeps a coarse register (a CT meter's 0.4 kWh, a short interval's
+    one-step jumps) from reading as a surge. A sustained one is judged over its evidence
+    window too (:func:`_sustained`): 2 to ``evidence_window_s`` worth of consecutive intervals
+    (at most ``max_window_intervals``), each beyond the floor the same way, whose summed
+    deviation exceeds z x the root-sum-square of their scales; noise averages out over the
+    window, a real drop does not. Buckets with fewer than ``min_baseline_samples`` actual
+    intervals give no verdict. ``interval_s`` defaults to the intervals' smallest spacing.
     """
     key = iv.meter * cfg.tod_buckets + tod_bucket(iv.start, cfg.tod_buckets)
     pos = np.minimum(np.searchsorted(base.key, key), max(len(base.key) - 1, 0))
@@ -399,11 +448,24 @@ def surge_drop(iv: Intervals, base: Baseline, cfg: ValidationConfig,
     med = np.where(found, base.median[pos], np.nan)
     scale = np.where(found, 1.4826 * base.mad[pos], np.nan)
     judged = found & (iv.quality == "A")
+    if skip is not None:
+        judged &= ~skip
     if candidates is not None:
         judged &= candidates
+    step = _per_item(step_kwh, cfg.register_step_kwh, len(iv))
+    # intervals are differences of register reads, each off by up to a step, and a MAD of
+    # such values is itself counted in steps (0 when most read the same): one step of
+    # uncertainty is added to the scale
+    scale = np.hypot(scale, step)
     diff = iv.kwh - med
-    surge = judged & (diff > np.maximum(cfg.surge_z * scale, cfg.min_abs_kwh))
-    drop = judged & (-diff > np.maximum(cfg.drop_z * scale, cfg.min_abs_kwh))
+    floor = np.maximum(cfg.min_abs_kwh, cfg.evidence_steps * step)
+    surge = judged & (diff > np.maximum(cfg.surge_z * scale, floor))
+    drop = judged & (-diff > np.maximum(cfg.drop_z * scale, floor))
+    size = float(interval_s) if interval_s else _smallest_spacing(iv)
+    longest = int(min(cfg.max_window_intervals, cfg.evidence_window_s // size)) if size else 1
+    if longest >= 2:
+        surge |= _sustained(iv, judged & (diff > floor), diff, scale, cfg.surge_z, longest, size)
+        drop |= _sustained(iv, judged & (-diff > floor), -diff, scale, cfg.drop_z, longest, size)
     iv.flags[surge] |= SURGE
     iv.flags[drop] |= DROP
     return med, scale
@@ -413,12 +475,82 @@ def surge_drop(iv: Intervals, base: Baseline, cfg: ValidationConfig,
 
 
 def zero_with_current(iv: Intervals, cur_meter: I64, cur_start: F64, cur_max: F64,
-                      cfg: ValidationConfig) -> F64:
-    """Flag actual intervals with (near) zero energy while current was flowing."""
+                      cfg: ValidationConfig, *, interval_s: float | None = None,
+                      step_kwh: F64 | float | None = None, skip: Bool | None = None) -> F64:
+    """Flag runs of actual intervals with (near) zero energy while current flowed, once the
+    current should have moved the register.
+
+    A run is consecutive intervals of one meter, each with ``kwh <= min(zero_kwh, step /
+    1000)`` (the register did not move) and a current above ``zero_current_a``. Its evidence
+    is the least energy that current can carry: the run's smallest current x the band's
+    lowest voltage x ``zero_min_power_factor`` x its length. Only a run whose evidence
+    reaches ``evidence_steps`` register steps is flagged (all its intervals): 1 kW for a few
+    seconds does not move a 0.01 kWh register. ``interval_s`` defaults to the smallest
+    spacing of the intervals given.
+    """
     amps = lookup(iv.meter, iv.start, cur_meter, cur_start, cur_max)
-    hit = (iv.quality == "A") & (iv.kwh <= cfg.zero_kwh) & (amps > cfg.zero_current_a)
-    iv.flags[hit] |= ZERO_WITH_CURRENT
+    step = _per_item(step_kwh, cfg.register_step_kwh, len(iv))
+    # zero: the register did not move between the reads around the interval; one that moved
+    # a step shows more than a thousandth of it even spread over an interval far shorter than
+    # the reads' spacing
+    zero = ((iv.quality == "A") & (iv.kwh <= np.minimum(cfg.zero_kwh, step * 1e-3))
+            & (amps > cfg.zero_current_a))
+    if skip is not None:
+        zero &= ~skip
+    idx = np.flatnonzero(zero)
+    if len(idx) == 0:
+        return amps
+    size = float(interval_s) if interval_s else _smallest_spacing(iv)
+    new = run_starts(iv, idx, size)
+    starts = np.flatnonzero(new)
+    run = np.cumsum(new) - 1
+    least_amps = np.minimum.reduceat(amps[idx], starts)
+    length_h = np.diff(np.append(starts, len(idx))) * size / 3600.0
+    volts = cfg.nominal_voltage * (1 - cfg.voltage_band)
+    evidence_kwh = least_amps * volts * cfg.zero_min_power_factor * length_h / 1000.0
+    fired = evidence_kwh >= cfg.evidence_steps * np.maximum.reduceat(step[idx], starts)
+    iv.flags[idx[fired[run]]] |= ZERO_WITH_CURRENT
     return amps
+
+
+def run_starts(iv: Intervals, idx: I64, size: float) -> Bool:
+    """For the intervals ``idx`` (ascending): True where a run of consecutive intervals of
+    one meter begins."""
+    new = np.ones(len(idx), dtype=bool)
+    new[1:] = ((idx[1:] != idx[:-1] + 1) | (iv.meter[idx[1:]] != iv.meter[idx[:-1]])
+               | (iv.start[idx[1:]] - iv.start[idx[:-1]] != size))
+    return new
+
+
+def _sustained(iv: Intervals, beyond: Bool, dev: F64, scale: F64, z: float, longest: int,
+               size: float) -> Bool:
+    """Intervals inside a window of 2..longest consecutive ``beyond`` intervals whose summed
+    deviation exceeds ``z`` x the root-sum-square of their scales."""
+    idx = np.flatnonzero(beyond)
+    out = np.zeros(len(iv), dtype=bool)
+    if len(idx) < 2:
+        return out
+    new = run_starts(iv, idx, size)
+    run_first = np.maximum.accumulate(np.where(new, np.arange(len(idx)), 0))
+    pos = np.arange(len(idx)) - run_first
+    cdev = np.concatenate([[0.0], np.cumsum(dev[idx])])
+    cvar = np.concatenate([[0.0], np.cumsum(scale[idx] ** 2)])
+    mark = np.zeros(len(idx) + 1, dtype=np.int64)
+    for width in range(2, longest + 1):
+        end = np.flatnonzero(pos >= width - 1)
+        total = cdev[end + 1] - cdev[end + 1 - width]
+        spread = np.sqrt(cvar[end + 1] - cvar[end + 1 - width])
+        fired = end[total > z * spread]
+        np.add.at(mark, fired - width + 1, 1)
+        np.add.at(mark, fired + 1, -1)
+    out[idx[np.cumsum(mark[:-1]) > 0]] = True
+    return out
+
+
+def _smallest_spacing(iv: Intervals) -> float:
+    d = np.diff(iv.start)
+    d = d[(d > 0) & (iv.meter[1:] == iv.meter[:-1])]
+    return float(d.min()) if len(d) else 0.0  # one interval alone: no length, no evidence
 
 
 def lookup(meter: I64, start: F64, t_meter: I64, t_start: F64, t_value: F64) -> F64:

@@ -144,3 +144,20 @@ def intervals_of(conn: psycopg.Connection, meter: str) -> list[tuple[Any, ...]]:
                    WHERE a.meter = i.meter AND a.at = i.interval_start)
            FROM intervals i JOIN meters m ON m.meter_key = i.meter
            WHERE m.meter_id = %s ORDER BY i.interval_start""", (meter,)).fetchall()
+
+
+def actual_intervals(meter, start, kwh, flags=None):
+    """Intervals of quality A (measured), as the rules see them, from plain lists/arrays."""
+    import numpy as np
+
+    from collector.vee import rules
+
+    n = len(start)
+    z = np.zeros(n)
+    return rules.Intervals(
+        meter=np.asarray(meter, dtype=np.int64), start=np.asarray(start, dtype=np.float64),
+        kwh=np.asarray(kwh, dtype=np.float64), raw_kwh=np.asarray(kwh, dtype=np.float64),
+        quality=np.full(n, "A"), method=np.zeros(n, dtype=np.int64),
+        flags=np.zeros(n, dtype=np.int64) if flags is None else np.asarray(flags, dtype=np.int64),
+        gap=z, gap_from=z.copy(), gap_to=z.copy(),
+    )
