@@ -76,13 +76,15 @@ def _endpoint(args: argparse.Namespace) -> tuple[str, int] | None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from gateway.app import Gateway
+    from gateway.app import Gateway, GatewayStartError, summary_log
 
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    # the minute's summary shows at default verbosity (warnings only otherwise)
+    summary_log.setLevel(min(logging.INFO, logging.getLogger().getEffectiveLevel()))
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -91,7 +93,11 @@ def _run(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         await Gateway(config, state_dir=args.state_dir).run(stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except GatewayStartError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     return 0
 
 

@@ -22,6 +22,7 @@ from gateway.drivers.base import (
     MeterRejected,
     MeterStatus,
     NoAnswer,
+    PortUnavailable,
     StatusFlag,
 )
 from gateway.transport import Transport, TransportError, TransportTimeout
@@ -198,7 +199,8 @@ class Dlt645Driver:
         try:
             await self.transport.send(frame.encode(self.preamble))
         except TransportError as exc:
-            raise DriverError(f"broadcast time sync on {self.transport.name}: {exc}") from exc
+            raise PortUnavailable(f"broadcast time sync on {self.transport.name}: {exc}") \
+                from exc
 
     async def close(self) -> None:
         await self.transport.close()
@@ -320,7 +322,7 @@ class Dlt645Driver:
                     failure = NoAnswer(f"{who}: no answer within {self.timeout_s:g} s")
                 continue
             except TransportError as exc:
-                raise DriverError(f"{who}: {exc}") from exc
+                raise PortUnavailable(f"{who}: {exc}") from exc
             try:
                 return parse(reply)
             except AbnormalReplyError as exc:

@@ -44,6 +44,7 @@ from gateway.drivers.base import (
     MeterRejected,
     MeterStatus,
     NoAnswer,
+    PortUnavailable,
 )
 from gateway.transport import TransportError, TransportTimeout
 from gateway.transport.serial import SerialTransport
@@ -424,8 +425,8 @@ class ModbusDriver:
             return
         if not await self._client.connect():
             why = self._client.error if isinstance(self._client, _RtuClient) else None
-            raise NoAnswer(f"cannot open {self._framing} connection to {self.endpoint}"
-                           + (f" ({why})" if why else ""))
+            raise PortUnavailable(f"cannot open {self._framing} connection to {self.endpoint}"
+                                  + (f" ({why})" if why else ""))
 
     def _trace(self, sending: bool, data: bytes) -> bytes:
         """pymodbus hook: remember what arrived, so a timeout can tell silence from garbage."""
