@@ -8,6 +8,7 @@ import json
 import logging
 import signal
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,11 @@ def register(subparsers: Any) -> None:
     run.add_argument("--state-dir", type=Path, help="overrides gateway.state_dir")
     run.set_defaults(handler=_run)
 
-    check = sub.add_parser("check", help="validate the config, read each meter once, "
-                           "print a table")
+    check = sub.add_parser("check", help="validate the config, test the state directory and "
+                           "the broker login, read each meter once: a verdict per bus and meter")
     check.add_argument("--config", required=True, type=Path, help="gateway TOML file")
     check.add_argument("--json", action="store_true", help="rows as JSON instead of a table")
+    check.add_argument("--state-dir", type=Path, help="overrides gateway.state_dir")
     check.set_defaults(handler=_check)
 
     scan = sub.add_parser("scan", help="find the meters on a bus and print a config snippet")
@@ -105,27 +107,43 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from gateway.tools import check_meters, format_check
+    from gateway.tools import check_meters, format_check, preflight
 
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    print(f"{args.config}: config OK, {len(config.meters())} meters on "
-          f"{len(config.buses)} buses; reading each once ...", file=sys.stderr)
-    rows = asyncio.run(check_meters(config))
+    print(f"{args.config}: config valid, {len(config.meters())} meters on "
+          f"{len(config.buses)} buses; testing the state directory and the broker, then "
+          "reading each meter once ...", file=sys.stderr)
+
+    async def both() -> tuple[Any, Any]:
+        return await preflight(config, args.state_dir), await check_meters(config)
+
+    findings, (buses, rows) = asyncio.run(both())
     if args.json:
-        print(json.dumps([{"meter": r.meter, "bus": r.bus, "protocol": r.protocol,
-                           "answered": r.answered, "rtt_ms": r.rtt_ms, "error": r.error,
-                           "values": {q: {"value": v.value, "unit": v.unit}
-                                      for q, v in r.values.items()}} for r in rows]))
+        print(json.dumps({
+            "checks": [{"what": f.what, "ok": f.ok, "detail": f.detail} for f in findings],
+            "buses": [{"bus": b.bus, "endpoint": b.endpoint, "line": b.line,
+                       "verdict": b.verdict, "answered": b.answered, "meters": b.meters,
+                       "cause": b.cause} for b in buses],
+            "meters": [{"meter": r.meter, "bus": r.bus, "protocol": r.protocol,
+                        "verdict": r.verdict, "answered": r.answered, "rtt_ms": r.rtt_ms,
+                        "error": r.error, "hint": r.hint,
+                        "values": {q: {"value": v.value, "unit": v.unit}
+                                   for q, v in r.values.items()}} for r in rows]}))
     else:
-        print(format_check(rows))
-    silent = sum(not r.answered for r in rows)
-    if silent:
-        print(f"{silent} of {len(rows)} meters did not answer", file=sys.stderr)
-    return 1 if silent else 0
+        print(format_check(buses, rows, findings))
+    counts = Counter(r.verdict for r in rows)
+    failed = [f.what for f in findings if not f.ok]
+    if counts.get("ok", 0) < len(rows) or failed:
+        told = ", ".join(f"{n} {verdict}" for verdict, n in counts.items() if verdict != "ok")
+        print(f"{counts.get('ok', 0)} of {len(rows)} meters read"
+              + (f" ({told})" if told else "")
+              + (f"; failed: {', '.join(failed)}" if failed else ""), file=sys.stderr)
+        return 1
+    return 0
 
 
 # ---------------------------------------------------------------------------- scan

@@ -4,16 +4,35 @@ return data, so the command line only formats and the tests call them directly."
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
+import aiomqtt
+
+from gateway import hints
 from gateway.config import BusConfig, BusProtocol, GatewayConfig, MeterConfig
 from gateway.drivers import open_driver
-from gateway.drivers.base import Driver, DriverError
+from gateway.drivers.base import (
+    BadFrame,
+    Driver,
+    DriverError,
+    MeterRejected,
+    NoAnswer,
+    PortUnavailable,
+)
+from meterhub.security import SecretError
+from meterhub.settings import SettingsError, data_dir, mqtt_settings
 from meterhub.wire import Value
 
 Progress = Callable[[int, int, str], None]  # (done, total, what was found so far)
+
+NOT_READ = "not read: the bus cannot be used (see its line above)"
+BUS_PARTLY = "partly"
+SEE_BUS = "no meter on this bus answers: see its line above"
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,54 +44,163 @@ class CheckRow:
     rtt_ms: float | None
     values: dict[str, Value] = field(default_factory=dict)
     error: str | None = None
+    verdict: str = hints.OK  # ok | no answer | error reply | garbled | no port
+    hint: str | None = None  # what to check, most likely first
+
+
+@dataclass(frozen=True, slots=True)
+class BusVerdict:
+    """One bus: its port and line, and whether its meters answered."""
+
+    bus: str
+    endpoint: str
+    line: str
+    verdict: str  # ok | no port | silent | partly
+    answered: int
+    meters: int
+    cause: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """A check beyond the meters: the state directory, the broker login."""
+
+    what: str
+    ok: bool
+    detail: str
 
 
 async def check_meters(config: GatewayConfig,
                        driver_factory: Callable[[BusConfig], Driver] = open_driver,
-                       ) -> list[CheckRow]:
-    """Read every configured meter once, bus by bus (buses side by side)."""
-    async def one_bus(bus: BusConfig) -> list[CheckRow]:
+                       ) -> tuple[list[BusVerdict], list[CheckRow]]:
+    """Read every configured meter once, bus by bus (buses side by side): a verdict per bus
+    (said once when its port is missing) and per meter, each with its cause."""
+    results = await asyncio.gather(*(_check_bus(b, driver_factory) for b in config.buses))
+    return [v for v, _ in results], [row for _, rows in results for row in rows]
+
+
+async def _check_bus(bus: BusConfig, driver_factory: Callable[[BusConfig], Driver],
+                     ) -> tuple[BusVerdict, list[CheckRow]]:
+    line = hints.line_of(bus)
+    problem: BaseException | None = None
+    outcomes: list[tuple[MeterConfig, float | None, dict[str, Value], BaseException | None]] = []
+    if bus.port is not None and not Path(bus.port).exists():
+        problem = PortUnavailable(f"{bus.port} does not exist")
+    else:
         try:
             driver = driver_factory(bus)
         except (DriverError, OSError, ValueError) as exc:
-            return [CheckRow(bus.name, m.id, bus.protocol, False, None, error=str(exc))
-                    for m in bus.meters]
-        rows = []
-        try:
-            for meter in bus.meters:
-                rows.append(await _check_one(bus, meter, driver))
-        finally:
-            await driver.close()
-        return rows
+            problem = PortUnavailable(str(exc))
+        else:
+            try:
+                for meter in bus.meters:
+                    outcome = await _read_meter(driver, meter)
+                    if isinstance(outcome[3], PortUnavailable):
+                        problem = outcome[3]
+                        break
+                    outcomes.append(outcome)
+            finally:
+                await driver.close()
+    if problem is not None:
+        cause = f"{problem}; " + hints.explain(PortUnavailable(str(problem)), bus, "")
+        rows = [CheckRow(bus.name, m.id, bus.protocol, False, None, error=NOT_READ,
+                         verdict=hints.NO_PORT) for m in bus.meters]
+        return BusVerdict(bus.name, bus.endpoint, line, hints.NO_PORT, 0, len(bus.meters),
+                          cause), rows
+    answered = sum(exc is None or isinstance(exc, MeterRejected | BadFrame)
+                   for *_, exc in outcomes)
+    rows = []
+    for meter, rtt, values, exc in outcomes:
+        if exc is None:
+            rows.append(CheckRow(bus.name, meter.id, bus.protocol, True, rtt, values))
+            continue
+        others = answered - (isinstance(exc, MeterRejected | BadFrame))
+        hint = hints.explain(exc, bus, meter.address, model=meter.model,
+                             known=hints.Known(port_opens=True, others_answer=others))
+        rows.append(CheckRow(bus.name, meter.id, bus.protocol, False, None,
+                             error=f"{type(exc).__name__}: {exc}",
+                             verdict=hints.verdict(exc), hint=hint))
+    ok = sum(r.verdict == hints.OK for r in rows)
+    verdict = hints.OK if ok == len(rows) else hints.SILENT if not answered else BUS_PARTLY
+    cause = None
+    if not answered and rows:  # the line, not each meter: said once, for the bus
+        cause = hints.explain(NoAnswer(""), bus, ", ".join(m.address for m in bus.meters),
+                              known=hints.Known(port_opens=True))
+        rows = [replace(r, hint=SEE_BUS) for r in rows]
+    return BusVerdict(bus.name, bus.endpoint, line, verdict, ok, len(rows), cause), rows
 
-    results = await asyncio.gather(*(one_bus(b) for b in config.buses))
-    return [row for rows in results for row in rows]
 
-
-async def _check_one(bus: BusConfig, meter: MeterConfig, driver: Driver) -> CheckRow:
+async def _read_meter(driver: Driver, meter: MeterConfig,
+                      ) -> tuple[MeterConfig, float | None, dict[str, Value], BaseException | None]:
     started = time.monotonic()
     try:
         values = await driver.read(meter.address, meter.quantities)
     except (DriverError, OSError) as exc:
-        return CheckRow(bus.name, meter.id, bus.protocol, False, None,
-                        error=f"{type(exc).__name__}: {exc}")
-    rtt = round((time.monotonic() - started) * 1000, 1)
-    return CheckRow(bus.name, meter.id, bus.protocol, True, rtt, values)
+        return meter, None, {}, exc
+    return meter, round((time.monotonic() - started) * 1000, 1), values, None
 
 
-def format_check(rows: Sequence[CheckRow]) -> str:
-    """A table an installer reads on a laptop screen: one row per meter."""
-    header = ("meter", "bus", "protocol", "answered", "rtt ms", "values")
+async def preflight(config: GatewayConfig, state_dir: Path | None = None) -> list[Finding]:
+    """The state directory and the broker login, as ``gateway run`` will use them."""
+    return [_check_state_dir(state_dir or config.state_dir or data_dir() / "gateway"),
+            await _check_broker(config)]
+
+
+def _check_state_dir(path: Path) -> Finding:
+    what = f"state directory {path}"
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        return Finding(what, False, f"{existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return Finding(what, False, f"{existing} is not writable by this user "
+                       "(run as the service's user, or set gateway.state_dir / --state-dir)")
+    return Finding(what, True, "writable" if existing == path else
+                   f"will be created in {existing}")
+
+
+async def _check_broker(config: GatewayConfig) -> Finding:
+    try:
+        mqtt = config.mqtt.settings() or mqtt_settings()
+    except (SettingsError, SecretError) as exc:
+        return Finding("broker", False, str(exc))
+    if mqtt is None:
+        return Finding("broker", False, "no broker: set mqtt.url in the config or "
+                       "METERHUB_MQTT_URL")
+    what = f"broker {mqtt.url}" + (f" as {mqtt.username}" if mqtt.username else "")
+    try:
+        async with aiomqtt.Client(mqtt.host, mqtt.port, username=mqtt.username,
+                                  password=mqtt.password, tls_context=mqtt.tls_context(),
+                                  identifier=f"meterhub-check-{uuid.uuid4().hex[:8]}",
+                                  timeout=5):
+            pass
+    except aiomqtt.MqttError as exc:
+        return Finding(what, False, f"{exc} (check the URL, the user and its password file, "
+                       "TLS ca_file, and that the broker runs)")
+    except (OSError, ValueError) as exc:
+        return Finding(what, False, str(exc))
+    return Finding(what, True, "login accepted")
+
+
+def format_check(buses: Sequence[BusVerdict], rows: Sequence[CheckRow],
+                 findings: Sequence[Finding] = ()) -> str:
+    """What an installer reads on a laptop screen: the state directory and broker, one line
+    per bus with its verdict and cause, then one row per meter."""
+    out = [f"{'OK  ' if f.ok else 'FAIL'} {f.what}: {f.detail}" for f in findings]
+    for b in buses:
+        mark = "OK  " if b.verdict == hints.OK else "FAIL"
+        out.append(f"{mark} bus {b.bus} ({b.endpoint}, {b.line}): {b.verdict}, "
+                   f"{b.answered} of {b.meters} meters read" + (f": {b.cause}" if b.cause else ""))
+    header = ("meter", "bus", "protocol", "verdict", "rtt ms", "values / cause")
     lines = []
     for r in rows:
         values = ", ".join(f"{q}={_number(v.value)} {v.unit}".rstrip()
                            for q, v in r.values.items())
-        lines.append((r.meter, r.bus, r.protocol, "yes" if r.answered else "NO",
+        lines.append((r.meter, r.bus, r.protocol, r.verdict,
                       f"{r.rtt_ms:.0f}" if r.rtt_ms is not None else "-",
-                      values if r.answered else (r.error or "")))
+                      values if r.answered else (r.hint or r.error or "")))
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h)
               for i, h in enumerate(header)]
-    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    out.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
     out += ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
             for line in lines]
     return "\n".join(out)
