@@ -9,12 +9,16 @@ import logging
 import signal
 import sys
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from gateway.config import PROTOCOLS, ConfigError, MeterConfig, load_config
 from gateway.drivers.base import DriverError
+from gateway.hints import line_of
 from meterhub.quantities import QUANTITIES
+
+RELAY_ITEM = "relay"
 
 
 def register(subparsers: Any) -> None:
@@ -40,32 +44,38 @@ def register(subparsers: Any) -> None:
     scan.add_argument("--range", dest="addresses", default="000000000001-000000000032",
                       help="DL/T645 addresses to sweep after read-address, FIRST-LAST")
     scan.add_argument("--model", help="Modbus register map to write into the snippet")
-    scan.set_defaults(handler=_scan, timeout=0.3)
+    scan.set_defaults(handler=_scan, timeout=None)
 
-    read = sub.add_parser("read", help="read one quantity from one meter")
+    read = sub.add_parser("read", help="read one item (a quantity, the relay) from one meter")
     _line_options(read)
     read.add_argument("--address", help="12-digit DL/T645 address")
     read.add_argument("--unit", type=int, help="Modbus unit id")
     read.add_argument("--model", help="Modbus register map, e.g. eastron-sdm120")
-    read.add_argument("--item", required=True, metavar="QUANTITY|DI",
-                      help="canonical quantity (e.g. energy_import_total), or for DL/T645 a "
-                      "data identifier in hex (e.g. 04000401 for the meter address)")
+    read.add_argument("--item", metavar="QUANTITY|relay|DI",
+                      help="canonical quantity (e.g. energy_import_total), relay (its state), "
+                      "or for DL/T645 a data identifier in hex (e.g. 04000401 for the meter "
+                      "address); --list shows them")
+    read.add_argument("--list", action="store_true",
+                      help="list the items this protocol (or Modbus --model) can read")
     read.add_argument("--json", action="store_true", help="print the value as JSON")
     read.set_defaults(handler=_read)
 
 
 def _line_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--protocol", required=True, choices=PROTOCOLS)
-    where = parser.add_mutually_exclusive_group(required=True)
+    where = parser.add_mutually_exclusive_group()
     where.add_argument("--port", help="serial device, e.g. /dev/ttyUSB0")
     where.add_argument("--tcp", metavar="HOST:PORT", help="Modbus TCP or a serial server")
     parser.add_argument("--baud", type=int, help="default 2400 for DL/T645, 9600 for Modbus")
     parser.add_argument("--parity", choices=("N", "E", "O"), help="default E / N")
-    parser.add_argument("--timeout", type=float, default=1.0, help="seconds per try")
+    parser.add_argument("--timeout", type=float, default=1.0,
+                        help="seconds per try (scan: sized to the line unless given)")
     parser.add_argument("--retries", type=int, default=1)
 
 
 def _endpoint(args: argparse.Namespace) -> tuple[str, int] | None:
+    if not args.tcp and not args.port:
+        raise SystemExit("one of --port (serial device) or --tcp HOST:PORT is required")
     if not args.tcp:
         return None
     host, _, port = args.tcp.rpartition(":")
@@ -149,14 +159,6 @@ def _check(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- scan
 
 
-def _progress(done: int, total: int, found: str) -> None:
-    width = 30
-    filled = width * done // max(total, 1)
-    end = "\n" if done >= total else ""
-    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {found}", end=end,
-          file=sys.stderr, flush=True)
-
-
 def _span(text: str, what: str) -> tuple[int, int]:
     first, _, last = text.partition("-")
     if not first.isdigit() or not (last or first).isdigit():
@@ -165,21 +167,36 @@ def _span(text: str, what: str) -> tuple[int, int]:
 
 
 def _scan(args: argparse.Namespace) -> int:
-    from gateway.tools import adhoc_bus, config_snippet, scan_dlt645, scan_modbus
+    from gateway.tools import adhoc_bus, config_snippet, probe_timeout, scan_dlt645, scan_modbus
+    from meterhub.progress import Progress
 
     # silence is the expected answer at most addresses: keep the progress bar readable
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     bus = adhoc_bus(args.protocol, port=args.port, tcp=_endpoint(args), baud=args.baud,
-                    parity=args.parity, timeout_s=args.timeout, retries=0)
+                    parity=args.parity, timeout_s=1.0, retries=0)
+    bus = replace(bus, timeout_s=args.timeout or probe_timeout(bus))
+    print(f"scanning {bus.endpoint} ({line_of(bus)}, {bus.timeout_s:g} s per try; a meter "
+          "slower to answer needs --timeout)", file=sys.stderr)
+    bar: Progress | None = None
+
+    def progress(done: int, total: int, found: str) -> None:
+        nonlocal bar
+        bar = bar or Progress(total, "scan")
+        bar.update(done, found)
+
     if args.protocol == "modbus":
         first, last = _span(args.units, "--units")
-        found = asyncio.run(scan_modbus(bus, list(range(first, last + 1)), _progress,
+        found = asyncio.run(scan_modbus(bus, list(range(first, last + 1)), progress,
                                         args.model))
     else:
         first, last = _span(args.addresses, "--range")
         candidates = [f"{n:012d}" for n in range(first, last + 1)]
-        found = asyncio.run(scan_dlt645(bus, candidates, _progress))
+        found = asyncio.run(scan_dlt645(bus, candidates, progress))
     print(f"found {len(found)} meter(s) on {bus.endpoint}", file=sys.stderr)
+    for f in found:
+        if args.protocol == "modbus":
+            print(f"  unit {f.address}: " + (f"answers as {', '.join(f.models)}" if f.models
+                  else "answers, but as none of the known register maps"), file=sys.stderr)
     print(config_snippet(bus, found, args.model))
     return 0 if found else 1
 
@@ -188,30 +205,47 @@ def _scan(args: argparse.Namespace) -> int:
 
 
 def _read(args: argparse.Namespace) -> int:
-    from gateway.tools import adhoc_bus, read_identifier, read_once
+    from gateway.hints import explain
+    from gateway.tools import adhoc_bus, read_identifier, read_once, read_relay, readable_items
 
-    if args.item not in QUANTITIES:
+    if args.list:
+        try:
+            print("\n".join(readable_items(args.protocol, args.model)))
+        except DriverError as exc:
+            raise SystemExit(str(exc)) from None
+        return 0
+    if not args.item:
+        raise SystemExit("--item is required (or --list to see the items)")
+    if args.item not in QUANTITIES and args.item != RELAY_ITEM:
         return _read_identifier(args, adhoc_bus, read_identifier)
 
+    quantities = () if args.item == RELAY_ITEM else (args.item,)
     if args.protocol == "modbus":
         if args.unit is None or not args.model:
             raise SystemExit("--protocol modbus needs --unit N and --model NAME")
         address = str(args.unit)
-        meter = MeterConfig(address, address, "modbus", 60.0, (args.item,), args.model)
+        meter = MeterConfig(address, address, "modbus", 60.0, quantities, args.model)
     else:
         if not args.address or len(args.address) != 12 or not args.address.isdigit():
             raise SystemExit("--address: expected the 12-digit DL/T645 address")
         address = args.address
-        meter = MeterConfig(address, address, args.protocol, 60.0, (args.item,))
+        meter = MeterConfig(address, address, args.protocol, 60.0, quantities)
     bus = adhoc_bus(args.protocol, port=args.port, tcp=_endpoint(args), baud=args.baud,
                     parity=args.parity, timeout_s=args.timeout, retries=args.retries,
                     meters=[meter])
     try:
-        value = asyncio.run(read_once(bus, address, args.item))
+        if args.item == RELAY_ITEM:
+            relay = asyncio.run(read_relay(bus, address))
+        else:
+            value = asyncio.run(read_once(bus, address, args.item))
     except DriverError as exc:
         print(f"{bus.endpoint}: {exc}", file=sys.stderr)
+        print(explain(exc, bus, address, model=args.model), file=sys.stderr)
         return 1
-    if args.json:
+    if args.item == RELAY_ITEM:
+        print(json.dumps({"meter": address, "protocol": args.protocol, "relay": relay})
+              if args.json else f"relay = {relay}")
+    elif args.json:
         print(json.dumps({"meter": address, "protocol": args.protocol, "quantity": args.item,
                           "value": value.value, "unit": value.unit}))
     else:
@@ -233,7 +267,10 @@ def _read_identifier(args: argparse.Namespace, adhoc_bus: Any, read_identifier: 
     try:
         name, value, unit = asyncio.run(read_identifier(bus, args.address, int(args.item, 16)))
     except DriverError as exc:
+        from gateway.hints import explain
+
         print(f"{bus.endpoint}: {exc}", file=sys.stderr)
+        print(explain(exc, bus, args.address), file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps({"meter": args.address, "protocol": args.protocol, "di": args.item,

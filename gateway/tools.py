@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -30,6 +31,8 @@ from meterhub.wire import Value
 
 Progress = Callable[[int, int, str], None]  # (done, total, what was found so far)
 
+NO_MODEL = "no known register map answers: write one (meterhub/protocols/modbus/maps)"
+PROBE_TURNAROUND_S = 0.1  # most meters answer within 100 ms; slower ones: --timeout
 NOT_READ = "not read: the bus cannot be used (see its line above)"
 BUS_PARTLY = "partly"
 SEE_BUS = "no meter on this bus answers: see its line above"
@@ -218,7 +221,7 @@ def adhoc_bus(protocol: BusProtocol, *, port: str | None, tcp: tuple[str, int] |
               retries: int = 1, meters: Sequence[MeterConfig] = ()) -> BusConfig:
     """A bus built from command-line options, with the protocol's usual line settings."""
     dlt = protocol.startswith("dlt645")
-    return BusConfig(name="rs485-1" if port else "tcp-1", protocol=protocol,
+    return BusConfig(name=bus_name(port, tcp), protocol=protocol,
                      meters=tuple(meters), port=port, tcp=tcp,
                      baud=baud or (2400 if dlt else 9600), parity=parity or ("E" if dlt else "N"),
                      timeout_s=timeout_s, retries=retries)
@@ -233,6 +236,49 @@ async def read_once(bus: BusConfig, address: str, quantity: str,
     finally:
         await driver.close()
     return values[quantity]
+
+
+async def read_relay(bus: BusConfig, address: str,
+                     driver_factory: Callable[[BusConfig], Driver] = open_driver) -> str:
+    """The relay state read from the meter: open, closed or unknown."""
+    driver = driver_factory(bus)
+    try:
+        if not driver.capabilities(address).relay:
+            raise DriverError(f"{bus.protocol} meter {address}: no relay to read"
+                              + (" (this register map has none)" if bus.protocol == "modbus"
+                                 else " (DL/T645-1997 reports none)"))
+        return str((await driver.read_status(address)).relay)
+    finally:
+        await driver.close()
+
+
+def readable_items(protocol: BusProtocol, model: str | None = None,
+                   maps_dir: str | None = None) -> list[str]:
+    """What ``read --item`` takes for a protocol (and Modbus register map), one per line with
+    its unit; ``relay`` where the meter reports one."""
+    from meterhub.quantities import QUANTITIES
+
+    if protocol == "modbus":
+        from meterhub.protocols.modbus.registermap import load_maps
+
+        maps = load_maps(maps_dir)
+        if model is None or model not in maps:
+            raise DriverError(f"--model: name a register map to list its items ("
+                              f"{', '.join(sorted(maps))})")
+        regmap = maps[model]
+        names = list(regmap.registers)
+        relay = regmap.relay is not None
+    else:
+        from meterhub.protocols.dlt645.identifiers import quantities_for
+
+        names = quantities_for("1997" if protocol == "dlt645-1997" else "2007")
+        relay = protocol == "dlt645-2007"
+    lines = [f"{q:28} {QUANTITIES[q].unit}".rstrip() for q in names]
+    if relay:
+        lines.append(f"{'relay':28} open | closed (read from the meter)")
+    if protocol != "modbus":
+        lines.append("any data identifier in hex, e.g. 04000401 (the meter address)")
+    return lines
 
 
 async def read_identifier(bus: BusConfig, address: str, di: int,
@@ -266,6 +312,16 @@ async def read_identifier(bus: BusConfig, address: str, di: int,
 class Found:
     address: str  # 12-digit DL/T645 address or the Modbus unit id
     how: str  # "read-address" | "sweep" | "probe"
+    models: tuple[str, ...] = ()  # Modbus: the known register maps it answers as, best first
+
+
+def probe_timeout(bus: BusConfig, turnaround_s: float = PROBE_TURNAROUND_S) -> float:
+    """A scan's wait per unit: the request's and a short reply's wire time and the meter's
+    turnaround, instead of a poll's full timeout (see ``scan`` in gateway/README.md)."""
+    if bus.port is None:
+        return 0.3  # TCP: a network round trip and a serial server's own timeout vary
+    bits = 1 + bus.bytesize + (bus.parity != "N") + bus.stopbits
+    return round(turnaround_s + 32 * bits / bus.baud, 3)
 
 
 async def scan_dlt645(bus: BusConfig, addresses: Sequence[str], progress: Progress,
@@ -318,11 +374,11 @@ async def scan_modbus(bus: BusConfig, units: Sequence[int], progress: Progress,
             raise DriverError(f"{bus.endpoint}: this driver cannot probe unit ids")
         for i, unit in enumerate(units, start=1):
             try:
-                if await driver.probe(unit, model):
-                    found.append(Found(str(unit), "probe"))
+                there = await driver.probe(unit, model)
             except DriverError as exc:
-                if _answered(exc):
-                    found.append(Found(str(unit), "probe"))
+                there = _answered(exc)
+            if there:
+                found.append(Found(str(unit), "probe", tuple(await driver.identify(unit))))
             progress(i, len(units), _summary({f.address: f for f in found}))
     finally:
         await driver.close()
@@ -340,8 +396,15 @@ def _summary(found: dict[str, Found]) -> str:
     return f"{len(found)} found" + (f": {', '.join(list(found)[:4])}" if found else "")
 
 
+def bus_name(port: str | None, tcp: tuple[str, int] | None) -> str:
+    """A bus name from where it is: the device or link name (``ttyUSB0``, ``rs485-1``)."""
+    raw = Path(port).name if port else f"tcp-{tcp[1]}" if tcp else "bus"
+    return re.sub(r"[^A-Za-z0-9_.:-]", "-", raw)[:64] or "bus"
+
+
 def config_snippet(bus: BusConfig, found: Sequence[Found], model: str | None = None) -> str:
-    """TOML for what a scan found, to paste under the gateway config."""
+    """TOML for what a scan found, to paste under the gateway config; a Modbus meter gets the
+    register map it answered as (the others that also fit in a comment)."""
     lines = ["[[buses]]", f'name = "{bus.name}"', f'protocol = "{bus.protocol}"']
     if bus.port is not None:
         lines.append(f'port = "{bus.port}"')
@@ -349,10 +412,17 @@ def config_snippet(bus: BusConfig, found: Sequence[Found], model: str | None = N
         lines.append(f'tcp = "{bus.tcp[0]}:{bus.tcp[1]}"')
     if bus.port is not None:
         lines += [f"baud = {bus.baud}", f'parity = "{bus.parity}"']
-    if bus.protocol == "modbus":
-        lines.append(f'model = "{model or "CHANGE-ME"}"   # register map of these meters')
     for f in found:
         lines += ["", "[[buses.meters]]"]
-        lines.append(f'address = "{f.address}"' if bus.protocol != "modbus"
-                     else f"unit = {f.address}")
+        if bus.protocol != "modbus":
+            lines.append(f'address = "{f.address}"')
+            continue
+        lines.append(f"unit = {f.address}")
+        if model:
+            lines.append(f'model = "{model}"')
+        elif f.models:
+            others = f"   # also answers as: {', '.join(f.models[1:])}" if f.models[1:] else ""
+            lines.append(f'model = "{f.models[0]}"{others}')
+        else:
+            lines.append(f'model = "CHANGE-ME"   # {NO_MODEL}')
     return "\n".join(lines)
