@@ -49,7 +49,7 @@ PROTOCOLS = ("dlt645-2007", "dlt645-1997", "modbus")
 BAUDS = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 _METER_KEYS = {
     f.name for f in fields(SimMeter) if f.name not in ("faults", "now", "protocol", "profile")
-} | {"unit"}
+}
 _BUS_KEYS = {"name", "protocol", "port", "tcp", "baud", "parity", "bytesize", "stopbits",
              "turnaround_ms", "password", "meters"}
 _FAULT_KEYS = {f.name for f in fields(Faults)}
@@ -302,6 +302,8 @@ def _check_meter(at: str, protocol: Any, meter: Any, seen: set[str]) -> list[str
     key = "unit" if modbus else "address"
     if modbus and "address" in meter:
         problems.append(f"{at}.address: a Modbus meter takes unit = 1..247")
+    if not modbus and meter.pop("unit", None) is not None:
+        problems.append(f"{at}.unit: is for Modbus meters; a DL/T645 meter takes address")
     address = meter.pop(key, None)
     if isinstance(address, int) and not isinstance(address, bool):
         address = str(address)

@@ -556,7 +556,7 @@ async def _wait_stored(database_url: str, plan: DemoPlan, expected: int, timeout
 def _fleet_spec(plan: DemoPlan) -> dict[str, Any]:
     dry_meter = plan.dry_meter
     return {
-        "bus": [
+        "buses": [
             {
                 "name": "rs485-1",
                 "protocol": "dlt645-2007",
@@ -564,7 +564,7 @@ def _fleet_spec(plan: DemoPlan) -> dict[str, Any]:
                 "parity": "E",
                 "turnaround_ms": 20,
                 "password": plan.meter_password,
-                "meter": [
+                "meters": [
                     {
                         "address": address,
                         # the dry account's meter runs a heavy load, fast-forwarded, so its
@@ -578,12 +578,12 @@ def _fleet_spec(plan: DemoPlan) -> dict[str, Any]:
             },
             {
                 "name": "rs485-2",
-                "protocol": "modbus-rtu",
+                "protocol": "modbus",
                 "baud": plan.modbus_baud,
                 "parity": "N",
                 "turnaround_ms": 10,
-                "meter": [
-                    {"address": str(unit), "model": "sim-prepaid-1p", "base_load_kw": 0.8,
+                "meters": [
+                    {"unit": unit, "model": "sim-prepaid-1p", "base_load_kw": 0.8,
                      "energy_kwh": 500.0 * unit}
                     for unit in (1, 2)
                 ],

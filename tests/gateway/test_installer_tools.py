@@ -188,3 +188,37 @@ meters = [{{ address = "000000000002" }}]
     summaries = [line for line in err.splitlines() if "gateway gw1: " in line]
     assert summaries, err
     assert "1/2 meters answering" in summaries[-1] and "silent: 000000000002" in summaries[-1]
+
+
+def test_example_configs_work_together(tmp_path: Path) -> None:
+    """configs/sim.example.toml and configs/gateway.example.toml as shipped, but for the
+    folder of the stable port names and the broker this test runs against."""
+    links = tmp_path / "links"
+    sim_config = tmp_path / "sim.toml"
+    sim_config.write_text((REPO / "configs/sim.example.toml").read_text()
+                          .replace("/tmp/meterhub-sim", str(links)))
+    broker = os.environ.get("METERHUB_MQTT_URL", "mqtt://127.0.0.1:1883")
+    gw_config = tmp_path / "gateway.toml"
+    gw_config.write_text((REPO / "configs/gateway.example.toml").read_text()
+                         .replace("/tmp/meterhub-sim", str(links))
+                         .replace('url = "mqtt://127.0.0.1:1883"', f'url = "{broker}"'))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    sim = subprocess.Popen([sys.executable, "-m", "launcher.cli", "sim", "--config",
+                            str(sim_config)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        assert sim.stdout is not None
+        printed = [sim.stdout.readline() for _ in range(7)]
+        assert printed[-1].strip() == "2 buses, 4 meters simulated. Ctrl-C to stop."
+        assert printed[0].startswith(f"bus rs485-1: dlt645-2007 at 2400 8E1 on {links}/rs485-1")
+        assert printed[4].strip() == "unit 1 (eastron-sdm120)"
+        assert (links / "rtu").is_symlink()
+        done = meterhub("gateway", "check", "--config", str(gw_config), "--state-dir",
+                        str(tmp_path / "state"))
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.stdout.count(" ok ") == 4 and "FAIL" not in done.stdout
+    finally:
+        sim.send_signal(signal.SIGINT)
+        sim.communicate(timeout=30)
+    assert sim.returncode == 0
+    assert not (links / "rtu").exists(), "the stable names go with the simulator"
