@@ -54,8 +54,8 @@ def transcode(data: bytes, sent: LineSettings, heard: LineSettings) -> bytes:
             edge = _boundary_after(start + sample_at[0], sent.baud)
             continue
         edge = _boundary_after(start + sample_at[-1], sent.baud)
-        data_bits = bits[1:1 + heard.bytesize]
-        rest = bits[1 + heard.bytesize:]
+        data_bits = bits[1 : 1 + heard.bytesize]
+        rest = bits[1 + heard.bytesize :]
         if heard.parity != "N":
             expected = sum(data_bits) % 2 if heard.parity == "E" else 1 - sum(data_bits) % 2
             if rest[0] != expected:

@@ -29,11 +29,15 @@ CHECK_ADDRESS = "the {what} ({address})"
 CHECK_VERSION = "the protocol version (dlt645-2007 or dlt645-1997)"
 CHECK_POWER = "that the meter is powered"
 CHECK_TWO_DEVICES = "two devices on one address"
-CHECK_MODEL = "the register map: the meter is not a {model} (run `meterhub gateway scan` to " \
+CHECK_MODEL = (
+    "the register map: the meter is not a {model} (run `meterhub gateway scan` to "
     "name the models that answer)"
+)
 CHECK_DLT_ERROR = "the data identifier, protocol version or password this meter accepts"
-CHECK_PORT = ("the adapter is plugged in, the device name (ls /dev/ttyUSB* /dev/serial/by-id), "
-              "permission (dialout group), no other program holds it, the simulator runs")
+CHECK_PORT = (
+    "the adapter is plugged in, the device name (ls /dev/ttyUSB* /dev/serial/by-id), "
+    "permission (dialout group), no other program holds it, the simulator runs"
+)
 CHECK_TCP = "the converter's IP address and port, and that it is reachable"
 RULED_PORT = "the port opens"
 RULED_LINE = "baud, parity and wiring at the adapter ({count} other meter(s) on this line answer)"
@@ -67,30 +71,39 @@ def verdict(exc: BaseException | None) -> str:
     return SILENT
 
 
-def explain(exc: DriverError | OSError, bus: BusConfig, address: str, *,
-            model: str | None = None, known: Known = Known()) -> str:
+def explain(
+    exc: DriverError | OSError,
+    bus: BusConfig,
+    address: str,
+    *,
+    model: str | None = None,
+    known: Known = Known(),
+) -> str:
     """The checklist for this outcome, most likely cause first."""
     what = "unit" if bus.protocol == "modbus" else "address"
     line = line_of(bus)
     if isinstance(exc, PortUnavailable | OSError):
-        return PORT_PROBLEM.format(endpoint=bus.endpoint,
-                                   checks=CHECK_TCP if bus.port is None else CHECK_PORT)
+        return PORT_PROBLEM.format(
+            endpoint=bus.endpoint, checks=CHECK_TCP if bus.port is None else CHECK_PORT
+        )
     if isinstance(exc, MeterRejected):
-        checks = CHECK_MODEL.format(model=model) if bus.protocol == "modbus" and model \
+        check = (
+            CHECK_MODEL.format(model=model)
+            if bus.protocol == "modbus" and model
             else CHECK_DLT_ERROR
-        return ERROR_REPLY.format(what=what, address=address, checks=checks)
+        )
+        return ERROR_REPLY.format(what=what, address=address, checks=check)
     ruled: list[str] = []
     if known.port_opens:
         ruled.append(RULED_PORT)
-    checks = []
+    checks: list[str] = []
     if known.others_answer:
         ruled.append(RULED_LINE.format(count=known.others_answer))
     elif bus.port is not None:
         checks += [CHECK_BAUD_PARITY.format(line=line), CHECK_WIRING]
     if isinstance(exc, BadFrame):
         checks.append(CHECK_TWO_DEVICES)
-        text = GARBLED_REPLY.format(line=line, what=what, address=address,
-                                    checks=", ".join(checks))
+        text = GARBLED_REPLY.format(line=line, what=what, address=address, checks=", ".join(checks))
     else:
         checks.append(CHECK_ADDRESS.format(what=what, address=address))
         if bus.protocol.startswith("dlt645"):

@@ -105,27 +105,28 @@ async def _check_bus(bus: BusConfig, driver_factory: Callable[[BusConfig], Drive
             finally:
                 await driver.close()
     if problem is not None:
-        cause = f"{problem}; " + hints.explain(PortUnavailable(str(problem)), bus, "")
+        why = f"{problem}; " + hints.explain(PortUnavailable(str(problem)), bus, "")
         rows = [CheckRow(bus.name, m.id, bus.protocol, False, None, error=NOT_READ,
                          verdict=hints.NO_PORT) for m in bus.meters]
         return BusVerdict(bus.name, bus.endpoint, line, hints.NO_PORT, 0, len(bus.meters),
-                          cause), rows
-    answered = sum(exc is None or isinstance(exc, MeterRejected | BadFrame)
-                   for *_, exc in outcomes)
+                          why), rows
+    answered = sum(failure is None or isinstance(failure, MeterRejected | BadFrame)
+                   for *_, failure in outcomes)
     rows = []
-    for meter, rtt, values, exc in outcomes:
-        if exc is None:
+    for meter, rtt, values, failure in outcomes:
+        if failure is None:
             rows.append(CheckRow(bus.name, meter.id, bus.protocol, True, rtt, values))
             continue
-        others = answered - (isinstance(exc, MeterRejected | BadFrame))
-        hint = hints.explain(exc, bus, meter.address, model=meter.model,
+        others = answered - (isinstance(failure, MeterRejected | BadFrame))
+        assert isinstance(failure, DriverError | OSError)
+        hint = hints.explain(failure, bus, meter.address, model=meter.model,
                              known=hints.Known(port_opens=True, others_answer=others))
         rows.append(CheckRow(bus.name, meter.id, bus.protocol, False, None,
-                             error=f"{type(exc).__name__}: {exc}",
-                             verdict=hints.verdict(exc), hint=hint))
+                             error=f"{type(failure).__name__}: {failure}",
+                             verdict=hints.verdict(failure), hint=hint))
     ok = sum(r.verdict == hints.OK for r in rows)
     verdict = hints.OK if ok == len(rows) else hints.SILENT if not answered else BUS_PARTLY
-    cause = None
+    cause: str | None = None
     if not answered and rows:  # the line, not each meter: said once, for the bus
         cause = hints.explain(NoAnswer(""), bus, ", ".join(m.address for m in bus.meters),
                               known=hints.Known(port_opens=True))
@@ -317,7 +318,7 @@ class Found:
 
 def probe_timeout(bus: BusConfig, turnaround_s: float = PROBE_TURNAROUND_S) -> float:
     """A scan's wait per unit: the request's and a short reply's wire time and the meter's
-    turnaround, instead of a poll's full timeout (see ``scan`` in gateway/README.md)."""
+    turnaround, instead of a poll's full timeout (README, "On site: the installer's tools")."""
     if bus.port is None:
         return 0.3  # TCP: a network round trip and a serial server's own timeout vary
     bits = 1 + bus.bytesize + (bus.parity != "N") + bus.stopbits

@@ -28,10 +28,15 @@ class Progress:
         done = min(done, self.total)
         filled = WIDTH * done // self.total
         elapsed = time.monotonic() - self._started
-        left = f", about {elapsed * (self.total - done) / done:.0f} s left" \
-            if 0 < done < self.total else ""
-        text = (f"{self.label} [{'#' * filled}{'.' * (WIDTH - filled)}] {done}/{self.total}"
-                f"{left}" + (f" {note}" if note else ""))
+        left = (
+            f", about {elapsed * (self.total - done) / done:.0f} s left"
+            if 0 < done < self.total
+            else ""
+        )
+        text = (
+            f"{self.label} [{'#' * filled}{'.' * (WIDTH - filled)}] {done}/{self.total}"
+            f"{left}" + (f" {note}" if note else "")
+        )
         if self._tty:
             end = "\n" if done >= self.total else ""
             print(f"\r{text}\033[K", end=end, file=self.stream, flush=True)

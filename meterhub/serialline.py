@@ -18,8 +18,10 @@ import termios
 from dataclasses import dataclass
 
 CMSPAR = getattr(termios, "CMSPAR", 0o10000000000)
-_SPEEDS = {getattr(termios, f"B{b}"): b for b in (300, 600, 1200, 2400, 4800, 9600, 19200,
-                                                   38400, 57600, 115200)}
+_SPEEDS = {
+    getattr(termios, f"B{b}"): b
+    for b in (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
+}
 _SIZES = {termios.CS5: 5, termios.CS6: 6, termios.CS7: 7, termios.CS8: 8}
 _PARITY_BITS = {"N": 0, "E": 1, "O": 1}
 
@@ -69,8 +71,9 @@ def read_line(fd: int) -> LineSettings | None:
         parity = "O" if cflag & termios.PARODD else "E"
     else:
         parity = "E" if cflag & CMSPAR else "N"
-    return LineSettings(baud, parity, _SIZES.get(cflag & termios.CSIZE, 8),
-                        2 if cflag & termios.CSTOPB else 1)
+    return LineSettings(
+        baud, parity, _SIZES.get(cflag & termios.CSIZE, 8), 2 if cflag & termios.CSTOPB else 1
+    )
 
 
 def apply_line(fd: int, line: LineSettings) -> None:

@@ -9,26 +9,57 @@ import pytest
 
 from firmware_sim.fleet import Fleet, FleetConfigError
 
-OLD = {"bus": [
-    {"name": "a", "protocol": "dlt645-2007", "meter": [{"address": "000000000001"}]},
-    {"name": "b", "protocol": "modbus-rtu", "baud": 9600, "parity": "N",
-     "meter": [{"address": "1", "model": "sim-prepaid-1p"},
-               {"address": "2", "model": "sim-prepaid-1p"}]},
-    {"name": "c", "protocol": "modbus-tcp", "host": "127.0.0.1", "port": 0,
-     "meter": [{"address": 3, "model": "sim-prepaid-1p"}]},
-]}
+OLD = {
+    "bus": [
+        {"name": "a", "protocol": "dlt645-2007", "meter": [{"address": "000000000001"}]},
+        {
+            "name": "b",
+            "protocol": "modbus-rtu",
+            "baud": 9600,
+            "parity": "N",
+            "meter": [
+                {"address": "1", "model": "sim-prepaid-1p"},
+                {"address": "2", "model": "sim-prepaid-1p"},
+            ],
+        },
+        {
+            "name": "c",
+            "protocol": "modbus-tcp",
+            "host": "127.0.0.1",
+            "port": 0,
+            "meter": [{"address": 3, "model": "sim-prepaid-1p"}],
+        },
+    ]
+}
 
 
 def _new(links: Path) -> dict:
-    return {"buses": [
-        {"name": "a", "protocol": "dlt645-2007", "port": str(links / "a"),
-         "meters": [{"address": "000000000001"}]},
-        {"name": "b", "protocol": "modbus", "baud": 9600, "parity": "N",
-         "meters": [{"unit": 1, "model": "sim-prepaid-1p"},
-                    {"unit": 2, "model": "sim-prepaid-1p"}]},
-        {"name": "c", "protocol": "modbus", "tcp": "127.0.0.1:0",
-         "meters": [{"unit": 3, "model": "sim-prepaid-1p"}]},
-    ]}
+    return {
+        "buses": [
+            {
+                "name": "a",
+                "protocol": "dlt645-2007",
+                "port": str(links / "a"),
+                "meters": [{"address": "000000000001"}],
+            },
+            {
+                "name": "b",
+                "protocol": "modbus",
+                "baud": 9600,
+                "parity": "N",
+                "meters": [
+                    {"unit": 1, "model": "sim-prepaid-1p"},
+                    {"unit": 2, "model": "sim-prepaid-1p"},
+                ],
+            },
+            {
+                "name": "c",
+                "protocol": "modbus",
+                "tcp": "127.0.0.1:0",
+                "meters": [{"unit": 3, "model": "sim-prepaid-1p"}],
+            },
+        ]
+    }
 
 
 def test_old_words_load_with_one_warning_per_word(caplog: pytest.LogCaptureFixture) -> None:
@@ -36,8 +67,7 @@ def test_old_words_load_with_one_warning_per_word(caplog: pytest.LogCaptureFixtu
         fleet = Fleet.from_dict(OLD, source="sim.toml")
     assert fleet.deprecations == [
         "sim.toml: bus: [[bus]] is deprecated, use [[buses]] (as in the gateway config)",
-        "sim.toml: buses[0].meter (and 2 more): [[bus.meter]] is deprecated, use "
-        "[[buses.meters]]",
+        "sim.toml: buses[0].meter (and 2 more): [[bus.meter]] is deprecated, use [[buses.meters]]",
         "sim.toml: buses[1].protocol: 'modbus-rtu' is deprecated, use 'modbus'",
         "sim.toml: buses[1].meters[0].address (and 2 more): a Modbus meter's 'address' is "
         "deprecated, use unit",
@@ -62,19 +92,30 @@ def test_stable_port_names_come_and_go(tmp_path: Path) -> None:
 def test_a_port_name_that_is_not_our_link_is_refused(tmp_path: Path) -> None:
     (tmp_path / "links").mkdir()
     (tmp_path / "links" / "a").write_text("a real file")
-    with pytest.raises(FleetConfigError, match="exists and is not a link"), \
-            Fleet.from_dict(_new(tmp_path / "links")):
+    with (
+        pytest.raises(FleetConfigError, match="exists and is not a link"),
+        Fleet.from_dict(_new(tmp_path / "links")),
+    ):
         pass
     assert (tmp_path / "links" / "a").read_text() == "a real file"
 
 
 def test_problems_name_the_key() -> None:
     with pytest.raises(FleetConfigError) as caught:
-        Fleet.from_dict({"buses": [
-            {"name": "a", "protocol": "dlt645-2007", "tcp": "h:1", "parity": "X",
-             "meters": [{"unit": 1}]},
-            {"name": "b", "protocol": "modbus", "meters": [{"unit": 300, "model": "x"}]},
-        ]})
+        Fleet.from_dict(
+            {
+                "buses": [
+                    {
+                        "name": "a",
+                        "protocol": "dlt645-2007",
+                        "tcp": "h:1",
+                        "parity": "X",
+                        "meters": [{"unit": 1}],
+                    },
+                    {"name": "b", "protocol": "modbus", "meters": [{"unit": 300, "model": "x"}]},
+                ]
+            }
+        )
     assert caught.value.problems == [
         "buses[0].parity: 'X' is not N, E or O",
         "buses[0].tcp: only Modbus meters are simulated on TCP",

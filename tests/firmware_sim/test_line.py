@@ -10,9 +10,13 @@ from meterhub.protocols.dlt645 import messages
 from meterhub.protocols.dlt645.frame import FrameParser
 from meterhub.serialline import LineSettings
 
-settings = st.builds(LineSettings, baud=st.sampled_from([1200, 2400, 4800, 9600, 19200]),
-                     parity=st.sampled_from("NEO"), bytesize=st.sampled_from([7, 8]),
-                     stopbits=st.sampled_from([1, 2]))
+settings = st.builds(
+    LineSettings,
+    baud=st.sampled_from([1200, 2400, 4800, 9600, 19200]),
+    parity=st.sampled_from("NEO"),
+    bytesize=st.sampled_from([7, 8]),
+    stopbits=st.sampled_from([1, 2]),
+)
 READ_ENERGY = messages.read("000000000001", 0x00010000).encode(preamble=4)  # a DL/T645 request
 
 
@@ -27,7 +31,7 @@ def test_a_character_has_start_data_parity_and_stop_bits(byte: int, line: LineSe
     bits = char_bits(byte, line)
     assert len(bits) == line.bits_per_char and bits[0] == 0 and bits[-1] == 1
     if line.parity != "N":
-        ones = sum(bits[1:1 + line.bytesize + 1])
+        ones = sum(bits[1 : 1 + line.bytesize + 1])
         assert ones % 2 == (0 if line.parity == "E" else 1)
 
 
@@ -37,8 +41,9 @@ def test_even_sent_odd_heard_drops_every_character(data: bytes) -> None:
 
 
 @given(data=st.binary(max_size=64), sent=settings, heard=settings)
-def test_never_more_characters_than_start_bits(data: bytes, sent: LineSettings,
-                                                heard: LineSettings) -> None:
+def test_never_more_characters_than_start_bits(
+    data: bytes, sent: LineSettings, heard: LineSettings
+) -> None:
     wire = [b for byte in data for b in char_bits(byte, sent)]
     falling_edges = sum(1 for i, b in enumerate(wire) if b == 0 and (i == 0 or wire[i - 1]))
     assert len(transcode(data, sent, heard)) <= falling_edges

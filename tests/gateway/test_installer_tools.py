@@ -20,12 +20,19 @@ REPO = Path(__file__).parents[2]
 
 def meterhub(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "launcher.cli", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "launcher.cli", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
-def _dlt_config(tmp_path: Path, port: str, *, baud: int = 9600, extra: str = "",
-                gateway: str = "") -> Path:
+def _dlt_config(
+    tmp_path: Path, port: str, *, baud: int = 9600, extra: str = "", gateway: str = ""
+) -> Path:
     config = tmp_path / "gw.toml"
     config.write_text(f"""
 [gateway]
@@ -48,38 +55,87 @@ meters = [{{ address = "000000000001" }}]
 
 def test_wrong_baud_is_silence_with_the_checklist(sim_bus: Any) -> None:
     bus = sim_bus("dlt645", dlt_meters(1), baud=2400)
-    done = meterhub("gateway", "read", "--protocol", "dlt645-2007", "--port", bus.port,
-                    "--baud", "9600", "--address", "000000000001", "--item",
-                    "energy_import_total", "--timeout", "0.3", "--retries", "0")
+    done = meterhub(
+        "gateway",
+        "read",
+        "--protocol",
+        "dlt645-2007",
+        "--port",
+        bus.port,
+        "--baud",
+        "9600",
+        "--address",
+        "000000000001",
+        "--item",
+        "energy_import_total",
+        "--timeout",
+        "0.3",
+        "--retries",
+        "0",
+    )
     assert done.returncode == 1
     assert "no answer within 0.3 s" in done.stderr  # NoAnswer: the meter heard garbage
-    assert ("no answer at 9600 8E1 from address 000000000001: check baud and parity (meter "
-            "menu vs 9600 8E1), A/B wiring (swapped or loose) and termination, the address "
-            "(000000000001)") in done.stderr
+    assert (
+        "no answer at 9600 8E1 from address 000000000001: check baud and parity (meter "
+        "menu vs 9600 8E1), A/B wiring (swapped or loose) and termination, the address "
+        "(000000000001)"
+    ) in done.stderr
     assert bus.stats.misheard >= 1 and bus.stats.replies == 0
 
-    done = meterhub("gateway", "read", "--protocol", "dlt645-2007", "--port", bus.port,
-                    "--baud", "2400", "--address", "000000000001", "--item",
-                    "energy_import_total")
+    done = meterhub(
+        "gateway",
+        "read",
+        "--protocol",
+        "dlt645-2007",
+        "--port",
+        bus.port,
+        "--baud",
+        "2400",
+        "--address",
+        "000000000001",
+        "--item",
+        "energy_import_total",
+    )
     assert done.returncode == 0, done.stderr  # at the meter's own baud it answers
 
 
 def test_wrong_parity_on_modbus_is_silence_or_garbage(sim_bus: Any) -> None:
     bus = sim_bus("modbus", rtu_meters(1))  # 9600 8N1
-    done = meterhub("gateway", "read", "--protocol", "modbus", "--port", bus.port,
-                    "--parity", "O", "--model", SIM_MODEL, "--unit", "1", "--item",
-                    "energy_import_total", "--timeout", "0.3", "--retries", "0")
+    done = meterhub(
+        "gateway",
+        "read",
+        "--protocol",
+        "modbus",
+        "--port",
+        bus.port,
+        "--parity",
+        "O",
+        "--model",
+        SIM_MODEL,
+        "--unit",
+        "1",
+        "--item",
+        "energy_import_total",
+        "--timeout",
+        "0.3",
+        "--retries",
+        "0",
+    )
     assert done.returncode == 1
     assert "at 9600 8O1" in done.stderr and "check baud and parity" in done.stderr
     assert bus.stats.misheard >= 1
 
 
-def test_check_tells_error_replies_no_port_broker_and_state_dir(sim_bus: Any,
-                                                                 tmp_path: Path) -> None:
+def test_check_tells_error_replies_no_port_broker_and_state_dir(
+    sim_bus: Any, tmp_path: Path
+) -> None:
     rtu = sim_bus("modbus", rtu_meters(1))
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")
-    config = _dlt_config(tmp_path, str(tmp_path / "ttyUSB9"), extra=f"""
+    config = _dlt_config(
+        tmp_path,
+        str(tmp_path / "ttyUSB9"),
+        extra=f"""
 [[buses]]
 name = "rtu"
 protocol = "modbus"
@@ -89,9 +145,11 @@ quantities = ["energy_import_total"]
 meters = [{{ unit = 1 }}]
 [mqtt]
 url = "mqtt://127.0.0.1:1"
-""")
-    done = meterhub("gateway", "check", "--config", str(config), "--state-dir",
-                    str(not_a_dir / "state"))
+""",
+    )
+    done = meterhub(
+        "gateway", "check", "--config", str(config), "--state-dir", str(not_a_dir / "state")
+    )
     assert done.returncode == 1
     lines = done.stdout.splitlines()
     assert lines[0].startswith(f"FAIL state directory {not_a_dir / 'state'}: ")
@@ -113,14 +171,29 @@ def test_read_list_and_relay(sim_bus: Any) -> None:
     items = done.stdout.splitlines()
     assert any(line.split() == ["energy_import_total", "kWh"] for line in items)
     assert any(line.startswith("relay ") for line in items)
-    done = meterhub("gateway", "read", "--protocol", "modbus", "--model", "eastron-sdm120",
-                    "--list")
+    done = meterhub(
+        "gateway", "read", "--protocol", "modbus", "--model", "eastron-sdm120", "--list"
+    )
     assert "voltage_a" in done.stdout and "relay" not in done.stdout
 
     meters = dlt_meters(1)
     bus = sim_bus("dlt645", meters)
-    args = ("gateway", "read", "--protocol", "dlt645-2007", "--port", bus.port, "--baud",
-            "9600", "--parity", "E", "--address", "000000000001", "--item", "relay")
+    args = (
+        "gateway",
+        "read",
+        "--protocol",
+        "dlt645-2007",
+        "--port",
+        bus.port,
+        "--baud",
+        "9600",
+        "--parity",
+        "E",
+        "--address",
+        "000000000001",
+        "--item",
+        "relay",
+    )
     done = meterhub(*args)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "relay = closed"
@@ -128,23 +201,41 @@ def test_read_list_and_relay(sim_bus: Any) -> None:
     assert meterhub(*args).stdout.strip() == "relay = open"
 
     rtu = sim_bus("modbus", rtu_meters(1))
-    done = meterhub("gateway", "read", "--protocol", "modbus", "--port", rtu.port, "--model",
-                    SIM_MODEL, "--unit", "1", "--item", "relay", "--json")
+    done = meterhub(
+        "gateway",
+        "read",
+        "--protocol",
+        "modbus",
+        "--port",
+        rtu.port,
+        "--model",
+        SIM_MODEL,
+        "--unit",
+        "1",
+        "--item",
+        "relay",
+        "--json",
+    )
     assert done.returncode == 0, done.stderr
     assert '"relay": "closed"' in done.stdout
 
 
 def test_scan_names_the_models_that_answer(sim_bus: Any) -> None:
-    meters = [SimMeter("2", protocol="modbus", model="eastron-sdm120"),
-              SimMeter("5", protocol="modbus", model=SIM_MODEL, energy_kwh=3.0)]
+    meters = [
+        SimMeter("2", protocol="modbus", model="eastron-sdm120"),
+        SimMeter("5", protocol="modbus", model=SIM_MODEL, energy_kwh=3.0),
+    ]
     bus = sim_bus("modbus", meters)
-    done = meterhub("gateway", "scan", "--protocol", "modbus", "--port", bus.port,
-                    "--units", "1-6")
+    done = meterhub("gateway", "scan", "--protocol", "modbus", "--port", bus.port, "--units", "1-6")
     assert done.returncode == 0, done.stderr
     out = done.stdout.splitlines()
     name = Path(bus.port).name
-    assert out[:4] == ["[[buses]]", f'name = "{name}"', 'protocol = "modbus"',
-                       f'port = "{bus.port}"']
+    assert out[:4] == [
+        "[[buses]]",
+        f'name = "{name}"',
+        'protocol = "modbus"',
+        f'port = "{bus.port}"',
+    ]
     assert out[out.index("unit = 2") + 1].startswith('model = "eastron-sdm120"')
     assert out[out.index("unit = 5") + 1] == f'model = "{SIM_MODEL}"'
     assert "unit 5: answers as sim-prepaid-1p" in done.stderr
@@ -154,24 +245,44 @@ def test_scan_names_the_models_that_answer(sim_bus: Any) -> None:
 def test_run_refuses_or_degrades_on_a_missing_port(sim_bus: Any, tmp_path: Path) -> None:
     gone = str(tmp_path / "ttyUSB7")
     config = _dlt_config(tmp_path, gone, gateway='missing_port = "refuse"')
-    done = meterhub("gateway", "run", "--config", str(config), "--state-dir",
-                    str(tmp_path / "state"))
+    done = meterhub(
+        "gateway", "run", "--config", str(config), "--state-dir", str(tmp_path / "state")
+    )
     assert done.returncode == 2
     assert f"not starting, serial port(s) missing: {gone} (bus dlt)" in done.stderr
 
     bus = sim_bus("dlt645", dlt_meters(1))
-    config = _dlt_config(tmp_path, bus.port, gateway="summary_interval_s = 1", extra=f"""
+    config = _dlt_config(
+        tmp_path,
+        bus.port,
+        gateway="summary_interval_s = 1",
+        extra=f"""
 [[buses]]
 name = "gone"
 protocol = "dlt645-2007"
 port = "{gone}"
 relay_control = false
 meters = [{{ address = "000000000002" }}]
-""")
+""",
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", "gateway", "run",
-                             "--config", str(config), "--state-dir", str(tmp_path / "state")],
-                            cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "launcher.cli",
+            "gateway",
+            "run",
+            "--config",
+            str(config),
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
+        cwd=REPO,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     seen: list[str] = []
     try:
         assert proc.stderr is not None
@@ -195,17 +306,26 @@ def test_example_configs_work_together(tmp_path: Path) -> None:
     folder of the stable port names and the broker this test runs against."""
     links = tmp_path / "links"
     sim_config = tmp_path / "sim.toml"
-    sim_config.write_text((REPO / "configs/sim.example.toml").read_text()
-                          .replace("/tmp/meterhub-sim", str(links)))
+    sim_config.write_text(
+        (REPO / "configs/sim.example.toml").read_text().replace("/tmp/meterhub-sim", str(links))
+    )
     broker = os.environ.get("METERHUB_MQTT_URL", "mqtt://127.0.0.1:1883")
     gw_config = tmp_path / "gateway.toml"
-    gw_config.write_text((REPO / "configs/gateway.example.toml").read_text()
-                         .replace("/tmp/meterhub-sim", str(links))
-                         .replace('url = "mqtt://127.0.0.1:1883"', f'url = "{broker}"'))
+    gw_config.write_text(
+        (REPO / "configs/gateway.example.toml")
+        .read_text()
+        .replace("/tmp/meterhub-sim", str(links))
+        .replace('url = "mqtt://127.0.0.1:1883"', f'url = "{broker}"')
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    sim = subprocess.Popen([sys.executable, "-m", "launcher.cli", "sim", "--config",
-                            str(sim_config)], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "launcher.cli", "sim", "--config", str(sim_config)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert sim.stdout is not None
         printed = [sim.stdout.readline() for _ in range(7)]
@@ -213,8 +333,9 @@ def test_example_configs_work_together(tmp_path: Path) -> None:
         assert printed[0].startswith(f"bus rs485-1: dlt645-2007 at 2400 8E1 on {links}/rs485-1")
         assert printed[4].strip() == "unit 1 (eastron-sdm120)"
         assert (links / "rtu").is_symlink()
-        done = meterhub("gateway", "check", "--config", str(gw_config), "--state-dir",
-                        str(tmp_path / "state"))
+        done = meterhub(
+            "gateway", "check", "--config", str(gw_config), "--state-dir", str(tmp_path / "state")
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         assert done.stdout.count(" ok ") == 4 and "FAIL" not in done.stdout
     finally:

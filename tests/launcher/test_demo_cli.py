@@ -26,7 +26,11 @@ def _demo(db_url: str, *args: str, output: Path) -> subprocess.Popen[bytes]:
     with output.open("w") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "launcher.cli", "demo", "--database-url", db_url, *args],
-            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO,
+        )
 
 
 def test_taken_port_and_a_silent_meter(db_url: str, tmp_path: Path) -> None:
@@ -36,8 +40,17 @@ def test_taken_port_and_a_silent_meter(db_url: str, tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         started = time.monotonic()
-        proc = _demo(db_url, "--duration", "20", "--quiet", "--web-port", str(port),
-                     "--fault", "no_reply", output=output)
+        proc = _demo(
+            db_url,
+            "--duration",
+            "20",
+            "--quiet",
+            "--web-port",
+            str(port),
+            "--fault",
+            "no_reply",
+            output=output,
+        )
         try:
             rc = proc.wait(90)
         finally:
@@ -46,14 +59,19 @@ def test_taken_port_and_a_silent_meter(db_url: str, tmp_path: Path) -> None:
     text = output.read_text()
     assert rc == 1, text
     assert time.monotonic() - started < 60, "--duration is honoured"
-    assert re.search(r"meterhub demo run \w{6}: Ctrl-C to stop \(stops by itself after 20 s\)",
-                     text)
+    assert re.search(
+        r"meterhub demo run \w{6}: Ctrl-C to stop \(stops by itself after 20 s\)", text
+    )
     assert re.search(rf"web page: port {port} is taken; using port (\d+) instead", text)
-    assert re.search(r"web page: http://127\.0\.0\.1:\d+/  \(login admin-\w{6}, this run's own",
-                     text)
+    assert re.search(
+        r"web page: http://127\.0\.0\.1:\d+/  \(login admin-\w{6}, this run's own", text
+    )
     assert "broker: mqtt://127.0.0.1:" in text and "database: postgresql://" in text
-    assert re.search(r"demo incomplete: no cut-off acknowledged \(dry account acct-\w{6}-1, "
-                     r"meter \d{12}\); no restore acknowledged after the top-up", text)
+    assert re.search(
+        r"demo incomplete: no cut-off acknowledged \(dry account acct-\w{6}-1, "
+        r"meter \d{12}\); no restore acknowledged after the top-up",
+        text,
+    )
     assert "try --duration 60" in text
 
 
