@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from firmware_sim.line import char_bits, transcode
@@ -10,23 +10,27 @@ from meterhub.protocols.dlt645 import messages
 from meterhub.protocols.dlt645.frame import FrameParser
 from meterhub.serialline import LineSettings
 
-settings = st.builds(
+lines = st.builds(
     LineSettings,
     baud=st.sampled_from([1200, 2400, 4800, 9600, 19200]),
     parity=st.sampled_from("NEO"),
     bytesize=st.sampled_from([7, 8]),
     stopbits=st.sampled_from([1, 2]),
 )
+# a shared 2-core machine: generation time is the machine's, not the strategy's
+ON_A_BUSY_MACHINE = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 READ_ENERGY = messages.read("000000000001", 0x00010000).encode(preamble=4)  # a DL/T645 request
 
 
-@given(data=st.binary(max_size=64), line=settings)
+@ON_A_BUSY_MACHINE
+@given(data=st.binary(max_size=64), line=lines)
 def test_equal_settings_decode_exactly(data: bytes, line: LineSettings) -> None:
     mask = (1 << line.bytesize) - 1
     assert transcode(data, line, line) == bytes(b & mask for b in data)
 
 
-@given(byte=st.integers(0, 255), line=settings)
+@ON_A_BUSY_MACHINE
+@given(byte=st.integers(0, 255), line=lines)
 def test_a_character_has_start_data_parity_and_stop_bits(byte: int, line: LineSettings) -> None:
     bits = char_bits(byte, line)
     assert len(bits) == line.bits_per_char and bits[0] == 0 and bits[-1] == 1
@@ -35,12 +39,14 @@ def test_a_character_has_start_data_parity_and_stop_bits(byte: int, line: LineSe
         assert ones % 2 == (0 if line.parity == "E" else 1)
 
 
+@ON_A_BUSY_MACHINE
 @given(data=st.binary(min_size=1, max_size=64))
 def test_even_sent_odd_heard_drops_every_character(data: bytes) -> None:
     assert transcode(data, LineSettings(9600, "E"), LineSettings(9600, "O")) == b""
 
 
-@given(data=st.binary(max_size=64), sent=settings, heard=settings)
+@ON_A_BUSY_MACHINE
+@given(data=st.binary(max_size=64), sent=lines, heard=lines)
 def test_never_more_characters_than_start_bits(
     data: bytes, sent: LineSettings, heard: LineSettings
 ) -> None:
