@@ -32,6 +32,7 @@ name) or TCP port, leaving it closes them.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import tomllib
@@ -122,6 +123,7 @@ class Fleet(StartStop):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<fleet>") -> Fleet:
+        data = copy.deepcopy(data)  # the older words are rewritten in place
         deprecations = _modernise(data, source)
         problems: list[str] = []
         buses = data.get("buses")
