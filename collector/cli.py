@@ -303,8 +303,16 @@ def _migrate(args: argparse.Namespace) -> int:
 def _revalidate(args: argparse.Namespace) -> int:
     from collector.config import ValidationConfig
     from collector.vee import revalidate
+    from meterhub.progress import Progress
+
+    bar: Progress | None = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        bar = bar or Progress(total, "revalidate")
+        bar.update(done, "meters")
 
     written = revalidate(_database_url(args), args.interval, ValidationConfig(), args.since,
-                         args.meter)
+                         args.meter, progress=progress)
     print(f"revalidated since {args.since.isoformat()}: {written} intervals written")
     return 0

@@ -7,6 +7,11 @@ character time per byte (start + data + parity + stop bits over the baud rate, 1
 after the meter's turnaround delay. Transport faults (no reply, garbled checksum, truncated frame,
 slow reply) come from the answering meter's :attr:`SimMeter.faults`.
 
+The meters hear at the bus's own line settings (baud, parity, data and stop bits). The port is
+preset to them; a master that opens it at other settings (read back from the pty's termios,
+see :mod:`meterhub.serialline`) is heard, and hears the replies, as a UART would decode them
+(:mod:`firmware_sim.line`): garbage, so mostly silence, as on a real line.
+
 What a frame looks like, who answers and how a checksum is garbled belong to a
 :class:`BusProtocol` (``firmware_sim.dlt645``, ``firmware_sim.modbus``); this module knows
 nothing about either.
@@ -28,7 +33,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from firmware_sim._running import StartStop
+from firmware_sim.line import transcode
 from firmware_sim.meter import SimMeter
+from meterhub.serialline import LineSettings, apply_line, read_line
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +72,7 @@ class BusStats:
     bytes_out: int = 0
     silent: int = 0  # requests nobody answered (not addressed, broadcast or no-reply fault)
     faults: int = 0  # replies garbled, truncated or suppressed by a fault
+    misheard: int = 0  # chunks a master sent at other line settings than the bus's
 
     @property
     def bytes(self) -> int:
@@ -131,6 +139,7 @@ class SimBus(StartStop):
         self.stopbits = stopbits
         self.turnaround_s = turnaround_s
         self.char_time = char_time(baud, parity, bytesize, stopbits)
+        self.line = LineSettings(baud, parity, bytesize, int(stopbits))
         self.stats = BusStats()
         self._master: int | None = None
         self._slave: int | None = None
@@ -154,6 +163,7 @@ class SimBus(StartStop):
         # Raw on both ends: no echo, no line editing, no CR/LF translation of binary frames.
         for fd in (master, slave):
             tty.setraw(fd, termios.TCSANOW)
+        apply_line(slave, self.line)
         # A reply nobody reads must not block the bus thread once the pty's buffer is full.
         os.set_blocking(master, False)
         self._master, self._slave = master, slave
@@ -175,6 +185,15 @@ class SimBus(StartStop):
                 os.close(fd)
         self._master = self._slave = None
 
+    def master_line(self) -> LineSettings:
+        """The line settings the port's opener set now (the bus's own when unreadable)."""
+        if self._slave is None:
+            return self.line
+        try:
+            return read_line(self._slave) or self.line
+        except (termios.error, OSError):
+            return self.line
+
     # ------------------------------------------------------------------ the line
 
     def _run(self) -> None:
@@ -194,6 +213,10 @@ class SimBus(StartStop):
                 continue
             self.stats.bytes_in += len(data)
             wire_free_at = max(time.monotonic(), wire_free_at) + len(data) * self.char_time
+            master_line = self.master_line()
+            if master_line != self.line:
+                self.stats.misheard += 1
+                data = transcode(data, master_line, self.line)
             try:
                 requests = self.protocol.feed(data)
             except Exception:  # a protocol bug must not kill the bus for every other test
@@ -209,6 +232,9 @@ class SimBus(StartStop):
         if reply is None:
             return wire_free_at
         self._sleep_until(time.monotonic() + self.turnaround_s + delay)
+        master_line = self.master_line()
+        if master_line != self.line:  # the master's UART decodes at its own settings
+            reply = transcode(reply, self.line, master_line)
         self._send_paced(master, reply)
         self.stats.replies += 1
         return time.monotonic()

@@ -1,4 +1,4 @@
-"""``meterhub sim``: run a fleet of simulated meters until interrupted."""
+"""``meterhub sim``: run a fleet of simulated meters until interrupted, saying where they are."""
 
 from __future__ import annotations
 
@@ -21,6 +21,12 @@ _FAULTS = sorted(
 _PHYSICS = ("surge", "drop", "reset", "rollover", "replace", "stuck", "sag", "swell", "backwards",
             "drift")
 
+# What the simulator tells its user, in one place (plain English; i18n wraps these later).
+MSG_BUS = "bus {name}: {protocol} at {line} on {port}{pty}"
+MSG_PTY = "  (pseudo-terminal {pty})"
+MSG_METER = "  {what} {address}{model}"
+MSG_READY = "{buses} buses, {meters} meters simulated. Ctrl-C to stop."
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -30,6 +36,9 @@ def register(sub: Any) -> None:
         "print where each bus is. Faults can be set here, in the file, or from Python.",
     )
     p.add_argument("--config", type=Path, required=True, help="fleet TOML (see configs/)")
+    p.add_argument("--link-dir", type=Path, default=None,
+                   help="give every serial bus without a 'port' a stable name here: a symlink "
+                   "DIR/<bus name> to its pseudo-terminal")
     p.add_argument(
         "--fault",
         action="append",
@@ -80,14 +89,13 @@ def apply_fault(fleet: Fleet, spec: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    fleet = Fleet.load(args.config)
+    fleet = Fleet.load(args.config, link_dir=args.link_dir)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     with fleet:
         for spec in args.fault:
             apply_fault(fleet, spec)
-        for bus, protocol, port, count in fleet.describe():
-            print(f"{bus:12} {protocol:12} {count:3d} meters  {port}", flush=True)
+        print(describe(fleet), flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             done.wait()
     if args.labels:
@@ -98,3 +106,19 @@ def _run(args: argparse.Namespace) -> int:
                     out.write(json.dumps({"meter": lb.meter, "kind": lb.kind, "start": lb.start,
                                           "end": lb.end, "detail": dict(lb.detail)}) + "\n")
     return 0
+
+
+def describe(fleet: Fleet) -> str:
+    """Every bus (port, protocol, line settings) and its meters, and how to stop."""
+    lines = []
+    for name, protocol, port, _ in fleet.describe():
+        pty = fleet.port(name)
+        lines.append(MSG_BUS.format(name=name, protocol=protocol, line=fleet.bus_line(name),
+                                    port=port,
+                                    pty=MSG_PTY.format(pty=pty) if pty != port else ""))
+        for meter in fleet.meters(name):
+            lines.append(MSG_METER.format(
+                what="unit" if protocol == "modbus" else "address", address=meter.address,
+                model=f" ({meter.model})" if meter.model else ""))
+    lines.append(MSG_READY.format(buses=len(fleet.describe()), meters=len(fleet.meters())))
+    return "\n".join(lines)

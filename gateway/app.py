@@ -29,10 +29,30 @@ from meterhub.settings import MqttSettings, data_dir, mqtt_settings
 from meterhub.supervise import Supervisor
 
 log = logging.getLogger(__name__)
+# one line a minute at default verbosity: the CLI lets this logger's INFO through
+summary_log = logging.getLogger("gateway.summary")
 
 DriverFactory = Callable[[BusConfig], Driver]
 
-__all__ = ["DriverFactory", "Gateway", "GatewayStats"]
+__all__ = ["DriverFactory", "Gateway", "GatewayStartError", "GatewayStats", "missing_ports"]
+
+# What the gateway tells its operator, in one place (plain English; i18n wraps these later).
+MSG_PORT_MISSING = ("bus {bus}: serial port {port} does not exist (adapter unplugged? device "
+                    "name?); its {meters} meter(s) are not read until it appears")
+MSG_REFUSE = ("{source}: not starting, serial port(s) missing: {ports} (missing_port = "
+              "\"refuse\"; \"degrade\" runs the other buses)")
+MSG_SUMMARY = ("gateway {gateway}: {answering}/{meters} meters answering, {readings} readings "
+               "published in the last {window:.0f} s, buffer {batches} batch(es), broker "
+               "{broker}{silent}")
+
+
+class GatewayStartError(RuntimeError):
+    """The gateway will not start as configured; the message says why."""
+
+
+def missing_ports(config: GatewayConfig) -> list[BusConfig]:
+    """Serial buses whose port does not exist now (a dangling stable name counts)."""
+    return [b for b in config.buses if b.port is not None and not Path(b.port).exists()]
 
 
 class Gateway:
@@ -78,6 +98,13 @@ class Gateway:
         """Run until ``stop`` is set, then finish transactions in flight, seal what was
         read, publish what the broker will take within the timeout and say offline."""
         cfg = self.config
+        missing = missing_ports(cfg)
+        if missing and cfg.missing_port == "refuse":
+            raise GatewayStartError(MSG_REFUSE.format(
+                source=cfg.source, ports=", ".join(f"{b.port} (bus {b.name})" for b in missing)))
+        for bus in missing:
+            log.warning(MSG_PORT_MISSING.format(bus=bus.name, port=bus.port,
+                                                meters=len(bus.meters)))
         store = self._store = Store(self.state_dir / f"{cfg.gateway_id}.sqlite3",
                                     max_batches=cfg.buffer.max_batches)
         self.stats.readings_dropped = store.dropped_readings()
@@ -102,6 +129,8 @@ class Gateway:
             batcher = sup.spawn("batcher", lambda: publisher.batcher(stop))
             mqtt_task = sup.spawn("mqtt", lambda: publisher.mqtt_loop(mqtt_stop, commands))
             tasks = [*bus_tasks, batcher, mqtt_task]
+            if cfg.summary_interval_s:
+                tasks.append(sup.spawn("summary", lambda: self._summaries(stop)))
             log.info("gateway %s/%s running: %d buses, %d meters, state in %s", cfg.site,
                      cfg.gateway_id, len(cfg.buses), len(cfg.meters()), self.state_dir)
             await self._until(stop, tasks)
@@ -139,6 +168,32 @@ class Gateway:
                 raise task.exception()  # type: ignore[misc]
 
     # ------------------------------------------------------------------ status
+
+    async def _summaries(self, stop: asyncio.Event) -> None:
+        """One line every ``summary_interval_s``, so a healthy gateway is seen to be so."""
+        every = self.config.summary_interval_s
+        published = self.stats.readings_published
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every)
+            if stop.is_set():
+                return
+            summary_log.info(await self.summary(self.stats.readings_published - published,
+                                                every))
+            published = self.stats.readings_published
+
+    async def summary(self, readings: int, window_s: float) -> str:
+        """The summary line: meters answering, readings, buffer depth, broker, who is silent."""
+        assert self._store is not None
+        batches, _ = await asyncio.to_thread(self._store.depth)
+        health = {mid: h for w in self._workers.values() for mid, h in w.health.items()}
+        silent = [mid for mid, h in health.items() if h.consecutive_failures or not h.reads_ok]
+        return MSG_SUMMARY.format(
+            gateway=self.config.gateway_id, answering=len(health) - len(silent),
+            meters=len(health), readings=readings, window=window_s, batches=batches,
+            broker="connected" if self.connected else "DISCONNECTED",
+            silent=f"; silent: {', '.join(silent[:5])}" + (" ..." if len(silent) > 5 else "")
+            if silent else "")
 
     def store_depth(self) -> tuple[int, int]:
         """(batches, readings) waiting for a receipt; blocking (SQLite): call in a thread."""

@@ -178,6 +178,10 @@ class GatewayConfig:
     backoff_max_s: float = 300.0
     state_dir: Path | None = None
     source: str = "<dict>"
+    # a serial port missing at start: "degrade" runs the other buses and warns once per
+    # port (its meters are read once it appears); "refuse" does not start
+    missing_port: str = "degrade"
+    summary_interval_s: float = 60.0  # one summary line at default verbosity; 0: none
 
     def meters(self) -> dict[str, tuple[BusConfig, MeterConfig]]:
         """Every meter by its wire id, with the bus it hangs on."""
@@ -686,7 +690,8 @@ def config_from_dict(data: Mapping[str, Any], source: str = "<dict>", *,
     if "gateway" not in data:
         c.problems.append("gateway: is required ([gateway] with id and site)")
     c.unknown_keys(gw, ("id", "site", "state_dir", "batch_interval_s", "max_batch_readings",
-                        "status_interval_s", "backoff_max_s"), "gateway")
+                        "status_interval_s", "backoff_max_s", "missing_port",
+                        "summary_interval_s"), "gateway")
     gateway_id = c.get(gw, "id", "gateway", str, _MISSING, _name) if gw else None
     site = c.get(gw, "site", "gateway", str, _MISSING, _name) if gw else None
     state_dir = c.get(gw, "state_dir", "gateway", str, None)
@@ -696,6 +701,11 @@ def config_from_dict(data: Mapping[str, Any], source: str = "<dict>", *,
     status_interval = c.get(gw, "status_interval_s", "gateway", (int, float), 30.0,
                             _positive(3600))
     backoff_max = c.get(gw, "backoff_max_s", "gateway", (int, float), 300.0, _positive(86400))
+    missing_port = c.get(gw, "missing_port", "gateway", str, "degrade",
+                         _one_of(("degrade", "refuse")))
+    summary_every = c.get(gw, "summary_interval_s", "gateway", (int, float), 60.0,
+                          lambda v: None if 0 <= v <= 86400 else
+                          "must be between 0 (no summary) and 86400 seconds")
 
     mqtt = _check_mqtt(c, c.table(data.get("mqtt", _MISSING), "mqtt"))
     braw = c.table(data.get("buffer", _MISSING), "buffer")
@@ -760,6 +770,8 @@ def config_from_dict(data: Mapping[str, Any], source: str = "<dict>", *,
         backoff_max_s=float(backoff_max),
         state_dir=Path(state_dir) if state_dir else None,
         source=source,
+        missing_port=missing_port,
+        summary_interval_s=float(summary_every),
     )
 
 

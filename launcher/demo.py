@@ -50,6 +50,23 @@ DRY_ACCOUNT_BALANCE = Decimal("2.00")  # yuan; runs out within the first half mi
 TOPUP_AMOUNT = Decimal("100.00")
 TOPUP_DELAY_S = 3.0  # after the cut-off is confirmed, the customer pays
 DEMO_TARIFF = "residential-flat"  # configs/tariffs/residential_flat.toml
+STOP_BUDGET_S = 4.0  # Ctrl-C / SIGTERM: every part gets a share of this, then the process ends
+
+# What the demo tells its user, in one place (plain English; the i18n catalogues wrap these).
+MSG_START = "meterhub demo run {run}: Ctrl-C to stop{until}"
+MSG_UNTIL = " (stops by itself after {duration:g} s)"
+MSG_PORT_MOVED = "web page: port {wanted} is taken; using port {port} instead"
+MSG_WEB = "web page: {url}  (login {user}, this run's own; password in {file})"
+MSG_RUN_DIR = "run folder: {path} ({kept})"
+MSG_RUN_DIR_KEPT = "kept after the run"
+MSG_RUN_DIR_TEMP = "removed at the end; --run-dir keeps it"
+MSG_STOPPING = "stopping (signal {signal}) ..."
+MSG_INCOMPLETE = "demo incomplete: {missing}"
+MSG_HINT_SHORT = "the whole scenario needs about 45 s: try --duration 60"
+MSG_COMPLETE = "demo complete: readings stored, cut-off and restore acknowledged by the meter"
+MISSING_READINGS = "no readings stored"
+MISSING_CUTOFF = "no cut-off acknowledged (dry account {account}, meter {meter})"
+MISSING_RESTORE = "no restore acknowledged after the top-up"
 
 
 def _demo_credit() -> Any:
@@ -84,6 +101,21 @@ class DemoSummary:
     dry_account: str = ""
     dry_meter: str = ""
     events: list[str] = field(default_factory=list)
+    interrupted: str = ""  # the signal that ended the run early, if any
+    web_user: str = ""
+    missing: list[str] = field(default_factory=list)  # what the scenario did not reach
+
+    def check_complete(self) -> list[str]:
+        """What the scenario did not reach (empty: it completed), kept in ``missing``."""
+        missing = []
+        if self.readings_stored <= 0:
+            missing.append(MISSING_READINGS)
+        if self.cutoffs_acked < 1:
+            missing.append(MISSING_CUTOFF.format(account=self.dry_account, meter=self.dry_meter))
+        if self.restores_acked < 1:
+            missing.append(MISSING_RESTORE)
+        self.missing = missing
+        return missing
 
 
 @dataclass(frozen=True)
@@ -153,44 +185,73 @@ def register(sub: Any) -> None:
                    "(default: a temporary folder removed at the end)")
     p.add_argument("--insecure-broker", action="store_true",
                    help="embedded broker without identities or ACLs (anonymous clients)")
+    p.add_argument("--fault", metavar="KIND", default=None,
+                   help="set a simulator fault on the dry account's meter (e.g. no_reply: "
+                   "the meter stops answering), to see how the demo reports what failed")
     p.set_defaults(handler=_cli)
 
 
 def _cli(args: argparse.Namespace) -> int:
     given_mqtt = settings.mqtt_from(args.mqtt_url)
     plan = DemoPlan(run_id=uuid.uuid4().hex[:6])
-    with contextlib.ExitStack() as stack:
-        run_dir = args.run_dir or Path(
-            stack.enter_context(tempfile.TemporaryDirectory(prefix="meterhub-demo-")))
-        database_url = database_or_embedded(args.database_url, stack)
-        db_label = db.host_label(database_url) if args.database_url else "embedded"
-        if given_mqtt:
-            logins, broker_label = BrokerLogins(given_mqtt), given_mqtt.host
-            _say("using the broker given: its identities and ACLs are the site operator's "
-                 "job (see `meterhub broker provision --help`)")
-        elif args.insecure_broker:
-            _say("starting embedded MQTT broker (anonymous clients, no ACLs) ...")
-            logins, broker_label = BrokerLogins(stack.enter_context(embedded_broker())), "embedded"
-        else:
-            _say("starting embedded MQTT broker (one identity per process, ACLs) ...")
-            logins = stack.enter_context(
-                site_broker(run_dir / "broker", site=plan.site, gateways=[plan.gateway_id]))
-            broker_label = "embedded"
-        _say(f"broker: {logins.public_url}"
-             + (f" (passwords in {run_dir / 'broker' / 'credentials'}, mode 0600)"
-                if logins.credentials else ""))
-        _say(f"database: {public_database_url(database_url)}")
-        db.migrate(database_url)
-        summary = asyncio.run(
-            run_demo(database_url, logins, duration=args.duration, live=not args.quiet,
-                     web_port=args.web_port, plan=plan, run_dir=run_dir)
-        )
-        summary.database, summary.broker = db_label, broker_label
+    until = "" if args.duration is None else MSG_UNTIL.format(duration=args.duration)
+    _say(MSG_START.format(run=plan.run_id, until=until))
+    # SIGTERM while the services start: unwind like Ctrl-C, so what started is stopped
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with contextlib.ExitStack() as stack:
+            run_dir = args.run_dir or Path(
+                stack.enter_context(tempfile.TemporaryDirectory(prefix="meterhub-demo-")))
+            _say(MSG_RUN_DIR.format(path=run_dir, kept=MSG_RUN_DIR_KEPT if args.run_dir
+                                    else MSG_RUN_DIR_TEMP))
+            database_url = database_or_embedded(args.database_url, stack)
+            db_label = db.host_label(database_url) if args.database_url else "embedded"
+            logins, broker_label = _broker(args, given_mqtt, plan, run_dir, stack)
+            _say(f"broker: {logins.public_url}"
+                 + (f" (passwords in {run_dir / 'broker' / 'credentials'}, mode 0600)"
+                    if logins.credentials else ""))
+            _say(f"database: {public_database_url(database_url)}")
+            db.migrate(database_url)
+            summary = asyncio.run(
+                run_demo(database_url, logins, duration=args.duration, live=not args.quiet,
+                         web_port=args.web_port, plan=plan, run_dir=run_dir,
+                         fault=args.fault)
+            )
+            summary.database, summary.broker = db_label, broker_label
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    missing = summary.check_complete()
     text = json.dumps(asdict(summary), indent=2)
     if args.summary_json:
         args.summary_json.write_text(text + "\n")
     _say(text)
+    if missing:
+        _say(MSG_INCOMPLETE.format(missing="; ".join(missing)))
+        if args.duration is not None and args.duration < 45 and not summary.interrupted:
+            _say(MSG_HINT_SHORT)
+        return 1
+    _say(MSG_COMPLETE)
     return 0
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _broker(args: argparse.Namespace, given_mqtt: MqttSettings | None, plan: DemoPlan,
+            run_dir: Path, stack: contextlib.ExitStack) -> tuple[BrokerLogins, str]:
+    """The broker the parts log in to, and how the summary names it."""
+    if given_mqtt:
+        _say("using the broker given: its identities and ACLs are the site operator's "
+             "job (see `meterhub broker provision --help`)")
+        return BrokerLogins(given_mqtt), given_mqtt.host
+    if args.insecure_broker:
+        _say("starting embedded MQTT broker (anonymous clients, no ACLs) ...")
+        return BrokerLogins(stack.enter_context(embedded_broker())), "embedded"
+    _say("starting embedded MQTT broker (one identity per process, ACLs) ...")
+    logins = stack.enter_context(
+        site_broker(run_dir / "broker", site=plan.site, gateways=[plan.gateway_id]))
+    return logins, "embedded"
 
 
 def _say(line: str) -> None:
@@ -223,13 +284,16 @@ async def run_demo(
     plan: DemoPlan | None = None,
     web_port: int | None = 0,
     run_dir: Path | None = None,
+    fault: str | None = None,
 ) -> DemoSummary:
     """Run the whole path for ``duration`` seconds (None: until cancelled).
 
     ``mqtt`` is one login for every part, or a site's logins (each part its own identity:
     the gateway its gateway id, then ``collector``, ``billing``, ``web``). ``run_dir`` keeps
     the gateway's state and the command-signing keys (default: a temporary folder).
+    ``fault`` (a ``meterhub sim --fault`` kind) is set on the dry account's meter.
     """
+    from firmware_sim.cli import apply_fault
     from firmware_sim.fleet import Fleet
 
     logins = mqtt if isinstance(mqtt, BrokerLogins) else BrokerLogins(mqtt)
@@ -245,10 +309,13 @@ async def run_demo(
             stack.enter_context(tempfile.TemporaryDirectory(prefix="meterhub-demo-")))
         web_server = None
         if web_port is not None:
-            web_server = await _start_web(database_url, logins.login("web"), web_port, run_dir)
+            web_server, summary.web_user = await _start_web(
+                database_url, logins.login("web"), web_port, run_dir, plan)
             summary.web_url = web_server.url
         try:
             with fleet:
+                if fault:
+                    apply_fault(fleet, f"{plan.dry_meter}:{fault}")
                 demo = _DemoRun(plan, fleet, summary, database_url, logins, run_dir)
                 await demo.run(started, duration, live)
         finally:
@@ -257,20 +324,23 @@ async def run_demo(
     return summary
 
 
-async def _start_web(database_url: str, mqtt: MqttSettings, port: int, run_dir: Path) -> Any:
-    """The web page on ``port`` (any free one when taken); its admin password goes to a
-    0600 file in the run folder, not to the terminal."""
+async def _start_web(database_url: str, mqtt: MqttSettings, port: int, run_dir: Path,
+                     plan: DemoPlan) -> tuple[Any, str]:
+    """The web page on ``port`` (a free one when taken, said so) and this run's own admin
+    login, so two demos on one database do not reset each other's password. The password
+    goes to a 0600 file in the run folder, not to the terminal."""
     from web import ensure_demo_user, start_server
 
     try:
         server = await start_server(database_url, mqtt=mqtt, port=port, offline_after_s=10.0)
     except OSError:  # the port is taken: any free one will do
         server = await start_server(database_url, mqtt=mqtt, port=0, offline_after_s=10.0)
-    user, password = ensure_demo_user(database_url)
+        _say(MSG_PORT_MOVED.format(wanted=port, port=server.url.rstrip("/").rsplit(":", 1)[1]))
+    user, password = ensure_demo_user(database_url, name=f"admin-{plan.run_id}")
     login_file = run_dir / "web-login.password"
     write_private_file(login_file, (password + "\n").encode())
-    _say(f"web page: {server.url}  (login {user}, password in {login_file})")
-    return server
+    _say(MSG_WEB.format(url=server.url, user=user, file=login_file))
+    return server, user
 
 
 class _DemoRun:
@@ -352,11 +422,11 @@ class _DemoRun:
         ]
         gateway = asyncio.create_task(self.gateway.run(stop_gateway), name="gateway")
         deadline = None if duration is None else started + duration
-        # Ctrl-C or SIGTERM end the run like the deadline does: an orderly stop, exit 0
+        # Ctrl-C or SIGTERM end the run like the deadline does, but within STOP_BUDGET_S
         interrupted = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, interrupted.set)
+            loop.add_signal_handler(sig, self._interrupted, sig, interrupted)
         try:
             while not interrupted.is_set() and (
                 deadline is None or time.monotonic() < deadline - 2
@@ -367,27 +437,44 @@ class _DemoRun:
                 at = f"{time.monotonic() - started:5.1f}s"
                 self.observe_relay(at)
                 if self.billing.stats.cutoffs_acked and not self.topped_up:
-                    await asyncio.sleep(TOPUP_DELAY_S)
-                    await asyncio.to_thread(self.top_up, f"{time.monotonic() - started:5.1f}s")
-                if live:
+                    with contextlib.suppress(TimeoutError):  # the customer pays, unless stopped
+                        await asyncio.wait_for(interrupted.wait(), TOPUP_DELAY_S)
+                    if not interrupted.is_set():
+                        await asyncio.to_thread(self.top_up,
+                                                f"{time.monotonic() - started:5.1f}s")
+                if live and not interrupted.is_set():
                     _say(await asyncio.to_thread(self.status_line, at))
         finally:
+            await self._stop(gateway, backend, stop_gateway, stop_backend,
+                             hurry=interrupted.is_set())
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
-            # Gateway first: it flushes its buffer; then the collector gets time to store
-            # everything that was published before the backend stops.
-            stop_gateway.set()
-            await asyncio.wait_for(gateway, 15)
-            self.summary.readings_published = self.gateway.stats.readings_published
-            await _wait_stored(
-                self.database_url, self.plan, self.summary.readings_published, timeout=15
-            )
-            stop_backend.set()
-            await asyncio.wait_for(asyncio.gather(*backend, return_exceptions=True), 20)
         self.summary.readings_stored = _stored(self.database_url, self.plan)
         self.summary.cutoffs_acked = self.billing.stats.cutoffs_acked
         self.summary.restores_acked = self.billing.stats.restores_acked
         self.summary.duration_s = round(time.monotonic() - started, 1)
+
+    def _interrupted(self, sig: signal.Signals, interrupted: asyncio.Event) -> None:
+        if not interrupted.is_set():
+            self.summary.interrupted = sig.name
+            _say(MSG_STOPPING.format(signal=sig.name))
+        interrupted.set()
+
+    async def _stop(self, gateway: asyncio.Task[None], backend: list[asyncio.Task[None]],
+                    stop_gateway: asyncio.Event, stop_backend: asyncio.Event,
+                    *, hurry: bool) -> None:
+        """Gateway first: it flushes its buffer; then the collector gets time to store what
+        was published before the backend stops. In a hurry (a signal) every step gets a
+        share of STOP_BUDGET_S and is cancelled when it runs over."""
+        share = STOP_BUDGET_S / 3 if hurry else None
+        stop_gateway.set()
+        await _bounded(asyncio.gather(gateway, return_exceptions=True), share or 15)
+        self.summary.readings_published = self.gateway.stats.readings_published
+        await _wait_stored(self.database_url, self.plan, self.summary.readings_published,
+                           timeout=share or 15)
+        stop_backend.set()
+        await _bounded(asyncio.gather(*backend, return_exceptions=True), share or 20)
+
 
     def observe_relay(self, at: str) -> None:
         """What the simulated meter itself shows: relay, power, a frozen energy register."""
@@ -434,6 +521,12 @@ class _DemoRun:
         )
 
 
+async def _bounded(waiting: Any, timeout: float) -> None:
+    """Wait at most ``timeout`` seconds (then cancel); never raises TimeoutError."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(waiting, timeout)
+
+
 def _raise_if_failed(tasks: list[asyncio.Task[None]]) -> None:
     for task in tasks:
         if task.done() and task.exception() is not None:
@@ -464,7 +557,7 @@ async def _wait_stored(database_url: str, plan: DemoPlan, expected: int, timeout
 def _fleet_spec(plan: DemoPlan) -> dict[str, Any]:
     dry_meter = plan.dry_meter
     return {
-        "bus": [
+        "buses": [
             {
                 "name": "rs485-1",
                 "protocol": "dlt645-2007",
@@ -472,7 +565,7 @@ def _fleet_spec(plan: DemoPlan) -> dict[str, Any]:
                 "parity": "E",
                 "turnaround_ms": 20,
                 "password": plan.meter_password,
-                "meter": [
+                "meters": [
                     {
                         "address": address,
                         # the dry account's meter runs a heavy load, fast-forwarded, so its
@@ -486,12 +579,12 @@ def _fleet_spec(plan: DemoPlan) -> dict[str, Any]:
             },
             {
                 "name": "rs485-2",
-                "protocol": "modbus-rtu",
+                "protocol": "modbus",
                 "baud": plan.modbus_baud,
                 "parity": "N",
                 "turnaround_ms": 10,
-                "meter": [
-                    {"address": str(unit), "model": "sim-prepaid-1p", "base_load_kw": 0.8,
+                "meters": [
+                    {"unit": unit, "model": "sim-prepaid-1p", "base_load_kw": 0.8,
                      "energy_kwh": 500.0 * unit}
                     for unit in (1, 2)
                 ],

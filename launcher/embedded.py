@@ -270,7 +270,18 @@ def embedded_postgres(datadir: Path) -> Iterator[str]:
     try:
         yield server.get_uri("meterhub")
     finally:
-        server.cleanup()
+        server.cleanup()  # stops it unless another process still uses it
+        print(_postgres_left(datadir), file=sys.stderr, flush=True)
+
+
+def _postgres_left(datadir: Path) -> str:
+    """What became of the embedded PostgreSQL: stopped, or still running and how to stop it."""
+    if not (datadir / "postmaster.pid").exists():
+        return f"embedded PostgreSQL stopped (data kept in {datadir})"
+    from pgserver._commands import POSTGRES_BIN_PATH
+
+    return (f"embedded PostgreSQL in {datadir} keeps running: another meterhub process "
+            f"uses it; to stop it: {POSTGRES_BIN_PATH / 'pg_ctl'} -D {datadir} stop")
 
 
 def database_or_embedded(url: str | None, stack: contextlib.ExitStack) -> str:
@@ -281,5 +292,6 @@ def database_or_embedded(url: str | None, stack: contextlib.ExitStack) -> str:
     """
     if url:
         return url
-    print("starting embedded PostgreSQL (pgserver) ...", file=sys.stderr, flush=True)
+    print(f"starting embedded PostgreSQL (pgserver, data in {settings.data_dir()}"
+          "/demo-postgres; stopped when this command ends) ...", file=sys.stderr, flush=True)
     return str(stack.enter_context(embedded_postgres(settings.data_dir() / "demo-postgres")))

@@ -26,11 +26,12 @@ def create_token(database_url: str, name: str, label: str = "") -> str:
     return token
 
 
-def ensure_demo_user(database_url: str) -> tuple[str, str]:
+def ensure_demo_user(database_url: str, name: str = DEMO_ADMIN) -> tuple[str, str]:
     """An admin login for the demo: (username, password).
 
     The password is new on every call (only its hash is stored, so an old one cannot be
-    shown again); the demo prints it next to the URL."""
+    shown again); each demo run passes its own ``name``, so two demos on one database do
+    not reset each other's login."""
     password = auth.new_password()
     with psycopg.connect(database_url) as conn:
         conn.execute(
@@ -38,6 +39,6 @@ def ensure_demo_user(database_url: str) -> tuple[str, str]:
             " VALUES (%s, 'admin', %s, 'demo')"
             " ON CONFLICT (name) DO UPDATE SET password_hash = excluded.password_hash,"
             " role = 'admin', disabled = false",
-            (DEMO_ADMIN, auth.hash_password(password)),
+            (name, auth.hash_password(password)),
         )
-    return DEMO_ADMIN, password
+    return name, password

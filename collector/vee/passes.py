@@ -12,6 +12,7 @@ change_id, never skips one.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -38,13 +39,18 @@ class PassResult:
 
 
 def run_pending(database_url: str, interval_s: int, cfg: ValidationConfig,
-                chunk: int = 500, max_chunks: int = 1000) -> int:
-    """Validate every meter marked dirty; returns how many intervals were written."""
-    written = 0
+                chunk: int = 500, max_chunks: int = 1000,
+                progress: Callable[[int], None] | None = None) -> int:
+    """Validate every meter marked dirty; returns how many intervals were written.
+    ``progress`` hears the number of meters validated so far after each chunk."""
+    written = meters = 0
     with psycopg.connect(database_url, autocommit=True) as conn:
         for _ in range(max_chunks):
             result = validate_chunk(conn, interval_s, cfg, chunk)
             written += result.intervals_written
+            meters += result.meters
+            if progress is not None:
+                progress(meters)
             if result.meters < chunk:
                 break
         if cfg.forward_estimate_after_s is not None:
@@ -119,10 +125,12 @@ def estimate_forward(conn: psycopg.Connection, interval_s: int, cfg: ValidationC
 
 
 def revalidate(database_url: str, interval_s: int, cfg: ValidationConfig, since: datetime,
-               meters: list[str] | None = None) -> int:
-    """Mark every meter with readings since `since` (or the given ones) and validate again."""
+               meters: list[str] | None = None,
+               progress: Callable[[int, int], None] | None = None) -> int:
+    """Mark every meter with readings since `since` (or the given ones) and validate again;
+    ``progress`` hears (meters validated, meters marked) as the chunks go."""
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(
+        marked = conn.execute(
             """INSERT INTO vee_dirty (meter, dirty_from)
                SELECT meter_key, %(since)s FROM meters
                WHERE (%(meters)s::text[] IS NULL OR meter_id = ANY(%(meters)s))
@@ -132,8 +140,9 @@ def revalidate(database_url: str, interval_s: int, cfg: ValidationConfig, since:
                  SET dirty_from = least(vee_dirty.dirty_from, excluded.dirty_from),
                      marked_at = clock_timestamp(), mark = nextval('vee_mark_seq')""",
             {"since": since, "meters": meters},
-        )
-    return run_pending(database_url, interval_s, cfg)
+        ).rowcount
+    return run_pending(database_url, interval_s, cfg,
+                       progress=None if progress is None else lambda n: progress(n, marked))
 
 
 def drop_old_readings(database_url: str, retention_days: int) -> int:

@@ -8,13 +8,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gateway.drivers.base import BadFrame, Driver, DriverError, MeterRejected, NoAnswer
+from gateway.drivers.base import (
+    BadFrame,
+    Driver,
+    DriverError,
+    MeterRejected,
+    NoAnswer,
+    PortUnavailable,
+)
 
 if TYPE_CHECKING:
     from gateway.config import BusConfig
     from gateway.transport import Transport
 
-__all__ = ["BadFrame", "Driver", "DriverError", "MeterRejected", "NoAnswer", "open_driver"]
+__all__ = ["BadFrame", "Driver", "DriverError", "MeterRejected", "NoAnswer", "PortUnavailable",
+           "open_driver"]
 
 
 def open_driver(bus: BusConfig) -> Driver:

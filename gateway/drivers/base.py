@@ -36,6 +36,11 @@ class MeterRejected(DriverError):
     """The meter answered with an error reply (DL/T645 abnormal reply, Modbus exception)."""
 
 
+class PortUnavailable(DriverError):
+    """The bus itself cannot be used (serial port missing or busy, TCP endpoint refusing):
+    no meter on it was asked, so it is not the meter's silence."""
+
+
 @dataclass(frozen=True, slots=True)
 class DriverCapabilities:
     """What a driver can do for one meter (its protocol, version and model), as data, so

@@ -24,6 +24,7 @@ from gateway.drivers.base import (
     MeterRejected,
     MeterStatus,
     NoAnswer,
+    PortUnavailable,
     StatusFlag,
     no_checkpoint,
 )
@@ -220,7 +221,8 @@ class Dlt645Driver:
         try:
             await self.transport.send(frame.encode(self.preamble))
         except TransportError as exc:
-            raise DriverError(f"broadcast time sync on {self.transport.name}: {exc}") from exc
+            raise PortUnavailable(f"broadcast time sync on {self.transport.name}: {exc}") \
+                from exc
 
     async def read_clock(self, address: str) -> ClockCheck:
         """Date, then time, in the meters' zone. The time is read last and stamped with the
@@ -363,7 +365,7 @@ class Dlt645Driver:
                     failure = NoAnswer(f"{who}: no answer within {self.timeout_s:g} s")
                 continue
             except TransportError as exc:
-                raise DriverError(f"{who}: {exc}") from exc
+                raise PortUnavailable(f"{who}: {exc}") from exc
             try:
                 return parse(reply)
             except AbnormalReplyError as exc:

@@ -45,6 +45,7 @@ from gateway.drivers.base import (
     MeterRejected,
     MeterStatus,
     NoAnswer,
+    PortUnavailable,
     no_checkpoint,
 )
 from gateway.transport import TransportError, TransportTimeout
@@ -350,6 +351,29 @@ class ModbusDriver:
                 return True
         return True
 
+    async def identify(self, unit: int | str) -> list[str]:
+        """The known register maps a unit answers as, best first. The maps carry no
+        identification register, so each map's registers are read (no retries): a map
+        counts when every read is answered normally and its voltage and frequency are
+        plausible; the map that covers most registers ranks first. Meters whose layouts
+        overlap (one model's registers a subset of another's) both count."""
+        unit_id = _unit_id(str(unit))
+        if unit_id is None:
+            raise DriverError(f"unit {unit!r}: not a Modbus unit id 1..247")
+        scores: dict[str, int] = {}
+        with self._no_retries():
+            for name, regmap in sorted(self._maps.items()):
+                values: dict[str, float] = {}
+                try:
+                    for request in plan_reads(regmap, regmap.quantities):
+                        values.update(request.decode(
+                            await self._read_registers(unit_id, request)))
+                except (DriverError, RegisterValueError):
+                    continue
+                if _plausible(values):
+                    scores[name] = len(values)
+        return sorted(scores, key=lambda n: (-scores[n], n))
+
     async def close(self) -> None:
         if isinstance(self._client, _RtuClient):
             await self._client.close()
@@ -434,8 +458,8 @@ class ModbusDriver:
             return
         if not await self._client.connect():
             why = self._client.error if isinstance(self._client, _RtuClient) else None
-            raise NoAnswer(f"cannot open {self._framing} connection to {self.endpoint}"
-                           + (f" ({why})" if why else ""))
+            raise PortUnavailable(f"cannot open {self._framing} connection to {self.endpoint}"
+                                  + (f" ({why})" if why else ""))
 
     def _trace(self, sending: bool, data: bytes) -> bytes:
         """pymodbus hook: remember what arrived, so a timeout can tell silence from garbage."""
@@ -456,6 +480,15 @@ class ModbusDriver:
         if not rtu.crc_ok(data[:expected]):
             return "CRC check failed"
         return "reply not understood"
+
+
+_PLAUSIBLE = {"voltage_a": (50.0, 500.0), "frequency": (40.0, 70.0)}
+
+
+def _plausible(values: Mapping[str, float]) -> bool:
+    """Values a real meter of that model would show (a float read from integer registers,
+    or the other way round, is far off)."""
+    return all(low <= values[q] <= high for q, (low, high) in _PLAUSIBLE.items() if q in values)
 
 
 def _resolve_units(

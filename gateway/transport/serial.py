@@ -24,6 +24,7 @@ from typing import Any
 import serial
 
 from gateway.transport._base import StreamTransport, TransportError
+from meterhub.serialline import mark_pty_parity
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,8 @@ class SerialTransport(StreamTransport):
             port = self._make(self.parity)
         except (serial.SerialException, termios.error, OSError, ValueError) as exc:
             # A pseudo-terminal has no parity bit: glibc's tcsetattr reports EINVAL when the
-            # kernel drops PARENB on a pty. Parity means nothing there, so open it without.
+            # kernel drops PARENB on a pty. Open it without, and mark the parity asked for
+            # where a simulator on the other end reads it (meterhub.serialline).
             if self.parity == "N" or not _is_pty(self.port):
                 raise TransportError(f"{self.name}: cannot open ({exc})") from exc
             try:
@@ -102,6 +104,9 @@ class SerialTransport(StreamTransport):
             except (serial.SerialException, termios.error, OSError) as exc2:
                 raise TransportError(f"{self.name}: cannot open ({exc2})") from exc2
             log.debug("%s is a pseudo-terminal: opened without parity", self.port)
+        if _is_pty(self.port):  # the kernel may also have dropped PARENB without a word
+            with contextlib.suppress(termios.error, OSError):
+                mark_pty_parity(port.fileno(), self.parity)
         self._serial = port
         self._attrs = None
         if self._use_vmin:

@@ -144,7 +144,9 @@ def test_revalidate_command(db_url, capsys):
                           for m in range(0, 61, 5)])
     assert cli.main(["collector", "revalidate", "--database-url", db_url,
                      "--since", T0.isoformat()]) == 0
-    assert "4 intervals written" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "4 intervals written" in printed.out
+    assert "revalidate [" in printed.err and "] 1/1" in printed.err  # the progress bar
     with pytest.raises(SystemExit):  # argparse refuses it with a message
         cli.main(["collector", "revalidate", "--database-url", db_url, "--since", "yesterday"])
     assert "neither an ISO date/time nor a span" in capsys.readouterr().err

@@ -11,6 +11,7 @@ import serial
 
 from firmware_sim.bus import SimBus, char_time
 from firmware_sim.meter import SimMeter
+from meterhub.serialline import mark_pty_parity
 
 
 class LineProtocol:
@@ -50,6 +51,14 @@ def bus(meters: list[SimMeter]) -> Iterator[SimBus]:
         yield running
 
 
+def _port(path: str, baud: int, *, timeout: float) -> serial.Serial:
+    """Open the pty at 8E1 as the gateway does: a pty refuses PARENB, so the parity is marked
+    (meterhub.serialline) where the simulated bus reads it."""
+    port = serial.Serial(path, baud, parity="N", timeout=timeout)
+    mark_pty_parity(port.fileno(), "E")
+    return port
+
+
 def _ask(port: serial.Serial, request: bytes, size: int) -> bytes:
     port.reset_input_buffer()
     port.write(request)
@@ -65,7 +74,7 @@ def test_char_time_8e1_is_11_bits() -> None:
 
 
 def test_only_the_addressed_meter_answers(bus: SimBus) -> None:
-    with serial.Serial(bus.port, 9600, parity="E", timeout=0.5) as port:
+    with _port(bus.port, 9600, timeout=0.5) as port:
         assert _ask(port, b"2?\n", 6)[:5] == b"2=OK;"
         assert _ask(port, b"7?\n", 6) == b""
     assert bus.stats.requests == 2
@@ -76,9 +85,8 @@ def test_only_the_addressed_meter_answers(bus: SimBus) -> None:
 
 def test_request_and_reply_take_their_wire_time() -> None:
     meter = SimMeter("1")
-    with SimBus(LineProtocol(), [meter], baud=1200, turnaround_s=0.05) as bus, serial.Serial(
-        bus.port, 1200, parity="E", timeout=2
-    ) as port:
+    with SimBus(LineProtocol(), [meter], baud=1200, turnaround_s=0.05) as bus, \
+            _port(bus.port, 1200, timeout=2) as port:
         started = time.monotonic()
         reply = _ask(port, b"1?\n", 6)
         elapsed = time.monotonic() - started
@@ -89,7 +97,7 @@ def test_request_and_reply_take_their_wire_time() -> None:
 
 
 def test_transport_faults(bus: SimBus, meters: list[SimMeter]) -> None:
-    with serial.Serial(bus.port, 9600, parity="E", timeout=0.4) as port:
+    with _port(bus.port, 9600, timeout=0.4) as port:
         good = _ask(port, b"1?\n", 6)
         meters[0].faults.no_reply_once = True
         assert _ask(port, b"1?\n", 6) == b""
@@ -107,8 +115,8 @@ def test_transport_faults(bus: SimBus, meters: list[SimMeter]) -> None:
 
 
 def test_port_can_be_reopened(bus: SimBus) -> None:
-    # parity N: glibc refuses PARENB on a pseudo-terminal once the speed is already set, so a
-    # second 8E1 open fails; gateway.transport.serial handles that for the gateway.
+    # glibc refuses PARENB on a pseudo-terminal once the speed is already set, so a second
+    # 8E1 open fails; _port (like gateway.transport.serial) opens at N and marks E.
     for _ in range(2):
-        with serial.Serial(bus.port, 9600, parity="N", timeout=0.5) as port:
+        with _port(bus.port, 9600, timeout=0.5) as port:
             assert _ask(port, b"1?\n", 6)[:5] == b"1=OK;"

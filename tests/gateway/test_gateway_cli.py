@@ -91,17 +91,28 @@ model = "{SIM_MODEL}"
 quantities = ["energy_import_total", "current_a"]
 meters = [{{ unit = 1 }}]
 """)
-    done = meterhub("gateway", "check", "--config", str(config))
+    done = meterhub("gateway", "check", "--config", str(config), "--state-dir",
+                    str(tmp_path / "state"))
     assert done.returncode == 1, "a meter did not answer"
     lines = done.stdout.splitlines()
-    assert lines[0].split() == ["meter", "bus", "protocol", "answered", "rtt", "ms", "values"]
-    rows = {line.split()[0]: line for line in lines[1:]}
+    assert lines[0] == f"OK   state directory {tmp_path / 'state'}: will be created in {tmp_path}"
+    assert lines[1].startswith("OK   broker mqtt://") and lines[1].endswith("login accepted")
+    assert lines[2] == (f"FAIL bus dlt ({dlt.port}, 9600 8E1): partly, 1 of 2 meters read")
+    assert lines[3] == f"OK   bus rtu ({rtu.port}, 9600 8N1): ok, 1 of 1 meters read"
+    assert lines[4].split() == ["meter", "bus", "protocol", "verdict", "rtt", "ms", "values",
+                                "/", "cause"]
+    rows = {line.split()[0]: line for line in lines[5:]}
     assert set(rows) == {"000000000001", "000000000002", "gw1-rtu-1"}
-    assert " yes " in rows["000000000001"] and "energy_import_total=101 kWh" in \
+    assert " ok " in rows["000000000001"] and "energy_import_total=101 kWh" in \
         rows["000000000001"] and "voltage_a=" in rows["000000000001"]
-    assert " NO " in rows["000000000002"] and "NoAnswer" in rows["000000000002"]
+    # the other meter on the line answers: the line is ruled out, the address comes first
+    assert " no answer " in rows["000000000002"] and (
+        "no answer at 9600 8E1 from address 000000000002: check the address (000000000002), "
+        "the protocol version (dlt645-2007 or dlt645-1997), that the meter is powered "
+        "(ruled out: the port opens; baud, parity and wiring at the adapter (1 other meter(s) "
+        "on this line answer))") in rows["000000000002"]
     assert "energy_import_total=51 kWh" in rows["gw1-rtu-1"] and " A" in rows["gw1-rtu-1"]
-    assert "1 of 3 meters did not answer" in done.stderr
+    assert "2 of 3 meters read (1 no answer)" in done.stderr
 
 
 def test_check_reports_every_config_problem(tmp_path: Path) -> None:

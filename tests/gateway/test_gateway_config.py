@@ -161,11 +161,21 @@ def test_unreadable_and_invalid_files_name_the_file(tmp_path: Path) -> None:
         load_config(bad)
 
 
+# what an installer uncomments on site, as the example's comments say
+ON_SITE = (("# trusted_keys = ", "trusted_keys = "), ("# username = ", "username = "),
+           ('# password = { file = "secrets/', 'password = { file = "secrets/'),
+           ("relay_control = false          # read only", "# relay control on: password"))
+
+
 def installed_example(folder: Path) -> Path:
-    """The example config installed in ``folder`` with the files it points to: the trusted
-    public key and the secret files (mode 0600)."""
+    """The example config installed in ``folder`` with its secret lines enabled and the
+    files they point to: the trusted public key and the secret files (mode 0600)."""
     path = folder / "gateway.toml"
-    path.write_text(EXAMPLE.read_text())
+    text = EXAMPLE.read_text()
+    for shipped, on_site in ON_SITE:
+        assert shipped in text, shipped
+        text = text.replace(shipped, on_site)
+    path.write_text(text)
     write_public_key(folder / "keys" / "billing.pub", signer_for().public_key)
     (folder / "secrets").mkdir()
     write_private_file(folder / "secrets" / "mqtt.password", b"mqtt-s3cret\n")
@@ -186,6 +196,14 @@ def test_example_config_is_valid(tmp_path: Path) -> None:
     assert all(m.password == dlt.password for m in dlt.meters)
     assert config.mqtt.settings().password == "mqtt-s3cret"  # type: ignore[union-attr]
     assert "314159" not in repr(config) and "mqtt-s3cret" not in repr(config)
+
+
+def test_example_as_shipped_needs_no_secret() -> None:
+    """It works with the simulator at once: relay control off, no trusted key (commands
+    refused), the broker without a login."""
+    config = load_config(EXAMPLE)
+    assert config.security.trusted_keys == () and config.mqtt.password is None
+    assert not any(m.relay_control for m in config.buses[0].meters)
 
 
 def test_example_has_no_default_meter_password() -> None:

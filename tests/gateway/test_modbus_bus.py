@@ -22,7 +22,7 @@ from firmware_sim.bus import SimBus, char_time
 from firmware_sim.meter import SimMeter
 from firmware_sim.modbus import ModbusRtuBusProtocol
 from firmware_sim.modbus_tcp import ModbusTcpServer
-from gateway.drivers.base import BadFrame, DriverError, MeterRejected, NoAnswer
+from gateway.drivers.base import BadFrame, DriverError, MeterRejected, NoAnswer, PortUnavailable
 from gateway.drivers.modbus import PYMODBUS_SUPPORTED, ModbusDriver
 from meterhub.protocols.modbus.registermap import load_maps, plan_reads
 from meterhub.quantities import QUANTITIES
@@ -335,7 +335,7 @@ async def test_driver_survives_a_long_silence_and_a_server_going_away() -> None:
         server.stop()
         with pytest.raises(NoAnswer):
             await driver.read("1", ["voltage_a"])
-        with pytest.raises(NoAnswer, match="cannot open tcp connection"):
+        with pytest.raises(PortUnavailable, match="cannot open tcp connection"):
             await driver.read("1", ["voltage_a"])
     finally:
         await driver.close()

@@ -38,13 +38,13 @@ MODEL = "sim-prepaid-1p"
 
 
 def _fleet() -> Fleet:
-    return Fleet.from_dict({"bus": [
+    return Fleet.from_dict({"buses": [
         {"name": "dlt", "protocol": "dlt645-2007", "turnaround_ms": 5,
-         "meter": [{"address": a, "energy_kwh": 100.0 + n}
-                   for n, a in enumerate(DLT_ADDRESSES)]},
-        {"name": "rtu", "protocol": "modbus-rtu", "turnaround_ms": 5,
-         "meter": [{"address": str(u), "model": MODEL, "energy_kwh": 50.0 * u}
-                   for u in RTU_UNITS]},
+         "meters": [{"address": a, "energy_kwh": 100.0 + n}
+                    for n, a in enumerate(DLT_ADDRESSES)]},
+        {"name": "rtu", "protocol": "modbus", "turnaround_ms": 5,
+         "meters": [{"unit": u, "model": MODEL, "energy_kwh": 50.0 * u}
+                    for u in RTU_UNITS]},
     ]})
 
 
