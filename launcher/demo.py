@@ -40,7 +40,8 @@ from psycopg.conninfo import conninfo_to_dict
 
 from launcher.embedded import BrokerLogins, database_or_embedded, embedded_broker, site_broker
 from launcher.keys import generate_key_pair
-from meterhub import db, settings
+from meterhub import db, i18n, settings
+from meterhub.i18n import _
 from meterhub.security.files import write_private_file
 from meterhub.settings import MqttSettings
 
@@ -166,20 +167,20 @@ def _cli(args: argparse.Namespace) -> int:
         db_label = db.host_label(database_url) if args.database_url else "embedded"
         if given_mqtt:
             logins, broker_label = BrokerLogins(given_mqtt), given_mqtt.host
-            _say("using the broker given: its identities and ACLs are the site operator's "
-                 "job (see `meterhub broker provision --help`)")
+            _say(_("using the broker given: its identities and ACLs are the site operator's "
+                   "job (see `meterhub broker provision --help`)"))
         elif args.insecure_broker:
-            _say("starting embedded MQTT broker (anonymous clients, no ACLs) ...")
+            _say(_("starting embedded MQTT broker (anonymous clients, no ACLs) ..."))
             logins, broker_label = BrokerLogins(stack.enter_context(embedded_broker())), "embedded"
         else:
-            _say("starting embedded MQTT broker (one identity per process, ACLs) ...")
+            _say(_("starting embedded MQTT broker (one identity per process, ACLs) ..."))
             logins = stack.enter_context(
                 site_broker(run_dir / "broker", site=plan.site, gateways=[plan.gateway_id]))
             broker_label = "embedded"
-        _say(f"broker: {logins.public_url}"
-             + (f" (passwords in {run_dir / 'broker' / 'credentials'}, mode 0600)"
+        _say(_("broker: {url}", url=logins.public_url)
+             + (_(" (passwords in {path}, mode 0600)", path=run_dir / "broker" / "credentials")
                 if logins.credentials else ""))
-        _say(f"database: {public_database_url(database_url)}")
+        _say(_("database: {url}", url=public_database_url(database_url)))
         db.migrate(database_url)
         summary = asyncio.run(
             run_demo(database_url, logins, duration=args.duration, live=not args.quiet,
@@ -269,7 +270,8 @@ async def _start_web(database_url: str, mqtt: MqttSettings, port: int, run_dir: 
     user, password = ensure_demo_user(database_url)
     login_file = run_dir / "web-login.password"
     write_private_file(login_file, (password + "\n").encode())
-    _say(f"web page: {server.url}  (login {user}, password in {login_file})")
+    _say(_("web page: {url}  (login {user}, password in {path})", url=server.url, user=user,
+           path=login_file))
     return server
 
 
@@ -366,11 +368,13 @@ class _DemoRun:
                 _raise_if_failed([*backend, gateway])
                 at = f"{time.monotonic() - started:5.1f}s"
                 self.observe_relay(at)
+                # the line stamped `at` shows the state at `at`: written before a top-up
+                # that happens later in this turn (it used to show the topped-up balance)
+                if live:
+                    _say(await asyncio.to_thread(self.status_line, at))
                 if self.billing.stats.cutoffs_acked and not self.topped_up:
                     await asyncio.sleep(TOPUP_DELAY_S)
                     await asyncio.to_thread(self.top_up, f"{time.monotonic() - started:5.1f}s")
-                if live:
-                    _say(await asyncio.to_thread(self.status_line, at))
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
@@ -395,17 +399,17 @@ class _DemoRun:
         if dry.relay_open and not summary.relay_opened_on_meter:
             summary.relay_opened_on_meter = True
             self.open_energy = dry.value("energy_import_total")
-            summary.events.append(
-                f"{at} relay of {self.plan.dry_meter} opened, "
-                f"power {dry.value('power_active_total')} kW"
-            )
+            summary.events.append(_("{at} relay of {meter} opened, power {kw} kW", at=at,
+                                    meter=self.plan.dry_meter,
+                                    kw=dry.value("power_active_total")))
         if dry.relay_open and self.open_energy is not None:
             summary.energy_frozen_while_open = (
                 dry.value("energy_import_total") == self.open_energy
             )
         if self.topped_up and summary.relay_opened_on_meter and not dry.relay_open:
             if not summary.relay_closed_again:
-                summary.events.append(f"{at} relay of {self.plan.dry_meter} closed again")
+                summary.events.append(_("{at} relay of {meter} closed again", at=at,
+                                        meter=self.plan.dry_meter))
             summary.relay_closed_again = True
 
     def top_up(self, at: str) -> None:
@@ -416,7 +420,9 @@ class _DemoRun:
             topup(conn, self.summary.dry_account, TOPUP_AMOUNT, channel="wechat",
                   reference=f"{self.summary.dry_account}-topup-1")
         self.topped_up = True
-        self.summary.events.append(f"{at} topped up {self.summary.dry_account} by {TOPUP_AMOUNT}")
+        self.summary.events.append(_("{at} topped up {account} by {amount}", at=at,
+                                     account=self.summary.dry_account,
+                                     amount=i18n.yuan(TOPUP_AMOUNT)))
 
     def status_line(self, at: str) -> str:
         from billing import balance
@@ -424,14 +430,14 @@ class _DemoRun:
         account = self.summary.dry_account
         with psycopg.connect(self.database_url) as conn:
             left = balance(conn, account)
-        return (
-            f"[{at}] published {self.gateway.stats.readings_published:4d} "
-            f"stored {_stored(self.database_url, self.plan):4d} | {account} balance {left:>8} "
-            f"| relay {'OPEN  ' if self.dry.relay_open else 'closed'} "
-            f"{self.dry.value('power_active_total'):.3f} kW "
-            f"| cut-offs {self.billing.stats.cutoffs_acked} "
-            f"restores {self.billing.stats.restores_acked}"
-        )
+        return _(
+            "[{at}] published {published:4d} stored {stored:4d} | {account} balance {balance:>8} "
+            "| relay {relay} {kw:.3f} kW | cut-offs {cutoffs} restores {restores}",
+            at=at, published=self.gateway.stats.readings_published,
+            stored=_stored(self.database_url, self.plan), account=account,
+            balance=i18n.yuan(left), relay=_("OPEN  ") if self.dry.relay_open else _("closed"),
+            kw=self.dry.value("power_active_total"), cutoffs=self.billing.stats.cutoffs_acked,
+            restores=self.billing.stats.restores_acked)
 
 
 def _raise_if_failed(tasks: list[asyncio.Task[None]]) -> None:
