@@ -118,16 +118,16 @@ def catalogue(lang: str) -> dict[str, str]:
     }
 
 
-def gettext(message: str, lang: str | None = None, **params: object) -> str:
+def gettext(message: str, lang: str | None = None, /, **params: object) -> str:
     """``message`` in ``lang`` (default: the current language), placeholders filled."""
     lang = lang or current()
     text = catalogue(lang).get(message, message) if lang != "en" else message
     return text.format(**params) if params else text
 
 
-def _(message: str, **params: object) -> str:
+def _(message: str, /, **params: object) -> str:
     """``message`` in the current language, ``{name}`` placeholders filled from params."""
-    return gettext(message, **params)
+    return gettext(message, None, **params)
 
 
 def _babel_locale(lang: str | None) -> Locale:

@@ -134,7 +134,10 @@ SCHEMAS: dict[str, S] = {
         "flags": _arr(STR),
     }),
     "Anomaly": _obj({"id": INT, "meter": STR, "rule": STR, "at": TIME, "reason": STR,
-                     "value": _null(NUM), "expected": _null(NUM), "holds": BOOL,
+                     "value": _null(NUM), "expected": _null(NUM),
+                     "value_unit": {"type": "string", "description": "unit of value; '' if none"},
+                     "expected_unit": {"type": "string", "description": "unit of expected"},
+                     "holds": BOOL,
                      "review_item_id": _null(INT), "detected_at": TIME}),
     "ReviewItem": _obj({
         "id": INT, "meter": STR, "rule": STR, "period_start": TIME, "period_end": TIME,

@@ -119,7 +119,7 @@ function healthValue(key, v) {
   }
   const bad = entries.filter(([, x]) => x && typeof x === "object" && (x.state && x.state !== "ok")).length;
   return h("span", { title: JSON.stringify(v, null, 1) }, num(entries.length),
-    bad ? h("span", { class: "error" }, ` ${t("health.not_ok", { n: bad })}`) : "");
+    bad ? h("span", { class: "error" }, t("health.not_ok", { n: bad })) : "");
 }
 
 function healthLabel(key) {
@@ -366,7 +366,7 @@ function gatewayCard(g) {
       h("dt", {}, t("gw.site")), h("dd", {}, g.site || "—"),
       h("dt", {}, t("gw.last_seen")), h("dd", {}, ago(g.last_seen)),
       h("dt", {}, t("gw.meters")), h("dd", { "data-testid": "gw-meters" }, g.meters === null || g.meters === undefined ? "—" : num(g.meters),
-        failing ? h("span", { class: "error", title: JSON.stringify(health.meters, null, 1) }, ` ${t("health.not_ok", { n: failing })}`) : ""),
+        failing ? h("span", { class: "error", title: JSON.stringify(health.meters, null, 1) }, t("health.not_ok", { n: failing })) : ""),
       g.offline_reason ? [h("dt", {}, t("gw.why")), h("dd", {}, g.offline_reason)] : null,
       figures.map(([k, v]) => [h("dt", {}, healthLabel(k)), h("dd", {}, healthValue(k, v))])));
 }
