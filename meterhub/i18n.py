@@ -130,6 +130,12 @@ def _(message: str, /, **params: object) -> str:
     return gettext(message, None, **params)
 
 
+def N_(message: str, /) -> str:
+    """Marks a message for the catalogue that is translated later, where it is shown
+    (``_(value)``): e.g. a text kept in a data structure. Returns it unchanged."""
+    return message
+
+
 def _babel_locale(lang: str | None) -> Locale:
     try:
         return Locale.parse((lang or current()).replace("-", "_"))

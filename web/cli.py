@@ -78,8 +78,8 @@ def _serve(args: argparse.Namespace) -> int:
                          session_key_file=args.session_key_file)
     app = create_app(url, mqtt=mqtt, offline_after_s=args.offline_after, door_settings=door)
     scheme = "https" if context else "http"
-    print(_("meterhub web: the page is at {url}",
-            url=f"{scheme}://{args.host}:{args.port}/"), file=sys.stderr)
+    url_shown = f"{scheme}://{args.host}:{args.port}/"
+    print(_("meterhub web: the page is at {url}", url=url_shown), file=sys.stderr)
     if not _has_users(url):
         print(_("no logins yet: create one with "
                 "'meterhub web create-user --name NAME --role admin'"), file=sys.stderr)

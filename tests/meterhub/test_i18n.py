@@ -21,13 +21,14 @@ PARTS = ("meterhub", "launcher", "gateway", "collector", "billing", "firmware_si
 
 
 def _wrapped_messages() -> dict[str, str]:
-    """Every literal message passed to ``_()`` in the parts, with where it is."""
+    """Every literal message passed to ``_()`` or ``N_()`` in the parts, with where it is
+    (what ``pybabel extract -k _ -k N_`` finds)."""
     found: dict[str, str] = {}
     for part in PARTS:
         for path in sorted((ROOT / part).rglob("*.py")):
             for node in ast.walk(ast.parse(path.read_text(), str(path))):
                 if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-                        and node.func.id == "_" and node.args
+                        and node.func.id in ("_", "N_") and node.args
                         and isinstance(node.args[0], ast.Constant)
                         and isinstance(node.args[0].value, str)):
                     found.setdefault(node.args[0].value,
