@@ -60,11 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    i18n.set_language(i18n.from_environment())
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.lang:
-        i18n.set_language(args.lang)
+    args = build_parser().parse_args(argv)
+    # the language for this run only (a test calling main() leaves its own unchanged)
+    with i18n.language(args.lang or i18n.from_environment()):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     setup_logging(verbosity=args.verbose, json_lines=args.log_json)
     try:
         with contextlib.ExitStack() as stack:
