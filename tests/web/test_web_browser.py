@@ -176,7 +176,7 @@ def test_engineer_and_operator_day(browser: Browser, served_tls: str, logins: Lo
 
 
 def test_page_in_chinese(browser: Browser, served: str, logins: Logins, fleet: Fleet,
-                         artifacts_dir: Path) -> None:
+                         db_url: str, artifacts_dir: Path) -> None:
     """A browser asking for zh-CN gets the whole page in Chinese (numbers, dates, units too),
     server errors included; the switch goes to English and is remembered over a reload. The
     sessions and password screen works."""
@@ -225,6 +225,28 @@ def test_page_in_chinese(browser: Browser, served: str, logins: Logins, fleet: F
              if x]
     assert len(ticks) == len(set(ticks)), f"axis labels repeat: {ticks}"
     page.screenshot(path=str(shots / "11-meter-zh.png"), full_page=True)
+
+    # A meter that started reporting two minutes ago (a fresh demo) fills the 1 h chart
+    # instead of a sliver at its right edge.
+    fresh = f"{fleet.meters[0]}-new"
+    now = datetime.now(UTC)
+    with psycopg.connect(db_url) as conn:
+        conn.execute("INSERT INTO meters (meter_id, gateway, site, protocol, first_seen,"
+                     " last_seen) VALUES (%s, %s, 'site-a', 'dlt645-2007', %s, %s)",
+                     (fresh, fleet.gateway, now - timedelta(minutes=2), now))
+        for k in range(13):
+            conn.execute("INSERT INTO readings (meter_id, quantity, ts, value, unit)"
+                         " VALUES (%s, 'power_active_total', %s, %s, 'kW')",
+                         (fresh, now - timedelta(seconds=120 - 10 * k), 1.0 + k / 10))
+    page.goto(f"{served}/#/meter/{fresh}")
+    line = page.get_by_test_id("chart-power").locator("path.line-power")
+    expect(line).to_have_count(1)
+    chart, drawn = page.get_by_test_id("chart-power").bounding_box(), line.bounding_box()
+    assert chart and drawn
+    assert drawn["width"] > 0.8 * chart["width"], (drawn, chart)
+    ticks = [x for x in page.get_by_test_id("chart-power").locator("text").all_text_contents()
+             if x]
+    assert len(ticks) == len(set(ticks)), f"axis labels repeat: {ticks}"
 
     page.get_by_role("link", name="账户", exact=True).click()
     expect(page.get_by_role("heading", name="账户")).to_be_visible()
