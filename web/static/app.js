@@ -367,8 +367,16 @@ function gatewayCard(g) {
       h("dt", {}, t("gw.last_seen")), h("dd", {}, ago(g.last_seen)),
       h("dt", {}, t("gw.meters")), h("dd", { "data-testid": "gw-meters" }, g.meters === null || g.meters === undefined ? "—" : num(g.meters),
         failing ? h("span", { class: "error", title: JSON.stringify(health.meters, null, 1) }, t("health.not_ok", { n: failing })) : ""),
-      g.offline_reason ? [h("dt", {}, t("gw.why")), h("dd", {}, g.offline_reason)] : null,
+      g.offline_reason ? [h("dt", {}, t("gw.why")), h("dd", { title: g.offline_reason }, offlineReason(g))] : null,
       figures.map(([k, v]) => [h("dt", {}, healthLabel(k)), h("dd", {}, healthValue(k, v))])));
+}
+
+/** Why a gateway shows offline (the server's reason, collector read model), in the page's
+ * language: it said so (or its will fired), never heard from, or silent too long. */
+function offlineReason(g) {
+  if (g.reported_state === "offline") return t("gw.reason_reported");
+  if (!g.last_seen) return t("gw.reason_never");
+  return t("gw.reason_silent", { span: Fmt.duration((Date.now() - Date.parse(g.last_seen)) / 1000) });
 }
 
 async function viewGateway(target, name) {
