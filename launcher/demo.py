@@ -369,10 +369,12 @@ class _DemoRun:
                 at = f"{time.monotonic() - started:5.1f}s"
                 self.observe_relay(at)
                 # the line stamped `at` shows the state at `at`: written before a top-up
-                # that happens later in this turn (it used to show the topped-up balance)
+                # that happens later in this turn (it used to show the topped-up balance),
+                # from one reading of the cut-off count that also decides the top-up
+                cutoffs = self.billing.stats.cutoffs_acked
                 if live:
-                    _say(await asyncio.to_thread(self.status_line, at))
-                if self.billing.stats.cutoffs_acked and not self.topped_up:
+                    _say(await asyncio.to_thread(self.status_line, at, cutoffs))
+                if cutoffs and not self.topped_up:
                     await asyncio.sleep(TOPUP_DELAY_S)
                     await asyncio.to_thread(self.top_up, f"{time.monotonic() - started:5.1f}s")
         finally:
@@ -424,7 +426,7 @@ class _DemoRun:
                                      account=self.summary.dry_account,
                                      amount=i18n.yuan(TOPUP_AMOUNT)))
 
-    def status_line(self, at: str) -> str:
+    def status_line(self, at: str, cutoffs: int) -> str:
         from billing import balance
 
         account = self.summary.dry_account
@@ -436,7 +438,7 @@ class _DemoRun:
             at=at, published=self.gateway.stats.readings_published,
             stored=_stored(self.database_url, self.plan), account=account,
             balance=i18n.yuan(left), relay=_("OPEN  ") if self.dry.relay_open else _("closed"),
-            kw=self.dry.value("power_active_total"), cutoffs=self.billing.stats.cutoffs_acked,
+            kw=self.dry.value("power_active_total"), cutoffs=cutoffs,
             restores=self.billing.stats.restores_acked)
 
 
