@@ -29,6 +29,7 @@ from billing.money import DEFAULT_MAX_TOPUP, parse_yuan
 from billing.policy import CreditSettings, ProtectedWindows
 from billing.tariffs import load_tariffs
 from meterhub import db, settings
+from meterhub.i18n import _, yuan
 from meterhub.metrics import add_metrics_option, metrics_endpoint
 
 
@@ -200,8 +201,9 @@ def _topup(args: argparse.Namespace) -> int:
         print(_dump({"entry_id": e.entry_id, "account": e.account_id, "amount": e.amount,
                      "channel": e.channel, "reference": e.reference, "balance": bal}))
     else:
-        print(f"{e.account_id}: +{e.amount} via {e.channel} ({e.reference}), "
-              f"entry {e.entry_id}; balance now {bal}")
+        print(_("{account}: +{amount} via {channel} ({reference}), entry {entry}; balance now "
+                "{balance}", account=e.account_id, amount=yuan(e.amount), channel=e.channel,
+                reference=e.reference, entry=e.entry_id, balance=yuan(bal)))
     return 0
 
 
@@ -210,7 +212,8 @@ def _balance(args: argparse.Namespace) -> int:
         tariffs = load_tariffs(args.tariffs)
         summary = reports.list_accounts(conn, tariffs, account_id=args.account)
         if not summary:
-            raise ledger.UnknownAccount(f"account {args.account!r} does not exist")
+            raise ledger.UnknownAccount(_("account {account!r} does not exist",
+                                          account=args.account))
         s = summary[0]
         recent = ledger.entries(conn, args.account, args.entries)
     if args.json:
@@ -219,10 +222,11 @@ def _balance(args: argparse.Namespace) -> int:
              "balance_after": e.balance_after, "at": e.created_at, "key": e.idempotency_key}
             for e in recent]}))
         return 0
-    print(f"{s.account_id} {s.name!r}: balance {s.balance} ({s.phase}), risk {s.risk_grade}, "
-          f"days left {s.days_left if s.days_left is not None else '-'}")
+    print(_("{account} {name!r}: balance {balance} ({phase}), risk {risk}, days left {days}",
+            account=s.account_id, name=s.name, balance=yuan(s.balance), phase=s.phase,
+            risk=s.risk_grade, days=s.days_left if s.days_left is not None else "-"))
     if s.customer_action_needed:
-        print("  supply restored on the meter: the customer must press the meter's button")
+        print(_("  supply restored on the meter: the customer must press the meter's button"))
     for e in recent:
         print(f"  {e.created_at:%Y-%m-%d %H:%M:%S} {e.kind:17} {e.amount:>10} "
               f"-> {e.balance_after:>10}  {e.idempotency_key}")
@@ -237,14 +241,15 @@ def _accounts(args: argparse.Namespace) -> int:
     if args.json:
         print(_dump([r.to_json() for r in rows]))
         return 0
-    print(f"{'account':14} {'balance':>10} {'phase':7} {'risk':4} {'days':>6} {'relay':14} "
-          "tariff / group / note")
+    print(_("{account:14} {balance:>10} {phase:7} {risk:4} {days:>6} {relay:14} {rest}",
+            account=_("account"), balance=_("balance"), phase=_("phase"), risk=_("risk"),
+            days=_("days"), relay=_("relay"), rest=_("tariff / group / note")))
     for r in rows:
         relay = ",".join(f"{w[0]}/{p[0]}" for w, p in zip(r.relay_wanted, r.relay_reported,
                                                           strict=True))
-        note = r.hold_reason or ("awaiting approval" if r.awaiting_approval else "")
+        note = r.hold_reason or (_("awaiting approval") if r.awaiting_approval else "")
         if r.customer_action_needed:
-            note = "customer must press the button"
+            note = _("customer must press the button")
         days = "-" if r.days_left is None else str(r.days_left)
         print(f"{r.account_id:14} {r.balance:>10} {r.phase:7} {r.risk_grade:4} {days:>6} "
               f"{relay:14} {r.tariff} / {r.group or '-'} {note}")
@@ -256,7 +261,7 @@ def _create(args: argparse.Namespace) -> int:
         credit = CreditSettings.from_json(json.loads(args.credit)) if args.credit else None
         windows = ProtectedWindows.from_json(json.loads(args.windows)) if args.windows else None
     except json.JSONDecodeError as exc:
-        raise BillingError(f"--credit/--windows: not valid JSON ({exc})") from None
+        raise BillingError(_("--credit/--windows: not valid JSON ({error})", error=exc)) from None
     with _connect(args) as conn:
         ledger.create_account(
             conn, args.account, meters=args.meter, tariff=args.tariff, name=args.name,
@@ -264,7 +269,8 @@ def _create(args: argparse.Namespace) -> int:
             opening_balance=args.opening_balance, tariffs=load_tariffs(args.tariffs),
             relayless=args.relayless,
         )
-    print(f"account {args.account} opened for {', '.join(args.meter)} on {args.tariff}")
+    print(_("account {account} opened for {meters} on {tariff}", account=args.account,
+            meters=", ".join(args.meter), tariff=args.tariff))
     return 0
 
 
@@ -304,9 +310,10 @@ def _approve(args: argparse.Namespace) -> int:
     with _connect(args) as conn:
         ok = ledger.approve_cutoffs(conn, args.group, by=args.by)
     if not ok:
-        print(f"no cut-off is waiting for approval in group {args.group!r}", file=sys.stderr)
+        print(_("no cut-off is waiting for approval in group {group!r}", group=args.group),
+              file=sys.stderr)
         return 1
-    print(f"cut-offs of group {args.group} approved by {args.by}")
+    print(_("cut-offs of group {group} approved by {by}", group=args.group, by=args.by))
     return 0
 
 
@@ -314,8 +321,10 @@ def _relay(args: argparse.Namespace) -> int:
     with _connect(args) as conn:
         cid = manual.manual_relay(conn, args.meter, args.want, by=args.by, reason=args.reason,
                                   hold_until=args.until)
-    print(f"command {cid} queued: relay of {args.meter} wanted {args.want}, held "
-          + (f"until {args.until.isoformat()}" if args.until else "until released"))
+    held = (_("held until {until}", until=args.until.isoformat()) if args.until
+            else _("held until released"))
+    print(_("command {id} queued: relay of {meter} wanted {want}, {held}", id=cid,
+            meter=args.meter, want=args.want, held=held))
     return 0
 
 
@@ -323,9 +332,10 @@ def _release(args: argparse.Namespace) -> int:
     with _connect(args) as conn:
         ok = manual.release_manual_hold(conn, args.meter, by=args.by, reason=args.reason)
     if not ok:
-        print(f"meter {args.meter!r} has no manual hold", file=sys.stderr)
+        print(_("meter {meter!r} has no manual hold", meter=args.meter), file=sys.stderr)
         return 1
-    print(f"manual hold of {args.meter} released by {args.by}; the policy applies again")
+    print(_("manual hold of {meter} released by {by}; the policy applies again",
+            meter=args.meter, by=args.by))
     return 0
 
 
@@ -336,14 +346,16 @@ def _holds(args: argparse.Namespace) -> int:
         print(_dump(rows))
         return 0
     for r in rows:
-        until = r["until"].isoformat() if r["until"] else "released by hand"
-        print(f"{r['meter_id']:16} {r['account_id']:12} {r['wanted']:6} by {r['by']} "
-              f"until {until}  {r['reason']}")
+        until = r["until"].isoformat() if r["until"] else _("released by hand")
+        print(_("{meter:16} {account:12} {wanted:6} by {by} until {until}  {reason}",
+                meter=r["meter_id"], account=r["account_id"], wanted=r["wanted"], by=r["by"],
+                until=until, reason=r["reason"]))
     return 0
 
 
 def _tariffs(args: argparse.Namespace) -> int:
     for t in load_tariffs(args.tariffs).values():
         versions = ", ".join(str(v.effective) for v in t.versions)
-        print(f"{t.tariff_id:26} {t.zone.key:16} versions from {versions}  ({t.source})")
+        print(_("{tariff:26} {zone:16} versions from {versions}  ({source})",
+                tariff=t.tariff_id, zone=t.zone.key, versions=versions, source=t.source))
     return 0

@@ -14,6 +14,7 @@ from typing import Any
 from collector import review_cli
 from collector.config import CollectorConfig
 from meterhub import db, settings
+from meterhub.i18n import _
 from meterhub.metrics import add_metrics_option, metrics_endpoint
 
 
@@ -121,8 +122,9 @@ def _commissioning(args: argparse.Namespace) -> int:
 
     with psycopg.connect(_database_url(args), autocommit=True) as conn:
         until = ownership.commission(conn, args.gateway, args.minutes, datetime.now(UTC))
-    print(f"gateway {args.gateway} commissioning until {until.isoformat()}" if until
-          else f"gateway {args.gateway}: commissioning closed")
+    print(_("gateway {gateway} commissioning until {until}", gateway=args.gateway,
+            until=until.isoformat()) if until
+          else _("gateway {gateway}: commissioning closed", gateway=args.gateway))
     return 0
 
 
@@ -134,15 +136,20 @@ def _pending(args: argparse.Namespace) -> int:
     with psycopg.connect(_database_url(args), autocommit=True) as conn:
         if args.action == "list":
             for row in read_model.pending_meters(conn):
-                print(f"{row['meter_id']} claimed by {row['gateway']} ({row['status']}): "
-                      f"{row['readings']} reading(s) {row['first_seen']:%Y-%m-%d %H:%M}.."
-                      f"{row['last_seen']:%Y-%m-%d %H:%M}")
+                print(_("{meter} claimed by {gateway} ({status}): {n} reading(s) "
+                        "{first:%Y-%m-%d %H:%M}..{last:%Y-%m-%d %H:%M}", meter=row["meter_id"],
+                        gateway=row["gateway"], status=row["status"], n=row["readings"],
+                        first=row["first_seen"], last=row["last_seen"]))
             return 0
         if not args.meter or not args.gateway:
-            raise ownership.OwnershipError(f"pending {args.action} needs METER and --gateway")
+            raise ownership.OwnershipError(_("pending {action} needs METER and --gateway",
+                                             action=args.action))
         decide = ownership.approve if args.action == "approve" else ownership.reject
         decide(conn, args.meter, args.gateway, args.by, args.comment)
-    print(f"meter {args.meter} claimed by {args.gateway}: {args.action}d")
+    print(_("meter {meter} claimed by {gateway}: approved", meter=args.meter,
+            gateway=args.gateway) if args.action == "approve" else
+          _("meter {meter} claimed by {gateway}: rejected", meter=args.meter,
+            gateway=args.gateway))
     return 0
 
 
@@ -153,7 +160,8 @@ def _move(args: argparse.Namespace) -> int:
 
     with psycopg.connect(_database_url(args), autocommit=True) as conn:
         old = ownership.move(conn, args.meter, args.to, args.by, args.comment)
-    print(f"meter {args.meter} moved from {old} to {args.to}")
+    print(_("meter {meter} moved from {old} to {new}", meter=args.meter, old=old,
+            new=args.to))
     return 0
 
 
@@ -203,7 +211,7 @@ def _dead_letters(args: argparse.Namespace) -> int:
         picked = [r for r in dead_letters.rows(conn, **which)
                   if dead_letters.replayable(r) and (args.again or r["replayed_at"] is None)]
     if not picked:
-        print("nothing to replay (only whole messages kept complete can be replayed)")
+        print(_("nothing to replay (only whole messages kept complete can be replayed)"))
         return 0
     result = _replay(url, [(r["topic"], bytes(r["payload"])) for r in picked])
     with psycopg.connect(url, autocommit=True) as conn:

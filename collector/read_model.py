@@ -18,6 +18,8 @@ from typing import Any, TypedDict, cast
 import psycopg
 from psycopg.rows import dict_row
 
+from collector.vee.rules import ANOMALY_UNITS
+
 
 class Gateway(TypedDict):
     gateway: str
@@ -125,6 +127,8 @@ class Anomaly(TypedDict):
     reason: str
     value: Decimal | None
     expected: Decimal | None
+    value_unit: str  # "" when the value has none
+    expected_unit: str
     holds: bool
     review_item_id: int | None
     detected_at: datetime
@@ -386,9 +390,16 @@ def anomalies(conn: psycopg.Connection[Any], meter_id: str | None, rule: str | N
     """Anomalies the validation found, newest first; each filter applies when given."""
     sql_where, params = _where((("m.meter_id = %s", meter_id), ("v.name = %s", rule),
                                 ("a.at >= %s", start), ("a.at < %s", end)))
-    return cast("list[Anomaly]", _fetch(
+    return _with_units(_fetch(
         conn, f"SELECT {_ANOMALY_COLUMNS} FROM {_ANOMALIES} WHERE {sql_where}"
         " ORDER BY a.at DESC, a.id DESC LIMIT %s OFFSET %s", [*params, limit, offset]))
+
+
+def _with_units(rows: list[dict[str, Any]]) -> list[Anomaly]:
+    """Each anomaly with the units of its value and expected value (by its rule)."""
+    for row in rows:
+        row["value_unit"], row["expected_unit"] = ANOMALY_UNITS.get(row["rule"], ("", ""))
+    return cast("list[Anomaly]", rows)
 
 
 _REVIEW_COLUMNS = """r.id, r.meter_id AS meter, r.rule, r.period_start, r.period_end, r.reason,
@@ -414,7 +425,7 @@ def review_item(conn: psycopg.Connection[Any], item_id: int) -> ReviewItemDetail
     if not rows:
         return None
     out = cast(ReviewItemDetail, rows[0])
-    out["anomalies"] = cast("list[Anomaly]", _fetch(
+    out["anomalies"] = _with_units(_fetch(
         conn, f"SELECT {_ANOMALY_COLUMNS} FROM {_ANOMALIES} WHERE a.review_item_id = %s"
         " ORDER BY a.at", (item_id,)))
     return out

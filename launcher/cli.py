@@ -15,6 +15,8 @@ import sys
 from collections.abc import Sequence
 
 from launcher.embedded import database_or_embedded
+from meterhub import i18n
+from meterhub.i18n import _
 from meterhub.logs import setup_logging
 
 # (module, subcommand): each module exposes ``register(subparsers)``; a part that is not
@@ -43,8 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more log output (-v info, -vv debug)")
     parser.add_argument("--log-json", action="store_true", help="logs as JSON lines")
+    parser.add_argument("--lang", choices=i18n.LANGUAGES, default=None,
+                        help=f"language of messages (default ${i18n.LANG_ENV}, LC_ALL, LANG)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module_name, _ in _PARTS:
+    for module_name, _command in _PARTS:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
@@ -56,8 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    # the language for this run only (a test calling main() leaves its own unchanged)
+    with i18n.language(args.lang or i18n.from_environment()):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     setup_logging(verbosity=args.verbose, json_lines=args.log_json)
     try:
         with contextlib.ExitStack() as stack:
@@ -70,7 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose >= 2:
             raise
         logging.getLogger("meterhub").debug("fatal", exc_info=True)
-        print(f"meterhub {args.command}: error: {exc}", file=sys.stderr)
+        print(_("meterhub {command}: error: {error}", command=args.command, error=exc),
+              file=sys.stderr)
         return 1
 
 

@@ -40,7 +40,8 @@ from psycopg.conninfo import conninfo_to_dict
 
 from launcher.embedded import BrokerLogins, database_or_embedded, embedded_broker, site_broker
 from launcher.keys import generate_key_pair
-from meterhub import db, settings
+from meterhub import db, i18n, settings
+from meterhub.i18n import _
 from meterhub.security.files import write_private_file
 from meterhub.settings import MqttSettings
 
@@ -436,14 +437,18 @@ class _DemoRun:
                 _raise_if_failed([*backend, gateway])
                 at = f"{time.monotonic() - started:5.1f}s"
                 self.observe_relay(at)
-                if self.billing.stats.cutoffs_acked and not self.topped_up:
+                # the line stamped `at` shows the state at `at`: written before a top-up
+                # that happens later in this turn, from one reading of the cut-off count
+                # that also decides the top-up
+                cutoffs = self.billing.stats.cutoffs_acked
+                if live and not interrupted.is_set():
+                    _say(await asyncio.to_thread(self.status_line, at, cutoffs))
+                if cutoffs and not self.topped_up:
                     with contextlib.suppress(TimeoutError):  # the customer pays, unless stopped
                         await asyncio.wait_for(interrupted.wait(), TOPUP_DELAY_S)
                     if not interrupted.is_set():
                         await asyncio.to_thread(self.top_up,
                                                 f"{time.monotonic() - started:5.1f}s")
-                if live and not interrupted.is_set():
-                    _say(await asyncio.to_thread(self.status_line, at))
         finally:
             await self._stop(gateway, backend, stop_gateway, stop_backend,
                              hurry=interrupted.is_set())
@@ -482,17 +487,17 @@ class _DemoRun:
         if dry.relay_open and not summary.relay_opened_on_meter:
             summary.relay_opened_on_meter = True
             self.open_energy = dry.value("energy_import_total")
-            summary.events.append(
-                f"{at} relay of {self.plan.dry_meter} opened, "
-                f"power {dry.value('power_active_total')} kW"
-            )
+            summary.events.append(_("{at} relay of {meter} opened, power {kw} kW", at=at,
+                                    meter=self.plan.dry_meter,
+                                    kw=dry.value("power_active_total")))
         if dry.relay_open and self.open_energy is not None:
             summary.energy_frozen_while_open = (
                 dry.value("energy_import_total") == self.open_energy
             )
         if self.topped_up and summary.relay_opened_on_meter and not dry.relay_open:
             if not summary.relay_closed_again:
-                summary.events.append(f"{at} relay of {self.plan.dry_meter} closed again")
+                summary.events.append(_("{at} relay of {meter} closed again", at=at,
+                                        meter=self.plan.dry_meter))
             summary.relay_closed_again = True
 
     def top_up(self, at: str) -> None:
@@ -503,22 +508,24 @@ class _DemoRun:
             topup(conn, self.summary.dry_account, TOPUP_AMOUNT, channel="wechat",
                   reference=f"{self.summary.dry_account}-topup-1")
         self.topped_up = True
-        self.summary.events.append(f"{at} topped up {self.summary.dry_account} by {TOPUP_AMOUNT}")
+        self.summary.events.append(_("{at} topped up {account} by {amount}", at=at,
+                                     account=self.summary.dry_account,
+                                     amount=i18n.yuan(TOPUP_AMOUNT)))
 
-    def status_line(self, at: str) -> str:
+    def status_line(self, at: str, cutoffs: int) -> str:
         from billing import balance
 
         account = self.summary.dry_account
         with psycopg.connect(self.database_url) as conn:
             left = balance(conn, account)
-        return (
-            f"[{at}] published {self.gateway.stats.readings_published:4d} "
-            f"stored {_stored(self.database_url, self.plan):4d} | {account} balance {left:>8} "
-            f"| relay {'OPEN  ' if self.dry.relay_open else 'closed'} "
-            f"{self.dry.value('power_active_total'):.3f} kW "
-            f"| cut-offs {self.billing.stats.cutoffs_acked} "
-            f"restores {self.billing.stats.restores_acked}"
-        )
+        return _(
+            "[{at}] published {published:4d} stored {stored:4d} | {account} balance {balance:>8} "
+            "| relay {relay} {kw:.3f} kW | cut-offs {cutoffs} restores {restores}",
+            at=at, published=self.gateway.stats.readings_published,
+            stored=_stored(self.database_url, self.plan), account=account,
+            balance=i18n.yuan(left), relay=_("OPEN  ") if self.dry.relay_open else _("closed"),
+            kw=self.dry.value("power_active_total"), cutoffs=cutoffs,
+            restores=self.billing.stats.restores_acked)
 
 
 async def _bounded(waiting: Any, timeout: float) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 import billing
+from meterhub.i18n import _
 from meterhub.settings import MqttSettings
 from web import database, door, inputs
 from web.auth import Role, User
@@ -73,7 +74,8 @@ def requires(role: Role) -> Callable[[Handler], Handler]:
         async def checked(request: web.Request) -> web.StreamResponse:
             user = current_user(request)
             if not user.can(role):
-                raise Forbidden(f"this needs the {role} role; {user.name} is {user.role}")
+                raise Forbidden(_("this needs the {role} role; {name} is {user_role}", role=role,
+                                  name=user.name, user_role=user.role))
             return await handler(request)
 
         checked.required_role = role  # type: ignore[attr-defined]
@@ -86,7 +88,8 @@ def current_user(request: web.Request) -> User:
     """The logged-in user (set by the auth middleware); a 401 when nobody is."""
     user = request.get(USER_KEY)
     if user is None:
-        raise Unauthorized("log in first, or send an API token as 'Authorization: Bearer ...'")
+        raise Unauthorized(_("log in first, or send an API token as "
+                           "'Authorization: Bearer ...'"))
     assert isinstance(user, User)
     return user
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import psycopg
 from aiohttp import web
 
+from meterhub import i18n
+from meterhub.i18n import _
 from meterhub.settings import MqttSettings
 from web import (
     auth,
@@ -58,6 +60,19 @@ _PUBLIC = {f"{API}/openapi.json", f"{API}/health", f"{API}/session"}
 
 
 @web.middleware
+async def language_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer in the asker's language (Accept-Language; the page sends its chosen one):
+    the messages of errors raised while handling the request are looked up in it."""
+    lang = i18n.negotiate(request.headers.get("Accept-Language"))
+    with i18n.language(lang):
+        response = await handler(request)
+    if request.path.startswith(API) and not response.prepared:
+        response.headers["Content-Language"] = lang
+        response.headers["Vary"] = "Accept-Language"
+    return response
+
+
+@web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every failure into JSON with a human message; never leak a traceback."""
     try:
@@ -67,35 +82,37 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400 or not request.path.startswith(API):
             raise
-        message = {404: f"no such endpoint: {request.method} {request.path}",
-                   405: f"{request.method} is not allowed on {request.path}"}.get(
-            exc.status, exc.reason)
+        message = {404: _("no such endpoint: {method} {path}", method=request.method,
+                          path=request.path),
+                   405: _("{method} is not allowed on {path}", method=request.method,
+                          path=request.path)}.get(exc.status, exc.reason)
         return web.json_response(
             {"error": {"status": exc.status, "message": message}}, status=exc.status,
             headers={k: v for k, v in exc.headers.items() if k == "Allow"},
         )
     except psycopg.errors.UndefinedTable as exc:
         log.warning("missing table", exc_info=True)
-        err = Unavailable(f"this needs a table the database does not have yet "
-                          f"({exc.diag.message_primary}); apply the migrations "
-                          "(meterhub collector migrate)")
+        err = Unavailable(_("this needs a table the database does not have yet ({detail}); "
+                            "apply the migrations (meterhub collector migrate)",
+                            detail=exc.diag.message_primary))
         return web.json_response(err.body(), status=err.status)
     except psycopg.errors.DataError as exc:
         # A value PostgreSQL refused (out of range, bad encoding): the client's input.
         return web.json_response(
-            {"error": {"status": 400, "message": f"invalid value: {exc.diag.message_primary}"}},
+            {"error": {"status": 400, "message": _("invalid value: {detail}",
+                                                   detail=exc.diag.message_primary)}},
             status=400,
         )
     except psycopg.OperationalError:
         log.exception("database unavailable")
-        err = Unavailable("the database is not reachable right now; try again in a moment")
+        err = Unavailable(_("the database is not reachable right now; try again in a moment"))
         return web.json_response(err.body(), status=err.status)
     except asyncio.CancelledError:
         raise
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return web.json_response(
-            {"error": {"status": 500, "message": "internal error; it has been logged"}},
+            {"error": {"status": 500, "message": _("internal error; it has been logged")}},
             status=500,
         )
 
@@ -113,12 +130,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     cookie = request.cookies.get(auth.SESSION_COOKIE)
     user: User | None = None
     if header:
-        scheme, _, token = header.partition(" ")
+        scheme, _sep, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthorized("Authorization must be 'Bearer <token>'")
+            raise Unauthorized(_("Authorization must be 'Bearer <token>'"))
         user = await database.run(request, auth.user_by_token, token.strip())
         if user is None:
-            raise Unauthorized("this API token is unknown or revoked")
+            raise Unauthorized(_("this API token is unknown or revoked"))
     elif cookie:
         session_token = auth.verify_session(request.app[SESSION_KEY_KEY], cookie)
         if session_token is not None:
@@ -128,8 +145,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         user = dataclasses.replace(user, source=source(request))
     request[USER_KEY] = user
     if user is None and request.path not in _PUBLIC:
-        raise Unauthorized("log in first (the session may have expired or been revoked), "
-                           "or send an API token as 'Authorization: Bearer ...'")
+        raise Unauthorized(_("log in first (the session may have expired or been revoked), "
+                             "or send an API token as 'Authorization: Bearer ...'"))
     door.check_json_content_type(request, with_cookie=bool(cookie) and not header)
     if not header and (cookie or "Origin" in request.headers
                        or "Sec-Fetch-Site" in request.headers):
@@ -167,8 +184,8 @@ def create_app(
     settings = WebSettings(database_url, mqtt, live_interval_s, offline_after_s, secure_cookies,
                            door_settings or DoorSettings())
     app = web.Application(
-        middlewares=[headers_middleware, error_middleware, auth_middleware,
-                     validation.middleware],
+        middlewares=[language_middleware, headers_middleware, error_middleware,
+                     auth_middleware, validation.middleware],
         client_max_size=1024 * 1024,
     )
     app[SETTINGS_KEY] = settings

@@ -19,6 +19,8 @@ from typing import Literal
 import psycopg
 from psycopg.rows import tuple_row
 
+from meterhub.i18n import _
+
 Role = Literal["viewer", "auditor", "engineer", "operator", "admin"]
 ROLES: tuple[Role, ...] = ("viewer", "auditor", "engineer", "operator", "admin")
 # Reading rights rise with the rank; the auditor reads like a viewer and, besides the admin,
@@ -137,7 +139,7 @@ def sign_session(key: bytes, token: str) -> str:
 
 def verify_session(key: bytes, cookie: str) -> str | None:
     """The session token of a correctly signed cookie; None for anything else."""
-    token, _, mac = cookie.rpartition(".")
+    token, _sep, mac = cookie.rpartition(".")
     if not token or not hmac.compare_digest(_mac(key, token), mac):
         return None
     return token
@@ -165,7 +167,8 @@ def create_user(
 
     Raises AuthError when the name is taken or the role is unknown."""
     if role not in ROLES:
-        raise AuthError(f"role {role!r} is not one of {', '.join(ROLES)}")
+        raise AuthError(_("role {role!r} is not one of {roles}", role=role,
+                          roles=", ".join(ROLES)))
     password = password or new_password()
     row = _one(
         conn,
@@ -174,7 +177,7 @@ def create_user(
         (name, role, hash_password(password), created_by),
     )
     if row is None:
-        raise AuthError(f"a user named {name!r} already exists")
+        raise AuthError(_("a user named {name!r} already exists", name=name))
     return int(row[0]), password
 
 
@@ -198,7 +201,7 @@ def login(conn: psycopg.Connection, name: str, password: str) -> User:
     )
     ok = check_password(password, row[3] if row else _dummy_hash())
     if row is None or not ok or row[4]:
-        raise AuthError("wrong user name or password")
+        raise AuthError(_("wrong user name or password"))
     if needs_rehash(row[3]):
         set_password(conn, int(row[0]), password)
     return User(int(row[0]), row[1], row[2])

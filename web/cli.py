@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from meterhub import db, settings
+from meterhub.i18n import _
 from meterhub.metrics import add_metrics_option
 from web import keys
 from web.auth import ROLES
@@ -71,7 +72,7 @@ def _serve(args: argparse.Namespace) -> int:
     if not args.no_migrate:
         db.migrate(url)
     if bool(args.tls_cert) != bool(args.tls_key):
-        raise settings.SettingsError("--tls-cert and --tls-key go together")
+        raise settings.SettingsError(_("--tls-cert and --tls-key go together"))
     context = tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
     door = DoorSettings(trusted_proxies=tuple(args.trusted_proxy),
                         sessions=SessionPolicy(args.session_idle, args.session_max),
@@ -83,10 +84,11 @@ def _serve(args: argparse.Namespace) -> int:
 
         metrics.install(app, args.metrics)
     scheme = "https" if context else "http"
-    print(f"meterhub web: {scheme}://{args.host}:{args.port}/", file=sys.stderr)
+    url_shown = f"{scheme}://{args.host}:{args.port}/"
+    print(_("meterhub web: the page is at {url}", url=url_shown), file=sys.stderr)
     if not _has_users(url):
-        print("no logins yet: create one with "
-              "'meterhub web create-user --name NAME --role admin'", file=sys.stderr)
+        print(_("no logins yet: create one with "
+                "'meterhub web create-user --name NAME --role admin'"), file=sys.stderr)
     web.run_app(app, host=args.host, port=args.port, print=None, ssl_context=context)
     return 0
 
@@ -107,9 +109,10 @@ def _create_user(args: argparse.Namespace) -> int:
     try:
         password = users.create_user(url, args.name, args.role)
     except auth.AuthError as exc:
-        print(f"meterhub web create-user: {exc}", file=sys.stderr)
+        print(_("meterhub web create-user: {error}", error=exc), file=sys.stderr)
         return 1
-    print(f"user {args.name} ({args.role}) password: {password}")
+    print(_("user {name} ({role}) password: {password}", name=args.name, role=args.role,
+            password=password))
     if args.token:
-        print(f"API token: {users.create_token(url, args.name, 'cli')}")
+        print(_("API token: {token}", token=users.create_token(url, args.name, "cli")))
     return 0

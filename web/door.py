@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 from aiohttp import web
 
+from meterhub.i18n import _
 from web.errors import ApiError, Forbidden
 
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -88,8 +89,8 @@ def check_json_content_type(request: web.Request, with_cookie: bool) -> None:
         return
     if request.content_type != "application/json":
         raise UnsupportedMediaType(
-            f"{request.method} needs 'Content-Type: application/json' "
-            f"(got {request.headers.get('Content-Type', 'none')!r})")
+            _("{method} needs 'Content-Type: application/json' (got {got!r})",
+              method=request.method, got=request.headers.get("Content-Type", "none")))
 
 
 def check_same_site(request: web.Request, proxies: tuple[Network, ...]) -> None:
@@ -103,12 +104,14 @@ def check_same_site(request: web.Request, proxies: tuple[Network, ...]) -> None:
     if origin is not None:
         want = own_origin(request, proxies)
         if origin.lower().rstrip("/") != want:
-            raise Forbidden(f"cross-site request refused: Origin {origin!r} is not {want!r}")
+            raise Forbidden(_("cross-site request refused: Origin {origin!r} is not {want!r}",
+                              origin=origin, want=want))
         return
     if fetch_site is not None:
         if fetch_site.lower() not in SAME_SITE_FETCH:
-            raise Forbidden(f"cross-site request refused: Sec-Fetch-Site is {fetch_site!r}")
+            raise Forbidden(_("cross-site request refused: Sec-Fetch-Site is {site!r}",
+                              site=fetch_site))
         return
-    raise Forbidden("cross-site request refused: a request made with the session cookie "
-                    "needs an Origin or Sec-Fetch-Site header (browsers send them); API "
-                    "clients use 'Authorization: Bearer <token>'")
+    raise Forbidden(_("cross-site request refused: a request made with the session cookie "
+                      "needs an Origin or Sec-Fetch-Site header (browsers send them); API "
+                      "clients use 'Authorization: Bearer <token>'"))

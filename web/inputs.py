@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 import billing
+from meterhub.i18n import _
 from web.errors import BadRequest
 
 MAX_TEXT = 500
@@ -26,16 +27,18 @@ def text(value: Any, name: str, *, required: bool = True, max_len: int = MAX_TEX
     """A string PostgreSQL can store: no NUL bytes, bounded length."""
     if value is None:
         if required:
-            raise BadRequest(f"{name} is required")
+            raise BadRequest(_("{name} is required", name=name))
         return None
     if not isinstance(value, str):
-        raise BadRequest(f"{name} must be a string, got {type(value).__name__}")
+        raise BadRequest(_("{name} must be a string, got {kind}", name=name,
+                                   kind=type(value).__name__))
     if "\x00" in value:
-        raise BadRequest(f"{name} must not contain NUL characters")
+        raise BadRequest(_("{name} must not contain NUL characters", name=name))
     if len(value.strip()) < min_len:
-        raise BadRequest(f"{name} must not be empty")
+        raise BadRequest(_("{name} must not be empty", name=name))
     if len(value) > max_len:
-        raise BadRequest(f"{name} is longer than {max_len} characters")
+        raise BadRequest(_("{name} is longer than {max_len} characters", name=name,
+                                   max_len=max_len))
     return value
 
 
@@ -50,9 +53,10 @@ def path_id(request: web.Request, name: str = "id") -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise BadRequest(f"{name} must be a whole number, got {raw!r}") from None
+        raise BadRequest(_("{name} must be a whole number, got {raw!r}", name=name,
+                           raw=raw)) from None
     if not 1 <= value <= BIGINT_MAX:
-        raise BadRequest(f"{name} must be between 1 and {BIGINT_MAX}")
+        raise BadRequest(_("{name} must be between 1 and {hi}", name=name, hi=BIGINT_MAX))
     return value
 
 
@@ -65,7 +69,8 @@ def query_text(request: web.Request, name: str, *, choices: tuple[str, ...] | No
         return default
     value = text(raw, name)
     if choices is not None and value not in choices:
-        raise BadRequest(f"{name} must be one of {', '.join(choices)}; got {raw!r}")
+        raise BadRequest(_("{name} must be one of {choices}; got {raw!r}", name=name,
+                           choices=", ".join(choices), raw=raw))
     return value
 
 
@@ -76,9 +81,11 @@ def query_int(request: web.Request, name: str, *, default: int, lo: int, hi: int
     try:
         value = int(raw)
     except ValueError:
-        raise BadRequest(f"{name} must be a whole number, got {raw!r}") from None
+        raise BadRequest(_("{name} must be a whole number, got {raw!r}", name=name,
+                           raw=raw)) from None
     if not lo <= value <= hi:
-        raise BadRequest(f"{name} must be between {lo} and {hi}, got {value}")
+        raise BadRequest(_("{name} must be between {lo} and {hi}, got {value}", name=name,
+                           lo=lo, hi=hi, value=value))
     return value
 
 
@@ -86,15 +93,16 @@ def parse_time(raw: str, name: str) -> datetime:
     try:
         ts = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise BadRequest(
-            f"{name} must be an ISO-8601 time like 2026-01-31T08:00:00Z, got {raw!r}"
-        ) from None
+        raise BadRequest(_("{name} must be an ISO-8601 time like 2026-01-31T08:00:00Z, got "
+                           "{raw!r}", name=name, raw=raw)) from None
     if ts.tzinfo is None:
-        raise BadRequest(f"{name} needs a timezone (e.g. a trailing Z for UTC), got {raw!r}")
+        raise BadRequest(_("{name} needs a timezone (e.g. a trailing Z for UTC), got {raw!r}",
+                           name=name, raw=raw))
     try:
         return ts.astimezone(UTC)
     except OverflowError:
-        raise BadRequest(f"{name} is outside the years 1 to 9999 in UTC: {raw!r}") from None
+        raise BadRequest(_("{name} is outside the years 1 to 9999 in UTC: {raw!r}", name=name,
+                           raw=raw)) from None
 
 
 def query_time(request: web.Request, name: str) -> datetime | None:
@@ -112,9 +120,10 @@ async def json_body(request: web.Request) -> Mapping[str, Any]:
     try:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+        raise BadRequest(_("request body is not valid JSON: {error}", error=exc)) from None
     if not isinstance(body, dict):
-        raise BadRequest(f"request body must be a JSON object, got {type(body).__name__}")
+        raise BadRequest(_("request body must be a JSON object, got {kind}",
+                           kind=type(body).__name__))
     return body
 
 
@@ -123,19 +132,19 @@ def only_keys(body: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
     out instead: null has no meaning in any of our requests)."""
     unknown = sorted(set(body) - set(allowed))
     if unknown:
-        raise BadRequest(
-            f"unknown field(s) {', '.join(map(repr, unknown))}; expected {', '.join(allowed)}"
-        )
+        raise BadRequest(_("unknown field(s) {unknown}; expected {allowed}",
+                           unknown=", ".join(map(repr, unknown)), allowed=", ".join(allowed)))
     nulls = sorted(k for k, v in body.items() if v is None)
     if nulls:
-        raise BadRequest(f"{', '.join(nulls)} must not be null; leave it out instead")
+        raise BadRequest(_("{names} must not be null; leave it out instead",
+                           names=", ".join(nulls)))
 
 
 def money(value: Any, name: str, *, max_yuan: Decimal) -> Decimal:
     """A positive amount in yuan, by billing's one parser (:func:`billing.parse_yuan`):
     the CLI, this API and the page accept exactly the same text."""
     if value is None:
-        raise BadRequest(f"{name} is required")
+        raise BadRequest(_("{name} is required", name=name))
     try:
         return billing.parse_yuan(value, max_yuan=max_yuan, field=name)
     except billing.MoneyError as exc:

@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from billing import CommandState
+from meterhub.i18n import N_
 from meterhub.quantities import QUANTITIES
 from web.auth import ROLES
 
@@ -50,16 +51,16 @@ MONEY: S = {"type": "string", "pattern": r"^-?\d+\.\d{2}$", "example": "50.00"}
 AMOUNT: S = {"oneOf": [
     {"type": "string", "maxLength": 20, "example": "50.00",
      "pattern": r"^([1-9][0-9]{0,4}(\.[0-9]{1,2})?|100000(\.00?)?|0\.(0[1-9]|[1-9][0-9]?))$",
-     "x-pattern-text": "must be an amount in yuan more than zero and at most 100000: ASCII "
-                       "digits with at most two decimals, like 50 or 50.25"},
+     "x-pattern-text": N_("must be an amount in yuan more than zero and at most 100000: "
+                          "ASCII digits with at most two decimals, like 50 or 50.25")},
     {"type": "integer", "minimum": 1, "maximum": 100000},
 ]}
 # Ids of gateways, meters, accounts and commands as the API accepts them.
 ID_TEXT: S = {"type": "string", "minLength": 1, "maxLength": 64,
               "pattern": r"^[A-Za-z0-9._:-]+$",
-              "x-pattern-text": "must be letters, digits and . _ : - only"}
+              "x-pattern-text": N_("must be letters, digits and . _ : - only")}
 ID_FILTER: S = {"type": "string", "maxLength": 64, "pattern": r"^([A-Za-z0-9._:-]*|\s*)$",
-                "x-pattern-text": "must be letters, digits and . _ : - only",
+                "x-pattern-text": N_("must be letters, digits and . _ : - only"),
                 "description": "an id; empty (or blank) means no filter"}
 ANY_OBJ: S = {"type": "object", "additionalProperties": True}
 # an interval's kWh as a person enters it (collector.review_decisions.parse_kwh)
@@ -72,13 +73,13 @@ _NOT_BLANK = r"^[^\x00]*[^\s\x00][^\x00]*$"
 def _text(max_len: int = 500) -> S:
     """A string the API accepts as input (web.inputs.text)."""
     return {"type": "string", "pattern": _NO_NUL, "maxLength": max_len,
-            "x-pattern-text": "must not contain NUL characters"}
+            "x-pattern-text": N_("must not contain NUL characters")}
 
 
 def _name(max_len: int = 100) -> S:
     """A required input string that must not be blank."""
     return {"type": "string", "pattern": _NOT_BLANK, "minLength": 1, "maxLength": max_len,
-            "x-pattern-text": "must not be empty (nor contain NUL characters)"}
+            "x-pattern-text": N_("must not be empty (nor contain NUL characters)")}
 
 REVIEW_STATUSES = ("open", "confirmed", "dismissed", "rejected", "corrected", "estimated")
 
@@ -147,7 +148,10 @@ SCHEMAS: dict[str, S] = {
         "flags": _arr(STR),
     }),
     "Anomaly": _obj({"id": INT, "meter": STR, "rule": STR, "at": TIME, "reason": STR,
-                     "value": _null(NUM), "expected": _null(NUM), "holds": BOOL,
+                     "value": _null(NUM), "expected": _null(NUM),
+                     "value_unit": {"type": "string", "description": "unit of value; '' if none"},
+                     "expected_unit": {"type": "string", "description": "unit of expected"},
+                     "holds": BOOL,
                      "review_item_id": _null(INT), "detected_at": TIME}),
     "ReviewItem": _obj({
         "id": INT, "meter": STR, "rule": STR, "period_start": TIME, "period_end": TIME,

@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 from aiohttp import web
 
+from meterhub.i18n import _
 from web import auth, database, door, inputs, sessions, throttle
 from web._http import (
     API,
@@ -41,7 +42,8 @@ def _user_json(user: auth.User) -> dict[str, object]:
 
 def _refuse(wait_s: float, what: str) -> TooManyRequests:
     after = int(wait_s) + 1
-    return TooManyRequests(f"too many wrong passwords {what}; try again in {after} s",
+    return TooManyRequests(_("too many wrong passwords {what}; try again in {after} s",
+                             what=what, after=after),
                            headers={"Retry-After": str(after)})
 
 
@@ -54,10 +56,10 @@ def _admit(conn: psycopg.Connection[Any], address: str, name: str,
     a guesser gets one such try per delay, as its first failure makes it not clean."""
     by_addr = throttle.claim(conn, "addr", address, policy)
     if not by_addr.granted:
-        raise _refuse(by_addr.retry_after_s, "from this address")
+        raise _refuse(by_addr.retry_after_s, _("from this address"))
     by_name = throttle.claim(conn, "name", name.lower(), policy)
     if not by_name.granted and by_addr.failures > 1:
-        raise _refuse(by_name.retry_after_s, f"for {name!r}")
+        raise _refuse(by_name.retry_after_s, _("for {name!r}", name=name))
 
 
 def _login(conn: psycopg.Connection[Any], name: str, password: str, address: str,
@@ -132,14 +134,14 @@ async def change_password(request: web.Request) -> web.Response:
     new = inputs.text(body.get("new"), "new", max_len=200)
     assert current is not None and new is not None
     if len(new) < 12:
-        raise BadRequest("new: a password needs at least 12 characters")
+        raise BadRequest(_("new: a password needs at least 12 characters"))
     user = current_user(request)
 
     def change(conn: psycopg.Connection[Any]) -> int:
         try:
             auth.login(conn, user.name, current)
         except auth.AuthError:
-            raise Forbidden("current: that is not your current password") from None
+            raise Forbidden(_("current: that is not your current password")) from None
         auth.set_password(conn, user.id, new)
         ended = sessions.revoke(conn, by=user.name, user_id=user.id, keep=user.session_id)
         database.audit(conn, user, "user.password", f"user:{user.name}",
@@ -176,7 +178,7 @@ async def revoke_session(request: web.Request) -> web.Response:
 def _revoke_one(conn: psycopg.Connection[Any], user: auth.User, session_id: int) -> None:
     owner = sessions.session_owner(conn, session_id)
     if owner is None or (owner != user.id and not user.can("admin")):
-        raise NotFound(f"no session {session_id} of yours")
+        raise NotFound(_("no session {id} of yours", id=session_id))
     sessions.revoke(conn, by=user.name, session_id=session_id)
     database.audit(conn, user, "session.revoke", f"session:{session_id}",
                    {"user_id": owner})
@@ -203,7 +205,7 @@ async def revoke_user_sessions(request: web.Request) -> web.Response:
     def revoke(conn: psycopg.Connection[Any]) -> int:
         row = conn.execute("SELECT name FROM web_users WHERE id = %s", (user_id,)).fetchone()
         if row is None:
-            raise NotFound(f"no user {user_id}")
+            raise NotFound(_("no user {id}", id=user_id))
         return _revoke_user(conn, user, user_id, row["name"])
 
     return json_response({"sessions_ended": await database.run(request, revoke)})

@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from meterhub.i18n import _
 from web.errors import BadRequest
 
 S = Mapping[str, Any]
@@ -62,7 +63,7 @@ class Validator:
             values = path_values if where == "path" else query
             if name not in values:
                 if param.get("required"):
-                    raise Invalid(name, f"the {where} parameter is required")
+                    raise Invalid(name, _("the {where} parameter is required", where=where))
                 continue
             value = _from_text(values[name], self._resolve(param["schema"]), name)
             self.check(value, param["schema"], name)
@@ -72,12 +73,12 @@ class Validator:
             return
         if not raw.strip():
             if op.body_required:
-                raise Invalid("body", "a JSON object is required")
+                raise Invalid("body", _("a JSON object is required"))
             return
         try:
             value = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise Invalid("body", f"not valid JSON ({exc})") from None
+            raise Invalid("body", _("not valid JSON ({error})", error=exc)) from None
         self.check(value, op.body, "body")
 
     def check(self, value: Any, schema: S, field: str) -> None:
@@ -86,16 +87,18 @@ class Validator:
         if value is None:
             if schema.get("nullable"):
                 return
-            raise Invalid(field, "must not be null (leave it out instead)")
+            raise Invalid(field, _("must not be null (leave it out instead)"))
         if "oneOf" in schema:
             self._one_of(value, schema["oneOf"], field)
             return
         kind = schema.get("type")
         if kind is not None and not _is_type(value, kind):
-            raise Invalid(field, f"must be {_A[kind]}, got {_json_type(value)}")
+            raise Invalid(field, _("must be {kind}, got {got}", kind=_a(kind),
+                                   got=_json_type(value)))
         if "enum" in schema and value not in schema["enum"]:
-            raise Invalid(field, f"{str(value)[:40]!r} is unknown; must be one of "
-                                 f"{', '.join(map(str, schema['enum']))}")
+            raise Invalid(field, _("{value!r} is unknown; must be one of {choices}",
+                                   value=str(value)[:40],
+                                   choices=", ".join(map(str, schema["enum"]))))
         if isinstance(value, str):
             self._string(value, schema, field)
         elif isinstance(value, int | float) and not isinstance(value, bool):
@@ -111,8 +114,9 @@ class Validator:
         resolved = [self._resolve(o) for o in options]
         typed = [o for o in resolved if "type" not in o or _is_type(value, o["type"])]
         if not typed:
-            kinds = " or ".join(_A[o["type"]] for o in resolved)
-            raise Invalid(field, f"must be {kinds}, got {_json_type(value)}")
+            kinds = _(" or ").join(_a(o["type"]) for o in resolved)
+            raise Invalid(field, _("must be {kind}, got {got}", kind=kinds,
+                                   got=_json_type(value)))
         reasons = []
         for option in typed:
             try:
@@ -121,35 +125,35 @@ class Validator:
                 reasons.append(exc.details["reason"])
             else:
                 return
-        raise Invalid(field, "; or ".join(reasons))
+        raise Invalid(field, _("; or ").join(reasons))
 
     def _string(self, value: str, schema: S, field: str) -> None:
         if "\x00" in value:
-            raise Invalid(field, "must not contain NUL characters")
+            raise Invalid(field, _("must not contain NUL characters"))
         if len(value) < schema.get("minLength", 0):
-            raise Invalid(field, f"must be at least {schema['minLength']} characters")
+            raise Invalid(field, _("must be at least {n} characters", n=schema["minLength"]))
         if "maxLength" in schema and len(value) > schema["maxLength"]:
-            raise Invalid(field, f"must be at most {schema['maxLength']} characters")
+            raise Invalid(field, _("must be at most {n} characters", n=schema["maxLength"]))
         if "pattern" in schema and not _regex(schema["pattern"]).search(value):
-            raise Invalid(field, schema.get("x-pattern-text")
-                          or f"must match the pattern {schema['pattern']}")
+            raise Invalid(field, _(schema["x-pattern-text"]) if "x-pattern-text" in schema
+                          else _("must match the pattern {pattern}", pattern=schema["pattern"]))
 
     def _object(self, value: dict[str, Any], schema: S, field: str) -> None:
         props: S = schema.get("properties", {})
         prefix = "" if field == "body" else f"{field}."
         missing = [k for k in schema.get("required", ()) if k not in value]
         if missing:
-            raise Invalid(prefix + missing[0], "is required")
+            raise Invalid(prefix + missing[0], _("is required"))
         if len(value) < schema.get("minProperties", 0):
-            raise Invalid(field, f"needs at least {schema['minProperties']} of "
-                                 f"{', '.join(props)}")
+            raise Invalid(field, _("needs at least {n} of {names}", n=schema["minProperties"],
+                                   names=", ".join(props)))
         extra = schema.get("additionalProperties", True)
         for key, item in value.items():
             if key in props:
                 self.check(item, props[key], prefix + key)
             elif extra is False:
-                raise Invalid(prefix + key, f"unknown field (expected "
-                                            f"{', '.join(props) or 'none'})")
+                raise Invalid(prefix + key, _("unknown field (expected {names})",
+                                              names=", ".join(props) or _("none")))
             elif isinstance(extra, Mapping):
                 self.check(item, extra, prefix + key)
 
@@ -162,14 +166,17 @@ class Validator:
         return schema
 
 
-_A = {"string": "a string", "integer": "a whole number", "number": "a number",
-      "boolean": "true or false", "object": "a JSON object", "array": "a JSON array"}
+def _a(kind: str) -> str:
+    """A JSON type as a person names it, in the reader's language."""
+    return {"string": _("a string"), "integer": _("a whole number"), "number": _("a number"),
+            "boolean": _("true or false"), "object": _("a JSON object"),
+            "array": _("a JSON array")}[kind]
 
 
 def _json_type(value: Any) -> str:
     for kind in ("boolean", "integer", "number", "string", "object", "array"):
         if _is_type(value, kind):
-            return _A[kind]
+            return _a(kind)
     return "null"
 
 
@@ -185,9 +192,10 @@ def _number(value: float, schema: S, field: str) -> None:
     lo, hi = schema.get("minimum"), schema.get("maximum")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         if lo is not None and hi is not None:
-            raise Invalid(field, f"must be between {lo} and {hi}, got {value}")
-        raise Invalid(field, f"must be at least {lo}" if lo is not None
-                      else f"must be at most {hi}")
+            raise Invalid(field, _("must be between {lo} and {hi}, got {value}", lo=lo, hi=hi,
+                                   value=value))
+        raise Invalid(field, _("must be at least {lo}", lo=lo) if lo is not None
+                      else _("must be at most {hi}", hi=hi))
 
 
 _INTEGER = re.compile(r"-?[0-9]{1,30}")
@@ -198,11 +206,11 @@ def _from_text(raw: str, schema: S, field: str) -> Any:
     kind = schema.get("type")
     if kind == "integer":
         if not _INTEGER.fullmatch(raw):
-            raise Invalid(field, f"must be a whole number, got {raw[:40]!r}")
+            raise Invalid(field, _("must be a whole number, got {raw!r}", raw=raw[:40]))
         return int(raw)
     if kind == "boolean":
         if raw not in ("true", "false"):
-            raise Invalid(field, f"must be true or false, got {raw[:40]!r}")
+            raise Invalid(field, _("must be true or false, got {raw!r}", raw=raw[:40]))
         return raw == "true"
     return raw
 

@@ -74,6 +74,22 @@ def code(bit: int) -> int:
     return bit.bit_length() - 1
 
 
+# The units of an anomaly's (value, expected) per rule, as _reason in passes.py sets them:
+# shown beside the numbers, which mean nothing without them ("" where there is none).
+ANOMALY_UNITS: dict[str, tuple[str, str]] = {
+    "missing_reads": ("kWh", ""),
+    "surge": ("kWh", "kWh"),
+    "drop": ("kWh", "kWh"),
+    "register_rollover": ("kWh", "kWh"),
+    "register_reset": ("kWh", "kWh"),
+    "register_replacement": ("kWh", "kWh"),
+    "register_glitch": ("kWh", "kWh"),
+    "zero_with_current": ("kWh", "A"),
+    "voltage_out_of_band": ("V", "V"),
+    "clock_skew": ("s", "s"),
+}
+
+
 # Rules that hold an interval from billing until a person reviews it.
 HOLDS = SURGE | DROP | RESET | REPLACEMENT | ZERO_WITH_CURRENT
 # A register that stepped back leaves consumption between the reads around the step unknown

@@ -12,8 +12,9 @@ from launcher.cli import main
 from meterhub.security import generate_private_key
 
 
-def run(capsys: pytest.CaptureFixture[str], db_url: str, *argv: str) -> tuple[int, str, str]:
-    rc = main(["billing", "--database-url", db_url, *argv])
+def run(capsys: pytest.CaptureFixture[str], db_url: str, *argv: str,
+        lang: str = "en") -> tuple[int, str, str]:
+    rc = main(["--lang", lang, "billing", "--database-url", db_url, *argv])
     out, err = capsys.readouterr()
     return rc, out, err
 
@@ -39,6 +40,25 @@ def test_account_topup_balance_and_listing(capsys: pytest.CaptureFixture[str],
     assert rc == 0 and "A1" in out and "B7" in out
     rc, out, _ = run(capsys, db_url, "commands", "--json")
     assert json.loads(out) == []
+
+
+def test_messages_in_chinese(capsys: pytest.CaptureFixture[str], db_url: str) -> None:
+    """``meterhub --lang zh-CN billing ...`` (or METERHUB_LANG / LANG) prints in Chinese;
+    the JSON of --json stays as it is for scripts."""
+    rc, out, _ = run(capsys, db_url, "create-account", "--account", "Z1", "--meter", "z1",
+                     "--tariff", "residential-tiered", lang="zh-CN")
+    assert rc == 0 and out == "已为 z1 开立账户 Z1，电价 residential-tiered\n"
+    rc, out, _ = run(capsys, db_url, "topup", "--account", "Z1", "--amount", "1234.5",
+                     "--channel", "wechat", "--reference", "WX-Z", lang="zh-CN")
+    assert rc == 0 and out.endswith("当前余额 ¥1,234.50\n"), out
+    rc, out, _ = run(capsys, db_url, "topup", "--account", "Z1", "--amount", "1234.5",
+                     "--channel", "wechat", "--reference", "WX-Z", "--json", lang="zh-CN")
+    assert json.loads(out)["balance"] == "1234.50"
+    rc, _, err = run(capsys, db_url, "approve", "--group", "none", "--by", "me", lang="zh-CN")
+    assert rc == 1 and "分组 'none' 中没有等待批准的断电" in err
+    rc, out, _ = run(capsys, db_url, "create-account", "--account", "Z2", "--meter", "z2",
+                     "--tariff", "residential-tiered")
+    assert out.startswith("account Z2 opened"), "the language was for that run only"
 
 
 def test_errors_are_one_clear_line(capsys: pytest.CaptureFixture[str], db_url: str) -> None:

@@ -291,3 +291,9 @@ def test_estimation_never_makes_the_register_go_backwards(reg, weeks, data):
                           cfg, IV_S)
     assert np.all(iv.kwh >= 0)  # cumulative register rebuilt from intervals never decreases
     assert iv.kwh.sum() == pytest.approx(total, rel=1e-9, abs=1e-6)
+
+
+def test_every_rule_names_the_units_of_its_numbers() -> None:
+    """The page shows an anomaly's value and expected value with these units: a rule added
+    without them would show bare numbers again."""
+    assert set(rules.ANOMALY_UNITS) == set(rules.RULES.values())

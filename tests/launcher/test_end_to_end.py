@@ -7,7 +7,9 @@ broker -> collector -> PostgreSQL -> billing -> cut-off command -> gateway -> si
 
 from __future__ import annotations
 
+import re
 import uuid
+from decimal import Decimal
 
 import psycopg
 import pytest
@@ -18,9 +20,10 @@ from meterhub.settings import MqttSettings
 pytestmark = pytest.mark.integration
 
 
-async def test_meter_to_relay_and_back(db_url: str, mqtt: MqttSettings) -> None:
+async def test_meter_to_relay_and_back(db_url: str, mqtt: MqttSettings,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
     plan = DemoPlan(run_id=uuid.uuid4().hex[:6])
-    summary = await run_demo(db_url, mqtt, duration=50, live=False, plan=plan)
+    summary = await run_demo(db_url, mqtt, duration=50, live=True, plan=plan)
 
     assert summary.meters == 4
     assert summary.readings_published > 0
@@ -62,3 +65,11 @@ async def test_meter_to_relay_and_back(db_url: str, mqtt: MqttSettings) -> None:
     # the top-up restored supply through the same path
     assert summary.restores_acked >= 1
     assert summary.relay_closed_again
+
+    # The status line stamped at the cut-off shows the balance at the cut-off (run dry: zero
+    # or below), not the topped-up one: the top-up follows it by seconds, and restores.
+    lines = [x for x in capsys.readouterr().err.splitlines() if " cut-offs " in x]
+    first_cut = next(x for x in lines if re.search(r"cut-offs [1-9]", x))
+    balance = re.search(r"balance +(-?)¥([\d,.]+)", first_cut)
+    assert balance, first_cut
+    assert Decimal(balance.group(1) + balance.group(2).replace(",", "")) <= 0, first_cut

@@ -83,6 +83,9 @@ async def test_intervals_with_anomalies(client: Client, logins: Logins, fleet: F
     assert len(held) == 1 and held[0]["kwh"] == "9.5000"
     assert out["anomalies"][0]["rule"] == "surge"
     assert out["anomalies"][0]["at"] == held[0]["start"]
+    # a surge compares kWh with kWh: the page shows the units beside the numbers
+    assert (out["anomalies"][0]["value_unit"], out["anomalies"][0]["expected_unit"]) == (
+        "kWh", "kWh")
 
 
 async def test_review_dismiss_releases_hold_and_is_audited(

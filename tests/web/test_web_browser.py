@@ -64,7 +64,14 @@ def test_engineer_and_operator_day(browser: Browser, served_tls: str, logins: Lo
     assert cookie["secure"] and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     online = page.locator(f'[data-gateway="{fleet.gateway}"]')
     expect(online).to_contain_text("online")
-    expect(online).to_contain_text("buffer depth")  # health figures from the status topic
+    # health figures from the status topic, labelled with units; the meter count once, with
+    # the meter the gateway's own health says is backing off
+    expect(online).to_contain_text("uptime")
+    expect(online).to_contain_text("1.5 h")
+    expect(online.locator("dt", has_text="meters")).to_have_count(1)
+    expect(online.get_by_test_id("gw-meters")).to_have_text("2 (1 not ok)")
+    expect(page.get_by_test_id("stat-reviews")).to_have_text("1")
+    expect(page.locator("#review-count")).to_have_text("1")
     expect(page.locator(f'[data-gateway="{fleet.offline_gateway}"]')).to_contain_text("offline")
     expect(page.get_by_test_id("stat-offline")).to_have_text("1")
     expect(page.locator(f'tr[data-meter="{fleet.meters[0]}"]')).to_contain_text("1.6")
@@ -139,6 +146,8 @@ def test_engineer_and_operator_day(browser: Browser, served_tls: str, logins: Lo
 
     # Top up the account and see the balance change.
     page.get_by_role("link", name="Accounts").click()
+    expect(page.get_by_role("heading", name="Accounts")).to_be_visible()
+    assert "null" not in page.locator("#view").inner_text()
     expect(page.locator(f'tr[data-account="{fleet.account}"]')).to_contain_text("¥30.00")
     page.locator(f'tr[data-account="{fleet.account}"] a').click()
     balance = page.get_by_test_id("account-balance")
@@ -162,3 +171,113 @@ def test_engineer_and_operator_day(browser: Browser, served_tls: str, logins: Lo
     phone.close()
     page.close()
     assert errors == [], f"errors in the browser: {errors}"
+
+
+def test_page_in_chinese(browser: Browser, served: str, logins: Logins, fleet: Fleet,
+                         db_url: str, artifacts_dir: Path) -> None:
+    """A browser asking for zh-CN gets the whole page in Chinese (numbers, dates, units too),
+    server errors included; the switch goes to English and is remembered over a reload. The
+    sessions and password screen works."""
+    shots = artifacts_dir / "web"
+    shots.mkdir(exist_ok=True)
+    context = browser.new_context(locale="zh-CN", viewport={"width": 1366, "height": 900})
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    # expected: the 401s before and at the wrong login, the 403 of the wrong current password
+    expected = ("status of 401", "status of 403")
+    page.on("console", lambda msg: problems.append(msg.text)
+            if (msg.type == "error" and not any(x in msg.text for x in expected))
+            or "i18n:" in msg.text else None)
+
+    page.goto(served)
+    expect(page.get_by_role("heading", name="登录")).to_be_visible()
+    page.get_by_label("用户名").fill("engineer")
+    page.get_by_label("密码").fill("not the password")
+    page.get_by_role("button", name="登录").click()
+    expect(page.locator("#login-error")).to_have_text("用户名或密码错误")
+    page.get_by_label("密码").fill(logins.passwords["engineer"])
+    page.get_by_role("button", name="登录").click()
+    expect(page.locator("#who-name")).to_have_text("engineer · 工程师")
+
+    nav = page.locator("#nav")
+    expect(nav).to_contain_text("设备总览")
+    expect(nav).to_contain_text("待审核")
+    online = page.locator(f'[data-gateway="{fleet.gateway}"]')
+    expect(online).to_contain_text("在线")
+    expect(online).to_contain_text("运行时长")
+    expect(online).to_contain_text("1.5 小时")
+    expect(online.get_by_test_id("gw-meters")).to_have_text("2（1 个异常）")
+    expect(page.locator(f'[data-gateway="{fleet.offline_gateway}"]')).to_contain_text(
+        "网关报告离线")
+    expect(page.locator(f'tr[data-meter="{fleet.meters[0]}"]')).to_contain_text("前")
+    expect(page.get_by_role("columnheader", name="功率 kW")).to_be_visible()
+    page.screenshot(path=str(shots / "10-fleet-zh.png"), full_page=True)
+
+    page.get_by_role("link", name=fleet.meters[0], exact=True).click()
+    expect(page.locator('.tile[data-q="power_active_total"] .k')).to_have_text("总有功功率")
+    expect(page.get_by_role("heading", name="总有功功率（kW）")).to_be_visible()
+    expect(page.get_by_test_id("chart-power").locator("path.line-power")).to_have_count(1)
+    anomaly = page.locator("tr[data-anomaly]")
+    expect(anomaly).to_contain_text("突增")
+    expect(anomaly).to_contain_text("0.25 kWh")  # the expected value has its unit
+    ticks = [x for x in page.get_by_test_id("chart-power").locator("text").all_text_contents()
+             if x]
+    assert len(ticks) == len(set(ticks)), f"axis labels repeat: {ticks}"
+    page.screenshot(path=str(shots / "11-meter-zh.png"), full_page=True)
+
+    # A meter that started reporting two minutes ago (a fresh demo) fills the 1 h chart
+    # instead of a sliver at its right edge.
+    fresh = f"{fleet.meters[0]}-new"
+    now = datetime.now(UTC)
+    with psycopg.connect(db_url) as conn:
+        conn.execute("INSERT INTO meters (meter_id, gateway, site, protocol, first_seen,"
+                     " last_seen) VALUES (%s, %s, 'site-a', 'dlt645-2007', %s, %s)",
+                     (fresh, fleet.gateway, now - timedelta(minutes=2), now))
+        for k in range(13):
+            conn.execute("INSERT INTO readings (meter_id, quantity, ts, value, unit)"
+                         " VALUES (%s, 'power_active_total', %s, %s, 'kW')",
+                         (fresh, now - timedelta(seconds=120 - 10 * k), 1.0 + k / 10))
+    page.goto(f"{served}/#/meter/{fresh}")
+    expect(page.get_by_test_id("meter-title")).to_have_text(fresh)
+    line = page.get_by_test_id("chart-power").locator("path.line-power")
+    expect(line).to_have_count(1)
+    # in one step in the page (a live redraw between two measurements cannot split them)
+    share = page.get_by_test_id("chart-power").evaluate(
+        "svg => svg.querySelector('path.line-power').getBBox().width"
+        " / svg.viewBox.baseVal.width")
+    assert share > 0.8, f"the line covers {share:.0%} of the chart"
+    ticks = [x for x in page.get_by_test_id("chart-power").locator("text").all_text_contents()
+             if x]
+    assert len(ticks) == len(set(ticks)), f"axis labels repeat: {ticks}"
+
+    page.get_by_role("link", name="账户", exact=True).click()
+    expect(page.get_by_role("heading", name="账户")).to_be_visible()
+    expect(page.locator(f'tr[data-account="{fleet.account}"]')).to_contain_text("¥30.00")
+    assert "null" not in page.locator("#view").inner_text()
+
+    # My account: sessions (this one marked) and the password change, errors in Chinese.
+    page.locator("#who-name").click()
+    expect(page.get_by_role("heading", name="我的账号")).to_be_visible()
+    expect(page.locator("tr[data-session]").filter(has_text="当前")).to_have_count(1)
+    form = page.get_by_test_id("password-form")
+    new_password = "a much longer passphrase 42"
+    form.get_by_label("当前密码").fill("wrong current password")
+    form.get_by_label("新密码", exact=True).fill(new_password)
+    form.get_by_label("再次输入新密码").fill(new_password)
+    form.get_by_role("button", name="修改密码").click()
+    expect(form.get_by_role("alert")).to_have_text("current：这不是您当前的密码")
+    form.get_by_label("当前密码").fill(logins.passwords["engineer"])
+    form.get_by_role("button", name="修改密码").click()
+    expect(form.get_by_role("alert")).to_contain_text("密码已修改")
+    page.screenshot(path=str(shots / "12-me-zh.png"), full_page=True)
+
+    # The switch: English now, and still English after a reload.
+    page.locator("#lang").select_option("en")
+    expect(page.get_by_role("heading", name="My account")).to_be_visible()
+    expect(nav).to_contain_text("Fleet")
+    page.reload()
+    expect(page.locator("#nav")).to_contain_text("Fleet")
+    expect(page.locator("html")).to_have_attribute("lang", "en")
+    context.close()
+    assert problems == [], f"problems in the browser: {problems}"

@@ -17,15 +17,16 @@ from meterhub.settings import DATABASE_URL_ENV, MQTT_URL_ENV
 from web import ensure_demo_user, start_server
 
 
-def _env(db_url: str) -> dict[str, str]:
-    env = {**os.environ, DATABASE_URL_ENV: db_url}
+def _env(db_url: str, lang: str = "en") -> dict[str, str]:
+    """The machine's environment in a known language (its LANG might be zh_CN)."""
+    env = {**os.environ, DATABASE_URL_ENV: db_url, "METERHUB_LANG": lang}
     env.pop(MQTT_URL_ENV, None)
     return env
 
 
-def _meterhub(*args: str, db_url: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "launcher.cli", *args], env=_env(db_url),
-                          capture_output=True, text=True, timeout=60)
+def _meterhub(*args: str, db_url: str, lang: str = "en") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "launcher.cli", *args],
+                          env=_env(db_url, lang), capture_output=True, text=True, timeout=60)
 
 
 def test_create_user_prints_a_password_that_logs_in(db_url: str, served: str) -> None:
@@ -46,6 +47,21 @@ def test_create_user_prints_a_password_that_logs_in(db_url: str, served: str) ->
     assert again.returncode == 1 and "already exists" in again.stderr
     bad = _meterhub("web", "create-user", "--name", "x", "--role", "root", db_url=db_url)
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_cli_speaks_chinese_when_asked(db_url: str) -> None:
+    """METERHUB_LANG (or LANG=zh_CN.UTF-8) and --lang choose the language of the messages."""
+    out = _meterhub("web", "create-user", "--name", "wang.fang", "--role", "viewer",
+                    db_url=db_url, lang="zh-CN")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("用户 wang.fang（viewer）密码：")
+    again = _meterhub("--lang", "zh-CN", "web", "create-user", "--name", "wang.fang",
+                      "--role", "viewer", db_url=db_url)
+    assert again.returncode == 1
+    assert "名为 'wang.fang' 的用户已存在" in again.stderr
+    english = _meterhub("--lang", "en", "web", "create-user", "--name", "wang.fang",
+                        "--role", "viewer", db_url=db_url, lang="zh-CN")
+    assert "a user named 'wang.fang' already exists" in english.stderr
 
 
 def test_web_command_serves_page_and_api(db_url: str) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from billing.ledger import create_account, topup
 from meterhub.security import write_private_file
@@ -56,12 +57,19 @@ def seed_fleet(db_url: str) -> Fleet:
     gw, gw_off = f"gw-{tag}", f"gw-{tag}-off"
     meters = [f"m-{tag}-{n}" for n in (1, 2, 3)]
     now = datetime.now(UTC).replace(microsecond=0)
+    # the health a gateway publishes (gateway/app.py Gateway.health), one meter backing off
+    health = {"uptime_s": 5400.0,
+              "buffer": {"batches": 0, "readings": 0, "full": False, "last_seq": 10},
+              "commands_done": 0,
+              "meters": {meters[0]: {"ok": 60, "errors": 0, "state": "ok"},
+                         meters[1]: {"ok": 58, "errors": 2, "state": "backoff"}}}
     with psycopg.connect(db_url) as conn:
         conn.execute(
             "INSERT INTO gateways (gateway, site, state, health, status_at, last_seen, max_seq,"
-            " batches) VALUES (%s, 'site-a', 'online', '{\"buffer_depth\": 0}', %s, %s, 10, 10),"
+            " batches) VALUES (%s, 'site-a', 'online', %s, %s, %s, 10, 10),"
             " (%s, 'site-a', 'offline', '{}', %s, %s, 3, 3)",
-            (gw, now, now, gw_off, now - timedelta(hours=2), now - timedelta(hours=2)))
+            (gw, Jsonb(health), now, now, gw_off, now - timedelta(hours=2),
+             now - timedelta(hours=2)))
         for n, meter in enumerate(meters):
             conn.execute(
                 "INSERT INTO meters (meter_id, gateway, site, protocol, expected_interval_s,"

@@ -14,6 +14,7 @@ const Charts = (() => {
     return node;
   }
 
+  /** Round values from lo to hi, about count of them, and the decimals that tell them apart. */
   function niceTicks(lo, hi, count) {
     if (!(hi > lo)) { hi = lo + 1; }
     const raw = (hi - lo) / count;
@@ -21,13 +22,30 @@ const Charts = (() => {
     const step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((s) => s >= raw) || raw;
     const ticks = [];
     for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) ticks.push(v);
-    return ticks;
+    const decimals = Math.max(0, -Math.floor(Math.log10(step) + 1e-9) + (step / mag === 2.5 ? 1 : 0));
+    return { ticks, decimals };
   }
 
-  function fmtTime(t, span) {
+  const SECOND = 1e3, MINUTE = 60e3, HOUR = 3600e3, DAY = 86400e3;
+  const TIME_STEPS = [1, 2, 5, 10, 15, 30].map((n) => n * SECOND)
+    .concat([1, 2, 5, 10, 15, 30].map((n) => n * MINUTE), [1, 2, 3, 6, 12].map((n) => n * HOUR),
+      [1, 2, 7].map((n) => n * DAY));
+
+  /** Time ticks on round local times (every 5 min, every hour...), at most count of them,
+   * each labelled as finely as its step needs, so no two labels read the same. */
+  function timeTicks(x0, x1, count) {
+    const step = TIME_STEPS.find((s) => (x1 - x0) / s <= count) || TIME_STEPS[TIME_STEPS.length - 1];
+    const offset = new Date(x0).getTimezoneOffset() * MINUTE;  // align on local midnight
+    const ticks = [];
+    for (let v = Math.ceil((x0 - offset) / step) * step + offset; v <= x1; v += step) ticks.push(v);
+    return { ticks, step };
+  }
+
+  function fmtTime(t, step) {
     const d = new Date(t);
-    if (span > 2 * 86400e3) return d.toLocaleDateString([], { month: "short", day: "numeric" });
-    return d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    if (step >= DAY) return d.toLocaleDateString(I18n.lang, { month: "short", day: "numeric" });
+    if (step < MINUTE) return d.toLocaleTimeString(I18n.lang, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+    return d.toLocaleTimeString(I18n.lang, { hour: "2-digit", minute: "2-digit" });
   }
 
   function frame(svg, x0, x1, y0, y1) {
@@ -37,29 +55,30 @@ const Charts = (() => {
     while (svg.firstChild) svg.removeChild(svg.firstChild);
     const sx = (t) => PAD.l + ((t - x0) / Math.max(x1 - x0, 1)) * (w - PAD.l - PAD.r);
     const sy = (v) => h - PAD.b - ((v - y0) / Math.max(y1 - y0, 1e-9)) * (h - PAD.t - PAD.b);
-    for (const v of niceTicks(y0, y1, 4)) {
+    const y = niceTicks(y0, y1, 4);
+    for (const v of y.ticks) {
       el("line", { x1: PAD.l, x2: w - PAD.r, y1: sy(v), y2: sy(v), class: "grid-line" }, svg);
       const label = el("text", { x: PAD.l - 6, y: sy(v) + 4, "text-anchor": "end" }, svg);
-      label.textContent = Math.abs(v) >= 100 ? v.toFixed(0) : +v.toFixed(2);
+      label.textContent = v.toLocaleString(I18n.lang, { minimumFractionDigits: y.decimals, maximumFractionDigits: y.decimals });
     }
-    const n = Math.max(2, Math.floor((w - PAD.l) / 110));
-    for (let i = 0; i <= n; i++) {
-      const t = x0 + ((x1 - x0) * i) / n;
+    const x = timeTicks(x0, x1, Math.max(2, Math.floor((w - PAD.l) / 90)));
+    for (const t of x.ticks) {
       const label = el("text", { x: sx(t), y: h - 6, "text-anchor": "middle" }, svg);
-      label.textContent = fmtTime(t, x1 - x0);
+      label.textContent = fmtTime(t, x.step);
     }
     return { sx, sy, w, h };
   }
 
-  /** points: [{t: ms, v: number}], sorted. opts: {kind: "power"|"volt", from, to, unit} */
   /** Where the x axis starts: the requested range, or just before the first point when the
-   * data covers only the end of it (a meter that started reporting a minute ago). */
+   * data covers only the end of it (a demo that started two minutes ago fills the chart
+   * instead of a sliver at its right edge); a span of at least a minute. */
   function fitStart(from, to, first) {
     if (first === undefined || first <= from) return from;
-    const minSpan = Math.min(to - from, 5 * 60e3);
+    const minSpan = Math.min(to - from, MINUTE);
     return Math.min(to - minSpan, Math.max(from, first - (to - first) * 0.05));
   }
 
+  /** points: [{t: ms, v: number}], sorted. opts: {kind: "power"|"volt", from, to, unit} */
   function line(svg, points, opts) {
     const x0 = fitStart(opts.from, opts.to, points.length ? points[0].t : undefined);
     const x1 = opts.to;
@@ -72,7 +91,7 @@ const Charts = (() => {
     const f = frame(svg, x0, x1, y0, y1);
     if (!points.length) {
       const t = el("text", { x: f.w / 2, y: f.h / 2, "text-anchor": "middle" }, svg);
-      t.textContent = "no readings in this range";
+      t.textContent = I18n.t("chart.no_readings");
       return;
     }
     const d = points.map((p, i) => `${i ? "L" : "M"}${f.sx(p.t).toFixed(1)},${f.sy(p.v).toFixed(1)}`).join("");
@@ -95,7 +114,7 @@ const Charts = (() => {
       const bx = f.sx(best.t);
       guide.setAttribute("x1", bx); guide.setAttribute("x2", bx);
       guide.setAttribute("visibility", "visible");
-      tip.textContent = `${+best.v.toFixed(3)} ${unit} · ${new Date(best.t).toLocaleTimeString()}`;
+      tip.textContent = `${Fmt.num(best.v, 3)} ${unit} · ${Fmt.time(best.t)}`;
       tip.setAttribute("x", Math.min(bx + 6, f.w - 160));
       tip.setAttribute("visibility", "visible");
     };
@@ -111,7 +130,7 @@ const Charts = (() => {
     const f = frame(svg, fitStart(opts.from, opts.to, intervals.length ? intervals[0].start : undefined), opts.to, 0, y1);
     if (!intervals.length) {
       const t = el("text", { x: f.w / 2, y: f.h / 2, "text-anchor": "middle" }, svg);
-      t.textContent = "no validated intervals in this range";
+      t.textContent = I18n.t("chart.no_intervals");
       return;
     }
     for (const b of intervals) {
@@ -120,8 +139,8 @@ const Charts = (() => {
       const cls = flagged ? "bar flag" : (b.quality === "A" ? "bar" : "bar est");
       const rect = el("rect", { x, y: f.sy(b.kwh), width: w, height: Math.max(0, f.sy(0) - f.sy(b.kwh)), class: cls }, svg);
       const title = el("title", {}, rect);
-      title.textContent = `${new Date(b.start).toLocaleString()}: ${b.kwh} kWh (${b.quality})` +
-        (b.flags.length ? ` — ${b.flags.join(", ")}` : "") + (b.held ? " — held for review" : "");
+      title.textContent = I18n.t("chart.interval_tip", { when: Fmt.when(b.start), kwh: Fmt.num(b.kwh, 4), quality: b.quality }) +
+        (b.flags.length ? ` — ${b.flags.join(", ")}` : "") + (b.held ? ` — ${I18n.t("chart.held")}` : "");
     }
     for (const m of markers) {
       const x = f.sx(m.t);
