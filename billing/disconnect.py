@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from billing import lifecycle
+from billing import collection, lifecycle
 from billing.lifecycle import CommandState
 from billing.money import from_fen, to_fen
 from billing.policy import (
@@ -126,9 +126,11 @@ def _evaluate_one(
     actor: str, stats: EvalStats,
 ) -> None:
     acc_id = acc["account_id"]
-    settings = CreditSettings.from_json(acc["credit"])
+    postpaid = acc["billing_mode"] == "postpaid"
+    # a postpaid account is cut for what its collection ladder made due, not its balance
+    settings = collection.POSTPAID_CREDIT if postpaid else CreditSettings.from_json(acc["credit"])
     windows = ProtectedWindows.from_json(acc["windows"])
-    bal = from_fen(acc["balance_fen"])
+    bal = collection.policy_balance(conn, acc_id, now) if postpaid else from_fen(acc["balance_fen"])
     updates: dict[str, Any] = {"dirty": False}
 
     new, alerted = crossed_alerts(settings.alert_thresholds, frozenset(acc["alerted"]), bal)
@@ -230,6 +232,8 @@ def _evaluate_one(
             "; held off by an operator: " + ", ".join(sorted(held_off)) if held_off else ""))
         stats.alerts += 1
 
+    if postpaid:
+        collection.on_policy_action(conn, acc_id, a, bal, now)
     sets = ", ".join(f"{k} = %({k})s" for k in updates)
     conn.execute(f"UPDATE billing_accounts SET {sets} WHERE account_id = %(id)s",
                  {**updates, "id": acc_id})
