@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 
 from billing import alerts as alerts_mod
-from billing import ledger, lifecycle, manual, read_model, reports
+from billing import collection_cli, ledger, lifecycle, manual, read_model, reports
 from billing.engine import SIGNING_KEY_ENV, BillingConfig, BillingEngine
 from billing.errors import BillingError
 from billing.money import DEFAULT_MAX_TOPUP, parse_yuan
@@ -31,7 +31,8 @@ from meterhub import db, settings
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("billing", help="prepaid billing: balances, top-ups, cut-offs")
+    parser = subparsers.add_parser(
+        "billing", help="billing: prepaid balances and cut-offs; postpaid bills and collection")
     parser.add_argument("--database-url", default=None,
                         help=f"PostgreSQL conninfo (default ${settings.DATABASE_URL_ENV})")
     parser.add_argument("--tariffs", type=Path, default=None,
@@ -129,6 +130,7 @@ def register(subparsers: Any) -> None:
 
     tf = sub.add_parser("tariffs", help="check and list the tariff files")
     tf.set_defaults(handler=_tariffs)
+    collection_cli.register(sub)  # postpaid: bills, arrears, ladder, plans, reports
 
 
 def _url(args: argparse.Namespace) -> str:

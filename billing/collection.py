@@ -12,6 +12,7 @@ once the bills that led to it are paid. Escalation and good-payer flags are kept
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -25,11 +26,13 @@ from billing.arrears import BillDebt, CollectionSettings, Credit, Instalment, St
 from billing.errors import BillingError
 from billing.money import from_fen
 from billing.notice_texts import render
-from billing.policy import Action, CreditSettings, ProtectedWindows
+from billing.policy import Action, CreditSettings, PolicyError, ProtectedWindows
 from billing.postpaid import load_debts
 
+log = logging.getLogger(__name__)
 LADDER_KINDS = [s.value for s in Step]
-LATE_GRACE = timedelta(hours=1)  # a step recorded later than this goes out now, not back-dated
+LATE_GRACE = timedelta(hours=1)
+IDLE_WAKE = timedelta(days=7)  # a step recorded later than this goes out now, not back-dated
 # the disconnect policy's view of a postpaid account: cut when anything is due for cutting
 # (policy balance < 0), restore once nothing is (balance 0 > -0.01); final notice 30 min
 POSTPAID_CREDIT = CreditSettings(
@@ -63,9 +66,10 @@ def _record(conn: psycopg.Connection[Any], account_id: str, kind: str, at: datet
     )
 
 
-def _state(
+def bill_states(
     debts: list[BillDebt], credits: list[Credit], now: datetime
 ) -> list[tuple[BillDebt, Unpaid]]:
+    """Each bill issued by ``now`` with what is still unpaid on it (credits up to ``now``)."""
     live = [b for b in debts if b.issued_at <= now]
     unpaid = arrears.unpaid_by_bill(live, arrears.billed_debt(live, credits, now
                                                                 + timedelta(microseconds=1)))
@@ -84,12 +88,25 @@ def run_collection(
             """SELECT c.*, a.customer_class, a.group_key, a.windows, a.escalated_at,
                       a.good_payer_since
                FROM billing_collection c JOIN billing_accounts a USING (account_id)
+               WHERE c.updated_at < %s AND (c.recheck OR c.wake_at IS NULL OR c.wake_at <= %s)
                ORDER BY c.updated_at LIMIT %s FOR UPDATE OF c SKIP LOCKED""",
-            (limit,),
+            (now, now, limit),
         ).fetchall()
         for row in rows:
             stats.accounts += 1
-            _one(conn, row, now, s, stats)
+            try:
+                with conn.transaction():  # a savepoint: one bad account spoils no other
+                    _one(conn, row, now, s, stats)
+            except (BillingError, PolicyError) as exc:
+                log.warning("collection of an account failed",
+                            extra={"account": row["account_id"], "why": str(exc)})
+                conn.execute(
+                    """INSERT INTO billing_alerts (account_id, kind, balance_fen, message)
+                       SELECT account_id, 'billing_error', balance_fen, %s
+                       FROM billing_accounts WHERE account_id = %s""",
+                    (f"collection ladder: {exc}", row["account_id"]))
+                conn.execute("UPDATE billing_collection SET updated_at = %s "
+                             "WHERE account_id = %s", (now, row["account_id"]))
     return stats
 
 
@@ -101,7 +118,7 @@ def _one(conn: psycopg.Connection[Any], row: dict[str, Any], now: datetime,
     if _check_plan(conn, account_id, credits, now, today, s, stats) is not None:
         # the plan just ended: its waiver's days differ, load again
         debts, credits = load_debts(conn, account_id, s)
-    state = _state(debts, credits, now)
+    state = bill_states(debts, credits, now)
     unpaid_total = sum(u.total_fen for _, u in state)
     overdue = sum(u.total_fen for b, u in state if b.due < today)
     _flags(conn, row, debts, credits, now, s)
@@ -116,7 +133,7 @@ def _one(conn: psycopg.Connection[Any], row: dict[str, Any], now: datetime,
                 "bill_id": driving[0].bill_id if driving else None}
         if protected and driving:
             upd["hold"] = "instalment plan kept"
-        _save(conn, account_id, row, upd)
+        _save(conn, account_id, row, upd, s)
         return
     bill, unpaid = driving
     if row["bill_id"] != bill.bill_id:  # an older bill was paid: its pending steps are moot
@@ -137,15 +154,21 @@ def _one(conn: psycopg.Connection[Any], row: dict[str, Any], now: datetime,
                              (account_id,))
         else:
             upd["next_step"], upd["next_at"] = "cut", cut_at
-    _save(conn, account_id, row, upd)
+    _save(conn, account_id, row, upd, s)
 
 
 def _save(conn: psycopg.Connection[Any], account_id: str, row: dict[str, Any],
-          upd: dict[str, Any]) -> None:
+          upd: dict[str, Any], s: CollectionSettings) -> None:
     if row["stage"] == "cut_due" and upd["stage"] != "cut_due":
         # nothing due for cutting any more: let the policy restore (or clear) at once
         conn.execute("UPDATE billing_accounts SET dirty = true WHERE account_id = %s",
                      (account_id,))
+    # when to look again without news (money, evidence and bills set recheck): the next
+    # step, the cut, the next instalment's day, or a week on (flags)
+    now = upd["updated_at"]
+    wake = [now + IDLE_WAKE, upd["next_at"], upd["cut_at"] if upd["cut_at"] and (
+        upd["cut_at"] > now) else None, _next_instalment_check(conn, account_id, now, s)]
+    upd |= {"recheck": False, "wake_at": min(w for w in wake if w is not None)}
     sets = ", ".join(f"{k} = %({k})s" for k in upd)
     conn.execute(f"UPDATE billing_collection SET {sets} WHERE account_id = %(id)s",
                  {**upd, "id": account_id})
@@ -244,6 +267,21 @@ def _plan_cut(
 # ---------------------------------------------------------------------------- plans
 
 
+def _next_instalment_check(conn: psycopg.Connection[Any], account_id: str, now: datetime,
+                           s: CollectionSettings) -> datetime | None:
+    """The start of the day after the next instalment of a kept plan (when a miss shows)."""
+    row = conn.execute(
+        """SELECT min(i.due_date) FROM billing_instalments i
+           JOIN billing_instalment_plans p USING (plan_id)
+           WHERE p.account_id = %s AND p.state = 'kept'
+             AND i.due_date >= %s""",
+        (account_id, now.astimezone(s.zone).date() - timedelta(days=1)),
+    ).fetchone()
+    if row is None or row[0] is None:
+        return None
+    return s.local_at(row[0] + timedelta(days=1), 0)
+
+
 def _plan_live(conn: psycopg.Connection[Any], account_id: str) -> bool:
     return conn.execute(
         "SELECT 1 FROM billing_instalment_plans WHERE account_id = %s AND state = 'kept'",
@@ -334,6 +372,8 @@ def create_plan(
                 f"plan:{plan_id}", required=True)
         conn.execute("UPDATE billing_accounts SET dirty = true WHERE account_id = %s",
                      (account_id,))
+        conn.execute("UPDATE billing_collection SET recheck = true WHERE account_id = %s",
+                     (account_id,))
     return plan_id
 
 
@@ -385,7 +425,7 @@ def policy_balance(conn: psycopg.Connection[Any], account_id: str, now: datetime
     if row is None or row[0] != "cut_due" or _plan_live(conn, account_id):
         return Decimal(0)
     debts, credits = load_debts(conn, account_id, s)
-    due = sum(u.total_fen for b, u in _state(debts, credits, now) if b.bill_id <= row[1])
+    due = sum(u.total_fen for b, u in bill_states(debts, credits, now) if b.bill_id <= row[1])
     return -from_fen(due)
 
 

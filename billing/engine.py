@@ -29,11 +29,14 @@ from typing import Any
 import psycopg
 
 from billing import alerts, commands, lifecycle
+from billing.arrears import CollectionSettings
 from billing.charging import CommitHorizon, charge_parallel
+from billing.collection import run_collection
 from billing.disconnect import PolicyKnobs, evaluate_accounts, handle_deadlines, reconcile
 from billing.errors import BillingError
 from billing.lifecycle import CommandState
 from billing.manual import end_expired_holds
+from billing.postpaid import issue_due_bills
 from billing.retry import RetryPolicy
 from billing.tariffs import TariffError, check_history, load_tariffs
 from meterhub import wire
@@ -81,6 +84,9 @@ class BillingConfig:
     alerts_site: str = "billing"  # site for alerts of accounts whose meters were never heard
     batch_accounts: int = 500
     charge_connections: int = 1  # >1: charge on that many connections at once (threads)
+    # postpaid: monthly bills and the collection ladder, a pass this often
+    collection: CollectionSettings = field(default_factory=CollectionSettings)
+    collection_interval_s: float = 60.0
 
     @property
     def retry(self) -> RetryPolicy:
@@ -118,6 +124,8 @@ class EngineStats:
     reconciled: int = 0
     holds_ended: int = 0  # operators' manual holds that expired (billing.manual)
     tampers: int = 0  # relay movements reported with readings that no command explains
+    bills_issued: int = 0  # postpaid monthly bills
+    notices_recorded: int = 0  # collection ladder notices (billing_notices)
     errors: int = 0  # database outages ridden out
     mqtt_connected: bool = False
     # acks ignored, by reason: malformed, too_large, bad_field, topic_mismatch (the payload's
@@ -161,6 +169,7 @@ class BillingEngine:
         self._ack_conn: psycopg.Connection[Any] | None = None
         self._charge_conns: list[psycopg.Connection[Any]] = []  # beside the tick connection
         self._last_reconcile = -1e18
+        self._last_collection = -1e18
         self._tariffs_checked = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -263,6 +272,15 @@ class BillingEngine:
         self.stats.intervals_unbilled += charged.unbilled
         now = datetime.now(UTC)
         self.stats.holds_ended += end_expired_holds(conn, now, cfg.knobs, actor)
+        if time.monotonic() - self._last_collection >= cfg.collection_interval_s:
+            # postpaid: bills of last month, then the ladder (it may make cut-offs due)
+            self._last_collection = time.monotonic()
+            self.stats.bills_issued += len(issue_due_bills(conn, now, cfg.collection))
+            for _ in range(20):
+                ladder = run_collection(conn, now, cfg.collection, cfg.batch_accounts)
+                self.stats.notices_recorded += ladder.notices
+                if ladder.accounts < cfg.batch_accounts:
+                    break
         for _ in range(20):
             ev = evaluate_accounts(conn, now, cfg.knobs, actor, limit=cfg.batch_accounts)
             self.stats.alerts_raised += ev.alerts

@@ -173,6 +173,9 @@ def _post(
             (account_id, kind, amount_fen, row["balance_fen"], key, channel, reference, actor,
              json.dumps(detail) if detail else None, at),
         ).fetchone()
+        if amount_fen > 0:  # a postpaid account's ladder looks again (billing.collection)
+            cur.execute("UPDATE billing_collection SET recheck = true WHERE account_id = %s",
+                        (account_id,))
     assert entry is not None
     return _entry(entry)
 

@@ -233,7 +233,7 @@ def record_evidence(
         raise NoticeError(f"channel: {channel!r} must be a short lowercase name like 'sms'")
     with conn.transaction():
         found = conn.execute(
-            "SELECT closed_at FROM billing_notices WHERE notice_id = %s FOR UPDATE",
+            "SELECT closed_at, account_id FROM billing_notices WHERE notice_id = %s FOR UPDATE",
             (notice_id,),
         ).fetchone()
         if found is None:
@@ -242,6 +242,10 @@ def record_evidence(
             """INSERT INTO billing_notice_evidence (notice_id, at, channel, outcome,
                    provider_ref, detail) VALUES (%s, %s, %s, %s, %s, %s)""",
             (notice_id, at, channel, outcome, provider_ref, detail),
+        )
+        # a postpaid ladder may wait for this evidence (billing.collection)
+        conn.execute(
+            "UPDATE billing_collection SET recheck = true WHERE account_id = %s", (found[1],)
         )
         if outcome in FINAL_OUTCOMES and found[0] is None:
             conn.execute(

@@ -111,7 +111,7 @@ def open_postpaid(
             (customer_class, account_id),
         )
         conn.execute(
-            "INSERT INTO billing_collection (account_id, updated_at) VALUES (%s, now())",
+            "INSERT INTO billing_collection (account_id, updated_at) VALUES (%s, 'epoch')",
             (account_id,),
         )
 
@@ -274,6 +274,8 @@ def issue_bill(
             params=params, texts=render("bill", params), dedupe_key=f"bill:{bill.bill_id}",
         )
         conn.execute("UPDATE billing_accounts SET dirty = true WHERE account_id = %s",
+                     (account_id,))
+        conn.execute("UPDATE billing_collection SET recheck = true WHERE account_id = %s",
                      (account_id,))
     return bill
 

@@ -91,8 +91,11 @@ CREATE TABLE billing_collection (
     hold            text,                              -- why nothing happens now
     unpaid_fen      bigint NOT NULL DEFAULT 0,
     overdue_fen     bigint NOT NULL DEFAULT 0,
+    recheck         boolean NOT NULL DEFAULT true,     -- money or evidence came in
+    wake_at         timestamptz,                       -- next time something is due
     updated_at      timestamptz NOT NULL
 );
+CREATE INDEX billing_collection_due ON billing_collection (wake_at) WHERE NOT recheck;
 
 CREATE TABLE billing_instalment_plans (
     plan_id         bigserial PRIMARY KEY,
