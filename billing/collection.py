@@ -33,12 +33,17 @@ log = logging.getLogger(__name__)
 LADDER_KINDS = [s.value for s in Step]
 LATE_GRACE = timedelta(hours=1)
 IDLE_WAKE = timedelta(days=7)  # a step recorded later than this goes out now, not back-dated
-# the disconnect policy's view of a postpaid account: cut when anything is due for cutting
-# (policy balance < 0), restore once nothing is (balance 0 > -0.01); final notice 30 min
-POSTPAID_CREDIT = CreditSettings(
-    alert_thresholds=(), cutoff_threshold=Decimal(0), emergency_credit=Decimal(0),
-    restore_threshold=Decimal("-0.01"), warning_to_final_s=0.0, final_to_cutoff_s=1800.0,
-)
+
+
+def postpaid_credit(s: CollectionSettings) -> CreditSettings:
+    """The disconnect policy's view of a postpaid account: cut when anything is due for
+    cutting (policy balance < 0), restore once nothing is (0 > -0.01); the final notice
+    ``final_notice_s`` (30 minutes) before the cut; no low-balance alerts."""
+    return CreditSettings(
+        alert_thresholds=(), cutoff_threshold=Decimal(0), emergency_credit=Decimal(0),
+        restore_threshold=Decimal("-0.01"), warning_to_final_s=0.0,
+        final_to_cutoff_s=float(s.final_notice_s),
+    )
 
 
 @dataclass(slots=True)

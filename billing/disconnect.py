@@ -18,6 +18,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from billing import collection, lifecycle
+from billing.arrears import CollectionSettings
 from billing.lifecycle import CommandState
 from billing.money import from_fen, to_fen
 from billing.policy import (
@@ -43,6 +44,7 @@ class PolicyKnobs:
     mass_window_s: float = 3600.0  # cut-offs this recent count towards "at once"
     retry: RetryPolicy = field(default_factory=RetryPolicy)  # of the relay commands queued
     reconcile_grace_s: float = 30.0  # leave a finished command's effect this long
+    collection: CollectionSettings = field(default_factory=CollectionSettings)  # postpaid
 
 
 @dataclass(slots=True)
@@ -128,9 +130,13 @@ def _evaluate_one(
     acc_id = acc["account_id"]
     postpaid = acc["billing_mode"] == "postpaid"
     # a postpaid account is cut for what its collection ladder made due, not its balance
-    settings = collection.POSTPAID_CREDIT if postpaid else CreditSettings.from_json(acc["credit"])
+    if postpaid:
+        settings = collection.postpaid_credit(knobs.collection)
+        bal = collection.policy_balance(conn, acc_id, now, knobs.collection)
+    else:
+        settings = CreditSettings.from_json(acc["credit"])
+        bal = from_fen(acc["balance_fen"])
     windows = ProtectedWindows.from_json(acc["windows"])
-    bal = collection.policy_balance(conn, acc_id, now) if postpaid else from_fen(acc["balance_fen"])
     updates: dict[str, Any] = {"dirty": False}
 
     new, alerted = crossed_alerts(settings.alert_thresholds, frozenset(acc["alerted"]), bal)

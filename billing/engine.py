@@ -101,6 +101,7 @@ class BillingConfig:
             mass_window_s=self.mass_window_s,
             retry=self.retry,
             reconcile_grace_s=self.reconcile_grace_s,
+            collection=self.collection,
         )
 
 
