@@ -4,7 +4,9 @@ Simulated meters on two simulated RS-485 buses (DL/T645-2007 and Modbus RTU, on
 pseudo-terminal pairs with real framing and wire time) -> gateway -> MQTT broker -> collector
 -> PostgreSQL -> billing. One prepaid account is set to run dry: billing cuts its meter off
 through MQTT and the gateway, the simulated relay opens (power and energy growth stop), then
-the demo tops the account up and billing restores supply.
+the demo tops the account up and billing restores supply. A postpaid account with a bill 50
+days overdue (its collection ladder back-dated and delivered) is cut off, pays, and is
+restored the same way.
 
 Every id is unique to the run, so the demo can run again and again against one real
 PostgreSQL and broker without tripping over an earlier run's rows.
