@@ -75,8 +75,7 @@ class CollectionSettings:
 
     def local_at(self, day: date, hour: int | None = None) -> datetime:
         """A local wall-clock moment of ``day`` (the notice hour by default)."""
-        return datetime.combine(day, time(self.notice_hour if hour is None else hour),
-                                self.zone)
+        return datetime.combine(day, time(self.notice_hour if hour is None else hour), self.zone)
 
     def due_date(self, issued: datetime) -> date:
         return issued.astimezone(self.zone).date() + timedelta(days=self.due_after_days)
@@ -151,21 +150,26 @@ def unpaid_by_bill(bills: Sequence[BillDebt], debt_fen: int) -> list[Unpaid]:
 # ---------------------------------------------------------------------------- penalty
 
 
-def penalty_rate(customer_class: str, arrears_year: int, day: date,
-                 s: CollectionSettings) -> Decimal:
+def penalty_rate(
+    customer_class: str, arrears_year: int, day: date, s: CollectionSettings
+) -> Decimal:
     """Per-day rate: residential 1 per mille; others 2 per mille while the arrears are of the
     current year, 3 per mille once they are carried into a later year."""
     if customer_class not in CLASSES:
-        raise CollectionSettingsError(f"customer_class: {customer_class!r} is not one of "
-                                      f"{', '.join(CLASSES)}")
+        raise CollectionSettingsError(
+            f"customer_class: {customer_class!r} is not one of {', '.join(CLASSES)}"
+        )
     if customer_class == "residential":
         return s.residential_rate
     return s.current_year_rate if day.year <= arrears_year else s.earlier_year_rate
 
 
 def penalty_exact(
-    bills: Sequence[BillDebt], credits: Sequence[Credit], customer_class: str,
-    through: date, s: CollectionSettings,
+    bills: Sequence[BillDebt],
+    credits: Sequence[Credit],
+    customer_class: str,
+    through: date,
+    s: CollectionSettings,
 ) -> dict[int, Decimal]:
     """Exact penalty (yuan) accrued per bill for the days up to ``through`` (inclusive).
 
@@ -186,8 +190,7 @@ def penalty_exact(
             for b, u in zip(live, unpaid, strict=True):
                 if b.due >= day or u.debits_fen == 0:
                     continue
-                if b.waive_from is not None and b.waive_from <= day <= (
-                        b.waive_until or date.max):
+                if b.waive_from is not None and b.waive_from <= day <= (b.waive_until or date.max):
                     continue
                 rate = penalty_rate(customer_class, (b.due + timedelta(days=1)).year, day, s)
                 out[b.bill_id] += Decimal(u.debits_fen) / 100 * rate
@@ -251,13 +254,18 @@ def ladder(due: date, issued_at: datetime, s: CollectionSettings) -> list[Ladder
     """
     steps: list[LadderStep] = []
     prev = issued_at
-    plan = [(Step.REMINDER, f"reminder:{d}", due - timedelta(days=d))
-            for d in sorted(s.reminder_days, reverse=True)]
+    plan = [
+        (Step.REMINDER, f"reminder:{d}", due - timedelta(days=d))
+        for d in sorted(s.reminder_days, reverse=True)
+    ]
     plan += [
         (Step.DUE_TODAY, "due_today", due),
         (Step.COLLECTION, "collection", due + timedelta(days=1)),
-        (Step.PLANNED_DISCONNECTION, "planned_disconnection",
-         due + timedelta(days=s.stop_after_days + 1)),
+        (
+            Step.PLANNED_DISCONNECTION,
+            "planned_disconnection",
+            due + timedelta(days=s.stop_after_days + 1),
+        ),
     ]
     for step, key, day in plan:
         at = max(s.local_at(day), prev)
@@ -284,8 +292,13 @@ def next_step(
     return None
 
 
-def cut_date(notice_at: datetime, delivered_at: datetime | None, posted_at: datetime | None,
-             mass: bool, s: CollectionSettings) -> datetime | None:
+def cut_date(
+    notice_at: datetime,
+    delivered_at: datetime | None,
+    posted_at: datetime | None,
+    mass: bool,
+    s: CollectionSettings,
+) -> datetime | None:
     """Earliest cut after a planned-disconnection notice: ``cut_notice_days`` after it was
     delivered; for a mass cut also ``posted_notice_days`` after the posted notice. None while
     the evidence is missing (an undelivered notice allows no cut)."""
@@ -306,14 +319,14 @@ class Instalment:
     fen: int
 
 
-def plan_status(instalments: Sequence[Instalment], paid: Iterable[Credit], today: date,
-                s: CollectionSettings) -> tuple[str, date | None]:
+def plan_status(
+    instalments: Sequence[Instalment], paid: Iterable[Credit], today: date, s: CollectionSettings
+) -> tuple[str, date | None]:
     """('kept' | 'missed' | 'completed', the due date of the missed instalment).
 
     Kept while what was paid since the plan began covers every instalment whose day has
     passed (paid on the due date counts); completed once everything is paid."""
-    paid_by: list[tuple[date, int]] = sorted(
-        (c.at.astimezone(s.zone).date(), c.fen) for c in paid)
+    paid_by: list[tuple[date, int]] = sorted((c.at.astimezone(s.zone).date(), c.fen) for c in paid)
     total = sum(f for _, f in paid_by)
     owed = 0
     for inst in sorted(instalments, key=lambda i: i.due):

@@ -23,8 +23,9 @@ def _iso(v: datetime | None) -> str | None:
     return v.isoformat() if v else None
 
 
-def arrears_report(conn: psycopg.Connection[Any], now: datetime,
-                   s: CollectionSettings | None = None) -> dict[str, Any]:
+def arrears_report(
+    conn: psycopg.Connection[Any], now: datetime, s: CollectionSettings | None = None
+) -> dict[str, Any]:
     """Every postpaid account with money owed on its bills: unpaid, overdue by ageing
     bucket, ladder stage and next step, flags; totals per bucket; very large arrears."""
     s = s or CollectionSettings()
@@ -49,18 +50,27 @@ def arrears_report(conn: psycopg.Connection[Any], now: datetime,
             if bucket and u.total_fen:
                 buckets[bucket] += u.total_fen
                 totals[bucket] += u.total_fen
-        rows.append({
-            "account_id": a["account_id"], "name": a["name"], "group": a["group_key"],
-            "customer_class": a["customer_class"], "phase": a["phase"],
-            "unpaid": str(from_fen(unpaid)), "overdue": str(from_fen(sum(buckets.values()))),
-            "ageing": {k: str(from_fen(v)) for k, v in buckets.items()},
-            "stage": a["stage"], "next_step": a["next_step"], "next_at": _iso(a["next_at"]),
-            "cut_at": _iso(a["cut_at"]), "hold": a["hold"],
-            "escalated": a["escalated_at"] is not None,
-            "escalation_reason": a["escalation_reason"],
-            "good_payer": a["good_payer_since"] is not None,
-            "large": sum(buckets.values()) >= s.large_arrears_fen,
-        })
+        rows.append(
+            {
+                "account_id": a["account_id"],
+                "name": a["name"],
+                "group": a["group_key"],
+                "customer_class": a["customer_class"],
+                "phase": a["phase"],
+                "unpaid": str(from_fen(unpaid)),
+                "overdue": str(from_fen(sum(buckets.values()))),
+                "ageing": {k: str(from_fen(v)) for k, v in buckets.items()},
+                "stage": a["stage"],
+                "next_step": a["next_step"],
+                "next_at": _iso(a["next_at"]),
+                "cut_at": _iso(a["cut_at"]),
+                "hold": a["hold"],
+                "escalated": a["escalated_at"] is not None,
+                "escalation_reason": a["escalation_reason"],
+                "good_payer": a["good_payer_since"] is not None,
+                "large": sum(buckets.values()) >= s.large_arrears_fen,
+            }
+        )
     return {
         "accounts": rows,
         "ageing_totals": {k: str(from_fen(v)) for k, v in totals.items()},
@@ -72,8 +82,13 @@ def arrears_report(conn: psycopg.Connection[Any], now: datetime,
 def penalty_lines(conn: psycopg.Connection[Any], account_id: str) -> list[dict[str, str]]:
     """Every penalty posting of an account: which bill, through which day, exact accrual."""
     return [
-        {"bill_id": str(b), "through": t.isoformat(), "exact": str(e),
-         "total": str(from_fen(tf)), "posted": str(from_fen(p))}
+        {
+            "bill_id": str(b),
+            "through": t.isoformat(),
+            "exact": str(e),
+            "total": str(from_fen(tf)),
+            "posted": str(from_fen(p)),
+        }
         for b, t, e, tf, p in conn.execute(
             """SELECT p.bill_id, p.through, p.exact, p.total_fen, p.posted_fen
                FROM billing_penalties p JOIN billing_bills b USING (bill_id)
@@ -96,31 +111,47 @@ def plans(conn: psycopg.Connection[Any], account_id: str | None = None) -> list[
                GROUP BY p.plan_id ORDER BY p.plan_id DESC""",
             {"a": account_id},
         ).fetchall()
-    return [{
-        "plan_id": r["plan_id"], "account_id": r["account_id"], "state": r["state"],
-        "created_at": _iso(r["created_at"]), "created_by": r["created_by"],
-        "reason": r["reason"], "waive_penalty": r["waive_penalty"],
-        "covered": str(from_fen(r["covered_fen"])), "ended_at": _iso(r["ended_at"]),
-        "missed_due": r["missed_due"].isoformat() if r["missed_due"] else None,
-        "instalments": [{"seq": i["seq"], "due": i["due"],
-                         "amount": str(from_fen(i["amount_fen"]))} for i in r["items"]],
-    } for r in rows]
+    return [
+        {
+            "plan_id": r["plan_id"],
+            "account_id": r["account_id"],
+            "state": r["state"],
+            "created_at": _iso(r["created_at"]),
+            "created_by": r["created_by"],
+            "reason": r["reason"],
+            "waive_penalty": r["waive_penalty"],
+            "covered": str(from_fen(r["covered_fen"])),
+            "ended_at": _iso(r["ended_at"]),
+            "missed_due": r["missed_due"].isoformat() if r["missed_due"] else None,
+            "instalments": [
+                {"seq": i["seq"], "due": i["due"], "amount": str(from_fen(i["amount_fen"]))}
+                for i in r["items"]
+            ],
+        }
+        for r in rows
+    ]
 
 
-def collection_rates(conn: psycopg.Connection[Any], now: datetime,
-                     s: CollectionSettings | None = None) -> dict[str, list[dict[str, str]]]:
+def collection_rates(
+    conn: psycopg.Connection[Any], now: datetime, s: CollectionSettings | None = None
+) -> dict[str, list[dict[str, str]]]:
     """Billed and collected per bill month and per compound (group): collected is what was
     billed less what is still unpaid on those bills now."""
     s = s or CollectionSettings()
     billed: dict[tuple[str, str], int] = defaultdict(int)
     unpaid: dict[tuple[str, str], int] = defaultdict(int)
     for account_id, group in conn.execute(
-            "SELECT account_id, coalesce(group_key, '') FROM billing_accounts "
-            "WHERE billing_mode = 'postpaid' ORDER BY account_id").fetchall():
+        "SELECT account_id, coalesce(group_key, '') FROM billing_accounts "
+        "WHERE billing_mode = 'postpaid' ORDER BY account_id"
+    ).fetchall():
         debts, credits = load_debts(conn, account_id, s)
-        months = dict(conn.execute(
-            "SELECT bill_id, to_char(period_start, 'YYYY-MM') FROM billing_bills "
-            "WHERE account_id = %s", (account_id,)).fetchall())
+        months = dict(
+            conn.execute(
+                "SELECT bill_id, to_char(period_start, 'YYYY-MM') FROM billing_bills "
+                "WHERE account_id = %s",
+                (account_id,),
+            ).fetchall()
+        )
         for bill, u in bill_states(debts, credits, now):
             new = bill.debits_fen + bill.penalties_fen + bill.opening_debt_fen
             for cell in (("month", str(months[bill.bill_id])), ("group", str(group))):
@@ -130,8 +161,13 @@ def collection_rates(conn: psycopg.Connection[Any], now: datetime,
     for (dim, name), fen in sorted(billed.items()):
         collected = fen - unpaid[(dim, name)]
         rate = Decimal(collected) / fen if fen else Decimal(1)
-        out[dim].append({dim: name, "billed": str(from_fen(fen)),
-                         "collected": str(from_fen(collected)),
-                         "arrears": str(from_fen(unpaid[(dim, name)])),
-                         "rate": str(rate.quantize(Decimal("0.0001")))})
+        out[dim].append(
+            {
+                dim: name,
+                "billed": str(from_fen(fen)),
+                "collected": str(from_fen(collected)),
+                "arrears": str(from_fen(unpaid[(dim, name)])),
+                "rate": str(rate.quantize(Decimal("0.0001"))),
+            }
+        )
     return out

@@ -66,15 +66,23 @@ class BillLine:
 
 def _bill(row: Mapping[str, Any]) -> Bill:
     return Bill(
-        bill_id=row["bill_id"], account_id=row["account_id"],
-        period_start=row["period_start"], period_end=row["period_end"],
-        issued_at=row["issued_at"], due_date=row["due_date"],
-        customer_class=row["customer_class"], tariff_id=row["tariff_id"],
-        opening=from_fen(row["opening_fen"]), charges=from_fen(row["charges_fen"]),
+        bill_id=row["bill_id"],
+        account_id=row["account_id"],
+        period_start=row["period_start"],
+        period_end=row["period_end"],
+        issued_at=row["issued_at"],
+        due_date=row["due_date"],
+        customer_class=row["customer_class"],
+        tariff_id=row["tariff_id"],
+        opening=from_fen(row["opening_fen"]),
+        charges=from_fen(row["charges_fen"]),
         corrections=from_fen(row["corrections_fen"]),
-        adjustments=from_fen(row["adjustments_fen"]), penalties=from_fen(row["penalties_fen"]),
-        payments=from_fen(row["payments_fen"]), closing=from_fen(row["closing_fen"]),
-        amount_due=from_fen(row["amount_due_fen"]), kwh=row["kwh"],
+        adjustments=from_fen(row["adjustments_fen"]),
+        penalties=from_fen(row["penalties_fen"]),
+        payments=from_fen(row["payments_fen"]),
+        closing=from_fen(row["closing_fen"]),
+        amount_due=from_fen(row["amount_due_fen"]),
+        kwh=row["kwh"],
         breakdown=list(row["breakdown"]),
     )
 
@@ -97,14 +105,22 @@ def open_postpaid(
     (``CollectionSettings.class_tariffs``)."""
     s = settings or CollectionSettings()
     if customer_class not in CLASSES:
-        raise BillingError(f"customer_class: {customer_class!r} is not one of "
-                           f"{', '.join(CLASSES)}")
+        raise BillingError(f"customer_class: {customer_class!r} is not one of {', '.join(CLASSES)}")
     chosen = tariff or s.class_tariffs.get(customer_class)
     if chosen is None:
         raise BillingError(f"tariff: no tariff for class {customer_class!r}; give one")
     with conn.transaction():
-        create_account(conn, account_id, meters=meters, tariff=chosen, name=name, group=group,
-                       windows=windows, charge_from=charge_from, tariffs=tariffs)
+        create_account(
+            conn,
+            account_id,
+            meters=meters,
+            tariff=chosen,
+            name=name,
+            group=group,
+            windows=windows,
+            charge_from=charge_from,
+            tariffs=tariffs,
+        )
         conn.execute(
             """UPDATE billing_accounts SET billing_mode = 'postpaid', customer_class = %s
                WHERE account_id = %s""",
@@ -150,8 +166,10 @@ def get_bill(conn: psycopg.Connection[Any], bill_id: int) -> tuple[Bill, list[Bi
         lines = cur.execute(
             "SELECT * FROM billing_bill_lines WHERE bill_id = %s ORDER BY line_no", (bill_id,)
         ).fetchall()
-    return _bill(row), [BillLine(r["line_no"], r["kind"], r["description"],
-                                 from_fen(r["amount_fen"])) for r in lines]
+    return _bill(row), [
+        BillLine(r["line_no"], r["kind"], r["description"], from_fen(r["amount_fen"]))
+        for r in lines
+    ]
 
 
 # ---------------------------------------------------------------------------- debts
@@ -184,10 +202,22 @@ def load_debts(
             if created > issued:  # a plan waives the penalty of the bills issued before it
                 w_from = created.astimezone(s.zone).date()
                 w_until = ended.astimezone(s.zone).date() if ended else None
-        debts.append(BillDebt(bid, issued, due, int(debits), int(pens),
-                              int(opening) if i == 0 else 0, int(closing), w_from, w_until))
+        debts.append(
+            BillDebt(
+                bid,
+                issued,
+                due,
+                int(debits),
+                int(pens),
+                int(opening) if i == 0 else 0,
+                int(closing),
+                w_from,
+                w_until,
+            )
+        )
     credits = [
-        Credit(at, int(fen)) for at, fen in conn.execute(
+        Credit(at, int(fen))
+        for at, fen in conn.execute(
             """SELECT created_at, amount_fen FROM billing_ledger
                WHERE account_id = %s AND amount_fen > 0 AND entry_id > %s
                ORDER BY created_at, entry_id""",
@@ -201,7 +231,10 @@ def load_debts(
 
 
 def _post_penalties(
-    conn: psycopg.Connection[Any], acc: dict[str, Any], through: date, now: datetime,
+    conn: psycopg.Connection[Any],
+    acc: dict[str, Any],
+    through: date,
+    now: datetime,
     s: CollectionSettings,
 ) -> None:
     """Post what earlier bills' penalties grew to by ``through`` (cumulative exact accrual,
@@ -211,20 +244,32 @@ def _post_penalties(
     if not debts:
         return
     exact = arrears.penalty_exact(debts, credits, acc["customer_class"], through, s)
-    posted = dict(conn.execute(
-        """SELECT DISTINCT ON (bill_id) bill_id, total_fen FROM billing_penalties
+    posted = dict(
+        conn.execute(
+            """SELECT DISTINCT ON (bill_id) bill_id, total_fen FROM billing_penalties
            WHERE bill_id = ANY(%s) ORDER BY bill_id, through DESC""",
-        ([d.bill_id for d in debts],),
-    ).fetchall())
+            ([d.bill_id for d in debts],),
+        ).fetchall()
+    )
     for d in debts:
         total = arrears.penalty_due_fen(exact[d.bill_id], s)
         delta = total - posted.get(d.bill_id, 0)
         if delta <= 0:
             continue
-        entry = _post(conn, account_id, "penalty", -delta, f"penalty:{d.bill_id}:{through}",
-                      actor="billing", at=now,
-                      detail={"bill_id": d.bill_id, "through": through.isoformat(),
-                              "exact": str(exact[d.bill_id])})
+        entry = _post(
+            conn,
+            account_id,
+            "penalty",
+            -delta,
+            f"penalty:{d.bill_id}:{through}",
+            actor="billing",
+            at=now,
+            detail={
+                "bill_id": d.bill_id,
+                "through": through.isoformat(),
+                "exact": str(exact[d.bill_id]),
+            },
+        )
         conn.execute(
             """INSERT INTO billing_penalties (bill_id, through, exact, total_fen, posted_fen,
                    entry_id) VALUES (%s, %s, %s, %s, %s, %s)""",
@@ -233,7 +278,10 @@ def _post_penalties(
 
 
 _LINE_KINDS = {
-    "charge": "charge", "topup": "payment", "refund": "adjustment", "penalty": "penalty",
+    "charge": "charge",
+    "topup": "payment",
+    "refund": "adjustment",
+    "penalty": "penalty",
     "arrears_recovery": "adjustment",
 }
 
@@ -261,33 +309,54 @@ def issue_bill(
             if prev.period_start == period_start and prev.period_end == period_end:
                 return prev
             if period_start <= prev.period_end:
-                raise BillingError(f"period: {period_start} overlaps the bill of "
-                                   f"{prev.period_start}..{prev.period_end}")
+                raise BillingError(
+                    f"period: {period_start} overlaps the bill of "
+                    f"{prev.period_start}..{prev.period_end}"
+                )
         _post_penalties(conn, acc, period_end, now, s)
         bill = _cut(conn, account_id, prev, period_start, period_end, now, s)
         amount = str(bill.amount_due)
-        params = {"account": account_id, "period": f"{period_start}..{period_end}",
-                  "amount_due": amount, "due_date": bill.due_date.isoformat(),
-                  "bill_id": str(bill.bill_id)}
+        params = {
+            "account": account_id,
+            "period": f"{period_start}..{period_end}",
+            "amount_due": amount,
+            "due_date": bill.due_date.isoformat(),
+            "bill_id": str(bill.bill_id),
+        }
         notices.record_notice(
-            conn, account_id=account_id, kind="bill", required=False, not_before=now,
-            params=params, texts=render("bill", params), dedupe_key=f"bill:{bill.bill_id}",
+            conn,
+            account_id=account_id,
+            kind="bill",
+            required=False,
+            not_before=now,
+            params=params,
+            texts=render("bill", params),
+            dedupe_key=f"bill:{bill.bill_id}",
         )
-        conn.execute("UPDATE billing_accounts SET dirty = true WHERE account_id = %s",
-                     (account_id,))
-        conn.execute("UPDATE billing_collection SET recheck = true WHERE account_id = %s",
-                     (account_id,))
+        conn.execute(
+            "UPDATE billing_accounts SET dirty = true WHERE account_id = %s", (account_id,)
+        )
+        conn.execute(
+            "UPDATE billing_collection SET recheck = true WHERE account_id = %s", (account_id,)
+        )
     return bill
 
 
 def _cut(
-    conn: psycopg.Connection[Any], account_id: str, prev: Bill | None, period_start: date,
-    period_end: date, now: datetime, s: CollectionSettings,
+    conn: psycopg.Connection[Any],
+    account_id: str,
+    prev: Bill | None,
+    period_start: date,
+    period_end: date,
+    now: datetime,
+    s: CollectionSettings,
 ) -> Bill:
     after = opening = 0  # the first bill covers the account's whole ledger so far
     if prev is not None:
-        row = conn.execute("SELECT last_entry_id, closing_fen FROM billing_bills "
-                           "WHERE bill_id = %s", (prev.bill_id,)).fetchone()
+        row = conn.execute(
+            "SELECT last_entry_id, closing_fen FROM billing_bills WHERE bill_id = %s",
+            (prev.bill_id,),
+        ).fetchone()
         assert row is not None
         after, opening = int(row[0]), int(row[1])
     period_from = datetime.combine(period_start, datetime.min.time(), s.zone)
@@ -325,8 +394,10 @@ def _cut(
     summary = [("charge", f"electricity {period_start}..{period_end}", -charge_sum, None)]
     if correction_sum:
         summary.append(("correction", "corrections of earlier periods", -correction_sum, None))
-    acc = conn.execute("SELECT customer_class, tariff_id FROM billing_accounts "
-                       "WHERE account_id = %s", (account_id,)).fetchone()
+    acc = conn.execute(
+        "SELECT customer_class, tariff_id FROM billing_accounts WHERE account_id = %s",
+        (account_id,),
+    ).fetchone()
     assert acc is not None
     due = s.due_date(now)
     row = conn.execute(
@@ -336,15 +407,36 @@ def _cut(
                closing_fen, amount_due_fen, kwh, breakdown)
            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
            RETURNING bill_id""",
-        (account_id, period_start, period_end, now, due, acc[0], acc[1], after, last_entry,
-         opening, totals["charges"], totals["corrections"], totals["adjustments"],
-         totals["penalties"], totals["payments"], closing, max(0, -closing), kwh,
-         json.dumps(breakdown)),
+        (
+            account_id,
+            period_start,
+            period_end,
+            now,
+            due,
+            acc[0],
+            acc[1],
+            after,
+            last_entry,
+            opening,
+            totals["charges"],
+            totals["corrections"],
+            totals["adjustments"],
+            totals["penalties"],
+            totals["payments"],
+            closing,
+            max(0, -closing),
+            kwh,
+            json.dumps(breakdown),
+        ),
     ).fetchone()
     assert row is not None
     bill_id = int(row[0])
-    all_lines = [("opening", "previous balance", opening, None), *summary, *lines,
-                 ("closing", "balance after this bill", closing, None)]
+    all_lines = [
+        ("opening", "previous balance", opening, None),
+        *summary,
+        *lines,
+        ("closing", "balance after this bill", closing, None),
+    ]
     conn.cursor().executemany(
         """INSERT INTO billing_bill_lines (bill_id, line_no, kind, description, amount_fen,
                entry_id) VALUES (%s, %s, %s, %s, %s, %s)""",
@@ -409,8 +501,11 @@ def issue_due_bills(
     ).fetchall()
     out = []
     for account_id, billed_to, supplied_from in rows:
-        if (billed_to is not None and billed_to >= end) or supplied_from is None or (
-                supplied_from >= period_to):
+        if (
+            (billed_to is not None and billed_to >= end)
+            or supplied_from is None
+            or (supplied_from >= period_to)
+        ):
             continue
         first = supplied_from.astimezone(s.zone).date()
         period_start = max(first, start) if billed_to is None else billed_to + timedelta(days=1)

@@ -54,14 +54,14 @@ def _penalty(fen: int, issued: date, paid: date | None, cls: str, through: date)
         (100000, date(2025, 12, 20), date(2026, 1, 10), "residential", 1400),  # no boundary
     ],
 )
-def test_penalty_per_class_and_year_boundary(fen: int, issued: date, paid: date, cls: str,
-                                             expected_fen: int) -> None:
+def test_penalty_per_class_and_year_boundary(
+    fen: int, issued: date, paid: date, cls: str, expected_fen: int
+) -> None:
     exact = _penalty(fen, issued, paid, cls, paid + timedelta(days=40))
     assert arrears.penalty_due_fen(exact, S) == expected_fen
 
 
-def _reference(fen: int, paid_fen: int, due: date, paid: date | None, cls: str,
-               through: date) -> D:
+def _reference(fen: int, paid_fen: int, due: date, paid: date | None, cls: str, through: date) -> D:
     """Day by day, written from the rule's text: the unpaid amount at the start of each
     overdue day times that day's rate."""
     total = D(0)
@@ -87,9 +87,9 @@ def _reference(fen: int, paid_fen: int, due: date, paid: date | None, cls: str,
     cls=st.sampled_from(arrears.CLASSES),
     horizon=st.integers(0, 500),
 )
-def test_penalty_matches_the_rule_day_by_day(fen: int, share: object, issued: date,
-                                             pay_after: int | None, cls: str,
-                                             horizon: int) -> None:
+def test_penalty_matches_the_rule_day_by_day(
+    fen: int, share: object, issued: date, pay_after: int | None, cls: str, horizon: int
+) -> None:
     paid_fen = int(fen * share)  # type: ignore[operator]
     paid = None if pay_after is None else issued + timedelta(days=pay_after)
     bill = _bill(fen, issued)
@@ -102,16 +102,20 @@ def test_penalty_matches_the_rule_day_by_day(fen: int, share: object, issued: da
     assert due_fen == 0 if exact == 0 else due_fen >= 100
 
 
-debt_items = st.lists(st.tuples(st.integers(0, 10**7), st.integers(0, 10**5)), min_size=1,
-                      max_size=12)
+debt_items = st.lists(
+    st.tuples(st.integers(0, 10**7), st.integers(0, 10**5)), min_size=1, max_size=12
+)
 
 
 @given(items=debt_items, debt=st.integers(0, 2 * 10**8))
-def test_unpaid_is_conserved_and_oldest_is_paid_first(items: list[tuple[int, int]],
-                                                     debt: int) -> None:
+def test_unpaid_is_conserved_and_oldest_is_paid_first(
+    items: list[tuple[int, int]], debt: int
+) -> None:
     t = datetime(2026, 1, 1, tzinfo=UTC)
-    bills = [BillDebt(i, t + timedelta(days=30 * i), date(2026, 1, 1), d, p)
-             for i, (d, p) in enumerate(items)]
+    bills = [
+        BillDebt(i, t + timedelta(days=30 * i), date(2026, 1, 1), d, p)
+        for i, (d, p) in enumerate(items)
+    ]
     unpaid = arrears.unpaid_by_bill(bills, debt)
     total = sum(d + p for d, p in items)
     assert sum(u.total_fen for u in unpaid) == min(debt, total)
@@ -120,18 +124,26 @@ def test_unpaid_is_conserved_and_oldest_is_paid_first(items: list[tuple[int, int
     # an older bill is unpaid only when every newer one is wholly unpaid
     for i, u in enumerate(unpaid):
         if u.total_fen:
-            assert all(v.total_fen == b.debits_fen + b.penalties_fen
-                       for b, v in zip(bills[i + 1:], unpaid[i + 1:], strict=True))
+            assert all(
+                v.total_fen == b.debits_fen + b.penalties_fen
+                for b, v in zip(bills[i + 1 :], unpaid[i + 1 :], strict=True)
+            )
 
 
-@given(issued=st.datetimes(datetime(2025, 1, 1), datetime(2027, 12, 31), timezones=st.just(UTC)),
-       late=st.integers(0, 40), gaps=st.lists(st.integers(0, 100_000), min_size=4, max_size=4))
-def test_ladder_is_ordered_and_never_skips(issued: datetime, late: int,
-                                           gaps: list[int]) -> None:
+@given(
+    issued=st.datetimes(datetime(2025, 1, 1), datetime(2027, 12, 31), timezones=st.just(UTC)),
+    late=st.integers(0, 40),
+    gaps=st.lists(st.integers(0, 100_000), min_size=4, max_size=4),
+)
+def test_ladder_is_ordered_and_never_skips(issued: datetime, late: int, gaps: list[int]) -> None:
     due = S.due_date(issued) + timedelta(days=late - 7)  # sometimes a bill issued after its date
     steps = arrears.ladder(due, issued, S)
-    assert [s.step for s in steps] == [Step.REMINDER, Step.DUE_TODAY, Step.COLLECTION,
-                                       Step.PLANNED_DISCONNECTION]
+    assert [s.step for s in steps] == [
+        Step.REMINDER,
+        Step.DUE_TODAY,
+        Step.COLLECTION,
+        Step.PLANNED_DISCONNECTION,
+    ]
     assert all(a.at <= b.at for a, b in pairwise(steps))
     assert steps[0].at >= issued
     done: dict[str, datetime] = {}
@@ -150,12 +162,15 @@ def test_ladder_is_ordered_and_never_skips(issued: datetime, late: int,
     assert done["planned_disconnection"] >= done["collection"] + timedelta(days=1)
 
 
-@given(notice=st.datetimes(datetime(2026, 1, 1), datetime(2026, 12, 31), timezones=st.just(UTC)),
-       delivered_after=st.one_of(st.none(), st.integers(0, 10**6)),
-       posted_after=st.one_of(st.none(), st.integers(-10**6, 10**6)), mass=st.booleans())
+@given(
+    notice=st.datetimes(datetime(2026, 1, 1), datetime(2026, 12, 31), timezones=st.just(UTC)),
+    delivered_after=st.one_of(st.none(), st.integers(0, 10**6)),
+    posted_after=st.one_of(st.none(), st.integers(-(10**6), 10**6)),
+    mass=st.booleans(),
+)
 def test_cut_needs_delivered_notice_days_and_posted_notice(
-        notice: datetime, delivered_after: int | None, posted_after: int | None,
-        mass: bool) -> None:
+    notice: datetime, delivered_after: int | None, posted_after: int | None, mass: bool
+) -> None:
     delivered = None if delivered_after is None else notice + timedelta(seconds=delivered_after)
     posted = None if posted_after is None else notice + timedelta(seconds=posted_after)
     cut = arrears.cut_date(notice, delivered, posted, mass, S)
@@ -167,11 +182,14 @@ def test_cut_needs_delivered_notice_days_and_posted_notice(
         assert posted is not None and cut >= posted + timedelta(days=2)
 
 
-@given(amounts=st.lists(st.integers(1, 10**6), min_size=1, max_size=6),
-       pays=st.lists(st.tuples(st.integers(0, 200), st.integers(1, 10**6)), max_size=8),
-       today_offset=st.integers(0, 220))
+@given(
+    amounts=st.lists(st.integers(1, 10**6), min_size=1, max_size=6),
+    pays=st.lists(st.tuples(st.integers(0, 200), st.integers(1, 10**6)), max_size=8),
+    today_offset=st.integers(0, 220),
+)
 def test_plan_kept_exactly_while_every_passed_instalment_is_covered(
-        amounts: list[int], pays: list[tuple[int, int]], today_offset: int) -> None:
+    amounts: list[int], pays: list[tuple[int, int]], today_offset: int
+) -> None:
     start = date(2026, 5, 1)
     plan = [Instalment(start + timedelta(days=30 * i), f) for i, f in enumerate(amounts)]
     credits = [_paid(start + timedelta(days=d), f) for d, f in pays]
@@ -204,6 +222,8 @@ def test_settings_are_checked() -> None:
 
 def test_ageing_buckets() -> None:
     due = date(2026, 1, 31)
-    got = [arrears.ageing_bucket(due, due + timedelta(days=n)) for n in (0, 1, 30, 31, 60, 61,
-                                                                          90, 91, 400)]
+    got = [
+        arrears.ageing_bucket(due, due + timedelta(days=n))
+        for n in (0, 1, 30, 31, 60, 61, 90, 91, 400)
+    ]
     assert got == [None, "0-30", "0-30", "31-60", "31-60", "61-90", "61-90", ">90", ">90"]

@@ -23,10 +23,22 @@ def run(capsys: pytest.CaptureFixture[str], db_url: str, *argv: str) -> tuple[in
     return rc, out, err
 
 
-def test_postpaid_commands(capsys: pytest.CaptureFixture[str], db_url: str,
-                           tmp_path: Path) -> None:
-    rc, out, _ = run(capsys, db_url, "create-postpaid", "--account", "C1", "--meter", "c1m",
-                     "--class", "low_voltage", "--group", "Plaza", "--name", "Shop 3")
+def test_postpaid_commands(capsys: pytest.CaptureFixture[str], db_url: str, tmp_path: Path) -> None:
+    rc, out, _ = run(
+        capsys,
+        db_url,
+        "create-postpaid",
+        "--account",
+        "C1",
+        "--meter",
+        "c1m",
+        "--class",
+        "low_voltage",
+        "--group",
+        "Plaza",
+        "--name",
+        "Shop 3",
+    )
     assert rc == 0 and "low_voltage" in out
     with psycopg.connect(db_url, autocommit=True) as conn:
         ledger.adjust(conn, "C1", "-120.50", "reading-1", reason="hand reading")
@@ -39,8 +51,9 @@ def test_postpaid_commands(capsys: pytest.CaptureFixture[str], db_url: str,
     (bill,) = json.loads(out)
     assert bill["amount_due"] == "120.50" and bill["customer_class"] == "low_voltage"
     html, pdf = tmp_path / "b.html", tmp_path / "b.pdf"
-    rc, out, _ = run(capsys, db_url, "bill", "--id", str(bill["bill_id"]), "--html", str(html),
-                     "--pdf", str(pdf))
+    rc, out, _ = run(
+        capsys, db_url, "bill", "--id", str(bill["bill_id"]), "--html", str(html), "--pdf", str(pdf)
+    )
     assert rc == 0 and "120.50" in html.read_text("utf-8")
     assert pdf.read_bytes().startswith(b"%PDF")
     rc, out, _ = run(capsys, db_url, "arrears", "--json")
@@ -49,12 +62,35 @@ def test_postpaid_commands(capsys: pytest.CaptureFixture[str], db_url: str,
     rc, out, _ = run(capsys, db_url, "ladder", "--account", "C1")
     assert rc == 0 and "bill" in out
     due = (datetime.now(UTC) + timedelta(days=5)).astimezone(S.zone).date()
-    rc, out, _ = run(capsys, db_url, "plan-create", "--account", "C1", "--instalment",
-                     f"{due}:60.50", "--instalment", f"{due + timedelta(days=30)}:60",
-                     "--by", "li.wei", "--reason", "hardship")
+    rc, out, _ = run(
+        capsys,
+        db_url,
+        "plan-create",
+        "--account",
+        "C1",
+        "--instalment",
+        f"{due}:60.50",
+        "--instalment",
+        f"{due + timedelta(days=30)}:60",
+        "--by",
+        "li.wei",
+        "--reason",
+        "hardship",
+    )
     assert rc == 0 and "2 instalments" in out
-    rc, out, err = run(capsys, db_url, "plan-create", "--account", "C1", "--instalment",
-                       "soon:5", "--by", "x", "--reason", "y")
+    rc, out, err = run(
+        capsys,
+        db_url,
+        "plan-create",
+        "--account",
+        "C1",
+        "--instalment",
+        "soon:5",
+        "--by",
+        "x",
+        "--reason",
+        "y",
+    )
     assert rc != 0 and "--instalment" in out + err
     rc, out, _ = run(capsys, db_url, "plans", "--json")
     assert json.loads(out)[0]["state"] == "kept"

@@ -26,10 +26,19 @@ MAR = datetime(2026, 3, 1, tzinfo=S.zone).astimezone(UTC)
 APR1 = datetime(2026, 4, 1, 10, tzinfo=S.zone)  # bills go out 10:00 on the 1st
 
 
-def _open(conn: psycopg.Connection, acc: str = "P1", cls: str = "residential",
-          **kw: object) -> None:
-    open_postpaid(conn, acc, meters=[f"{acc}-m"], customer_class=cls, tariff="residential-flat",
-                  charge_from=MAR, tariffs=TARIFFS, **kw)  # type: ignore[arg-type]
+def _open(
+    conn: psycopg.Connection, acc: str = "P1", cls: str = "residential", **kw: object
+) -> None:
+    open_postpaid(
+        conn,
+        acc,
+        meters=[f"{acc}-m"],
+        customer_class=cls,
+        tariff="residential-flat",
+        charge_from=MAR,
+        tariffs=TARIFFS,
+        **kw,
+    )  # type: ignore[arg-type]
     put_intervals(conn, f"{acc}-m", ["100"] * 31, start=MAR, step=timedelta(days=1))
     charge_all(conn, TARIFFS)
 
@@ -41,8 +50,9 @@ def _kinds(conn: psycopg.Connection, acc: str) -> list[str]:
 def _deliver_all(conn: psycopg.Connection, acc: str, at: datetime) -> None:
     for n in notices_of(conn, acc):
         if n.last_outcome != "delivered":
-            record_evidence(conn, n.notice_id, at=max(at, n.not_before), channel="sms",
-                            outcome="delivered")
+            record_evidence(
+                conn, n.notice_id, at=max(at, n.not_before), channel="sms", outcome="delivered"
+            )
 
 
 def _walk(conn: psycopg.Connection, acc: str, start: datetime, days: int) -> None:
@@ -62,15 +72,22 @@ def test_bill_adds_up_and_is_immutable(conn: psycopg.Connection) -> None:
     assert bill.closing == -bill.charges == -bill.amount_due
     assert bill.closing == ledger.balance(conn, "P1")
     assert bill.due_date == date(2026, 4, 8)
-    assert issue_bill(conn, "P1", date(2026, 3, 1), date(2026, 3, 31), now=APR1,
-                      settings=S) == bill  # idempotent
+    assert (
+        issue_bill(conn, "P1", date(2026, 3, 1), date(2026, 3, 31), now=APR1, settings=S) == bill
+    )  # idempotent
     _, lines = get_bill(conn, bill.bill_id)
     assert lines[0].kind == "opening" and lines[-1].amount == bill.closing
     with pytest.raises(psycopg.errors.RaiseException, match="immutable"):
         conn.execute("UPDATE billing_bills SET amount_due_fen = 0")
     with pytest.raises(BillingError, match="overlaps"):
-        issue_bill(conn, "P1", date(2026, 3, 15), date(2026, 4, 10), now=APR1 + timedelta(
-            days=30), settings=S)
+        issue_bill(
+            conn,
+            "P1",
+            date(2026, 3, 15),
+            date(2026, 4, 10),
+            now=APR1 + timedelta(days=30),
+            settings=S,
+        )
     assert _kinds(conn, "P1") == ["bill"]
 
 
@@ -79,8 +96,9 @@ def test_correction_lands_on_the_next_bill(conn: psycopg.Connection) -> None:
     first = issue_bill(conn, "P1", date(2026, 3, 1), date(2026, 3, 31), now=APR1, settings=S)
     put_intervals(conn, "P1-m", ["110"], start=MAR, step=timedelta(days=1))  # +10 kWh late
     charge_all(conn, TARIFFS)
-    second = issue_bill(conn, "P1", date(2026, 4, 1), date(2026, 4, 30),
-                        now=APR1 + timedelta(days=30), settings=S)
+    second = issue_bill(
+        conn, "P1", date(2026, 4, 1), date(2026, 4, 30), now=APR1 + timedelta(days=30), settings=S
+    )
     assert get_bill(conn, first.bill_id)[0] == first
     assert second.corrections > 0 and second.charges == 0
     assert second.opening == first.closing
@@ -92,12 +110,19 @@ def test_ladder_to_cutoff_payment_and_restore(conn: psycopg.Connection) -> None:
     bill = issue_bill(conn, "P1", date(2026, 3, 1), date(2026, 3, 31), now=APR1, settings=S)
     _walk(conn, "P1", APR1, 45)
     kinds = _kinds(conn, "P1")
-    assert kinds[:6] == ["bill", "reminder", "due_today", "collection",
-                         "planned_disconnection", "final_notice"]
+    assert kinds[:6] == [
+        "bill",
+        "reminder",
+        "due_today",
+        "collection",
+        "planned_disconnection",
+        "final_notice",
+    ]
     assert kinds[6] == "cutoff"
     assert conn.execute("SELECT phase FROM billing_accounts").fetchone() == ("cut",)
-    cut_at = conn.execute("SELECT created_at FROM billing_commands WHERE action = 'relay_open'"
-                          ).fetchone()
+    cut_at = conn.execute(
+        "SELECT created_at FROM billing_commands WHERE action = 'relay_open'"
+    ).fetchone()
     # not before the delivered planned notice + 3 days
     (planned,) = [n for n in notices_of(conn, "P1") if n.kind == "planned_disconnection"]
     assert cut_at is not None and planned.not_before + timedelta(days=3) <= cut_at[0]
@@ -128,13 +153,25 @@ def test_instalment_plan_protects_until_missed(conn: psycopg.Connection) -> None
     half = (bill.amount_due / 2).quantize(Decimal("0.01"))
     start = APR1 + timedelta(days=20)
     _walk(conn, "P1", APR1, 20)
-    create_plan(conn, "P1", [(date(2026, 5, 1), half), (date(2026, 6, 1), bill.amount_due - half)],
-                by="staff", reason="hardship", waive_penalty=True, now=start)
+    create_plan(
+        conn,
+        "P1",
+        [(date(2026, 5, 1), half), (date(2026, 6, 1), bill.amount_due - half)],
+        by="staff",
+        reason="hardship",
+        waive_penalty=True,
+        now=start,
+    )
     ledger.topup(conn, "P1", half, "counter", "inst-1", at=start + timedelta(days=5))
     _walk(conn, "P1", start, 44)  # to 2026-06-04: the second instalment was missed
     assert conn.execute("SELECT state, missed_due FROM billing_instalment_plans").fetchone() == (
-        "missed", date(2026, 6, 1))
+        "missed",
+        date(2026, 6, 1),
+    )
     kinds = _kinds(conn, "P1")
     # protected while kept; the missed instalment puts it back on the ladder at once
-    assert kinds[kinds.index("instalment"):] == ["instalment", "instalment_missed",
-                                                 "planned_disconnection"]
+    assert kinds[kinds.index("instalment") :] == [
+        "instalment",
+        "instalment_missed",
+        "planned_disconnection",
+    ]
