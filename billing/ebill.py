@@ -67,7 +67,8 @@ def render_html(bill: Bill, lines: list[BillLine], name: str = "") -> str:
         for ln in lines
     )
     meters = "\n".join(
-        f"<tr><td>{e(m['meter'])}</td><td class=n>{e(m['kwh'])}</td>"
+        f"<tr><td>{e(m['meter'])}</td><td>{e(m['band'])}</td><td>{e(m['tier'])}</td>"
+        f"<td class=n>{e(m['price'])}</td><td class=n>{e(m['kwh'])}</td>"
         f"<td class=n>{e(m['amount'])}</td></tr>"
         for m in bill.breakdown
     )
@@ -83,8 +84,9 @@ th,td{{border-bottom:1px solid #ccc;padding:.3em;text-align:left}}.n{{text-align
 <p class="due">应缴金额 Amount due: {e(vals["amount_due"])} 元 yuan ·
 缴费截止 due {e(vals["due"])}</p>
 <table>{summary}</table>
-<h2>计量点 / Meters</h2>
-<table><tr><th>meter</th><th class=n>kWh</th><th class=n>元 yuan</th></tr>{meters}</table>
+<h2>计量点与分时分档 / Meters, time-of-use bands and tiers</h2>
+<table><tr><th>meter</th><th>时段 band</th><th>档 tier</th><th class=n>电价 price</th>
+<th class=n>kWh</th><th class=n>元 yuan</th></tr>{meters}</table>
 <h2>明细 / Lines</h2>
 <table><tr><th>#</th><th>kind</th><th>description</th><th class=n>元 yuan</th></tr>
 {detail}</table>
@@ -126,9 +128,11 @@ def render_pdf(bill: Bill, lines: list[BillLine], name: str = "") -> bytes:
     for key, zh, en in _LABELS:
         write(f"{zh} / {en}: {vals[key]}")
     y -= 6
-    write("计量点 / Meters", 12)
+    write("计量点与分时分档 / Meters, bands and tiers", 12)
     for m in bill.breakdown:
-        write(f"{m['meter']}   {m['kwh']} kWh   {m['amount']} yuan")
+        tier = f" tier {m['tier']}" if m["tier"] else ""
+        price = f" @ {m['price']}" if m["price"] else ""
+        write(f"{m['meter']}  {m['band']}{tier}{price}   {m['kwh']} kWh   {m['amount']} yuan")
     y -= 6
     write("明细 / Lines", 12)
     for ln in lines:

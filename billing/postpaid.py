@@ -27,7 +27,7 @@ from billing.ledger import _lock_account, _post, create_account
 from billing.money import from_fen
 from billing.notice_texts import render
 from billing.policy import ProtectedWindows
-from billing.tariffs import Tariff
+from billing.tariffs import Tariff, TariffError, load_tariffs
 
 
 class NotPostpaid(BillingError):
@@ -390,7 +390,12 @@ def _cut(
         lines.append((_LINE_KINDS.get(kind, "adjustment"), desc, fen, e["entry_id"]))
     closing = opening + sum(e["amount_fen"] for e in entries)
     last_entry = entries[-1]["entry_id"] if entries else after
-    breakdown, kwh = _breakdown(conn, account_id, after, last_entry)
+    tariff_id = conn.execute(
+        "SELECT tariff_id FROM billing_accounts WHERE account_id = %s", (account_id,)
+    ).fetchone()
+    breakdown, kwh = _breakdown(
+        conn, account_id, after, last_entry, load_tariffs().get(tariff_id[0]) if tariff_id else None
+    )
     summary = [("charge", f"electricity {period_start}..{period_end}", -charge_sum, None)]
     if correction_sum:
         summary.append(("correction", "corrections of earlier periods", -correction_sum, None))
@@ -458,22 +463,84 @@ def _describe(e: Mapping[str, Any]) -> str:
 
 
 def _breakdown(
-    conn: psycopg.Connection[Any], account_id: str, after: int, last: int
+    conn: psycopg.Connection[Any], account_id: str, after: int, last: int, tariff: Tariff | None
 ) -> tuple[list[dict[str, str]], Decimal]:
-    """kWh and money per meter of the charges on this bill (the ledger's whole fen)."""
+    """Per meter the kWh and money of the charges on this bill (the ledger's whole fen, band
+    "total"), and per meter, time-of-use band, tier and price the kWh and exact money of the
+    intervals first charged on it (re-priced from the tier position before them; shown for
+    reading the bill, the ledger's lines are the money)."""
     rows = conn.execute(
-        """SELECT l.meter_id, coalesce(sum(c.kwh) FILTER (WHERE l.kind = 'charge'), 0),
-                  -sum(l.amount_fen)
+        """SELECT l.meter_id, l.kind, l.amount_fen, c.interval_start, c.interval_end, c.kwh
            FROM billing_ledger l
            LEFT JOIN billing_charges c ON c.meter_id = l.meter_id
                 AND c.interval_start = l.interval_start
            WHERE l.account_id = %s AND l.entry_id > %s AND l.entry_id <= %s
              AND l.meter_id IS NOT NULL
-           GROUP BY l.meter_id ORDER BY l.meter_id""",
+           ORDER BY c.interval_start, l.entry_id""",
         (account_id, after, last),
     ).fetchall()
-    out = [{"meter": m, "kwh": str(k), "amount": str(from_fen(int(f)))} for m, k, f in rows]
-    return out, sum((Decimal(k) for _, k, _ in rows), Decimal(0))
+    totals: dict[str, list[Any]] = {}
+    charged = []
+    for meter, kind, fen, start, end, kwh in rows:
+        t = totals.setdefault(meter, [Decimal(0), 0])
+        t[1] -= fen
+        if kind == "charge" and kwh is not None:
+            t[0] += kwh
+            charged.append((meter, start, end, kwh))
+    out = [
+        {
+            "meter": m,
+            "band": "total",
+            "tier": "",
+            "price": "",
+            "kwh": str(k),
+            "amount": str(from_fen(f)),
+        }
+        for m, (k, f) in sorted(totals.items())
+    ]
+    out += _bands(conn, account_id, charged, tariff)
+    return out, sum((k for k, _ in totals.values()), Decimal(0))
+
+
+def _bands(
+    conn: psycopg.Connection[Any],
+    account_id: str,
+    charged: list[tuple[Any, ...]],
+    tariff: Tariff | None,
+) -> list[dict[str, str]]:
+    if tariff is None or not charged:
+        return []
+    usage: dict[date, Decimal] = {
+        y: Decimal(k)
+        for y, k in conn.execute(
+            "SELECT tier_year, kwh FROM billing_tier_usage WHERE account_id = %s", (account_id,)
+        )
+    }
+    groups: dict[tuple[str, str, int, Decimal], list[Decimal]] = {}
+    try:
+        for _, start, _, kwh in charged:  # the tier position before this bill's intervals
+            year = tariff.tier_year(tariff.local_date(start))
+            usage[year] = usage.get(year, Decimal(0)) - kwh
+        for meter, start, end, kwh in charged:
+            for piece in tariff.price(start, end, kwh, usage):
+                g = groups.setdefault(
+                    (meter, piece.band, piece.tier, piece.price), [Decimal(0), Decimal(0)]
+                )
+                g[0] += piece.kwh
+                g[1] += piece.amount
+    except TariffError:
+        return []  # an interval no version prices: it is on billing_unbilled, not here
+    return [
+        {
+            "meter": m,
+            "band": band,
+            "tier": str(tier) if tier else "",
+            "price": str(price),
+            "kwh": str(k),
+            "amount": str(a.quantize(Decimal("0.01"))),
+        }
+        for (m, band, tier, price), (k, a) in sorted(groups.items())
+    ]
 
 
 def month_period(now: datetime, s: CollectionSettings) -> tuple[date, date]:

@@ -175,3 +175,35 @@ def test_instalment_plan_protects_until_missed(conn: psycopg.Connection) -> None
         "instalment_missed",
         "planned_disconnection",
     ]
+
+
+def test_bill_shows_time_of_use_and_tier_breakdown(conn: psycopg.Connection) -> None:
+    open_postpaid(
+        conn,
+        "T1",
+        meters=["T1-m"],
+        customer_class="residential",
+        tariff="residential-tou-tiered",
+        charge_from=MAR,
+        tariffs=TARIFFS,
+    )
+    put_intervals(conn, "T1-m", ["100"] * 31, start=MAR, step=timedelta(days=1))
+    charge_all(conn, TARIFFS)
+    bill = issue_bill(conn, "T1", date(2026, 3, 1), date(2026, 3, 31), now=APR1, settings=S)
+    total = [r for r in bill.breakdown if r["band"] == "total"]
+    parts = [r for r in bill.breakdown if r["band"] != "total"]
+    assert total == [
+        {
+            "meter": "T1-m",
+            "band": "total",
+            "tier": "",
+            "price": "",
+            "kwh": "3100.0000",
+            "amount": str(bill.charges),
+        }
+    ]
+    assert len({r["band"] for r in parts}) >= 2  # peak / valley ... split
+    assert sum(Decimal(r["kwh"]) for r in parts) == Decimal(3100)
+    # re-priced exactly: within a fen per part of what the ledger charged
+    priced = sum(Decimal(r["amount"]) for r in parts)
+    assert abs(priced - bill.charges) <= Decimal("0.01") * len(parts)
