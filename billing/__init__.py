@@ -1,6 +1,12 @@
 """Prepaid billing: tariffs, ledger, balances, top-ups, alerts, disconnect policy and the
 relay command lifecycle. Public names only; the machinery lives in the submodules."""
 
+from billing.arrears import CLASSES as CUSTOMER_CLASSES
+from billing.arrears import CollectionSettings
+from billing.collection import create_plan, run_collection
+from billing.collection_reports import arrears_report, collection_rates, penalty_lines, plans
+from billing.ebill import render_html as render_bill_html
+from billing.ebill import render_pdf as render_bill_pdf
 from billing.engine import (
     SIGNING_KEY_ENV,
     BillingConfig,
@@ -31,25 +37,50 @@ from billing.manual import (
     release_manual_hold,
 )
 from billing.money import DEFAULT_MAX_TOPUP, MoneyError, parse_yuan
+from billing.notices import (
+    Notice,
+    NoticeError,
+    due_notices,
+    notices_of,
+    record_evidence,
+    record_notice,
+)
 from billing.policy import CreditSettings, ProtectedWindows
+from billing.postpaid import (
+    Bill,
+    BillLine,
+    NotPostpaid,
+    bills_of,
+    get_bill,
+    issue_bill,
+    issue_due_bills,
+    open_postpaid,
+)
 from billing.read_model import manual_holds
 from billing.relays import RelaylessMeter
 
 __all__ = [
+    "CUSTOMER_CLASSES",
     "DEFAULT_MAX_TOPUP",
     "SIGNING_KEY_ENV",
     "TOPUP_CHANNELS",
     "AccountExists",
+    "Bill",
+    "BillLine",
     "BillingConfig",
     "BillingConfigError",
     "BillingEngine",
     "BillingError",
+    "CollectionSettings",
     "CommandInFlight",
     "CommandState",
     "CreditSettings",
     "EngineStats",
     "LedgerEntry",
     "MoneyError",
+    "NotPostpaid",
+    "Notice",
+    "NoticeError",
     "ProtectedWindows",
     "RelaylessMeter",
     "TopupConflict",
@@ -58,12 +89,29 @@ __all__ = [
     "adjust",
     "announce_topup",
     "approve_cutoffs",
+    "arrears_report",
     "balance",
+    "bills_of",
+    "collection_rates",
     "create_account",
+    "create_plan",
+    "due_notices",
+    "get_bill",
+    "issue_bill",
+    "issue_due_bills",
     "manual_holds",
     "manual_relay",
+    "notices_of",
+    "open_postpaid",
     "parse_yuan",
+    "penalty_lines",
+    "plans",
+    "record_evidence",
+    "record_notice",
     "refund",
     "release_manual_hold",
+    "render_bill_html",
+    "render_bill_pdf",
+    "run_collection",
     "topup",
 ]

@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 
 from billing import alerts as alerts_mod
-from billing import ledger, lifecycle, manual, read_model, reports
+from billing import collection_cli, ledger, lifecycle, manual, read_model, reports
 from billing.engine import SIGNING_KEY_ENV, BillingConfig, BillingEngine
 from billing.errors import BillingError
 from billing.metrics import BillingMetrics
@@ -34,7 +34,8 @@ from meterhub.metrics import add_metrics_option, metrics_endpoint
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("billing", help="prepaid billing: balances, top-ups, cut-offs")
+    parser = subparsers.add_parser(
+        "billing", help="billing: prepaid balances and cut-offs; postpaid bills and collection")
     parser.add_argument("--database-url", default=None,
                         help=f"PostgreSQL conninfo (default ${settings.DATABASE_URL_ENV})")
     parser.add_argument("--tariffs", type=Path, default=None,
@@ -137,6 +138,7 @@ def register(subparsers: Any) -> None:
 
     tf = sub.add_parser("tariffs", help="check and list the tariff files")
     tf.set_defaults(handler=_tariffs)
+    collection_cli.register(sub)  # postpaid: bills, arrears, ladder, plans, reports
 
 
 def _url(args: argparse.Namespace) -> str:

@@ -17,7 +17,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from billing import lifecycle, relays
+from billing import collection, lifecycle, relays
+from billing.arrears import CollectionSettings
 from billing.lifecycle import CommandState
 from billing.money import from_fen, to_fen
 from billing.policy import (
@@ -44,6 +45,7 @@ class PolicyKnobs:
     retry: RetryPolicy = field(default_factory=RetryPolicy)  # of the relay commands queued
     reconcile_grace_s: float = 30.0  # leave a finished command's effect this long
     reconcile_max_attempts: int = 3  # repairs of one meter before asking for a site visit
+    collection: CollectionSettings = field(default_factory=CollectionSettings)  # postpaid
 
 
 @dataclass(slots=True)
@@ -144,9 +146,15 @@ def _evaluate_one(
     actor: str, stats: EvalStats,
 ) -> None:
     acc_id = acc["account_id"]
-    settings = CreditSettings.from_json(acc["credit"])
+    postpaid = acc["billing_mode"] == "postpaid"
+    # a postpaid account is cut for what its collection ladder made due, not its balance
+    if postpaid:
+        settings = collection.postpaid_credit(knobs.collection)
+        bal = collection.policy_balance(conn, acc_id, now, knobs.collection)
+    else:
+        settings = CreditSettings.from_json(acc["credit"])
+        bal = from_fen(acc["balance_fen"])
     windows = ProtectedWindows.from_json(acc["windows"])
-    bal = from_fen(acc["balance_fen"])
     updates: dict[str, Any] = {"dirty": False}
 
     new, alerted = crossed_alerts(settings.alert_thresholds, frozenset(acc["alerted"]), bal)
@@ -255,6 +263,8 @@ def _evaluate_one(
             "; held off by an operator: " + ", ".join(sorted(held_off)) if held_off else ""))
         stats.alerts += 1
 
+    if postpaid:
+        collection.on_policy_action(conn, acc_id, a, bal, now)
     sets = ", ".join(f"{k} = %({k})s" for k in updates)
     conn.execute(f"UPDATE billing_accounts SET {sets} WHERE account_id = %(id)s",
                  {**updates, "id": acc_id})

@@ -37,8 +37,10 @@ import psycopg
 from psycopg import sql
 
 from billing import alerts, commands, lifecycle
+from billing.arrears import CollectionSettings
 from billing.charging import CommitHorizon, charge_parallel
 from billing.clocks import ClockPolicy, queue_time_syncs
+from billing.collection import run_collection
 from billing.disconnect import (
     PolicyKnobs,
     evaluate_accounts,
@@ -49,6 +51,7 @@ from billing.disconnect import (
 from billing.errors import BillingError
 from billing.lifecycle import CommandState
 from billing.manual import end_expired_holds
+from billing.postpaid import issue_due_bills
 from billing.retry import RetryPolicy
 from billing.tariffs import TariffError, check_history, load_tariffs
 from meterhub import channels, wire
@@ -105,6 +108,9 @@ class BillingConfig:
     # reconciliation queues at most this many repairs of one meter's relay, then raises a
     # site_visit alert and stops (billing.disconnect.reconcile)
     reconcile_max_attempts: int = 3
+    # postpaid: monthly bills and the collection ladder, a pass this often
+    collection: CollectionSettings = field(default_factory=CollectionSettings)
+    collection_interval_s: float = 60.0
 
     @property
     def retry(self) -> RetryPolicy:
@@ -120,6 +126,7 @@ class BillingConfig:
             retry=self.retry,
             reconcile_grace_s=self.reconcile_grace_s,
             reconcile_max_attempts=self.reconcile_max_attempts,
+            collection=self.collection,
         )
 
     @property
@@ -151,6 +158,8 @@ class EngineStats:
     time_syncs_verified: int = 0  # a meter's clock read back within tolerance after a sync
     holds_ended: int = 0  # operators' manual holds that expired (billing.manual)
     tampers: int = 0  # relay movements reported with readings that no command explains
+    bills_issued: int = 0  # postpaid monthly bills
+    notices_recorded: int = 0  # collection ladder notices (billing_notices)
     errors: int = 0  # database outages ridden out
     mqtt_connected: bool = False
     listening: bool = False  # the LISTEN connection is up
@@ -197,6 +206,7 @@ class BillingEngine:
         self._ack_conn: psycopg.Connection[Any] | None = None
         self._charge_conns: list[psycopg.Connection[Any]] = []  # beside the tick connection
         self._last_reconcile = -1e18
+        self._last_collection = -1e18
         self._tariffs_checked = False
         # set to run a task's pass now rather than at its fallback poll
         self._wake = {name: asyncio.Event() for name in ("charging", "commands", "alerts")}
@@ -374,6 +384,15 @@ class BillingEngine:
         self.stats.intervals_unbilled += charged.unbilled
         now = datetime.now(UTC)
         self.stats.holds_ended += end_expired_holds(conn, now, cfg.knobs, actor)
+        if time.monotonic() - self._last_collection >= cfg.collection_interval_s:
+            # postpaid: bills of last month, then the ladder (it may make cut-offs due)
+            self._last_collection = time.monotonic()
+            self.stats.bills_issued += len(issue_due_bills(conn, now, cfg.collection))
+            for _ in range(20):
+                ladder = run_collection(conn, now, cfg.collection, cfg.batch_accounts)
+                self.stats.notices_recorded += ladder.notices
+                if ladder.accounts < cfg.batch_accounts:
+                    break
         for _ in range(20):
             ev = evaluate_accounts(conn, now, cfg.knobs, actor, limit=cfg.batch_accounts)
             self.stats.alerts_raised += ev.alerts

@@ -161,9 +161,11 @@ def _post(
     reference: str | None = None,
     actor: str | None = None,
     detail: Mapping[str, Any] | None = None,
+    at: datetime | None = None,
 ) -> LedgerEntry:
     """Append one entry and move the cached balance; the caller holds the transaction,
-    whose commit wakes billing engines (meterhub.channels.ACCOUNTS)."""
+    whose commit wakes billing engines (meterhub.channels.ACCOUNTS). ``at`` is when it
+    happened (default now): postpaid penalties count days from it."""
     with conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(
             """UPDATE billing_accounts SET balance_fen = balance_fen + %s, dirty = true
@@ -174,11 +176,14 @@ def _post(
             raise UnknownAccount(f"account {account_id!r} does not exist")
         entry = cur.execute(
             """INSERT INTO billing_ledger (account_id, kind, amount_fen, balance_after_fen,
-                   idempotency_key, channel, reference, actor, detail)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING *""",
+                   idempotency_key, channel, reference, actor, detail, created_at)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, coalesce(%s, now())) RETURNING *""",
             (account_id, kind, amount_fen, row["balance_fen"], key, channel, reference, actor,
-             json.dumps(detail) if detail else None),
+             json.dumps(detail) if detail else None, at),
         ).fetchone()
+        if amount_fen > 0:  # a postpaid account's ladder looks again (billing.collection)
+            cur.execute("UPDATE billing_collection SET recheck = true WHERE account_id = %s",
+                        (account_id,))
     assert entry is not None
     channels.notify(conn, channels.ACCOUNTS, account_id)
     return _entry(entry)
@@ -200,8 +205,10 @@ def topup(
     reference: str,
     *,
     actor: str = "api",
+    at: datetime | None = None,
 ) -> LedgerEntry:
     """Credit a payment; the same channel + reference again returns the first entry.
+    ``at``: when it was paid (default now; a counter's batch or a simulation gives it).
 
     When the account carries arrears with a recovery share, that share of the payment is
     posted as a separate ``arrears_recovery`` entry (same reference).
@@ -226,13 +233,13 @@ def topup(
             return done
         fen = to_fen(value)
         entry = _post(conn, account_id, "topup", fen, key, channel=channel,
-                      reference=reference, actor=actor)
+                      reference=reference, actor=actor, at=at)
         if acc["arrears_fen"] > 0 and acc["arrears_share"] > 0:
             recovered = min(acc["arrears_fen"], int(fen * acc["arrears_share"]))
             if recovered:
                 _post(conn, account_id, "arrears_recovery", -recovered,
                       f"arrears:{channel}:{reference}", channel=channel, reference=reference,
-                      actor=actor)
+                      actor=actor, at=at)
                 conn.execute(
                     "UPDATE billing_accounts SET arrears_fen = arrears_fen - %s "
                     "WHERE account_id = %s",

@@ -293,36 +293,5 @@ def risk_grade(h: RiskHistory) -> str:
     return "D"
 
 
-# ---------------------------------------------------------------------------- postpaid arrears
-
-GRACE_DAYS = 7  # a bill unpaid on the 8th day after issue is in arrears
-STOP_AFTER_DAYS = 30  # supply may be stopped after more than 30 days overdue
-
-
-def late_payment_penalty(
-    amount: Decimal, issued: date, paid: date, *, residential: bool
-) -> Decimal:
-    """Late-payment penalty of a postpaid bill (Chinese supply rules): per overdue day,
-    residential 1 per mille; others 2 per mille for overdue days in the year of payment and
-    3 per mille for days in earlier years; at least 1 yuan once any is due. Rounded to fen
-    half up."""
-    first_overdue = issued + timedelta(days=GRACE_DAYS + 1)
-    if paid < first_overdue or amount <= 0:
-        return Decimal(0)
-    days = (paid - first_overdue).days + 1
-    if residential:
-        rate_days = Decimal("0.001") * days
-    else:
-        this_year = min(days, (paid - max(first_overdue, date(paid.year, 1, 1))).days + 1)
-        rate_days = Decimal("0.002") * this_year + Decimal("0.003") * (days - this_year)
-    penalty = (amount * rate_days).quantize(Decimal("0.01"), rounding="ROUND_HALF_UP")
-    return max(penalty, Decimal(1))
-
-
-def may_stop_supply(issued: date, today: date) -> bool:
-    """Postpaid: supply may be stopped (after notice) once more than 30 days overdue."""
-    return (today - (issued + timedelta(days=GRACE_DAYS))).days > STOP_AFTER_DAYS
-
-
 def utcnow() -> datetime:
     return datetime.now(UTC)

@@ -4,7 +4,9 @@ Simulated meters on two simulated RS-485 buses (DL/T645-2007 and Modbus RTU, on
 pseudo-terminal pairs with real framing and wire time) -> gateway -> MQTT broker -> collector
 -> PostgreSQL -> billing. One prepaid account is set to run dry: billing cuts its meter off
 through MQTT and the gateway, the simulated relay opens (power and energy growth stop), then
-the demo tops the account up and billing restores supply.
+the demo tops the account up and billing restores supply. A postpaid account with a bill 50
+days overdue (its collection ladder back-dated and delivered) is cut off, pays, and is
+restored the same way.
 
 Every id is unique to the run, so the demo can run again and again against one real
 PostgreSQL and broker without tripping over an earlier run's rows.
@@ -70,6 +72,42 @@ MISSING_CUTOFF = "no cut-off acknowledged (dry account {account}, meter {meter})
 MISSING_RESTORE = "no restore acknowledged after the top-up"
 
 
+def _collection() -> Any:
+    from billing import CollectionSettings
+
+    # the renewed notice before a postpaid cut: seconds instead of 30 minutes
+    return CollectionSettings(final_notice_s=3)
+
+
+POSTPAID_DEBT = Decimal("86.40")  # yuan on the overdue bill
+
+
+def _postpaid_in_arrears(conn: psycopg.Connection[Any], account: str, meter: str) -> None:
+    """A postpaid account whose weeks of collection are already behind it: a bill issued
+    50 days ago for a hand-read month, its ladder walked and every notice delivered (the demo
+    plays the notify part), so the cut is due now and the engine does the rest."""
+    from datetime import UTC, datetime, timedelta
+
+    from billing import adjust, issue_bill, open_postpaid, record_evidence, run_collection
+
+    s = _collection()
+    now = datetime.now(UTC)
+    issued = now - timedelta(days=50)
+    period_end = issued.astimezone(s.zone).date() - timedelta(days=1)
+    open_postpaid(conn, account, meters=[meter], customer_class="residential",
+                  tariff=DEMO_TARIFF, name="demo shop (postpaid)",
+                  charge_from=now, settings=s)
+    adjust(conn, account, -POSTPAID_DEBT, f"{account}-reading", reason="hand-read month")
+    issue_bill(conn, account, period_end.replace(day=1), period_end, now=issued, settings=s)
+    for back in (6, 5):  # the collection notice, a day later the planned disconnection
+        at = now - timedelta(days=back)
+        run_collection(conn, at, s)
+        for (notice_id,) in conn.execute(
+                "SELECT notice_id FROM billing_notices WHERE account_id = %s "
+                "AND closed_at IS NULL", (account,)).fetchall():
+            record_evidence(conn, notice_id, at=at, channel="sms", outcome="delivered")
+
+
 def _demo_credit() -> Any:
     """Warnings seconds apart instead of an hour and 30 minutes, no protected windows."""
     from billing import CreditSettings
@@ -101,6 +139,11 @@ class DemoSummary:
     run_id: str = ""
     dry_account: str = ""
     dry_meter: str = ""
+    # the postpaid account: an overdue bill, its ladder, the cut-off, payment, restore
+    postpaid_account: str = ""
+    postpaid_cut_on_meter: bool = False
+    postpaid_paid: bool = False
+    postpaid_restored_on_meter: bool = False
     events: list[str] = field(default_factory=list)
     interrupted: str = ""  # the signal that ended the run early, if any
     web_user: str = ""
@@ -152,9 +195,18 @@ class DemoPlan:
     def dry_meter(self) -> str:
         return self.dlt645_addresses()[0]
 
+    @property
+    def postpaid_meter(self) -> str:
+        return self.dlt645_addresses()[1]
+
+    @property
+    def postpaid_account(self) -> str:
+        return f"post-{self.run_id}"
+
     def accounts(self) -> list[tuple[str, str, Decimal]]:
-        """(account, meter, opening balance); the first runs dry within the demo."""
-        ids = self.meter_ids()
+        """Prepaid (account, meter, opening balance); the first runs dry within the demo.
+        The second DL/T645 meter is the postpaid account's."""
+        ids = [m for m in self.meter_ids() if m != self.postpaid_meter]
         return [
             (f"acct-{self.run_id}-{n}", meter, DRY_ACCOUNT_BALANCE if n == 1 else Decimal("500"))
             for n, meter in enumerate(ids, start=1)
@@ -355,6 +407,7 @@ class _DemoRun:
 
         self.plan, self.summary, self.database_url = plan, summary, database_url
         self.dry = fleet.meter(plan.dry_meter)
+        self.postpaid = fleet.meter(plan.postpaid_meter)
         # Billing signs commands with this key; the gateway trusts only its public key.
         signing_key_path = run_dir / "keys" / f"billing-{plan.run_id}.pem"
         summary.signing_key_id, public_key = generate_key_pair(signing_key_path)
@@ -392,6 +445,8 @@ class _DemoRun:
                 retry_backoff_s=2.0,
                 reconcile_interval_s=10.0,
                 reconcile_grace_s=10.0,
+                collection=_collection(),
+                collection_interval_s=1.0,
             )
         )
         self.topped_up = False
@@ -411,8 +466,10 @@ class _DemoRun:
                     credit=_demo_credit(),
                     opening_balance=opening,
                 )
+            _postpaid_in_arrears(conn, self.plan.postpaid_account, self.plan.postpaid_meter)
         self.summary.meters = len(self.plan.meter_ids())
         self.summary.dry_account = self.plan.accounts()[0][0]
+        self.summary.postpaid_account = self.plan.postpaid_account
 
     async def run(self, started: float, duration: float | None, live: bool) -> None:
         await asyncio.to_thread(self.open_accounts)
@@ -437,17 +494,24 @@ class _DemoRun:
                 _raise_if_failed([*backend, gateway])
                 at = f"{time.monotonic() - started:5.1f}s"
                 self.observe_relay(at)
+                self.observe_postpaid(at)
                 # the line stamped `at` shows the state at `at`: written before a top-up
                 # that happens later in this turn, from one reading of the cut-off count
                 # that also decides the top-up
                 cutoffs = self.billing.stats.cutoffs_acked
                 if live and not interrupted.is_set():
                     _say(await asyncio.to_thread(self.status_line, at, cutoffs))
-                if cutoffs and not self.topped_up:
+                if cutoffs and not self.topped_up and self.dry.relay_open:
                     with contextlib.suppress(TimeoutError):  # the customer pays, unless stopped
                         await asyncio.wait_for(interrupted.wait(), TOPUP_DELAY_S)
                     if not interrupted.is_set():
                         await asyncio.to_thread(self.top_up,
+                                                f"{time.monotonic() - started:5.1f}s")
+                if self.postpaid.relay_open and not self.summary.postpaid_paid:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(interrupted.wait(), TOPUP_DELAY_S)
+                    if not interrupted.is_set():
+                        await asyncio.to_thread(self.pay_bill,
                                                 f"{time.monotonic() - started:5.1f}s")
         finally:
             await self._stop(gateway, backend, stop_gateway, stop_backend,
@@ -499,6 +563,29 @@ class _DemoRun:
                 summary.events.append(_("{at} relay of {meter} closed again", at=at,
                                         meter=self.plan.dry_meter))
             summary.relay_closed_again = True
+
+    def observe_postpaid(self, at: str) -> None:
+        summary, meter = self.summary, self.postpaid
+        if meter.relay_open and not summary.postpaid_cut_on_meter:
+            summary.postpaid_cut_on_meter = True
+            summary.events.append(f"{at} postpaid {summary.postpaid_account}: relay of "
+                                  f"{self.plan.postpaid_meter} opened (bill overdue)")
+        if summary.postpaid_paid and summary.postpaid_cut_on_meter and not meter.relay_open:
+            if not summary.postpaid_restored_on_meter:
+                summary.events.append(f"{at} postpaid {summary.postpaid_account}: relay "
+                                      "closed again after payment")
+            summary.postpaid_restored_on_meter = True
+
+    def pay_bill(self, at: str) -> None:
+        """The postpaid customer pays what the overdue bill asks; billing restores."""
+        from billing import bills_of, topup
+
+        account = self.summary.postpaid_account
+        with psycopg.connect(self.database_url) as conn:
+            due = bills_of(conn, account)[0].amount_due
+            topup(conn, account, due, channel="counter", reference=f"{account}-bill-1")
+        self.summary.postpaid_paid = True
+        self.summary.events.append(f"{at} postpaid {account} paid its bill of {due}")
 
     def top_up(self, at: str) -> None:
         """The customer pays after the cut-off; billing should restore supply."""

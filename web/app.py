@@ -27,6 +27,7 @@ from web import (
     openapi,
     routes_accounts,
     routes_admin,
+    routes_collection,
     routes_fleet,
     routes_review,
     routes_session,
@@ -198,7 +199,8 @@ def create_app(
 
     app.router.add_get(f"{API}/openapi.json", openapi_handler)
     app.router.add_get(f"{API}/health", _health)
-    for module in (routes_session, routes_fleet, routes_review, routes_accounts, routes_admin):
+    for module in (routes_session, routes_fleet, routes_review, routes_accounts, routes_admin,
+                   routes_collection):
         app.router.add_routes(module.routes)
     app.router.add_get(f"{API}/live", app[LIVE_KEY].handler)
     app.router.add_get("/", _index)

@@ -530,6 +530,76 @@ def _paths() -> dict[str, S]:
     }
 
 
+def _collection_paths() -> dict[str, S]:
+    """Postpaid collection (web/routes_collection.py)."""
+    money_map: S = {"type": "object", "additionalProperties": MONEY}
+    state = _obj({
+        "account_id": STR, "name": STR, "group": _null(STR), "customer_class": STR,
+        "phase": STR, "unpaid": MONEY, "overdue": MONEY, "ageing": money_map,
+        "stage": _null(STR), "next_step": _null(STR), "next_at": _null(TIME),
+        "cut_at": _null(TIME), "hold": _null(STR), "escalated": BOOL,
+        "escalation_reason": _null(STR), "good_payer": BOOL, "large": BOOL,
+    })
+    bill = _obj({k: MONEY for k in ("opening", "charges", "corrections", "adjustments",
+                                    "penalties", "payments", "closing", "amount_due")}
+                | {"bill_id": INT, "account_id": STR, "period_start": STR, "period_end": STR,
+                   "issued_at": TIME, "due_date": STR, "customer_class": STR,
+                   "tariff_id": STR, "kwh": STR, "breakdown": _arr({"type": "object"})})
+    plan = _obj({"plan_id": INT, "account_id": STR, "state": STR, "created_at": TIME,
+                 "created_by": STR, "reason": STR, "waive_penalty": BOOL, "covered": MONEY,
+                 "ended_at": _null(TIME), "missed_due": _null(STR),
+                 "instalments": _arr(_obj({"seq": INT, "due": STR, "amount": MONEY}))})
+    notice = _obj({"notice_id": INT, "kind": STR, "required": BOOL, "not_before": TIME,
+                   "attempts": INT, "last_outcome": _null(STR), "texts": {"type": "object"}})
+    penalty = _obj({"bill_id": STR, "through": STR, "exact": STR, "total": MONEY,
+                    "posted": MONEY})
+    rate_row = {"type": "object", "additionalProperties": STR}
+    bill_param = _p("bill", ID["schema"])
+    ebill = _op("The e-bill: HTML, or PDF with format=pdf", STR,
+                params=[bill_param, _q("format", {"type": "string", "enum": ["html", "pdf"]})],
+                errors=(400, 401, 403, 404, 503), tag="collection")
+    ebill["responses"]["200"]["content"] = {"text/html": {"schema": STR},
+                                            "application/pdf": {"schema": STR}}
+    return {
+        "/collection/arrears": {"get": _op(
+            "Arrears and ageing (0-30, 31-60, 61-90, >90 days overdue) per postpaid account "
+            "with its ladder stage and next step; totals, very large and escalated ones",
+            _obj({"accounts": _arr(state), "ageing_totals": money_map, "large": _arr(STR),
+                  "escalated": _arr(STR)}), tag="collection")},
+        "/collection/rates": {"get": _op(
+            "Billed, collected, arrears and collection rate per bill month and per compound",
+            _obj({"month": _arr(rate_row), "group": _arr(rate_row)}), tag="collection")},
+        "/collection/plans": {"get": _op(
+            "Hardship instalment plans, newest first", _obj({"plans": _arr(plan)}),
+            params=[_q("account", ID_FILTER)], tag="collection")},
+        "/accounts/{account}/bills": {"get": _op(
+            "A postpaid account's bills, newest first",
+            _obj({"account": STR, "bills": _arr(bill)}), params=[_p("account")],
+            errors=(400, 401, 403, 404, 503), tag="collection")},
+        "/accounts/{account}/collection": {"get": _op(
+            "A postpaid account's ladder: stage, next step and date, penalty lines and every "
+            "notice with its text and delivery outcome",
+            _obj({**state["properties"], "penalties": _arr(penalty),
+                  "notices": _arr(notice)}),
+            params=[_p("account")], errors=(400, 401, 403, 404, 503), tag="collection")},
+        "/accounts/{account}/instalment-plans": {"post": _op(
+            "Agree a hardship instalment plan: protected from disconnection while kept",
+            plan, params=[_p("account")], status=201, role="operator",
+            body=_obj({"instalments": {**_arr(_obj({"due": {"type": "string",
+                                                            "format": "date"},
+                                                     "amount": AMOUNT})),
+                                       "minItems": 1, "maxItems": 36},
+                       "reason": _name(500), "waive_penalty": BOOL},
+                      optional=("waive_penalty",)),
+            errors=(400, 401, 403, 404, 503), tag="collection")},
+        "/bills/{bill}": {"get": _op(
+            "One bill with its lines", _obj({"bill": bill, "lines": _arr(_obj({
+                "line_no": INT, "kind": STR, "description": STR, "amount": MONEY}))}),
+            params=[bill_param], errors=(400, 401, 403, 404, 503), tag="collection")},
+        "/bills/{bill}/ebill": {"get": ebill},
+    }
+
+
 def _audit_op() -> S:
     op = _op("Every action made through the web (logins included): who, when, what and "
              "from where, newest first; format=csv for an export",
@@ -664,7 +734,7 @@ def document() -> S:
             },
         },
         "security": [{"token": []}, {"session": []}],
-        "paths": _refusals({**_paths(), **_review_work_paths()}),
+        "paths": _refusals({**_paths(), **_review_work_paths(), **_collection_paths()}),
     }
 
 

@@ -18,8 +18,6 @@ from billing.policy import (
     crossed_alerts,
     days_of_credit,
     decide,
-    late_payment_penalty,
-    may_stop_supply,
     risk_grade,
 )
 
@@ -154,26 +152,3 @@ def test_days_of_credit() -> None:
 )
 def test_risk_grade(history: RiskHistory, grade: str) -> None:
     assert risk_grade(history) == grade
-
-
-@pytest.mark.parametrize(
-    ("amount", "issued", "paid", "residential", "penalty"),
-    [
-        ("300.00", date(2026, 3, 1), date(2026, 3, 8), True, "0"),  # 7th day: not late
-        ("300.00", date(2026, 3, 1), date(2026, 3, 9), True, "1"),  # 0.30, minimum 1 yuan
-        ("3000.00", date(2026, 3, 1), date(2026, 3, 18), True, "30.00"),  # 10 days x 1 per mille
-        ("3000.00", date(2026, 3, 1), date(2026, 3, 18), False, "60.00"),  # 10 x 2 per mille
-        # 25 Dec 2025 issue: overdue from 2 Jan 2026... all in the year of payment
-        ("1000.00", date(2025, 12, 25), date(2026, 1, 11), False, "20.00"),
-        # 20 Dec: overdue from 28 Dec; 4 days of 2025 at 3, 10 days of 2026 at 2 per mille
-        ("1000.00", date(2025, 12, 20), date(2026, 1, 10), False, "32.00"),
-    ],
-)
-def test_late_payment_penalty(amount: str, issued: date, paid: date, residential: bool,
-                              penalty: str) -> None:
-    assert late_payment_penalty(D(amount), issued, paid, residential=residential) == D(penalty)
-
-
-def test_supply_may_stop_after_30_days_overdue() -> None:
-    assert not may_stop_supply(date(2026, 3, 1), date(2026, 4, 7))  # 30 days overdue
-    assert may_stop_supply(date(2026, 3, 1), date(2026, 4, 8))

@@ -2,7 +2,8 @@
 
 Simulated meters on pseudo-terminals (real DL/T645 and Modbus RTU framing) -> gateway ->
 broker -> collector -> PostgreSQL -> billing -> cut-off command -> gateway -> simulated relay
--> ack -> top-up -> restore. Nothing of ours is mocked.
+-> ack -> top-up -> restore; and a postpaid account with an overdue bill through its ladder
+to the cut-off, payment and restore. Nothing of ours is mocked.
 """
 
 from __future__ import annotations
@@ -73,3 +74,14 @@ async def test_meter_to_relay_and_back(db_url: str, mqtt: MqttSettings,
     balance = re.search(r"balance +(-?)¥([\d,.]+)", first_cut)
     assert balance, first_cut
     assert Decimal(balance.group(1) + balance.group(2).replace(",", "")) <= 0, first_cut
+
+    # the postpaid account: overdue bill -> its ladder's notices -> the final notice -> the
+    # cut-off on the meter -> the bill paid -> restored on the meter
+    assert summary.postpaid_cut_on_meter and summary.postpaid_paid
+    assert summary.postpaid_restored_on_meter
+    with psycopg.connect(db_url) as conn:
+        kinds = [k for (k,) in conn.execute(
+            "SELECT kind FROM billing_notices WHERE account_id = %s ORDER BY notice_id",
+            (summary.postpaid_account,))]
+    assert kinds == ["bill", "reminder", "due_today", "collection", "planned_disconnection",
+                     "final_notice", "cutoff", "restore"], kinds
