@@ -31,6 +31,14 @@ from billing.manual import (
     release_manual_hold,
 )
 from billing.money import DEFAULT_MAX_TOPUP, MoneyError, parse_yuan
+from billing.notices import (
+    Notice,
+    NoticeError,
+    due_notices,
+    notices_of,
+    record_evidence,
+    record_notice,
+)
 from billing.policy import CreditSettings, ProtectedWindows
 from billing.read_model import manual_holds
 
@@ -49,6 +57,8 @@ __all__ = [
     "EngineStats",
     "LedgerEntry",
     "MoneyError",
+    "Notice",
+    "NoticeError",
     "ProtectedWindows",
     "TopupConflict",
     "UnknownAccount",
@@ -58,9 +68,13 @@ __all__ = [
     "approve_cutoffs",
     "balance",
     "create_account",
+    "due_notices",
     "manual_holds",
     "manual_relay",
+    "notices_of",
     "parse_yuan",
+    "record_evidence",
+    "record_notice",
     "refund",
     "release_manual_hold",
     "topup",
