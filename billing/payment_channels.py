@@ -1,9 +1,8 @@
 """The ways payment news arrives, each turned into :class:`billing.payments.PaymentNotice`:
 a provider's signed webhook, a bank's direct-debit batch file, the cash desk.
 
-Webhook signing is the common scheme (Stripe's shape): the header
-``Meterhub-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`` with the
-provider's shared secret. A notification whose signature does not verify is forged; one
+Webhooks are signed with the provider's shared secret in the scheme of
+:mod:`meterhub.security.webhooks`. A notification whose signature does not verify is forged; one
 whose timestamp is further than ``tolerance_s`` from now is a replay (or a broken clock):
 both are refused before anything is parsed or stored, and a genuine redelivery inside the
 tolerance is a harmless duplicate (idempotent by transaction id).
@@ -12,11 +11,8 @@ tolerance is a harmless duplicate (idempotent by transaction id).
 from __future__ import annotations
 
 import csv
-import hashlib
-import hmac
 import io
 import json
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -25,41 +21,16 @@ from typing import Any
 from billing.errors import BillingError
 from billing.money import MoneyError, parse_amount, to_fen
 from billing.payments import CURRENCY, PaymentError, PaymentNotice
+from meterhub.security import webhooks
 from meterhub.security.secrets import Secret
+from meterhub.security.webhooks import SIGNATURE_HEADER, verify_signature
 
-SIGNATURE_HEADER = "Meterhub-Signature"
 MAX_BODY = 64 * 1024
 MAX_FILE_ROWS = 100_000
-_HEADER = re.compile(r"t=(\d{1,12}),v1=([0-9a-f]{64})")
 
 
 class SignatureError(PaymentError):
     """Forged, unsigned or replayed: refused before the body is believed."""
-
-
-def sign(secret: bytes, body: bytes, timestamp: int) -> str:
-    """The header value a provider sends (used by tests and by :mod:`notify`'s webhooks)."""
-    mac = hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={mac}"
-
-
-def verify_signature(
-    secret: bytes, header: str | None, body: bytes, *, now: datetime, tolerance_s: float
-) -> None:
-    """Raise :class:`SignatureError` unless ``header`` signs ``body`` and is fresh."""
-    if not header:
-        raise SignatureError(f"{SIGNATURE_HEADER}: missing; notifications must be signed")
-    match = _HEADER.fullmatch(header.strip())
-    if match is None:
-        raise SignatureError(f"{SIGNATURE_HEADER}: not in the form t=<seconds>,v1=<hex>")
-    stamp = int(match[1])
-    expected = sign(secret, body, stamp).partition(",v1=")[2]
-    if not hmac.compare_digest(expected, match[2]):
-        raise SignatureError(f"{SIGNATURE_HEADER}: signature does not match; refused")
-    age = now.timestamp() - stamp
-    if abs(age) > tolerance_s:
-        raise SignatureError(f"{SIGNATURE_HEADER}: timestamp is {age:.0f} s from now "
-                             f"(tolerance {tolerance_s:.0f} s): a replay or a wrong clock")
 
 
 @dataclass(frozen=True)
@@ -80,8 +51,11 @@ class WebhookProvider:
         """Verify and decode one notification; None for an event that moves no money."""
         if len(body) > MAX_BODY:
             raise PaymentError(f"body: over {MAX_BODY} bytes")
-        verify_signature(self.secret.reveal().encode(), headers.get(SIGNATURE_HEADER), body,
-                         now=now, tolerance_s=self.tolerance_s)
+        try:
+            verify_signature(self.secret.reveal().encode(), headers.get(SIGNATURE_HEADER),
+                             body, now=now, tolerance_s=self.tolerance_s)
+        except webhooks.SignatureError as exc:
+            raise SignatureError(str(exc)) from None
         try:
             doc = json.loads(body, parse_float=_no_float, parse_constant=_no_float)
         except (ValueError, RecursionError) as exc:

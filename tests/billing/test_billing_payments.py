@@ -18,14 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from billing import announce_topup, balance, create_account
-from billing.payment_channels import (
-    FileError,
-    SignatureError,
-    cash_notice,
-    debit_notices,
-    sign,
-    verify_signature,
-)
+from billing.payment_channels import FileError, cash_notice, debit_notices
 from billing.payment_http import PaymentsConfig, serve
 from billing.payment_reconcile import open_differences, reconcile_statement, resolve_difference
 from billing.payments import (
@@ -35,6 +28,7 @@ from billing.payments import (
     apply_payment,
 )
 from meterhub.security.files import write_private_file
+from meterhub.security.webhooks import SignatureError, sign, verify_signature
 
 pytestmark = pytest.mark.integration
 AT = datetime(2026, 12, 3, 2, 0, tzinfo=UTC)  # 10:00 in Shanghai
