@@ -25,6 +25,7 @@ from web import (
     openapi,
     routes_accounts,
     routes_admin,
+    routes_customer,
     routes_fleet,
     routes_review,
     routes_session,
@@ -181,7 +182,8 @@ def create_app(
 
     app.router.add_get(f"{API}/openapi.json", openapi_handler)
     app.router.add_get(f"{API}/health", _health)
-    for module in (routes_session, routes_fleet, routes_review, routes_accounts, routes_admin):
+    for module in (routes_session, routes_fleet, routes_review, routes_accounts, routes_admin,
+                   routes_customer):
         app.router.add_routes(module.routes)
     app.router.add_get(f"{API}/live", app[LIVE_KEY].handler)
     app.router.add_get("/", _index)

@@ -5,7 +5,7 @@
 
 const API = "/api/v1";
 const state = { user: null, live: null, view: null, onLive: {} };
-const RANK = { viewer: 0, engineer: 1, operator: 2, admin: 3 };
+const RANK = { customer: -1, viewer: 0, engineer: 1, operator: 2, admin: 3 };
 
 // ------------------------------------------------------------------ helpers
 
@@ -129,11 +129,13 @@ async function start() {
 function signedIn(user) {
   state.user = user;
   document.getElementById("login").hidden = true;
-  document.getElementById("nav").hidden = false;
+  const customer = user.role === "customer";  // their own page only (customer.js)
+  document.getElementById("nav").hidden = customer;
   document.getElementById("who").hidden = false;
   document.getElementById("who-name").textContent = `${user.name} · ${user.role}`;
   document.getElementById("nav-admin").hidden = !can("admin");
-  startLive();
+  document.getElementById("live-state").hidden = customer;
+  if (!customer) startLive();
   route();
 }
 
@@ -212,6 +214,7 @@ const routes = [
 
 async function route() {
   if (!state.user) return;
+  if (state.user.role === "customer") return viewCustomer(document.getElementById("view"));
   const hash = location.hash || "#/fleet";
   state.onLive = {};
   if (state.cleanup) { state.cleanup(); state.cleanup = null; }
