@@ -239,3 +239,18 @@ async def test_refused_mailbox_is_listed_and_next_channel_tried(conn, db_url,
     assert sms.received[0]["params"] == {"account": account, "amount": "5.00"}
     [dead] = undeliverable_contacts(conn)
     assert (dead.channel, dead.contact) == ("email", "tenant1@example.com")
+
+
+def test_example_configs_load(monkeypatch) -> None:
+    from pathlib import Path
+
+    from billing.payment_http import PaymentsConfig
+
+    for name in ("METERHUB_SMTP_PASSWORD", "METERHUB_SMS_SECRET", "METERHUB_WECHAT_SECRET",
+                 "METERHUB_PMS_WEBHOOK_SECRET", "METERHUB_ACMEPAY_SECRET"):
+        monkeypatch.setenv(name, "example-secret")
+    configs = Path(__file__).parents[2] / "configs"
+    notify = NotifyConfig.load(configs / "notify.example.toml")
+    assert notify.sms is not None and set(notify.sms.templates) == {"low_balance", "restore"}
+    assert [w.name for w in notify.webhooks] == ["pms"]
+    assert set(PaymentsConfig.load(configs / "payments.example.toml").providers) == {"acmepay"}
