@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import psycopg
-from psycopg.rows import dict_row
 
 from web import auth, customer_views
 
@@ -14,7 +13,7 @@ def create_user(database_url: str, name: str, role: auth.Role,
                 customer: str | None = None) -> str:
     """Create a user and return the generated password (raises AuthError if taken). A
     ``customer`` login is linked to that billing customer (UnknownCustomer if none)."""
-    with psycopg.connect(database_url, row_factory=dict_row) as conn:
+    with psycopg.connect(database_url) as conn:
         user_id, password = auth.create_user(conn, name, role, created_by="cli")
         if customer is not None:
             customer_views.link_login(conn, user_id, customer)
