@@ -18,8 +18,10 @@ from meterhub import settings
 def register(sub: Any) -> None:
     p = sub.add_parser("customers", help="customers, contacts and undeliverable contacts")
     cs = p.add_subparsers(dest="customers_command", required=True, metavar="ACTION")
-    for name, helptext in (("add", "register a customer"),
-                           ("update", "change a customer's fields (contacts: unverified)")):
+    for name, helptext in (
+        ("add", "register a customer"),
+        ("update", "change a customer's fields (contacts: unverified)"),
+    ):
         c = cs.add_parser(name, help=helptext)
         c.add_argument("--customer", required=True)
         c.add_argument("--name", required=name == "add")
@@ -52,27 +54,38 @@ def _connect(args: argparse.Namespace) -> psycopg.Connection[Any]:
 
 
 def _fields(args: argparse.Namespace) -> dict[str, Any]:
-    given = {"name": args.name, "phones": args.phone, "email": args.email,
-             "wechat_openid": args.wechat_openid, "preferred_channel": args.preferred_channel,
-             "language": args.language, "address": args.address, "compound": args.compound}
+    given = {
+        "name": args.name,
+        "phones": args.phone,
+        "email": args.email,
+        "wechat_openid": args.wechat_openid,
+        "preferred_channel": args.preferred_channel,
+        "language": args.language,
+        "address": args.address,
+        "compound": args.compound,
+    }
     return {k: v for k, v in given.items() if v is not None}
 
 
 def _print(c: customers.Customer, accounts: list[str] | None = None) -> None:
-    verified = (f"verified {c.contact_verified_at.isoformat()}" if c.contact_verified_at
-                else "contacts not verified")
-    print(f"{c.customer_id}: {c.name} ({c.language}); prefers {c.preferred_channel}; "
-          f"phones {', '.join(c.phones) or '-'}; email {c.email or '-'}; "
-          f"wechat {c.wechat_openid or '-'}; {c.address or '-'}"
-          f"{f' [{c.compound}]' if c.compound else ''}; {verified}"
-          + (f"; accounts {', '.join(accounts) or '-'}" if accounts is not None else ""))
+    verified = (
+        f"verified {c.contact_verified_at.isoformat()}"
+        if c.contact_verified_at
+        else "contacts not verified"
+    )
+    print(
+        f"{c.customer_id}: {c.name} ({c.language}); prefers {c.preferred_channel}; "
+        f"phones {', '.join(c.phones) or '-'}; email {c.email or '-'}; "
+        f"wechat {c.wechat_openid or '-'}; {c.address or '-'}"
+        f"{f' [{c.compound}]' if c.compound else ''}; {verified}"
+        + (f"; accounts {', '.join(accounts) or '-'}" if accounts is not None else "")
+    )
 
 
 def _add(args: argparse.Namespace) -> int:
     fields = _fields(args)
     with _connect(args) as conn:
-        _print(customers.create_customer(conn, args.customer, name=fields.pop("name"),
-                                         **fields))
+        _print(customers.create_customer(conn, args.customer, name=fields.pop("name"), **fields))
     return 0
 
 
@@ -91,17 +104,19 @@ def _link(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     with _connect(args) as conn:
-        resolved = customers.verify_contacts(conn, args.customer, by=args.by,
-                                             at=datetime.now(UTC))
-    print(f"{args.customer}: contacts verified by {args.by}; {resolved} undeliverable "
-          "entries resolved")
+        resolved = customers.verify_contacts(conn, args.customer, by=args.by, at=datetime.now(UTC))
+    print(
+        f"{args.customer}: contacts verified by {args.by}; {resolved} undeliverable "
+        "entries resolved"
+    )
     return 0
 
 
 def _show(args: argparse.Namespace) -> int:
     with _connect(args) as conn:
-        _print(customers.get_customer(conn, args.customer),
-               customers.accounts_of(conn, args.customer))
+        _print(
+            customers.get_customer(conn, args.customer), customers.accounts_of(conn, args.customer)
+        )
     return 0
 
 
@@ -109,12 +124,27 @@ def _undeliverable(args: argparse.Namespace) -> int:
     with _connect(args) as conn:
         rows = customers.undeliverable_contacts(conn)
     if args.json:
-        print(json.dumps([{"customer": u.customer_id, "name": u.name, "channel": u.channel,
-                           "contact": u.contact, "reason": u.reason, "failures": u.failures,
-                           "last_failed_at": u.last_failed_at.isoformat()} for u in rows],
-                         ensure_ascii=False))
+        print(
+            json.dumps(
+                [
+                    {
+                        "customer": u.customer_id,
+                        "name": u.name,
+                        "channel": u.channel,
+                        "contact": u.contact,
+                        "reason": u.reason,
+                        "failures": u.failures,
+                        "last_failed_at": u.last_failed_at.isoformat(),
+                    }
+                    for u in rows
+                ],
+                ensure_ascii=False,
+            )
+        )
         return 0
     for u in rows:
-        print(f"{u.customer_id} ({u.name}): {u.channel} {u.contact}: {u.reason} "
-              f"({u.failures}x, last {u.last_failed_at.isoformat()})")
+        print(
+            f"{u.customer_id} ({u.name}): {u.channel} {u.contact}: {u.reason} "
+            f"({u.failures}x, last {u.last_failed_at.isoformat()})"
+        )
     return 0

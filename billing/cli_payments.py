@@ -23,8 +23,7 @@ from meterhub import settings
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("payments", help="payment providers, debit files, cash desk, "
-                                        "reconciliation")
+    p = sub.add_parser("payments", help="payment providers, debit files, cash desk, reconciliation")
     ps = p.add_subparsers(dest="payments_command", required=True, metavar="ACTION")
     s = ps.add_parser("serve", help="accept signed payment notifications over HTTP")
     s.add_argument("--config", type=Path, required=True, help="payments.toml")
@@ -41,8 +40,7 @@ def register(sub: Any) -> None:
     c.add_argument("--amount", required=True, help="yuan, e.g. 50.00")
     c.add_argument("--receipt", required=True, help="the numbered receipt")
     c.set_defaults(handler=_cash)
-    r = ps.add_parser("reconcile", help="compare a provider's statement of a day with the "
-                                        "ledger")
+    r = ps.add_parser("reconcile", help="compare a provider's statement of a day with the ledger")
     r.add_argument("file", type=Path)
     r.add_argument("--provider", required=True)
     r.add_argument("--date", required=True, type=date.fromisoformat, help="YYYY-MM-DD")
@@ -86,31 +84,41 @@ def _debits(args: argparse.Namespace) -> int:
             counts[out.status] = counts.get(out.status, 0) + 1
             if out.status == "refused":
                 print(f"{n.txn_id}: refused: {out.reason}")
-    print(f"{args.file}: {len(notices)} collections; "
-          + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    print(
+        f"{args.file}: {len(notices)} collections; "
+        + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    )
     return 0
 
 
 def _cash(args: argparse.Namespace) -> int:
     amount = parse_yuan(args.amount, max_yuan=DEFAULT_MAX_TOPUP, field="--amount")
     with _connect(args) as conn:
-        out = apply_payment(conn, cash_notice(args.account, amount, args.receipt,
-                                              at=datetime.now(UTC)),
-                            channel="counter", rules=PaymentRules())
-    print(f"{args.account}: {amount} cash, receipt {args.receipt}: {out.status}"
-          + (f" ({out.reason})" if out.reason else "")
-          + (f"; balance now {out.balance}" if out.balance is not None else ""))
+        out = apply_payment(
+            conn,
+            cash_notice(args.account, amount, args.receipt, at=datetime.now(UTC)),
+            channel="counter",
+            rules=PaymentRules(),
+        )
+    print(
+        f"{args.account}: {amount} cash, receipt {args.receipt}: {out.status}"
+        + (f" ({out.reason})" if out.reason else "")
+        + (f"; balance now {out.balance}" if out.balance is not None else "")
+    )
     return 0 if out.status in ("applied", "duplicate") else 1
 
 
 def _reconcile(args: argparse.Namespace) -> int:
     with _connect(args) as conn:
-        run = reconcile_statement(conn, args.provider, args.date,
-                                  args.file.read_text("utf-8"), by=args.by)
-    print(f"{args.provider} {args.date}: run {run.run_id}"
-          + (" (this file was reconciled before)" if run.repeated else "")
-          + f"; {run.statement_rows} statement rows, {run.matched} matched, "
-          f"{len(run.differences)} differences")
+        run = reconcile_statement(
+            conn, args.provider, args.date, args.file.read_text("utf-8"), by=args.by
+        )
+    print(
+        f"{args.provider} {args.date}: run {run.run_id}"
+        + (" (this file was reconciled before)" if run.repeated else "")
+        + f"; {run.statement_rows} statement rows, {run.matched} matched, "
+        f"{len(run.differences)} differences"
+    )
     for d in run.differences:
         print(f"  {d.txn_id}: {d.kind}: {d.detail}")
     return 0 if not run.differences else 2

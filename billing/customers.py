@@ -60,8 +60,10 @@ class Customer:
 
     def channels(self) -> list[str]:
         """Channels with a contact, the preferred one first: the order delivery tries."""
-        order = [self.preferred_channel, *(c for c in CONTACT_CHANNELS
-                                           if c != self.preferred_channel)]
+        order = [
+            self.preferred_channel,
+            *(c for c in CONTACT_CHANNELS if c != self.preferred_channel),
+        ]
         return [c for c in order if self.contact(c)]
 
 
@@ -93,8 +95,7 @@ def check_phone(value: object, field: str = "phones") -> str:
     """An E.164 number: ``+``, country code, subscriber number (spaces and dashes dropped)."""
     text = re.sub(r"[\s-]", "", _text(value, field))
     if not _PHONE.fullmatch(text):
-        raise CustomerError(f"{field}: {text[:20]!r} is not an E.164 number like "
-                            "+8613800138000")
+        raise CustomerError(f"{field}: {text[:20]!r} is not an E.164 number like +8613800138000")
     return text
 
 
@@ -121,15 +122,17 @@ def _clean(fields: Mapping[str, Any]) -> dict[str, Any]:
         elif key == "phones":
             if isinstance(value, str) or not isinstance(value, Iterable):
                 raise CustomerError("phones: give a list of numbers")
-            out[key] = list(dict.fromkeys(
-                check_phone(p, f"phones[{i}]") for i, p in enumerate(value)))
+            out[key] = list(
+                dict.fromkeys(check_phone(p, f"phones[{i}]") for i, p in enumerate(value))
+            )
         elif key in ("email", "wechat_openid"):
             check = check_email if key == "email" else check_openid
             out[key] = None if value in (None, "") else check(value, key)
         elif key == "preferred_channel":
             if value not in CONTACT_CHANNELS:
-                raise CustomerError(f"preferred_channel: {value!r} is not one of "
-                                    f"{', '.join(CONTACT_CHANNELS)}")
+                raise CustomerError(
+                    f"preferred_channel: {value!r} is not one of {', '.join(CONTACT_CHANNELS)}"
+                )
             out[key] = value
         elif key == "language":
             if value not in LANGUAGES:
@@ -148,10 +151,15 @@ _CONTACT_FIELDS = frozenset({"phones", "email", "wechat_openid"})
 
 def _customer(row: Mapping[str, Any]) -> Customer:
     return Customer(
-        customer_id=row["customer_id"], name=row["name"], phones=tuple(row["phones"]),
-        email=row["email"], wechat_openid=row["wechat_openid"],
-        preferred_channel=row["preferred_channel"], language=row["language"],
-        address=row["address"], compound=row["compound"],
+        customer_id=row["customer_id"],
+        name=row["name"],
+        phones=tuple(row["phones"]),
+        email=row["email"],
+        wechat_openid=row["wechat_openid"],
+        preferred_channel=row["preferred_channel"],
+        language=row["language"],
+        address=row["address"],
+        compound=row["compound"],
         contact_verified=row["contact_verified"],
         contact_verified_at=row["contact_verified_at"],
     )
@@ -182,8 +190,11 @@ def create_customer(
 
 def _check_preferred(values: Mapping[str, Any]) -> None:
     preferred = values.get("preferred_channel", "sms")
-    contact = {"sms": values.get("phones"), "email": values.get("email"),
-               "wechat": values.get("wechat_openid")}[preferred]
+    contact = {
+        "sms": values.get("phones"),
+        "email": values.get("email"),
+        "wechat": values.get("wechat_openid"),
+    }[preferred]
     if not contact:
         raise CustomerError(f"preferred_channel: {preferred} needs a contact on that channel")
 
@@ -194,14 +205,18 @@ def update_customer(conn: psycopg.Connection[Any], customer_id: str, **fields: A
     values = _clean(fields)
     with conn.transaction():
         old = _lock(conn, customer_id)
-        merged = {k: old[k] for k in ("phones", "email", "wechat_openid",
-                                      "preferred_channel")} | values
+        merged = {
+            k: old[k] for k in ("phones", "email", "wechat_openid", "preferred_channel")
+        } | values
         _check_preferred(merged)
         contact_changed = any(k in _CONTACT_FIELDS and values[k] != old[k] for k in values)
         sets = dict(values)
         if contact_changed:
-            sets |= {"contact_verified": False, "contact_verified_at": None,
-                     "contact_verified_by": None}
+            sets |= {
+                "contact_verified": False,
+                "contact_verified_at": None,
+                "contact_verified_by": None,
+            }
         with conn.cursor(row_factory=dict_row) as cur:
             row = cur.execute(
                 "UPDATE billing_customers SET updated_at = now()"
@@ -215,8 +230,9 @@ def update_customer(conn: psycopg.Connection[Any], customer_id: str, **fields: A
 
 def _lock(conn: psycopg.Connection[Any], customer_id: str) -> dict[str, Any]:
     with conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute("SELECT * FROM billing_customers WHERE customer_id = %s FOR UPDATE",
-                          (customer_id,)).fetchone()
+        row = cur.execute(
+            "SELECT * FROM billing_customers WHERE customer_id = %s FOR UPDATE", (customer_id,)
+        ).fetchone()
     if row is None:
         raise UnknownCustomer(f"customer {customer_id!r} does not exist")
     return row
@@ -224,8 +240,9 @@ def _lock(conn: psycopg.Connection[Any], customer_id: str) -> dict[str, Any]:
 
 def get_customer(conn: psycopg.Connection[Any], customer_id: str) -> Customer:
     with conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute("SELECT * FROM billing_customers WHERE customer_id = %s",
-                          (customer_id,)).fetchone()
+        row = cur.execute(
+            "SELECT * FROM billing_customers WHERE customer_id = %s", (customer_id,)
+        ).fetchone()
     if row is None:
         raise UnknownCustomer(f"customer {customer_id!r} does not exist")
     return _customer(row)
@@ -256,9 +273,13 @@ def customer_of_account(conn: psycopg.Connection[Any], account_id: str) -> Custo
 
 
 def accounts_of(conn: psycopg.Connection[Any], customer_id: str) -> list[str]:
-    return [r[0] for r in conn.execute(
-        "SELECT account_id FROM billing_accounts WHERE customer_id = %s ORDER BY account_id",
-        (customer_id,))]
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT account_id FROM billing_accounts WHERE customer_id = %s ORDER BY account_id",
+            (customer_id,),
+        )
+    ]
 
 
 def verify_contacts(
@@ -285,8 +306,13 @@ def verify_contacts(
 
 
 def mark_undeliverable(
-    conn: psycopg.Connection[Any], customer_id: str, channel: str, contact: str, reason: str,
-    *, at: datetime,
+    conn: psycopg.Connection[Any],
+    customer_id: str,
+    channel: str,
+    contact: str,
+    reason: str,
+    *,
+    at: datetime,
 ) -> None:
     """A delivery found this contact dead: list it for staff and clear the verified flag."""
     if channel not in CONTACT_CHANNELS:
@@ -319,6 +345,17 @@ def undeliverable_contacts(
                WHERE u.resolved_at IS NULL ORDER BY u.last_failed_at DESC LIMIT %s""",
             (limit,),
         ).fetchall()
-    return [Undeliverable(r["undeliverable_id"], r["customer_id"], r["name"], r["channel"],
-                          r["contact"], r["reason"], r["failures"], r["first_failed_at"],
-                          r["last_failed_at"]) for r in rows]
+    return [
+        Undeliverable(
+            r["undeliverable_id"],
+            r["customer_id"],
+            r["name"],
+            r["channel"],
+            r["contact"],
+            r["reason"],
+            r["failures"],
+            r["first_failed_at"],
+            r["last_failed_at"],
+        )
+        for r in rows
+    ]

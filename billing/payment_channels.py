@@ -52,8 +52,13 @@ class WebhookProvider:
         if len(body) > MAX_BODY:
             raise PaymentError(f"body: over {MAX_BODY} bytes")
         try:
-            verify_signature(self.secret.reveal().encode(), headers.get(SIGNATURE_HEADER),
-                             body, now=now, tolerance_s=self.tolerance_s)
+            verify_signature(
+                self.secret.reveal().encode(),
+                headers.get(SIGNATURE_HEADER),
+                body,
+                now=now,
+                tolerance_s=self.tolerance_s,
+            )
         except webhooks.SignatureError as exc:
             raise SignatureError(str(exc)) from None
         try:
@@ -72,9 +77,11 @@ class WebhookProvider:
         if isinstance(amount, bool) or not isinstance(amount, int):
             raise PaymentError("amount_fen: must be an integer number of fen")
         notice = PaymentNotice(
-            provider=self.name, txn_id=_field(doc, "txn_id"),
+            provider=self.name,
+            txn_id=_field(doc, "txn_id"),
             kind=kinds[event],  # type: ignore[arg-type]
-            amount_fen=amount, currency=_field(doc, "currency"),
+            amount_fen=amount,
+            currency=_field(doc, "currency"),
             occurred_at=_time(_field(doc, "occurred_at"), "occurred_at"),
             account_id=doc.get("account") if kinds[event] == "payment" else None,
             original_txn=doc.get("original_txn") if kinds[event] == "refund" else None,
@@ -119,8 +126,9 @@ def read_rows(text: str, columns: tuple[str, ...], what: str) -> list[tuple[int,
     reader = csv.DictReader(io.StringIO(text))
     missing = [c for c in columns if c not in (reader.fieldnames or [])]
     if missing:
-        raise FileError(f"{what}: line 1: missing columns {', '.join(missing)} "
-                        f"(expected {','.join(columns)})")
+        raise FileError(
+            f"{what}: line 1: missing columns {', '.join(missing)} (expected {','.join(columns)})"
+        )
     rows = []
     for row in reader:
         if reader.line_num > MAX_FILE_ROWS + 1:
@@ -161,7 +169,9 @@ def debit_notices(text: str, provider: str) -> list[PaymentNotice]:
             if status == "failed":
                 continue
             notice = PaymentNotice(
-                provider=provider, txn_id=row["txn_id"], kind="payment",
+                provider=provider,
+                txn_id=row["txn_id"],
+                kind="payment",
                 amount_fen=amount_fen(row["amount"], f"{where}: amount"),
                 currency=row["currency"],
                 occurred_at=file_time(row["collected_at"], f"{where}: collected_at"),
@@ -175,16 +185,29 @@ def debit_notices(text: str, provider: str) -> list[PaymentNotice]:
         except FileError as exc:
             problems.append(str(exc))
     if problems:
-        raise FileError("; ".join(problems[:20]) + (
-            f"; and {len(problems) - 20} more" if len(problems) > 20 else ""))
+        raise FileError(
+            "; ".join(problems[:20])
+            + (f"; and {len(problems) - 20} more" if len(problems) > 20 else "")
+        )
     return notices
 
 
 def cash_notice(
-    account_id: str, amount: Decimal, receipt: str, *, at: datetime, desk: str = "cash",
+    account_id: str,
+    amount: Decimal,
+    receipt: str,
+    *,
+    at: datetime,
+    desk: str = "cash",
     currency: str = CURRENCY,
 ) -> PaymentNotice:
     """Money taken at the cash desk against a numbered receipt (the transaction id)."""
-    return PaymentNotice(provider=desk, txn_id=receipt, kind="payment",
-                         amount_fen=to_fen(amount), currency=currency, occurred_at=at,
-                         account_id=account_id)
+    return PaymentNotice(
+        provider=desk,
+        txn_id=receipt,
+        kind="payment",
+        amount_fen=to_fen(amount),
+        currency=currency,
+        occurred_at=at,
+        account_id=account_id,
+    )

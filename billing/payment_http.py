@@ -63,15 +63,17 @@ class PaymentsConfig:
         return cls.from_dict(doc, base_dir=path.parent, source=str(path))
 
     @classmethod
-    def from_dict(cls, doc: Mapping[str, Any], *, base_dir: Path | None = None,
-                  source: str = "payments") -> PaymentsConfig:
+    def from_dict(
+        cls, doc: Mapping[str, Any], *, base_dir: Path | None = None, source: str = "payments"
+    ) -> PaymentsConfig:
         problems: list[str] = []
         currency = doc.get("currency", CURRENCY)
         if not isinstance(currency, str) or len(currency) != 3 or not currency.isupper():
             problems.append(f"{source}: currency: a 3-letter ISO code like CNY")
         try:
-            max_amount = parse_amount(str(doc.get("max_amount", DEFAULT_MAX_TOPUP)),
-                                      what=f"{source}: max_amount")
+            max_amount = parse_amount(
+                str(doc.get("max_amount", DEFAULT_MAX_TOPUP)), what=f"{source}: max_amount"
+            )
         except MoneyError as exc:
             problems.append(str(exc))
             max_amount = DEFAULT_MAX_TOPUP
@@ -103,15 +105,19 @@ def _provider(name: str, spec: Any, key: str, base_dir: Path | None) -> WebhookP
         raise BillingError(f"{key}.secret: required ({{file = ...}} or {{env = ...}})")
     secret = load_secret(f"{key}.secret", spec["secret"], base_dir=base_dir)
     if secret.inline:
-        raise BillingError(f"{key}.secret: give it as {{file = ...}} or {{env = ...}}, "
-                           "not inline")
+        raise BillingError(f"{key}.secret: give it as {{file = ...}} or {{env = ...}}, not inline")
     tolerance = spec.get("tolerance_s", 300)
-    if isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or not (
-            0 < tolerance <= 3600):
+    if (
+        isinstance(tolerance, bool)
+        or not isinstance(tolerance, int | float)
+        or not (0 < tolerance <= 3600)
+    ):
         raise BillingError(f"{key}.tolerance_s: seconds between 1 and 3600")
     if not PROVIDER_NAME.fullmatch(name):
-        raise BillingError(f"{key}: a provider name is lowercase letters, digits, _ or -, "
-                           "at most 32, starting with a letter")
+        raise BillingError(
+            f"{key}: a provider name is lowercase letters, digits, _ or -, "
+            "at most 32, starting with a letter"
+        )
     return WebhookProvider(name, secret, channel, float(tolerance))
 
 
@@ -122,8 +128,9 @@ _CONFIG = web.AppKey("config", PaymentsConfig)
 def create_app(database_url: str, config: PaymentsConfig) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
     app[_CONFIG] = config
-    app[_POOL] = ConnectionPool(database_url, min_size=1, max_size=4, open=False,
-                                kwargs={"autocommit": True})
+    app[_POOL] = ConnectionPool(
+        database_url, min_size=1, max_size=4, open=False, kwargs={"autocommit": True}
+    )
     app.router.add_post("/payments/{provider}", _notify)
     app.on_startup.append(_open)
     app.on_cleanup.append(_close)
@@ -155,12 +162,13 @@ async def _notify(request: web.Request) -> web.Response:
     try:
         notice = provider.parse(request.headers, body, now=datetime.now(UTC))
     except SignatureError as exc:
-        log.warning("payment notification refused", extra={"provider": name, "why": str(exc),
-                                                            "peer": request.remote})
+        log.warning(
+            "payment notification refused",
+            extra={"provider": name, "why": str(exc), "peer": request.remote},
+        )
         return _answer(401, error=str(exc))
     except PaymentError as exc:
-        log.warning("malformed payment notification", extra={"provider": name,
-                                                             "why": str(exc)})
+        log.warning("malformed payment notification", extra={"provider": name, "why": str(exc)})
         return _answer(400, error=str(exc))
     if notice is None:
         return _answer(200, status="ignored")
@@ -172,8 +180,7 @@ async def _notify(request: web.Request) -> web.Response:
     try:
         outcome = await asyncio.to_thread(work)
     except PaymentConflict as exc:
-        log.warning("payment notification conflicts", extra={"provider": name,
-                                                             "why": str(exc)})
+        log.warning("payment notification conflicts", extra={"provider": name, "why": str(exc)})
         return _answer(409, error=str(exc))
     except PaymentError as exc:
         return _answer(400, error=str(exc))
@@ -181,21 +188,25 @@ async def _notify(request: web.Request) -> web.Response:
         log.exception("database unavailable for a payment notification")
         return _answer(503, error="try again later")
     if outcome.status == "refused":
-        log.warning("payment refused", extra={"provider": name, "txn": notice.txn_id,
-                                              "why": outcome.reason})
+        log.warning(
+            "payment refused", extra={"provider": name, "txn": notice.txn_id, "why": outcome.reason}
+        )
         return _answer(422, status="refused", error=outcome.reason)
     return _answer(200, status=outcome.status, reason=outcome.reason)
 
 
-async def serve(database_url: str, config: PaymentsConfig, host: str, port: int,
-                stop: asyncio.Event) -> None:
+async def serve(
+    database_url: str, config: PaymentsConfig, host: str, port: int, stop: asyncio.Event
+) -> None:
     """Run the endpoint until ``stop`` is set."""
     runner = web.AppRunner(create_app(database_url, config))
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    log.warning("payment notifications accepted", extra={"host": host, "port": port,
-                                                         "providers": sorted(config.providers)})
+    log.warning(
+        "payment notifications accepted",
+        extra={"host": host, "port": port, "providers": sorted(config.providers)},
+    )
     try:
         await stop.wait()
     finally:

@@ -61,9 +61,15 @@ def _statement(text: str) -> list[_Line]:
             if not row["txn_id"] or row["txn_id"] in seen:
                 raise FileError(f"{where}: txn_id: empty or repeated")
             seen.add(row["txn_id"])
-            lines.append(_Line(row["txn_id"], row["kind"],
-                               amount_fen(row["amount"], f"{where}: amount"), row["currency"],
-                               file_time(row["occurred_at"], f"{where}: occurred_at")))
+            lines.append(
+                _Line(
+                    row["txn_id"],
+                    row["kind"],
+                    amount_fen(row["amount"], f"{where}: amount"),
+                    row["currency"],
+                    file_time(row["occurred_at"], f"{where}: occurred_at"),
+                )
+            )
         except FileError as exc:
             problems.append(str(exc))
     if problems:
@@ -72,7 +78,12 @@ def _statement(text: str) -> list[_Line]:
 
 
 def reconcile_statement(
-    conn: psycopg.Connection[Any], provider: str, day: date, text: str, *, by: str,
+    conn: psycopg.Connection[Any],
+    provider: str,
+    day: date,
+    text: str,
+    *,
+    by: str,
     tz: ZoneInfo = SITE_TZ,
 ) -> Reconciliation:
     """Compare ``provider``'s statement of ``day`` (CSV: txn_id, kind, amount, currency,
@@ -92,15 +103,18 @@ def reconcile_statement(
         ).fetchone()
         if done is not None:
             return Reconciliation(done[0], done[1], done[2], _differences(conn, done[0]), True)
-        ours = {r[0]: r[1:] for r in conn.execute(
-            """SELECT p.provider_txn, p.kind, p.amount_fen, p.currency, p.state, p.reason,
+        ours = {
+            r[0]: r[1:]
+            for r in conn.execute(
+                """SELECT p.provider_txn, p.kind, p.amount_fen, p.currency, p.state, p.reason,
                       l.amount_fen, p.occurred_at
                FROM billing_payments p
                LEFT JOIN billing_ledger l ON l.idempotency_key = p.ledger_key
                WHERE p.provider = %s AND (p.occurred_at >= %s AND p.occurred_at < %s
                                           OR p.provider_txn = ANY(%s))""",
-            (provider, start, end, [ln.txn_id for ln in lines]),
-        )}
+                (provider, start, end, [ln.txn_id for ln in lines]),
+            )
+        }
         diffs = _compare(lines, ours, start, end)
         matched = len(lines) - sum(d.kind != "missing_in_statement" for d in diffs)
         run = conn.execute(
@@ -125,40 +139,88 @@ def _compare(
     for ln in lines:
         mine = ours.get(ln.txn_id)
         if mine is None:
-            diffs.append(Difference(ln.txn_id, "missing_in_ledger", ln.fen, None,
-                                    f"the provider reports a {ln.kind} billing never received"))
+            diffs.append(
+                Difference(
+                    ln.txn_id,
+                    "missing_in_ledger",
+                    ln.fen,
+                    None,
+                    f"the provider reports a {ln.kind} billing never received",
+                )
+            )
             continue
         kind, fen, currency, state, reason, ledger_fen, _ = mine
         entry_fen = None if ledger_fen is None else abs(ledger_fen)
         if kind != ln.kind:
-            diffs.append(Difference(ln.txn_id, "kind_mismatch", ln.fen, entry_fen,
-                                    f"statement says {ln.kind}, billing has a {kind}"))
+            diffs.append(
+                Difference(
+                    ln.txn_id,
+                    "kind_mismatch",
+                    ln.fen,
+                    entry_fen,
+                    f"statement says {ln.kind}, billing has a {kind}",
+                )
+            )
         elif currency != ln.currency:
-            diffs.append(Difference(ln.txn_id, "currency_mismatch", ln.fen, entry_fen,
-                                    f"statement in {ln.currency}, notified in {currency}"))
+            diffs.append(
+                Difference(
+                    ln.txn_id,
+                    "currency_mismatch",
+                    ln.fen,
+                    entry_fen,
+                    f"statement in {ln.currency}, notified in {currency}",
+                )
+            )
         elif state != "applied":
-            diffs.append(Difference(ln.txn_id, "not_applied", ln.fen, None,
-                                    f"billing has it {state}: {reason}"))
+            diffs.append(
+                Difference(
+                    ln.txn_id, "not_applied", ln.fen, None, f"billing has it {state}: {reason}"
+                )
+            )
         elif entry_fen is None:
-            diffs.append(Difference(ln.txn_id, "ledger_entry_missing", ln.fen, None,
-                                    "applied but no ledger entry carries its key"))
+            diffs.append(
+                Difference(
+                    ln.txn_id,
+                    "ledger_entry_missing",
+                    ln.fen,
+                    None,
+                    "applied but no ledger entry carries its key",
+                )
+            )
         elif entry_fen != ln.fen or fen != ln.fen:
-            diffs.append(Difference(ln.txn_id, "amount_mismatch", ln.fen, entry_fen,
-                                    f"statement {ln.fen} fen, ledger {entry_fen} fen"))
+            diffs.append(
+                Difference(
+                    ln.txn_id,
+                    "amount_mismatch",
+                    ln.fen,
+                    entry_fen,
+                    f"statement {ln.fen} fen, ledger {entry_fen} fen",
+                )
+            )
     listed = {ln.txn_id for ln in lines}
     for txn, (kind, _fen, _cur, state, _reason, ledger_fen, at) in sorted(ours.items()):
         if txn not in listed and state == "applied" and start <= at < end:
-            diffs.append(Difference(txn, "missing_in_statement", None,
-                                    None if ledger_fen is None else abs(ledger_fen),
-                                    f"billing credited a {kind} the statement does not list"))
+            diffs.append(
+                Difference(
+                    txn,
+                    "missing_in_statement",
+                    None,
+                    None if ledger_fen is None else abs(ledger_fen),
+                    f"billing credited a {kind} the statement does not list",
+                )
+            )
     return diffs
 
 
 def _differences(conn: psycopg.Connection[Any], run_id: int) -> list[Difference]:
-    return [Difference(*r) for r in conn.execute(
-        """SELECT provider_txn, kind, statement_fen, ledger_fen, detail
+    return [
+        Difference(*r)
+        for r in conn.execute(
+            """SELECT provider_txn, kind, statement_fen, ledger_fen, detail
            FROM billing_reconciliation_differences WHERE run_id = %s ORDER BY difference_id""",
-        (run_id,))]
+            (run_id,),
+        )
+    ]
 
 
 def open_differences(conn: psycopg.Connection[Any], limit: int = 500) -> list[tuple[Any, ...]]:

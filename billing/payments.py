@@ -83,9 +83,14 @@ class PaymentNotice:
 
     def fingerprint(self) -> str:
         """What a replay must repeat exactly (the account of a refund may be left out)."""
-        fields = [self.kind, self.account_id if self.kind == "payment" else None,
-                  self.amount_fen, self.currency, self.original_txn,
-                  self.occurred_at.isoformat()]
+        fields = [
+            self.kind,
+            self.account_id if self.kind == "payment" else None,
+            self.amount_fen,
+            self.currency,
+            self.original_txn,
+            self.occurred_at.isoformat(),
+        ]
         return hashlib.sha256(json.dumps(fields).encode()).hexdigest()
 
 
@@ -110,7 +115,10 @@ def ledger_key(notice: PaymentNotice) -> str:
 
 
 def apply_payment(
-    conn: psycopg.Connection[Any], notice: PaymentNotice, *, channel: str,
+    conn: psycopg.Connection[Any],
+    notice: PaymentNotice,
+    *,
+    channel: str,
     rules: PaymentRules | None = None,
 ) -> PaymentOutcome:
     """Record and apply one notification in one transaction; see the module docstring.
@@ -130,9 +138,17 @@ def apply_payment(
                    amount_fen, currency, occurred_at, original_txn, state, fingerprint)
                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'waiting', %s)
                ON CONFLICT (provider, provider_txn) DO NOTHING RETURNING 1""",
-            (notice.provider, notice.txn_id, notice.kind, notice.account_id,
-             notice.amount_fen, notice.currency, notice.occurred_at, notice.original_txn,
-             notice.fingerprint()),
+            (
+                notice.provider,
+                notice.txn_id,
+                notice.kind,
+                notice.account_id,
+                notice.amount_fen,
+                notice.currency,
+                notice.occurred_at,
+                notice.original_txn,
+                notice.fingerprint(),
+            ),
         ).fetchone()
         if inserted is None:
             return _replayed(conn, notice)
@@ -158,7 +174,8 @@ def _replayed(conn: psycopg.Connection[Any], notice: PaymentNotice) -> PaymentOu
     if row[0] != notice.fingerprint():
         raise PaymentConflict(
             f"txn_id: {notice.provider} transaction {notice.txn_id!r} was already notified "
-            "with other content; refused")
+            "with other content; refused"
+        )
     if row[1] == "refused":
         return PaymentOutcome("refused", f"already refused: {row[2]}")
     return PaymentOutcome("duplicate", f"already {row[1]}")
@@ -176,8 +193,12 @@ def _refusal(
         return f"amount {from_fen(notice.amount_fen)} is over the {rules.max_amount} limit"
     if notice.kind == "refund":
         return ""
-    if conn.execute("SELECT 1 FROM billing_accounts WHERE account_id = %s",
-                    (notice.account_id,)).fetchone() is None:
+    if (
+        conn.execute(
+            "SELECT 1 FROM billing_accounts WHERE account_id = %s", (notice.account_id,)
+        ).fetchone()
+        is None
+    ):
         return f"account {notice.account_id!r} does not exist"
     announced = conn.execute(
         """SELECT amount_fen FROM billing_topup_intents
@@ -185,14 +206,21 @@ def _refusal(
         (channel, notice.txn_id, notice.account_id),
     ).fetchone()
     if announced is not None and announced[0] != notice.amount_fen:
-        return (f"amount {from_fen(notice.amount_fen)} differs from the "
-                f"{from_fen(announced[0])} announced for this payment")
+        return (
+            f"amount {from_fen(notice.amount_fen)} differs from the "
+            f"{from_fen(announced[0])} announced for this payment"
+        )
     return ""
 
 
 def _set_state(
-    conn: psycopg.Connection[Any], notice: PaymentNotice, state: str, reason: str | None,
-    *, account_id: str | None = None, key: str | None = None,
+    conn: psycopg.Connection[Any],
+    notice: PaymentNotice,
+    state: str,
+    reason: str | None,
+    *,
+    account_id: str | None = None,
+    key: str | None = None,
 ) -> None:
     """Settle the row: ``key`` is the ledger entry's idempotency key once applied."""
     conn.execute(
@@ -209,8 +237,14 @@ def _apply_topup(
 ) -> PaymentOutcome:
     assert notice.account_id is not None  # checked
     try:
-        entry = topup(conn, notice.account_id, from_fen(notice.amount_fen), channel,
-                      ledger_key(notice), actor=f"payment:{notice.provider}")
+        entry = topup(
+            conn,
+            notice.account_id,
+            from_fen(notice.amount_fen),
+            channel,
+            ledger_key(notice),
+            actor=f"payment:{notice.provider}",
+        )
     except UnknownAccount as exc:  # closed between the check and now
         _set_state(conn, notice, "refused", str(exc))
         return PaymentOutcome("refused", str(exc))
@@ -230,9 +264,19 @@ def _waiting_refunds(conn: psycopg.Connection[Any], payment: PaymentNotice) -> l
                  AND state = 'waiting' ORDER BY occurred_at, provider_txn FOR UPDATE""",
             (payment.provider, payment.txn_id),
         ).fetchall()
-    return [PaymentNotice(r["provider"], r["provider_txn"], "refund", r["amount_fen"],
-                          r["currency"], r["occurred_at"], r["account_id"], r["original_txn"])
-            for r in rows]
+    return [
+        PaymentNotice(
+            r["provider"],
+            r["provider_txn"],
+            "refund",
+            r["amount_fen"],
+            r["currency"],
+            r["occurred_at"],
+            r["account_id"],
+            r["original_txn"],
+        )
+        for r in rows
+    ]
 
 
 def _apply_refund(
@@ -244,8 +288,9 @@ def _apply_refund(
         (notice.provider, notice.original_txn),
     ).fetchone()
     if original is None or original[2] != "applied":
-        why = (f"payment {notice.original_txn!r} "
-               + ("not received yet" if original is None else f"is {original[2]}"))
+        why = f"payment {notice.original_txn!r} " + (
+            "not received yet" if original is None else f"is {original[2]}"
+        )
         _set_state(conn, notice, "waiting", why)
         return PaymentOutcome("waiting", why)
     account, paid_fen, _ = original
@@ -260,11 +305,18 @@ def _apply_refund(
     ).fetchone()
     assert refunded is not None
     if int(refunded[0]) + notice.amount_fen > paid_fen:
-        why = (f"refunds would exceed the payment: {from_fen(int(refunded[0]))} already "
-               f"refunded of {from_fen(paid_fen)}")
+        why = (
+            f"refunds would exceed the payment: {from_fen(int(refunded[0]))} already "
+            f"refunded of {from_fen(paid_fen)}"
+        )
         _set_state(conn, notice, "refused", why)
         return PaymentOutcome("refused", why)
-    entry = refund(conn, account, from_fen(notice.amount_fen), ledger_key(notice),
-                   actor=f"payment:{notice.provider}")
+    entry = refund(
+        conn,
+        account,
+        from_fen(notice.amount_fen),
+        ledger_key(notice),
+        actor=f"payment:{notice.provider}",
+    )
     _set_state(conn, notice, "applied", None, account_id=account, key=entry.idempotency_key)
     return PaymentOutcome("applied", balance=entry.balance_after)

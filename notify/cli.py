@@ -22,8 +22,11 @@ from notify.service import NotifyService
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("notify", help="deliver notices to customers")
-    parser.add_argument("--database-url", default=None,
-                        help=f"PostgreSQL conninfo (default ${settings.DATABASE_URL_ENV})")
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help=f"PostgreSQL conninfo (default ${settings.DATABASE_URL_ENV})",
+    )
     sub = parser.add_subparsers(dest="notify_command", required=True, metavar="ACTION")
     run = sub.add_parser("run", help="deliver due notices until interrupted")
     run.add_argument("--config", type=Path, required=True, help="notify.toml")
@@ -56,18 +59,29 @@ def _run(args: argparse.Namespace) -> int:
 
     asyncio.run(main())
     s = service.stats
-    print(json.dumps({"delivered": s.delivered, "webhooks_sent": s.webhooks_sent,
-                      "retries": s.retries, "dead_contacts": s.dead_contacts,
-                      "given_up": s.given_up, "deferred": s.deferred,
-                      "task_restarts": s.task_restarts}))
+    print(
+        json.dumps(
+            {
+                "delivered": s.delivered,
+                "webhooks_sent": s.webhooks_sent,
+                "retries": s.retries,
+                "dead_contacts": s.dead_contacts,
+                "given_up": s.given_up,
+                "deferred": s.deferred,
+                "task_restarts": s.task_restarts,
+            }
+        )
+    )
     return 0
 
 
 def _check(args: argparse.Namespace) -> int:
     config = NotifyConfig.load(args.config)
     channels = [c for c in ("email", "sms", "wechat") if getattr(config, c) is not None]
-    print(f"{args.config}: ok; channels {', '.join(channels) or 'none'}; "
-          f"webhooks {', '.join(w.name for w in config.webhooks) or 'none'}")
+    print(
+        f"{args.config}: ok; channels {', '.join(channels) or 'none'}; "
+        f"webhooks {', '.join(w.name for w in config.webhooks) or 'none'}"
+    )
     return 0
 
 
@@ -77,8 +91,12 @@ def _jobs(args: argparse.Namespace) -> int:
         rows = queue.jobs(conn, args.state, args.limit)
     cols = ("notice", "target", "state", "channel", "provider_id", "last_error", "finished")
     if args.json:
-        print(json.dumps([dict(zip(cols, r, strict=True)) for r in rows],
-                         default=lambda v: v.isoformat() if isinstance(v, datetime) else str(v)))
+        print(
+            json.dumps(
+                [dict(zip(cols, r, strict=True)) for r in rows],
+                default=lambda v: v.isoformat() if isinstance(v, datetime) else str(v),
+            )
+        )
         return 0
     for r in rows:
         print("  ".join("-" if v is None else str(v) for v in r))

@@ -82,8 +82,9 @@ class NotifyConfig:
         return cls.from_dict(doc, base_dir=path.parent, source=str(path))
 
     @classmethod
-    def from_dict(cls, doc: Mapping[str, Any], *, base_dir: Path | None = None,
-                  source: str = "notify") -> NotifyConfig:
+    def from_dict(
+        cls, doc: Mapping[str, Any], *, base_dir: Path | None = None, source: str = "notify"
+    ) -> NotifyConfig:
         return _Reader(doc, base_dir, source).config()
 
 
@@ -97,8 +98,15 @@ class _Reader:
     def fail(self, key: str, why: str) -> None:
         self.problems.append(f"{self.source}: {key}: {why}")
 
-    def get(self, table: Mapping[str, Any], key: str, path: str, check: Callable[[Any], bool],
-            why: str, default: T) -> T:
+    def get(
+        self,
+        table: Mapping[str, Any],
+        key: str,
+        path: str,
+        check: Callable[[Any], bool],
+        why: str,
+        default: T,
+    ) -> T:
         if key not in table:
             return default
         value = table[key]
@@ -107,23 +115,38 @@ class _Reader:
             return default
         return value  # type: ignore[no-any-return]
 
-    def number(self, table: Mapping[str, Any], key: str, path: str, default: float,
-               low: float, high: float) -> float:
-        return float(self.get(
-            table, key, path,
-            lambda v: not isinstance(v, bool) and isinstance(v, int | float) and low <= v <= high,
-            f"a number from {low:g} to {high:g}", default))
+    def number(
+        self, table: Mapping[str, Any], key: str, path: str, default: float, low: float, high: float
+    ) -> float:
+        return float(
+            self.get(
+                table,
+                key,
+                path,
+                lambda v: (
+                    not isinstance(v, bool) and isinstance(v, int | float) and low <= v <= high
+                ),
+                f"a number from {low:g} to {high:g}",
+                default,
+            )
+        )
 
     def text(self, table: Mapping[str, Any], key: str, path: str, default: str = "") -> str:
-        value = self.get(table, key, path, lambda v: isinstance(v, str) and v.strip() != "",
-                         "non-empty text", default)
+        value = self.get(
+            table,
+            key,
+            path,
+            lambda v: isinstance(v, str) and v.strip() != "",
+            "non-empty text",
+            default,
+        )
         if not value and key not in table and not default:
             self.fail(path, "required")
         return value
 
     def secret(self, table: Mapping[str, Any], key: str, path: str) -> Secret | None:
         if key not in table:
-            self.fail(path, "required ({file = \"PATH\"} or {env = \"NAME\"})")
+            self.fail(path, 'required ({file = "PATH"} or {env = "NAME"})')
             return None
         try:
             value = load_secret(path, table[key], base_dir=self.base_dir)
@@ -144,31 +167,52 @@ class _Reader:
 
     def config(self) -> NotifyConfig:
         d = self.doc
-        known = {"timezone", "quiet_hours", "per_contact_per_hour", "max_attempts",
-                 "retry_backoff_s", "batch", "poll_s", "lease_s", "email", "sms", "wechat",
-                 "webhooks"}
+        known = {
+            "timezone",
+            "quiet_hours",
+            "per_contact_per_hour",
+            "max_attempts",
+            "retry_backoff_s",
+            "batch",
+            "poll_s",
+            "lease_s",
+            "email",
+            "sms",
+            "wechat",
+            "webhooks",
+        }
         for key in sorted(set(d) - known):
             self.fail(key, "unknown key")
         rates: dict[str, float] = {}
         config = NotifyConfig(
             quiet=self.quiet(),
-            per_contact_per_hour=int(self.number(d, "per_contact_per_hour",
-                                                 "per_contact_per_hour", 4, 1, 1000)),
+            per_contact_per_hour=int(
+                self.number(d, "per_contact_per_hour", "per_contact_per_hour", 4, 1, 1000)
+            ),
             max_attempts=int(self.number(d, "max_attempts", "max_attempts", 5, 1, 100)),
             retry_backoff_s=self.number(d, "retry_backoff_s", "retry_backoff_s", 30, 0.01, 3600),
             batch=int(self.number(d, "batch", "batch", 100, 1, 1000)),
             poll_s=self.number(d, "poll_s", "poll_s", 2, 0.05, 600),
             lease_s=self.number(d, "lease_s", "lease_s", 120, 1, 3600),
-            email=self.email(rates), sms=self.sms(rates), wechat=self.wechat(rates),
-            webhooks=self.webhooks(), rates=rates,
+            email=self.email(rates),
+            sms=self.sms(rates),
+            wechat=self.wechat(rates),
+            webhooks=self.webhooks(),
+            rates=rates,
         )
         if self.problems:
             raise NotifyConfigError("\n".join(self.problems))
         return config
 
     def quiet(self) -> QuietHours | None:
-        name = self.get(self.doc, "timezone", "timezone", lambda v: isinstance(v, str),
-                        "an IANA zone like Asia/Shanghai", "Asia/Shanghai")
+        name = self.get(
+            self.doc,
+            "timezone",
+            "timezone",
+            lambda v: isinstance(v, str),
+            "an IANA zone like Asia/Shanghai",
+            "Asia/Shanghai",
+        )
         try:
             tz = ZoneInfo(name)
         except (ZoneInfoNotFoundError, ValueError):
@@ -180,36 +224,48 @@ class _Reader:
         parts = spec.split("-") if isinstance(spec, str) else []
         matches = [_HHMM.fullmatch(p.strip()) for p in parts]
         if len(parts) != 2 or not all(matches) or parts[0].strip() == parts[1].strip():
-            self.fail("quiet_hours", "local \"HH:MM-HH:MM\", like \"21:30-08:00\"")
+            self.fail("quiet_hours", 'local "HH:MM-HH:MM", like "21:30-08:00"')
             return None
         start, end = (time(int(m[1]), int(m[2])) for m in matches if m)
         return QuietHours(start, end, tz)
 
     def rate(self, table: Mapping[str, Any], channel: str, rates: dict[str, float]) -> None:
-        rates[channel] = self.number(table, "rate_per_s", f"{channel}.rate_per_s", 10, 0.01,
-                                     10_000)
+        rates[channel] = self.number(table, "rate_per_s", f"{channel}.rate_per_s", 10, 0.01, 10_000)
 
     def email(self, rates: dict[str, float]) -> EmailSettings | None:
         t = self.table("email")
         if t is None:
             return None
         self.rate(t, "email", rates)
-        user = self.get(t, "username", "email.username", lambda v: isinstance(v, str),
-                        "text", None)
+        user = self.get(t, "username", "email.username", lambda v: isinstance(v, str), "text", None)
         password = self.secret(t, "password", "email.password") if user else None
         return EmailSettings(
             host=self.text(t, "host", "email.host"),
             port=int(self.number(t, "port", "email.port", 25, 1, 65535)),
-            sender=self.text(t, "from", "email.from"), username=user, password=password,
-            starttls=bool(self.get(t, "starttls", "email.starttls",
-                                   lambda v: isinstance(v, bool), "true or false", False)),
-            tls=bool(self.get(t, "tls", "email.tls", lambda v: isinstance(v, bool),
-                              "true or false", False)),
+            sender=self.text(t, "from", "email.from"),
+            username=user,
+            password=password,
+            starttls=bool(
+                self.get(
+                    t,
+                    "starttls",
+                    "email.starttls",
+                    lambda v: isinstance(v, bool),
+                    "true or false",
+                    False,
+                )
+            ),
+            tls=bool(
+                self.get(
+                    t, "tls", "email.tls", lambda v: isinstance(v, bool), "true or false", False
+                )
+            ),
             timeout_s=self.number(t, "timeout_s", "email.timeout_s", 20, 1, 300),
         )
 
-    def templates(self, t: Mapping[str, Any], channel: str,
-                  make: Callable[[Any, str], T]) -> dict[str, T]:
+    def templates(
+        self, t: Mapping[str, Any], channel: str, make: Callable[[Any, str], T]
+    ) -> dict[str, T]:
         raw = t.get("templates", {})
         out: dict[str, T] = {}
         if not isinstance(raw, Mapping):
@@ -229,11 +285,13 @@ class _Reader:
         self.rate(t, "sms", rates)
         secret = self.secret(t, "secret", "sms.secret")
         settings = SmsSettings(
-            url=self.url(t, "sms.url"), key_id=self.text(t, "key_id", "sms.key_id"),
+            url=self.url(t, "sms.url"),
+            key_id=self.text(t, "key_id", "sms.key_id"),
             secret=secret or Secret("", "missing"),
             sign_name=self.text(t, "sign_name", "sms.sign_name"),
             templates=self.templates(t, "sms", SmsTemplate.from_dict),
-            timeout_s=self.number(t, "timeout_s", "sms.timeout_s", 15, 1, 300))
+            timeout_s=self.number(t, "timeout_s", "sms.timeout_s", 15, 1, 300),
+        )
         return settings
 
     def wechat(self, rates: dict[str, float]) -> WechatSettings | None:
@@ -243,15 +301,23 @@ class _Reader:
         self.rate(t, "wechat", rates)
         secret = self.secret(t, "secret", "wechat.secret")
         return WechatSettings(
-            appid=self.text(t, "appid", "wechat.appid"), secret=secret or Secret("", "missing"),
+            appid=self.text(t, "appid", "wechat.appid"),
+            secret=secret or Secret("", "missing"),
             api_base=self.url(t, "wechat.api_base", "https://api.weixin.qq.com"),
             templates=self.templates(t, "wechat", WechatTemplate.from_dict),
-            timeout_s=self.number(t, "timeout_s", "wechat.timeout_s", 15, 1, 300))
+            timeout_s=self.number(t, "timeout_s", "wechat.timeout_s", 15, 1, 300),
+        )
 
     def url(self, t: Mapping[str, Any], path: str, default: str = "") -> str:
         key = path.rpartition(".")[2]
-        value = self.get(t, key, path, lambda v: isinstance(v, str) and bool(
-            re.fullmatch(r"https?://[^\s/]+(/\S*)?", v)), "an http(s):// URL", default)
+        value = self.get(
+            t,
+            key,
+            path,
+            lambda v: isinstance(v, str) and bool(re.fullmatch(r"https?://[^\s/]+(/\S*)?", v)),
+            "an http(s):// URL",
+            default,
+        )
         if not value and not default:
             self.fail(path, "required (an http(s):// URL)")
         return value
@@ -271,12 +337,23 @@ class _Reader:
             if name and (not _NAME.fullmatch(name) or name in names):
                 self.fail(f"{path}.name", "a unique short lowercase name")
             names.add(name)
-            kinds = self.get(t, "kinds", f"{path}.kinds", lambda v: isinstance(v, list) and all(
-                isinstance(k, str) for k in v), "a list of notice kinds", None)
+            kinds = self.get(
+                t,
+                "kinds",
+                f"{path}.kinds",
+                lambda v: isinstance(v, list) and all(isinstance(k, str) for k in v),
+                "a list of notice kinds",
+                None,
+            )
             secret = self.secret(t, "secret", f"{path}.secret")
             if secret is not None:
-                out.append(WebhookTarget(
-                    name, self.url(t, f"{path}.url"), secret,
-                    frozenset(kinds) if kinds is not None else None,
-                    self.number(t, "timeout_s", f"{path}.timeout_s", 10, 1, 120)))
+                out.append(
+                    WebhookTarget(
+                        name,
+                        self.url(t, f"{path}.url"),
+                        secret,
+                        frozenset(kinds) if kinds is not None else None,
+                        self.number(t, "timeout_s", f"{path}.timeout_s", 10, 1, 120),
+                    )
+                )
         return tuple(out)

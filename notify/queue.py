@@ -37,31 +37,46 @@ class Job:
 
 
 def snapshot(notice: Notice) -> dict[str, Any]:
-    return {"account_id": notice.account_id, "kind": notice.kind, "params": notice.params,
-            "texts": notice.texts, "required": notice.required,
-            "created_at": notice.created_at.isoformat()}
+    return {
+        "account_id": notice.account_id,
+        "kind": notice.kind,
+        "params": notice.params,
+        "texts": notice.texts,
+        "required": notice.required,
+        "created_at": notice.created_at.isoformat(),
+    }
 
 
 def open_jobs(conn: psycopg.Connection[Any]) -> int:
     """Customer jobs whose notice may still be open (pending, or given up for staff)."""
-    row = conn.execute("SELECT count(*) FROM notify_jobs WHERE target = %s "
-                       "AND state IN ('pending', 'given_up')", (CUSTOMER,)).fetchone()
+    row = conn.execute(
+        "SELECT count(*) FROM notify_jobs WHERE target = %s AND state IN ('pending', 'given_up')",
+        (CUSTOMER,),
+    ).fetchone()
     return int(row[0]) if row else 0
 
 
-def plan(conn: psycopg.Connection[Any], notices: Iterable[Notice],
-         webhooks: Sequence[tuple[str, frozenset[str] | None]], now: datetime) -> int:
+def plan(
+    conn: psycopg.Connection[Any],
+    notices: Iterable[Notice],
+    webhooks: Sequence[tuple[str, frozenset[str] | None]],
+    now: datetime,
+) -> int:
     """A job per new notice for its customer and each webhook that wants its kind."""
     rows = []
     for n in notices:
         payload = json.dumps(snapshot(n), ensure_ascii=False)
-        targets = [CUSTOMER, *(f"webhook:{name}" for name, kinds in webhooks
-                               if kinds is None or n.kind in kinds)]
+        targets = [
+            CUSTOMER,
+            *(f"webhook:{name}" for name, kinds in webhooks if kinds is None or n.kind in kinds),
+        ]
         rows += [(n.notice_id, t, n.required, payload, now) for t in targets]
     with conn.cursor() as cur:
         cur.executemany(
             """INSERT INTO notify_jobs (notice_id, target, required, notice, next_attempt_at)
-               VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""", rows)
+               VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""",
+            rows,
+        )
         return cur.rowcount
 
 
@@ -91,12 +106,29 @@ def claim(conn: psycopg.Connection[Any], now: datetime, limit: int, lease_s: flo
                RETURNING j.*""",
             {"now": now, "lease": now + timedelta(seconds=lease_s), "n": limit},
         ).fetchall()
-    return [Job(r["notice_id"], r["target"], r["required"], r["channel_index"],
-                r["attempts"], r["notice"]) for r in rows]
+    return [
+        Job(
+            r["notice_id"],
+            r["target"],
+            r["required"],
+            r["channel_index"],
+            r["attempts"],
+            r["notice"],
+        )
+        for r in rows
+    ]
 
 
-def attempt(conn: psycopg.Connection[Any], job: Job, channel: str, contact: str,
-            at: datetime, outcome: str, provider_id: str | None, detail: str) -> None:
+def attempt(
+    conn: psycopg.Connection[Any],
+    job: Job,
+    channel: str,
+    contact: str,
+    at: datetime,
+    outcome: str,
+    provider_id: str | None,
+    detail: str,
+) -> None:
     conn.execute(
         """INSERT INTO notify_attempts (notice_id, target, channel, contact, at, outcome,
                provider_id, detail) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)""",
@@ -120,13 +152,16 @@ def recent_to(
     """Messages delivered to ``contact`` since ``since`` and the oldest of them."""
     row = conn.execute(
         "SELECT count(*), min(at) FROM notify_attempts WHERE contact = %s AND outcome = 'ok' "
-        "AND at > %s", (contact, since)).fetchone()
+        "AND at > %s",
+        (contact, since),
+    ).fetchone()
     assert row is not None
     return int(row[0]), row[1]
 
 
-def jobs(conn: psycopg.Connection[Any], state: str | None = None,
-         limit: int = 100) -> list[tuple[Any, ...]]:
+def jobs(
+    conn: psycopg.Connection[Any], state: str | None = None, limit: int = 100
+) -> list[tuple[Any, ...]]:
     """For people: (notice, target, state, channel, provider id, last error, finished)."""
     return conn.execute(
         """SELECT notice_id, target, state, channel, provider_id, last_error, finished_at

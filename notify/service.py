@@ -70,14 +70,19 @@ class NotifyStats:
 
 
 class NotifyService:
-    def __init__(self, config: NotifyConfig, database_url: str,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self,
+        config: NotifyConfig,
+        database_url: str,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.config = config
         self.database_url = database_url
         self.clock = clock
         self.stats = NotifyStats()
-        self._pool = ConnectionPool(database_url, min_size=1, max_size=4, open=False,
-                                    kwargs={"autocommit": True})
+        self._pool = ConnectionPool(
+            database_url, min_size=1, max_size=4, open=False, kwargs={"autocommit": True}
+        )
         self._http: aiohttp.ClientSession | None = None
         self._channels: dict[str, Channel] = {}
         self._rates = {name: RateLimit(rate) for name, rate in config.rates.items()}
@@ -106,12 +111,14 @@ class NotifyService:
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set; the loop runs supervised (a failure is logged,
         counted and the loop restarted with backoff; a database outage just waits)."""
+
         def counted(name: str, health: Any) -> None:
             self.stats.task_restarts[name] = health.restarts
 
         async with self:
             await Supervisor(stop, on_restart=counted).run_all(
-                {"deliver": lambda: self._loop(stop)})
+                {"deliver": lambda: self._loop(stop)}
+            )
 
     async def _loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -130,6 +137,7 @@ class NotifyService:
         def work() -> T:
             with self._pool.connection() as conn:
                 return fn(conn, *args, **kw)
+
         return await asyncio.to_thread(work)
 
     async def pass_once(self) -> bool:
@@ -144,8 +152,7 @@ class NotifyService:
     def _plan(self, conn: psycopg.Connection[Any], now: datetime) -> int:
         limit = min(10_000, self.config.batch + queue.open_jobs(conn))
         due = due_notices(conn, now=now, limit=limit)
-        planned = queue.plan(conn, due, [(w.name, w.kinds) for w in self.config.webhooks],
-                             now)
+        planned = queue.plan(conn, due, [(w.name, w.kinds) for w in self.config.webhooks], now)
         if len(due) < limit:  # the whole list: a pending job not on it is moot
             queue.drop_closed(conn, [n.notice_id for n in due], now)
         return planned
@@ -167,8 +174,13 @@ class NotifyService:
     async def _deliver_webhook(self, job: Job, target: WebhookTarget | None) -> None:
         now = self.clock()
         if target is None:
-            await self._db(queue.update, job, state="given_up", finished_at=now,
-                           last_error="webhook no longer configured")
+            await self._db(
+                queue.update,
+                job,
+                state="given_up",
+                finished_at=now,
+                last_error="webhook no longer configured",
+            )
             return
         event = {"notice_id": job.notice_id, **job.notice}
         await self._rate("webhook")
@@ -183,12 +195,17 @@ class NotifyService:
     async def _deliver_customer(self, job: Job) -> None:
         customer = await self._db(customer_of_account, job.notice["account_id"])
         kind = job.notice["kind"]
-        channels = [] if customer is None else [
-            c for c in customer.channels() if c in self._channels and self._carries(c, kind)]
+        channels = (
+            []
+            if customer is None
+            else [c for c in customer.channels() if c in self._channels and self._carries(c, kind)]
+        )
         if job.channel_index >= len(channels):
-            why = ("no customer is linked to the account" if customer is None else
-                   "no channel left (contacts dead or not configured for "
-                   f"{kind} notices)")
+            why = (
+                "no customer is linked to the account"
+                if customer is None
+                else f"no channel left (contacts dead or not configured for {kind} notices)"
+            )
             await self._db(self._give_up, job, why)
             return
         assert customer is not None
@@ -197,8 +214,9 @@ class NotifyService:
         async with self._contact_locks[contact]:
             await self._send_to_customer(job, customer, channel, contact)
 
-    async def _send_to_customer(self, job: Job, customer: Customer, channel: str,
-                                contact: str) -> None:
+    async def _send_to_customer(
+        self, job: Job, customer: Customer, channel: str, contact: str
+    ) -> None:
         now = self.clock()
         if not job.required and (later := await self._db(self._not_now, contact, now)):
             await self._db(queue.update, job, next_attempt_at=later)
@@ -213,8 +231,9 @@ class NotifyService:
             return
         except DeliveryError as exc:
             if exc.dead_contact:
-                await self._db(mark_undeliverable, customer.customer_id, channel, contact,
-                               exc.reason, at=now)
+                await self._db(
+                    mark_undeliverable, customer.customer_id, channel, contact, exc.reason, at=now
+                )
                 self.stats.dead_contacts += 1
             await self._failed(job, channel, contact, exc)
             return
@@ -225,8 +244,9 @@ class NotifyService:
         carries = getattr(self._channels[channel], "carries", None)
         return carries is None or bool(carries(kind))
 
-    def _not_now(self, conn: psycopg.Connection[Any], contact: str,
-                 now: datetime) -> datetime | None:
+    def _not_now(
+        self, conn: psycopg.Connection[Any], contact: str, now: datetime
+    ) -> datetime | None:
         """When a non-required message to ``contact`` may go, if not now."""
         quiet = self.config.quiet
         if quiet is not None and quiet.contains(now):
@@ -249,18 +269,40 @@ class NotifyService:
 
     # ----------------------------------------------------------------------- outcomes
 
-    def _succeeded(self, conn: psycopg.Connection[Any], job: Job, channel: str,
-                   contact: str, sent: Sent, outcome: str) -> None:
+    def _succeeded(
+        self,
+        conn: psycopg.Connection[Any],
+        job: Job,
+        channel: str,
+        contact: str,
+        sent: Sent,
+        outcome: str,
+    ) -> None:
         now = self.clock()
         with conn.transaction():
             queue.attempt(conn, job, channel, contact, now, "ok", sent.provider_id, sent.detail)
-            queue.update(conn, job, state="done", finished_at=now, channel=channel,
-                         provider_id=sent.provider_id, last_error=None)
-            record_evidence(conn, job.notice_id, at=now, channel=channel, outcome=outcome,
-                            provider_ref=sent.provider_id, detail=sent.detail)
+            queue.update(
+                conn,
+                job,
+                state="done",
+                finished_at=now,
+                channel=channel,
+                provider_id=sent.provider_id,
+                last_error=None,
+            )
+            record_evidence(
+                conn,
+                job.notice_id,
+                at=now,
+                channel=channel,
+                outcome=outcome,
+                provider_ref=sent.provider_id,
+                detail=sent.detail,
+            )
 
-    async def _failed(self, job: Job, channel: str, contact: str, exc: DeliveryError, *,
-                      next_channel: bool = True) -> None:
+    async def _failed(
+        self, job: Job, channel: str, contact: str, exc: DeliveryError, *, next_channel: bool = True
+    ) -> None:
         now = self.clock()
         attempts = job.attempts + 1
         if exc.retry and attempts < self.config.max_attempts:
@@ -269,33 +311,46 @@ class NotifyService:
             outcome, evidence = "retry", "failed"
             self.stats.retries += 1
         elif next_channel:
-            sets = {"attempts": 0, "channel_index": job.channel_index + 1,
-                    "next_attempt_at": now}
+            sets = {"attempts": 0, "channel_index": job.channel_index + 1, "next_attempt_at": now}
             outcome = "dead_contact" if exc.dead_contact else "failed"
             evidence = "refused" if exc.dead_contact else "failed"
         else:
             sets = {"state": "given_up", "finished_at": now}
             outcome, evidence = "failed", "failed"
             self.stats.given_up += 1
-        log.warning("delivery failed", extra={"notice": job.notice_id, "channel": channel,
-                                              "why": exc.reason, "next": outcome})
+        log.warning(
+            "delivery failed",
+            extra={"notice": job.notice_id, "channel": channel, "why": exc.reason, "next": outcome},
+        )
         reason = safe_text(exc.reason)
 
         def write(conn: psycopg.Connection[Any]) -> None:
             with conn.transaction():
                 queue.attempt(conn, job, channel, contact, now, outcome, None, reason)
                 queue.update(conn, job, last_error=reason, **sets)
-                record_evidence(conn, job.notice_id, at=now,
-                                channel="webhook" if job.webhook else channel,
-                                outcome=evidence, detail=reason)
+                record_evidence(
+                    conn,
+                    job.notice_id,
+                    at=now,
+                    channel="webhook" if job.webhook else channel,
+                    outcome=evidence,
+                    detail=reason,
+                )
+
         await self._db(write)
 
     def _give_up(self, conn: psycopg.Connection[Any], job: Job, why: str) -> None:
         now = self.clock()
         with conn.transaction():
             queue.update(conn, job, state="given_up", finished_at=now, last_error=why)
-            record_evidence(conn, job.notice_id, at=now, channel="none", outcome="failed",
-                            detail=f"{why}; staff must deliver it by hand")
+            record_evidence(
+                conn,
+                job.notice_id,
+                at=now,
+                channel="none",
+                outcome="failed",
+                detail=f"{why}; staff must deliver it by hand",
+            )
         self.stats.given_up += 1
         log.warning("notice undeliverable", extra={"notice": job.notice_id, "why": why})
 
@@ -303,6 +358,13 @@ class NotifyService:
 def _message(job: Job, customer: Customer) -> Message:
     n = job.notice
     text = n["texts"].get(customer.language) or n["texts"]["zh-CN"]
-    return Message(notice_id=job.notice_id, account_id=n["account_id"], kind=n["kind"],
-                   required=job.required, language=customer.language,
-                   subject=text["subject"], body=text["body"], params=dict(n["params"]))
+    return Message(
+        notice_id=job.notice_id,
+        account_id=n["account_id"],
+        kind=n["kind"],
+        required=job.required,
+        language=customer.language,
+        subject=text["subject"],
+        body=text["body"],
+        params=dict(n["params"]),
+    )

@@ -43,25 +43,34 @@ def placeholders(template: str, where: str) -> set[str]:
 
 
 def values(message: Message) -> dict[str, str]:
-    return {**message.params, "subject": message.subject, "body": message.body,
-            "account": message.account_id, "kind": message.kind}
+    return {
+        **message.params,
+        "subject": message.subject,
+        "body": message.body,
+        "account": message.account_id,
+        "kind": message.kind,
+    }
 
 
 def fill(template: str, message: Message, where: str) -> str:
     known = values(message)
     missing = placeholders(template, where) - set(known)
     if missing:
-        raise TemplateError(f"{where}: the {message.kind} notice has no parameter "
-                            f"{', '.join(sorted(missing))}")
+        raise TemplateError(
+            f"{where}: the {message.kind} notice has no parameter {', '.join(sorted(missing))}"
+        )
     return template.format_map(known)
 
 
 def _per_language(raw: Any, where: str) -> dict[str, str]:
     if isinstance(raw, str):
         raw = dict.fromkeys(LANGUAGES, raw)
-    if not isinstance(raw, Mapping) or set(raw) != set(LANGUAGES) or not all(
-            isinstance(v, str) and v for v in raw.values()):
-        raise TemplateError(f"{where}: one id per language: {{\"zh-CN\" = ..., en = ...}}")
+    if (
+        not isinstance(raw, Mapping)
+        or set(raw) != set(LANGUAGES)
+        or not all(isinstance(v, str) and v for v in raw.values())
+    ):
+        raise TemplateError(f'{where}: one id per language: {{"zh-CN" = ..., en = ...}}')
     return dict(raw)
 
 
@@ -78,7 +87,7 @@ class SmsTemplate:
             raise TemplateError(f"{where}: keys are code and params")
         params = raw.get("params", {})
         if not isinstance(params, Mapping):
-            raise TemplateError(f"{where}.params: a table of name = \"{{placeholder}}\"")
+            raise TemplateError(f'{where}.params: a table of name = "{{placeholder}}"')
         for name, tpl in params.items():
             if not isinstance(tpl, str):
                 raise TemplateError(f"{where}.params.{name}: must be text")
@@ -87,7 +96,8 @@ class SmsTemplate:
 
     def render(self, message: Message, where: str) -> tuple[str, dict[str, str]]:
         return self.codes[message.language], {
-            k: fill(v, message, f"{where}.params.{k}") for k, v in self.params.items()}
+            k: fill(v, message, f"{where}.params.{k}") for k, v in self.params.items()
+        }
 
 
 @dataclass(frozen=True)
@@ -103,7 +113,7 @@ class WechatTemplate:
             raise TemplateError(f"{where}: keys are template_id and fields")
         fields = raw.get("fields")
         if not isinstance(fields, Mapping) or not fields:
-            raise TemplateError(f"{where}.fields: a table of field = \"{{placeholder}}\"")
+            raise TemplateError(f'{where}.fields: a table of field = "{{placeholder}}"')
         for name, tpl in fields.items():
             if not isinstance(tpl, str):
                 raise TemplateError(f"{where}.fields.{name}: must be text")
@@ -112,4 +122,5 @@ class WechatTemplate:
 
     def render(self, message: Message, where: str) -> tuple[str, dict[str, str]]:
         return self.ids[message.language], {
-            k: fill(v, message, f"{where}.fields.{k}") for k, v in self.fields.items()}
+            k: fill(v, message, f"{where}.fields.{k}") for k, v in self.fields.items()
+        }

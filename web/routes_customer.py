@@ -35,8 +35,9 @@ async def my_usage(request: web.Request) -> web.Response:
     customer = await _customer_id(request)
     account = inputs.query_text(request, "account")
     days = inputs.query_int(request, "days", default=30, lo=1, hi=92)
-    found = await database.run(request, customer_views.usage, customer, account, days,
-                               datetime.now(UTC))
+    found = await database.run(
+        request, customer_views.usage, customer, account, days, datetime.now(UTC)
+    )
     if found is None:
         raise NotFound(f"no account {account!r} of yours")
     return json_response(found)

@@ -43,5 +43,7 @@ def verify_signature(
         raise SignatureError(f"{SIGNATURE_HEADER}: signature does not match; refused")
     age = now.timestamp() - stamp
     if abs(age) > tolerance_s:
-        raise SignatureError(f"{SIGNATURE_HEADER}: timestamp is {age:.0f} s from now "
-                             f"(tolerance {tolerance_s:.0f} s): a replay or a wrong clock")
+        raise SignatureError(
+            f"{SIGNATURE_HEADER}: timestamp is {age:.0f} s from now "
+            f"(tolerance {tolerance_s:.0f} s): a replay or a wrong clock"
+        )

@@ -54,22 +54,33 @@ class EmailChannel:
         mail = self.compose(to, message)
         try:
             await aiosmtplib.send(
-                mail, hostname=s.host, port=s.port, username=s.username,
+                mail,
+                hostname=s.host,
+                port=s.port,
+                username=s.username,
                 password=s.password.reveal() if s.password else None,
-                start_tls=s.starttls, use_tls=s.tls, timeout=s.timeout_s,
+                start_tls=s.starttls,
+                use_tls=s.tls,
+                timeout=s.timeout_s,
             )
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = [r.code for r in exc.recipients]
             dead = any(500 <= c < 600 for c in codes)
-            raise DeliveryError(f"smtp: recipient refused ({', '.join(map(str, codes))})",
-                                retry=not dead, dead_contact=dead) from None
+            raise DeliveryError(
+                f"smtp: recipient refused ({', '.join(map(str, codes))})",
+                retry=not dead,
+                dead_contact=dead,
+            ) from None
         except aiosmtplib.SMTPAuthenticationError as exc:
-            raise DeliveryError(f"smtp: login refused ({exc.code}); check the username "
-                                "and password", retry=True) from None
+            raise DeliveryError(
+                f"smtp: login refused ({exc.code}); check the username and password", retry=True
+            ) from None
         except aiosmtplib.SMTPResponseException as exc:
-            raise DeliveryError(f"smtp: {exc.code} {exc.message[:120]}",
-                                retry=exc.code < 500) from None
+            raise DeliveryError(
+                f"smtp: {exc.code} {exc.message[:120]}", retry=exc.code < 500
+            ) from None
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            raise DeliveryError(f"smtp: {type(exc).__name__}: {str(exc)[:120]}",
-                                retry=True) from None
+            raise DeliveryError(
+                f"smtp: {type(exc).__name__}: {str(exc)[:120]}", retry=True
+            ) from None
         return Sent(str(mail["Message-ID"]), f"accepted by {s.host}")

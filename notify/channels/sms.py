@@ -59,26 +59,41 @@ class SmsChannel:
     async def send(self, to: str, message: Message) -> Sent:
         s = self.settings
         code, params = s.templates[message.kind].render(message, f"sms.templates.{message.kind}")
-        body = json.dumps({"to": to, "sign_name": s.sign_name, "template_code": code,
-                           "params": params,
-                           "request_id": f"notice-{message.notice_id}-{uuid.uuid4().hex[:12]}"},
-                          ensure_ascii=False).encode()
+        body = json.dumps(
+            {
+                "to": to,
+                "sign_name": s.sign_name,
+                "template_code": code,
+                "params": params,
+                "request_id": f"notice-{message.notice_id}-{uuid.uuid4().hex[:12]}",
+            },
+            ensure_ascii=False,
+        ).encode()
         stamp, nonce = str(int(time.time())), secrets.token_hex(8)
-        mac = hmac.new(s.secret.reveal().encode(),
-                       canonical(urlsplit(s.url).path or "/", stamp, nonce, body),
-                       hashlib.sha256).hexdigest()
-        headers = {"Content-Type": "application/json", "X-Sms-Key-Id": s.key_id,
-                   "X-Sms-Timestamp": stamp, "X-Sms-Nonce": nonce, "X-Sms-Signature": mac}
+        mac = hmac.new(
+            s.secret.reveal().encode(),
+            canonical(urlsplit(s.url).path or "/", stamp, nonce, body),
+            hashlib.sha256,
+        ).hexdigest()
+        headers = {
+            "Content-Type": "application/json",
+            "X-Sms-Key-Id": s.key_id,
+            "X-Sms-Timestamp": stamp,
+            "X-Sms-Nonce": nonce,
+            "X-Sms-Signature": mac,
+        }
         try:
-            async with self.http.post(s.url, data=body, headers=headers,
-                                      timeout=aiohttp.ClientTimeout(total=s.timeout_s)) as r:
+            async with self.http.post(
+                s.url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=s.timeout_s)
+            ) as r:
                 text = await r.text()
                 if r.status != 200:
                     raise http_error(r.status, "sms provider", text)
                 answer = json.loads(text)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise DeliveryError(f"sms provider: {type(exc).__name__}: {str(exc)[:120]}",
-                                retry=True) from None
+            raise DeliveryError(
+                f"sms provider: {type(exc).__name__}: {str(exc)[:120]}", retry=True
+            ) from None
         except ValueError:
             raise DeliveryError("sms provider: the answer is not JSON", retry=True) from None
         if not isinstance(answer, dict):
@@ -87,5 +102,4 @@ class SmsChannel:
         if result == "OK" and isinstance(answer.get("message_id"), str):
             return Sent(answer["message_id"][:128], "accepted by the sms provider")
         reason = f"sms provider: {str(result)[:40]}: {str(answer.get('message', ''))[:120]}"
-        raise DeliveryError(reason, retry=result in RETRY_CODES,
-                            dead_contact=result in DEAD_CODES)
+        raise DeliveryError(reason, retry=result in RETRY_CODES, dead_contact=result in DEAD_CODES)

@@ -30,18 +30,27 @@ class WebhookTarget:
         return self.kinds is None or kind in self.kinds
 
 
-async def post_event(http: aiohttp.ClientSession, target: WebhookTarget,
-                     event: dict[str, object]) -> Sent:
+async def post_event(
+    http: aiohttp.ClientSession, target: WebhookTarget, event: dict[str, object]
+) -> Sent:
     body = json.dumps(event, ensure_ascii=False, sort_keys=True).encode()
     event_id = f"{event['notice_id']}:{target.name}"
-    headers = {"Content-Type": "application/json", "Meterhub-Event": event_id,
-               SIGNATURE_HEADER: sign(target.secret.reveal().encode(), body, int(time.time()))}
+    headers = {
+        "Content-Type": "application/json",
+        "Meterhub-Event": event_id,
+        SIGNATURE_HEADER: sign(target.secret.reveal().encode(), body, int(time.time())),
+    }
     try:
-        async with http.post(target.url, data=body, headers=headers,
-                             timeout=aiohttp.ClientTimeout(total=target.timeout_s)) as r:
+        async with http.post(
+            target.url,
+            data=body,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=target.timeout_s),
+        ) as r:
             if not 200 <= r.status < 300:
                 raise http_error(r.status, f"webhook {target.name}", await r.text())
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise DeliveryError(f"webhook {target.name}: {type(exc).__name__}: {str(exc)[:120]}",
-                            retry=True) from None
+        raise DeliveryError(
+            f"webhook {target.name}: {type(exc).__name__}: {str(exc)[:120]}", retry=True
+        ) from None
     return Sent(event_id, f"accepted by {target.name}")

@@ -50,15 +50,16 @@ class WechatChannel:
         url = self.settings.api_base.rstrip("/") + path
         try:
             async with self.http.request(
-                    method, url, timeout=aiohttp.ClientTimeout(total=self.settings.timeout_s),
-                    **kw) as r:
+                method, url, timeout=aiohttp.ClientTimeout(total=self.settings.timeout_s), **kw
+            ) as r:
                 text = await r.text()
                 if r.status != 200:
                     raise http_error(r.status, "wechat", text)
                 answer = await r.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise DeliveryError(f"wechat: {type(exc).__name__}: {str(exc)[:120]}",
-                                retry=True) from None
+            raise DeliveryError(
+                f"wechat: {type(exc).__name__}: {str(exc)[:120]}", retry=True
+            ) from None
         except ValueError:
             raise DeliveryError("wechat: the answer is not JSON", retry=True) from None
         if not isinstance(answer, dict):
@@ -68,30 +69,43 @@ class WechatChannel:
     async def _access_token(self, fresh: bool = False) -> str:
         if self._token and not fresh and self._token[1] > time.monotonic():
             return self._token[0]
-        answer = await self._call("GET", "/cgi-bin/token", params={
-            "grant_type": "client_credential", "appid": self.settings.appid,
-            "secret": self.settings.secret.reveal()})
+        answer = await self._call(
+            "GET",
+            "/cgi-bin/token",
+            params={
+                "grant_type": "client_credential",
+                "appid": self.settings.appid,
+                "secret": self.settings.secret.reveal(),
+            },
+        )
         token, ttl = answer.get("access_token"), answer.get("expires_in", 7200)
         if not isinstance(token, str) or not isinstance(ttl, int):
-            raise DeliveryError(f"wechat: no access token (errcode {answer.get('errcode')})",
-                                retry=True)
+            raise DeliveryError(
+                f"wechat: no access token (errcode {answer.get('errcode')})", retry=True
+            )
         self._token = (token, time.monotonic() + max(ttl - 60, 1))
         return token
 
     async def send(self, to: str, message: Message) -> Sent:
         template_id, data = self.settings.templates[message.kind].render(
-            message, f"wechat.templates.{message.kind}")
-        body = {"touser": to, "template_id": template_id,
-                "data": {k: {"value": v} for k, v in data.items()}}
+            message, f"wechat.templates.{message.kind}"
+        )
+        body = {
+            "touser": to,
+            "template_id": template_id,
+            "data": {k: {"value": v} for k, v in data.items()},
+        }
         for fresh in (False, True):
             token = await self._access_token(fresh)
-            answer = await self._call("POST", "/cgi-bin/message/template/send",
-                                      params={"access_token": token}, json=body)
+            answer = await self._call(
+                "POST", "/cgi-bin/message/template/send", params={"access_token": token}, json=body
+            )
             code = answer.get("errcode", 0)
             if code == 0 and "msgid" in answer:
                 return Sent(str(answer["msgid"])[:128], "accepted by wechat")
             if code not in TOKEN_STALE:
                 break
         reason = f"wechat: errcode {code}: {str(answer.get('errmsg', ''))[:120]}"
-        raise DeliveryError(reason, retry=code in RETRY or code in TOKEN_STALE,
-                            dead_contact=code in DEAD)
+        raise DeliveryError(
+            reason, retry=code in RETRY or code in TOKEN_STALE, dead_contact=code in DEAD
+        )

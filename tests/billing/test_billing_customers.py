@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import psycopg
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from billing import create_account
@@ -29,9 +29,15 @@ AT = datetime(2026, 12, 3, 6, 0, tzinfo=UTC)
 
 
 def _customer(conn: psycopg.Connection, cid: str = "c-1", **kw: object):
-    fields = {"phones": ["+86 138-0013-8000"], "email": "wang@example.com",
-              "wechat_openid": "oXyZ_123456", "preferred_channel": "wechat",
-              "language": "zh-CN", "address": "3-2-501", "compound": "Garden Court"} | kw
+    fields = {
+        "phones": ["+86 138-0013-8000"],
+        "email": "wang@example.com",
+        "wechat_openid": "oXyZ_123456",
+        "preferred_channel": "wechat",
+        "language": "zh-CN",
+        "address": "3-2-501",
+        "compound": "Garden Court",
+    } | kw
     return create_customer(conn, cid, name="Wang Fang", **fields)
 
 
@@ -43,15 +49,18 @@ def test_customer_fields_stored_and_channels_in_preference_order(conn) -> None:
     assert (c.contact_verified, c.contact_verified_at) == (False, None)
 
 
-@pytest.mark.parametrize(("field", "value", "says"), [
-    ("phones", ["13800138000"], r"phones\[0\]"),  # no country code
-    ("phones", "+8613800138000", "list"),
-    ("email", "no-at-sign", "email"),
-    ("wechat_openid", "bad id!", "wechat_openid"),
-    ("language", "fr", "language"),
-    ("preferred_channel", "fax", "preferred_channel"),
-    ("address", "line\x00break", "address"),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("phones", ["13800138000"], r"phones\[0\]"),  # no country code
+        ("phones", "+8613800138000", "list"),
+        ("email", "no-at-sign", "email"),
+        ("wechat_openid", "bad id!", "wechat_openid"),
+        ("language", "fr", "language"),
+        ("preferred_channel", "fax", "preferred_channel"),
+        ("address", "line\x00break", "address"),
+    ],
+)
 def test_bad_fields_are_refused_by_name(conn, field: str, value: object, says: str) -> None:
     with pytest.raises(CustomerError, match=says):
         _customer(conn, **{field: value})
@@ -90,11 +99,13 @@ def test_account_link(conn) -> None:
         link_account(conn, "acc-1", "c-2")
 
 
+@settings(deadline=None)  # timing is not the property; CI is loaded
 @given(st.from_regex(r"\+[1-9][0-9]{6,14}", fullmatch=True))
 def test_every_e164_number_is_accepted_unchanged(number: str) -> None:
     assert check_phone(number) == number
 
 
+@settings(deadline=None)  # timing is not the property; CI is loaded
 @given(st.text(max_size=30))
 def test_phone_check_never_crashes(text: str) -> None:
     try:

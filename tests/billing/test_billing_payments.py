@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import psycopg
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from billing import announce_topup, balance, create_account
@@ -36,14 +36,26 @@ SECRET = b"provider-shared-secret-0123456789"
 
 
 def _pay(txn: str, fen: int, account: str = "acc-1", **kw: object) -> PaymentNotice:
-    return PaymentNotice(**({"provider": "acmepay", "txn_id": txn, "kind": "payment",
-                             "amount_fen": fen, "currency": "CNY", "occurred_at": AT,
-                             "account_id": account} | kw))  # type: ignore[arg-type]
+    return PaymentNotice(
+        **(
+            {
+                "provider": "acmepay",
+                "txn_id": txn,
+                "kind": "payment",
+                "amount_fen": fen,
+                "currency": "CNY",
+                "occurred_at": AT,
+                "account_id": account,
+            }
+            | kw
+        )
+    )  # type: ignore[arg-type]
 
 
 def _refund(txn: str, fen: int, original: str) -> PaymentNotice:
-    return PaymentNotice("acmepay", txn, "refund", fen, "CNY", AT + timedelta(minutes=5),
-                         None, original)
+    return PaymentNotice(
+        "acmepay", txn, "refund", fen, "CNY", AT + timedelta(minutes=5), None, original
+    )
 
 
 @pytest.fixture
@@ -53,8 +65,10 @@ def account(conn: psycopg.Connection) -> str:
 
 
 def _entries(conn: psycopg.Connection) -> list[tuple]:
-    return conn.execute("SELECT kind, amount_fen, reference FROM billing_ledger "
-                        "WHERE account_id = 'acc-1' ORDER BY entry_id").fetchall()
+    return conn.execute(
+        "SELECT kind, amount_fen, reference FROM billing_ledger "
+        "WHERE account_id = 'acc-1' ORDER BY entry_id"
+    ).fetchall()
 
 
 def test_payment_applied_once_and_replay_with_other_content_refused(conn, account) -> None:
@@ -76,15 +90,16 @@ def test_currency_amount_and_account_checked(conn, account) -> None:
     announce_topup(conn, account, "30.00", "wechat", "T5")
     out = apply_payment(conn, _pay("T5", 2000), channel="wechat")
     assert out.status == "refused" and "30.00 announced" in out.reason
-    assert apply_payment(conn, _pay("T2", 100, currency="USD"),
-                         channel="wechat").status == "refused"  # a replay stays refused
+    assert (
+        apply_payment(conn, _pay("T2", 100, currency="USD"), channel="wechat").status == "refused"
+    )  # a replay stays refused
     with pytest.raises(PaymentError, match="amount_fen"):
         apply_payment(conn, _pay("T6", Decimal("1.5")), channel="wechat")  # type: ignore[arg-type]
     assert _entries(conn) == []
-    states = conn.execute("SELECT provider_txn, state FROM billing_payments "
-                          "ORDER BY provider_txn").fetchall()
-    assert states == [("T2", "refused"), ("T3", "refused"), ("T4", "refused"),
-                      ("T5", "refused")]
+    states = conn.execute(
+        "SELECT provider_txn, state FROM billing_payments ORDER BY provider_txn"
+    ).fetchall()
+    assert states == [("T2", "refused"), ("T3", "refused"), ("T4", "refused"), ("T5", "refused")]
 
 
 def test_refund_before_its_payment_waits_then_applies(conn, account) -> None:
@@ -99,20 +114,23 @@ def test_refund_before_its_payment_waits_then_applies(conn, account) -> None:
 
 
 def test_debit_file_and_cash_desk(conn, account) -> None:
-    text = ("txn_id,account,amount,currency,collected_at,status\n"
-            "D1,acc-1,12.34,CNY,2026-12-03T09:00:00+08:00,ok\n"
-            "D2,acc-1,99.00,CNY,2026-12-03T09:00:00+08:00,failed\n")
+    text = (
+        "txn_id,account,amount,currency,collected_at,status\n"
+        "D1,acc-1,12.34,CNY,2026-12-03T09:00:00+08:00,ok\n"
+        "D2,acc-1,99.00,CNY,2026-12-03T09:00:00+08:00,failed\n"
+    )
     notices = debit_notices(text, "bank-icbc")
     assert [(n.txn_id, n.amount_fen) for n in notices] == [("D1", 1234)]
     for n in notices * 2:  # the same file imported twice
         apply_payment(conn, n, channel="bank")
-    bad = ("txn_id,account,amount,currency,collected_at,status\n"
-           "D3,acc-1,1.234,CNY,2026-12-03T09:00:00+08:00,ok\n"
-           "D4,acc-1,1.00,CNY,yesterday,ok\n")
+    bad = (
+        "txn_id,account,amount,currency,collected_at,status\n"
+        "D3,acc-1,1.234,CNY,2026-12-03T09:00:00+08:00,ok\n"
+        "D4,acc-1,1.00,CNY,yesterday,ok\n"
+    )
     with pytest.raises(FileError, match=r"line 2: amount.*line 3: collected_at"):
         debit_notices(bad, "bank-icbc")
-    apply_payment(conn, cash_notice(account, Decimal("20"), "RC-0001", at=AT),
-                  channel="counter")
+    apply_payment(conn, cash_notice(account, Decimal("20"), "RC-0001", at=AT), channel="counter")
     assert _entries(conn) == [("topup", 1234, "bank-icbc:D1"), ("topup", 2000, "cash:RC-0001")]
 
 
@@ -120,15 +138,19 @@ def test_reconciliation_lists_injected_differences(conn, account) -> None:
     apply_payment(conn, _pay("S1", 1000), channel="wechat")
     apply_payment(conn, _pay("S2", 2000), channel="wechat")
     apply_payment(conn, _pay("S3", 3000), channel="wechat")
-    statement = ("txn_id,kind,amount,currency,occurred_at\n"
-                 "S1,payment,10.00,CNY,2026-12-03T10:00:00+08:00\n"
-                 "S2,payment,20.01,CNY,2026-12-03T10:00:00+08:00\n"  # injected: 1 fen more
-                 "S4,payment,5.00,CNY,2026-12-03T11:00:00+08:00\n")  # never notified
+    statement = (
+        "txn_id,kind,amount,currency,occurred_at\n"
+        "S1,payment,10.00,CNY,2026-12-03T10:00:00+08:00\n"
+        "S2,payment,20.01,CNY,2026-12-03T10:00:00+08:00\n"  # injected: 1 fen more
+        "S4,payment,5.00,CNY,2026-12-03T11:00:00+08:00\n"
+    )  # never notified
     run = reconcile_statement(conn, "acmepay", date(2026, 12, 3), statement, by="clerk")
     found = {(d.txn_id, d.kind, d.statement_fen, d.ledger_fen) for d in run.differences}
-    assert found == {("S2", "amount_mismatch", 2001, 2000),
-                     ("S4", "missing_in_ledger", 500, None),
-                     ("S3", "missing_in_statement", None, 3000)}
+    assert found == {
+        ("S2", "amount_mismatch", 2001, 2000),
+        ("S4", "missing_in_ledger", 500, None),
+        ("S3", "missing_in_statement", None, 3000),
+    }
     assert (run.statement_rows, run.matched, run.repeated) == (3, 1, False)
     again = reconcile_statement(conn, "acmepay", date(2026, 12, 3), statement, by="clerk")
     assert again.repeated and again.run_id == run.run_id
@@ -140,8 +162,9 @@ def test_reconciliation_lists_injected_differences(conn, account) -> None:
 
 def test_reconciliation_of_a_clean_day_has_no_differences(conn, account) -> None:
     apply_payment(conn, _pay("S1", 1000), channel="wechat")
-    statement = ("txn_id,kind,amount,currency,occurred_at\n"
-                 "S1,payment,10.00,CNY,2026-12-03T10:00:00+08:00\n")
+    statement = (
+        "txn_id,kind,amount,currency,occurred_at\nS1,payment,10.00,CNY,2026-12-03T10:00:00+08:00\n"
+    )
     run = reconcile_statement(conn, "acmepay", date(2026, 12, 3), statement, by="clerk")
     assert run.differences == [] and run.matched == 1
 
@@ -160,18 +183,27 @@ def payments_config(tmp_path: Path) -> PaymentsConfig:
     write_private_file(tmp_path / "acmepay.secret", SECRET + b"\n")
     (tmp_path / "payments.toml").write_text(
         'currency = "CNY"\n[providers.acmepay]\nchannel = "wechat"\n'
-        'secret = {file = "acmepay.secret"}\ntolerance_s = 300\n')
+        'secret = {file = "acmepay.secret"}\ntolerance_s = 300\n'
+    )
     return PaymentsConfig.load(tmp_path / "payments.toml")
 
 
 def _body(txn: str, fen: int, account: str = "acc-1") -> bytes:
-    return json.dumps({"event": "payment.succeeded", "txn_id": txn, "account": account,
-                       "amount_fen": fen, "currency": "CNY",
-                       "occurred_at": "2026-12-03T10:00:00+08:00"}).encode()
+    return json.dumps(
+        {
+            "event": "payment.succeeded",
+            "txn_id": txn,
+            "account": account,
+            "amount_fen": fen,
+            "currency": "CNY",
+            "occurred_at": "2026-12-03T10:00:00+08:00",
+        }
+    ).encode()
 
 
 async def test_webhook_applies_signed_and_refuses_forged_or_replayed(
-        db_url, account, payments_config, caplog) -> None:
+    db_url, account, payments_config, caplog
+) -> None:
     port, stop = _free_port(), asyncio.Event()
     server = asyncio.create_task(serve(db_url, payments_config, "127.0.0.1", port, stop))
     url = f"http://127.0.0.1:{port}/payments/acmepay"
@@ -192,7 +224,9 @@ async def test_webhook_applies_signed_and_refuses_forged_or_replayed(
 
             body = _body("W1", 4200)
             assert await post(body, sign(SECRET, body, now)) == (
-                200, {"status": "applied", "reason": ""})
+                200,
+                {"status": "applied", "reason": ""},
+            )
             assert (await post(body, sign(SECRET, body, now)))[1]["status"] == "duplicate"
             forged = _body("W2", 999_00)
             status, answer = await post(forged, sign(b"guessed", forged, now))
@@ -216,26 +250,28 @@ async def test_webhook_applies_signed_and_refuses_forged_or_replayed(
         await server
     with psycopg.connect(db_url) as c:
         assert c.execute("SELECT kind, amount_fen FROM billing_ledger").fetchall() == [
-            ("topup", 4200)]
+            ("topup", 4200)
+        ]
     assert SECRET.decode() not in caplog.text
 
 
 def test_config_refuses_inline_secret_and_names_keys(tmp_path: Path) -> None:
     with pytest.raises(Exception, match=r"providers.acme.secret: give it as"):
-        PaymentsConfig.from_dict({"providers": {"acme": {"channel": "wechat",
-                                                          "secret": "inline"}}})
+        PaymentsConfig.from_dict({"providers": {"acme": {"channel": "wechat", "secret": "inline"}}})
     with pytest.raises(Exception, match=r"currency: a 3-letter.*providers.acme.channel"):
         PaymentsConfig.from_dict({"currency": "yuan", "providers": {"acme": {}}})
 
 
+@settings(deadline=None)  # timing is not the property; CI is loaded
 @given(st.binary(max_size=200), st.integers(0, 2**31), st.integers(0, 199), st.integers(1, 255))
-def test_any_altered_byte_breaks_the_signature(body: bytes, stamp: int, pos: int,
-                                               flip: int) -> None:
+def test_any_altered_byte_breaks_the_signature(
+    body: bytes, stamp: int, pos: int, flip: int
+) -> None:
     header = sign(SECRET, body, stamp)
     at = datetime.fromtimestamp(stamp, UTC)
     verify_signature(SECRET, header, body, now=at, tolerance_s=300)
     if body:
         i = pos % len(body)
-        altered = body[:i] + bytes([body[i] ^ flip]) + body[i + 1:]
+        altered = body[:i] + bytes([body[i] ^ flip]) + body[i + 1 :]
         with pytest.raises(SignatureError):
             verify_signature(SECRET, header, altered, now=at, tolerance_s=300)

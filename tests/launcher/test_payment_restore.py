@@ -48,30 +48,55 @@ class PayingRun(_DemoRun):
     def open_accounts(self) -> None:
         super().open_accounts()
         with psycopg.connect(self.database_url, autocommit=True) as conn:
-            create_customer(conn, "cust-dry", name="Dry Household", email="dry@example.com",
-                            preferred_channel="email", language="en")
+            create_customer(
+                conn,
+                "cust-dry",
+                name="Dry Household",
+                email="dry@example.com",
+                preferred_channel="email",
+                language="en",
+            )
             link_account(conn, self.summary.dry_account, "cust-dry")
 
     def top_up(self, at: str) -> None:
-        body = json.dumps({"event": "payment.succeeded", "txn_id": "ACME-0001",
-                           "account": self.summary.dry_account,
-                           "amount_fen": int(TOPUP_AMOUNT * 100), "currency": "CNY",
-                           "occurred_at": datetime.now(UTC).isoformat()}).encode()
+        body = json.dumps(
+            {
+                "event": "payment.succeeded",
+                "txn_id": "ACME-0001",
+                "account": self.summary.dry_account,
+                "amount_fen": int(TOPUP_AMOUNT * 100),
+                "currency": "CNY",
+                "occurred_at": datetime.now(UTC).isoformat(),
+            }
+        ).encode()
         now = int(time.time())
         for secret in (b"forged-by-someone", SECRET):
-            r = requests.post(self.endpoint, data=body, timeout=10,
-                              headers={"Meterhub-Signature": sign(secret, body, now)})
+            r = requests.post(
+                self.endpoint,
+                data=body,
+                timeout=10,
+                headers={"Meterhub-Signature": sign(secret, body, now)},
+            )
             self.answers.append((r.status_code, r.json()))
         self.topped_up = True
 
 
-async def test_payment_notification_restores_a_cut_meter(db_url: str, mqtt: MqttSettings,
-                                                         tmp_path: Path) -> None:
+async def test_payment_notification_restores_a_cut_meter(
+    db_url: str, mqtt: MqttSettings, tmp_path: Path
+) -> None:
     from firmware_sim.fleet import Fleet
 
     write_private_file(tmp_path / "acmepay.secret", SECRET)
-    payments = PaymentsConfig.from_dict({"providers": {"acmepay": {
-        "channel": "wechat", "secret": {"file": str(tmp_path / "acmepay.secret")}}}})
+    payments = PaymentsConfig.from_dict(
+        {
+            "providers": {
+                "acmepay": {
+                    "channel": "wechat",
+                    "secret": {"file": str(tmp_path / "acmepay.secret")},
+                }
+            }
+        }
+    )
     port, stop = free_port(), asyncio.Event()
     endpoint = asyncio.create_task(serve(db_url, payments, "127.0.0.1", port, stop))
     plan = DemoPlan(run_id=uuid.uuid4().hex[:6])
@@ -79,8 +104,15 @@ async def test_payment_notification_restores_a_cut_meter(db_url: str, mqtt: Mqtt
     try:
         await asyncio.sleep(0.5)
         with Fleet.from_dict(_fleet_spec(plan)) as fleet:
-            run = PayingRun(plan, fleet, summary, db_url, BrokerLogins(mqtt), tmp_path,
-                            endpoint=f"http://127.0.0.1:{port}/payments/acmepay")
+            run = PayingRun(
+                plan,
+                fleet,
+                summary,
+                db_url,
+                BrokerLogins(mqtt),
+                tmp_path,
+                endpoint=f"http://127.0.0.1:{port}/payments/acmepay",
+            )
             await run.run(time.monotonic(), 50, live=False)
     finally:
         stop.set()
@@ -93,13 +125,15 @@ async def test_payment_notification_restores_a_cut_meter(db_url: str, mqtt: Mqtt
     with psycopg.connect(db_url) as conn:
         assert conn.execute(
             "SELECT kind, amount_fen, reference FROM billing_ledger WHERE account_id = %s "
-            "AND kind = 'topup'", (summary.dry_account,)).fetchall() == [
-            ("topup", 10000, "acmepay:ACME-0001")]
+            "AND kind = 'topup'",
+            (summary.dry_account,),
+        ).fetchall() == [("topup", 10000, "acmepay:ACME-0001")]
         assert conn.execute("SELECT state FROM billing_payments").fetchall() == [("applied",)]
 
     with smtp_server() as (box, smtp_port):
-        config = NotifyConfig.from_dict({"email": {"host": "127.0.0.1", "port": smtp_port,
-                                                   "from": "billing@meterhub.test"}})
+        config = NotifyConfig.from_dict(
+            {"email": {"host": "127.0.0.1", "port": smtp_port, "from": "billing@meterhub.test"}}
+        )
         async with NotifyService(config, db_url) as service:
             for _ in range(5):
                 await service.pass_once()

@@ -20,8 +20,10 @@ def conn(db_url: str) -> Iterator[psycopg.Connection]:
 @pytest.fixture
 def secret_file(tmp_path: Path) -> Callable[[str, str], dict[str, str]]:
     """Write a 0600 secret file; returns the config value pointing at it."""
+
     def make(name: str, value: str) -> dict[str, str]:
         path = tmp_path / f"{name}.secret"
         write_private_file(path, value.encode())
         return {"file": str(path)}
+
     return make

@@ -74,24 +74,36 @@ class Provider:
     url: str = ""
 
 
-def sms_provider_app(provider: Provider, key_id: str, secret: bytes,
-                     templates: dict[str, set[str]]) -> web.Application:
+def sms_provider_app(
+    provider: Provider, key_id: str, secret: bytes, templates: dict[str, set[str]]
+) -> web.Application:
     """An SMS gateway: checks the key, the HMAC over the canonical string (written here
     from the adapter's documentation, not with its code), the clock, and that the template
     code is one it knows with exactly its parameters."""
+
     async def send(request: web.Request) -> web.Response:
         body = await request.read()
         h = request.headers
-        canonical = "\n".join(["POST", request.path, h.get("X-Sms-Timestamp", ""),
-                               h.get("X-Sms-Nonce", ""), hashlib.sha256(body).hexdigest()])
+        canonical = "\n".join(
+            [
+                "POST",
+                request.path,
+                h.get("X-Sms-Timestamp", ""),
+                h.get("X-Sms-Nonce", ""),
+                hashlib.sha256(body).hexdigest(),
+            ]
+        )
         good = hmac.new(secret, canonical.encode(), hashlib.sha256).hexdigest()
         if h.get("X-Sms-Key-Id") != key_id or not hmac.compare_digest(
-                good, h.get("X-Sms-Signature", "")):
+            good, h.get("X-Sms-Signature", "")
+        ):
             provider.refused.append("signature")
             return web.json_response({"code": "SIGNATURE_INVALID"}, status=401)
         doc = json.loads(body)
-        if doc["template_code"] not in templates or set(doc["params"]) != templates[
-                doc["template_code"]]:
+        if (
+            doc["template_code"] not in templates
+            or set(doc["params"]) != templates[doc["template_code"]]
+        ):
             provider.refused.append("template")
             return web.json_response({"code": "TEMPLATE_MISMATCH", "message": "bad params"})
         provider.received.append(doc)
@@ -123,8 +135,9 @@ def wechat_app(provider: Provider, appid: str, secret: str) -> web.Application:
         if provider.answers:
             _, answer = provider.answers.pop(0)
             return web.json_response(answer)
-        return web.json_response({"errcode": 0, "errmsg": "ok", "msgid": 2000 + len(
-            provider.received)})
+        return web.json_response(
+            {"errcode": 0, "errmsg": "ok", "msgid": 2000 + len(provider.received)}
+        )
 
     app = web.Application()
     app.router.add_get("/cgi-bin/token", token)
@@ -136,16 +149,20 @@ def webhook_receiver_app(provider: Provider, secret: bytes) -> web.Application:
     async def hook(request: web.Request) -> web.Response:
         body = await request.read()
         try:
-            verify_signature(secret, request.headers.get("Meterhub-Signature"), body,
-                             now=datetime.now().astimezone(), tolerance_s=60)
+            verify_signature(
+                secret,
+                request.headers.get("Meterhub-Signature"),
+                body,
+                now=datetime.now().astimezone(),
+                tolerance_s=60,
+            )
         except ValueError as exc:
             provider.refused.append(str(exc))
             return web.json_response({"error": str(exc)}, status=401)
         if provider.answers:
             status, answer = provider.answers.pop(0)
             return web.json_response(answer, status=status)
-        provider.received.append({"event": request.headers["Meterhub-Event"],
-                                  **json.loads(body)})
+        provider.received.append({"event": request.headers["Meterhub-Event"], **json.loads(body)})
         return web.json_response({"ok": True})
 
     app = web.Application()
@@ -171,20 +188,39 @@ async def http_server(app: web.Application) -> AsyncIterator[str]:
 def customer_with_account(conn: psycopg.Connection, n: int = 1, **fields: Any) -> str:
     account = f"acc-{n}"
     create_account(conn, account, meters=[f"m-{n}"], tariff="residential-flat")
-    values = {"phones": [f"+861380013800{n}"], "email": f"tenant{n}@example.com",
-              "wechat_openid": f"oOpenId_{n:04d}", "preferred_channel": "email",
-              "language": "en"} | fields
+    values = {
+        "phones": [f"+861380013800{n}"],
+        "email": f"tenant{n}@example.com",
+        "wechat_openid": f"oOpenId_{n:04d}",
+        "preferred_channel": "email",
+        "language": "en",
+    } | fields
     create_customer(conn, f"c-{n}", name=f"Tenant {n}", **values)
     link_account(conn, account, f"c-{n}")
     return account
 
 
-def notice(conn: psycopg.Connection, account: str, kind: str, at: datetime, *,
-           required: bool = False, key: str | None = None, **params: str) -> int:
+def notice(
+    conn: psycopg.Connection,
+    account: str,
+    kind: str,
+    at: datetime,
+    *,
+    required: bool = False,
+    key: str | None = None,
+    **params: str,
+) -> int:
     texts = {
         "zh-CN": {"subject": f"{kind} 通知", "body": f"账户 {account}: {params}"},
         "en": {"subject": f"{kind} notice", "body": f"Account {account}: {params}"},
     }
-    return record_notice(conn, account_id=account, kind=kind, required=required,
-                         not_before=at, params=params, texts=texts,
-                         dedupe_key=key or f"{kind}:{account}:{at.isoformat()}")
+    return record_notice(
+        conn,
+        account_id=account,
+        kind=kind,
+        required=required,
+        not_before=at,
+        params=params,
+        texts=texts,
+        dedupe_key=key or f"{kind}:{account}:{at.isoformat()}",
+    )
