@@ -4,9 +4,6 @@ desk, and the daily reconciliation of a provider's statement."""
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import signal
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -20,6 +17,7 @@ from billing.payment_http import PaymentsConfig, serve
 from billing.payment_reconcile import open_differences, reconcile_statement, resolve_difference
 from billing.payments import PaymentRules, apply_payment
 from meterhub import settings
+from meterhub.supervise import run_until_signalled
 
 
 def register(sub: Any) -> None:
@@ -63,15 +61,7 @@ def _serve(args: argparse.Namespace) -> int:
     config = PaymentsConfig.load(args.config)
     url = settings.require_database_url(args.database_url)
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
-        await serve(url, config, args.host, args.port, stop)
-
-    asyncio.run(main())
+    run_until_signalled(lambda stop: serve(url, config, args.host, args.port, stop))
     return 0
 
 

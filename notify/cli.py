@@ -4,10 +4,7 @@ deliveries (``--state given_up``: notices staff must deliver by hand)."""
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
-import signal
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -15,6 +12,7 @@ from typing import Any
 import psycopg
 
 from meterhub import db, settings
+from meterhub.supervise import run_until_signalled
 from notify import queue
 from notify.config import NotifyConfig
 from notify.service import NotifyService
@@ -48,16 +46,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.migrate:
         db.migrate(url)
     service = NotifyService(config, url)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
-        await service.run(stop)
-
-    asyncio.run(main())
+    run_until_signalled(service.run)
     s = service.stats
     print(
         json.dumps(

@@ -21,7 +21,7 @@ from notify.channels.email import EmailSettings
 from notify.channels.sms import SmsSettings
 from notify.channels.webhook import WebhookTarget
 from notify.channels.wechat import WechatSettings
-from notify.templates import SmsTemplate, TemplateError, WechatTemplate
+from notify.templates import SMS_KEYS, WECHAT_KEYS, ProviderTemplate, TemplateError
 
 _HHMM = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")
 _NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
@@ -264,16 +264,16 @@ class _Reader:
         )
 
     def templates(
-        self, t: Mapping[str, Any], channel: str, make: Callable[[Any, str], T]
-    ) -> dict[str, T]:
+        self, t: Mapping[str, Any], channel: str, keys: tuple[str, str]
+    ) -> dict[str, ProviderTemplate]:
         raw = t.get("templates", {})
-        out: dict[str, T] = {}
+        out: dict[str, ProviderTemplate] = {}
         if not isinstance(raw, Mapping):
             self.fail(f"{channel}.templates", "a table per notice kind")
             return out
         for kind, spec in raw.items():
             try:
-                out[kind] = make(spec, f"{channel}.templates.{kind}")
+                out[kind] = ProviderTemplate.from_dict(spec, f"{channel}.templates.{kind}", keys)
             except TemplateError as exc:
                 self.problems.append(f"{self.source}: {exc}")
         return out
@@ -289,7 +289,7 @@ class _Reader:
             key_id=self.text(t, "key_id", "sms.key_id"),
             secret=secret or Secret("", "missing"),
             sign_name=self.text(t, "sign_name", "sms.sign_name"),
-            templates=self.templates(t, "sms", SmsTemplate.from_dict),
+            templates=self.templates(t, "sms", SMS_KEYS),
             timeout_s=self.number(t, "timeout_s", "sms.timeout_s", 15, 1, 300),
         )
         return settings
@@ -304,7 +304,7 @@ class _Reader:
             appid=self.text(t, "appid", "wechat.appid"),
             secret=secret or Secret("", "missing"),
             api_base=self.url(t, "wechat.api_base", "https://api.weixin.qq.com"),
-            templates=self.templates(t, "wechat", WechatTemplate.from_dict),
+            templates=self.templates(t, "wechat", WECHAT_KEYS),
             timeout_s=self.number(t, "timeout_s", "wechat.timeout_s", 15, 1, 300),
         )
 

@@ -75,52 +75,35 @@ def _per_language(raw: Any, where: str) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
-class SmsTemplate:
-    """The provider's template code per language, and its parameters, each a template."""
-
-    codes: dict[str, str]
-    params: dict[str, str]
-
-    @classmethod
-    def from_dict(cls, raw: Any, where: str) -> SmsTemplate:
-        if not isinstance(raw, Mapping) or set(raw) - {"code", "params"}:
-            raise TemplateError(f"{where}: keys are code and params")
-        params = raw.get("params", {})
-        if not isinstance(params, Mapping):
-            raise TemplateError(f'{where}.params: a table of name = "{{placeholder}}"')
-        for name, tpl in params.items():
-            if not isinstance(tpl, str):
-                raise TemplateError(f"{where}.params.{name}: must be text")
-            placeholders(tpl, f"{where}.params.{name}")
-        return cls(_per_language(raw.get("code"), f"{where}.code"), dict(params))
-
-    def render(self, message: Message, where: str) -> tuple[str, dict[str, str]]:
-        return self.codes[message.language], {
-            k: fill(v, message, f"{where}.params.{k}") for k, v in self.params.items()
-        }
-
-
-@dataclass(frozen=True)
-class WechatTemplate:
-    """The official account's template id per language and its data fields."""
+class ProviderTemplate:
+    """A provider's pre-approved template: its id per language and its named values, each
+    a ``{placeholder}`` template filled from the notice. SMS calls them ``code`` and
+    ``params``, WeChat ``template_id`` and ``fields`` (:data:`SMS_KEYS`, :data:`WECHAT_KEYS`)."""
 
     ids: dict[str, str]
-    fields: dict[str, str]
+    values: dict[str, str]
+    values_key: str
 
     @classmethod
-    def from_dict(cls, raw: Any, where: str) -> WechatTemplate:
-        if not isinstance(raw, Mapping) or set(raw) - {"template_id", "fields"}:
-            raise TemplateError(f"{where}: keys are template_id and fields")
-        fields = raw.get("fields")
-        if not isinstance(fields, Mapping) or not fields:
-            raise TemplateError(f'{where}.fields: a table of field = "{{placeholder}}"')
-        for name, tpl in fields.items():
+    def from_dict(cls, raw: Any, where: str, keys: tuple[str, str]) -> ProviderTemplate:
+        id_key, values_key = keys
+        if not isinstance(raw, Mapping) or set(raw) - {id_key, values_key}:
+            raise TemplateError(f"{where}: keys are {id_key} and {values_key}")
+        values = raw.get(values_key)
+        if not isinstance(values, Mapping) or not values:
+            raise TemplateError(f'{where}.{values_key}: a table of name = "{{placeholder}}"')
+        for name, tpl in values.items():
             if not isinstance(tpl, str):
-                raise TemplateError(f"{where}.fields.{name}: must be text")
-            placeholders(tpl, f"{where}.fields.{name}")
-        return cls(_per_language(raw.get("template_id"), f"{where}.template_id"), dict(fields))
+                raise TemplateError(f"{where}.{values_key}.{name}: must be text")
+            placeholders(tpl, f"{where}.{values_key}.{name}")
+        return cls(_per_language(raw.get(id_key), f"{where}.{id_key}"), dict(values), values_key)
 
     def render(self, message: Message, where: str) -> tuple[str, dict[str, str]]:
+        """The template id in the customer's language and the filled values."""
         return self.ids[message.language], {
-            k: fill(v, message, f"{where}.fields.{k}") for k, v in self.fields.items()
+            k: fill(v, message, f"{where}.{self.values_key}.{k}") for k, v in self.values.items()
         }
+
+
+SMS_KEYS = ("code", "params")
+WECHAT_KEYS = ("template_id", "fields")

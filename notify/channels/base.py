@@ -4,8 +4,12 @@ per-channel send rate (providers throttle; a burst of cut-off notices must not t
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,3 +71,27 @@ def http_error(status: int, what: str, text: str) -> DeliveryError:
     """An HTTP answer that is not success: 408/429/5xx retry, other 4xx do not."""
     retry = status in (408, 429) or status >= 500
     return DeliveryError(f"{what}: HTTP {status}: {text[:200]}", retry=retry)
+
+
+async def request_json(
+    http: aiohttp.ClientSession, method: str, url: str, what: str, timeout_s: float, **kw: Any
+) -> dict[str, Any]:
+    """One HTTP call to a provider whose answer is a JSON object. Network errors and
+    timeouts are worth a retry; they are named by type only, since a client error's text may
+    carry the URL and with it a query-string secret."""
+    try:
+        async with http.request(
+            method, url, timeout=aiohttp.ClientTimeout(total=timeout_s), **kw
+        ) as r:
+            text = await r.text()
+            if r.status != 200:
+                raise http_error(r.status, what, text)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise DeliveryError(f"{what}: {type(exc).__name__}", retry=True) from None
+    try:
+        answer = json.loads(text)
+    except ValueError:
+        raise DeliveryError(f"{what}: the answer is not JSON", retry=True) from None
+    if not isinstance(answer, dict):
+        raise DeliveryError(f"{what}: the answer is not a JSON object", retry=True)
+    return answer

@@ -25,8 +25,8 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from meterhub.security.secrets import Secret
-from notify.channels.base import DeliveryError, Message, Sent, http_error
-from notify.templates import SmsTemplate
+from notify.channels.base import DeliveryError, Message, Sent, request_json
+from notify.templates import ProviderTemplate
 
 DEAD_CODES = frozenset({"INVALID_NUMBER", "UNKNOWN_SUBSCRIBER", "BLACKLISTED"})
 RETRY_CODES = frozenset({"THROTTLED", "BUSY"})
@@ -42,7 +42,7 @@ class SmsSettings:
     key_id: str
     secret: Secret
     sign_name: str  # the registered signature shown in front of the text, e.g. 【某某电力】
-    templates: Mapping[str, SmsTemplate] = field(default_factory=dict)  # by notice kind
+    templates: Mapping[str, ProviderTemplate] = field(default_factory=dict)  # by notice kind
     timeout_s: float = 15.0
 
 
@@ -82,22 +82,9 @@ class SmsChannel:
             "X-Sms-Nonce": nonce,
             "X-Sms-Signature": mac,
         }
-        try:
-            async with self.http.post(
-                s.url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=s.timeout_s)
-            ) as r:
-                text = await r.text()
-                if r.status != 200:
-                    raise http_error(r.status, "sms provider", text)
-                answer = json.loads(text)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise DeliveryError(
-                f"sms provider: {type(exc).__name__}: {str(exc)[:120]}", retry=True
-            ) from None
-        except ValueError:
-            raise DeliveryError("sms provider: the answer is not JSON", retry=True) from None
-        if not isinstance(answer, dict):
-            raise DeliveryError("sms provider: the answer is not a JSON object", retry=True)
+        answer = await request_json(
+            self.http, "POST", s.url, "sms provider", s.timeout_s, data=body, headers=headers
+        )
         result = answer.get("code")
         if result == "OK" and isinstance(answer.get("message_id"), str):
             return Sent(answer["message_id"][:128], "accepted by the sms provider")

@@ -18,8 +18,8 @@ from typing import Any
 import aiohttp
 
 from meterhub.security.secrets import Secret
-from notify.channels.base import DeliveryError, Message, Sent, http_error
-from notify.templates import WechatTemplate
+from notify.channels.base import DeliveryError, Message, Sent, request_json
+from notify.templates import ProviderTemplate
 
 TOKEN_STALE = frozenset({40001, 40014, 42001})
 DEAD = frozenset({43004, 40003})
@@ -31,7 +31,7 @@ class WechatSettings:
     appid: str
     secret: Secret
     api_base: str = "https://api.weixin.qq.com"
-    templates: Mapping[str, WechatTemplate] = field(default_factory=dict)  # by notice kind
+    templates: Mapping[str, ProviderTemplate] = field(default_factory=dict)  # by notice kind
     timeout_s: float = 15.0
 
 
@@ -48,23 +48,7 @@ class WechatChannel:
 
     async def _call(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
         url = self.settings.api_base.rstrip("/") + path
-        try:
-            async with self.http.request(
-                method, url, timeout=aiohttp.ClientTimeout(total=self.settings.timeout_s), **kw
-            ) as r:
-                text = await r.text()
-                if r.status != 200:
-                    raise http_error(r.status, "wechat", text)
-                answer = await r.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise DeliveryError(
-                f"wechat: {type(exc).__name__}: {str(exc)[:120]}", retry=True
-            ) from None
-        except ValueError:
-            raise DeliveryError("wechat: the answer is not JSON", retry=True) from None
-        if not isinstance(answer, dict):
-            raise DeliveryError("wechat: the answer is not a JSON object", retry=True)
-        return answer
+        return await request_json(self.http, method, url, "wechat", self.settings.timeout_s, **kw)
 
     async def _access_token(self, fresh: bool = False) -> str:
         if self._token and not fresh and self._token[1] > time.monotonic():

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from notify import NotifyConfig, NotifyConfigError, QuietHours
 from notify.channels.base import Message
-from notify.templates import SmsTemplate, TemplateError, WechatTemplate, placeholders
+from notify.templates import SMS_KEYS, WECHAT_KEYS, ProviderTemplate, TemplateError, placeholders
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 
@@ -82,14 +82,17 @@ def test_placeholders_and_rendering() -> None:
         with pytest.raises(TemplateError, match="k"):
             placeholders(bad, "k")
     message = Message(7, "acc-1", "bill", False, "en", "Your bill", "body", {"amount": "12.30"})
-    sms = SmsTemplate.from_dict(
+    sms = ProviderTemplate.from_dict(
         {
             "code": {"zh-CN": "Z", "en": "E"},
             "params": {"amt": "{amount} yuan", "acct": "{account}"},
         },
         "k",
+        SMS_KEYS,
     )
     assert sms.render(message, "k") == ("E", {"amt": "12.30 yuan", "acct": "acc-1"})
-    wx = WechatTemplate.from_dict({"template_id": "T", "fields": {"x": "{due}"}}, "w")
+    wx = ProviderTemplate.from_dict(
+        {"template_id": "T", "fields": {"x": "{due}"}}, "w", WECHAT_KEYS
+    )
     with pytest.raises(TemplateError, match=r"w.fields.x: the bill notice has no parameter due"):
         wx.render(message, "w")

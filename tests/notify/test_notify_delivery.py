@@ -350,3 +350,42 @@ def test_example_configs_load(monkeypatch) -> None:
     assert notify.sms is not None and set(notify.sms.templates) == {"low_balance", "restore"}
     assert [w.name for w in notify.webhooks] == ["pms"]
     assert set(PaymentsConfig.load(configs / "payments.example.toml").providers) == {"acmepay"}
+
+
+def test_notify_run_command_delivers_and_stops_on_sigterm(conn, db_url, tmp_path) -> None:
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    account = customer_with_account(conn)
+    notice(conn, account, "bill", NOON, amount="9.99")
+    with smtp_server() as (box, port):
+        cfg = tmp_path / "notify.toml"
+        cfg.write_text(f'[email]\nhost = "127.0.0.1"\nport = {port}\nfrom = "b@meterhub.test"\n')
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "launcher.cli",
+                "notify",
+                "--database-url",
+                db_url,
+                "run",
+                "--config",
+                str(cfg),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while not box.messages and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert [m["Subject"] for m in box.messages] == ["bill notice"]
+    assert json.loads(out.strip().splitlines()[-1])["delivered"] == 1
