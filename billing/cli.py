@@ -21,7 +21,16 @@ from typing import Any
 import psycopg
 
 from billing import alerts as alerts_mod
-from billing import collection_cli, ledger, lifecycle, manual, read_model, reports
+from billing import (
+    cli_customers,
+    cli_payments,
+    collection_cli,
+    ledger,
+    lifecycle,
+    manual,
+    read_model,
+    reports,
+)
 from billing.engine import SIGNING_KEY_ENV, BillingConfig, BillingEngine
 from billing.errors import BillingError
 from billing.metrics import BillingMetrics
@@ -135,6 +144,9 @@ def register(subparsers: Any) -> None:
     holds.add_argument("--account", default=None)
     holds.add_argument("--json", action="store_true")
     holds.set_defaults(handler=_holds)
+
+    cli_customers.register(sub)
+    cli_payments.register(sub)
 
     tf = sub.add_parser("tariffs", help="check and list the tariff files")
     tf.set_defaults(handler=_tariffs)

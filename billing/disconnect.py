@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from billing import collection, lifecycle, relays
+from billing import collection, lifecycle, prepaid_notices, relays
 from billing.arrears import CollectionSettings
 from billing.lifecycle import CommandState
 from billing.money import from_fen, to_fen
@@ -77,13 +77,15 @@ FOR UPDATE OF a SKIP LOCKED
 def _alert(
     conn: psycopg.Connection[Any], acc: dict[str, Any], kind: str, message: str,
     threshold: Decimal | None = None,
-) -> None:
-    conn.execute(
+) -> int:
+    row = conn.execute(
         """INSERT INTO billing_alerts (account_id, kind, threshold_fen, balance_fen, message)
-           VALUES (%s, %s, %s, %s, %s)""",
+           VALUES (%s, %s, %s, %s, %s) RETURNING alert_id""",
         (acc["account_id"], kind, None if threshold is None else to_fen(threshold),
          acc["balance_fen"], message),
-    )
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def _group_load(conn: psycopg.Connection[Any], group: str, now: datetime, window_s: float) -> int:
@@ -159,7 +161,8 @@ def _evaluate_one(
 
     new, alerted = crossed_alerts(settings.alert_thresholds, frozenset(acc["alerted"]), bal)
     for t in new:
-        _alert(conn, acc, "low_balance", f"balance {bal} is below {t}", t)
+        alert_id = _alert(conn, acc, "low_balance", f"balance {bal} is below {t}", t)
+        prepaid_notices.low_balance(conn, acc_id, alert_id, bal, t, now)  # to the customer
         stats.alerts += 1
     if alerted != frozenset(acc["alerted"]):
         updates["alerted"] = sorted(alerted)
@@ -259,8 +262,9 @@ def _evaluate_one(
                 ensure_relay(conn, acc_id, m, action, now, knobs, actor, "restore",
                              decision.reason)
             )
-        _alert(conn, acc, "restored", f"supply restored: {decision.reason}" + (
+        alert_id = _alert(conn, acc, "restored", f"supply restored: {decision.reason}" + (
             "; held off by an operator: " + ", ".join(sorted(held_off)) if held_off else ""))
+        prepaid_notices.restored(conn, acc_id, alert_id, bal, acc["restore_mode"], now)
         stats.alerts += 1
 
     if postpaid:

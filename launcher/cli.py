@@ -27,6 +27,7 @@ _PARTS = (
     ("gateway.cli", "gateway"),
     ("collector.cli", "collector"),
     ("billing.cli", "billing"),
+    ("notify.cli", "notify"),
     ("web.cli", "web"),
     ("launcher.broker", "broker"),
     ("launcher.keys", "keys"),

@@ -17,7 +17,7 @@ import psycopg
 log = logging.getLogger(__name__)
 
 # Order matters: later components reference earlier tables.
-COMPONENTS = ("collector", "billing", "web")
+COMPONENTS = ("collector", "billing", "notify", "web")
 _MIGRATION_LOCK = 0x6D657465  # "mete"
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -126,3 +127,18 @@ class Supervisor:
     def as_dict(self) -> dict[str, Any]:
         return {name: {"restarts": h.restarts, "last_error": h.last_error}
                 for name, h in sorted(self.tasks.items())}
+
+
+def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run ``main(stop)`` in a new event loop; SIGINT and SIGTERM set ``stop`` (an orderly
+    end, as the part's ``run`` commands promise)."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    asyncio.run(runner())

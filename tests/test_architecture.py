@@ -19,7 +19,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 KERNEL = "meterhub"
-PARTS = ("meterhub", "launcher", "firmware_sim", "gateway", "collector", "billing", "web")
+PARTS = ("meterhub", "launcher", "firmware_sim", "gateway", "collector", "billing", "notify",
+         "web")
 # parts below the launcher that may import the kernel and nothing else of the project
 LEAF_PARTS = frozenset({"firmware_sim", "gateway", "collector", "billing"})
 # what web may import of billing and collector: the package (its __init__ exports) and the
@@ -32,6 +33,7 @@ RULE_KERNEL = "the kernel (meterhub/) imports no project part"
 RULE_LEAF = "firmware_sim, gateway, collector and billing import only meterhub (and themselves)"
 RULE_COLLECTOR_GATEWAY = "the collector never imports the gateway"
 RULE_BILLING_MQTT = "billing talks MQTT (aiomqtt/paho) only through billing/commands.py"
+RULE_NOTIFY = "notify imports only meterhub and billing's public API (the billing package)"
 RULE_WEB = ("web imports only meterhub and the public API of billing/collector (the package "
             "itself, billing.read_model, collector.read_model)")
 
@@ -151,6 +153,9 @@ def violations(imports: Iterable[Import], *, web: bool = False) -> list[str]:
             rule = RULE_COLLECTOR_GATEWAY
         elif src in LEAF_PARTS and dst in PARTS and dst not in (KERNEL, src):
             rule = RULE_LEAF
+        elif (src == "notify" and dst in PARTS and dst not in (KERNEL, "notify")
+              and imp.target != "billing"):
+            rule = RULE_NOTIFY
         elif (src == "billing" and dst in MQTT_CLIENTS
               and imp.importer != BILLING_MQTT_MODULE):
             rule = RULE_BILLING_MQTT
@@ -255,6 +260,15 @@ def _check(path: str, source: str, *, web: bool = False) -> list[str]:
 def test_checker_reports_kernel_importing_a_part() -> None:
     broken = _check("meterhub/wire.py", "import json\n\ndef f():\n    from billing import x\n")
     assert broken == [f"meterhub/wire.py:4: meterhub.wire imports billing: {RULE_KERNEL}"]
+
+
+def test_checker_reports_notify_reaching_into_billing() -> None:
+    assert _check("notify/service.py", "from billing import due_notices\n") == []
+    broken = _check("notify/service.py", "from billing.ledger import topup\nimport web\n")
+    assert broken == [
+        f"notify/service.py:1: notify.service imports billing.ledger: {RULE_NOTIFY}",
+        f"notify/service.py:2: notify.service imports web: {RULE_NOTIFY}",
+    ]
 
 
 def test_checker_reports_leaf_parts_importing_each_other() -> None:

@@ -28,6 +28,7 @@ from web import (
     routes_accounts,
     routes_admin,
     routes_collection,
+    routes_customer,
     routes_fleet,
     routes_review,
     routes_session,
@@ -200,7 +201,7 @@ def create_app(
     app.router.add_get(f"{API}/openapi.json", openapi_handler)
     app.router.add_get(f"{API}/health", _health)
     for module in (routes_session, routes_fleet, routes_review, routes_accounts, routes_admin,
-                   routes_collection):
+                   routes_collection, routes_customer):
         app.router.add_routes(module.routes)
     app.router.add_get(f"{API}/live", app[LIVE_KEY].handler)
     app.router.add_get("/", _index)

@@ -21,11 +21,13 @@ from psycopg.rows import tuple_row
 
 from meterhub.i18n import _
 
-Role = Literal["viewer", "auditor", "engineer", "operator", "admin"]
-ROLES: tuple[Role, ...] = ("viewer", "auditor", "engineer", "operator", "admin")
+Role = Literal["viewer", "auditor", "engineer", "operator", "admin", "customer"]
+ROLES: tuple[Role, ...] = ("viewer", "auditor", "engineer", "operator", "admin", "customer")
 # Reading rights rise with the rank; the auditor reads like a viewer and, besides the admin,
-# is the one who may read the audit log (see User.can).
-_RANK: dict[str, int] = {"viewer": 0, "auditor": 0, "engineer": 1, "operator": 2, "admin": 3}
+# is the one who may read the audit log (see User.can). A customer is outside the ladder:
+# only the customer routes (their own accounts), nothing of the staff's.
+_RANK: dict[str, int] = {"customer": -1, "viewer": 0, "auditor": 0, "engineer": 1,
+                         "operator": 2, "admin": 3}
 
 TOKEN_PREFIX = "mh_"
 SESSION_COOKIE = "meterhub_session"
@@ -62,6 +64,8 @@ class User:
     source: str = ""  # the client's address, for the audit log
 
     def can(self, needed: Role) -> bool:
+        if needed == "customer":
+            return self.role == "customer"
         if needed == "auditor":
             return self.role in ("auditor", "admin")
         return _RANK[self.role] >= _RANK[needed]

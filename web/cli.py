@@ -53,6 +53,8 @@ def register(sub: Any) -> None:
     cu = web_sub.add_parser("create-user", help="create a login; prints its password")
     cu.add_argument("--name", required=True)
     cu.add_argument("--role", required=True, choices=ROLES)
+    cu.add_argument("--customer", default=None,
+                    help="role customer: the billing customer this login may see")
     cu.add_argument("--token", action="store_true", help="also print a new API token")
     cu.add_argument("--database-url", default=settings.database_url(),
                     help=f"PostgreSQL (default ${settings.DATABASE_URL_ENV})")
@@ -102,13 +104,18 @@ def _has_users(url: str) -> bool:
 
 
 def _create_user(args: argparse.Namespace) -> int:
+    import billing
     from web import auth, users
 
     url = settings.require_database_url(args.database_url)  # the launcher may embed one
     db.migrate(url)
+    if (args.role == "customer") != (args.customer is not None):
+        print("meterhub web create-user: --customer goes with --role customer (and only "
+              "with it)", file=sys.stderr)
+        return 1
     try:
-        password = users.create_user(url, args.name, args.role)
-    except auth.AuthError as exc:
+        password = users.create_user(url, args.name, args.role, customer=args.customer)
+    except (auth.AuthError, billing.BillingError) as exc:
         print(_("meterhub web create-user: {error}", error=exc), file=sys.stderr)
         return 1
     print(_("user {name} ({role}) password: {password}", name=args.name, role=args.role,

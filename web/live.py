@@ -25,6 +25,7 @@ from meterhub import wire
 from meterhub.settings import MqttSettings
 from web import database, queries
 from web._http import current_user
+from web.errors import Forbidden
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +82,11 @@ class LiveHub:
     # ------------------------------------------------------------------ subscribers
 
     async def handler(self, request: web.Request) -> web.StreamResponse:
-        """``GET /api/v1/live``: an event stream (``snapshot`` first, then changes)."""
-        current_user(request)
+        """``GET /api/v1/live``: an event stream (``snapshot`` first, then changes); staff
+        only (a customer sees their own accounts, not the fleet)."""
+        user = current_user(request)
+        if not user.can("viewer"):
+            raise Forbidden(f"this needs the viewer role; {user.name} is {user.role}")
         response = web.StreamResponse(headers={
             "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",

@@ -525,8 +525,45 @@ def _paths() -> dict[str, S]:
             "tags": ["live"],
             "responses": {"200": {"description": "an endless event stream",
                                   "content": {"text/event-stream": {"schema": STR}}},
-                          **_errors(401)},
+                          **_errors(401, 403)},
         }},
+        **_customer_paths(),
+    }
+
+
+def _customer_paths() -> dict[str, S]:
+    """The customer's own page (role customer): their accounts, usage, notices."""
+    account = _obj({"account": STR, "name": STR, "balance": MONEY,
+                    "phase": {"type": "string", "enum": ["normal", "warned", "final", "cut"]},
+                    "meters": _arr(STR), "cut_off": _null(BOOL),
+                    "customer_action_needed": _null(BOOL),
+                    "restore_mode": {"type": "string", "enum": ["close", "close_permitted"]}})
+    customer = _obj({"id": STR, "name": STR, "language": {"type": "string",
+                                                          "enum": ["zh-CN", "en"]},
+                     "preferred_channel": {"type": "string", "enum": ["sms", "email", "wechat"]},
+                     "contact_verified": BOOL})
+    kwh = {"type": "string", "pattern": r"^\d+(\.\d+)?$"}
+    notice = _obj({"id": INT, "account": STR, "kind": STR, "at": TIME, "subject": STR,
+                   "body": STR, "delivered": BOOL})
+    errors = (400, 401, 403, 503)
+    return {
+        "/my/accounts": {"get": _op("The customer's own accounts: balance, supply state",
+                                    _obj({"customer": customer, "accounts": _arr(account)}),
+                                    role="customer", tag="customer", errors=errors)},
+        "/my/usage": {"get": _op(
+            "Daily consumption of one of the customer's accounts (local days)",
+            _obj({"account": STR, "zone": STR,
+                  "days": _arr(_obj({"date": {"type": "string", "format": "date"},
+                                     "kwh": kwh}))}),
+            params=[_q("account", ID_FILTER, "one of the customer's accounts (default: the "
+                                             "first)"),
+                    _q("days", {"type": "integer", "minimum": 1, "maximum": 92})],
+            role="customer", tag="customer", errors=(*errors, 404))},
+        "/my/notices": {"get": _op(
+            "Notices sent to the customer, newest first, in their language",
+            _obj({"notices": _arr(notice)}),
+            params=[_q("limit", {"type": "integer", "minimum": 1, "maximum": 200})],
+            role="customer", tag="customer", errors=errors)},
     }
 
 

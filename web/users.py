@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import psycopg
 
-from web import auth
+from web import auth, customer_views
 
 DEMO_ADMIN = "admin"
 
 
-def create_user(database_url: str, name: str, role: auth.Role) -> str:
-    """Create a user and return the generated password (raises AuthError if taken)."""
+def create_user(database_url: str, name: str, role: auth.Role,
+                customer: str | None = None) -> str:
+    """Create a user and return the generated password (raises AuthError if taken). A
+    ``customer`` login is linked to that billing customer (UnknownCustomer if none)."""
     with psycopg.connect(database_url) as conn:
-        _, password = auth.create_user(conn, name, role, created_by="cli")
+        user_id, password = auth.create_user(conn, name, role, created_by="cli")
+        if customer is not None:
+            customer_views.link_login(conn, user_id, customer)
     return password
 
 

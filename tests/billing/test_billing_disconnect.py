@@ -286,3 +286,25 @@ def test_a_relay_closed_while_cut_off_is_tamper_and_the_cut_off_is_reissued(
     # a reading repeating the same state raises nothing new
     report_relay(conn, "A-m", "closed", t + timedelta(minutes=3))
     assert absorb_reported_relays(conn) == 0 and len(tamper_alerts(conn)) == 1
+
+
+def test_low_balance_and_restore_become_customer_notices(conn: psycopg.Connection) -> None:
+    """Each low-balance alert and each restore records a notice for notify (both languages,
+    one per alert), in the transaction of the decision."""
+    from billing import notices_of
+
+    account(conn, "A", "-1.00")
+    ladder(conn)
+    evaluate_accounts(conn, NOON + timedelta(seconds=300), KNOBS, "test")  # nothing new
+    ledger.topup(conn, "A", "50", "wechat", "PAY-1")
+    evaluate_accounts(conn, NOON + timedelta(seconds=400), KNOBS, "test")
+    assert phases(conn) == {"A": "normal"}
+    got = [(n.kind, n.required, n.params) for n in reversed(notices_of(conn, "A"))]
+    assert got == [
+        ("low_balance", False, {"account": "A", "balance": "-1.00", "threshold": "10.00"}),
+        ("low_balance", False, {"account": "A", "balance": "-1.00", "threshold": "0.00"}),
+        ("restore", False, {"account": "A", "balance": "49.00", "restore_mode": "close"}),
+    ]
+    restore = notices_of(conn, "A")[0]
+    assert "49.00" in restore.texts["zh-CN"]["body"] and "restored" in restore.texts["en"][
+        "subject"]

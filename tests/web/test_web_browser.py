@@ -281,3 +281,31 @@ def test_page_in_chinese(browser: Browser, served: str, logins: Logins, fleet: F
     expect(page.locator("html")).to_have_attribute("lang", "en")
     context.close()
     assert problems == [], f"problems in the browser: {problems}"
+
+
+def test_customer_sees_own_page(browser: Browser, served: str, fleet: Fleet, db_url: str,
+                                artifacts_dir: Path) -> None:
+    """A customer login lands on their own page: balance, usage chart, notices; no staff
+    navigation, no live feed."""
+    from billing import create_customer, link_account
+    from web import users
+
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        create_customer(conn, "cust-b", name="Household One", phones=["+8613800138000"])
+        link_account(conn, fleet.account, "cust-b")
+    password = users.create_user(db_url, "tenant", "customer", customer="cust-b")
+    page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text)
+            if msg.type == "error" and "401" not in msg.text else None)
+    _login(page, served, "tenant", password)
+    expect(page.get_by_text("Welcome, Household One")).to_be_visible()
+    expect(page.get_by_text("30.00")).to_be_visible()
+    expect(page.get_by_test_id("chart-usage").locator("rect.bar")).not_to_have_count(0)
+    expect(page.locator("#nav")).to_be_hidden()
+    shots = artifacts_dir / "web"
+    shots.mkdir(exist_ok=True)
+    page.screenshot(path=str(shots / "07-customer-phone.png"), full_page=True)
+    page.close()
+    assert errors == [], f"errors in the browser: {errors}"

@@ -7,7 +7,7 @@
 
 const API = "/api/v1";
 const state = { user: null, live: null, view: null, onLive: {}, openReviews: null };
-const RANK = { viewer: 0, engineer: 1, operator: 2, admin: 3 };
+const RANK = { customer: -1, viewer: 0, engineer: 1, operator: 2, admin: 3 };
 
 // ------------------------------------------------------------------ helpers
 
@@ -180,11 +180,13 @@ function whoText(user) { return `${user.name} · ${label("role", user.role)}`; }
 function signedIn(user) {
   state.user = user;
   document.getElementById("login").hidden = true;
-  document.getElementById("nav").hidden = false;
+  const customer = user.role === "customer";  // their own page only (customer.js)
+  document.getElementById("nav").hidden = customer;
   document.getElementById("who").hidden = false;
   document.getElementById("who-name").textContent = whoText(user);
   document.getElementById("nav-admin").hidden = !can("admin");
-  startLive();
+  document.getElementById("live-state").hidden = customer;
+  if (!customer) startLive();
   route();
 }
 
@@ -274,6 +276,7 @@ function addRoute(pattern, view, nav) { routes.push([pattern, view, nav]); }
 
 async function route() {
   if (!state.user) return;
+  if (state.user.role === "customer") return viewCustomer(document.getElementById("view"));
   const hash = location.hash || "#/fleet";
   state.onLive = {};
   if (state.cleanup) { state.cleanup(); state.cleanup = null; }
