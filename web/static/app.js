@@ -597,7 +597,7 @@ function commandTable(cmds) {
 
 // ------------------------------------------------------------------ review queue
 
-const REVIEW_STATUSES = ["open", "confirmed", "dismissed", "all"];
+const REVIEW_STATUSES = ["open", "confirmed", "dismissed", "rejected", "corrected", "estimated", "all"];
 
 async function viewReview(target) {
   let status = "open";
@@ -624,7 +624,8 @@ async function viewReview(target) {
         r.decided_by ? [h("dt", {}, t("review.decided")), h("dd", {}, `${r.decided_by}, ${ago(r.decided_at)}`), h("dt", {}, t("review.comment")), h("dd", {}, r.comment || "—")] : null),
       r.status === "open" && can("engineer") ? h("div", { class: "row decide" }, comment,
         h("button", { type: "button", class: "primary", onclick: () => decide("confirm") }, t("review.confirm")),
-        h("button", { type: "button", onclick: () => decide("dismiss") }, t("review.dismiss"))) : null);
+        h("button", { type: "button", onclick: () => decide("dismiss") }, t("review.dismiss"))) : null,
+      can("engineer") ? reviewActions(r, load) : null);
   };
   const seg = h("div", { class: "seg" }, REVIEW_STATUSES.map((s) => h("button", { type: "button", class: s === status ? "on" : "", onclick: (ev) => {
     status = s;
