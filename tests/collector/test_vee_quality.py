@@ -14,6 +14,7 @@ from collector_helpers import (
     actual_intervals,
     batch_payload,
     config,
+    put_values,
     reading,
     running,
     subscribed,
@@ -158,10 +159,12 @@ async def test_healthy_demo_meters_open_no_review_item_and_a_stuck_one_still_doe
     assert hi.timestamp() >= start + 230
     with psycopg.connect(db_url) as conn:
         held = conn.execute(
-            "SELECT meter_id, count(*) FROM intervals WHERE held GROUP BY meter_id"
+            "SELECT m.meter_id, count(*) FROM intervals i JOIN meters m"
+            " ON m.meter_key = i.meter WHERE i.held GROUP BY m.meter_id"
         ).fetchall()
         healthy = conn.execute(
-            "SELECT count(*) FROM intervals WHERE meter_id LIKE 'healthy%' AND kwh = 0"
+            "SELECT count(*) FROM intervals i JOIN meters m ON m.meter_key = i.meter"
+            " WHERE m.meter_id LIKE 'healthy%' AND i.kwh = 0"
         ).fetchone()
     assert [h[0] for h in held] == ["stuck-1"]
     assert healthy is not None and healthy[0] > 50  # zero-kWh intervals were there to judge
@@ -177,19 +180,12 @@ def test_declared_ct_ratio_makes_a_coarse_register_no_fault(db_url, capsys):
         ts = T0 + timedelta(minutes=m)
         kwh = 2000.0 + 0.4 * math.floor(0.44 * m / 60 / 0.4 + 1e-9)
         rows += [
-            ("ct1", "energy_import_total", ts, round(kwh, 2), "kWh"),
-            ("ct1", "current_a", ts, 2.0, "A"),
-            ("ct1", "voltage_a", ts, 231.0, "V"),
+            ("ct1", "energy_import_total", ts, round(kwh, 2)),
+            ("ct1", "current_a", ts, 2.0),
+            ("ct1", "voltage_a", ts, 231.0),
         ]
     with psycopg.connect(db_url) as conn:
-        conn.execute("SELECT collector_ensure_partitions(%s, %s)", (T0, T0))
-        with conn.cursor().copy(
-            "COPY readings (meter_id, quantity, ts, value, unit, received_at) FROM STDIN"
-        ) as copy:
-            for r in rows:
-                copy.write_row((*r, r[2]))
-        conn.execute("INSERT INTO meters (meter_id, last_seen) VALUES ('ct1', %s)", (T0,))
-        conn.execute("INSERT INTO vee_dirty (meter_id, dirty_from) VALUES ('ct1', %s)", (T0,))
+        put_values(conn, rows, dirty_from=T0)
     run_pending(db_url, 900, ValidationConfig())
     assert {r[1] for r in _review_items(db_url)} == {"zero_with_current"}
     assert (
