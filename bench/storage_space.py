@@ -16,8 +16,9 @@ Figures (last line with --json, one object), per scenario prefix:
 - ``*_intervals_bytes_per_reading`` / ``*_anomalies_bytes_per_reading`` /
   ``*_batches_bytes_per_reading`` (gateway and late batches): those tables;
 - ``*_ingest_readings_per_s``: readings from the first message handed over by the broker to
-  the last commit, the gateways publishing all at once to a running collector (the
-  independent check's end-to-end figure for the backfill; payloads are built beforehand);
+  the last commit, published poll cycle by poll cycle across the gateways to a running
+  collector, at most 400 messages uncommitted (the independent check's end-to-end figure for
+  the backfill; payloads are built beforehand);
 goals from issue 14 as ``goal_*``.
 
 Services: METERHUB_DATABASE_URL / METERHUB_MQTT_URL, or the embedded ones when unset.
@@ -36,12 +37,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as paho
 import psycopg
+from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ingest import config, fresh_database, publish_all, services
+from ingest import config, fresh_database, services
 
 from collector import Collector, ValidationConfig, vee
 from collector.store import Batch
@@ -79,6 +82,31 @@ def payloads(site: str, gateway: int, meters: int, gateways: int, day: datetime)
             )
         )
     return out
+
+
+def publish_paced(
+    mqtt: Any,
+    site: str,
+    messages: list[list[bytes]],
+    order: list[tuple[int, int]],
+    col: Collector,
+    window: int,
+) -> None:
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"space-{uuid.uuid4().hex[:6]}")
+    client.max_inflight_messages_set(window)
+    client.connect(mqtt.host, mqtt.port)
+    client.loop_start()
+    infos = []
+    for sent, (g, slot) in enumerate(order):
+        while sent - col.stats.messages >= window:
+            time.sleep(0.001)
+        infos.append(
+            client.publish(wire.topic(site, f"sgw{g:02d}", "readings"), messages[g][slot], qos=1)
+        )
+    for info in infos:
+        info.wait_for_publish(60)
+    client.disconnect()
+    client.loop_stop()
 
 
 def sizes(conn: psycopg.Connection[Any]) -> dict[str, int]:
@@ -125,19 +153,12 @@ async def scenario(
     stop = asyncio.Event()
     task = asyncio.create_task(col.run(stop))
     await asyncio.wait_for(col.ready.wait(), 15)
-    # published while the collector runs (a broker queues at most 1000 messages for an
-    # offline session), every gateway at once
-    await asyncio.gather(
-        *(
-            asyncio.to_thread(
-                publish_all,
-                mqtt,
-                wire.topic(site, f"sgw{g:02d}", "readings"),
-                payloads(site, g, meters, gateways, day),
-            )
-            for g in range(gateways)
-        )
-    )
+    # published while the collector runs, poll cycle by poll cycle across the gateways, with
+    # at most `window` messages not yet committed (a broker drops QoS 1 messages beyond its
+    # queue for a client; real gateways would send them again, this publisher does not)
+    messages = [payloads(site, g, meters, gateways, day) for g in range(gateways)]
+    order = [(g, slot) for slot in range(SLOTS) for g in range(gateways)]
+    await asyncio.to_thread(publish_paced, mqtt, site, messages, order, col, window=400)
     started = time.monotonic()
     while col.stats.readings_stored < total:
         await asyncio.sleep(0.01)
