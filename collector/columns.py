@@ -21,22 +21,37 @@ import numpy.typing as npt
 TYPED: tuple[tuple[str, str], ...] = (
     ("energy_import", "energy_import_total"),
     ("energy_export", "energy_export_total"),
-    ("voltage_a", "voltage_a"), ("voltage_b", "voltage_b"), ("voltage_c", "voltage_c"),
-    ("current_a", "current_a"), ("current_b", "current_b"), ("current_c", "current_c"),
-    ("power_active", "power_active_total"), ("power_factor", "power_factor_total"),
+    ("voltage_a", "voltage_a"),
+    ("voltage_b", "voltage_b"),
+    ("voltage_c", "voltage_c"),
+    ("current_a", "current_a"),
+    ("current_b", "current_b"),
+    ("current_c", "current_c"),
+    ("power_active", "power_active_total"),
+    ("power_factor", "power_factor_total"),
     ("frequency", "frequency"),
 )
 SLOT: dict[str, int] = {quantity: i for i, (_, quantity) in enumerate(TYPED)}
 WIDTH = len(TYPED)
 ENERGY_SLOTS = 2  # slots 0 and 1 hold registers
 COPY_COLUMNS = "ts, batch, energy_import, energy_export, meter, " + ", ".join(
-    column for column, _ in TYPED[ENERGY_SLOTS:])
+    column for column, _ in TYPED[ENERGY_SLOTS:]
+)
 
 # `quantity_codes` of migration 0008: the quantities stored in `reading_extras`.
 EXTRA_CODES: dict[str, int] = {
-    "energy_import_t1": 1, "energy_import_t2": 2, "energy_import_t3": 3, "energy_import_t4": 4,
-    "energy_combined_total": 5, "power_active_a": 6, "power_active_b": 7, "power_active_c": 8,
-    "power_reactive_total": 9, "power_factor_a": 10, "power_factor_b": 11, "power_factor_c": 12,
+    "energy_import_t1": 1,
+    "energy_import_t2": 2,
+    "energy_import_t3": 3,
+    "energy_import_t4": 4,
+    "energy_combined_total": 5,
+    "power_active_a": 6,
+    "power_active_b": 7,
+    "power_active_c": 8,
+    "power_reactive_total": 9,
+    "power_factor_a": 10,
+    "power_factor_b": 11,
+    "power_factor_c": 12,
     "balance_remaining": 13,
 }
 CUMULATIVE_EXTRAS = frozenset({1, 2, 3, 4, 5})
@@ -65,8 +80,14 @@ class Columns:
     extras: list[tuple[int, int, float]] = field(default_factory=list)  # (row, code, value)
     count: int = 0  # values present (typed and extra)
 
-    def add(self, meter: str, ts: datetime, micros: int, origin: int,
-            values: list[tuple[str, float, str]]) -> None:
+    def add(
+        self,
+        meter: str,
+        ts: datetime,
+        micros: int,
+        origin: int,
+        values: list[tuple[str, float, str]],
+    ) -> None:
         row = _NAN_ROW.copy()
         n = len(self.meters)
         for name, number, _unit in values:
@@ -105,7 +126,7 @@ class Columns:
             out.times.append(self.times[i])
             out.micros.append(self.micros[i])
             out.origins.append(self.origins[i])
-            out.values.extend(self.values[i * WIDTH:(i + 1) * WIDTH])
+            out.values.extend(self.values[i * WIDTH : (i + 1) * WIDTH])
         out.extras = [(new_index[r], c, v) for r, c, v in self.extras if r in new_index]
         out.count = int(np.count_nonzero(~np.isnan(np.array(out.values)))) + len(out.extras)
         return out
@@ -114,15 +135,20 @@ class Columns:
         return len(self.meters)
 
 
-def register_counts(values: npt.NDArray[np.float64], decimals: npt.NDArray[np.int64]
-                    ) -> npt.NDArray[np.int64]:
+def register_counts(
+    values: npt.NDArray[np.float64], decimals: npt.NDArray[np.int64]
+) -> npt.NDArray[np.int64]:
     """kWh to integer counts of 10^-decimals kWh (the meter's resolution), rounded."""
     return np.rint(values * np.power(10.0, decimals)).astype(np.int64)
 
 
-def binary_copy(ts: npt.NDArray[np.int64], batch: npt.NDArray[np.int64],
-                meter: npt.NDArray[np.int32], values: npt.NDArray[np.float64],
-                decimals: npt.NDArray[np.int64]) -> bytes:
+def binary_copy(
+    ts: npt.NDArray[np.int64],
+    batch: npt.NDArray[np.int64],
+    meter: npt.NDArray[np.int32],
+    values: npt.NDArray[np.float64],
+    decimals: npt.NDArray[np.int64],
+) -> bytes:
     """One binary COPY stream of `readings` rows (columns COPY_COLUMNS): `values` is (n, WIDTH)
     with NaN for NULL; energy slots become counts of each row's `decimals`."""
     present = ~np.isnan(values)
@@ -136,12 +162,23 @@ def binary_copy(ts: npt.NDArray[np.int64], batch: npt.NDArray[np.int64],
     return b"".join(out)
 
 
-def _group(rows: npt.NDArray[np.int64], have: list[bool], ts: npt.NDArray[np.int64],
-           batch: npt.NDArray[np.int64], meter: npt.NDArray[np.int32],
-           values: npt.NDArray[np.float64], decimals: npt.NDArray[np.int64]) -> bytes:
+def _group(
+    rows: npt.NDArray[np.int64],
+    have: list[bool],
+    ts: npt.NDArray[np.int64],
+    batch: npt.NDArray[np.int64],
+    meter: npt.NDArray[np.int32],
+    values: npt.NDArray[np.float64],
+    decimals: npt.NDArray[np.int64],
+) -> bytes:
     """Rows sharing one NULL pattern as fixed-width records."""
-    fields: list[tuple[str, str]] = [("n", ">i2"), ("lt", ">i4"), ("ts", ">i8"),
-                                     ("lb", ">i4"), ("batch", ">i8")]
+    fields: list[tuple[str, str]] = [
+        ("n", ">i2"),
+        ("lt", ">i4"),
+        ("ts", ">i8"),
+        ("lb", ">i4"),
+        ("batch", ">i8"),
+    ]
     for s in range(ENERGY_SLOTS):
         fields.append((f"l{s}", ">i4"))
         if have[s]:

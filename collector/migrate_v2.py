@@ -79,8 +79,11 @@ class Moved:
 
 def pending(conn: psycopg.Connection[Any]) -> list[str]:
     """The v1 tables still holding rows to move."""
-    return [t for t in ("readings_v1", "intervals_v1", "anomalies_v1")
-            if conn.execute("SELECT to_regclass(%s)", (t,)).fetchone() != (None,)]
+    return [
+        t
+        for t in ("readings_v1", "intervals_v1", "anomalies_v1")
+        if conn.execute("SELECT to_regclass(%s)", (t,)).fetchone() != (None,)
+    ]
 
 
 def move(conninfo: str, progress: Progress | None = None, chunk_meters: int = 500) -> Moved:
@@ -91,24 +94,34 @@ def move(conninfo: str, progress: Progress | None = None, chunk_meters: int = 50
     with psycopg.connect(conninfo, autocommit=True) as conn:
         tables = pending(conn)
         for table in tables:
-            sql = {"readings_v1": _READINGS, "intervals_v1": _INTERVALS,
-                   "anomalies_v1": _ANOMALIES}[table]
+            sql = {
+                "readings_v1": _READINGS,
+                "intervals_v1": _INTERVALS,
+                "anomalies_v1": _ANOMALIES,
+            }[table]
             if table == "readings_v1":
                 span = conn.execute("SELECT min(ts), max(ts) FROM readings_v1").fetchone()
                 if span and span[0] is not None:
                     conn.execute("SELECT collector_ensure_partitions(%s, %s)", span)
-            meters = [m for (m,) in conn.execute(
-                f"SELECT DISTINCT meter_id FROM {table} ORDER BY 1")]
+            meters = [
+                m for (m,) in conn.execute(f"SELECT DISTINCT meter_id FROM {table} ORDER BY 1")
+            ]
             for i in range(0, len(meters), chunk_meters):
-                part = meters[i:i + chunk_meters]
+                part = meters[i : i + chunk_meters]
                 counts[table] += _chunk(conn, table, sql, part)
                 done = min(i + chunk_meters, len(meters))
-                say(f"{table}: {done}/{len(meters)} meters ({100 * done // len(meters)}%), "
-                    f"{counts[table]} rows, {time.monotonic() - started:.1f} s")
+                say(
+                    f"{table}: {done}/{len(meters)} meters ({100 * done // len(meters)}%), "
+                    f"{counts[table]} rows, {time.monotonic() - started:.1f} s"
+                )
             conn.execute(f"DROP TABLE {table} CASCADE")
             say(f"{table}: moved and dropped")
-    return Moved(counts["readings_v1"], counts["intervals_v1"], counts["anomalies_v1"],
-                 time.monotonic() - started)
+    return Moved(
+        counts["readings_v1"],
+        counts["intervals_v1"],
+        counts["anomalies_v1"],
+        time.monotonic() - started,
+    )
 
 
 def _chunk(conn: psycopg.Connection[Any], table: str, sql: str, meters: list[str]) -> int:
@@ -118,8 +131,11 @@ def _chunk(conn: psycopg.Connection[Any], table: str, sql: str, meters: list[str
             row = conn.execute(sql, (meters,)).fetchone()
             conn.execute(_CLOCKS, (meters,))
             return int(row[0] or 0) if row else 0
-        conn.execute("INSERT INTO meters (meter_id) SELECT unnest(%s::text[]) ORDER BY 1"
-                     " ON CONFLICT (meter_id) DO NOTHING", (meters,))
+        conn.execute(
+            "INSERT INTO meters (meter_id) SELECT unnest(%s::text[]) ORDER BY 1"
+            " ON CONFLICT (meter_id) DO NOTHING",
+            (meters,),
+        )
         if table == "intervals_v1":
             conn.execute("ALTER TABLE intervals DISABLE TRIGGER intervals_change_id")
         n = conn.execute(sql, (meters,)).rowcount

@@ -429,21 +429,21 @@ async def _late_batches(conn: psycopg.AsyncConnection, fresh: list[BatchSeen],
                         policy: WritePolicy) -> None:
     """One `late_batches` row per run of consecutive late batches of a gateway: a backfill
     is one event with its seq range and delay, not an anomaly per interval."""
-    late = sorted((b for b in fresh if b.oldest is not None and b.received_at is not None
-                   and (b.received_at - b.oldest).total_seconds() > policy.late_after_s),
-                  key=lambda b: (b.gateway, b.seq))
-    runs: list[list[BatchSeen]] = []
+    late: list[tuple[str, int, int, datetime, datetime, datetime]] = sorted(
+        (b.gateway, b.seq, b.readings, b.oldest, b.newest, b.received_at) for b in fresh
+        if b.oldest is not None and b.newest is not None and b.received_at is not None
+        and (b.received_at - b.oldest).total_seconds() > policy.late_after_s)
+    runs: list[list[tuple[str, int, int, datetime, datetime, datetime]]] = []
     for b in late:
-        if runs and runs[-1][-1].gateway == b.gateway and runs[-1][-1].seq + 1 == b.seq:
+        if runs and runs[-1][-1][0] == b[0] and runs[-1][-1][1] + 1 == b[1]:
             runs[-1].append(b)
         else:
             runs.append([b])
     if not runs:
         return
-    rows = [(r[0].gateway, r[0].seq, r[-1].seq, sum(b.readings for b in r),
-             min(b.oldest for b in r), max(b.newest for b in r),
-             int(max((b.received_at - b.oldest).total_seconds() for b in r)),
-             max(b.received_at for b in r)) for r in runs]
+    rows = [(r[0][0], r[0][1], r[-1][1], sum(b[2] for b in r), min(b[3] for b in r),
+             max(b[4] for b in r), int(max((b[5] - b[3]).total_seconds() for b in r)),
+             max(b[5] for b in r)) for r in runs]
     await conn.execute(_LATE, [list(c) for c in zip(*rows, strict=True)])
 
 

@@ -67,7 +67,15 @@ DECLARE
     t text;
     r record;
 BEGIN
-    DROP VIEW IF EXISTS readings_15min, readings_hour, readings_day;
+    -- the v1 aggregates (plain views, or continuous aggregates on TimescaleDB) go; 0008 and
+    -- 0009 create them again over the v2 columns
+    FOREACH t IN ARRAY ARRAY['readings_15min', 'readings_hour', 'readings_day'] LOOP
+        BEGIN
+            EXECUTE format('DROP VIEW IF EXISTS %I', t);
+        EXCEPTION WHEN feature_not_supported THEN
+            EXECUTE format('DROP MATERIALIZED VIEW IF EXISTS %I', t);
+        END;
+    END LOOP;
     FOR t IN SELECT unnest(ARRAY['readings', 'intervals', 'anomalies']) LOOP
         IF to_regclass(t) IS NULL OR to_regclass(t || '_v1') IS NOT NULL THEN
             CONTINUE;

@@ -7,8 +7,8 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import paho.mqtt.client as paho
 import psycopg

@@ -97,50 +97,51 @@ def _connect(url: str) -> psycopg.Connection:
     return psycopg.connect(url, autocommit=True)
 
 
-Row = tuple[str, str, datetime, float, str]
+Row = tuple[str, str, datetime, float]
 
 
 def _insert(conn: psycopg.Connection, rows: list[Row]) -> None:
-    """INSERT ... unnest: the same statement on both servers (PGlite has no COPY FROM STDIN)."""
-    conn.execute(
-        "INSERT INTO readings (meter_id, quantity, ts, value, unit) "
-        "SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::float8[], %s::text[])",
-        [list(col) for col in zip(*rows, strict=True)],
-    )
+    """``collector_put_values``: the same statement on both servers (PGlite has no COPY FROM
+    STDIN), (meter, quantity, ts, value) rows into layout v2."""
+    conn.execute("SELECT collector_put_values(%s, %s, %s, %s)",
+                 [list(col) for col in zip(*rows, strict=True)])
 
 
 def _series(start: datetime, hours: int, skip: range = range(0)) -> list[Row]:
     """Two meters, a cumulative register and a voltage, every 5 minutes. Values are multiples
-    of 1/4, so every sum and average is exact in floating point on both servers."""
+    of 1/4, so every register count and voltage is exact on both servers."""
     rows: list[Row] = []
     for m, meter in enumerate(("ts-m1", "ts-m2")):
         for i in range(hours * 12):
             if meter == "ts-m2" and i in skip:
                 continue  # a gap in one meter's reads
             ts = start + timedelta(minutes=5 * i)
-            rows.append((meter, "energy_import_total", ts, 1000 * m + 0.25 * i, "kWh"))
-            rows.append((meter, "voltage_a", ts, 230 + 0.5 * ((7 * i + m) % 9 - 4), "V"))
+            rows.append((meter, "energy_import_total", ts, 1000 * m + 0.25 * i))
+            rows.append((meter, "voltage_a", ts, 230 + 0.5 * ((7 * i + m) % 9 - 4)))
     return rows
 
 
 def _expected(rows: list[Row], width_s: int) -> list[tuple]:
-    """What each aggregate must answer, computed here (bucket edges at UTC multiples)."""
-    groups: dict[tuple, list[tuple[datetime, float]]] = defaultdict(list)
-    for meter, quantity, ts, value, _ in rows:
+    """What each aggregate must answer, computed here (bucket edges at UTC multiples): last
+    register count (0.01 kWh), voltage min and max, readings."""
+    groups: dict[tuple, dict[datetime, dict[str, float]]] = defaultdict(dict)
+    for meter, quantity, ts, value in rows:
         epoch = int(ts.timestamp())
         bucket = datetime.fromtimestamp(epoch - epoch % width_s, UTC)
-        groups[meter, quantity, bucket].append((ts, value))
+        groups[meter, bucket].setdefault(ts, {})[quantity] = value
     out = []
     for key in sorted(groups):
-        values = [v for _, v in sorted(groups[key])]
-        out.append((*key, min(values), max(values), sum(values) / len(values), values[-1],
-                    len(values)))
+        reads = [groups[key][t] for t in sorted(groups[key])]
+        volts = [r["voltage_a"] for r in reads]
+        out.append((*key, round(reads[-1]["energy_import_total"] * 100), min(volts), max(volts),
+                    len(reads)))
     return out
 
 
 # The one query both storages must answer alike.
-QUERY = ("SELECT meter_id, quantity, bucket, min_value, max_value, avg_value, last_value, n "
-         "FROM {} WHERE meter_id LIKE 'ts-%' ORDER BY meter_id, quantity, bucket")
+QUERY = ("SELECT m.meter_id, v.bucket, v.energy_import_last, v.voltage_a_min, v.voltage_a_max,"
+         " v.n FROM {} v JOIN meters m ON m.meter_key = v.meter"
+         " WHERE m.meter_id LIKE 'ts-%' ORDER BY 1, 2")
 
 
 def _answers(conn: psycopg.Connection) -> dict[str, list[tuple]]:
@@ -158,17 +159,17 @@ def test_migrations_make_readings_a_compressed_hypertable_with_aggregates(ts_url
         ).fetchone() is not None
         assert conn.execute(
             "SELECT hypertable_name, compression_enabled FROM timescaledb_information.hypertables"
-        ).fetchall() == [("readings", True)]
+            " ORDER BY 1"
+        ).fetchall() == [("reading_extras", True), ("readings", True)]
         assert conn.execute(
             "SELECT column_name, time_interval FROM timescaledb_information.dimensions "
             "WHERE hypertable_name = 'readings'"
         ).fetchall() == [("ts", timedelta(days=1))]
         assert conn.execute(
-            "SELECT attname, segmentby_column_index "
+            "SELECT attname, segmentby_column_index, orderby_column_index "
             "FROM timescaledb_information.compression_settings "
-            "WHERE hypertable_name = 'readings' AND segmentby_column_index IS NOT NULL "
-            "ORDER BY segmentby_column_index"
-        ).fetchall() == [("meter_id", 1), ("quantity", 2)]
+            "WHERE hypertable_name = 'readings' ORDER BY attname"
+        ).fetchall() == [("meter", 1, None), ("ts", None, 1)]  # segment by meter, by time
         jobs = {
             (r[0], r[1]): r[2] for r in conn.execute(
                 "SELECT proc_name, hypertable_name, config FROM timescaledb_information.jobs "
@@ -228,7 +229,7 @@ def test_continuous_aggregates_answer_as_the_plain_postgresql_views(
             assert stored == (len(_expected(old, AGGREGATES[view])),), view
 
         expected = {view: _expected(old, width) for view, width in AGGREGATES.items()}
-        assert len(expected["readings_day"]) == 12  # 2 meters x 2 quantities x 3 days
+        assert len(expected["readings_day"]) == 6  # 2 meters x 3 days
         assert _answers(ts) == expected
         assert _answers(plain) == expected
 
@@ -242,17 +243,26 @@ def test_continuous_aggregates_answer_as_the_plain_postgresql_views(
 
 
 def test_compression_policy_run_by_hand_and_late_readings_still_stored(ts_url: str) -> None:
-    """The compression policy compresses chunks older than 7 days; a gateway's late backlog
-    into a compressed chunk still goes through the collector's own conflict path."""
+    """The compression policy compresses chunks older than 7 days (segmented by meter,
+    ordered by time: the figure printed is compressed bytes per reading); a gateway's late
+    backlog into a compressed chunk still goes through the collector's own conflict path."""
     now = datetime.now(UTC).replace(microsecond=0)
     old_day = (now - timedelta(days=10)).replace(hour=0, minute=0, second=0)  # one 1-day chunk
-    rows = [("ts-m1", "energy_import_total", old_day + timedelta(minutes=15 * i), 0.25 * i, "kWh")
-            for i in range(8)]
-    rows.append(("ts-m1", "energy_import_total", now - timedelta(hours=1), 100.0, "kWh"))
+    rows: list[Row] = []
+    for k in range(40):  # 40 meters x 96 readings of 4 quantities
+        for i in range(96):
+            ts = old_day + timedelta(minutes=15 * i)
+            rows += [(f"ts-c{k:02d}", "energy_import_total", ts, 1000 + k + 0.07 * i),
+                     (f"ts-c{k:02d}", "voltage_a", ts, 228 + (k * 7 + i) % 40 * 0.1),
+                     (f"ts-c{k:02d}", "current_a", ts, 2 + (k + i) % 30 * 0.1),
+                     (f"ts-c{k:02d}", "power_active_total", ts, 0.4 + (k + i) % 30 * 0.023)]
+    rows.append(("ts-c00", "energy_import_total", now - timedelta(hours=1), 2000.0))
+    readings = 40 * 96
     with _connect(ts_url) as conn:
         _insert(conn, rows)
         job = conn.execute("SELECT job_id FROM timescaledb_information.jobs "
-                           "WHERE proc_name = 'policy_compression'").fetchone()
+                           "WHERE proc_name = 'policy_compression' "
+                           "AND hypertable_name = 'readings'").fetchone()
         assert job is not None
         conn.execute(sql.SQL("CALL run_job({})").format(sql.Literal(job[0])))
         chunks = conn.execute(
@@ -261,24 +271,36 @@ def test_compression_policy_run_by_hand_and_late_readings_still_stored(ts_url: s
             "ORDER BY range_start").fetchall()
         assert chunks and all(old == compressed for old, compressed in chunks), chunks
         assert any(compressed for _, compressed in chunks)
-        assert conn.execute("SELECT count(*), sum(value) FROM readings").fetchone() == (
-            9, sum(r[3] for r in rows))
+        assert conn.execute("SELECT count(*) FROM readings").fetchone() == (readings + 1,)
+        stats = conn.execute(
+            "SELECT before_compression_total_bytes, after_compression_total_bytes "
+            "FROM chunk_compression_stats('readings') WHERE compression_status = 'Compressed'"
+        ).fetchall()
+        compressed = sum(after for _, after in stats)
+        per_reading = compressed / readings
+        print(f"TimescaleDB compressed readings: {per_reading:.1f} bytes per reading of 4 "
+              f"quantities ({compressed} bytes for {readings}; uncompressed "
+              f"{sum(before for before, _ in stats) / readings:.1f})")
+        assert per_reading < 60  # goal 30 (bench/RESULTS.md); a loose guard here
 
         # Redelivered and late readings for the compressed day, as the collector stores them
         # when COPY hits a duplicate: staging table, then its INSERT ... ON CONFLICT DO NOTHING.
         conn.execute(store._STAGE)
-        late = old_day + timedelta(hours=5)
+        late = old_day + timedelta(minutes=5)
+        key = conn.execute("SELECT meter_key FROM meters WHERE meter_id = 'ts-c00'").fetchone()
+        assert key is not None
         with conn.transaction():
             conn.execute(
-                "INSERT INTO _stage SELECT * FROM unnest(%s::text[], %s::text[], "
-                "%s::timestamptz[], %s::float8[], %s::text[], %s::text[], %s::int8[])",
-                (["ts-m1", "ts-m1"], ["energy_import_total"] * 2, [rows[0][2], late],
-                 [99.0, 5.0], ["kWh", "kWh"], ["gw", "gw"], [7, 7]))
-            assert conn.execute(store._INSERT, {"now": now}).fetchone() == (1, 1)
-        stored = conn.execute("SELECT ts, value FROM readings WHERE ts IN (%s, %s) ORDER BY ts",
-                              (rows[0][2], late)).fetchall()
-        assert stored == [(rows[0][2], 0.0), (late, 5.0)]  # first one kept, late one added
-        assert conn.execute("SELECT meter_id FROM vee_dirty").fetchall() == [("ts-m1",)]
+                "INSERT INTO _stage (ts, energy_import, meter) SELECT * FROM unnest("
+                "%s::timestamptz[], %s::int8[], %s::int4[])",
+                ([old_day, late], [99, 500], [key[0], key[0]]))
+            assert conn.execute(store._INSERT).fetchone() == (1, 1)
+        stored = conn.execute("SELECT ts, energy_import FROM readings WHERE meter = %s"
+                              " AND ts IN (%s, %s) ORDER BY ts",
+                              (key[0], old_day, late)).fetchall()
+        assert stored == [(old_day, 100000), (late, 500)]  # first one kept, late one added
+        assert conn.execute("SELECT m.meter_id FROM vee_dirty d JOIN meters m"
+                            " ON m.meter_key = d.meter").fetchall() == [("ts-c00",)]
 
 
 def test_retention_drops_old_chunks_and_keeps_recent_readings_and_intervals(
@@ -288,15 +310,16 @@ def test_retention_drops_old_chunks_and_keeps_recent_readings_and_intervals(
     by drop_chunks) and keeps validated intervals."""
     now = datetime.now(UTC).replace(microsecond=0)
     ages = (timedelta(days=40), timedelta(days=31), timedelta(days=29), timedelta(hours=1))
-    rows = [("ts-m1", "energy_import_total", now - age, float(i), "kWh")
-            for i, age in enumerate(ages)]
+    rows = [("ts-m1", "energy_import_total", now - age, float(i)) for i, age in enumerate(ages)]
+    rows += [("ts-m1", "energy_import_t1", now - age, float(i)) for i, age in enumerate(ages)]
     with _connect(ts_url) as conn:
         _insert(conn, rows)
-        conn.execute("INSERT INTO intervals (meter_id, interval_start, interval_end, kwh, quality) "
-                     "VALUES ('ts-m1', %s, %s, 1.5, 'A')",
-                     (now - ages[0], now - ages[0] + timedelta(minutes=15)))
+        conn.execute("INSERT INTO intervals (meter, interval_start, seconds, kwh, quality,"
+                     " change_id) SELECT meter_key, %s, 900, 1.5, 'A', 0 FROM meters"
+                     " WHERE meter_id = 'ts-m1'", (now - ages[0],))
         job = conn.execute("SELECT job_id FROM timescaledb_information.jobs "
-                           "WHERE proc_name = 'policy_compression'").fetchone()
+                           "WHERE proc_name = 'policy_compression' "
+                           "AND hypertable_name = 'readings'").fetchone()
         assert job is not None
         conn.execute(sql.SQL("CALL run_job({})").format(sql.Literal(job[0])))  # as in life
         assert conn.execute("SELECT count(*) FROM timescaledb_information.chunks "
@@ -312,4 +335,6 @@ def test_retention_drops_old_chunks_and_keeps_recent_readings_and_intervals(
         assert conn.execute("SELECT count(*) FROM intervals").fetchone() == (1,)
         assert conn.execute("SELECT count(*) FROM timescaledb_information.chunks "
                             "WHERE hypertable_name = 'readings'").fetchone() == (2,)
+        # the side table's old chunks went with them
+        assert conn.execute("SELECT count(*) FROM reading_extras").fetchone() == (2,)
     assert drop_old_readings(ts_url, 30) == 0  # nothing more to drop
