@@ -440,7 +440,8 @@ def reconcile(
         for r in rows:
             if r["customer_action_needed"] and meter_id:
                 continue  # just asked; the periodic pass asks again later
-            if r["no_relay"] or r["reconcile_attempts"] >= knobs.reconcile_max_attempts:
+            if r["no_relay"] or (r["reconcile_attempts"] >= knobs.reconcile_max_attempts
+                                 and not r["customer_action_needed"]):
                 _give_up(conn, r, now, knobs)
                 continue
             if r["customer_action_needed"] and r["relay_wanted"] == "closed":
@@ -463,8 +464,9 @@ def reconcile(
                 purpose="reconcile", now=now, retry=knobs.retry, actor=actor, detail=why,
             ):
                 queued += 1
-                conn.execute("UPDATE billing_meters SET reconcile_attempts = "
-                             "reconcile_attempts + 1 WHERE meter_id = %s", (r["meter_id"],))
+                if action != "relay_status":  # asking how it stands repairs nothing
+                    conn.execute("UPDATE billing_meters SET reconcile_attempts = "
+                                 "reconcile_attempts + 1 WHERE meter_id = %s", (r["meter_id"],))
     return Reconciled(queued, tampered)
 
 

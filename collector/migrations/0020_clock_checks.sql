@@ -19,14 +19,18 @@ CREATE TABLE IF NOT EXISTS clock_checks (
 -- status (health.meters.<id>.capabilities, from the meter's model or register map), and its
 -- newest clock check. NULL capability: not reported (yet).
 CREATE OR REPLACE VIEW meter_field_contract AS
+-- The status is the gateway's free-form JSON: anything but a JSON boolean reads as NULL, so
+-- a gateway cannot break the view (and billing's queries) with a value that does not cast.
 SELECT m.meter_id,
-       (g.health -> 'meters' -> m.meter_id -> 'capabilities' ->> 'relay')::boolean
+       CASE WHEN jsonb_typeof(caps -> 'relay') = 'boolean' THEN (caps ->> 'relay')::boolean END
            AS relay_capable,      -- the meter has a relay billing can switch
-       (g.health -> 'meters' -> m.meter_id -> 'capabilities' ->> 'time_sync')::boolean
+       CASE WHEN jsonb_typeof(caps -> 'time_sync') = 'boolean'
+            THEN (caps ->> 'time_sync')::boolean END
            AS time_sync_capable,  -- the gateway can set its clock
        c.drift_s AS clock_drift_s,  -- newest clock check: meter minus gateway time, seconds
        c.read_at AS clock_read_at   -- when that check was made (gateway time)
 FROM meters m
 LEFT JOIN gateways g ON g.gateway = m.gateway
+LEFT JOIN LATERAL (SELECT g.health -> 'meters' -> m.meter_id -> 'capabilities' AS caps) h ON true
 LEFT JOIN LATERAL (SELECT drift_s, read_at FROM clock_checks cc WHERE cc.meter_id = m.meter_id
                    ORDER BY read_at DESC LIMIT 1) c ON true;

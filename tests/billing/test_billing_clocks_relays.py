@@ -201,3 +201,29 @@ def test_a_cutoff_supersedes_a_waiting_time_sync(conn, synced) -> None:
 def test_clock_policy_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="tolerance_s < threshold_s"):
         ClockPolicy(threshold_s=5, tolerance_s=10)
+
+
+def test_a_status_value_that_is_not_a_boolean_reads_as_unknown(conn) -> None:
+    """The gateway's status is free-form: a capability that is not a JSON boolean must not
+    break the view billing reads (nor make the meter count as relay-less)."""
+    put_meter(conn, "mx", "s1", "gw1")
+    conn.execute("""INSERT INTO gateways (gateway, site, state, health) VALUES ('gw1', 's1',
+                    'online', '{"meters": {"mx": {"capabilities": {"relay": "maybe",
+                    "time_sync": 1}}}}')""")
+    assert conn.execute("SELECT relay_capable, time_sync_capable FROM meter_field_contract "
+                        "WHERE meter_id = 'mx'").fetchone() == (None, None)
+    account(conn, "A", "mx")  # accepted: the capability is unknown
+
+
+def test_waiting_for_the_customers_button_is_not_a_failed_repair(conn, relayless) -> None:
+    account(conn, "A", "m07")
+    conn.execute("UPDATE billing_meters SET relay_wanted = 'closed', relay_reported = 'open', "
+                 "customer_action_needed = true")
+    t = NOON
+    for _ in range(5):  # each pass asks how the relay stands; the customer has not pressed
+        t += timedelta(minutes=5)
+        reconcile(conn, t, KNOBS, "test")
+        conn.execute("UPDATE billing_commands SET state = 'verified', updated_at = %s "
+                     "WHERE state = 'queued'", (t,))
+    assert commands(conn) == [("relay_status", "reconcile", "verified")] * 5
+    assert alerts(conn, "site_visit") == []
