@@ -106,14 +106,22 @@ class Recorded(Protocol):
     reads sorted by (meter, t), meter numbers indexing ``meter_ids``, and its fault labels
     (``meter`` a meter id, ``end`` None while the fault lasts)."""
 
-    meter_ids: list[str]
-    meter: I64
-    t: F64
-    energy: F64
-    current: F64
-    voltage: F64
-    clock_skew: F64
-    labels: Sequence[Any]
+    @property
+    def meter_ids(self) -> list[str]: ...
+    @property
+    def meter(self) -> I64: ...
+    @property
+    def t(self) -> F64: ...
+    @property
+    def energy(self) -> F64: ...
+    @property
+    def current(self) -> F64: ...
+    @property
+    def voltage(self) -> F64: ...
+    @property
+    def clock_skew(self) -> F64: ...
+    @property
+    def labels(self) -> Sequence[Any]: ...
 
 
 def judge_recording(

@@ -86,8 +86,9 @@ def load_declared(conn: psycopg.Connection, names: list[int], default: float) ->
     return declared_step(res.reshape(-1), ct.reshape(-1), default)
 
 
-def declare(conn: psycopg.Connection, meter: str, resolution_kwh: float | None,
-            ct_ratio: float | None) -> None:
+def declare(
+    conn: psycopg.Connection, meter: str, resolution_kwh: float | None, ct_ratio: float | None
+) -> None:
     """Set (None: clear) what a registered meter's register resolves; checked first."""
     if resolution_kwh is not None and not 0 < resolution_kwh <= 1000:
         raise ValueError(f"register resolution {resolution_kwh} kWh: expected 0 < kWh <= 1000")
