@@ -436,14 +436,15 @@ class _DemoRun:
                 _raise_if_failed([*backend, gateway])
                 at = f"{time.monotonic() - started:5.1f}s"
                 self.observe_relay(at)
+                # the line says what holds at its stamp: printed before the top-up below
+                if live and not interrupted.is_set():
+                    _say(await asyncio.to_thread(self.status_line, at))
                 if self.billing.stats.cutoffs_acked and not self.topped_up:
                     with contextlib.suppress(TimeoutError):  # the customer pays, unless stopped
                         await asyncio.wait_for(interrupted.wait(), TOPUP_DELAY_S)
                     if not interrupted.is_set():
                         await asyncio.to_thread(self.top_up,
                                                 f"{time.monotonic() - started:5.1f}s")
-                if live and not interrupted.is_set():
-                    _say(await asyncio.to_thread(self.status_line, at))
         finally:
             await self._stop(gateway, backend, stop_gateway, stop_backend,
                              hurry=interrupted.is_set())
