@@ -27,18 +27,22 @@ def _wrapped_messages() -> dict[str, str]:
     for part in PARTS:
         for path in sorted((ROOT / part).rglob("*.py")):
             for node in ast.walk(ast.parse(path.read_text(), str(path))):
-                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-                        and node.func.id in ("_", "N_") and node.args
-                        and isinstance(node.args[0], ast.Constant)
-                        and isinstance(node.args[0].value, str)):
-                    found.setdefault(node.args[0].value,
-                                     f"{path.relative_to(ROOT)}:{node.lineno}")
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Name)
+                    and node.func.id in ("_", "N_")
+                    and node.args
+                    and isinstance(node.args[0], ast.Constant)
+                    and isinstance(node.args[0].value, str)
+                ):
+                    found.setdefault(node.args[0].value, f"{path.relative_to(ROOT)}:{node.lineno}")
     return found
 
 
 def _fields(message: str) -> set[str]:
-    return {name for _text, name, _spec, _conv in string.Formatter().parse(message)
-            if name is not None}
+    return {
+        name for _text, name, _spec, _conv in string.Formatter().parse(message) if name is not None
+    }
 
 
 def test_every_wrapped_message_has_a_chinese_translation() -> None:
@@ -60,17 +64,20 @@ def test_lookup_fills_placeholders_in_the_reader_language() -> None:
     assert i18n.current() == "en"
 
 
-@pytest.mark.parametrize(("header", "lang"), [
-    ("zh-CN,zh;q=0.9,en;q=0.8", "zh-CN"),
-    ("en-US,en;q=0.9,zh-CN;q=0.8", "en"),
-    ("fr-FR, zh;q=0.5", "zh-CN"),
-    ("en;q=0.2, zh-Hans-CN;q=0.7", "zh-CN"),
-    ("zh-CN;q=0, en;q=0.1", "en"),
-    ("de, fr", "en"),
-    ("", "en"),
-    (None, "en"),
-    ("zh-TW;q=oops, ;;, en", "en"),
-])
+@pytest.mark.parametrize(
+    ("header", "lang"),
+    [
+        ("zh-CN,zh;q=0.9,en;q=0.8", "zh-CN"),
+        ("en-US,en;q=0.9,zh-CN;q=0.8", "en"),
+        ("fr-FR, zh;q=0.5", "zh-CN"),
+        ("en;q=0.2, zh-Hans-CN;q=0.7", "zh-CN"),
+        ("zh-CN;q=0, en;q=0.1", "en"),
+        ("de, fr", "en"),
+        ("", "en"),
+        (None, "en"),
+        ("zh-TW;q=oops, ;;, en", "en"),
+    ],
+)
 def test_accept_language(header: str | None, lang: str) -> None:
     assert i18n.negotiate(header) == lang
 
@@ -80,14 +87,17 @@ def test_any_accept_language_header_gives_a_supported_language(header: str) -> N
     assert i18n.negotiate(header) in i18n.LANGUAGES
 
 
-@pytest.mark.parametrize(("env", "lang"), [
-    ({"METERHUB_LANG": "zh-CN", "LANG": "en_US.UTF-8"}, "zh-CN"),
-    ({"LC_ALL": "zh_CN.UTF-8", "LANG": "en_US.UTF-8"}, "zh-CN"),
-    ({"LANG": "zh_CN.GB18030"}, "zh-CN"),
-    ({"LANG": "C.UTF-8"}, "en"),
-    ({"LANG": "de_DE.UTF-8"}, "en"),
-    ({}, "en"),
-])
+@pytest.mark.parametrize(
+    ("env", "lang"),
+    [
+        ({"METERHUB_LANG": "zh-CN", "LANG": "en_US.UTF-8"}, "zh-CN"),
+        ({"LC_ALL": "zh_CN.UTF-8", "LANG": "en_US.UTF-8"}, "zh-CN"),
+        ({"LANG": "zh_CN.GB18030"}, "zh-CN"),
+        ({"LANG": "C.UTF-8"}, "en"),
+        ({"LANG": "de_DE.UTF-8"}, "en"),
+        ({}, "en"),
+    ],
+)
 def test_cli_language_from_environment(env: dict[str, str], lang: str) -> None:
     assert i18n.from_environment(env) == lang
 

@@ -164,6 +164,7 @@ def test_engineer_and_operator_day(browser: Browser, served_tls: str, logins: Lo
                              has_touch=True, device_scale_factor=2)
     _login(phone, served, "viewer", logins.passwords["viewer"])
     expect(phone.locator(f'[data-gateway="{fleet.gateway}"]')).to_be_visible()
+    expect(phone.locator("#who-name")).to_be_visible()  # the way to My account
     phone.screenshot(path=str(shots / "05-fleet-phone.png"), full_page=True)
     phone.goto(f"{served}/#/meter/{fleet.meters[0]}")
     expect(phone.get_by_test_id("chart-power").locator("path.line-power")).to_have_count(1)

@@ -98,18 +98,27 @@ async def test_api_answers_in_the_asked_language(client: Client, logins: Logins)
     assert body["error"]["message"].startswith("请先登录")
     assert anonymous.headers["Content-Language"] == "zh-CN"
 
-    wrong = await client.post("/api/v1/session", json={"name": "nobody", "password": "x"},
-                              headers={"Accept-Language": "zh-CN,zh;q=0.9", **same_origin(client)})
+    wrong = await client.post(
+        "/api/v1/session",
+        json={"name": "nobody", "password": "x"},
+        headers={"Accept-Language": "zh-CN,zh;q=0.9", **same_origin(client)},
+    )
     assert wrong.status == 401
     assert (await wrong.json())["error"]["message"] == "用户名或密码错误"
 
-    bad = await client.get("/api/v1/meters", params={"limit": "lots"},
-                           headers={**logins.auth("viewer"), "Accept-Language": "zh-CN"})
+    bad = await client.get(
+        "/api/v1/meters",
+        params={"limit": "lots"},
+        headers={**logins.auth("viewer"), "Accept-Language": "zh-CN"},
+    )
     assert bad.status == 400
     assert "必须是整数" in (await bad.json())["error"]["message"]
 
-    english = await client.get("/api/v1/meters", params={"limit": "lots"},
-                               headers={**logins.auth("viewer"), "Accept-Language": "en-GB"})
+    english = await client.get(
+        "/api/v1/meters",
+        params={"limit": "lots"},
+        headers={**logins.auth("viewer"), "Accept-Language": "en-GB"},
+    )
     assert "must be a whole number" in (await english.json())["error"]["message"]
     assert english.headers["Content-Language"] == "en"
 
