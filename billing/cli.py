@@ -24,10 +24,12 @@ from billing import alerts as alerts_mod
 from billing import cli_customers, cli_payments, ledger, lifecycle, manual, read_model, reports
 from billing.engine import SIGNING_KEY_ENV, BillingConfig, BillingEngine
 from billing.errors import BillingError
+from billing.metrics import BillingMetrics
 from billing.money import DEFAULT_MAX_TOPUP, parse_yuan
 from billing.policy import CreditSettings, ProtectedWindows
 from billing.tariffs import load_tariffs
 from meterhub import db, settings
+from meterhub.metrics import add_metrics_option, metrics_endpoint
 
 
 def register(subparsers: Any) -> None:
@@ -50,6 +52,7 @@ def register(subparsers: Any) -> None:
                      help="Ed25519 private key (PEM, mode 0600) that signs every relay "
                           f"command (default ${SIGNING_KEY_ENV}; required)")
     run.add_argument("--migrate", action="store_true", help="apply migrations first")
+    add_metrics_option(run)
     run.set_defaults(handler=_run)
 
     top = sub.add_parser("topup", help="credit a payment (idempotent by channel + reference)")
@@ -173,7 +176,8 @@ def _run(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
-        await engine.run(stop)
+        async with metrics_endpoint(args.metrics, lambda: BillingMetrics(engine)):
+            await engine.run(stop)
 
     asyncio.run(main())
     s = engine.stats

@@ -13,6 +13,7 @@ from typing import Any
 
 from collector.config import CollectorConfig
 from meterhub import db, settings
+from meterhub.metrics import add_metrics_option, metrics_endpoint
 
 
 def register(subparsers: Any) -> None:
@@ -28,6 +29,7 @@ def register(subparsers: Any) -> None:
     run.add_argument("--site", default="+", help="only this site's topics (default: all)")
     run.add_argument("--client-id", help="stable MQTT client id (default: per host)")
     run.add_argument("--migrate", action="store_true", help="apply migrations first")
+    add_metrics_option(run)
     run.add_argument("--validate-every", type=float, default=5.0, metavar="SECONDS",
                      help="continuous validation period; 0 turns it off")
     run.set_defaults(handler=_run)
@@ -234,6 +236,7 @@ def _run(args: argparse.Namespace) -> int:
         site=args.site, migrate=args.migrate,
         validate_every_s=args.validate_every or None, **kw,
     )
+    from collector.metrics import CollectorMetrics
     from collector.service import Collector
 
     async def main() -> None:
@@ -243,7 +246,8 @@ def _run(args: argparse.Namespace) -> int:
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
         collector = Collector(config)
-        await collector.run(stop)
+        async with metrics_endpoint(args.metrics, lambda: CollectorMetrics(collector)):
+            await collector.run(stop)
         s = collector.stats
         print(json.dumps({"messages": s.messages, "readings_stored": s.readings_stored,
                           "dead_letters": s.dead_letters, "intervals": s.intervals_written}))

@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import psycopg
+from prometheus_client import Histogram
 
 from collector import dead_letters, ownership, parse, store, vee
 from collector._mqtt import Consumer, Message
 from collector.config import CollectorConfig
 from collector.store import Batch
 from meterhub import db, dbfaults, wire
+from meterhub.metrics import LATENCY_BUCKETS_S
 from meterhub.supervise import Supervisor, TaskHealth
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,10 @@ class CollectorStats:
     commit_latencies_s: list[float] = field(default_factory=list)  # arrival -> commit, sampled
     task_restarts: dict[str, int] = field(default_factory=dict)  # supervised task -> restarts
     task_last_error: dict[str, str] = field(default_factory=dict)
+    commit_latency: Histogram = field(default_factory=lambda: Histogram(
+        "meterhub_collector_commit_latency_seconds",
+        "Message arrival at the collector to its batch's commit",
+        buckets=LATENCY_BUCKETS_S, registry=None))
 
 
 class Collector:
@@ -353,8 +359,11 @@ class Collector:
         s.batches_committed += 1
         s.last_commit_at = datetime.now(UTC)
         now = asyncio.get_running_loop().time()
+        latencies = [now - t for t in batch.publish_times]
+        for seconds in latencies:
+            s.commit_latency.observe(seconds)
         if len(s.commit_latencies_s) < 200_000:
-            s.commit_latencies_s.extend(now - t for t in batch.publish_times)
+            s.commit_latencies_s.extend(latencies)
 
     async def _connection(self) -> psycopg.AsyncConnection:
         if self._conn is None or self._conn.closed:

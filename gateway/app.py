@@ -140,6 +140,13 @@ class Gateway:
 
     # ------------------------------------------------------------------ status
 
+    def store_depth(self) -> tuple[int, int]:
+        """(batches, readings) waiting for a receipt; blocking (SQLite): call in a thread."""
+        return self._store.depth() if self._store is not None else (0, 0)
+
+    def bus_workers(self) -> dict[str, BusWorker]:
+        return dict(self._workers)
+
     async def health(self) -> dict[str, Any]:
         """Figures for the status message: buffer depth, bus utilisation, per-meter errors."""
         assert self._store is not None

@@ -13,6 +13,7 @@ from typing import Any
 
 from gateway.config import PROTOCOLS, ConfigError, MeterConfig, load_config
 from gateway.drivers.base import DriverError
+from meterhub.metrics import add_metrics_option, metrics_endpoint
 from meterhub.quantities import QUANTITIES
 
 
@@ -24,6 +25,7 @@ def register(subparsers: Any) -> None:
     run = sub.add_parser("run", help="run the gateway service until SIGTERM/SIGINT")
     run.add_argument("--config", required=True, type=Path, help="gateway TOML file")
     run.add_argument("--state-dir", type=Path, help="overrides gateway.state_dir")
+    add_metrics_option(run)
     run.set_defaults(handler=_run)
 
     check = sub.add_parser("check", help="validate the config, read each meter once, "
@@ -77,6 +79,7 @@ def _endpoint(args: argparse.Namespace) -> tuple[str, int] | None:
 
 def _run(args: argparse.Namespace) -> int:
     from gateway.app import Gateway
+    from gateway.metrics import GatewayMetrics
 
     try:
         config = load_config(args.config)
@@ -89,7 +92,9 @@ def _run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await Gateway(config, state_dir=args.state_dir).run(stop)
+        gateway = Gateway(config, state_dir=args.state_dir)
+        async with metrics_endpoint(args.metrics, lambda: GatewayMetrics(gateway)):
+            await gateway.run(stop)
 
     asyncio.run(main())
     return 0

@@ -251,8 +251,11 @@ class Publisher:
             log.warning("ignoring a receipt for %s/%s on this gateway's topic",
                         safe_text(receipt.site, 64), safe_text(receipt.gateway, 64))
             return
-        self.stats.batches_confirmed += await asyncio.to_thread(self.store.confirmed,
-                                                                list(receipt.ranges))
+        sealed = await asyncio.to_thread(self.store.confirmed, list(receipt.ranges))
+        self.stats.batches_confirmed += len(sealed)
+        now = time.time()
+        for at in sealed:
+            self.stats.receipt_latency.observe(max(0.0, now - at))
 
     def _resend_after(self, attempts: int) -> float:
         """Seconds before a batch still without receipt goes again: the timeout, doubling

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from prometheus_client import Histogram
+
+from meterhub.metrics import LATENCY_BUCKETS_S
+
+
+def _receipt_latency() -> Histogram:
+    return Histogram("meterhub_gateway_receipt_latency_seconds",
+                     "Sealed batch to the collector's receipt naming it",
+                     buckets=LATENCY_BUCKETS_S, registry=None)
 
 
 @dataclass
@@ -23,3 +33,5 @@ class GatewayStats:
     commands_failed: int = 0  # a bug while handling one (logged; the next one still runs)
     poll_errors: int = 0
     connects: int = 0
+    # sealed -> receipted: the whole trip through broker and collector commit
+    receipt_latency: Histogram = field(default_factory=_receipt_latency)

@@ -168,19 +168,21 @@ class Store:
         with self._lock:
             self._db.executemany("DELETE FROM batches WHERE seq=?", [(s,) for s in seqs])
 
-    def confirmed(self, ranges: Sequence[tuple[int, int]]) -> int:
-        """The collector committed these seq ranges: forget them; returns how many went."""
+    def confirmed(self, ranges: Sequence[tuple[int, int]]) -> list[float]:
+        """The collector committed these seq ranges: forget them; returns when each batch
+        that went had been sealed (epoch seconds), for the receipt latency."""
         with self._lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
-                gone = sum(db.execute("DELETE FROM batches WHERE seq BETWEEN ? AND ?",
-                                      (first, last)).rowcount for first, last in ranges)
+                sealed = [row[0] for first, last in ranges for row in db.execute(
+                    "DELETE FROM batches WHERE seq BETWEEN ? AND ? RETURNING sealed_at",
+                    (first, last)).fetchall()]
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-        return gone
+        return sealed
 
     def depth(self) -> tuple[int, int]:
         """(batches, readings) waiting to be published."""

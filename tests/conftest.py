@@ -12,7 +12,7 @@ import contextlib
 import os
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -90,3 +90,27 @@ def artifacts_dir() -> Path:
     path = Path(__file__).parent.parent / "test-artifacts"
     path.mkdir(exist_ok=True)
     return path
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+async def _scrape(bound: tuple[str, int] | None) -> Samples:
+    """GET /metrics and parse it with prometheus-client's own parser:
+    {(sample name, sorted labels): value}."""
+    import aiohttp
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert bound is not None, "no metrics endpoint"
+    async with aiohttp.ClientSession() as http, \
+            http.get(f"http://{bound[0]}:{bound[1]}/metrics") as response:
+        assert response.status == 200
+        text = await response.text()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+@pytest.fixture
+def scrape() -> Callable[[tuple[str, int] | None], Awaitable[Samples]]:
+    """An async function fetching and parsing a part's /metrics."""
+    return _scrape

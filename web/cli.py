@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from meterhub import db, settings
+from meterhub.metrics import add_metrics_option
 from web import keys
 from web.auth import ROLES
 from web.sessions import SessionPolicy
@@ -42,6 +43,7 @@ def register(sub: Any) -> None:
                    metavar="SECONDS", help="a session unused this long ends")
     p.add_argument("--session-max", type=float, default=SessionPolicy().absolute_s,
                    metavar="SECONDS", help="a session ends this long after login, used or not")
+    add_metrics_option(p)
     p.add_argument("--max-topup", type=Decimal, default=None, metavar="YUAN",
                    help="largest amount one top-up may credit (default 100000)")
     p.set_defaults(handler=_serve)
@@ -78,6 +80,10 @@ def _serve(args: argparse.Namespace) -> int:
                         max_topup_yuan=args.max_topup or billing.DEFAULT_MAX_TOPUP,
                          session_key_file=args.session_key_file)
     app = create_app(url, mqtt=mqtt, offline_after_s=args.offline_after, door_settings=door)
+    if args.metrics:
+        from web import metrics
+
+        metrics.install(app, args.metrics)
     scheme = "https" if context else "http"
     print(f"meterhub web: {scheme}://{args.host}:{args.port}/", file=sys.stderr)
     if not _has_users(url):

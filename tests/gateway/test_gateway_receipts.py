@@ -45,7 +45,7 @@ def test_store_keeps_sent_batches_until_confirmed(tmp_path: Path) -> None:
     assert [(b.seq, b.attempts) for b in store.due(now=time.time())] == [(2, 1), (3, 0)]
     assert [b.seq for b in store.due(now=time.time() + 2000)] == [1, 2, 3]
     assert store.unsent() == 1
-    assert store.confirmed([(1, 2), (9, 12)]) == 2
+    assert len(store.confirmed([(1, 2), (9, 12)])) == 2
     assert store.depth() == (1, 1)
     store.close()
 
