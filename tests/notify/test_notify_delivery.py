@@ -6,6 +6,8 @@ the staff list; quiet hours, the per-contact limit and retries with backoff hold
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -52,6 +54,23 @@ def sms_table(url: str, secret: dict) -> dict[str, Any]:
     }
 
 
+@contextlib.asynccontextmanager
+async def sms_and_email(secret_file) -> AsyncIterator[tuple[Provider, Any, NotifyConfig, str]]:
+    """An SMS provider and an SMTP server running, and a config with both channels."""
+    sms = Provider()
+    with smtp_server() as (box, port):
+        async with http_server(
+            sms_provider_app(sms, "key-1", SMS_SECRET.encode(), SMS_TEMPLATES)
+        ) as url:
+            config = NotifyConfig.from_dict(
+                {
+                    "sms": sms_table(url, secret_file("sms", SMS_SECRET)),
+                    "email": {"host": "127.0.0.1", "port": port, "from": "b@meterhub.test"},
+                }
+            )
+            yield sms, box, config, url
+
+
 async def drain(service: NotifyService, rounds: int = 5) -> None:
     for _ in range(rounds):
         await service.pass_once()
@@ -96,57 +115,47 @@ async def test_sms_signed_with_template_and_dead_number_falls_back(
 ) -> None:
     account = customer_with_account(conn, preferred_channel="sms", language="zh-CN")
     nid = notice(conn, account, "low_balance", NOON, balance="28.50", threshold="30.00")
-    sms = Provider()
-    with smtp_server() as (box, port):
-        async with http_server(
-            sms_provider_app(sms, "key-1", SMS_SECRET.encode(), SMS_TEMPLATES)
-        ) as url:
-            config = NotifyConfig.from_dict(
-                {
-                    "sms": sms_table(url, secret_file("sms", SMS_SECRET)),
-                    "email": {"host": "127.0.0.1", "port": port, "from": "b@meterhub.test"},
-                }
-            )
-            async with NotifyService(config, db_url, clock=lambda: NOON) as service:
-                await drain(service)
-            [sent] = sms.received
-            assert sent["to"] == "+8613800138001"
-            assert (sent["template_code"], sent["params"]) == (
-                "SMS_LOW_ZH",
-                {"balance": "28.50", "threshold": "30.00"},
-            )
-            assert sent["sign_name"] == "Meterhub Power" and sms.refused == []
-            assert evidence(conn, nid) == [("sms", "delivered", "sms-1")]
+    async with sms_and_email(secret_file) as (sms, box, config, url):
+        async with NotifyService(config, db_url, clock=lambda: NOON) as service:
+            await drain(service)
+        [sent] = sms.received
+        assert sent["to"] == "+8613800138001"
+        assert (sent["template_code"], sent["params"]) == (
+            "SMS_LOW_ZH",
+            {"balance": "28.50", "threshold": "30.00"},
+        )
+        assert sent["sign_name"] == "Meterhub Power" and sms.refused == []
+        assert evidence(conn, nid) == [("sms", "delivered", "sms-1")]
 
-            # the next notice finds the number dead: listed for staff, e-mail takes over
-            sms.answers.append((200, {"code": "UNKNOWN_SUBSCRIBER", "message": "no such"}))
-            nid2 = notice(
-                conn, account, "low_balance", NOON, key="second", balance="9.00", threshold="10.00"
-            )
-            async with NotifyService(config, db_url, clock=lambda: NOON) as service:
-                await drain(service)
-            assert [e[:2] for e in evidence(conn, nid2)] == [
-                ("sms", "refused"),
-                ("email", "delivered"),
-            ]
-            [dead] = undeliverable_contacts(conn)
-            assert (dead.channel, dead.contact) == ("sms", "+8613800138001")
-            assert "UNKNOWN_SUBSCRIBER" in dead.reason
-            assert len(box.messages) == 1
+        # the next notice finds the number dead: listed for staff, e-mail takes over
+        sms.answers.append((200, {"code": "UNKNOWN_SUBSCRIBER", "message": "no such"}))
+        nid2 = notice(
+            conn, account, "low_balance", NOON, key="second", balance="9.00", threshold="10.00"
+        )
+        async with NotifyService(config, db_url, clock=lambda: NOON) as service:
+            await drain(service)
+        assert [e[:2] for e in evidence(conn, nid2)] == [
+            ("sms", "refused"),
+            ("email", "delivered"),
+        ]
+        [dead] = undeliverable_contacts(conn)
+        assert (dead.channel, dead.contact) == ("sms", "+8613800138001")
+        assert "UNKNOWN_SUBSCRIBER" in dead.reason
+        assert len(box.messages) == 1
 
-            # a wrong key: the provider refuses the signature; retried, never delivered
-            bad = NotifyConfig.from_dict(
-                {
-                    "sms": sms_table(url, secret_file("bad", "wrong")),
-                    "max_attempts": 2,
-                    "retry_backoff_s": 0.01,
-                }
-            )
-            nid3 = notice(conn, "acc-1", "bill", NOON, key="third", amount="1.00")
-            async with NotifyService(bad, db_url, clock=lambda: NOON) as service:
-                await drain(service)
-            assert sms.refused == ["signature"]
-            assert all(o != "delivered" for _, o, _ in evidence(conn, nid3))
+        # a wrong key: the provider refuses the signature (401: not retried), never delivered
+        bad = NotifyConfig.from_dict(
+            {
+                "sms": sms_table(url, secret_file("bad", "wrong")),
+                "max_attempts": 2,
+                "retry_backoff_s": 0.01,
+            }
+        )
+        nid3 = notice(conn, "acc-1", "bill", NOON, key="third", amount="1.00")
+        async with NotifyService(bad, db_url, clock=lambda: NOON) as service:
+            await drain(service)
+        assert sms.refused == ["signature"]
+        assert all(o != "delivered" for _, o, _ in evidence(conn, nid3))
 
 
 async def test_wechat_template_message_with_token_and_unfollowed_user(
@@ -311,20 +320,10 @@ async def test_withdrawn_notice_is_not_sent(conn, db_url) -> None:
 async def test_refused_mailbox_is_listed_and_next_channel_tried(conn, db_url, secret_file) -> None:
     account = customer_with_account(conn, preferred_channel="email")
     nid = notice(conn, account, "bill", NOON, amount="5.00")
-    sms = Provider()
-    with smtp_server() as (box, port):
+    async with sms_and_email(secret_file) as (sms, box, config, _):
         box.refused.add("tenant1@example.com")
-        async with http_server(
-            sms_provider_app(sms, "key-1", SMS_SECRET.encode(), SMS_TEMPLATES)
-        ) as url:
-            config = NotifyConfig.from_dict(
-                {
-                    "sms": sms_table(url, secret_file("sms", SMS_SECRET)),
-                    "email": {"host": "127.0.0.1", "port": port, "from": "b@meterhub.test"},
-                }
-            )
-            async with NotifyService(config, db_url, clock=lambda: NOON) as service:
-                await drain(service)
+        async with NotifyService(config, db_url, clock=lambda: NOON) as service:
+            await drain(service)
     assert box.messages == []
     assert [e[:2] for e in evidence(conn, nid)] == [("email", "refused"), ("sms", "delivered")]
     assert sms.received[0]["params"] == {"account": account, "amount": "5.00"}
