@@ -5,8 +5,6 @@ from billing.arrears import CLASSES as CUSTOMER_CLASSES
 from billing.arrears import CollectionSettings
 from billing.collection import create_plan, run_collection
 from billing.collection_reports import arrears_report, collection_rates, penalty_lines, plans
-from billing.ebill import render_html as render_bill_html
-from billing.ebill import render_pdf as render_bill_pdf
 from billing.customers import (
     Customer,
     CustomerError,
@@ -21,6 +19,8 @@ from billing.customers import (
     update_customer,
     verify_contacts,
 )
+from billing.ebill import render_html as render_bill_html
+from billing.ebill import render_pdf as render_bill_pdf
 from billing.engine import (
     SIGNING_KEY_ENV,
     BillingConfig,
