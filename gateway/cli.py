@@ -33,6 +33,11 @@ def register(subparsers: Any) -> None:
     add_metrics_option(run)
     run.set_defaults(handler=_run)
 
+    ref = sub.add_parser("config-reference", help="print the config reference (Markdown), "
+                         "generated from the config loader")
+    ref.add_argument("--out", type=Path, help="write it to this file instead")
+    ref.set_defaults(handler=_config_reference)
+
     check = sub.add_parser("check", help="validate the config, test the state directory and "
                            "the broker login, read each meter once: a verdict per bus and meter")
     check.add_argument("--config", required=True, type=Path, help="gateway TOML file")
@@ -87,6 +92,17 @@ def _endpoint(args: argparse.Namespace) -> tuple[str, int] | None:
 
 
 # ---------------------------------------------------------------------------- run
+
+
+def _config_reference(args: argparse.Namespace) -> int:
+    from gateway.config_reference import render
+
+    text = render()
+    if args.out:
+        args.out.write_text(text, "utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -191,12 +191,23 @@ class GatewayConfig:
 # ---------------------------------------------------------------------------- checking
 
 
+# (section path without indexes, key) -> (kind in words, default): what the reference lists
+KeyRecord = dict[tuple[str, str], tuple[str, Any]]
+
+
 class _Checker:
     """Walks the raw TOML tables, recording every problem instead of raising at the first."""
 
-    def __init__(self, base_dir: Path | None = None) -> None:
+    def __init__(self, base_dir: Path | None = None, record: KeyRecord | None = None) -> None:
         self.problems: list[str] = []
         self.base_dir = base_dir
+        # the config reference (gateway/config_reference.py) listens to the walk: every key a
+        # table accepts and, for each key read, its type and default
+        self.record = record
+
+    def _seen(self, path: str, key: str, kind: str, default: Any) -> None:
+        if self.record is not None:
+            self.record.setdefault((re.sub(r"\[\d+\]", "", path), key), (kind, default))
 
     def problem(self, path: str, value: Any, why: str) -> None:
         self.problems.append(f"{path}: {value!r} {why}" if value is not _MISSING else
@@ -211,6 +222,8 @@ class _Checker:
         return raw
 
     def unknown_keys(self, raw: Mapping[str, Any], known: tuple[str, ...], path: str) -> None:
+        for key in known:
+            self._seen(path, key, "table", _MISSING)
         for key in raw:
             if key not in known:
                 hint = difflib.get_close_matches(key, known, n=1)
@@ -229,6 +242,8 @@ class _Checker:
     ) -> Any:
         """The value at ``key`` if it has the right type and passes ``check``; else the
         default, with the problem recorded. ``default=_MISSING`` makes the key required."""
+        if self.record is not None:
+            self.record[(re.sub(r"\[\d+\]", "", path), key)] = (_kind_name(kind), default)
         where = _join(path, key)
         if key not in raw:
             if default is _MISSING:
@@ -250,6 +265,8 @@ class _Checker:
                check: Callable[[str], str | None] | None = None) -> Secret | None:
         """A secret given as ``{file = ...}``, ``{env = ...}`` or inline (with a warning);
         problems name the key, never the value."""
+        if self.record is not None:
+            self.record[(re.sub(r"\[\d+\]", "", path), key)] = ("a secret", None)
         if key not in raw:
             return None
         where = _join(path, key)
@@ -678,11 +695,13 @@ def _check_supported(c: _Checker, bus: BusConfig, path: str, indexes: list[int],
 
 
 def config_from_dict(data: Mapping[str, Any], source: str = "<dict>", *,
-                     base_dir: Path | None = None) -> GatewayConfig:
+                     base_dir: Path | None = None,
+                     record: KeyRecord | None = None) -> GatewayConfig:
     """Check a parsed config; raise :class:`ConfigError` listing every problem.
 
-    ``base_dir`` resolves relative key and secret paths (the config file's folder)."""
-    c = _Checker(base_dir)
+    ``base_dir`` resolves relative key and secret paths (the config file's folder);
+    ``record`` hears every key the walk accepts (the config reference)."""
+    c = _Checker(base_dir, record)
     if not isinstance(data, Mapping):
         raise ConfigError(source, [f"top level: {data!r} is not a table"])
     c.unknown_keys(data, ("gateway", "mqtt", "buffer", "security", "buses"), "")
