@@ -127,3 +127,29 @@ def notices(conn: psycopg.Connection[Any], customer_id: str, limit: int) -> list
                 )
     out.sort(key=lambda r: (r["at"], r["id"]), reverse=True)
     return out[:limit]
+
+
+def bills(conn: psycopg.Connection[Any], customer_id: str, limit: int) -> list[dict[str, Any]]:
+    """The customer's postpaid bills, newest first (prepaid accounts have none)."""
+    with database.tuple_rows(conn):
+        out = [
+            {"bill_id": b.bill_id, "account": b.account_id, "period_start": b.period_start,
+             "period_end": b.period_end, "issued_at": b.issued_at, "due_date": b.due_date,
+             "kwh": b.kwh, "amount_due": b.amount_due, "penalties": b.penalties}
+            for account in billing.accounts_of(conn, customer_id)
+            for b in billing.bills_of(conn, account, limit)
+        ]
+    out.sort(key=lambda r: r["issued_at"], reverse=True)
+    return [database.jsonable(r) for r in out[:limit]]
+
+
+def bill_page(conn: psycopg.Connection[Any], customer_id: str, bill_id: int) -> str | None:
+    """The e-bill as HTML, only if the bill is one of the customer's accounts'."""
+    with database.tuple_rows(conn):
+        try:
+            bill, lines = billing.get_bill(conn, bill_id)
+        except billing.BillingError:
+            return None
+        if bill.account_id not in billing.accounts_of(conn, customer_id):
+            return None  # someone else's bill is "not found", not "forbidden": no probing
+    return billing.render_bill_html(bill, lines)

@@ -559,12 +559,28 @@ def _customer_paths() -> dict[str, S]:
                                              "first)"),
                     _q("days", {"type": "integer", "minimum": 1, "maximum": 92})],
             role="customer", tag="customer", errors=(*errors, 404))},
+        "/my/bills": {"get": _op(
+            "The customer's postpaid bills, newest first",
+            _obj({"bills": _arr(_obj({
+                "bill_id": INT, "account": STR, "period_start": STR, "period_end": STR,
+                "issued_at": TIME, "due_date": STR, "kwh": STR, "amount_due": MONEY,
+                "penalties": MONEY}))}),
+            params=[_q("limit", {"type": "integer", "minimum": 1, "maximum": 120})],
+            role="customer", tag="customer", errors=errors)},
+        "/my/bills/{id}": {"get": _bill_page_op()},
         "/my/notices": {"get": _op(
             "Notices sent to the customer, newest first, in their language",
             _obj({"notices": _arr(notice)}),
             params=[_q("limit", {"type": "integer", "minimum": 1, "maximum": 200})],
             role="customer", tag="customer", errors=errors)},
     }
+
+
+def _bill_page_op() -> S:
+    op = _op("One of the customer's e-bills as a page (zh-CN and English)", STR, params=[ID],
+             role="customer", tag="customer", errors=(400, 401, 403, 404, 503))
+    op["responses"]["200"]["content"] = {"text/html": {"schema": STR}}
+    return op
 
 
 def _collection_paths() -> dict[str, S]:

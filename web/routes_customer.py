@@ -50,3 +50,23 @@ async def my_notices(request: web.Request) -> web.Response:
     limit = inputs.query_int(request, "limit", default=50, lo=1, hi=200)
     rows = await database.run(request, customer_views.notices, customer, limit)
     return json_response({"notices": rows})
+
+
+@routes.get(f"{API}/my/bills")
+@requires("customer")
+async def my_bills(request: web.Request) -> web.Response:
+    customer = await _customer_id(request)
+    limit = inputs.query_int(request, "limit", default=24, lo=1, hi=120)
+    rows = await database.run(request, customer_views.bills, customer, limit)
+    return json_response({"bills": rows})
+
+
+@routes.get(API + "/my/bills/{id}")
+@requires("customer")
+async def my_bill(request: web.Request) -> web.Response:
+    customer = await _customer_id(request)
+    bill_id = inputs.path_id(request)
+    page = await database.run(request, customer_views.bill_page, customer, bill_id)
+    if page is None:
+        raise NotFound(f"no bill {bill_id} of yours")
+    return web.Response(text=page, content_type="text/html")

@@ -150,3 +150,31 @@ async def test_instalment_plan_by_operator(client: Client, logins: Logins, db_ur
     listed = await _get(client, "/collection/plans?account=PP1", logins)
     assert [p["plan_id"] for p in listed["plans"]] == [plan["plan_id"]]
     assert date.fromisoformat(listed["plans"][0]["instalments"][0]["due"]) > today
+
+
+async def test_the_customer_sees_own_bills_only(client: Client, db_url: str) -> None:
+    from billing import create_customer, link_account
+    from web import auth, users
+
+    bill_id = _seed(db_url)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        create_customer(conn, "c-wang", name="Wang", phones=["+8613800138000"])
+        create_customer(conn, "c-li", name="Li", phones=["+8613800138001"])
+        link_account(conn, "PP1", "c-wang")
+    headers = {}
+    for name, customer in (("wang", "c-wang"), ("li", "c-li")):
+        users.create_user(db_url, name, "customer", customer=customer)
+        with psycopg.connect(db_url) as conn:
+            user_id = conn.execute("SELECT id FROM web_users WHERE name = %s",
+                                   (name,)).fetchone()[0]
+            headers[name] = {"Authorization": f"Bearer {auth.create_token(conn, user_id, 't')[1]}"}
+    resp = await client.get("/api/v1/my/bills", headers=headers["wang"])
+    bills = (await resp.json())["bills"]
+    assert [b["bill_id"] for b in bills] == [bill_id] and bills[0]["account"] == "PP1"
+    page = await client.get(f"/api/v1/my/bills/{bill_id}", headers=headers["wang"])
+    assert page.status == 200 and page.content_type == "text/html"
+    assert "PP1" in await page.text()
+    # another customer: no bills, and Wang's bill is "not found", not "forbidden"
+    resp = await client.get("/api/v1/my/bills", headers=headers["li"])
+    assert (await resp.json())["bills"] == []
+    assert (await client.get(f"/api/v1/my/bills/{bill_id}", headers=headers["li"])).status == 404

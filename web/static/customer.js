@@ -1,11 +1,12 @@
 /* The customer's own page (role customer): balance and supply state of their accounts, a
- * chart of daily consumption, and the notices sent to them. Uses app.js's helpers (h, api,
+ * chart of daily consumption, their postpaid bills (e-bill pages) and the notices sent to them. Uses app.js's helpers (h, api,
  * section, money, when, table) and charts.js; builds DOM with h(), never innerHTML. */
 "use strict";
 
 async function viewCustomer(target) {
   const mine = await api("GET", "/my/accounts");
   const notices = await api("GET", "/my/notices?limit=50");
+  const bills = await api("GET", "/my/bills?limit=24");
   const cards = mine.accounts.map((a) => h("div", { class: "card" },
     h("h2", {}, a.name || a.account),
     h("p", { class: "big" }, money(a.balance)),
@@ -31,6 +32,10 @@ async function viewCustomer(target) {
   target.replaceChildren(
     section(`Welcome, ${mine.customer.name}`, ...(cards.length ? cards : [h("p", { class: "muted" }, "No account is linked to you yet.")])),
     mine.accounts.length ? section("Daily consumption (kWh, last 30 days)", picker, chartBox) : null,
+    bills.bills.length ? section("Bills", table(["Period", "Account", "Due", "kWh", "Amount due", ""],
+      bills.bills.map((b) => h("tr", {}, h("td", {}, `${b.period_start} – ${b.period_end}`), h("td", { class: "mono" }, b.account),
+        h("td", {}, b.due_date), h("td", { class: "num" }, b.kwh), h("td", { class: "num" }, money(b.amount_due)),
+        h("td", {}, h("a", { href: `/api/v1/my/bills/${b.bill_id}`, target: "_blank", rel: "noopener" }, "e-bill")))))) : null,
     section("Notices", table(["When", "Account", "Subject", "Message", "Delivered"],
       notices.notices.map((n) => h("tr", {}, h("td", {}, when(n.at)), h("td", { class: "mono" }, n.account),
         h("td", {}, n.subject), h("td", { class: "wrap" }, n.body), h("td", {}, n.delivered ? "yes" : "not yet"))),
