@@ -13,6 +13,7 @@ from typing import Any
 
 from firmware_sim.fleet import Fleet
 from firmware_sim.meter import Faults
+from meterhub.i18n import N_, _
 
 _FAULTS = sorted(
     name for name in Faults.__dataclass_fields__ if not name.endswith("_once")
@@ -21,11 +22,11 @@ _FAULTS = sorted(
 _PHYSICS = ("surge", "drop", "reset", "rollover", "replace", "stuck", "sag", "swell", "backwards",
             "drift")
 
-# What the simulator tells its user, in one place (plain English; i18n wraps these later).
-MSG_BUS = "bus {name}: {protocol} at {line} on {port}{pty}"
-MSG_PTY = "  (pseudo-terminal {pty})"
-MSG_METER = "  {what} {address}{model}"
-MSG_READY = "{buses} buses, {meters} meters simulated. Ctrl-C to stop."
+# What the simulator tells its user, in one place (translated where printed: _()).
+MSG_BUS = N_("bus {name}: {protocol} at {line} on {port}{pty}")
+MSG_PTY = N_("  (pseudo-terminal {pty})")
+MSG_METER = N_("  {what} {address}{model}")
+MSG_READY = N_("{buses} buses, {meters} meters simulated. Ctrl-C to stop.")
 
 
 def register(sub: Any) -> None:
@@ -111,14 +112,14 @@ def _run(args: argparse.Namespace) -> int:
 def describe(fleet: Fleet) -> str:
     """Every bus (port, protocol, line settings) and its meters, and how to stop."""
     lines = []
-    for name, protocol, port, _ in fleet.describe():
+    for name, protocol, port, _kind in fleet.describe():
         pty = fleet.port(name)
-        lines.append(MSG_BUS.format(name=name, protocol=protocol, line=fleet.bus_line(name),
+        lines.append(_(MSG_BUS, name=name, protocol=protocol, line=fleet.bus_line(name),
                                     port=port,
-                                    pty=MSG_PTY.format(pty=pty) if pty != port else ""))
+                                    pty=_(MSG_PTY, pty=pty) if pty != port else ""))
         for meter in fleet.meters(name):
-            lines.append(MSG_METER.format(
+            lines.append(_(MSG_METER,
                 what="unit" if protocol == "modbus" else "address", address=meter.address,
                 model=f" ({meter.model})" if meter.model else ""))
-    lines.append(MSG_READY.format(buses=len(fleet.describe()), meters=len(fleet.meters())))
+    lines.append(_(MSG_READY, buses=len(fleet.describe()), meters=len(fleet.meters())))
     return "\n".join(lines)

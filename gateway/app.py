@@ -25,6 +25,7 @@ from gateway.publisher import Publisher
 from gateway.scheduler import BusWorker
 from gateway.stats import GatewayStats
 from gateway.store import Store
+from meterhub.i18n import N_, _
 from meterhub.settings import MqttSettings, data_dir, mqtt_settings
 from meterhub.supervise import Supervisor
 
@@ -36,10 +37,11 @@ DriverFactory = Callable[[BusConfig], Driver]
 
 __all__ = ["DriverFactory", "Gateway", "GatewayStartError", "GatewayStats", "missing_ports"]
 
-# What the gateway tells its operator, in one place (plain English; i18n wraps these later).
+# What the gateway tells its operator, in one place. Log lines stay English (for whoever
+# reads the logs); what a person is told at the terminal is translated (_()).
 MSG_PORT_MISSING = ("bus {bus}: serial port {port} does not exist (adapter unplugged? device "
                     "name?); its {meters} meter(s) are not read until it appears")
-MSG_REFUSE = ("{source}: not starting, serial port(s) missing: {ports} (missing_port = "
+MSG_REFUSE = N_("{source}: not starting, serial port(s) missing: {ports} (missing_port = "
               "\"refuse\"; \"degrade\" runs the other buses)")
 MSG_SUMMARY = ("gateway {gateway}: {answering}/{meters} meters answering, {readings} readings "
                "published in the last {window:.0f} s, buffer {batches} batch(es), broker "
@@ -100,7 +102,7 @@ class Gateway:
         cfg = self.config
         missing = missing_ports(cfg)
         if missing and cfg.missing_port == "refuse":
-            raise GatewayStartError(MSG_REFUSE.format(
+            raise GatewayStartError(_(MSG_REFUSE,
                 source=cfg.source, ports=", ".join(f"{b.port} (bus {b.name})" for b in missing)))
         for bus in missing:
             log.warning(MSG_PORT_MISSING.format(bus=bus.name, port=bus.port,

@@ -13,34 +13,33 @@ from dataclasses import dataclass
 
 from gateway.config import BusConfig
 from gateway.drivers.base import BadFrame, DriverError, MeterRejected, PortUnavailable
+from meterhub.i18n import N_, _
 
-# Verdicts, and the words installers read (plain English; i18n wraps these later).
+# Verdicts, and the words installers read: English here, translated where shown (_()).
 OK, SILENT, REJECTED, GARBLED, NO_PORT = "ok", "no answer", "error reply", "garbled", "no port"
 
-NO_ANSWER = "no answer at {line} from {what} {address}: check {checks}"
-ERROR_REPLY = "{what} {address} answered with an error: {checks}"
-GARBLED_REPLY = "something answered at {line} for {what} {address}, garbled: check {checks}"
-PORT_PROBLEM = "cannot use {endpoint}: check {checks}"
-RULED_OUT = " (ruled out: {ruled_out})"
+NO_ANSWER = N_("no answer at {line} from {what} {address}: check {checks}")
+ERROR_REPLY = N_("{what} {address} answered with an error: {checks}")
+GARBLED_REPLY = N_("something answered at {line} for {what} {address}, garbled: check {checks}")
+PORT_PROBLEM = N_("cannot use {endpoint}: check {checks}")
+RULED_OUT = N_(" (ruled out: {ruled_out})")
 
-CHECK_BAUD_PARITY = "baud and parity (meter menu vs {line})"
-CHECK_WIRING = "A/B wiring (swapped or loose) and termination"
-CHECK_ADDRESS = "the {what} ({address})"
-CHECK_VERSION = "the protocol version (dlt645-2007 or dlt645-1997)"
-CHECK_POWER = "that the meter is powered"
-CHECK_TWO_DEVICES = "two devices on one address"
-CHECK_MODEL = (
-    "the register map: the meter is not a {model} (run `meterhub gateway scan` to "
-    "name the models that answer)"
+CHECK_BAUD_PARITY = N_("baud and parity (meter menu vs {line})")
+CHECK_WIRING = N_("A/B wiring (swapped or loose) and termination")
+CHECK_ADDRESS = N_("the {what} ({address})")
+CHECK_VERSION = N_("the protocol version (dlt645-2007 or dlt645-1997)")
+CHECK_POWER = N_("that the meter is powered")
+CHECK_TWO_DEVICES = N_("two devices on one address")
+CHECK_MODEL = N_("the register map: the meter is not a {model} (run `meterhub gateway scan` to "
+    "name the models that answer)")
+CHECK_DLT_ERROR = N_("the data identifier, protocol version or password this meter accepts")
+CHECK_PORT = N_("the adapter is plugged in, the device name (ls /dev/ttyUSB* /dev/serial/by-id), "
+    "permission (dialout group), no other program holds it, the simulator runs")
+CHECK_TCP = N_("the converter's IP address and port, and that it is reachable")
+RULED_PORT = N_("the port opens")
+RULED_LINE = N_(
+    "baud, parity and wiring at the adapter ({count} other meter(s) on this line answer)"
 )
-CHECK_DLT_ERROR = "the data identifier, protocol version or password this meter accepts"
-CHECK_PORT = (
-    "the adapter is plugged in, the device name (ls /dev/ttyUSB* /dev/serial/by-id), "
-    "permission (dialout group), no other program holds it, the simulator runs"
-)
-CHECK_TCP = "the converter's IP address and port, and that it is reachable"
-RULED_PORT = "the port opens"
-RULED_LINE = "baud, parity and wiring at the adapter ({count} other meter(s) on this line answer)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,34 +79,34 @@ def explain(
     known: Known = Known(),
 ) -> str:
     """The checklist for this outcome, most likely cause first."""
-    what = "unit" if bus.protocol == "modbus" else "address"
+    what = _("unit") if bus.protocol == "modbus" else _("address")
     line = line_of(bus)
     if isinstance(exc, PortUnavailable | OSError):
-        return PORT_PROBLEM.format(
-            endpoint=bus.endpoint, checks=CHECK_TCP if bus.port is None else CHECK_PORT
+        return _(PORT_PROBLEM,
+            endpoint=bus.endpoint, checks=_(CHECK_TCP) if bus.port is None else _(CHECK_PORT)
         )
     if isinstance(exc, MeterRejected):
         check = (
-            CHECK_MODEL.format(model=model)
+            _(CHECK_MODEL, model=model)
             if bus.protocol == "modbus" and model
-            else CHECK_DLT_ERROR
+            else _(CHECK_DLT_ERROR)
         )
-        return ERROR_REPLY.format(what=what, address=address, checks=check)
+        return _(ERROR_REPLY, what=what, address=address, checks=check)
     ruled: list[str] = []
     if known.port_opens:
-        ruled.append(RULED_PORT)
+        ruled.append(_(RULED_PORT))
     checks: list[str] = []
     if known.others_answer:
-        ruled.append(RULED_LINE.format(count=known.others_answer))
+        ruled.append(_(RULED_LINE, count=known.others_answer))
     elif bus.port is not None:
-        checks += [CHECK_BAUD_PARITY.format(line=line), CHECK_WIRING]
+        checks += [_(CHECK_BAUD_PARITY, line=line), _(CHECK_WIRING)]
     if isinstance(exc, BadFrame):
-        checks.append(CHECK_TWO_DEVICES)
-        text = GARBLED_REPLY.format(line=line, what=what, address=address, checks=", ".join(checks))
+        checks.append(_(CHECK_TWO_DEVICES))
+        text = _(GARBLED_REPLY, line=line, what=what, address=address, checks=", ".join(checks))
     else:
-        checks.append(CHECK_ADDRESS.format(what=what, address=address))
+        checks.append(_(CHECK_ADDRESS, what=what, address=address))
         if bus.protocol.startswith("dlt645"):
-            checks.append(CHECK_VERSION)
-        checks.append(CHECK_POWER)
-        text = NO_ANSWER.format(line=line, what=what, address=address, checks=", ".join(checks))
-    return text + (RULED_OUT.format(ruled_out="; ".join(ruled)) if ruled else "")
+            checks.append(_(CHECK_VERSION))
+        checks.append(_(CHECK_POWER))
+        text = _(NO_ANSWER, line=line, what=what, address=address, checks=", ".join(checks))
+    return text + (_(RULED_OUT, ruled_out="; ".join(ruled)) if ruled else "")

@@ -43,7 +43,7 @@ from psycopg.conninfo import conninfo_to_dict
 from launcher.embedded import BrokerLogins, database_or_embedded, embedded_broker, site_broker
 from launcher.keys import generate_key_pair
 from meterhub import db, i18n, settings
-from meterhub.i18n import _
+from meterhub.i18n import N_, _
 from meterhub.security.files import write_private_file
 from meterhub.settings import MqttSettings
 
@@ -56,17 +56,17 @@ DEMO_TARIFF = "residential-flat"  # configs/tariffs/residential_flat.toml
 STOP_BUDGET_S = 4.0  # Ctrl-C / SIGTERM: every part gets a share of this, then the process ends
 
 # What the demo tells its user, in one place (plain English; the i18n catalogues wrap these).
-MSG_START = "meterhub demo run {run}: Ctrl-C to stop{until}"
-MSG_UNTIL = " (stops by itself after {duration:g} s)"
-MSG_PORT_MOVED = "web page: port {wanted} is taken; using port {port} instead"
-MSG_WEB = "web page: {url}  (login {user}, this run's own; password in {file})"
-MSG_RUN_DIR = "run folder: {path} ({kept})"
-MSG_RUN_DIR_KEPT = "kept after the run"
-MSG_RUN_DIR_TEMP = "removed at the end; --run-dir keeps it"
-MSG_STOPPING = "stopping (signal {signal}) ..."
-MSG_INCOMPLETE = "demo incomplete: {missing}"
-MSG_HINT_SHORT = "the whole scenario needs about 45 s: try --duration 60"
-MSG_COMPLETE = "demo complete: readings stored, cut-off and restore acknowledged by the meter"
+MSG_START = N_("meterhub demo run {run}: Ctrl-C to stop{until}")
+MSG_UNTIL = N_(" (stops by itself after {duration:g} s)")
+MSG_PORT_MOVED = N_("web page: port {wanted} is taken; using port {port} instead")
+MSG_WEB = N_("web page: {url}  (login {user}, this run's own; password in {file})")
+MSG_RUN_DIR = N_("run folder: {path} ({kept})")
+MSG_RUN_DIR_KEPT = N_("kept after the run")
+MSG_RUN_DIR_TEMP = N_("removed at the end; --run-dir keeps it")
+MSG_STOPPING = N_("stopping (signal {signal}) ...")
+MSG_INCOMPLETE = N_("demo incomplete: {missing}")
+MSG_HINT_SHORT = N_("the whole scenario needs about 45 s: try --duration 60")
+MSG_COMPLETE = N_("demo complete: readings stored, cut-off and restore acknowledged by the meter")
 MISSING_READINGS = "no readings stored"
 MISSING_CUTOFF = "no cut-off acknowledged (dry account {account}, meter {meter})"
 MISSING_RESTORE = "no restore acknowledged after the top-up"
@@ -247,16 +247,16 @@ def register(sub: Any) -> None:
 def _cli(args: argparse.Namespace) -> int:
     given_mqtt = settings.mqtt_from(args.mqtt_url)
     plan = DemoPlan(run_id=uuid.uuid4().hex[:6])
-    until = "" if args.duration is None else MSG_UNTIL.format(duration=args.duration)
-    _say(MSG_START.format(run=plan.run_id, until=until))
+    until = "" if args.duration is None else _(MSG_UNTIL, duration=args.duration)
+    _say(_(MSG_START, run=plan.run_id, until=until))
     # SIGTERM while the services start: unwind like Ctrl-C, so what started is stopped
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         with contextlib.ExitStack() as stack:
             run_dir = args.run_dir or Path(
                 stack.enter_context(tempfile.TemporaryDirectory(prefix="meterhub-demo-")))
-            _say(MSG_RUN_DIR.format(path=run_dir, kept=MSG_RUN_DIR_KEPT if args.run_dir
-                                    else MSG_RUN_DIR_TEMP))
+            _say(_(MSG_RUN_DIR, path=run_dir, kept=_(MSG_RUN_DIR_KEPT) if args.run_dir
+                                    else _(MSG_RUN_DIR_TEMP)))
             database_url = database_or_embedded(args.database_url, stack)
             db_label = db.host_label(database_url) if args.database_url else "embedded"
             logins, broker_label = _broker(args, given_mqtt, plan, run_dir, stack)
@@ -279,11 +279,11 @@ def _cli(args: argparse.Namespace) -> int:
         args.summary_json.write_text(text + "\n")
     _say(text)
     if missing:
-        _say(MSG_INCOMPLETE.format(missing="; ".join(missing)))
+        _say(_(MSG_INCOMPLETE, missing="; ".join(missing)))
         if args.duration is not None and args.duration < 45 and not summary.interrupted:
-            _say(MSG_HINT_SHORT)
+            _say(_(MSG_HINT_SHORT))
         return 1
-    _say(MSG_COMPLETE)
+    _say(_(MSG_COMPLETE))
     return 0
 
 
@@ -388,11 +388,11 @@ async def _start_web(database_url: str, mqtt: MqttSettings, port: int, run_dir: 
         server = await start_server(database_url, mqtt=mqtt, port=port, offline_after_s=10.0)
     except OSError:  # the port is taken: any free one will do
         server = await start_server(database_url, mqtt=mqtt, port=0, offline_after_s=10.0)
-        _say(MSG_PORT_MOVED.format(wanted=port, port=server.url.rstrip("/").rsplit(":", 1)[1]))
+        _say(_(MSG_PORT_MOVED, wanted=port, port=server.url.rstrip("/").rsplit(":", 1)[1]))
     user, password = ensure_demo_user(database_url, name=f"admin-{plan.run_id}")
     login_file = run_dir / "web-login.password"
     write_private_file(login_file, (password + "\n").encode())
-    _say(MSG_WEB.format(url=server.url, user=user, file=login_file))
+    _say(_(MSG_WEB, url=server.url, user=user, file=login_file))
     return server, user
 
 
@@ -526,7 +526,7 @@ class _DemoRun:
     def _interrupted(self, sig: signal.Signals, interrupted: asyncio.Event) -> None:
         if not interrupted.is_set():
             self.summary.interrupted = sig.name
-            _say(MSG_STOPPING.format(signal=sig.name))
+            _say(_(MSG_STOPPING, signal=sig.name))
         interrupted.set()
 
     async def _stop(self, gateway: asyncio.Task[None], backend: list[asyncio.Task[None]],

@@ -343,3 +343,18 @@ def test_example_configs_work_together(tmp_path: Path) -> None:
         sim.communicate(timeout=30)
     assert sim.returncode == 0
     assert not (links / "rtu").exists(), "the stable names go with the simulator"
+
+
+def test_the_checklist_speaks_chinese_when_asked() -> None:
+    """Installers read Chinese first: the verdicts' checklists come from the catalogue."""
+    from gateway import hints
+    from gateway.drivers.base import NoAnswer
+    from gateway.tools import adhoc_bus
+    from meterhub.i18n import language
+
+    bus = adhoc_bus("dlt645-2007", port="/dev/ttyUSB0", tcp=None)
+    with language("zh-CN"):
+        text = hints.explain(NoAnswer("silent"), bus, "000000000001")
+    assert "无应答：请检查" in text and "A/B 线接线" in text and "电表是否通电" in text
+    with language("en"):
+        assert "no answer at" in hints.explain(NoAnswer("silent"), bus, "000000000001")
