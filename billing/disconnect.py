@@ -264,7 +264,8 @@ def _evaluate_one(
             )
         alert_id = _alert(conn, acc, "restored", f"supply restored: {decision.reason}" + (
             "; held off by an operator: " + ", ".join(sorted(held_off)) if held_off else ""))
-        prepaid_notices.restored(conn, acc_id, alert_id, bal, acc["restore_mode"], now)
+        if not postpaid:  # a postpaid account's restore notice comes from its collection
+            prepaid_notices.restored(conn, acc_id, alert_id, bal, acc["restore_mode"], now)
         stats.alerts += 1
 
     if postpaid:
