@@ -36,6 +36,11 @@ pytestmark = pytest.mark.integration
 DRIFTED, RELAYLESS = "000000000011", "000000000012"
 QUANTITIES = ["energy_import_total", "voltage_a", "current_a", "power_active_total"]
 
+# the meter's clock_skew anomalies (layout v2: meters and rules by key)
+SKEW_ANOMALIES = ("FROM anomalies a JOIN meters m ON m.meter_key = a.meter"
+                  " JOIN vee_rules v ON v.code = a.rule"
+                  " WHERE m.meter_id = %s AND v.name = 'clock_skew'")
+
 
 def _fleet() -> Fleet:
     return Fleet.from_dict({"bus": [
@@ -112,11 +117,10 @@ async def test_drift_is_flagged_synced_and_read_back(
                 create_account(conn, "no-relay", meters=[RELAYLESS], tariff="residential-flat")
             # validation flags the meter's intervals read while its clock was off (billing
             # leaves meters that are on no account alone, so the drift stays until then)
-            await _wait(lambda: bool(_rows(db_url, "SELECT 1 FROM anomalies WHERE meter_id = %s "
-                                                   "AND rule = 'clock_skew'", DRIFTED)),
+            await _wait(lambda: bool(_rows(db_url, f"SELECT 1 {SKEW_ANOMALIES}", DRIFTED)),
                         40, "a clock_skew flag")
-            [(reason,)] = _rows(db_url, "SELECT reason FROM anomalies WHERE meter_id = %s AND "
-                                        "rule = 'clock_skew' ORDER BY at LIMIT 1", DRIFTED)
+            [(reason,)] = _rows(db_url, f"SELECT a.reason {SKEW_ANOMALIES} ORDER BY a.at LIMIT 1",
+                                DRIFTED)
             assert "ahead of gateway time" in reason and "time-sync the meter" in reason
             with psycopg.connect(db_url, autocommit=True) as conn:
                 create_account(conn, "acc-1", meters=[DRIFTED], tariff="residential-flat",
