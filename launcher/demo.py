@@ -154,9 +154,11 @@ class DemoSummary:
         missing = []
         if self.readings_stored <= 0:
             missing.append(MISSING_READINGS)
-        if self.cutoffs_acked < 1:
+        # the dry account's own meter, as it shows itself: the postpaid account's cut-off
+        # and restore are acknowledged too and must not stand in for it
+        if self.cutoffs_acked < 1 or not self.relay_opened_on_meter:
             missing.append(MISSING_CUTOFF.format(account=self.dry_account, meter=self.dry_meter))
-        if self.restores_acked < 1:
+        if self.restores_acked < 1 or not self.relay_closed_again:
             missing.append(MISSING_RESTORE)
         self.missing = missing
         return missing
