@@ -65,7 +65,7 @@ ID_FILTER: S = {"type": "string", "maxLength": 64, "pattern": r"^([A-Za-z0-9._:-
 ANY_OBJ: S = {"type": "object", "additionalProperties": True}
 # an interval's kWh as a person enters it (collector.review_decisions.parse_kwh)
 KWH: S = {"type": "string", "maxLength": 20, "pattern": r"^[0-9]{1,7}(\.[0-9]{1,4})?$",
-          "example": "0.2500", "x-pattern-text": "must be kWh with at most 4 decimals"}
+          "example": "0.2500", "x-pattern-text": N_("must be kWh with at most 4 decimals")}
 _NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL; web.inputs refuses it
 _NOT_BLANK = r"^[^\x00]*[^\s\x00][^\x00]*$"
 
