@@ -98,6 +98,16 @@ _D = collector.review_decisions
 _DUE = "due_at"
 
 
+def _read(fn: Any) -> Any:
+    """``fn`` of the collector on a pool connection, with the plain tuple rows it expects."""
+
+    def call(conn: psycopg.Connection[Any], *args: Any) -> Any:
+        with database.tuple_rows(conn):
+            return fn(conn, *args)
+
+    return call
+
+
 def _method(body: dict[str, Any]) -> str:
     method = body.get("method", "like_day")
     if method not in _D.METHODS:
@@ -133,7 +143,8 @@ async def _write(request: web.Request, action: str, target: str, detail: dict[st
     def work(conn: psycopg.Connection[Any]) -> Any:
         database.audit(conn, user, action, target, detail)
         try:
-            return fn(conn, *args, **kwargs)
+            with database.tuple_rows(conn):  # the collector's functions read plain tuples
+                return fn(conn, *args, **kwargs)
         except collector.ReviewError as exc:
             message = str(exc)
             if "does not exist" in message:
@@ -246,7 +257,7 @@ async def add_comment(request: web.Request) -> web.Response:
     who = current_user(request).name
     await _write(request, "review.comment", f"review_item:{item_id}", {"text": text},
                  _D.comment, item_id, who, text)
-    return json_response({"history": await database.run(request, _D.history, item_id)},
+    return json_response({"history": await database.run(request, _read(_D.history), item_id)},
                          status=201)
 
 
@@ -256,7 +267,7 @@ async def item_history(request: web.Request) -> web.Response:
     item_id = inputs.path_id(request)
     if await database.run(request, collector_read.review_item, item_id) is None:
         raise NotFound(f"no review item {item_id}")
-    return json_response({"history": await database.run(request, _D.history, item_id)})
+    return json_response({"history": await database.run(request, _read(_D.history), item_id)})
 
 
 # ---------------------------------------------------------------------------- work orders
@@ -312,14 +323,14 @@ def _status_filter(request: web.Request) -> str | None:
 @routes.get(API + "/work-orders")
 @requires("viewer")
 async def list_work_orders(request: web.Request) -> web.Response:
-    orders = await database.run(request, _D.work_orders, _status_filter(request))
+    orders = await database.run(request, _read(_D.work_orders), _status_filter(request))
     return json_response({"work_orders": [_order(o) for o in orders]})
 
 
 @routes.get(API + "/work-orders.csv")
 @requires("viewer")
 async def export_work_orders(request: web.Request) -> web.Response:
-    orders = await database.run(request, _D.work_orders, _status_filter(request))
+    orders = await database.run(request, _read(_D.work_orders), _status_filter(request))
     return web.Response(text=_D.work_orders_csv(orders), content_type="text/csv",
                         headers={"Content-Disposition":
                                  'attachment; filename="work-orders.csv"'})
@@ -330,7 +341,7 @@ async def export_work_orders(request: web.Request) -> web.Response:
 async def print_work_order(request: web.Request) -> web.Response:
     """A page the field team prints: what, where, why, and room for the findings."""
     order_id = inputs.path_id(request)
-    orders = await database.run(request, _D.work_orders, None, order_id)
+    orders = await database.run(request, _read(_D.work_orders), None, order_id)
     if not orders:
         raise NotFound(f"no work order {order_id}")
     o = orders[0]

@@ -350,7 +350,10 @@ def close_work_order(conn: psycopg.Connection[Any], order_id: int, who: str, fin
             f" findings = %s WHERE id = %s AND status = 'open' RETURNING {_WO}",
             ("cancelled" if cancelled else "done", who, findings, order_id)).fetchone()
         if row is None:
-            raise ReviewError(f"work order {order_id} does not exist or is already closed")
+            was = conn.execute("SELECT status FROM work_orders WHERE id = %s",
+                               (order_id,)).fetchone()
+            raise ReviewError(f"work order {order_id} does not exist" if was is None
+                              else f"work order {order_id} is already closed ({was[0]})")
         order = WorkOrder(*row)
         _history(conn, order.item_id, who, "work_order_closed",
                  {"work_order": order.id, "status": order.status}, findings)
