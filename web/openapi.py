@@ -64,7 +64,8 @@ ID_FILTER: S = {"type": "string", "maxLength": 64, "pattern": r"^([A-Za-z0-9._:-
                 "description": "an id; empty (or blank) means no filter"}
 ANY_OBJ: S = {"type": "object", "additionalProperties": True}
 # an interval's kWh as a person enters it (collector.review_decisions.parse_kwh)
-KWH: S = {"type": "string", "maxLength": 20, "pattern": r"^[0-9]{1,7}(\.[0-9]{1,4})?$",
+KWH: S = {"type": "string", "maxLength": 20,
+          "pattern": r"^([0-9]{1,6}(\.[0-9]{1,4})?|1000000(\.0{1,4})?)$",
           "example": "0.2500", "x-pattern-text": N_("must be kWh with at most 4 decimals")}
 _NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL; web.inputs refuses it
 _NOT_BLANK = r"^[^\x00]*[^\s\x00][^\x00]*$"
@@ -697,17 +698,18 @@ def _review_work_paths() -> dict[str, S]:
                 **_arr(_obj({"interval_start": TIME, "kwh": KWH})),
                 "minItems": 1, "maxItems": 500}}),
             role="engineer", errors=decided, tag="review")},
-        "/review-items/bulk": {"post": _op(
+        "/review/bulk-decisions": {"post": _op(
             "One decision for many items, all or nothing", _obj({
                 "decided": _arr(_ref("ReviewOutcome"))}),
             body=_obj({"items": items, "decision": {"type": "string", "enum": [
                 "confirmed", "dismissed", "rejected", "estimated"]},
                 "comment": comment, "method": method}, optional=("comment", "method")),
             role="engineer", errors=decided, tag="review")},
-        "/review-items/assign": {"post": _op(
+        "/review/assignments": {"post": _op(
             "Give items to a person or a team, with a due date", _obj({"assigned": INT}),
-            body=_obj({"items": items, "to": _name(), "team": _name(), "due_at": due},
-                      optional=("to", "team", "due_at")),
+            body={**_obj({"items": items, "to": _name(), "team": _name(), "due_at": due},
+                         optional=("to", "team", "due_at")),
+                  "anyOf": [{"required": ["to"]}, {"required": ["team"]}]},
             role="engineer", errors=decided, tag="review")},
         "/review-items/{id}/comments": {"post": _op(
             "Add a comment to the item's history", _obj({"history": _arr(_ref("ReviewStep"))}),

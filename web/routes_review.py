@@ -210,7 +210,7 @@ async def correct(request: web.Request) -> web.Response:
     return json_response(_outcome(out))
 
 
-@routes.post(API + "/review-items/bulk")
+@routes.post(API + "/review/bulk-decisions")
 @requires("engineer")
 async def bulk(request: web.Request) -> web.Response:
     body = await inputs.json_body(request)
@@ -229,7 +229,7 @@ async def bulk(request: web.Request) -> web.Response:
     return json_response({"decided": [_outcome(o) for o in outs]})
 
 
-@routes.post(API + "/review-items/assign")
+@routes.post(API + "/review/assignments")
 @requires("engineer")
 async def assign(request: web.Request) -> web.Response:
     body = await inputs.json_body(request)

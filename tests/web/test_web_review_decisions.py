@@ -60,10 +60,10 @@ async def test_correct_comment_history_and_audit(client: Client, logins: Logins,
 
 async def test_assign_bulk_and_work_orders(client: Client, logins: Logins, fleet: Fleet) -> None:
     rid = fleet.review_id
-    assigned = await _call(client, "POST", "/review-items/assign", logins, json={
+    assigned = await _call(client, "POST", "/review/assignments", logins, json={
         "items": [rid], "to": "eng. Li", "due_at": "2031-01-06T09:00:00+08:00"})
     assert assigned == {"assigned": 1}
-    bad = await _call(client, "POST", "/review-items/assign", logins, status=400,
+    bad = await _call(client, "POST", "/review/assignments", logins, status=400,
                       json={"items": [rid], "due_at": "2031-01-06T09:00:00Z"})
     assert "to whom" in bad["error"]["message"]
     order = await _call(client, "POST", f"/review-items/{rid}/work-orders", logins, status=201,
@@ -82,9 +82,9 @@ async def test_assign_bulk_and_work_orders(client: Client, logins: Logins, fleet
     again = await _call(client, "POST", f"/work-orders/{order['id']}/close", logins,
                         status=409, json={"findings": "again"})
     assert "already closed" in again["error"]["message"]
-    refused = await _call(client, "POST", "/review-items/bulk", logins, status=404, json={
+    refused = await _call(client, "POST", "/review/bulk-decisions", logins, status=404, json={
         "items": [rid, 987654], "decision": "confirmed"})
     assert "nothing was decided" in refused["error"]["message"]
-    done = await _call(client, "POST", "/review-items/bulk", logins, json={
+    done = await _call(client, "POST", "/review/bulk-decisions", logins, json={
         "items": [rid], "decision": "estimated", "method": "linear"})
     assert [d["status"] for d in done["decided"]] == ["estimated"]
