@@ -235,10 +235,8 @@ def test_page_in_chinese(browser: Browser, served: str, logins: Logins, fleet: F
         conn.execute("INSERT INTO meters (meter_id, gateway, site, protocol, first_seen,"
                      " last_seen) VALUES (%s, %s, 'site-a', 'dlt645-2007', %s, %s)",
                      (fresh, fleet.gateway, now - timedelta(minutes=2), now))
-        for k in range(13):
-            conn.execute("INSERT INTO readings (meter_id, quantity, ts, value, unit)"
-                         " VALUES (%s, 'power_active_total', %s, %s, 'kW')",
-                         (fresh, now - timedelta(seconds=120 - 10 * k), 1.0 + k / 10))
+        put_readings(conn, [(fresh, "power_active_total", now - timedelta(seconds=120 - 10 * k),
+                             1.0 + k / 10) for k in range(13)])
     page.goto(f"{served}/#/meter/{fresh}")
     expect(page.get_by_test_id("meter-title")).to_have_text(fresh)
     line = page.get_by_test_id("chart-power").locator("path.line-power")
