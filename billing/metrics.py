@@ -19,10 +19,11 @@ from meterhub.metrics import (
     CounterMetricFamily,
     GaugeMetricFamily,
     Metric,
-    counter,
+    counters,
     gauge,
     labelled,
     registry_of,
+    task_restarts,
 )
 
 if TYPE_CHECKING:
@@ -83,18 +84,20 @@ class BillingMetrics:
         yield gauge(
             P + "mqtt_up", "1 while the command link's MQTT session is up", float(s.mqtt_connected)
         )
-        for name, doc, value in (
-            ("intervals_charged", "Validated intervals charged", s.intervals_charged),
-            ("intervals_unbilled", "Intervals that could not be priced", s.intervals_unbilled),
-            ("adjustments", "Adjusting ledger entries", s.adjustments),
-            ("commands_sent", "Signed commands published", s.commands_sent),
-            ("cutoffs_acked", "Cut-offs verified by an ack", s.cutoffs_acked),
-            ("restores_acked", "Restores verified by an ack", s.restores_acked),
-            ("alerts_raised", "Balance alerts raised", s.alerts_raised),
-            ("tampers", "Relay movements no command explains", s.tampers),
-            ("db_outages", "Database outages ridden out", s.errors),
-        ):
-            yield counter(P + name, doc, value)
+        yield from counters(
+            P,
+            (
+                ("intervals_charged", "Validated intervals charged", s.intervals_charged),
+                ("intervals_unbilled", "Intervals that could not be priced", s.intervals_unbilled),
+                ("adjustments", "Adjusting ledger entries", s.adjustments),
+                ("commands_sent", "Signed commands published", s.commands_sent),
+                ("cutoffs_acked", "Cut-offs verified by an ack", s.cutoffs_acked),
+                ("restores_acked", "Restores verified by an ack", s.restores_acked),
+                ("alerts_raised", "Balance alerts raised", s.alerts_raised),
+                ("tampers", "Relay movements no command explains", s.tampers),
+                ("db_outages", "Database outages ridden out", s.errors),
+            ),
+        )
         yield labelled(
             CounterMetricFamily,
             P + "acks_refused",
@@ -115,11 +118,5 @@ class BillingMetrics:
                 for st in CommandState
             ],
         )
-        yield labelled(
-            CounterMetricFamily,
-            P + "task_restarts",
-            "Supervised task restarts",
-            ("task",),
-            sorted(((t,), n) for t, n in s.task_restarts.items()),
-        )
+        yield task_restarts(P, s.task_restarts)
         yield from self.latency.collect()

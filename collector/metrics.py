@@ -12,10 +12,11 @@ from meterhub.metrics import (
     CounterMetricFamily,
     GaugeMetricFamily,
     Metric,
-    counter,
+    counters,
     gauge,
     labelled,
     registry_of,
+    task_restarts,
 )
 
 if TYPE_CHECKING:
@@ -50,21 +51,23 @@ class CollectorMetrics:
         yield gauge(
             P + "up", "1 while subscribed to the broker", float(self.collector.ready.is_set())
         )
-        for name, doc, value in (
-            ("messages", "MQTT messages committed", s.messages),
-            ("readings_received", "Readings parsed (duplicates included)", s.readings_received),
-            ("readings_stored", "Readings newly stored", s.readings_stored),
-            ("batches_committed", "Database transactions committed", s.batches_committed),
+        yield from counters(
+            P,
             (
-                "duplicate_batches",
-                "Batches already stored (redelivery, resend)",
-                s.duplicate_batches,
+                ("messages", "MQTT messages committed", s.messages),
+                ("readings_received", "Readings parsed (duplicates included)", s.readings_received),
+                ("readings_stored", "Readings newly stored", s.readings_stored),
+                ("batches_committed", "Database transactions committed", s.batches_committed),
+                (
+                    "duplicate_batches",
+                    "Batches already stored (redelivery, resend)",
+                    s.duplicate_batches,
+                ),
+                ("receipts_sent", "Receipts published to gateways", s.receipts_sent),
+                ("db_errors", "Failed writes (outages and refused data)", s.db_errors),
+                ("intervals_written", "Validated intervals written", s.intervals_written),
             ),
-            ("receipts_sent", "Receipts published to gateways", s.receipts_sent),
-            ("db_errors", "Failed writes (outages and refused data)", s.db_errors),
-            ("intervals_written", "Validated intervals written", s.intervals_written),
-        ):
-            yield counter(P + name, doc, value)
+        )
         yield labelled(
             CounterMetricFamily,
             P + "dead_letters",
@@ -86,11 +89,5 @@ class CollectorMetrics:
                 "Ingest lag: time since the last commit",
                 (datetime.now(UTC) - s.last_commit_at).total_seconds(),
             )
-        yield labelled(
-            CounterMetricFamily,
-            P + "task_restarts",
-            "Supervised task restarts",
-            ("task",),
-            sorted(((name,), n) for name, n in s.task_restarts.items()),
-        )
+        yield task_restarts(P, s.task_restarts)
         yield from s.commit_latency.collect()

@@ -10,10 +10,11 @@ from meterhub.metrics import (
     CounterMetricFamily,
     GaugeMetricFamily,
     Metric,
-    counter,
+    counters,
     gauge,
     labelled,
     registry_of,
+    task_restarts,
 )
 
 if TYPE_CHECKING:
@@ -38,18 +39,28 @@ class GatewayMetrics:
     def _collect(self) -> Iterator[Metric]:
         gw, s = self.gateway, self.gateway.stats
         yield gauge(P + "up", "1 while the MQTT session is up", float(gw.connected))
-        for name, doc, value in (
-            ("readings_taken", "Readings read from meters", s.readings_taken),
-            ("readings_published", "Readings the broker acknowledged", s.readings_published),
-            ("batches_sealed", "Batches sealed into the store", s.batches_sealed),
-            ("batches_confirmed", "Batches a collector receipt confirmed", s.batches_confirmed),
-            ("batches_resent", "Batches published again for want of a receipt", s.batches_resent),
-            ("readings_dropped", "Readings dropped from a full store", s.readings_dropped),
-            ("receipts_ignored", "Receipts refused (malformed or not ours)", s.receipts_ignored),
-            ("poll_errors", "Failed meter transactions", s.poll_errors),
-            ("mqtt_connects", "MQTT sessions opened", s.connects),
-        ):
-            yield counter(P + name, doc, value)
+        yield from counters(
+            P,
+            (
+                ("readings_taken", "Readings read from meters", s.readings_taken),
+                ("readings_published", "Readings the broker acknowledged", s.readings_published),
+                ("batches_sealed", "Batches sealed into the store", s.batches_sealed),
+                ("batches_confirmed", "Batches a collector receipt confirmed", s.batches_confirmed),
+                (
+                    "batches_resent",
+                    "Batches published again for want of a receipt",
+                    s.batches_resent,
+                ),
+                ("readings_dropped", "Readings dropped from a full store", s.readings_dropped),
+                (
+                    "receipts_ignored",
+                    "Receipts refused (malformed or not ours)",
+                    s.receipts_ignored,
+                ),
+                ("poll_errors", "Failed meter transactions", s.poll_errors),
+                ("mqtt_connects", "MQTT sessions opened", s.connects),
+            ),
+        )
         yield labelled(
             CounterMetricFamily,
             P + "commands",
@@ -107,11 +118,5 @@ class GatewayMetrics:
             ("bus", "meter"),
             [((n, m), h.consecutive_failures) for n, m, h in meters],
         )
-        yield labelled(
-            CounterMetricFamily,
-            P + "task_restarts",
-            "Supervised task restarts",
-            ("task",),
-            [((name,), h.restarts) for name, h in gw.supervisor.tasks.items()],
-        )
+        yield task_restarts(P, {n: h.restarts for n, h in gw.supervisor.tasks.items()})
         yield from s.receipt_latency.collect()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -36,12 +36,14 @@ __all__ = [
     "Metric",
     "add_metrics_option",
     "counter",
+    "counters",
     "gauge",
     "labelled",
     "metrics_endpoint",
     "parse_listen",
     "registry_of",
     "serve_metrics",
+    "task_restarts",
 ]
 
 # from a fast local round trip to a slow serial poll behind a backlog
@@ -53,6 +55,23 @@ Refresh = Callable[[], Awaitable[None]]
 def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     """One unlabelled counter (``name`` without ``_total``: the library appends it)."""
     return CounterMetricFamily(name, doc, value=value)
+
+
+def counters(prefix: str, rows: Iterable[tuple[str, str, float]]) -> Iterator[CounterMetricFamily]:
+    """Unlabelled counters named ``prefix + name``, one per (name, doc, value)."""
+    for name, doc, value in rows:
+        yield counter(prefix + name, doc, value)
+
+
+def task_restarts(prefix: str, restarts: Mapping[str, int]) -> Metric:
+    """Restarts of a part's supervised tasks, by task: every part reports them alike."""
+    return labelled(
+        CounterMetricFamily,
+        prefix + "task_restarts",
+        "Supervised task restarts",
+        ("task",),
+        sorted(((task,), n) for task, n in restarts.items()),
+    )
 
 
 def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
