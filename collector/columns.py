@@ -1,6 +1,6 @@
 """Readings as columns, and those columns as PostgreSQL binary COPY: the layout-v2 hot path.
 
-A readings message is decoded once into flat columns (meter, time, one float per typed
+A readings message is decoded once into a block of columns (meter, time, one float per typed
 quantity with NaN for "absent"); a whole batch of messages becomes one binary COPY stream of
 `readings` rows built by numpy, with no Python object per value. Rows are grouped by which
 columns they carry, since a NULL field has no bytes: each group is one fixed-width numpy
@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -68,71 +69,132 @@ def pg_micros(ts: datetime) -> int:
     return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
+def from_micros(micros: int) -> datetime:
+    """:func:`pg_micros` undone."""
+    return PG_EPOCH + timedelta(microseconds=micros)
+
+
+@dataclass(slots=True)
+class Block:
+    """One message's good readings: row i is (meters[i], micros[i]) with values[i]."""
+
+    meters: list[str]
+    micros: npt.NDArray[np.int64]
+    values: npt.NDArray[np.float64]  # (rows, WIDTH), NaN = absent
+    extras: list[tuple[int, int, float]]  # (row, code, value)
+    origin: int = 0  # index of the row's message in the batch (BatchSeen)
+
+
 @dataclass(slots=True)
 class Columns:
-    """Good readings as columns: row i is (meters[i], times[i]) with values[i*WIDTH:...]."""
+    """Good readings as columns, a block per message, concatenated once for the COPY.
 
-    meters: list[str] = field(default_factory=list)
-    times: list[datetime] = field(default_factory=list)
-    micros: list[int] = field(default_factory=list)
-    origins: list[int] = field(default_factory=list)  # index of the row's message (BatchSeen)
-    values: list[float] = field(default_factory=list)  # WIDTH floats per row, NaN = absent
-    extras: list[tuple[int, int, float]] = field(default_factory=list)  # (row, code, value)
+    The per-reading path (:meth:`add`, schema-1 messages and messages with a bad reading)
+    gathers rows until :meth:`seal` makes them a block; the columnar path adds whole blocks
+    (:meth:`add_block`) with no Python object per value."""
+
+    blocks: list[Block] = field(default_factory=list)
     count: int = 0  # values present (typed and extra)
+    _meters: list[str] = field(default_factory=list)
+    _micros: list[int] = field(default_factory=list)
+    _values: list[float] = field(default_factory=list)
+    _extras: list[tuple[int, int, float]] = field(default_factory=list)
 
-    def add(
-        self,
-        meter: str,
-        ts: datetime,
-        micros: int,
-        origin: int,
-        values: list[tuple[str, float, str]],
-    ) -> None:
+    def add(self, meter: str, micros: int, values: list[tuple[str, float, str]]) -> None:
         row = _NAN_ROW.copy()
-        n = len(self.meters)
+        n = len(self._meters)
         for name, number, _unit in values:
             slot = SLOT.get(name)
             if slot is not None:
                 row[slot] = number
             else:
-                self.extras.append((n, EXTRA_CODES[name], number))
-        self.meters.append(meter)
-        self.times.append(ts)
-        self.micros.append(micros)
-        self.origins.append(origin)
-        self.values.extend(row)
+                self._extras.append((n, EXTRA_CODES[name], number))
+        self._meters.append(meter)
+        self._micros.append(micros)
+        self._values.extend(row)
         self.count += len(values)
 
+    def seal(self) -> None:
+        """The rows added one by one become a block."""
+        if self._meters:
+            self.blocks.append(Block(
+                self._meters, np.array(self._micros, dtype=np.int64),
+                np.array(self._values, dtype=np.float64).reshape(-1, WIDTH), self._extras))
+            self._meters, self._micros, self._values, self._extras = [], [], [], []
+
+    def add_block(self, block: Block, count: int) -> None:
+        self.seal()
+        self.blocks.append(block)
+        self.count += count
+
     def extend(self, other: Columns, origin: int) -> None:
-        """Append another message's rows; their origin becomes `origin`."""
-        base = len(self.meters)
-        self.meters.extend(other.meters)
-        self.times.extend(other.times)
-        self.micros.extend(other.micros)
-        self.origins.extend([origin] * len(other.meters))
-        self.values.extend(other.values)
-        self.extras.extend((base + r, c, v) for r, c, v in other.extras)
+        """Append another message's blocks; their origin becomes `origin`."""
+        other.seal()
+        for block in other.blocks:
+            block.origin = origin
+            self.blocks.append(block)
         self.count += other.count
 
-    def keep(self, mask: list[bool]) -> Columns:
+    def keep(self, mask: npt.NDArray[np.bool_]) -> Columns:
         """The rows whose mask is true (ownership refusals take the others out)."""
+        self.seal()
         out = Columns()
-        new_index: dict[int, int] = {}
-        for i, ok in enumerate(mask):
-            if not ok:
+        first = 0
+        for block in self.blocks:
+            n = len(block.meters)
+            ok = mask[first : first + n]
+            first += n
+            if not ok.any():
                 continue
-            new_index[i] = len(out.meters)
-            out.meters.append(self.meters[i])
-            out.times.append(self.times[i])
-            out.micros.append(self.micros[i])
-            out.origins.append(self.origins[i])
-            out.values.extend(self.values[i * WIDTH : (i + 1) * WIDTH])
-        out.extras = [(new_index[r], c, v) for r, c, v in self.extras if r in new_index]
-        out.count = int(np.count_nonzero(~np.isnan(np.array(out.values)))) + len(out.extras)
+            new_row = np.cumsum(ok) - 1
+            out.blocks.append(Block(
+                [m for m, keep in zip(block.meters, ok.tolist(), strict=True) if keep],
+                block.micros[ok], block.values[ok],
+                [(int(new_row[r]), c, v) for r, c, v in block.extras if ok[r]], block.origin))
+            out.count += int(np.count_nonzero(~np.isnan(block.values[ok])))
+            out.count += sum(1 for r, _c, _v in block.extras if ok[r])
+        return out
+
+    @property
+    def meters(self) -> list[str]:
+        self.seal()
+        return [m for block in self.blocks for m in block.meters]
+
+    @property
+    def micros(self) -> npt.NDArray[np.int64]:
+        self.seal()
+        return _cat([b.micros for b in self.blocks], np.int64)
+
+    @property
+    def values(self) -> npt.NDArray[np.float64]:
+        self.seal()
+        if not self.blocks:
+            return np.empty((0, WIDTH))
+        return np.concatenate([b.values for b in self.blocks])
+
+    @property
+    def origins(self) -> npt.NDArray[np.int64]:
+        self.seal()
+        return _cat([np.full(len(b.meters), b.origin, dtype=np.int64) for b in self.blocks],
+                    np.int64)
+
+    @property
+    def extras(self) -> list[tuple[int, int, float]]:
+        """(row, code, value) with rows counted across blocks."""
+        self.seal()
+        out: list[tuple[int, int, float]] = []
+        first = 0
+        for b in self.blocks:
+            out.extend((first + r, c, v) for r, c, v in b.extras)
+            first += len(b.meters)
         return out
 
     def __len__(self) -> int:
-        return len(self.meters)
+        return sum(len(b.meters) for b in self.blocks) + len(self._meters)
+
+
+def _cat(arrays: list[npt.NDArray[Any]], dtype: type) -> npt.NDArray[Any]:
+    return np.concatenate(arrays) if arrays else np.empty(0, dtype=dtype)
 
 
 def register_counts(

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from collector.columns import Columns, pg_micros
+import numpy as np
+
+from collector.columns import EXTRA_CODES, SLOT, WIDTH, Block, Columns, pg_micros
 from meterhub import wire
 from meterhub.quantities import QUANTITIES
 
@@ -172,24 +174,36 @@ def parse_readings(
         return out
     horizon = received_at + timedelta(seconds=max_future_s)
     oldest = received_at - timedelta(seconds=max_age_s)
+    if env.columns is None or not _all_good_columns(out, env, horizon, oldest, received_at):
+        _each_reading(out, topic, env, horizon, oldest, received_at)
+    seen = out.meters.values()
+    out.batch = BatchSeen(env.gateway, env.site, env.seq, env.sent_at, out.readings,
+                          received_at, min((s.first for s in seen), default=None),
+                          max((s.last for s in seen), default=None))
+    return out
+
+
+def _each_reading(out: Parsed, topic: str, env: wire.BatchEnvelope, horizon: datetime,
+                  oldest: datetime, received_at: datetime) -> None:
+    """Check and take the readings one by one: a bad one becomes a dead letter of its own."""
     times: dict[str, datetime] = {}
     stamps: dict[datetime, int] = {}
     cols = out.cols
-    for i, raw in enumerate(env.raw_readings):
+    for i, raw in enumerate(env.rows()):
         where = f"readings.readings[{i}]"
         try:
             meter, ts, values, relay = wire.decode_reading_fields(raw, where, times)
             if ts > horizon:
                 raise wire.WireError(
                     f"{where}.taken_at {wire.utc_iso(ts)} is more than "
-                    f"{max_future_s:.0f} s in the future (received {wire.utc_iso(received_at)})",
-                    "bad_time",
+                    f"{(horizon - received_at).total_seconds():.0f} s in the future "
+                    f"(received {wire.utc_iso(received_at)})", "bad_time",
                 )
             if ts < oldest:
                 raise wire.WireError(
                     f"{where}.taken_at {wire.utc_iso(ts)} is more than "
-                    f"{max_age_s / 86400:.0f} days old: a gateway clock that fell back?",
-                    "bad_time",
+                    f"{(received_at - oldest).total_seconds() / 86400:.0f} days old: a gateway "
+                    "clock that fell back?", "bad_time",
                 )
             if not _storable(values):
                 raise wire.WireError(f"{where} (meter {meter}): " + "; ".join(_problems(values)),
@@ -204,12 +218,103 @@ def parse_readings(
         if t is None:
             t = stamps[ts] = pg_micros(ts)
             out.months.add((ts.year, ts.month))
-        cols.add(meter, ts, t, 0, values)
+        cols.add(meter, t, values)
         out.readings += 1
         _seen(out, meter, ts, relay, env)
-    out.batch = BatchSeen(env.gateway, env.site, env.seq, env.sent_at, out.readings,
-                          received_at, min(stamps, default=None), max(stamps, default=None))
-    return out
+    cols.seal()
+
+
+_NUMBER_TYPES = frozenset({float, int, type(None)})  # not bool: type(True) is bool
+_RELAYS = frozenset({None, *wire.RELAY_STATES})
+
+
+def _all_good_columns(out: Parsed, env: wire.BatchEnvelope, horizon: datetime,
+                      oldest: datetime, received_at: datetime) -> bool:
+    """A schema-2 message whose every reading is good, taken whole: its checks run once per
+    distinct meter, time and column, with numpy over the values. False (and ``out``
+    untouched) when any reading fails a check: then :func:`_each_reading` sorts them one by
+    one, with the same rules and the words for each refusal."""
+    body = env.columns
+    assert body is not None
+    n = len(body)
+    try:  # a list or an object where an id, a time or a relay state belongs: unhashable
+        meters, stamps = set(body.meter), set(body.taken_at)
+        if body.relay is not None and not set(body.relay) <= _RELAYS:
+            return False
+    except TypeError:
+        return False
+    if not all(map(wire.is_id, meters)):
+        return False
+    times: dict[str, datetime] = {}
+    for stamp in stamps:
+        try:
+            ts = wire.parse_stamp(stamp, "taken_at")
+        except wire.WireError:
+            return False
+        if not oldest <= ts <= horizon:
+            return False
+        times[stamp] = ts
+    values = np.full((n, WIDTH), np.nan)
+    present = np.zeros(n, dtype=bool)
+    extras: list[tuple[int, int, float]] = []
+    count = 0
+    for column in body.columns:
+        spec = _SPEC.get(column.quantity)
+        if spec is None or column.unit != spec[0]:
+            return False
+        raw = column.values
+        if not set(map(type, raw)) <= _NUMBER_TYPES:
+            return False
+        try:
+            numbers = np.array(raw, dtype=np.float64)
+        except OverflowError:
+            return False
+        absent = np.isnan(numbers)
+        nulls = raw.count(None)
+        if int(np.count_nonzero(absent)) != nulls:  # a NaN sent as a number
+            return False
+        given = numbers[~absent]
+        if not np.isfinite(given).all():
+            return False
+        if spec[1]:
+            if (given < 0).any():
+                return False
+        elif spec[2] is not None and ((given < spec[2][0]) | (given > spec[2][1])).any():
+            return False
+        present |= ~absent
+        count += n - nulls
+        slot = SLOT.get(column.quantity)
+        if slot is not None:
+            values[:, slot] = numbers
+        else:
+            code = EXTRA_CODES[column.quantity]
+            extras.extend((r, code, numbers[r].item()) for r in np.flatnonzero(~absent).tolist())
+    if not present.all():  # a reading without a value
+        return False
+    clocks: list[ClockSeen] = []
+    if body.clock is not None:
+        for i, raw_clock in enumerate(body.clock):
+            if raw_clock is not None:
+                try:
+                    check = wire.decode_clock(raw_clock, "clock", received_at)
+                except wire.WireError:
+                    return False
+                clocks.append(ClockSeen(body.meter[i], env.gateway, check))
+    micros = {stamp: pg_micros(ts) for stamp, ts in times.items()}
+    out.cols.add_block(Block(list(body.meter), np.fromiter(
+        map(micros.__getitem__, body.taken_at), dtype=np.int64, count=n), values, extras), count)
+    out.readings = n
+    out.months = {(ts.year, ts.month) for ts in times.values()}
+    out.clocks = clocks
+    row_times = list(map(times.__getitem__, body.taken_at))
+    if len(meters) == n and body.relay is None:  # each meter once: the usual poll cycle
+        out.meters = {m: MeterSeen(env.gateway, env.site, ts, ts)
+                      for m, ts in zip(body.meter, row_times, strict=True)}
+    else:
+        relays = body.relay or [None] * n
+        for meter, ts, relay in zip(body.meter, row_times, relays, strict=True):
+            _seen(out, meter, ts, relay, env)
+    return True
 
 
 def _seen(out: Parsed, meter: str, ts: datetime, relay: str | None,

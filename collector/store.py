@@ -300,12 +300,12 @@ async def _store_rows(conn: psycopg.AsyncConnection, batch: Batch,
     INSERT ... ON CONFLICT DO NOTHING, which stores each reading once.
     """
     cols = batch.cols
-    key = np.array([keys[m][0] for m in cols.meters], dtype=np.int32)
-    decimals = np.array([keys[m][1] for m in cols.meters], dtype=np.int64)
-    data = columns.binary_copy(
-        np.array(cols.micros, dtype=np.int64),
-        np.array(ids, dtype=np.int64)[np.array(cols.origins, dtype=np.int64)], key,
-        np.array(cols.values, dtype=np.float64).reshape(-1, columns.WIDTH), decimals)
+    meters = cols.meters
+    key = np.array([keys[m][0] for m in meters], dtype=np.int32)
+    decimals = np.array([keys[m][1] for m in meters], dtype=np.int64)
+    micros = cols.micros
+    data = columns.binary_copy(micros, np.array(ids, dtype=np.int64)[cols.origins], key,
+                               cols.values, decimals)
     try:
         async with conn.transaction(), conn.cursor().copy(
             f"COPY readings ({columns.COPY_COLUMNS}) FROM STDIN (FORMAT BINARY)"
@@ -314,13 +314,13 @@ async def _store_rows(conn: psycopg.AsyncConnection, batch: Batch,
     except psycopg.errors.UniqueViolation:
         pass
     else:
-        firsts: dict[int, datetime] = {}
-        for k, ts in zip(key.tolist(), cols.times, strict=True):
-            if k not in firsts or ts < firsts[k]:
-                firsts[k] = ts
-        order = sorted(firsts)
-        await conn.execute(_DIRTY, (order, [firsts[k] for k in order]))
-        await _store_extras(conn, cols, key, decimals)
+        # each meter's oldest new reading: validation looks again from there
+        order = np.lexsort((micros, key))
+        firsts = np.flatnonzero(np.r_[True, key[order][1:] != key[order][:-1]])
+        rows = order[firsts]
+        await conn.execute(_DIRTY, (key[rows].tolist(),
+                                    [columns.from_micros(t) for t in micros[rows].tolist()]))
+        await _store_extras(conn, cols, key, decimals, micros)
         return len(cols), cols.count
     async with conn.cursor().copy(
         f"COPY _stage ({columns.COPY_COLUMNS}) FROM STDIN (FORMAT BINARY)"
@@ -330,21 +330,23 @@ async def _store_rows(conn: psycopg.AsyncConnection, batch: Batch,
     stored, values = (await cur.fetchone()) or (0, 0)
     if stored < len(cols):
         await conn.execute(_CONFLICTS)
-    return int(stored), int(values) + await _store_extras(conn, cols, key, decimals)
+    return int(stored), int(values) + await _store_extras(conn, cols, key, decimals, micros)
 
 
 async def _store_extras(conn: psycopg.AsyncConnection, cols: Columns,
-                        key: np.ndarray, decimals: np.ndarray) -> int:
+                        key: np.ndarray, decimals: np.ndarray, micros: np.ndarray) -> int:
     """The rare quantities, one row per value (conflict-safe: few rows, no COPY needed);
     returns how many were new."""
-    if not cols.extras:
+    extras = cols.extras
+    if not extras:
         return 0
-    rows, codes, numbers = zip(*cols.extras, strict=True)
+    rows, codes, numbers = zip(*extras, strict=True)
     cumulative = [c in columns.CUMULATIVE_EXTRAS for c in codes]
     counts = [round(v * 10 ** int(decimals[r])) if cum else None
               for r, v, cum in zip(rows, numbers, cumulative, strict=True)]
     cur = await conn.execute(_EXTRAS, (
-        [int(key[r]) for r in rows], [cols.times[r] for r in rows], list(codes), counts,
+        [int(key[r]) for r in rows], [columns.from_micros(int(micros[r])) for r in rows],
+        list(codes), counts,
         [None if cum else v for v, cum in zip(numbers, cumulative, strict=True)]))
     return cur.rowcount
 

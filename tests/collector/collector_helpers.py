@@ -42,6 +42,13 @@ def batch_payload(site: str, gateway: str, seq: int, readings: Iterable[wire.Rea
     )
 
 
+def rows_payload(site: str, gateway: str, seq: int, readings: Iterable[wire.Reading]) -> bytes:
+    """Schema 1 (an object per reading): what a test edits reading by reading."""
+    return wire.encode_reading_rows(
+        wire.ReadingsBatch(gateway, site, seq, datetime.now(UTC), tuple(readings))
+    )
+
+
 class Publisher:
     """A plain paho publisher that waits for every PUBACK (QoS 1)."""
 

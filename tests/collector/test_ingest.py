@@ -14,6 +14,7 @@ from collector_helpers import (
     config,
     minutes,
     reading,
+    rows_payload,
     running,
     scalar,
     subscribed,
@@ -76,7 +77,7 @@ async def test_malformed_messages_go_to_dead_letters_and_good_readings_stay(
 ):
     topic = wire.topic(site, "gw1", "readings")
     good = wire.encode_readings(wire.ReadingsBatch("gw1", site, 3, T0, (reading("ok1", T0, 1.0),)))
-    mixed = json.loads(batch_payload(site, "gw1", 4, [reading("ok2", T0, 2.0)]))
+    mixed = json.loads(rows_payload(site, "gw1", 4, [reading("ok2", T0, 2.0)]))
     mixed["readings"] += [
         {"meter": "bad-unit", "taken_at": wire.utc_iso(T0),
          "values": {"energy_import_total": {"value": 1, "unit": "Wh"}}},

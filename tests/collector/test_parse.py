@@ -79,11 +79,12 @@ def test_accepts_exactly_the_decodable_storable_readings(raw):
         return
     assert parsed.readings == 1
     cols = parsed.cols
-    assert (cols.meters, cols.times) == ([reading.meter], [reading.taken_at])
-    assert cols.micros == [columns.pg_micros(reading.taken_at)]
+    assert cols.meters == [reading.meter]
+    assert cols.micros.tolist() == [columns.pg_micros(reading.taken_at)]
+    assert columns.from_micros(int(cols.micros[0])) == reading.taken_at
     expected = {n: v.value for n, v in reading.values.items()}
-    got = {q: cols.values[slot] for q, slot in columns.SLOT.items()
-           if not math.isnan(cols.values[slot])}
+    row = cols.values[0].tolist()
+    got = {q: row[slot] for q, slot in columns.SLOT.items() if not math.isnan(row[slot])}
     codes = {c: n for n, c in columns.EXTRA_CODES.items()}
     got.update({codes[c]: v for _row, c, v in cols.extras})
     assert got == expected and cols.count == len(expected)

@@ -16,6 +16,7 @@ from collector_helpers import (
     config,
     minutes,
     reading,
+    rows_payload,
     running,
     scalar,
     subscribed,
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.integration
 
 
 def _poison(site: str) -> list[bytes]:
-    good = json.loads(batch_payload(site, "gw1", 1, [reading("m1", T0, 1.0)]))
+    good = json.loads(rows_payload(site, "gw1", 1, [reading("m1", T0, 1.0)]))
     stamp = wire.utc_iso(T0)
 
     def with_reading(**over: object) -> bytes:

@@ -15,6 +15,7 @@ from collector_helpers import (
     config,
     minutes,
     reading,
+    rows_payload,
     running,
     subscribed,
     wait_until,
@@ -61,7 +62,7 @@ async def test_committed_duplicate_and_refused_batches_are_receipted(db_url, mqt
                                                                         float(seq))]))
         pub.publish(topic, batch_payload(site, "gwR", 2, [reading("r1", T0 + minutes(2), 2.0)]))
         # envelope fine, the reading refused: the batch is done for good, receipted too
-        bad = json.loads(batch_payload(site, "gwR", 7, [reading("r1", T0, 1.0)]))
+        bad = json.loads(rows_payload(site, "gwR", 7, [reading("r1", T0, 1.0)]))
         bad["readings"][0]["taken_at"] = "not a time"
         pub.publish(topic, json.dumps(bad).encode())
         # a readings message whose envelope is refused but names its gateway and seq

@@ -87,7 +87,7 @@ def test_topics() -> None:
     [
         (b"{not json", "readings: not valid JSON"),
         (b"[]", "readings: expected a JSON object, got list"),
-        (b'{"schema": 2}', "readings: schema 2 is not supported"),
+        (b'{"schema": 3}', "readings: schema 3 is not supported"),
         (b'{"schema": 1, "readings": []}', "readings.gateway: expected a non-empty string"),
         (
             b'{"schema":1,"gateway":"g","site":"s","seq":-1,"sent_at":"2026-01-01T00:00:00Z",'

@@ -30,7 +30,7 @@ def test_clock_is_readable_and_round_trips() -> None:
     check = ClockCheck(NOW + timedelta(seconds=95), NOW)
     payload = _batch(Reading("m1", NOW, {"energy_import_total": Value(1.0, "kWh")}, None,
                              check))
-    raw = json.loads(payload)["readings"][0]["clock"]
+    raw = json.loads(payload)["clock"][0]
     assert raw == {"meter_clock": "2026-12-03T13:01:35.000Z",
                    "read_at": "2026-12-03T13:00:00.000Z", "drift_s": 95.0}
     assert wire.decode_readings(payload).readings[0].clock == check

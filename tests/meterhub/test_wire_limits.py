@@ -42,7 +42,8 @@ def _reading(meter: str = '"m1"', value: str = "1.5", taken_at: str = f'"{STAMP}
     (_batch(sent_at='"0001-01-01T00:00:00+01:00"'), "bad_time"),  # OverflowError in UTC
     (_batch(sent_at='"' + "2" * 100 + '"'), "bad_time"),
     (b"\xff\xfe{", "bad_json"),
-    (b'{"schema": 2}', "bad_schema"),
+    (b'{"schema": 3}', "bad_schema"),
+    (b'{"schema": true}', "bad_schema"),
 ])
 def test_poison_envelopes_are_wire_errors(payload: bytes, code: str) -> None:
     with pytest.raises(wire.WireError) as info:
