@@ -28,7 +28,7 @@ def _readings_per_reading(payload: bytes) -> None:
     """The collector's path: envelope first, then each reading on its own."""
     envelope = wire.decode_readings_envelope(payload)
     times: dict = {}
-    for i, raw in enumerate(envelope.raw_readings):
+    for i, raw in enumerate(envelope.rows()):
         with contextlib.suppress(wire.WireError):
             wire.decode_reading_fields(raw, f"readings[{i}]", times)
 

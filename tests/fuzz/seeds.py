@@ -89,6 +89,8 @@ def _wire() -> dict[str, bytes]:
     return {
         "readings": b"\x00" + wire.encode_readings(batch),
         "readings-each": b"\x01" + wire.encode_readings(batch),
+        "readings-rows": b"\x00" + wire.encode_reading_rows(batch),
+        "readings-rows-each": b"\x01" + wire.encode_reading_rows(batch),
         "ack": b"\x02" + wire.encode_ack(ack),
         "ack-accepted": b"\x02" + wire.encode_ack(wire.Ack("c1", "gw-1", "m", "accepted", at)),
         "status": b"\x03" + wire.encode_status(status),
