@@ -595,6 +595,17 @@ def decode_reading(obj: Any, where: str = "reading") -> Reading:
                    None if clock is None else decode_clock(clock, f"{where}.clock"))
 
 
+# Quantity names and units already found good: a batch repeats a handful of them thousands of
+# times. Bounded, so a hostile sender cannot grow it without end.
+_GOOD_WORDS: set[str] = set()
+_GOOD_WORDS_MAX = 1024
+
+
+def _remember(word: str) -> None:
+    if len(_GOOD_WORDS) < _GOOD_WORDS_MAX:
+        _GOOD_WORDS.add(word)
+
+
 def decode_reading_fields(obj: Any, where: str = "reading",
                           times: dict[str, datetime] | None = None) -> ReadingFields:
     """The checks of :func:`decode_reading`, returning plain fields (see ReadingFields).
@@ -619,9 +630,11 @@ def decode_reading_fields(obj: Any, where: str = "reading",
         raise WireError(f"{where}.values: expected a non-empty object of quantities")
     values: list[tuple[str, float, str]] = []
     for name, item in raw_values.items():
-        if not _is_id(name):
-            raise WireError(f"{where}.values: quantity {_show(name)} is not a name "
-                            f"({ID_PATTERN})", "bad_id")
+        if name not in _GOOD_WORDS:
+            if not _is_id(name):
+                raise WireError(f"{where}.values: quantity {_show(name)} is not a name "
+                                f"({ID_PATTERN})", "bad_id")
+            _remember(name)
         if not isinstance(item, dict):
             raise WireError(f"{where}.values.{name}: expected {{'value': number, 'unit': text}},"
                             f" got {_show(item)}")
@@ -629,9 +642,11 @@ def decode_reading_fields(obj: Any, where: str = "reading",
         if type(number) is not float or not math.isfinite(number):
             number = _number(number, f"{where}.values.{name}.value")
         unit = item.get("unit")
-        if not isinstance(unit, str) or len(unit) > 16 or not _storable(unit):
-            raise WireError(f"{where}.values.{name}.unit: expected a unit string, "
-                            f"got {_show(unit)}", "bad_text")
+        if type(unit) is not str or unit not in _GOOD_WORDS:
+            if not isinstance(unit, str) or len(unit) > 16 or not _storable(unit):
+                raise WireError(f"{where}.values.{name}.unit: expected a unit string, "
+                                f"got {_show(unit)}", "bad_text")
+            _remember(unit)
         values.append((name, number, unit))
     relay = obj.get("relay")
     if relay is not None and relay not in RELAY_STATES:
