@@ -193,6 +193,47 @@ class Columns:
         return sum(len(b.meters) for b in self.blocks) + len(self._meters)
 
 
+@dataclass(frozen=True, slots=True)
+class Span:
+    """The readings of one meter from one gateway in a batch: first and last time, count."""
+
+    meter: str
+    gateway: str
+    first: datetime
+    last: datetime
+    rows: int
+
+
+def spans(cols: Columns, gateway_of: list[str]) -> list[Span]:
+    """Each (meter, gateway) pair of ``cols`` (``gateway_of``: the gateway of each origin),
+    grouped with numpy: a batch holds tens of thousands of readings of a few hundred
+    pairs. Sorted by meter, then gateway."""
+    cols.seal()
+    if not cols.blocks:
+        return []
+    meter_codes: dict[str, int] = {}
+    gateway_codes: dict[str, int] = {}
+    pairs = []
+    for block in cols.blocks:
+        g = gateway_codes.setdefault(gateway_of[block.origin], len(gateway_codes))
+        codes = [meter_codes.setdefault(m, len(meter_codes)) for m in block.meters]
+        pairs.append(np.array(codes, dtype=np.int64) * (1 << 32) + g)
+    pair = np.concatenate(pairs)
+    micros = cols.micros
+    order = np.lexsort((micros, pair))
+    sorted_pair = pair[order]
+    starts = np.flatnonzero(np.r_[True, sorted_pair[1:] != sorted_pair[:-1]])
+    ends = np.r_[starts[1:], len(order)]
+    meters = list(meter_codes)
+    gateways = list(gateway_codes)
+    found = [Span(meters[p >> 32], gateways[p & 0xFFFFFFFF], from_micros(lo), from_micros(hi), n)
+             for p, lo, hi, n in zip(sorted_pair[starts].tolist(),
+                                     micros[order[starts]].tolist(),
+                                     micros[order[ends - 1]].tolist(),
+                                     (ends - starts).tolist(), strict=True)]
+    return sorted(found, key=lambda s: (s.meter, s.gateway))
+
+
 def _cat(arrays: list[npt.NDArray[Any]], dtype: type) -> npt.NDArray[Any]:
     return np.concatenate(arrays) if arrays else np.empty(0, dtype=dtype)
 

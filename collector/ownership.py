@@ -23,7 +23,7 @@ import numpy as np
 import psycopg
 from psycopg.types.json import Jsonb
 
-from collector.columns import from_micros
+from collector import columns
 from collector.parse import DeadLetter
 from collector.store import Batch
 from meterhub import wire
@@ -68,36 +68,10 @@ _AUDIT = ("INSERT INTO meter_ownership_audit (meter_id, action, from_gateway, to
 
 
 def claims(batch: Batch) -> list[Claim]:
-    """Each (meter, gateway) pair of the batch's good readings, grouped with numpy: a batch
-    holds tens of thousands of readings of a few hundred pairs."""
-    cols = batch.cols
-    cols.seal()
-    if not cols.blocks:
-        return []
-    meter_codes: dict[str, int] = {}
-    gateway_codes: dict[str, int] = {}
-    pairs = []
-    for block in cols.blocks:
-        g = gateway_codes.setdefault(batch.batches[block.origin].gateway, len(gateway_codes))
-        codes = [meter_codes.setdefault(m, len(meter_codes)) for m in block.meters]
-        pairs.append(np.array(codes, dtype=np.int64) * (1 << 32) + g)
-    pair = np.concatenate(pairs)
-    micros = cols.micros
-    order = np.lexsort((micros, pair))
-    sorted_pair = pair[order]
-    starts = np.flatnonzero(np.r_[True, sorted_pair[1:] != sorted_pair[:-1]])
-    ends = np.r_[starts[1:], len(order)]
-    meters = list(meter_codes)
-    gateways = list(gateway_codes)
+    """Each (meter, gateway) pair of the batch's good readings."""
     sites = {b.gateway: b.site for b in batch.batches}
-    found = []
-    for p, lo, hi, n in zip(sorted_pair[starts].tolist(), micros[order[starts]].tolist(),
-                            micros[order[ends - 1]].tolist(), (ends - starts).tolist(),
-                            strict=True):
-        meter, gateway = meters[p >> 32], gateways[p & 0xFFFFFFFF]
-        found.append(Claim(meter, gateway, sites.get(gateway, ""), from_micros(lo),
-                           from_micros(hi), n))
-    return sorted(found, key=lambda c: (c.meter, c.gateway))
+    return [Claim(s.meter, s.gateway, sites.get(s.gateway, ""), s.first, s.last, s.rows)
+            for s in columns.spans(batch.cols, [b.gateway for b in batch.batches])]
 
 
 async def sort(conn: psycopg.AsyncConnection, batch: Batch, now: datetime, *,
@@ -202,18 +176,18 @@ async def _violations(conn: psycopg.AsyncConnection, found: list[tuple[Claim, st
 
 def _drop(batch: Batch, refused: dict[tuple[str, str], tuple[str, str]]) -> None:
     """Take the refused (meter, gateway) readings out of the batch as dead letters (their
-    meter and time as JSON lines: what was refused, not a replayable message)."""
+    meter and time as JSON lines: what was refused, not a replayable message), and the relay
+    states they carried with them."""
     sites = {b.gateway: b.site for b in batch.batches}
     cols = batch.cols
     meters = cols.meters
     gateways = [batch.batches[o].gateway for o in cols.origins.tolist()]
-    times = [from_micros(t) for t in cols.micros.tolist()]
     mask = [(m, g) not in refused for m, g in zip(meters, gateways, strict=True)]
     out: dict[tuple[str, str], list[str]] = {}
-    for ok, meter, gateway, ts in zip(mask, meters, gateways, times, strict=True):
+    for ok, meter, gateway, t in zip(mask, meters, gateways, cols.micros.tolist(), strict=True):
         if not ok:
-            out.setdefault((meter, gateway), []).append(
-                json.dumps({"meter": meter, "taken_at": wire.utc_iso(ts)}) + "\n")
+            out.setdefault((meter, gateway), []).append(json.dumps(
+                {"meter": meter, "taken_at": wire.utc_iso(columns.from_micros(t))}) + "\n")
     for (meter, gateway), lines in out.items():
         code, reason = refused[(meter, gateway)]
         batch.dead.append(DeadLetter(
@@ -222,21 +196,8 @@ def _drop(batch: Batch, refused: dict[tuple[str, str], tuple[str, str]]) -> None
             whole_message=False))
         batch.readings -= len(lines)
     batch.cols = cols.keep(np.array(mask, dtype=bool))
-    # What the batch says of each meter must come from its owner's readings only.
-    spans: dict[str, tuple[datetime, datetime, str]] = {}
-    kept = [(m, t, g) for ok, m, t, g in zip(mask, meters, times, gateways, strict=True) if ok]
-    for meter, ts, gateway in kept:
-        f, la, _ = spans.get(meter, (ts, ts, gateway))
-        spans[meter] = (min(f, ts), max(la, ts), gateway)
-    for meter in list(batch.meters):
-        seen = batch.meters[meter]
-        if meter not in spans:
-            del batch.meters[meter]
-        elif (meter, seen.gateway) in refused:
-            # the newest reading came from another gateway: its relay state is not believed
-            seen.first, seen.last, seen.gateway = spans[meter]
-            seen.site = sites.get(seen.gateway, seen.site)
-            seen.relay = seen.relay_at = None
+    # a relay state is believed from the meter's own gateway only
+    batch.relays = [r for r in batch.relays if (r.meter, r.gateway) not in refused]
 
 
 # ---------------------------------------------------------------- operator actions (sync)

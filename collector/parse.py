@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -72,14 +73,15 @@ class BatchSeen:
     newest: datetime | None = None
 
 
-@dataclass(slots=True)
-class MeterSeen:
+@dataclass(frozen=True, slots=True)
+class RelaySeen:
+    """A relay state a reading carried (the meter's first and last times come from the
+    readings themselves: :func:`collector.columns.spans`)."""
+
+    meter: str
     gateway: str
-    site: str
-    first: datetime
-    last: datetime
-    relay: str | None = None
-    relay_at: datetime | None = None
+    relay: str
+    at: datetime
 
 
 @dataclass(slots=True)
@@ -90,7 +92,7 @@ class Parsed:
     cols: Columns = field(default_factory=Columns)
     readings: int = 0  # good readings (meter, taken_at) in the message
     months: set[tuple[int, int]] = field(default_factory=set)  # (year, month) of their times
-    meters: dict[str, MeterSeen] = field(default_factory=dict)
+    relays: list[RelaySeen] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
     batch: BatchSeen | None = None
     clocks: list[ClockSeen] = field(default_factory=list)
@@ -174,18 +176,20 @@ def parse_readings(
         return out
     horizon = received_at + timedelta(seconds=max_future_s)
     oldest = received_at - timedelta(seconds=max_age_s)
-    if env.columns is None or not _all_good_columns(out, env, horizon, oldest, received_at):
-        _each_reading(out, topic, env, horizon, oldest, received_at)
-    seen = out.meters.values()
+    times = None
+    if env.columns is not None:
+        times = _all_good_columns(out, env, horizon, oldest, received_at)
+    if times is None:
+        times = _each_reading(out, topic, env, horizon, oldest, received_at)
     out.batch = BatchSeen(env.gateway, env.site, env.seq, env.sent_at, out.readings,
-                          received_at, min((s.first for s in seen), default=None),
-                          max((s.last for s in seen), default=None))
+                          received_at, min(times, default=None), max(times, default=None))
     return out
 
 
 def _each_reading(out: Parsed, topic: str, env: wire.BatchEnvelope, horizon: datetime,
-                  oldest: datetime, received_at: datetime) -> None:
-    """Check and take the readings one by one: a bad one becomes a dead letter of its own."""
+                  oldest: datetime, received_at: datetime) -> Iterable[datetime]:
+    """Check and take the readings one by one: a bad one becomes a dead letter of its own.
+    Returns the times of the good ones."""
     times: dict[str, datetime] = {}
     stamps: dict[datetime, int] = {}
     cols = out.cols
@@ -220,8 +224,10 @@ def _each_reading(out: Parsed, topic: str, env: wire.BatchEnvelope, horizon: dat
             out.months.add((ts.year, ts.month))
         cols.add(meter, t, values)
         out.readings += 1
-        _seen(out, meter, ts, relay, env)
+        if relay is not None:
+            out.relays.append(RelaySeen(meter, env.gateway, relay, ts))
     cols.seal()
+    return stamps.keys()
 
 
 _NUMBER_TYPES = frozenset({float, int, type(None)})  # not bool: type(True) is bool
@@ -229,30 +235,32 @@ _RELAYS = frozenset({None, *wire.RELAY_STATES})
 
 
 def _all_good_columns(out: Parsed, env: wire.BatchEnvelope, horizon: datetime,
-                      oldest: datetime, received_at: datetime) -> bool:
+                      oldest: datetime, received_at: datetime
+                      ) -> Iterable[datetime] | None:
     """A schema-2 message whose every reading is good, taken whole: its checks run once per
-    distinct meter, time and column, with numpy over the values. False (and ``out``
-    untouched) when any reading fails a check: then :func:`_each_reading` sorts them one by
-    one, with the same rules and the words for each refusal."""
+    distinct meter, time and column, with numpy over the values; returns the readings'
+    times. None (and ``out`` untouched) when any reading fails a check: then
+    :func:`_each_reading` sorts them one by one, with the same rules and the words for each
+    refusal."""
     body = env.columns
     assert body is not None
     n = len(body)
     try:  # a list or an object where an id, a time or a relay state belongs: unhashable
         meters, stamps = set(body.meter), set(body.taken_at)
         if body.relay is not None and not set(body.relay) <= _RELAYS:
-            return False
+            return None
     except TypeError:
-        return False
+        return None
     if not all(map(wire.is_id, meters)):
-        return False
+        return None
     times: dict[str, datetime] = {}
     for stamp in stamps:
         try:
             ts = wire.parse_stamp(stamp, "taken_at")
         except wire.WireError:
-            return False
+            return None
         if not oldest <= ts <= horizon:
-            return False
+            return None
         times[stamp] = ts
     values = np.full((n, WIDTH), np.nan)
     present = np.zeros(n, dtype=bool)
@@ -261,26 +269,26 @@ def _all_good_columns(out: Parsed, env: wire.BatchEnvelope, horizon: datetime,
     for column in body.columns:
         spec = _SPEC.get(column.quantity)
         if spec is None or column.unit != spec[0]:
-            return False
+            return None
         raw = column.values
         if not set(map(type, raw)) <= _NUMBER_TYPES:
-            return False
+            return None
         try:
             numbers = np.array(raw, dtype=np.float64)
         except OverflowError:
-            return False
+            return None
         absent = np.isnan(numbers)
         nulls = raw.count(None)
         if int(np.count_nonzero(absent)) != nulls:  # a NaN sent as a number
-            return False
+            return None
         given = numbers[~absent]
         if not np.isfinite(given).all():
-            return False
+            return None
         if spec[1]:
             if (given < 0).any():
-                return False
+                return None
         elif spec[2] is not None and ((given < spec[2][0]) | (given > spec[2][1])).any():
-            return False
+            return None
         present |= ~absent
         count += n - nulls
         slot = SLOT.get(column.quantity)
@@ -290,7 +298,7 @@ def _all_good_columns(out: Parsed, env: wire.BatchEnvelope, horizon: datetime,
             code = EXTRA_CODES[column.quantity]
             extras.extend((r, code, numbers[r].item()) for r in np.flatnonzero(~absent).tolist())
     if not present.all():  # a reading without a value
-        return False
+        return None
     clocks: list[ClockSeen] = []
     if body.clock is not None:
         for i, raw_clock in enumerate(body.clock):
@@ -298,7 +306,7 @@ def _all_good_columns(out: Parsed, env: wire.BatchEnvelope, horizon: datetime,
                 try:
                     check = wire.decode_clock(raw_clock, "clock", received_at)
                 except wire.WireError:
-                    return False
+                    return None
                 clocks.append(ClockSeen(body.meter[i], env.gateway, check))
     micros = {stamp: pg_micros(ts) for stamp, ts in times.items()}
     out.cols.add_block(Block(list(body.meter), np.fromiter(
@@ -306,29 +314,10 @@ def _all_good_columns(out: Parsed, env: wire.BatchEnvelope, horizon: datetime,
     out.readings = n
     out.months = {(ts.year, ts.month) for ts in times.values()}
     out.clocks = clocks
-    row_times = list(map(times.__getitem__, body.taken_at))
-    if len(meters) == n and body.relay is None:  # each meter once: the usual poll cycle
-        out.meters = {m: MeterSeen(env.gateway, env.site, ts, ts)
-                      for m, ts in zip(body.meter, row_times, strict=True)}
-    else:
-        relays = body.relay or [None] * n
-        for meter, ts, relay in zip(body.meter, row_times, relays, strict=True):
-            _seen(out, meter, ts, relay, env)
-    return True
-
-
-def _seen(out: Parsed, meter: str, ts: datetime, relay: str | None,
-          env: wire.BatchEnvelope) -> None:
-    seen = out.meters.get(meter)
-    if seen is None:
-        seen = out.meters[meter] = MeterSeen(env.gateway, env.site, ts, ts)
-    else:
-        if ts < seen.first:
-            seen.first = ts
-        if ts > seen.last:
-            seen.last = ts
-    if relay is not None and (seen.relay_at is None or ts >= seen.relay_at):
-        seen.relay, seen.relay_at = relay, ts
+    if body.relay is not None:
+        out.relays = [RelaySeen(m, env.gateway, r, times[t]) for m, t, r
+                      in zip(body.meter, body.taken_at, body.relay, strict=True) if r is not None]
+    return times.values()
 
 
 def _clock(out: Parsed, topic: str, raw: dict[str, Any], meter: str, gateway: str,

@@ -23,7 +23,7 @@ from psycopg.types.json import Jsonb
 
 from collector import columns
 from collector.columns import Columns
-from collector.parse import BatchSeen, ClockSeen, DeadLetter, MeterSeen, Parsed
+from collector.parse import BatchSeen, ClockSeen, DeadLetter, Parsed, RelaySeen
 from meterhub import wire
 
 _STAGE = """
@@ -130,7 +130,7 @@ class Batch:
     cols: Columns = field(default_factory=Columns)  # good readings; origin: index in batches
     readings: int = 0
     months: set[tuple[int, int]] = field(default_factory=set)
-    meters: dict[str, MeterSeen] = field(default_factory=dict)
+    relays: list[RelaySeen] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
     clocks: list[ClockSeen] = field(default_factory=list)
     batches: list[BatchSeen] = field(default_factory=list)
@@ -151,17 +151,7 @@ class Batch:
         self.readings += parsed.readings
         self.dead.extend(parsed.dead)
         self.clocks.extend(parsed.clocks)
-        for meter, seen in parsed.meters.items():
-            have = self.meters.get(meter)
-            if have is None:
-                self.meters[meter] = seen
-                continue
-            have.first = min(have.first, seen.first)
-            if seen.last >= have.last:
-                have.gateway, have.site, have.last = seen.gateway, seen.site, seen.last
-            newer = have.relay_at is None or (seen.relay_at and seen.relay_at >= have.relay_at)
-            if seen.relay_at is not None and newer:
-                have.relay, have.relay_at = seen.relay, seen.relay_at
+        self.relays.extend(parsed.relays)
 
     @property
     def values(self) -> int:
@@ -227,17 +217,8 @@ async def write(conn: psycopg.AsyncConnection, batch: Batch, now: datetime,
     stored = values = dup_batches = 0
     async with conn.transaction():
         keys: dict[str, tuple[int, int]] = {}
-        if batch.meters:
-            ms = sorted(batch.meters.items())
-            cur = await conn.execute(
-                _METERS,
-                (
-                    [m for m, _ in ms], [s.gateway for _, s in ms], [s.site for _, s in ms],
-                    [s.first for _, s in ms], [s.last for _, s in ms],
-                    [s.relay for _, s in ms], [s.relay_at for _, s in ms],
-                ),
-            )
-            keys = {m: (k, d) for m, k, d in await cur.fetchall()}
+        if len(batch.cols):
+            keys = await _upsert_meters(conn, batch)
         if batch.clocks:
             await _store_clocks(conn, batch.clocks)
         ids: list[int] = []
@@ -268,6 +249,32 @@ async def write(conn: psycopg.AsyncConnection, batch: Batch, now: datetime,
                     [dead_letter_row(d, now, policy) for d in batch.dead],
                 )
     return WriteResult(stored, values, dup_batches, len(batch.dead))
+
+
+async def _upsert_meters(conn: psycopg.AsyncConnection, batch: Batch
+                         ) -> dict[str, tuple[int, int]]:
+    """Each meter's first and last reading time, its newest relay state, and its integer key
+    and register resolution back (meter id -> (key, energy decimals))."""
+    sites = {b.gateway: b.site for b in batch.batches}
+    seen: dict[str, list[Any]] = {}  # meter -> [gateway, first, last, relay, relay_at]
+    for s in columns.spans(batch.cols, [b.gateway for b in batch.batches]):
+        have = seen.get(s.meter)
+        if have is None:
+            seen[s.meter] = [s.gateway, s.first, s.last, None, None]
+        else:  # two gateways claimed it (no ownership sort before): the newest names it
+            if s.last >= have[2]:
+                have[0], have[2] = s.gateway, s.last
+            have[1] = min(have[1], s.first)
+    for r in batch.relays:
+        have = seen.get(r.meter)
+        if have is not None and (have[4] is None or r.at >= have[4]):
+            have[3], have[4] = r.relay, r.at
+    ms = sorted(seen.items())
+    cur = await conn.execute(_METERS, (
+        [m for m, _ in ms], [v[0] for _, v in ms], [sites.get(v[0], "") for _, v in ms],
+        [v[1] for _, v in ms], [v[2] for _, v in ms], [v[3] for _, v in ms],
+        [v[4] for _, v in ms]))
+    return {m: (k, d) for m, k, d in await cur.fetchall()}
 
 
 # Clock checks of meters the sending gateway owns (ownership was sorted before the write; a

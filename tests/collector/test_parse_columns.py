@@ -66,8 +66,7 @@ def _summary(p: parse.Parsed) -> dict[str, Any]:
         "readings": p.readings, "count": cols.count, "meters": cols.meters,
         "micros": cols.micros.tolist(), "values": values, "extras": cols.extras,
         "months": p.months, "batch": p.batch,
-        "seen": {m: (s.gateway, s.first, s.last, s.relay, s.relay_at)
-                 for m, s in p.meters.items()},
+        "relays": p.relays,
         "clocks": p.clocks,
         "dead": [(d.reason, d.code, d.whole_message, d.payload) for d in p.dead],
     }
