@@ -618,7 +618,9 @@ def _settlement_short(
         return 0
     today = now.astimezone(s.zone).date()
     owed = sum(i.fen for i in _settlement_items(conn, schedule_id) if i.due < today)
-    paid = arrears.surplus(debts, credits or _credits_of(conn, account_id), now)
+    paid = arrears.surplus(  # a payment at this very moment counts (as in bill_states)
+        debts, credits or _credits_of(conn, account_id), now + timedelta(microseconds=1)
+    )
     return max(0, owed - paid)
 
 
@@ -865,6 +867,9 @@ def clear_escalation(
             (now, by, reason, account_id),
         )
         _escalation_audit(conn, account_id, now, "cleared", by, reason)
+        conn.execute(
+            "UPDATE billing_collection SET recheck = true WHERE account_id = %s", (account_id,)
+        )
 
 
 # ---------------------------------------------------------------------------- the policy
