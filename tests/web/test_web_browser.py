@@ -307,6 +307,21 @@ def test_customer_sees_own_page(browser: Browser, served: str, fleet: Fleet, db_
     shots.mkdir(exist_ok=True)
     page.screenshot(path=str(shots / "07-customer-phone.png"), full_page=True)
     page.close()
+    # the same page in Chinese
+    zh = browser.new_context(locale="zh-CN", viewport={"width": 390, "height": 844})
+    page = zh.new_page()
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text)
+            if (msg.type == "error" and "401" not in msg.text) or "i18n:" in msg.text
+            else None)
+    page.goto(served)
+    page.get_by_label("用户名").fill("tenant")
+    page.get_by_label("密码").fill(password)
+    page.get_by_role("button", name="登录").click()
+    expect(page.get_by_text("欢迎，Household One")).to_be_visible()
+    expect(page.get_by_text("正常供电")).to_be_visible()
+    expect(page.get_by_role("heading", name="每日用电量（kWh，近 30 天）")).to_be_visible()
+    zh.close()
     assert errors == [], f"errors in the browser: {errors}"
 
 
