@@ -3,8 +3,21 @@ relay command lifecycle. Public names only; the machinery lives in the submodule
 
 from billing.arrears import CLASSES as CUSTOMER_CLASSES
 from billing.arrears import CollectionSettings
-from billing.collection import create_plan, run_collection
-from billing.collection_reports import arrears_report, collection_rates, penalty_lines, plans
+from billing.collection import (
+    NotEscalated,
+    NotHighVoltage,
+    clear_escalation,
+    create_plan,
+    create_settlement_schedule,
+    run_collection,
+)
+from billing.collection_reports import (
+    arrears_report,
+    collection_rates,
+    penalty_lines,
+    plans,
+    settlement_schedules,
+)
 from billing.customers import (
     Customer,
     CustomerError,
@@ -94,6 +107,8 @@ __all__ = [
     "EngineStats",
     "LedgerEntry",
     "MoneyError",
+    "NotEscalated",
+    "NotHighVoltage",
     "NotPostpaid",
     "Notice",
     "NoticeError",
@@ -110,10 +125,12 @@ __all__ = [
     "arrears_report",
     "balance",
     "bills_of",
+    "clear_escalation",
     "collection_rates",
     "create_account",
     "create_customer",
     "create_plan",
+    "create_settlement_schedule",
     "customer_of_account",
     "due_notices",
     "get_bill",
@@ -136,6 +153,7 @@ __all__ = [
     "render_bill_html",
     "render_bill_pdf",
     "run_collection",
+    "settlement_schedules",
     "topup",
     "undeliverable_contacts",
     "update_customer",

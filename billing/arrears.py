@@ -49,6 +49,17 @@ class CollectionSettings:
     escalate_periods: int = 2  # bills in arrears within a year -> escalation flag
     large_arrears_fen: int = 1_000_000  # 10 000 yuan: listed separately
     good_payer_months: int = 12  # a clean record this long marks a good payer
+    # good-payer discount off a bill's energy charges (off by default: a commercial choice):
+    # this fraction of the charges (exact, rounded half up to the fen) plus a fixed amount,
+    # never more than the charges themselves
+    good_payer_discount_rate: Decimal = Decimal(0)
+    good_payer_discount_fen: int = 0
+    # high-voltage in-month settlement: (day of the month, share of the expected monthly
+    # amount); what the shares leave is settled by the month's bill
+    hv_instalments: tuple[tuple[int, Decimal], ...] = (
+        (10, Decimal("0.3")),
+        (20, Decimal("0.3")),
+    )
     class_tariffs: Mapping[str, str] = field(
         default_factory=lambda: {
             "residential": "residential-tiered",
@@ -69,6 +80,12 @@ class CollectionSettings:
             raise CollectionSettingsError("reminder_days: days before the due date, each > 0")
         if not 0 <= self.notice_hour <= 23:
             raise CollectionSettingsError("notice_hour: 0 to 23")
+        if not 0 <= self.good_payer_discount_rate < 1 or self.good_payer_discount_fen < 0:
+            raise CollectionSettingsError(
+                "good_payer_discount_rate/_fen: a rate from 0 (off) below 1 and a fixed "
+                "amount of 0 or more fen"
+            )
+        check_instalments(self.hv_instalments)
         unknown = set(self.class_tariffs) - set(CLASSES)
         if unknown:
             raise CollectionSettingsError(f"class_tariffs: unknown classes {sorted(unknown)}")
@@ -79,6 +96,35 @@ class CollectionSettings:
 
     def due_date(self, issued: datetime) -> date:
         return issued.astimezone(self.zone).date() + timedelta(days=self.due_after_days)
+
+
+def check_instalments(items: Sequence[tuple[int, Decimal]]) -> None:
+    """In-month instalments: days 1-31 in order, shares above 0 leaving a part for the
+    bill (their sum below 1)."""
+    days = [d for d, _ in items]
+    if not items or days != sorted(set(days)) or not all(1 <= d <= 31 for d in days):
+        raise CollectionSettingsError(
+            "hv_instalments: at least one, days of the month 1-31, distinct and in order"
+        )
+    shares = [sh for _, sh in items]
+    if not all(isinstance(sh, Decimal) and sh > 0 for sh in shares) or sum(shares) >= 1:
+        raise CollectionSettingsError(
+            "hv_instalments: each share above 0 (exact decimals), together below 1: the "
+            "month's bill settles the rest"
+        )
+
+
+# ---------------------------------------------------------------------------- discount
+
+
+def good_payer_discount(charges_fen: int, s: CollectionSettings) -> tuple[Decimal, int]:
+    """(exact yuan, whole fen) off a good payer's energy charges: ``rate`` x charges
+    (rounded half up) plus the fixed amount, at most the charges; nothing on no charges."""
+    if charges_fen <= 0:
+        return Decimal(0), 0
+    exact = Decimal(charges_fen) / 100 * s.good_payer_discount_rate
+    fen = min(charges_fen, to_fen(exact) + s.good_payer_discount_fen)
+    return exact + Decimal(s.good_payer_discount_fen) / 100, fen
 
 
 # ---------------------------------------------------------------------------- debts
@@ -145,6 +191,15 @@ def unpaid_by_bill(bills: Sequence[BillDebt], debt_fen: int) -> list[Unpaid]:
         out.append(Unpaid(b.bill_id, deb, pen, opening))
     out.reverse()
     return out
+
+
+def surplus(bills: Sequence[BillDebt], credits: Sequence[Credit], at: datetime) -> int:
+    """Credit beyond every bill issued before ``at``: what was paid towards consumption not
+    billed yet (an in-month settlement). Without a bill, every credit so far."""
+    issued = [b for b in bills if b.issued_at < at]
+    since = issued[-1].issued_at if issued else datetime.min.replace(tzinfo=at.tzinfo)
+    paid = sum(c.fen for c in credits if since <= c.at < at)
+    return max(0, (issued[-1].closing_fen if issued else 0) + paid)
 
 
 # ---------------------------------------------------------------------------- penalty
@@ -235,6 +290,7 @@ class Step(enum.StrEnum):
     DUE_TODAY = "due_today"
     COLLECTION = "collection"
     PLANNED_DISCONNECTION = "planned_disconnection"
+    SETTLEMENT_MISSED = "settlement_missed"  # a high-voltage in-month instalment missed
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +328,18 @@ def ladder(due: date, issued_at: datetime, s: CollectionSettings) -> list[Ladder
         steps.append(LadderStep(step, at, key))
         prev = at
     return steps
+
+
+def settlement_ladder(due: date, missed_at: datetime, s: CollectionSettings) -> list[LadderStep]:
+    """The ladder of a missed in-month instalment: the notice of the miss the day after its
+    date (or at once), then the planned-disconnection notice as for a bill overdue that
+    long. No reminders (the schedule was the reminder) and no penalty of its own."""
+    first = max(s.local_at(due + timedelta(days=1)), missed_at)
+    planned = max(s.local_at(due + timedelta(days=s.stop_after_days + 1)), first)
+    return [
+        LadderStep(Step.SETTLEMENT_MISSED, first, "settlement_missed"),
+        LadderStep(Step.PLANNED_DISCONNECTION, planned, "planned_disconnection"),
+    ]
 
 
 def next_step(
@@ -339,6 +407,37 @@ def plan_status(
     if total >= sum(i.fen for i in instalments):
         return "completed", None
     return "kept", None
+
+
+def settlement_amounts(expected_fen: int, shares: Sequence[Decimal]) -> list[int]:
+    """Whole fen of each instalment: the rounded running total of ``expected x share``, so
+    the instalments add up to the rounded total of their shares, no fen lost or made."""
+    out, cum, before = [], Decimal(0), 0
+    for sh in shares:
+        cum += sh
+        upto = to_fen(Decimal(expected_fen) / 100 * cum)
+        out.append(upto - before)
+        before = upto
+    return out
+
+
+def settlement_status(
+    instalments: Sequence[Instalment], paid_by: Mapping[date, int], today: date
+) -> tuple[str, date | None, int]:
+    """('kept' | 'missed' | 'settled', the missed instalment's date, fen short then).
+
+    ``paid_by[d]``: what had been paid towards the month (:func:`surplus`) at the end of
+    day ``d``. An instalment is kept when by the end of its day everything due so far was
+    paid; settled once every instalment's day has passed kept."""
+    owed = 0
+    for inst in sorted(instalments, key=lambda i: i.due):
+        if inst.due >= today:
+            return "kept", None, 0
+        owed += inst.fen
+        short = owed - paid_by.get(inst.due, 0)
+        if short > 0:
+            return "missed", inst.due, short
+    return "settled", None, 0
 
 
 def as_json_params(values: Mapping[str, Any]) -> dict[str, str]:

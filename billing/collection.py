@@ -27,7 +27,7 @@ from billing.errors import BillingError
 from billing.money import from_fen
 from billing.notice_texts import render
 from billing.policy import Action, CreditSettings, PolicyError, ProtectedWindows
-from billing.postpaid import load_debts
+from billing.postpaid import NotPostpaid, load_debts
 
 log = logging.getLogger(__name__)
 LADDER_KINDS = [s.value for s in Step]
@@ -56,6 +56,7 @@ class CollectionStats:
     cut_due: int = 0
     plans_missed: int = 0
     plans_completed: int = 0
+    settlements_missed: int = 0
 
 
 def _penalty_rule(customer_class: str, s: CollectionSettings) -> dict[str, str]:
@@ -114,7 +115,7 @@ def run_collection(
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
             """SELECT c.*, a.customer_class, a.group_key, a.windows, a.escalated_at,
-                      a.good_payer_since
+                      a.escalation_cleared_at, a.good_payer_since
                FROM billing_collection c JOIN billing_accounts a USING (account_id)
                WHERE c.updated_at < %s AND (c.recheck OR c.wake_at IS NULL OR c.wake_at <= %s)
                ORDER BY c.updated_at LIMIT %s FOR UPDATE OF c SKIP LOCKED""",
@@ -168,28 +169,45 @@ def _one(
         "cut_at": None,
         "next_step": None,
         "next_at": None,
+        "bill_id": None,
+        "schedule_id": None,
     }
+    missed = _check_settlement(conn, account_id, debts, credits, now, today, s, stats)
     driving = next(((b, u) for b, u in state if u.total_fen > 0), None)
     protected = _plan_live(conn, account_id)
-    if driving is None or protected:
+    if (driving is None and missed is None) or protected:
         notices.withdraw(conn, account_id, LADDER_KINDS, at=now)
         upd |= {
-            "stage": "protected" if protected and driving else "clear",
+            "stage": "protected" if protected and (driving or missed) else "clear",
             "bill_id": driving[0].bill_id if driving else None,
         }
-        if protected and driving:
+        if protected and (driving or missed):
             upd["hold"] = "instalment plan kept"
         _save(conn, account_id, row, upd, s)
         return
-    bill, unpaid = driving
-    if row["bill_id"] != bill.bill_id:  # an older bill was paid: its pending steps are moot
+    if driving is not None:  # the oldest unpaid bill drives the ladder
+        bill, unpaid = driving
+        key, due = str(bill.bill_id), bill.due
+        steps = arrears.ladder(bill.due, bill.issued_at, s)
+        amounts = (unpaid.total_fen, overdue)
+        upd["bill_id"] = bill.bill_id
+    else:  # else a missed in-month instalment of a high-voltage account
+        assert missed is not None
+        key, due = f"s{missed.schedule_id}", missed.due
+        steps = arrears.settlement_ladder(missed.due, missed.at, s)
+        amounts = (missed.short_fen, missed.short_fen)
+        upd["schedule_id"] = missed.schedule_id
+        upd["unpaid_fen"] += missed.short_fen
+        upd["overdue_fen"] += missed.short_fen
+    if _driving_key(row) != key:  # an older debt was paid: its pending steps are moot
         notices.withdraw(conn, account_id, LADDER_KINDS, at=now)
-    upd["bill_id"] = bill.bill_id
-    stage = _climb(conn, account_id, row["customer_class"], bill, unpaid, overdue, now, s, stats)
+    stage = _climb(
+        conn, account_id, row["customer_class"], key, due, steps, amounts, now, s, stats
+    )
     upd["stage"] = stage[0]
     upd["next_step"], upd["next_at"] = stage[1], stage[2]
     if stage[0] == "cut_planned":
-        cut_at, hold = _plan_cut(conn, row, bill, overdue, now, s, stats)
+        cut_at, hold = _plan_cut(conn, row, key, now, s)
         upd["cut_at"], upd["hold"] = cut_at, hold
         if cut_at is not None and cut_at <= now:
             upd["stage"] = "cut_due"
@@ -201,6 +219,13 @@ def _one(
         else:
             upd["next_step"], upd["next_at"] = "cut", cut_at
     _save(conn, account_id, row, upd, s)
+
+
+def _driving_key(row: dict[str, Any]) -> str | None:
+    """The ladder key of what drove the account's ladder at the last pass."""
+    if row["bill_id"] is not None:
+        return str(row["bill_id"])
+    return f"s{row['schedule_id']}" if row["schedule_id"] is not None else None
 
 
 def _save(
@@ -235,35 +260,36 @@ def _climb(
     conn: psycopg.Connection[Any],
     account_id: str,
     customer_class: str,
-    bill: BillDebt,
-    unpaid: Unpaid,
-    overdue: int,
+    key: str,
+    due: date,
+    steps: list[arrears.LadderStep],
+    amounts: tuple[int, int],
     now: datetime,
     s: CollectionSettings,
     stats: CollectionStats,
 ) -> tuple[str, str | None, datetime | None]:
-    """Record every ladder step whose time has come, in order; returns (stage, next step,
-    its time)."""
-    steps = arrears.ladder(bill.due, bill.issued_at, s)
-    prefix = f"ladder:{bill.bill_id}:"
+    """Record every ladder step of the debt ``key`` (a bill id, or ``s<schedule id>``)
+    whose time has come, in order; ``amounts``: (unpaid on it, overdue on the account).
+    Returns (stage, next step, its time)."""
+    prefix = f"ladder:{key}:"
     done = {
-        key.removeprefix(prefix): at
-        for key, at in conn.execute(
+        k.removeprefix(prefix): at
+        for k, at in conn.execute(
             "SELECT dedupe_key, not_before FROM billing_notices WHERE dedupe_key LIKE %s",
             (prefix + "%",),
         )
     }
-    first_overdue = bill.due + timedelta(days=1)
-    deadline = bill.due + timedelta(days=s.stop_after_days)
+    first_overdue = due + timedelta(days=1)
+    deadline = due + timedelta(days=s.stop_after_days)
     while (nxt := arrears.next_step(steps, done)) is not None:
         step, at = nxt
         if at > now:
             return _stage(done), step.step.value, at
         when = at if now - at <= LATE_GRACE else now
-        amount = unpaid.total_fen if step.step in (Step.REMINDER, Step.DUE_TODAY) else overdue
+        amount = amounts[0] if step.step in (Step.REMINDER, Step.DUE_TODAY) else amounts[1]
         params = {
             "amount": str(from_fen(amount)),
-            "due_date": bill.due.isoformat(),
+            "due_date": due.isoformat(),
             "deadline": deadline.isoformat(),
             "first_overdue": first_overdue.isoformat(),
             "stop_after_days": str(s.stop_after_days),
@@ -271,7 +297,7 @@ def _climb(
             "earliest_cut": (when + timedelta(days=s.cut_notice_days))
             .astimezone(s.zone)
             .strftime("%Y-%m-%d %H:%M"),
-            "bill_id": str(bill.bill_id),
+            "bill_id": key,
             **_penalty_rule(customer_class, s),
         }
         _record(
@@ -281,7 +307,8 @@ def _climb(
             when,
             params,
             prefix + step.key,
-            required=step.step in (Step.COLLECTION, Step.PLANNED_DISCONNECTION),
+            required=step.step
+            in (Step.COLLECTION, Step.PLANNED_DISCONNECTION, Step.SETTLEMENT_MISSED),
         )
         stats.notices += 1
         done[step.key] = when
@@ -291,7 +318,7 @@ def _climb(
 def _stage(done: dict[str, datetime]) -> str:
     if "planned_disconnection" in done:
         return "cut_planned"
-    if "collection" in done:
+    if "collection" in done or "settlement_missed" in done:
         return "collecting"
     return "reminding" if done else "billed"
 
@@ -307,17 +334,15 @@ def _notice_times(conn: psycopg.Connection[Any], key: str) -> tuple[datetime, da
 def _plan_cut(
     conn: psycopg.Connection[Any],
     row: dict[str, Any],
-    bill: BillDebt,
-    overdue: int,
+    key: str,
     now: datetime,
     s: CollectionSettings,
-    stats: CollectionStats,
 ) -> tuple[datetime | None, str | None]:
     """When the cut may come: after delivery evidence of the planned-disconnection notice,
     and for a mass cut (more than ``mass_households`` of one compound) after a posted notice
     at least ``posted_notice_days`` old. Returns (cut time, why not yet)."""
     account_id = row["account_id"]
-    notice_at, delivered = _notice_times(conn, f"ladder:{bill.bill_id}:planned_disconnection")
+    notice_at, delivered = _notice_times(conn, f"ladder:{key}:planned_disconnection")
     mass = False
     posted_at: datetime | None = None
     group = row["group_key"]
@@ -332,7 +357,7 @@ def _plan_cut(
         assert r is not None
         mass = int(r[0]) + 1 > s.mass_households
     if mass:
-        key = f"posted:{bill.bill_id}"
+        posted_key = f"posted:{key}"
         earliest = (now + timedelta(days=s.posted_notice_days)).astimezone(s.zone)
         _record(
             conn,
@@ -344,10 +369,10 @@ def _plan_cut(
                 "earliest_cut": earliest.strftime("%Y-%m-%d %H:%M"),
                 "posted_notice_days": str(s.posted_notice_days),
             },
-            key,
+            posted_key,
             required=True,
         )
-        _, posted_at = _notice_times(conn, key)
+        _, posted_at = _notice_times(conn, posted_key)
     cut_at = arrears.cut_date(notice_at, delivered, posted_at, mass, s)
     if cut_at is None:
         what = (
@@ -366,13 +391,19 @@ def _plan_cut(
 def _next_instalment_check(
     conn: psycopg.Connection[Any], account_id: str, now: datetime, s: CollectionSettings
 ) -> datetime | None:
-    """The start of the day after the next instalment of a kept plan (when a miss shows)."""
+    """The start of the day after the next instalment of a kept plan or in-month
+    settlement schedule (when a miss shows)."""
     row = conn.execute(
-        """SELECT min(i.due_date) FROM billing_instalments i
-           JOIN billing_instalment_plans p USING (plan_id)
-           WHERE p.account_id = %s AND p.state = 'kept'
-             AND i.due_date >= %s""",
-        (account_id, now.astimezone(s.zone).date() - timedelta(days=1)),
+        """SELECT min(d) FROM (
+               SELECT i.due_date AS d FROM billing_instalments i
+               JOIN billing_instalment_plans p USING (plan_id)
+               WHERE p.account_id = %(a)s AND p.state = 'kept'
+               UNION ALL
+               SELECT i.due_date FROM billing_settlement_instalments i
+               JOIN billing_settlement_schedules p USING (schedule_id)
+               WHERE p.account_id = %(a)s AND p.state = 'kept') x
+           WHERE d >= %(from)s""",
+        {"a": account_id, "from": now.astimezone(s.zone).date() - timedelta(days=1)},
     ).fetchone()
     if row is None or row[0] is None:
         return None
@@ -521,6 +552,230 @@ def create_plan(
     return plan_id
 
 
+# ---------------------------------------------------------------------------- settlement
+
+
+class NotHighVoltage(BillingError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class MissedSettlement:
+    """A missed in-month instalment still short: it drives the account's ladder."""
+
+    schedule_id: int
+    due: date
+    at: datetime  # when the miss was found
+    short_fen: int
+
+
+def _month_end(month: date) -> date:
+    return (month.replace(day=28) + timedelta(days=4)).replace(day=1) - timedelta(days=1)
+
+
+def _credits_of(conn: psycopg.Connection[Any], account_id: str) -> list[Credit]:
+    """Every credit of an account (its payments; discounts are inside bills)."""
+    return [
+        Credit(at, int(fen))
+        for at, fen in conn.execute(
+            """SELECT created_at, amount_fen FROM billing_ledger
+               WHERE account_id = %s AND amount_fen > 0 AND kind <> 'discount'
+               ORDER BY created_at, entry_id""",
+            (account_id,),
+        )
+    ]
+
+
+def _settlement_items(conn: psycopg.Connection[Any], schedule_id: int) -> list[Instalment]:
+    return [
+        Instalment(d, int(f))
+        for d, f in conn.execute(
+            """SELECT due_date, amount_fen FROM billing_settlement_instalments
+               WHERE schedule_id = %s ORDER BY seq""",
+            (schedule_id,),
+        )
+    ]
+
+
+def _settlement_short(
+    conn: psycopg.Connection[Any],
+    account_id: str,
+    schedule_id: int,
+    debts: list[BillDebt],
+    credits: list[Credit],
+    now: datetime,
+    s: CollectionSettings,
+) -> int:
+    """Fen still short on a schedule's instalments whose day has passed (paid towards the
+    month now counted); 0 once the month's bill is issued: the bill settles it."""
+    row = conn.execute(
+        """SELECT EXISTS (SELECT 1 FROM billing_bills b WHERE b.account_id = %s
+                          AND b.period_end >= (p.month + interval '1 month' - interval '1 day'))
+           FROM billing_settlement_schedules p WHERE p.schedule_id = %s""",
+        (account_id, schedule_id),
+    ).fetchone()
+    if row is None or row[0]:
+        return 0
+    today = now.astimezone(s.zone).date()
+    owed = sum(i.fen for i in _settlement_items(conn, schedule_id) if i.due < today)
+    paid = arrears.surplus(  # a payment at this very moment counts (as in bill_states)
+        debts, credits or _credits_of(conn, account_id), now + timedelta(microseconds=1)
+    )
+    return max(0, owed - paid)
+
+
+def _check_settlement(
+    conn: psycopg.Connection[Any],
+    account_id: str,
+    debts: list[BillDebt],
+    credits: list[Credit],
+    now: datetime,
+    today: date,
+    s: CollectionSettings,
+    stats: CollectionStats,
+) -> MissedSettlement | None:
+    """Move kept in-month schedules to missed or settled when due; return the oldest missed
+    one still short (its ladder runs until it is paid or the month's bill takes over)."""
+    rows = conn.execute(
+        """SELECT schedule_id, state, ended_at, missed_due FROM billing_settlement_schedules
+           WHERE account_id = %s AND state IN ('kept', 'missed') ORDER BY month""",
+        (account_id,),
+    ).fetchall()
+    if not rows:
+        return None
+    credits = credits or _credits_of(conn, account_id)
+    out: MissedSettlement | None = None
+    for schedule_id, state, ended_at, missed_due in rows:
+        if state == "kept":
+            items = _settlement_items(conn, schedule_id)
+            paid_by = {
+                i.due: arrears.surplus(debts, credits, s.local_at(i.due + timedelta(days=1), 0))
+                for i in items
+            }
+            status, missed_due, short = arrears.settlement_status(items, paid_by, today)
+            if status == "kept":
+                continue
+            ended_at = now
+            conn.execute(
+                """UPDATE billing_settlement_schedules SET state = %s, ended_at = %s,
+                       missed_due = %s, missed_fen = %s WHERE schedule_id = %s""",
+                (status, now, missed_due, short or None, schedule_id),
+            )
+            if status == "settled":
+                continue
+            stats.settlements_missed += 1
+        if out is None:
+            short = _settlement_short(conn, account_id, schedule_id, debts, credits, now, s)
+            if short > 0:
+                out = MissedSettlement(schedule_id, missed_due, ended_at, short)
+    return out
+
+
+def create_settlement_schedule(
+    conn: psycopg.Connection[Any],
+    account_id: str,
+    month: date,
+    *,
+    by: str,
+    reason: str,
+    now: datetime,
+    expected: Decimal | None = None,
+    instalments: list[tuple[int, Decimal]] | None = None,
+    s: CollectionSettings | None = None,
+) -> int:
+    """Agree a high-voltage account's in-month settlement for ``month`` (its first day):
+    instalments on days of the month, each a share of the expected monthly amount (staff's,
+    or the last bill's energy charges); the month's bill settles the rest. The days default
+    to ``CollectionSettings.hv_instalments``; a day past the month's end is its last day."""
+    s = s or CollectionSettings()
+    if not by or not reason:
+        raise BillingError("by/reason: a schedule records who agreed it and why")
+    if month.day != 1:
+        raise BillingError(f"month: {month} is not the first day of a month")
+    items = list(instalments if instalments is not None else s.hv_instalments)
+    try:
+        arrears.check_instalments(items)
+    except BillingError as exc:
+        raise BillingError(str(exc).replace("hv_instalments", "instalments")) from None
+    end = _month_end(month)
+    dates = [min(month.replace(day=1) + timedelta(days=d - 1), end) for d, _ in items]
+    if len(set(dates)) != len(dates):
+        raise BillingError(f"instalments: two fall on the same day of {month:%Y-%m}")
+    today = now.astimezone(s.zone).date()
+    if dates[0] < today:
+        raise BillingError(f"instalments: {dates[0]} is already past")
+    if expected is not None and (
+        not isinstance(expected, Decimal)
+        or expected <= 0
+        or expected != expected.quantize(Decimal("0.01"))
+    ):
+        raise BillingError(f"expected: {expected!r} must be positive yuan, two decimals at most")
+    with conn.transaction():
+        acc = conn.execute(
+            """SELECT billing_mode, customer_class FROM billing_accounts
+               WHERE account_id = %s FOR UPDATE""",
+            (account_id,),
+        ).fetchone()
+        if acc is None or acc[0] != "postpaid":
+            raise NotPostpaid(f"account {account_id!r}: not a postpaid account")
+        if acc[1] != "high_voltage":
+            raise NotHighVoltage(
+                f"account {account_id!r} is {acc[1]}: only high-voltage accounts settle "
+                "in instalments within the month"
+            )
+        if expected is None:
+            last = conn.execute(
+                """SELECT charges_fen + corrections_fen FROM billing_bills WHERE account_id = %s
+                   ORDER BY bill_id DESC LIMIT 1""",
+                (account_id,),
+            ).fetchone()
+            if last is None or last[0] <= 0:
+                raise BillingError("expected: no bill to take the monthly amount from; give it")
+            expected_fen = int(last[0])
+        else:
+            expected_fen = int(expected * 100)
+        if conn.execute(
+            """SELECT 1 FROM billing_settlement_schedules WHERE account_id = %s AND month = %s""",
+            (account_id, month),
+        ).fetchone():
+            raise BillingError(f"account {account_id!r} already has a schedule for {month:%Y-%m}")
+        r = conn.execute(
+            """INSERT INTO billing_settlement_schedules (account_id, month, expected_fen,
+                   created_at, created_by, reason) VALUES (%s, %s, %s, %s, %s, %s)
+               RETURNING schedule_id""",
+            (account_id, month, expected_fen, now, by, reason),
+        ).fetchone()
+        assert r is not None
+        schedule_id = int(r[0])
+        fens = arrears.settlement_amounts(expected_fen, [sh for _, sh in items])
+        conn.cursor().executemany(
+            """INSERT INTO billing_settlement_instalments (schedule_id, seq, due_date, share,
+                   amount_fen) VALUES (%s, %s, %s, %s, %s)""",
+            [
+                (schedule_id, n, d, sh, f)
+                for n, (d, (_, sh), f) in enumerate(zip(dates, items, fens, strict=True), 1)
+            ],
+        )
+        _record(
+            conn,
+            account_id,
+            "settlement_schedule",
+            now,
+            {
+                "month": f"{month:%Y-%m}",
+                "expected": str(from_fen(expected_fen)),
+                "schedule": ", ".join(
+                    f"{d.isoformat()} {from_fen(f)}" for d, f in zip(dates, fens, strict=True)
+                ),
+            },
+            f"settlement:{schedule_id}",
+        )
+        conn.execute(
+            "UPDATE billing_collection SET recheck = true WHERE account_id = %s", (account_id,)
+        )
+    return schedule_id
+
+
 # ---------------------------------------------------------------------------- flags
 
 
@@ -546,16 +801,19 @@ def _flags(
     year_ago = now - timedelta(days=365)
     judged = [b for b in debts if b.due < today]
     late = [b for b in judged if b.issued_at >= year_ago and _in_arrears(debts, credits, b, s)]
-    if len(late) >= s.escalate_periods and row["escalated_at"] is None:
+    cleared = row["escalation_cleared_at"]
+    # after staff cleared the flag only a bill falling into arrears after it sets it again
+    fresh = [
+        b for b in late if cleared is None or s.local_at(b.due + timedelta(days=1), 0) > cleared
+    ]
+    if len(late) >= s.escalate_periods and fresh and row["escalated_at"] is None:
+        why = f"{len(late)} bills in arrears within a year: formal demand letter"
         conn.execute(
             """UPDATE billing_accounts SET escalated_at = %s, escalation_reason = %s
                WHERE account_id = %s""",
-            (
-                now,
-                f"{len(late)} bills in arrears within a year: formal demand letter",
-                row["account_id"],
-            ),
+            (now, why, row["account_id"]),
         )
+        _escalation_audit(conn, row["account_id"], now, "set", "billing", why)
     window = now - timedelta(days=30 * s.good_payer_months)
     recent = [b for b in judged if b.issued_at >= window]
     clean = (
@@ -567,6 +825,50 @@ def _flags(
         conn.execute(
             "UPDATE billing_accounts SET good_payer_since = %s WHERE account_id = %s",
             (now if clean else None, row["account_id"]),
+        )
+
+
+class NotEscalated(BillingError):
+    pass
+
+
+def _escalation_audit(
+    conn: psycopg.Connection[Any], account_id: str, at: datetime, action: str, by: str, why: str
+) -> None:
+    conn.execute(
+        """INSERT INTO billing_escalation_audit (account_id, at, action, by_whom, reason)
+           VALUES (%s, %s, %s, %s, %s)""",
+        (account_id, at, action, by, why),
+    )
+
+
+def clear_escalation(
+    conn: psycopg.Connection[Any], account_id: str, *, by: str, reason: str, now: datetime
+) -> None:
+    """Staff clear the escalation flag (the demand letter is settled otherwise), with the
+    reason and who, audited; the ladder sets it again only for a bill that falls into
+    arrears after now."""
+    if not by or not reason or not reason.strip():
+        raise BillingError("by/reason: clearing the escalation records who and why")
+    with conn.transaction():
+        row = conn.execute(
+            """SELECT billing_mode, escalated_at FROM billing_accounts WHERE account_id = %s
+               FOR UPDATE""",
+            (account_id,),
+        ).fetchone()
+        if row is None or row[0] != "postpaid":
+            raise NotPostpaid(f"account {account_id!r}: not a postpaid account")
+        if row[1] is None:
+            raise NotEscalated(f"account {account_id!r} is not escalated: nothing to clear")
+        conn.execute(
+            """UPDATE billing_accounts SET escalated_at = NULL, escalation_reason = NULL,
+                   escalation_cleared_at = %s, escalation_cleared_by = %s,
+                   escalation_cleared_reason = %s WHERE account_id = %s""",
+            (now, by, reason, account_id),
+        )
+        _escalation_audit(conn, account_id, now, "cleared", by, reason)
+        conn.execute(
+            "UPDATE billing_collection SET recheck = true WHERE account_id = %s", (account_id,)
         )
 
 
@@ -584,11 +886,14 @@ def policy_balance(
     so a payment restores at the next evaluation, before the next ladder pass."""
     s = s or CollectionSettings()
     row = conn.execute(
-        "SELECT stage, bill_id FROM billing_collection WHERE account_id = %s", (account_id,)
+        "SELECT stage, bill_id, schedule_id FROM billing_collection WHERE account_id = %s",
+        (account_id,),
     ).fetchone()
     if row is None or row[0] != "cut_due" or _plan_live(conn, account_id):
         return Decimal(0)
     debts, credits = load_debts(conn, account_id, s)
+    if row[2] is not None:  # cut for a missed in-month instalment: until it is paid
+        return -from_fen(_settlement_short(conn, account_id, row[2], debts, credits, now, s))
     due = sum(u.total_fen for b, u in bill_states(debts, credits, now) if b.bill_id <= row[1])
     return -from_fen(due)
 

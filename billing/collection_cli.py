@@ -1,5 +1,6 @@
 """``meterhub billing`` subcommands of postpaid accounts: open one, bills and e-bills, the
-arrears/ageing report, the ladder state, penalty lines, instalment plans, collection rates.
+arrears/ageing report, the ladder state, penalty lines, instalment plans, clearing the
+escalation flag, high-voltage in-month settlement schedules, collection rates.
 Registered by ``billing.cli``; same ``--database-url`` and ``--json`` conventions."""
 
 from __future__ import annotations
@@ -92,6 +93,41 @@ def register(sub: Any) -> None:
     pl.add_argument("--account", default=None)
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(handler=_plans)
+
+    esc = sub.add_parser(
+        "escalation-clear",
+        help="clear an account's escalation flag (audited); only new arrears set it again",
+    )
+    esc.add_argument("--account", required=True)
+    esc.add_argument("--by", required=True, help="the staff member clearing it")
+    esc.add_argument("--reason", required=True)
+    esc.set_defaults(handler=_escalation_clear)
+
+    sc = sub.add_parser(
+        "settlement-create",
+        help="agree a high-voltage account's in-month settlement schedule for a month",
+    )
+    sc.add_argument("--account", required=True)
+    sc.add_argument("--month", required=True, metavar="YYYY-MM")
+    sc.add_argument(
+        "--expected", default=None, help="expected monthly amount in yuan (default: last bill)"
+    )
+    sc.add_argument(
+        "--instalment",
+        action="append",
+        default=None,
+        metavar="DAY:SHARE",
+        help="e.g. 10:0.3; repeat in day order (default: the configured hv_instalments); "
+        "the month's bill settles what the shares leave",
+    )
+    sc.add_argument("--by", required=True, help="the staff member agreeing it")
+    sc.add_argument("--reason", required=True)
+    sc.set_defaults(handler=_settlement_create)
+
+    sl = sub.add_parser("settlements", help="in-month settlement schedules and their state")
+    sl.add_argument("--account", default=None)
+    sl.add_argument("--json", action="store_true")
+    sl.set_defaults(handler=_settlements)
 
     rep = sub.add_parser(
         "collection-report", help="billed, collected, arrears and rate per month and per compound"
@@ -327,6 +363,83 @@ def _plans(args: argparse.Namespace) -> int:
         print(
             f"plan {p['plan_id']} {p['account_id']} {p['state']:9} {p['covered']:>10} "
             f"by {p['created_by']}: {sched}"
+        )
+    return 0
+
+
+def _escalation_clear(args: argparse.Namespace) -> int:
+    with _connect(args) as conn:
+        collection.clear_escalation(
+            conn, args.account, by=args.by, reason=args.reason, now=datetime.now(UTC)
+        )
+    print(f"escalation of {args.account} cleared by {args.by}: {args.reason}")
+    return 0
+
+
+def _month(text: str) -> date:
+    try:
+        return datetime.strptime(text, "%Y-%m").date()
+    except ValueError:
+        raise BillingError(f"--month: {text!r} is not YYYY-MM like 2026-05") from None
+
+
+def _shares(raw: list[str] | None) -> list[tuple[int, Decimal]] | None:
+    if raw is None:
+        return None
+    out = []
+    for item in raw:
+        day, _, share = item.partition(":")
+        try:
+            out.append((int(day), Decimal(share)))
+        except (ValueError, InvalidOperation):
+            raise BillingError(f"--instalment: {item!r} is not DAY:SHARE like 10:0.3") from None
+    return out
+
+
+def _settlement_create(args: argparse.Namespace) -> int:
+    month = _month(args.month)
+    items = _shares(args.instalment)
+    expected = (
+        None
+        if args.expected is None
+        else parse_yuan(args.expected, max_yuan=Decimal(10_000_000), field="--expected")
+    )
+    with _connect(args) as conn:
+        schedule_id = collection.create_settlement_schedule(
+            conn,
+            args.account,
+            month,
+            by=args.by,
+            reason=args.reason,
+            now=datetime.now(UTC),
+            expected=expected,
+            instalments=items,
+        )
+        (sched,) = [
+            r
+            for r in collection_reports.settlement_schedules(conn, args.account)
+            if r["schedule_id"] == schedule_id
+        ]
+    parts = ", ".join(f"{i['due']} {i['amount']}" for i in sched["instalments"])
+    print(
+        f"schedule {schedule_id} for {args.account} {sched['month']} "
+        f"(expected {sched['expected']}): {parts}; the bill settles {sched['bill_amount']}"
+    )
+    return 0
+
+
+def _settlements(args: argparse.Namespace) -> int:
+    with _connect(args) as conn:
+        rows = collection_reports.settlement_schedules(conn, args.account)
+    if args.json:
+        _print(rows)
+        return 0
+    for r in rows:
+        parts = ", ".join(f"{i['due']} {i['amount']}" for i in r["instalments"])
+        missed = f" missed {r['missed_due']} short {r['missed']}" if r["missed_due"] else ""
+        print(
+            f"schedule {r['schedule_id']} {r['account_id']} {r['month']} {r['state']:8} "
+            f"expected {r['expected']}: {parts}; bill {r['bill_amount']}{missed}"
         )
     return 0
 

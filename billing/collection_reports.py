@@ -34,6 +34,8 @@ def arrears_report(
         accounts = cur.execute(
             """SELECT a.account_id, a.name, a.group_key, a.customer_class, a.phase,
                       a.escalated_at, a.escalation_reason, a.good_payer_since,
+                      a.escalation_cleared_at, a.escalation_cleared_by,
+                      a.escalation_cleared_reason,
                       c.stage, c.next_step, c.next_at, c.cut_at, c.hold
                FROM billing_accounts a LEFT JOIN billing_collection c USING (account_id)
                WHERE a.billing_mode = 'postpaid' ORDER BY a.account_id"""
@@ -67,6 +69,15 @@ def arrears_report(
                 "hold": a["hold"],
                 "escalated": a["escalated_at"] is not None,
                 "escalation_reason": a["escalation_reason"],
+                "escalation_cleared": (
+                    {
+                        "at": _iso(a["escalation_cleared_at"]),
+                        "by": a["escalation_cleared_by"],
+                        "reason": a["escalation_cleared_reason"],
+                    }
+                    if a["escalation_cleared_at"]
+                    else None
+                ),
                 "good_payer": a["good_payer_since"] is not None,
                 "large": sum(buckets.values()) >= s.large_arrears_fen,
             }
@@ -130,6 +141,55 @@ def plans(conn: psycopg.Connection[Any], account_id: str | None = None) -> list[
         }
         for r in rows
     ]
+
+
+def settlement_schedules(
+    conn: psycopg.Connection[Any], account_id: str | None = None
+) -> list[dict[str, Any]]:
+    """High-voltage in-month settlement schedules, newest month first: each instalment's
+    day, share and amount, and the part the month's bill settles."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            """SELECT p.*, coalesce(json_agg(json_build_object('seq', i.seq, 'due',
+                          i.due_date, 'share', i.share::text, 'amount_fen', i.amount_fen)
+                          ORDER BY i.seq), '[]') AS items
+               FROM billing_settlement_schedules p
+               LEFT JOIN billing_settlement_instalments i USING (schedule_id)
+               WHERE %(a)s::text IS NULL OR p.account_id = %(a)s
+               GROUP BY p.schedule_id ORDER BY p.month DESC, p.schedule_id DESC""",
+            {"a": account_id},
+        ).fetchall()
+    out = []
+    for r in rows:
+        in_month = sum(i["amount_fen"] for i in r["items"])
+        shares = sum((Decimal(i["share"]) for i in r["items"]), Decimal(0))
+        out.append(
+            {
+                "schedule_id": r["schedule_id"],
+                "account_id": r["account_id"],
+                "month": f"{r['month']:%Y-%m}",
+                "expected": str(from_fen(r["expected_fen"])),
+                "state": r["state"],
+                "created_at": _iso(r["created_at"]),
+                "created_by": r["created_by"],
+                "reason": r["reason"],
+                "ended_at": _iso(r["ended_at"]),
+                "missed_due": r["missed_due"].isoformat() if r["missed_due"] else None,
+                "missed": str(from_fen(r["missed_fen"])) if r["missed_fen"] else None,
+                "instalments": [
+                    {
+                        "seq": i["seq"],
+                        "due": i["due"],
+                        "share": str(Decimal(i["share"]).normalize()),
+                        "amount": str(from_fen(i["amount_fen"])),
+                    }
+                    for i in r["items"]
+                ],
+                "bill_share": str((1 - shares).normalize()),
+                "bill_amount": str(from_fen(max(0, r["expected_fen"] - in_month))),
+            }
+        )
+    return out
 
 
 def collection_rates(

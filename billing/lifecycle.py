@@ -184,7 +184,9 @@ def claim_due(
     conn: psycopg.Connection[Any], now: datetime, retry: RetryPolicy, actor: str,
     limit: int = 200,
 ) -> list[Outgoing]:
-    """Mark due queued commands as sent and return them for publishing (one engine each)."""
+    """Mark due queued commands as sent and return them for publishing (one engine each),
+    in sending order: restores of good payers first (after a mass restore they get their
+    supply back before the rest), then everything by when it fell due."""
     queued = CommandState.QUEUED
     with conn.transaction():
         conn.execute(
@@ -195,18 +197,26 @@ def claim_due(
         )
         with conn.cursor(row_factory=dict_row) as cur:
             rows = cur.execute(
-                """UPDATE billing_commands c
+                """WITH due AS (
+                       SELECT q.command_id, q.next_attempt_at AS due_at,
+                              coalesce(q.action = ANY(%(restores)s)
+                                       AND a.good_payer_since IS NOT NULL, false) AS good_first
+                       FROM billing_commands q
+                       LEFT JOIN billing_accounts a ON a.account_id = q.account_id
+                       WHERE q.state = %(queued)s AND q.next_attempt_at <= %(now)s
+                         AND q.gateway IS NOT NULL AND q.site IS NOT NULL
+                       ORDER BY good_first DESC, q.next_attempt_at, q.command_id
+                       LIMIT %(n)s FOR UPDATE OF q SKIP LOCKED)
+                   UPDATE billing_commands c
                    SET state = %(sent)s, attempt = c.attempt + 1, sent_at = %(now)s,
                        next_attempt_at = %(deadline)s, updated_at = now()
-                   WHERE command_id IN (
-                       SELECT command_id FROM billing_commands
-                       WHERE state = %(queued)s AND next_attempt_at <= %(now)s
-                         AND gateway IS NOT NULL AND site IS NOT NULL
-                       ORDER BY next_attempt_at LIMIT %(n)s FOR UPDATE SKIP LOCKED)
-                   RETURNING *""",
+                   FROM due WHERE c.command_id = due.command_id
+                   RETURNING c.*, due.good_first, due.due_at""",
                 {"now": now, "deadline": retry.ack_deadline(now), "n": limit,
-                 "sent": CommandState.SENT, "queued": queued},
+                 "sent": CommandState.SENT, "queued": queued,
+                 "restores": list(RESTORE_ACTIONS.values())},
             ).fetchall()
+        rows.sort(key=lambda r: (not r["good_first"], r["due_at"], r["command_id"]))
         out = []
         for r in rows:
             _audit(conn, r["command_id"], queued, CommandState.SENT, actor,

@@ -118,6 +118,31 @@ _TEXTS: dict[str, dict[str, tuple[str, str]]] = {
             "ended and normal collection resumes.",
         ),
     },
+    "settlement_schedule": {
+        "zh-CN": (
+            "月内分次结算安排 {month}",
+            "户号 {account}：{month} 月内分次结算已约定，预计月度电费 {expected} 元，"
+            "分次应缴：{schedule}；其余随月度账单结清。",
+        ),
+        "en": (
+            "In-month settlement {month}",
+            "Account {account}: in-month settlement for {month} is agreed on an expected "
+            "{expected} yuan: {schedule}; the rest is settled with the month's bill.",
+        ),
+    },
+    "settlement_missed": {
+        "zh-CN": (
+            "分次结算逾期通知",
+            "户号 {account}：{due_date} 应缴的月内分次电费尚欠 {amount} 元，已逾期。"
+            "请尽快缴清；逾期超过 {stop_after_days} 天仍未缴清的，将依法停止供电。",
+        ),
+        "en": (
+            "In-month instalment overdue",
+            "Account {account}: {amount} yuan of the in-month instalment due {due_date} is "
+            "unpaid. Please pay now; supply may be stopped when more than "
+            "{stop_after_days} days overdue.",
+        ),
+    },
 }
 
 

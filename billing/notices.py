@@ -36,6 +36,8 @@ KINDS = (
     "penalty",
     "instalment",
     "instalment_missed",
+    "settlement_schedule",
+    "settlement_missed",
 )
 LANGUAGES = ("zh-CN", "en")
 OUTCOMES = ("sent", "delivered", "refused", "failed", "posted")

@@ -220,6 +220,7 @@ def load_debts(
         for at, fen in conn.execute(
             """SELECT created_at, amount_fen FROM billing_ledger
                WHERE account_id = %s AND amount_fen > 0 AND entry_id > %s
+                 AND kind <> 'discount'  -- posted inside a bill, already in its closing
                ORDER BY created_at, entry_id""",
             (account_id, rows[0][8]),
         )
@@ -283,6 +284,7 @@ _LINE_KINDS = {
     "refund": "adjustment",
     "penalty": "penalty",
     "arrears_recovery": "adjustment",
+    "discount": "discount",
 }
 
 
@@ -390,6 +392,13 @@ def _cut(
         lines.append((_LINE_KINDS.get(kind, "adjustment"), desc, fen, e["entry_id"]))
     closing = opening + sum(e["amount_fen"] for e in entries)
     last_entry = entries[-1]["entry_id"] if entries else after
+    discount = _good_payer_discount(conn, account_id, charge_sum, period_start, now, s)
+    if discount is not None:
+        entry_id, fen, desc = discount
+        totals["adjustments"] += fen
+        closing += fen
+        last_entry = entry_id
+        lines.append(("discount", desc, fen, entry_id))
     tariff_id = conn.execute(
         "SELECT tariff_id FROM billing_accounts WHERE account_id = %s", (account_id,)
     ).fetchone()
@@ -449,6 +458,45 @@ def _cut(
     )
     bill, _ = get_bill(conn, bill_id)
     return bill
+
+
+def _good_payer_discount(
+    conn: psycopg.Connection[Any],
+    account_id: str,
+    charges_fen: int,
+    period_start: date,
+    now: datetime,
+    s: CollectionSettings,
+) -> tuple[int, int, str] | None:
+    """A good payer's discount off this bill's energy charges (``CollectionSettings``
+    ``good_payer_discount_rate`` / ``_fen``), posted as a ledger entry of kind ``discount``
+    just before the cut; returns (entry id, fen, line text) or None (not a good payer, the
+    discount off, or nothing charged)."""
+    row = conn.execute(
+        "SELECT good_payer_since FROM billing_accounts WHERE account_id = %s", (account_id,)
+    ).fetchone()
+    if row is None or row[0] is None:
+        return None
+    exact, fen = arrears.good_payer_discount(charges_fen, s)
+    if fen <= 0:
+        return None
+    rate = s.good_payer_discount_rate
+    desc = (
+        f"good-payer discount {rate * 100:f}% of {from_fen(charges_fen)}"
+        + (f" + {from_fen(s.good_payer_discount_fen)}" if s.good_payer_discount_fen else "")
+        + f" (exact {exact})"
+    )
+    entry = _post(
+        conn,
+        account_id,
+        "discount",
+        fen,
+        f"discount:{account_id}:{period_start}",
+        actor="billing",
+        at=now,
+        detail={"reason": desc, "exact": str(exact), "good_payer_since": row[0].isoformat()},
+    )
+    return entry.entry_id, fen, desc
 
 
 def _describe(e: Mapping[str, Any]) -> str:

@@ -592,8 +592,32 @@ def _collection_paths() -> dict[str, S]:
         "phase": STR, "unpaid": MONEY, "overdue": MONEY, "ageing": money_map,
         "stage": _null(STR), "next_step": _null(STR), "next_at": _null(TIME),
         "cut_at": _null(TIME), "hold": _null(STR), "escalated": BOOL,
-        "escalation_reason": _null(STR), "good_payer": BOOL, "large": BOOL,
+        "escalation_reason": _null(STR),
+        "escalation_cleared": _null(_obj({"at": TIME, "by": STR, "reason": STR})),
+        "good_payer": BOOL, "large": BOOL,
     })
+    schedule = _obj({
+        "schedule_id": INT, "account_id": STR, "month": STR, "expected": MONEY,
+        "state": {"type": "string", "enum": ["kept", "missed", "settled", "cancelled"]},
+        "created_at": TIME, "created_by": STR, "reason": STR, "ended_at": _null(TIME),
+        "missed_due": _null(STR), "missed": _null(MONEY),
+        "instalments": _arr(_obj({"seq": INT, "due": STR, "share": STR, "amount": MONEY})),
+        "bill_share": STR, "bill_amount": MONEY})
+    schedule_body = _obj({
+        "month": {"type": "string", "pattern": r"^[1-9][0-9]{3}-(0[1-9]|1[0-2])$",
+                  "example": "2026-05"},
+        "expected": {"type": "string", "maxLength": 11, "example": "120000.00",
+                     "pattern": r"^[1-9][0-9]{0,7}(\.[0-9]{1,2})?$",
+                     "description": "expected monthly amount in yuan; default: the last "
+                                    "bill's energy charges"},
+        "instalments": {**_arr(_obj({
+            "day": {"type": "integer", "minimum": 1, "maximum": 31},
+            "share": {"type": "string", "pattern": r"^0\.[0-9]{1,6}$", "example": "0.3"}})),
+            "minItems": 1, "maxItems": 6,
+            "description": "days of the month in order, shares together below 1; "
+                           "default: the configured hv_instalments (10th and 20th, 30 % "
+                           "each); the month's bill settles the rest"},
+        "reason": _name(500)}, optional=("expected", "instalments"))
     bill = _obj({k: MONEY for k in ("opening", "charges", "corrections", "adjustments",
                                     "penalties", "payments", "closing", "amount_due")}
                 | {"bill_id": INT, "account_id": STR, "period_start": STR, "period_end": STR,
@@ -646,6 +670,24 @@ def _collection_paths() -> dict[str, S]:
                        "reason": _name(500), "waive_penalty": BOOL},
                       optional=("waive_penalty",)),
             errors=(400, 401, 403, 404, 503), tag="collection")},
+        "/accounts/{account}/escalation/clear": {"post": _op(
+            "Clear the escalation flag (formal demand letter) with a reason; who cleared it "
+            "is recorded. Only a bill falling into arrears afterwards sets it again",
+            state, params=[_p("account")], role="operator",
+            body=_obj({"reason": _name(500)}),
+            errors=(400, 401, 403, 404, 409, 503), tag="collection")},
+        "/accounts/{account}/settlement-schedules": {
+            "get": _op(
+                "A postpaid account's high-voltage in-month settlement schedules, newest "
+                "month first", _obj({"account": STR, "schedules": _arr(schedule)}),
+                params=[_p("account")], errors=(400, 401, 403, 404, 503), tag="collection"),
+            "post": _op(
+                "Agree a high-voltage account's in-month settlement for a month: instalments "
+                "on days of the month, each a share of the expected amount; a missed one "
+                "puts the account on the collection ladder",
+                schedule, params=[_p("account")], status=201, role="operator",
+                body=schedule_body, errors=(400, 401, 403, 404, 409, 503), tag="collection"),
+        },
         "/bills/{bill}": {"get": _op(
             "One bill with its lines", _obj({"bill": bill, "lines": _arr(_obj({
                 "line_no": INT, "kind": STR, "description": STR, "amount": MONEY}))}),

@@ -96,3 +96,40 @@ def test_postpaid_commands(capsys: pytest.CaptureFixture[str], db_url: str, tmp_
     assert json.loads(out)[0]["state"] == "kept"
     rc, out, _ = run(capsys, db_url, "collection-report", "--json")
     assert json.loads(out)["group"][0]["billed"] == "120.50"
+
+
+def test_escalation_clear_and_settlement_commands(
+    capsys: pytest.CaptureFixture[str], db_url: str
+) -> None:
+    rc, _, _ = run(capsys, db_url, "create-postpaid", "--account", "H1", "--meter", "h1m",
+                   "--class", "high_voltage")
+    assert rc == 0
+    rc, out, err = run(capsys, db_url, "escalation-clear", "--account", "H1", "--by", "li.wei",
+                       "--reason", "paid in person")
+    assert rc != 0 and "not escalated" in err
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("UPDATE billing_accounts SET escalated_at = now(), "
+                     "escalation_reason = '2 bills in arrears'")
+    rc, out, _ = run(capsys, db_url, "escalation-clear", "--account", "H1", "--by", "li.wei",
+                     "--reason", "paid in person")
+    assert rc == 0 and "cleared by li.wei" in out
+    rc, out, _ = run(capsys, db_url, "arrears", "--json")
+    (row,) = json.loads(out)["accounts"]
+    assert not row["escalated"] and row["escalation_cleared"]["by"] == "li.wei"
+    nxt = (datetime.now(UTC).astimezone(S.zone).date().replace(day=28) + timedelta(days=4))
+    month = f"{nxt:%Y-%m}"
+    rc, out, err = run(capsys, db_url, "settlement-create", "--account", "H1", "--month", month,
+                       "--by", "zhang", "--reason", "HV contract")
+    assert rc != 0 and "no bill" in err  # no history: staff give the expected amount
+    rc, out, err = run(capsys, db_url, "settlement-create", "--account", "H1", "--month", month,
+                       "--expected", "1000", "--instalment", "10:x", "--by", "z", "--reason", "r")
+    assert rc != 0 and "DAY:SHARE" in err
+    rc, out, _ = run(capsys, db_url, "settlement-create", "--account", "H1", "--month", month,
+                     "--expected", "1000", "--instalment", "10:0.25", "--instalment", "20:0.25",
+                     "--by", "zhang", "--reason", "HV contract")
+    assert rc == 0 and "the bill settles 500.00" in out
+    rc, out, _ = run(capsys, db_url, "settlements", "--json")
+    (sched,) = json.loads(out)
+    assert sched["month"] == month and sched["state"] == "kept"
+    assert [i["amount"] for i in sched["instalments"]] == ["250.00", "250.00"]
+    assert sched["bill_share"] == "0.5"

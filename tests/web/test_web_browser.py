@@ -307,4 +307,101 @@ def test_customer_sees_own_page(browser: Browser, served: str, fleet: Fleet, db_
     shots.mkdir(exist_ok=True)
     page.screenshot(path=str(shots / "07-customer-phone.png"), full_page=True)
     page.close()
+    # the same page in Chinese
+    zh = browser.new_context(locale="zh-CN", viewport={"width": 390, "height": 844})
+    page = zh.new_page()
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text)
+            if (msg.type == "error" and "401" not in msg.text) or "i18n:" in msg.text
+            else None)
+    page.goto(served)
+    page.get_by_label("用户名").fill("tenant")
+    page.get_by_label("密码").fill(password)
+    page.get_by_role("button", name="登录").click()
+    expect(page.get_by_text("欢迎，Household One")).to_be_visible()
+    expect(page.get_by_text("正常供电")).to_be_visible()
+    expect(page.get_by_role("heading", name="每日用电量（kWh，近 30 天）")).to_be_visible()
+    zh.close()
     assert errors == [], f"errors in the browser: {errors}"
+
+
+def test_collection_tab_in_chinese(browser: Browser, served: str, logins: Logins, db_url: str,
+                                   artifacts_dir: Path) -> None:
+    """The Collection tab in zh-CN: translated headings, columns and ladder stages; an
+    account's ladder state; an operator clears its escalation flag with a reason; a
+    high-voltage account's in-month settlement schedule."""
+    from decimal import Decimal
+
+    from test_web_collection import S, _seed
+
+    from billing import create_settlement_schedule, open_postpaid
+    from billing.tariffs import load_tariffs
+
+    _seed(db_url)  # PP1: a residential bill 80 days overdue, planned-disconnection notice out
+    now = datetime.now(UTC)
+    month = now.astimezone(S.zone).date().replace(day=28) + timedelta(days=4)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("UPDATE billing_accounts SET escalated_at = now(), "
+                     "escalation_reason = '2 bills in arrears within a year' "
+                     "WHERE account_id = 'PP1'")
+        open_postpaid(conn, "HV9", meters=["HV9-m"], customer_class="high_voltage",
+                      name="Steel works", tariff="residential-flat", tariffs=load_tariffs())
+        create_settlement_schedule(conn, "HV9", month.replace(day=1), by="zhang",
+                                   reason="HV contract", now=now, expected=Decimal("90000"))
+    context = browser.new_context(locale="zh-CN", viewport={"width": 1366, "height": 900})
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    page.on("console", lambda msg: problems.append(msg.text)
+            if (msg.type == "error" and "401" not in msg.text) or "i18n:" in msg.text
+            else None)
+    page.goto(served)
+    page.get_by_label("用户名").fill("operator")
+    page.get_by_label("密码").fill(logins.passwords["operator"])
+    page.get_by_role("button", name="登录").click()
+    expect(page.locator("#who-name")).to_contain_text("operator")
+
+    page.get_by_role("link", name="催缴", exact=True).click()
+    expect(page.get_by_role("heading", name="电费催缴")).to_be_visible()
+    expect(page.get_by_role("heading", name="欠费与账龄")).to_be_visible()
+    expect(page.get_by_role("columnheader", name="催缴阶段")).to_be_visible()
+    expect(page.get_by_role("columnheader", name="61-90 天")).to_be_visible()
+    row = page.locator('tr[data-account="PP1"]')
+    expect(row.locator('[data-stage="cut_planned"]')).to_have_text("拟停电")
+    expect(row).to_contain_text("居民")
+    expect(row).to_contain_text("已升级催缴")
+    expect(row).to_contain_text("¥250.00")
+    shots = artifacts_dir / "web"
+    shots.mkdir(exist_ok=True)
+    page.screenshot(path=str(shots / "20-collection-zh.png"), full_page=True)
+
+    row.get_by_role("link", name="PP1").click()
+    state = page.get_by_test_id("ladder-state")
+    expect(state).to_contain_text("拟停电")
+    expect(state).to_contain_text("未缴 ¥250.00")
+    expect(page.locator('tr[data-notice="planned_disconnection"]')).to_contain_text("停电通知")
+    expect(page.locator('tr[data-notice="planned_disconnection"]')).to_contain_text("待送达")
+    escalation = page.get_by_test_id("escalation")
+    expect(escalation).to_contain_text("已升级催缴")
+    page.once("dialog", lambda d: d.accept("已电话沟通，客户承诺缴清"))
+    escalation.get_by_role("button", name="取消升级催缴").click()
+    expect(escalation).to_contain_text("未升级催缴")
+    expect(escalation).to_contain_text("web:operator")
+    with psycopg.connect(db_url) as conn:
+        cleared = conn.execute("SELECT escalated_at, escalation_cleared_by, "
+                               "escalation_cleared_reason FROM billing_accounts "
+                               "WHERE account_id = 'PP1'").fetchone()
+    assert cleared == (None, "web:operator", "已电话沟通，客户承诺缴清")
+    page.screenshot(path=str(shots / "21-collection-account-zh.png"), full_page=True)
+
+    page.goto(f"{served}/#/collection/HV9")
+    expect(page.get_by_role("heading", name="月内分次结算（高压）")).to_be_visible()
+    sched = page.locator("tr[data-schedule]")
+    expect(sched).to_contain_text(f"{month:%Y-%m}")
+    expect(sched).to_contain_text("履行中")
+    expect(sched).to_contain_text("¥27,000.00")
+    expect(sched).to_contain_text("¥36,000.00")  # the month's bill settles 40 %
+    expect(page.get_by_role("button", name="约定月内分次结算")).to_be_visible()
+    page.screenshot(path=str(shots / "22-settlement-zh.png"), full_page=True)
+    context.close()
+    assert problems == [], f"problems in the browser: {problems}"

@@ -178,3 +178,63 @@ async def test_the_customer_sees_own_bills_only(client: Client, db_url: str) -> 
     resp = await client.get("/api/v1/my/bills", headers=headers["li"])
     assert (await resp.json())["bills"] == []
     assert (await client.get(f"/api/v1/my/bills/{bill_id}", headers=headers["li"])).status == 404
+
+
+async def test_clear_escalation_by_operator(client: Client, logins: Logins, db_url: str) -> None:
+    _seed(db_url)
+    path = "/accounts/PP1/escalation/clear"
+    body = {"reason": "demand letter answered, paying"}
+    out = await _get(client, path, logins, role="operator", status=409, method="POST",
+                     json=body)
+    assert "not escalated" in out["error"]["message"]
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("UPDATE billing_accounts SET escalated_at = now(), "
+                     "escalation_reason = '2 bills in arrears within a year'")
+    await _get(client, path, logins, role="engineer", status=403, method="POST", json=body)
+    await _get(client, path, logins, role="operator", status=400, method="POST",
+               json={"reason": "  "})
+    await _get(client, "/accounts/nobody/escalation/clear", logins, role="operator",
+               status=404, method="POST", json=body)
+    state = await _get(client, path, logins, role="operator", method="POST", json=body)
+    assert not state["escalated"]
+    assert state["escalation_cleared"]["by"] == "web:operator"
+    assert state["escalation_cleared"]["reason"] == body["reason"]
+    with psycopg.connect(db_url) as conn:
+        audit = conn.execute("SELECT user_name, detail->>'reason' FROM web_audit "
+                             "WHERE action = 'collection.escalation_clear'").fetchall()
+        billing_audit = conn.execute("SELECT action, by_whom FROM billing_escalation_audit"
+                                     ).fetchall()
+    assert audit == [("operator", body["reason"])]
+    assert billing_audit == [("cleared", "web:operator")]
+
+
+async def test_high_voltage_settlement_schedule(client: Client, logins: Logins,
+                                                db_url: str) -> None:
+    _seed(db_url)  # PP1 is residential
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        open_postpaid(conn, "HV1", meters=["HV1-m"], customer_class="high_voltage",
+                      tariff="residential-flat", tariffs=load_tariffs())
+    nxt = datetime.now(UTC).astimezone(S.zone).date().replace(day=28) + timedelta(days=4)
+    body = {"month": f"{nxt:%Y-%m}", "expected": "120000.50", "reason": "HV contract",
+            "instalments": [{"day": 10, "share": "0.3"}, {"day": 20, "share": "0.3"}]}
+    path = "/accounts/HV1/settlement-schedules"
+    made = await _get(client, path, logins, role="operator", status=201, method="POST",
+                      json=body)
+    assert [i["amount"] for i in made["instalments"]] == ["36000.15", "36000.15"]
+    assert made["bill_amount"] == "48000.20" and made["state"] == "kept"
+    assert made["created_by"] == "web:operator"
+    again = await _get(client, path, logins, role="operator", status=409, method="POST",
+                       json=body)
+    assert "already" in again["error"]["message"]
+    res = await _get(client, "/accounts/PP1/settlement-schedules", logins, role="operator",
+                     status=409, method="POST", json=body)
+    assert "high-voltage" in res["error"]["message"]
+    for bad in ({**body, "month": "2026-13"},
+                {**body, "instalments": [{"day": 10, "share": "0.7"}, {"day": 20, "share": "0.3"}]},
+                {**body, "instalments": [{"day": 40, "share": "0.3"}]},
+                {**body, "expected": "-5"}):
+        await _get(client, path, logins, role="operator", status=400, method="POST", json=bad)
+    await _get(client, path, logins, role="engineer", status=403, method="POST", json=body)
+    listed = await _get(client, path, logins)
+    assert [s["schedule_id"] for s in listed["schedules"]] == [made["schedule_id"]]
+    await _get(client, "/accounts/nobody/settlement-schedules", logins, status=404)
