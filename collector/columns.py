@@ -99,8 +99,10 @@ class Columns:
     _micros: list[int] = field(default_factory=list)
     _values: list[float] = field(default_factory=list)
     _extras: list[tuple[int, int, float]] = field(default_factory=list)
+    _spans: tuple[tuple[str, ...], list[Span]] | None = None  # spans(), with its gateway_of
 
     def add(self, meter: str, micros: int, values: list[tuple[str, float, str]]) -> None:
+        self._spans = None
         row = _NAN_ROW.copy()
         n = len(self._meters)
         for name, number, _unit in values:
@@ -123,6 +125,7 @@ class Columns:
             self._meters, self._micros, self._values, self._extras = [], [], [], []
 
     def add_block(self, block: Block, count: int) -> None:
+        self._spans = None
         self.seal()
         self.blocks.append(block)
         self.count += count
@@ -130,6 +133,7 @@ class Columns:
     def extend(self, other: Columns, origin: int) -> None:
         """Append another message's blocks; their origin becomes `origin`."""
         other.seal()
+        self._spans = None
         for block in other.blocks:
             block.origin = origin
             self.blocks.append(block)
@@ -209,6 +213,8 @@ def spans(cols: Columns, gateway_of: list[str]) -> list[Span]:
     grouped with numpy: a batch holds tens of thousands of readings of a few hundred
     pairs. Sorted by meter, then gateway."""
     cols.seal()
+    if cols._spans is not None and cols._spans[0] == tuple(gateway_of):
+        return cols._spans[1]
     if not cols.blocks:
         return []
     meter_codes: dict[str, int] = {}
@@ -231,7 +237,9 @@ def spans(cols: Columns, gateway_of: list[str]) -> list[Span]:
                                      micros[order[starts]].tolist(),
                                      micros[order[ends - 1]].tolist(),
                                      (ends - starts).tolist(), strict=True)]
-    return sorted(found, key=lambda s: (s.meter, s.gateway))
+    found.sort(key=lambda s: (s.meter, s.gateway))
+    cols._spans = (tuple(gateway_of), found)  # ownership and the meter upsert both ask
+    return found
 
 
 def _cat(arrays: list[npt.NDArray[Any]], dtype: type) -> npt.NDArray[Any]:

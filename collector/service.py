@@ -174,6 +174,9 @@ class Collector:
                     except asyncio.QueueEmpty:
                         break
                     self._add(batch, msg, loop.time())
+                    # let the writer's database round trips through between two messages:
+                    # else each of them waits behind a whole batch of parsing
+                    await asyncio.sleep(0)
                 if writer.done():
                     writer.result()  # a writer that died: raised to the supervisor
                     return
