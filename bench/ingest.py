@@ -5,6 +5,8 @@ Figures (last line with --json, one object):
   second from messages waiting at the broker to rows committed and acked by a real Collector
   (parse into columns, binary COPY, bookkeeping, ack), timed from the first message's arrival
   to the last commit; each reading carries 4 quantities, so ``ingest_values_per_s`` is 4x;
+  the messages are what gateways send (wire schema 2, readings as columns) unless
+  ``--wire-schema 1`` (an object per reading: gateways from before the upgrade);
 - ``raw_copy_readings_per_s``: the same rows written by a bare binary COPY (psycopg
   ``write_row``) from this process into the same (migrated, partitioned) table: the physical
   reference;
@@ -95,7 +97,9 @@ def fresh_database(server_url: str, tag: str) -> Iterator[str]:
 
 
 def make_payloads(site: str, messages: int, meters: int, start: datetime,
-                  sent_at: datetime | None = None) -> list[bytes]:
+                  sent_at: datetime | None = None, schema: int = wire.READINGS_SCHEMA
+                  ) -> list[bytes]:
+    encode = wire.encode_readings if schema == wire.READINGS_SCHEMA else wire.encode_reading_rows
     out = []
     for seq in range(messages):
         taken = start + timedelta(seconds=60 * seq)
@@ -108,7 +112,7 @@ def make_payloads(site: str, messages: int, meters: int, start: datetime,
             })
             for k in range(meters)
         )
-        out.append(wire.encode_readings(
+        out.append(encode(
             wire.ReadingsBatch("bgw", site, seq, sent_at or datetime.now(UTC), readings)))
     return out
 
@@ -132,8 +136,8 @@ def config(url: str, mqtt: MqttSettings, site: str, client_id: str) -> Collector
                            commission_unknown_meters=True)
 
 
-async def bench_ingest(url: str, mqtt: MqttSettings, messages: int, meters: int
-                       ) -> tuple[float, float, int]:
+async def bench_ingest(url: str, mqtt: MqttSettings, messages: int, meters: int,
+                       schema: int = wire.READINGS_SCHEMA) -> tuple[float, float, int]:
     """Messages queued at the broker first, then a collector drains them: (s, readings)."""
     site = f"b{uuid.uuid4().hex[:8]}"
     client_id = f"bench-col-{site}"
@@ -145,7 +149,7 @@ async def bench_ingest(url: str, mqtt: MqttSettings, messages: int, meters: int
     await asyncio.wait_for(col.ready.wait(), 15)
     stop.set()
     await task
-    payloads = make_payloads(site, messages, meters, BASE)
+    payloads = make_payloads(site, messages, meters, BASE, schema=schema)
     await asyncio.to_thread(publish_all, mqtt, wire.topic(site, "bgw", "readings"), payloads)
     col = Collector(cfg)
     loop = asyncio.get_running_loop()
@@ -280,6 +284,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--messages", type=int, default=900, help="readings messages (batches)")
     p.add_argument("--meters", type=int, default=200, help="readings per message")
+    p.add_argument("--wire-schema", type=int, choices=wire.READINGS_SCHEMAS,
+                   default=wire.READINGS_SCHEMA,
+                   help="readings as columns (2, what gateways send) or an object per reading "
+                        "(1, gateways from before schema 2)")
     p.add_argument("--latency-rate", type=float, default=50.0, help="messages/s, live run")
     p.add_argument("--latency-seconds", type=float, default=10.0)
     p.add_argument("--latency-meters", type=int, default=50)
@@ -290,13 +298,14 @@ def main() -> int:
     args = p.parse_args()
 
     result: dict[str, object] = {"bench": "ingest", "messages": args.messages,
-                                 "readings_per_message": args.meters}
+                                 "readings_per_message": args.meters,
+                                 "wire_schema": args.wire_schema}
     with services() as (server, mqtt):
         result["database"] = db.host_label(server)
         result["broker"] = mqtt.url
         with fresh_database(server, "ingest") as url:
             secs, values, readings = asyncio.run(
-                bench_ingest(url, mqtt, args.messages, args.meters))
+                bench_ingest(url, mqtt, args.messages, args.meters, args.wire_schema))
         with fresh_database(server, "copy") as url:
             raw = bench_raw_copy(url, args.messages, args.meters)
         with fresh_database(server, "latency") as url:
