@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 
@@ -21,6 +22,8 @@ from billing.errors import BillingError
 from billing.money import DEFAULT_MAX_TOPUP, parse_yuan
 from billing.tariffs import load_tariffs
 from meterhub import settings
+
+T = TypeVar("T")
 
 
 def register(sub: Any) -> None:
@@ -144,6 +147,20 @@ def _print(obj: Any) -> None:
     print(json.dumps(obj, ensure_ascii=False, default=str))
 
 
+def _listing(args: argparse.Namespace, fetch: Callable[[psycopg.Connection[Any]], T],
+             lines: Callable[[T], Iterable[str]],
+             as_json: Callable[[T], Any] = lambda data: data) -> int:
+    """Read, then print: one JSON document with --json, else lines for a person."""
+    with _connect(args) as conn:
+        data = fetch(conn)
+    if args.json:
+        _print(as_json(data))
+    else:
+        for line in lines(data):
+            print(line)
+    return 0
+
+
 def _create(args: argparse.Namespace) -> int:
     with _connect(args) as conn:
         postpaid.open_postpaid(
@@ -164,22 +181,16 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _bills(args: argparse.Namespace) -> int:
-    with _connect(args) as conn:
-        rows = postpaid.bills_of(conn, args.account)
-    if args.json:
-        _print([asdict(b) for b in rows])
-        return 0
-    print(
-        f"{'bill':>6} {'period':23} {'issued':10} {'due':10} {'kWh':>10} {'charges':>10} "
-        f"{'penalty':>8} {'paid':>10} {'due now':>10}"
-    )
-    for b in rows:
-        print(
-            f"{b.bill_id:>6} {b.period_start}..{b.period_end} {b.issued_at:%Y-%m-%d} "
-            f"{b.due_date} {b.kwh:>10} {b.charges + b.corrections:>10} {b.penalties:>8} "
-            f"{b.payments:>10} {b.amount_due:>10}"
-        )
-    return 0
+    def lines(rows: list[postpaid.Bill]) -> Iterator[str]:
+        yield (f"{'bill':>6} {'period':23} {'issued':10} {'due':10} {'kWh':>10} {'charges':>10} "
+               f"{'penalty':>8} {'paid':>10} {'due now':>10}")
+        for b in rows:
+            yield (f"{b.bill_id:>6} {b.period_start}..{b.period_end} {b.issued_at:%Y-%m-%d} "
+                   f"{b.due_date} {b.kwh:>10} {b.charges + b.corrections:>10} {b.penalties:>8} "
+                   f"{b.payments:>10} {b.amount_due:>10}")
+
+    return _listing(args, lambda conn: postpaid.bills_of(conn, args.account), lines,
+                    lambda rows: [asdict(b) for b in rows])
 
 
 def _bill(args: argparse.Namespace) -> int:
@@ -237,35 +248,23 @@ def _issue(args: argparse.Namespace) -> int:
 
 
 def _arrears(args: argparse.Namespace) -> int:
-    with _connect(args) as conn:
-        rep = collection_reports.arrears_report(conn, datetime.now(UTC))
-    if args.json:
-        _print(rep)
-        return 0
-    print(
-        f"{'account':14} {'unpaid':>10} {'0-30':>9} {'31-60':>9} {'61-90':>9} {'>90':>9} "
-        f"{'stage':12} next step"
-    )
-    for r in rep["accounts"]:
-        a = r["ageing"]
-        flags = " ".join(
-            f
-            for f, on in (
-                ("ESCALATED", r["escalated"]),
-                ("LARGE", r["large"]),
-                ("good-payer", r["good_payer"]),
-            )
-            if on
-        )
-        nxt = f"{r['next_step'] or '-'} {r['next_at'] or ''}".strip()
-        print(
-            f"{r['account_id']:14} {r['unpaid']:>10} {a['0-30']:>9} {a['31-60']:>9} "
-            f"{a['61-90']:>9} {a['>90']:>9} {r['stage'] or '-':12} {nxt} {r['hold'] or ''}"
-            f" {flags}"
-        )
-    t = rep["ageing_totals"]
-    print(f"{'total':14} {'':>10} {t['0-30']:>9} {t['31-60']:>9} {t['61-90']:>9} {t['>90']:>9}")
-    return 0
+    def lines(rep: dict[str, Any]) -> Iterator[str]:
+        yield (f"{'account':14} {'unpaid':>10} {'0-30':>9} {'31-60':>9} {'61-90':>9} "
+               f"{'>90':>9} {'stage':12} next step")
+        for r in rep["accounts"]:
+            a = r["ageing"]
+            flags = " ".join(f for f, on in (("ESCALATED", r["escalated"]), ("LARGE", r["large"]),
+                                             ("good-payer", r["good_payer"])) if on)
+            nxt = f"{r['next_step'] or '-'} {r['next_at'] or ''}".strip()
+            yield (f"{r['account_id']:14} {r['unpaid']:>10} {a['0-30']:>9} {a['31-60']:>9} "
+                   f"{a['61-90']:>9} {a['>90']:>9} {r['stage'] or '-':12} {nxt} "
+                   f"{r['hold'] or ''} {flags}")
+        t = rep["ageing_totals"]
+        yield (f"{'total':14} {'':>10} {t['0-30']:>9} {t['31-60']:>9} {t['61-90']:>9} "
+               f"{t['>90']:>9}")
+
+    return _listing(args, lambda conn: collection_reports.arrears_report(conn, datetime.now(UTC)),
+                    lines)
 
 
 def _ladder(args: argparse.Namespace) -> int:
@@ -304,17 +303,10 @@ def _ladder(args: argparse.Namespace) -> int:
 
 
 def _penalties(args: argparse.Namespace) -> int:
-    with _connect(args) as conn:
-        rows = collection_reports.penalty_lines(conn, args.account)
-    if args.json:
-        _print(rows)
-        return 0
-    for r in rows:
-        print(
-            f"bill {r['bill_id']:>6} through {r['through']}: exact {r['exact']} -> "
-            f"{r['total']} (posted {r['posted']})"
-        )
-    return 0
+    return _listing(args, lambda conn: collection_reports.penalty_lines(conn, args.account),
+                    lambda rows: (f"bill {r['bill_id']:>6} through {r['through']}: exact "
+                                  f"{r['exact']} -> {r['total']} (posted {r['posted']})"
+                                  for r in rows))
 
 
 def _instalments(raw: list[str]) -> list[tuple[date, Decimal]]:
@@ -353,18 +345,14 @@ def _plan_create(args: argparse.Namespace) -> int:
 
 
 def _plans(args: argparse.Namespace) -> int:
-    with _connect(args) as conn:
-        rows = collection_reports.plans(conn, args.account)
-    if args.json:
-        _print(rows)
-        return 0
-    for p in rows:
-        sched = ", ".join(f"{i['due']} {i['amount']}" for i in p["instalments"])
-        print(
-            f"plan {p['plan_id']} {p['account_id']} {p['state']:9} {p['covered']:>10} "
-            f"by {p['created_by']}: {sched}"
-        )
-    return 0
+    return _listing(args, lambda conn: collection_reports.plans(conn, args.account),
+                    lambda rows: (f"plan {p['plan_id']} {p['account_id']} {p['state']:9} "
+                                  f"{p['covered']:>10} by {p['created_by']}: "
+                                  f"{_schedule(p['instalments'])}" for p in rows))
+
+
+def _schedule(instalments: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{i['due']} {i['amount']}" for i in instalments)
 
 
 def _escalation_clear(args: argparse.Namespace) -> int:
@@ -420,41 +408,33 @@ def _settlement_create(args: argparse.Namespace) -> int:
             for r in collection_reports.settlement_schedules(conn, args.account)
             if r["schedule_id"] == schedule_id
         ]
-    parts = ", ".join(f"{i['due']} {i['amount']}" for i in sched["instalments"])
     print(
         f"schedule {schedule_id} for {args.account} {sched['month']} "
-        f"(expected {sched['expected']}): {parts}; the bill settles {sched['bill_amount']}"
+        f"(expected {sched['expected']}): {_schedule(sched['instalments'])}; "
+        f"the bill settles {sched['bill_amount']}"
     )
     return 0
 
 
 def _settlements(args: argparse.Namespace) -> int:
-    with _connect(args) as conn:
-        rows = collection_reports.settlement_schedules(conn, args.account)
-    if args.json:
-        _print(rows)
-        return 0
-    for r in rows:
-        parts = ", ".join(f"{i['due']} {i['amount']}" for i in r["instalments"])
+    def line(r: dict[str, Any]) -> str:
         missed = f" missed {r['missed_due']} short {r['missed']}" if r["missed_due"] else ""
-        print(
-            f"schedule {r['schedule_id']} {r['account_id']} {r['month']} {r['state']:8} "
-            f"expected {r['expected']}: {parts}; bill {r['bill_amount']}{missed}"
-        )
-    return 0
+        return (f"schedule {r['schedule_id']} {r['account_id']} {r['month']} {r['state']:8} "
+                f"expected {r['expected']}: {_schedule(r['instalments'])}; "
+                f"bill {r['bill_amount']}{missed}")
+
+    return _listing(
+        args, lambda conn: collection_reports.settlement_schedules(conn, args.account),
+        lambda rows: map(line, rows))
 
 
 def _report(args: argparse.Namespace) -> int:
-    with _connect(args) as conn:
-        rep = collection_reports.collection_rates(conn, datetime.now(UTC))
-    if args.json:
-        _print(rep)
-        return 0
-    for dim in ("month", "group"):
-        print(f"{dim:10} {'billed':>12} {'collected':>12} {'arrears':>12} {'rate':>7}")
-        for r in rep[dim]:
-            print(
-                f"{r[dim] or '-':10} {r['billed']:>12} {r['collected']:>12} "
-                f"{r['arrears']:>12} {r['rate']:>7}"
-            )
-    return 0
+    def lines(rep: dict[str, Any]) -> Iterator[str]:
+        for dim in ("month", "group"):
+            yield f"{dim:10} {'billed':>12} {'collected':>12} {'arrears':>12} {'rate':>7}"
+            for r in rep[dim]:
+                yield (f"{r[dim] or '-':10} {r['billed']:>12} {r['collected']:>12} "
+                       f"{r['arrears']:>12} {r['rate']:>7}")
+
+    return _listing(
+        args, lambda conn: collection_reports.collection_rates(conn, datetime.now(UTC)), lines)

@@ -96,6 +96,16 @@ def test_postpaid_commands(capsys: pytest.CaptureFixture[str], db_url: str, tmp_
     assert json.loads(out)[0]["state"] == "kept"
     rc, out, _ = run(capsys, db_url, "collection-report", "--json")
     assert json.loads(out)["group"][0]["billed"] == "120.50"
+    # the same listings for a person: a header (where there is one) and a line per row
+    for args, wanted in [
+        (("bills", "--account", "C1"), [" due now", "120.50"]),
+        (("arrears",), ["0-30", "C1", "120.50", "total"]),
+        (("penalties", "--account", "C1"), []),
+        (("plans",), ["li.wei", f"{due} 60.50"]),
+        (("collection-report",), ["billed", "Plaza", "120.50"]),
+    ]:
+        rc, out, _ = run(capsys, db_url, *args)
+        assert rc == 0 and all(w in out for w in wanted), (args, out)
 
 
 def test_escalation_clear_and_settlement_commands(
@@ -133,3 +143,5 @@ def test_escalation_clear_and_settlement_commands(
     assert sched["month"] == month and sched["state"] == "kept"
     assert [i["amount"] for i in sched["instalments"]] == ["250.00", "250.00"]
     assert sched["bill_share"] == "0.5"
+    rc, out, _ = run(capsys, db_url, "settlements")
+    assert rc == 0 and f"H1 {month} kept" in out and "bill 500.00" in out
