@@ -24,7 +24,7 @@ from billing.money import from_fen, parse_amount, to_fen
 from billing.policy import CreditSettings, ProtectedWindows
 from billing.relays import RelaylessPolicy
 from billing.tariffs import Tariff, load_tariffs
-from meterhub import channels
+from meterhub import channels, wire
 
 CHANNELS = ("wechat", "alipay", "bank", "counter")
 RestoreMode = Literal["close", "close_permitted"]
@@ -69,6 +69,17 @@ def _entry(row: Mapping[str, Any]) -> LedgerEntry:
     )
 
 
+ACCOUNT_ID_CHARS = 64
+MAX_NAME_CHARS = 200
+
+
+def check_account_id(account_id: str) -> None:
+    """An account id is what staff type and print on a bill: 1..64 printable characters."""
+    if not account_id or len(account_id) > ACCOUNT_ID_CHARS or not account_id.isprintable():
+        raise BillingError(f"account: {account_id[:80]!r} is not an account id (1 to "
+                           f"{ACCOUNT_ID_CHARS} printable characters)")
+
+
 def create_account(
     conn: psycopg.Connection[Any],
     account_id: str,
@@ -100,9 +111,15 @@ def create_account(
         raise BillingError(f"tariff {tariff!r} is not defined (known: {', '.join(sorted(known))})")
     if restore_mode not in ("close", "close_permitted"):
         raise BillingError(f"restore_mode {restore_mode!r} must be 'close' or 'close_permitted'")
+    check_account_id(account_id)
     meter_ids = list(dict.fromkeys(meters))
     if not meter_ids:
         raise BillingError(f"account {account_id!r} needs at least one meter")
+    for meter in meter_ids:
+        if not wire.is_id(meter):  # readings name it: it is a wire id or it never bills
+            raise BillingError(f"meter: {meter[:80]!r} is not a meter id ({wire.ID_PATTERN})")
+    if len(name) > MAX_NAME_CHARS:
+        raise BillingError(f"name: {len(name)} characters, more than {MAX_NAME_CHARS}")
     opening = parse_amount(opening_balance, what="opening_balance")
     debt = parse_amount(arrears, what="arrears")
     share = Decimal(str(arrears_share))

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -60,8 +61,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Longer than any id, reason or path a person types; shorter than what would flood a log.
+MAX_ARGUMENT_CHARS = 4096
+
+
+def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse, naming the option, text no command should take: NUL, a lone surrogate (what
+    a broken terminal or a hostile script passes; PostgreSQL and UTF-8 files refuse both,
+    deeper and less clearly) or more than MAX_ARGUMENT_CHARS characters."""
+    for key, value in vars(args).items():
+        for item in value if isinstance(value, list) else [value]:
+            if not isinstance(item, str | os.PathLike):
+                continue
+            text = os.fspath(item)
+            if not isinstance(text, str):
+                continue
+            option = "--" + key.replace("_", "-")
+            if "\x00" in text:
+                parser.error(f"argument {option}: contains a NUL character")
+            if any("\ud800" <= c <= "\udfff" for c in text):
+                parser.error(f"argument {option}: contains a lone surrogate (not UTF-8 text)")
+            if len(text) > MAX_ARGUMENT_CHARS:
+                parser.error(f"argument {option}: {len(text)} characters, more than "
+                             f"{MAX_ARGUMENT_CHARS}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_arguments(parser, args)
     # the language for this run only (a test calling main() leaves its own unchanged)
     with i18n.language(args.lang or i18n.from_environment()):
         return _run(args)
