@@ -363,7 +363,8 @@ def charge_parallel(
                           max_rows=max_rows, max_batches=max_batches)
     total = ChargeStats()
     with ThreadPoolExecutor(len(conns), thread_name_prefix="billing-charge") as pool:
-        futures = [pool.submit(charge_all, c, tariffs,       max_accounts=max_accounts, max_rows=max_rows,
+        futures = [pool.submit(charge_all, c, tariffs, max_accounts=max_accounts,
+                               max_rows=max_rows,
                                max_batches=max_batches) for c in conns]
         for f in futures:
             total.add(f.result())

@@ -7,7 +7,8 @@ with a reason). The new value is an :data:`interval_overrides` row and the inter
 with NEM12 quality S (substitute) or F (final substitute, a person's value) and the method
 code; validation passes skip overridden intervals, so a re-run never undoes a decision. An
 interval already charged goes on billing's change queue again, and billing posts the
-difference as an adjustment (billing/charging.py), so a revision after billing corrects the ledger too.
+difference as an adjustment (billing/charging.py), so a revision after billing corrects the
+ledger too.
 
 Corrections and estimates may revise a decided item (a site visit found the truth after the
 item was confirmed); confirm and dismiss only close open items. Every step is a history row.

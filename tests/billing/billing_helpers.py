@@ -1,6 +1,7 @@
 """Helpers for billing tests: write validated intervals and meters the way the collector
-does (its tables; its triggers put what is written on billing's change queue). A module of its own name (not conftest) so it
-cannot be confused with another folder's conftest when the whole suite runs."""
+does (its tables; its triggers put what is written on billing's change queue). A module of
+its own name (not conftest) so it cannot be confused with another folder's conftest when the
+whole suite runs."""
 
 from __future__ import annotations
 

@@ -308,8 +308,9 @@ def test_ids_of_any_text_are_charged_across_batches(conn: psycopg.Connection, od
     s = charge_all(conn, TARIFFS, max_accounts=2, max_rows=4)
     assert (s.intervals, s.adjustments) == (21, 0)
     got = conn.execute("SELECT account_id, balance_fen, (SELECT sum(amount_fen) FROM "
-                       "billing_ledger l WHERE l.account_id = a.account_id), NOT EXISTS (SELECT 1 FROM "
-                       "interval_changes q JOIN meters m ON m.meter_key = q.meter "
+                       "billing_ledger l WHERE l.account_id = a.account_id), "
+                       "NOT EXISTS (SELECT 1 FROM interval_changes q "
+                       "JOIN meters m ON m.meter_key = q.meter "
                        "WHERE m.meter_id = billing_meters.meter_id), "
                        "(SELECT kwh FROM billing_tier_usage t WHERE t.account_id = a.account_id) "
                        "FROM billing_accounts a JOIN billing_meters USING (account_id) "
