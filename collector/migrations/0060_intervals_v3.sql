@@ -20,7 +20,7 @@
 -- every interval of a meter billing does not know yet) is put on the queue first, so billing
 -- charges it once, exactly as before. On TimescaleDB `intervals` is a plain table too
 -- (validation and review decisions update rows; a compressed chunk would be decompressed
--- for each of them), so this file is the same on both; see 0061 for the readings side.
+-- for each of them), so this file is the same on both.
 
 -- One row per meter: the span [lo, hi] of interval starts written since billing last took
 -- the row. Billing locks its meters' rows (FOR UPDATE SKIP LOCKED: it never waits for a
