@@ -127,7 +127,7 @@ def move(conninfo: str, progress: Progress | None = None, chunk_meters: int = 50
 
 
 def _chunk(conn: psycopg.Connection[Any], table: str, sql: str, meters: list[str]) -> int:
-    """One chunk in one transaction; intervals keep their change ids (trigger off)."""
+    """One chunk in one transaction."""
     with conn.transaction():
         if table == "readings_v1":
             row = conn.execute(sql, (meters,)).fetchone()

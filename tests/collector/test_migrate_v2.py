@@ -1,5 +1,5 @@
 """`meterhub collector migrate` on a database of the v1 layout: every row moved into layout
-v2 (readings, intervals with their change ids, anomalies, the validation queue), v1 tables
+v2 (readings, intervals queued for billing, anomalies, the validation queue), v1 tables
 dropped, progress printed; a second run finds nothing to do."""
 
 from __future__ import annotations
