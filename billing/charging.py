@@ -1,31 +1,33 @@
-"""Charging validated intervals: per meter in change_id order, exactly once, resumable.
+"""Charging validated intervals: per meter from the collector's change queue, exactly once,
+resumable.
 
 A batch locks a set of accounts (``FOR UPDATE SKIP LOCKED``: several billing processes
-split the accounts between them), reads each meter's intervals past its cursor, prices
-them, appends the ledger entries, records the charged kWh per interval, moves the cached
-balance and the carry, and advances the cursors, all in one transaction. A restart resumes
-from the cursors; a crash mid-batch leaves nothing half done.
+split the accounts between them) and their meters' rows of ``interval_changes`` (the span of
+interval starts each meter had written since billing last took it; collector migration
+0060), reads the intervals in those spans, prices them, appends the ledger entries, records
+the charged kWh per interval, moves the cached balance and the carry, and deletes the queue
+rows it consumed (or moves a row's start past what it charged), all in one transaction. A
+restart finds the rows still there; a crash mid-batch leaves nothing half done.
 
-Held intervals are skipped (the cursor moves past them; their release is an update, which
-gives them a new change_id). An interval already charged that comes back with other kWh
-(an actual replacing an estimate) is charged the difference as an adjustment; the same kWh
-again (a re-delivery) is nothing.
+Held intervals are skipped (their release is an update, which puts them on the queue
+again). An interval already charged that comes back with other kWh (an actual replacing an
+estimate, a review decision) is charged the difference as an adjustment; the same kWh again
+(a re-delivery, or an interval of the span that did not change) is nothing.
 
-Why a commit horizon: ``change_id`` comes from a sequence, and transactions do not commit in
-sequence order, so a cursor that ran past a change_id still uncommitted would skip it forever.
-:class:`CommitHorizon` only lets billing read change_ids that no running transaction can still
-commit: a sequence value observed at t0 is settled once every transaction that existed a grace
-period after t0 has finished.
+Why nothing is lost or charged twice: a writer of ``intervals`` puts its span on the queue
+in its own transaction (statement triggers), so billing sees a queue row only once the
+intervals under it are committed. Billing locks the rows it takes and skips rows a writer
+holds; a writer that comes to a row billing holds waits for billing's commit and then
+inserts or widens the row, so its intervals are read in a later batch. What was charged is
+kept per interval (``billing_charges``), so reading an interval again costs nothing.
 """
 
 from __future__ import annotations
 
-import time
-from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -35,55 +37,8 @@ from billing.money import post_charge
 from billing.tariffs import Tariff, TariffError
 from meterhub import copytext
 
-_ALL = 2**62
 _CHUNK = 2000  # ledger rows per COPY write while pricing goes on
-
-
-class CommitHorizon:
-    """The highest change_id below which every interval write has committed (or never will).
-
-    Each :meth:`update` records (time, sequence value, write transactions running in this
-    database). A record is settled once the transactions of a later record, taken
-    ``grace_s`` after it, have all ended: any transaction that could still hold one of those
-    sequence values was running by then. The grace covers a writer that has taken its
-    change_id but not yet its transaction id. Only this database's transactions count
-    (``pg_stat_activity``), so a long write elsewhere on the server does not stall billing.
-    """
-
-    def __init__(self, grace_s: float = 2.0) -> None:
-        self.grace_s = grace_s
-        self.value = 0
-        self._latest = 0  # the sequence value at the last update
-        self._marks: deque[tuple[float, int, frozenset[int]]] = deque(maxlen=100_000)
-
-    def update(self, conn: psycopg.Connection[Any]) -> int:
-        row = conn.execute(
-            """SELECT (SELECT CASE WHEN is_called THEN last_value ELSE 0 END
-                         FROM intervals_change_seq),
-                      (SELECT coalesce(array_agg(backend_xid::text::bigint), '{}')
-                         FROM pg_stat_activity
-                        WHERE datname = current_database() AND backend_xid IS NOT NULL
-                          AND pid <> pg_backend_pid())"""
-        ).fetchone()
-        assert row is not None
-        seq, running = int(row[0]), frozenset(row[1])
-        self._latest = seq
-        now = time.monotonic()
-        self._marks.append((now, seq, running))
-        while self._marks:
-            t0, seq0, _ = self._marks[0]
-            later = next((m for m in self._marks if m[0] >= t0 + self.grace_s), None)
-            if later is None or later[2] & running:
-                break
-            self.value = max(self.value, seq0)
-            self._marks.popleft()
-        return self.value
-
-    @property
-    def waiting(self) -> bool:
-        """Whether change ids were taken that the horizon has not reached yet (another
-        :meth:`update` after the grace may let them be charged)."""
-        return self._latest > self.value
+_AFTER = timedelta(microseconds=1)  # a span's new start, just past the last interval charged
 
 
 @dataclass(slots=True)
@@ -93,21 +48,23 @@ class ChargeStats:
     unchanged: int = 0  # re-deliveries with the same kWh
     skipped: int = 0  # held, or before the account's start
     unbilled: int = 0  # could not be priced: kept in billing_unbilled with the reason
+    spans: int = 0  # queue rows taken (consumed or shortened)
     accounts: int = 0
     last_account: str | None = None  # of this batch (not summed): where the next starts
 
     def add(self, other: ChargeStats) -> None:
-        for f in ("intervals", "adjustments", "unchanged", "skipped", "unbilled", "accounts"):
+        for f in ("intervals", "adjustments", "unchanged", "skipped", "unbilled", "spans",
+                  "accounts"):
             setattr(self, f, getattr(self, f) + getattr(other, f))
 
     @property
     def work(self) -> int:
         return (self.intervals + self.adjustments + self.unchanged + self.skipped
-                + self.unbilled)
+                + self.unbilled + self.spans)
 
 
-# Accounts with intervals to charge, in account order after the previous batch's last one
-# (keyset: each batch starts where the last stopped instead of walking past the accounts
+# Accounts with queued interval changes, in account order after the previous batch's last
+# one (keyset: each batch starts where the last stopped instead of walking past the accounts
 # already done; charge_all wraps around once at the end).
 _PICK = """
 SELECT a.account_id, a.tariff_id, a.balance_fen, a.carry
@@ -115,8 +72,7 @@ FROM billing_accounts a
 WHERE {after} EXISTS (
     SELECT 1 FROM billing_meters m
     JOIN meter_contract mc ON mc.meter_id = m.meter_id
-    JOIN intervals i ON i.meter = mc.meter_key AND i.change_id > m.cursor
-                    AND i.change_id <= %(h)s
+    JOIN interval_changes q ON q.meter = mc.meter_key
     WHERE m.account_id = a.account_id)
 ORDER BY a.account_id
 LIMIT %(n)s
@@ -125,23 +81,35 @@ FOR UPDATE OF a SKIP LOCKED
 _PICK_FIRST = _PICK.format(after="")
 _PICK_AFTER = _PICK.format(after="a.account_id > %(after)s AND")
 
-# Per meter, its intervals past the cursor by the (meter, change_id) index (LATERAL), so a
-# batch reads its own meters' new intervals rather than scanning the whole table. The
-# collector's integer meter key comes from the meter_contract view.
+# The locked accounts' queue rows. SKIP LOCKED: a row a writer holds (its transaction not
+# committed yet) waits for a later batch; billing never waits for a writer.
+_TAKE = """
+SELECT q.meter, q.lo, q.hi
+FROM interval_changes q
+JOIN meter_contract mc ON mc.meter_key = q.meter
+JOIN billing_meters m ON m.meter_id = mc.meter_id
+WHERE m.account_id = ANY(%(acc)s)
+ORDER BY q.meter
+FOR UPDATE OF q SKIP LOCKED
+"""
+
+# Per meter, the intervals of its span by the primary key (LATERAL), so a batch reads its
+# own meters' changed intervals rather than scanning the whole table. kwh_e4 is counts of
+# 0.0001 kWh: times 0.0001 it is the exact numeric(16,4) kWh.
 _ROWS = """
 SELECT m.account_id, m.meter_id, i.interval_start,
-       i.interval_start + make_interval(secs => i.seconds), i.kwh,
-       i.held OR i.interval_start < m.charge_from, i.change_id, c.kwh
-FROM billing_meters m
-JOIN meter_contract mc ON mc.meter_id = m.meter_id
+       i.interval_start + make_interval(secs => i.seconds), i.kwh_e4 * 0.0001,
+       i.held OR i.interval_start < m.charge_from, c.kwh, c.revision, q.meter
+FROM unnest(%(meters)s::int[], %(lo)s::timestamptz[], %(hi)s::timestamptz[]) AS q(meter, lo, hi)
+JOIN meter_contract mc ON mc.meter_key = q.meter
+JOIN billing_meters m ON m.meter_id = mc.meter_id
 CROSS JOIN LATERAL (
-    SELECT i.interval_start, i.seconds, i.kwh, i.held, i.change_id
+    SELECT i.interval_start, i.seconds, i.kwh_e4, i.held
     FROM intervals i
-    WHERE i.meter = mc.meter_key AND i.change_id > m.cursor AND i.change_id <= %(h)s
-    ORDER BY i.change_id LIMIT %(rows)s) i
+    WHERE i.meter = q.meter AND i.interval_start BETWEEN q.lo AND q.hi
+    ORDER BY i.interval_start LIMIT %(rows)s) i
 LEFT JOIN billing_charges c ON c.meter_id = m.meter_id AND c.interval_start = i.interval_start
-WHERE m.account_id = ANY(%(acc)s)
-ORDER BY m.meter_id, i.change_id
+ORDER BY m.meter_id, i.interval_start
 LIMIT %(rows)s
 """
 
@@ -150,30 +118,31 @@ def charge_batch(
     conn: psycopg.Connection[Any],
     tariffs: Mapping[str, Tariff],
     *,
-    horizon: int | None = None,
     max_accounts: int = 500,
     max_rows: int = 50_000,
     after: str | None = None,
 ) -> ChargeStats:
     """Charge one batch of accounts; returns what was done (``work == 0``: nothing left).
     ``after``: only accounts ordered after this id (``last_account`` of the previous batch).
-
-    ``horizon`` None reads every change_id: only for callers that know no interval writer
-    is running (tools, benchmarks); the engine passes :class:`CommitHorizon` values.
     """
-    h = _ALL if horizon is None else horizon
     stats = ChargeStats()
     with conn.transaction():
         accounts = conn.execute(_PICK_FIRST if after is None else _PICK_AFTER,
-                                {"h": h, "n": max_accounts, "after": after}).fetchall()
+                                {"n": max_accounts, "after": after}).fetchall()
         if not accounts:
             return stats
         stats.accounts = len(accounts)
         stats.last_account = accounts[-1][0]
         acc_ids = [a[0] for a in accounts]
         state: dict[str, list[Any]] = {a[0]: [a[1], a[2], a[3]] for a in accounts}
+        spans = conn.execute(_TAKE, {"acc": acc_ids}).fetchall()
+        if not spans:
+            return stats
+        stats.spans = len(spans)
         with conn.cursor() as bcur:  # (binary fetch measured no faster)
-            rows = bcur.execute(_ROWS, {"h": h, "acc": acc_ids, "rows": max_rows}).fetchall()
+            rows = bcur.execute(_ROWS, {"meters": _array(s[0] for s in spans),
+                                        "lo": [s[1] for s in spans], "hi": [s[2] for s in spans],
+                                        "rows": max_rows}).fetchall()
         usage: dict[str, dict[date, Decimal]] = {a: {} for a in acc_ids}
         for acc, year, kwh in conn.execute(
             "SELECT account_id, tier_year, kwh FROM billing_tier_usage "
@@ -187,7 +156,6 @@ def charge_batch(
         new_charges: list[str] = []
         changed_charges: list[tuple[Any, ...]] = []
         unbilled: list[tuple[Any, ...]] = []
-        cursors: dict[str, int] = {}
         starts: dict[datetime, tuple[str, int]] = {}
         ends: dict[datetime, str] = {}
         last_meter: str | None = None
@@ -202,8 +170,7 @@ def charge_batch(
             "idempotency_key, meter_id, interval_start) FROM STDIN"
         ) as copy:
             ledger: list[str] = []
-            for acc, meter, start, end, kwh, skip, change_id, charged in rows:
-                cursors[meter] = change_id
+            for acc, meter, start, end, kwh, skip, charged, revision, _ in rows:
                 if skip:  # held for review, or consumed before the account's start
                     stats.skipped += 1
                     continue
@@ -225,7 +192,7 @@ def charge_batch(
                     # one unpriceable interval must not stop the meter or the batch: keep
                     # it, with the reason, for a person (and an alert), and go on
                     stats.unbilled += 1
-                    unbilled.append((meter, start, change_id, acc, str(exc)))
+                    unbilled.append((meter, start, acc, str(exc)))
                     continue
                 fen, st[2] = post_charge(st[2], exact)
                 st[1] -= fen
@@ -244,29 +211,50 @@ def charge_batch(
                     if end_iso is None:
                         end_iso = ends[end] = end.isoformat()
                     new_charges.append(
-                        f"{m}\t{iso}\t{end_iso}\t{a}\t{kwh}\t{exact}\t{change_id}")
+                        f"{m}\t{iso}\t{end_iso}\t{a}\t{kwh}\t{exact}\t0")
                 else:
                     stats.adjustments += 1
+                    revision += 1
                     ledger.append(f"{a}\tadjustment\t{-fen}\t{st[1]}\t"
-                                  f"adj:{m}:{epoch}:{change_id}\t{m}\t{iso}")
-                    changed_charges.append((kwh, exact, change_id, meter, start))
+                                  f"adj:{m}:{epoch}:{revision}\t{m}\t{iso}")
+                    changed_charges.append((kwh, exact, revision, meter, start))
                 if len(ledger) >= _CHUNK:
                     copy.write("\n".join(ledger) + "\n")
                     ledger.clear()
             if ledger:
                 copy.write("\n".join(ledger) + "\n")
-        _write(conn, posted, new_charges, changed_charges, cursors, state, usage)
+        _write(conn, posted, new_charges, changed_charges, state, usage)
+        _consume(conn, spans, rows, complete=len(rows) < max_rows)
         if unbilled:
             _keep_unbilled(conn, unbilled)
     return stats
 
 
+def _consume(conn: psycopg.Connection[Any], spans: list[tuple[Any, ...]],
+             rows: list[tuple[Any, ...]], *, complete: bool) -> None:
+    """Delete the queue rows this batch charged in full. When the batch stopped at
+    ``max_rows`` (``complete`` False), its last meter's span starts again just past the last
+    interval charged, and the meters it did not reach keep their rows."""
+    if complete:
+        done = [s[0] for s in spans]
+    else:
+        reached = {r[8] for r in rows}
+        last_meter, last_start = rows[-1][8], rows[-1][2]
+        done = [s[0] for s in spans if s[0] in reached
+                and (s[0] != last_meter or last_start >= s[2])]
+        if last_meter not in done:
+            conn.execute("UPDATE interval_changes SET lo = %s WHERE meter = %s",
+                         (last_start + _AFTER, last_meter))
+    if done:
+        conn.execute("DELETE FROM interval_changes WHERE meter = ANY(%s::int[])", (_array(done),))
+
+
 def _keep_unbilled(conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]]) -> None:
     cur = conn.cursor()
     cur.executemany(
-        """INSERT INTO billing_unbilled (meter_id, interval_start, change_id, account_id, reason)
-           VALUES (%s, %s, %s, %s, %s) ON CONFLICT (meter_id, interval_start) DO UPDATE
-           SET change_id = EXCLUDED.change_id, reason = EXCLUDED.reason, at = now()""",
+        """INSERT INTO billing_unbilled (meter_id, interval_start, account_id, reason)
+           VALUES (%s, %s, %s, %s) ON CONFLICT (meter_id, interval_start) DO UPDATE
+           SET reason = EXCLUDED.reason, at = now()""",
         rows,
     )
     cur.executemany(
@@ -274,7 +262,7 @@ def _keep_unbilled(conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]]) -
            SELECT account_id, 'billing_error', balance_fen, %s FROM billing_accounts
            WHERE account_id = %s""",
         [(f"interval {start.isoformat()} of meter {meter} not charged: {why}", acc)
-         for meter, start, _, acc, why in rows],
+         for meter, start, acc, why in rows],
     )
 
 
@@ -283,7 +271,6 @@ def _write(
     posted: bool,
     new_charges: list[str],
     changed_charges: list[tuple[Any, ...]],
-    cursors: dict[str, int],
     state: dict[str, list[Any]],
     usage: dict[str, dict[date, Decimal]],
 ) -> None:
@@ -291,20 +278,14 @@ def _write(
     if new_charges:
         with cur.copy(
             "COPY billing_charges (meter_id, interval_start, interval_end, account_id, kwh, "
-            "exact, change_id) FROM STDIN"
+            "exact, revision) FROM STDIN"
         ) as copy:
             copy.write("\n".join(new_charges) + "\n")
     if changed_charges:
         cur.executemany(
-            """UPDATE billing_charges SET kwh = %s, exact = exact + %s, change_id = %s
+            """UPDATE billing_charges SET kwh = %s, exact = exact + %s, revision = %s
                WHERE meter_id = %s AND interval_start = %s""",
             changed_charges,
-        )
-    if cursors:
-        cur.execute(
-            """UPDATE billing_meters m SET cursor = v.c
-               FROM unnest(%s::text[], %s::bigint[]) AS v(m, c) WHERE m.meter_id = v.m""",
-            (_texts(cursors), _array(cursors.values())),
         )
     tiers = [(a, y, k) for a, years in usage.items() for y, k in years.items()]
     if tiers:
@@ -345,7 +326,6 @@ def charge_all(
     conn: psycopg.Connection[Any],
     tariffs: Mapping[str, Tariff],
     *,
-    horizon: int | None = None,
     max_accounts: int = 500,
     max_rows: int = 50_000,
     max_batches: int = 1_000_000,
@@ -354,7 +334,7 @@ def charge_all(
     total = ChargeStats()
     after: str | None = None
     for _ in range(max_batches):
-        s = charge_batch(conn, tariffs, horizon=horizon, max_accounts=max_accounts,
+        s = charge_batch(conn, tariffs, max_accounts=max_accounts,
                          max_rows=max_rows, after=after)
         total.add(s)
         if s.work == 0:
@@ -370,7 +350,6 @@ def charge_parallel(
     conns: Sequence[psycopg.Connection[Any]],
     tariffs: Mapping[str, Tariff],
     *,
-    horizon: int | None = None,
     max_accounts: int = 500,
     max_rows: int = 50_000,
     max_batches: int = 1_000_000,
@@ -380,12 +359,12 @@ def charge_parallel(
     billing engines (``SKIP LOCKED``); what one process gains is overlap: a thread prices
     while the others' connections wait for the server (psycopg releases the GIL then)."""
     if len(conns) <= 1:
-        return charge_all(conns[0], tariffs, horizon=horizon, max_accounts=max_accounts,
+        return charge_all(conns[0], tariffs, max_accounts=max_accounts,
                           max_rows=max_rows, max_batches=max_batches)
     total = ChargeStats()
     with ThreadPoolExecutor(len(conns), thread_name_prefix="billing-charge") as pool:
-        futures = [pool.submit(charge_all, c, tariffs, horizon=horizon,
-                               max_accounts=max_accounts, max_rows=max_rows,
+        futures = [pool.submit(charge_all, c, tariffs, max_accounts=max_accounts,
+                               max_rows=max_rows,
                                max_batches=max_batches) for c in conns]
         for f in futures:
             total.add(f.result())

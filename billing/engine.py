@@ -1,6 +1,6 @@
 """The billing engine: one loop that charges, decides, commands and reconciles.
 
-Each tick, in this order: move the commit horizon, charge new intervals, evaluate accounts
+Each tick, in this order: charge changed intervals, evaluate accounts
 whose balance moved or whose timer runs, handle command deadlines (retry / expire / cancel),
 reconcile wanted and reported relay state now and then, send due commands and publish
 alerts. Acks are applied as they arrive. All coordination between engines goes through
@@ -38,7 +38,7 @@ from psycopg import sql
 
 from billing import alerts, commands, lifecycle
 from billing.arrears import CollectionSettings
-from billing.charging import CommitHorizon, charge_parallel
+from billing.charging import charge_parallel
 from billing.clocks import ClockPolicy, queue_time_syncs
 from billing.collection import run_collection
 from billing.disconnect import (
@@ -87,7 +87,6 @@ class BillingConfig:
     poll_interval_s: float = 5.0
     tariffs_dir: Path | None = None  # default: configs/tariffs of the project
     engine_id: str = field(default_factory=_engine_id)
-    commit_grace_s: float = 2.0  # see billing.charging.CommitHorizon
     # relay commands, as a billing.retry.RetryPolicy (see there)
     ack_timeout_s: float = 30.0
     command_ttl_s: float = 3600.0
@@ -197,7 +196,6 @@ class BillingEngine:
         self.signer = load_signer(config)
         self.stats = EngineStats()
         self.tariffs = load_tariffs(config.tariffs_dir)
-        self._horizon = CommitHorizon(config.commit_grace_s)
         self._link: commands.CommandLink | None = None
         # one connection per task: charging (the tick), commands, alerts, acks
         self._tick_conn: psycopg.Connection[Any] | None = None
@@ -273,12 +271,10 @@ class BillingEngine:
             await _first(stop, wake, fallback)
 
     def _charging_due_in(self) -> float:
-        """Seconds until the charging pass has timed work: intervals waiting for the commit
-        horizon to settle, or a ladder timer running out."""
-        due = self.config.commit_grace_s if self._horizon.waiting else float("inf")
-        if self._next_step is not None:
-            due = min(due, (self._next_step - datetime.now(UTC)).total_seconds())
-        return max(0.0, due)
+        """Seconds until the charging pass has timed work: a ladder timer running out."""
+        if self._next_step is None:
+            return float("inf")
+        return max(0.0, (self._next_step - datetime.now(UTC)).total_seconds())
 
     def _wake_up(self, *names: str) -> None:
         for name in names:
@@ -363,7 +359,7 @@ class BillingEngine:
     # ------------------------------------------------------------------ the tick
 
     async def tick(self) -> None:
-        """One charging pass: horizon, charges, policy, deadlines, now and then reconciliation;
+        """One charging pass: charges, policy, deadlines, now and then reconciliation;
         then wake the sender and the alert publisher if it gave them work."""
         self._wake_up(*await asyncio.to_thread(self._db_tick))
         self.stats.ticks += 1
@@ -376,8 +372,7 @@ class BillingEngine:
         if not self._tariffs_checked:
             check_history(conn, self.tariffs)
             self._tariffs_checked = True
-        horizon = self._horizon.update(conn)
-        charged = charge_parallel(self._charging(conn), self.tariffs, horizon=horizon,
+        charged = charge_parallel(self._charging(conn), self.tariffs,
                                   max_accounts=cfg.batch_accounts, max_batches=50)
         self.stats.intervals_charged += charged.intervals
         self.stats.adjustments += charged.adjustments

@@ -11,8 +11,10 @@ rates.
 What changes on the way: one row per (meter, ts) instead of one per quantity; energy as
 integer counts of the meter's resolution; a reading's gateway, seq and arrival become its
 batch (``gateway_batches``, when the collector recorded it); interval flags become rule bits
-and their repeated reason text goes (the words stay in ``anomalies``); intervals keep their
-change ids (billing's cursors stay valid); v1 ``late_arrival`` anomalies are not carried over
+and their repeated reason text goes (the words stay in ``anomalies``); interval kWh become
+counts of 0.0001 kWh (layout v3, migration 0060) and every moved interval goes on billing's
+change queue (billing reads them all once more and charges only what it has not charged:
+``billing_charges`` keeps what it did); v1 ``late_arrival`` anomalies are not carried over
 (lateness is recorded per batch in ``late_batches`` from now on).
 """
 
@@ -47,12 +49,12 @@ ON CONFLICT DO NOTHING
 """
 
 _INTERVALS = """
-INSERT INTO intervals (interval_start, change_id, meter, seconds, kwh, raw_kwh, flags, method,
+INSERT INTO intervals (interval_start, kwh_e4, raw_kwh_e4, meter, seconds, flags, method,
                        quality, held)
-SELECT i.interval_start, i.change_id, m.meter_key,
-       extract(epoch FROM i.interval_end - i.interval_start)::int, i.kwh, i.raw_kwh,
+SELECT i.interval_start, (i.kwh * 10000)::bigint, (i.raw_kwh * 10000)::bigint, m.meter_key,
+       extract(epoch FROM i.interval_end - i.interval_start)::int,
        (SELECT coalesce(sum(1 << r.code), 0) FROM vee_rules r WHERE r.name = ANY(i.flags))::int,
-       i.method, i.quality, i.held
+       coalesce(i.method, 0), i.quality, i.held
 FROM intervals_v1 i JOIN meters m ON m.meter_id = i.meter_id
 WHERE i.meter_id = ANY(%s)
 ON CONFLICT DO NOTHING
@@ -125,7 +127,7 @@ def move(conninfo: str, progress: Progress | None = None, chunk_meters: int = 50
 
 
 def _chunk(conn: psycopg.Connection[Any], table: str, sql: str, meters: list[str]) -> int:
-    """One chunk in one transaction; intervals keep their change ids (trigger off)."""
+    """One chunk in one transaction."""
     with conn.transaction():
         if table == "readings_v1":
             row = conn.execute(sql, (meters,)).fetchone()
@@ -136,9 +138,4 @@ def _chunk(conn: psycopg.Connection[Any], table: str, sql: str, meters: list[str
             " ON CONFLICT (meter_id) DO NOTHING",
             (meters,),
         )
-        if table == "intervals_v1":
-            conn.execute("ALTER TABLE intervals DISABLE TRIGGER intervals_change_id")
-        n = conn.execute(sql, (meters,)).rowcount
-        if table == "intervals_v1":
-            conn.execute("ALTER TABLE intervals ENABLE TRIGGER intervals_change_id")
-        return n
+        return conn.execute(sql, (meters,)).rowcount

@@ -362,12 +362,13 @@ def intervals(conn: psycopg.Connection[Any], meter_id: str, start: datetime,
     return cast("list[Interval]", _fetch(
         conn,
         """SELECT i.interval_start AS start,
-                  i.interval_start + make_interval(secs => i.seconds) AS "end", i.kwh,
-                  i.quality::text AS quality, i.method, i.held,
+                  i.interval_start + make_interval(secs => i.seconds) AS "end",
+                  i.kwh_e4 * 0.0001 AS kwh, i.quality::text AS quality,
+                  nullif(i.method, 0) AS method, i.held,
                   (SELECT string_agg(v.name || ': ' || a.reason, '; ' ORDER BY a.rule)
                    FROM anomalies a JOIN vee_rules v ON v.code = a.rule
                    WHERE a.meter = i.meter AND a.at = i.interval_start) AS reason,
-                  i.raw_kwh,
+                  i.raw_kwh_e4 * 0.0001 AS raw_kwh,
                   ARRAY(SELECT v.name FROM vee_rules v WHERE i.flags & (1 << v.code) <> 0
                         ORDER BY v.code) AS flags
            FROM intervals i JOIN meters m ON m.meter_key = i.meter

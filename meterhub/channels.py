@@ -1,7 +1,7 @@
 """PostgreSQL LISTEN/NOTIFY channels: which write wakes which process, named once.
 
 A notification is only a wake-up: the work itself is always found in the tables (accounts
-marked ``dirty``, intervals past billing's change-id horizon, queued commands), so a lost
+marked ``dirty``, the interval change queue, queued commands), so a lost
 notification delays work until the listener's next pass, never loses it. Writers call
 :func:`notify` in the transaction of the write, so the wake-up is delivered at its commit
 and dropped with its rollback (PostgreSQL also folds repeats within one transaction).

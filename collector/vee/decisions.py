@@ -6,8 +6,9 @@ default), *estimate* (the same with a chosen method) or *correct* (the engineer'
 with a reason). The new value is an :data:`interval_overrides` row and the interval itself,
 with NEM12 quality S (substitute) or F (final substitute, a person's value) and the method
 code; validation passes skip overridden intervals, so a re-run never undoes a decision. An
-interval already charged gets a new change id, and billing posts the difference as an
-adjustment (billing/charging.py), so a revision after billing corrects the ledger too.
+interval already charged goes on billing's change queue again, and billing posts the
+difference as an adjustment (billing/charging.py), so a revision after billing corrects the
+ledger too.
 
 Corrections and estimates may revise a decided item (a site visit found the truth after the
 item was confirmed); confirm and dismiss only close open items. Every step is a history row.
@@ -34,6 +35,8 @@ METHODS: tuple[Method, ...] = ("like_day", "linear")
 METHOD_AGREED = 16
 MAX_INTERVAL_KWH = Decimal("1000000")
 MAX_TEXT = 2000
+# an interval's kWh as numeric(16,4) from its exact counts of 0.0001 kWh
+_KWH = "kwh_e4 * 0.0001 AS kwh"
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +152,7 @@ def estimate_item(conn: psycopg.Connection[Any], item_id: int, who: str, comment
 
 def _item_intervals(conn: psycopg.Connection[Any], item: _Item) -> dict[datetime, Decimal]:
     rows = conn.execute(
-        "SELECT interval_start, kwh FROM intervals WHERE meter = %s"
+        f"SELECT interval_start, {_KWH} FROM intervals WHERE meter = %s"
         " AND interval_start >= %s AND interval_start < %s ORDER BY interval_start",
         (item.meter, item.start, item.end)).fetchall()
     return {start: kwh for start, kwh in rows}
@@ -159,11 +162,11 @@ def _linear(conn: psycopg.Connection[Any], item: _Item,
             starts: dict[datetime, Decimal]) -> dict[datetime, Decimal]:
     """Interval consumption interpolated between the nearest trusted intervals either side."""
     before = conn.execute(
-        "SELECT interval_start, kwh FROM intervals WHERE meter = %s AND interval_start < %s"
+        f"SELECT interval_start, {_KWH} FROM intervals WHERE meter = %s AND interval_start < %s"
         " AND NOT held AND quality = 'A' ORDER BY interval_start DESC LIMIT 1",
         (item.meter, item.start)).fetchone()
     after = conn.execute(
-        "SELECT interval_start, kwh FROM intervals WHERE meter = %s AND interval_start >= %s"
+        f"SELECT interval_start, {_KWH} FROM intervals WHERE meter = %s AND interval_start >= %s"
         " AND NOT held AND quality = 'A' ORDER BY interval_start LIMIT 1",
         (item.meter, item.end)).fetchone()
     if before is None and after is None:
@@ -183,7 +186,7 @@ def _like_day(conn: psycopg.Connection[Any], item: _Item, starts: dict[datetime,
     """The mean of the same slot on previous days of the same kind (holidays as Sundays)."""
     first = min(starts)
     rows = conn.execute(
-        "SELECT extract(epoch FROM interval_start)::float8, kwh::float8 FROM intervals"
+        "SELECT extract(epoch FROM interval_start)::float8, kwh_e4 / 10000::float8 FROM intervals"
         " WHERE meter = %s AND interval_start >= %s AND interval_start < %s"
         " AND quality = 'A' AND flags & %s = 0 AND NOT held",
         (item.meter, first - timedelta(weeks=2 * cfg.like_day_weeks), first,
@@ -208,13 +211,13 @@ def _override(conn: psycopg.Connection[Any], item: _Item, who: str,
     changed = []
     for start, kwh in sorted(values.items()):
         row = conn.execute(
-            "SELECT i.kwh, o.previous_kwh FROM intervals i LEFT JOIN interval_overrides o"
+            f"SELECT i.{_KWH}, o.previous_kwh FROM intervals i LEFT JOIN interval_overrides o"
             " USING (meter, interval_start) WHERE i.meter = %s AND i.interval_start = %s"
             " FOR UPDATE OF i", (item.meter, start)).fetchone()
         assert row is not None
-        conn.execute("UPDATE intervals SET kwh = %s, quality = %s, method = %s, held = false"
+        conn.execute("UPDATE intervals SET kwh_e4 = %s, quality = %s, method = %s, held = false"
                      " WHERE meter = %s AND interval_start = %s",
-                     (kwh, quality, method, item.meter, start))
+                     (int(kwh.scaleb(4)), quality, method, item.meter, start))
         conn.execute(
             """INSERT INTO interval_overrides AS o (meter, interval_start, kwh, quality, method,
                    item_id, decided_by, previous_kwh)

@@ -3,10 +3,10 @@ intervals, anomalies and (through :mod:`collector.vee.review`) work orders.
 
 Ingest marks each meter whose readings changed (``vee_dirty``: earliest changed time and a
 growing mark). A pass takes a chunk of marked meters, recomputes their intervals from just
-before the earliest change, and writes only what differs. Every write to ``intervals`` gets a
-new ``change_id`` from the table's trigger; passes (and review decisions) hold one advisory
-lock until commit, so change ids become visible in commit order and billing, reading by
-change_id, never skips one.
+before the earliest change, and writes only what differs. Every write to ``intervals`` puts
+the span of what it wrote on billing's change queue (``interval_changes``, by the table's
+statement triggers) in the same transaction; passes (and review decisions) hold one advisory
+lock until commit, so they never interleave their writes to one meter.
 """
 
 from __future__ import annotations
@@ -64,8 +64,8 @@ def estimate_forward(conn: psycopg.Connection, interval_s: int, cfg: ValidationC
 
     Only from the like-day profile (no closing read to scale to); an interval without any
     like-day history is left missing. When reads arrive the normal pass writes the span again
-    from the register (S or A), and those rows get new change ids: billing re-charges the
-    difference.
+    from the register (S or A), and those rows go on billing's change queue again: billing
+    re-charges the difference.
     """
     assert cfg.forward_estimate_after_s is not None
     now = now or datetime.now(UTC)
@@ -247,7 +247,7 @@ def _load_history(conn: psycopg.Connection, names: list[int], window: list[datet
                   days: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Actual, unflagged intervals before each meter's window: baseline and like-day input."""
     rows = conn.execute(
-        """SELECT u.i, extract(epoch FROM iv.interval_start)::float8, iv.kwh::float8
+        """SELECT u.i, extract(epoch FROM iv.interval_start)::float8, iv.kwh_e4 / 10000::float8
            FROM unnest(%s::int[], %s::timestamptz[]) WITH ORDINALITY AS u(m, w, i)
            JOIN intervals iv ON iv.meter = u.m
                 AND iv.interval_start >= u.w - make_interval(days => %s)
@@ -417,8 +417,8 @@ def _hm(epoch: float) -> str:
 
 _IV_STAGE = """
 CREATE TEMP TABLE IF NOT EXISTS _iv (
-    meter int, interval_start timestamptz, seconds int, kwh numeric(16,4), quality "char",
-    method smallint, raw_kwh numeric(16,4), flags int
+    meter int, interval_start timestamptz, seconds int, kwh_e4 bigint, quality "char",
+    method smallint, raw_kwh_e4 bigint, flags int
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS _an (
     meter int, rule smallint, at timestamptz, reason text, value float8, expected float8,
@@ -430,16 +430,18 @@ CREATE TEMP TABLE IF NOT EXISTS _an (
 def _write(conn: psycopg.Connection, names: list[int], iv: rules.Intervals,
            anomalies: list[tuple[Any, ...]], interval_s: int) -> tuple[int, int, int]:
     conn.execute(_IV_STAGE)
+    # kWh as exact counts of 0.0001 kWh (what numeric(16,4) held before)
+    kwh_e4 = np.rint(iv.kwh * 10_000).astype(np.int64).tolist()
+    raw_e4 = [None if np.isnan(r) else int(r)
+              for r in np.rint(iv.raw_kwh * 10_000).tolist()]
     with conn.cursor().copy(
-        "COPY _iv (meter, interval_start, seconds, kwh, quality, method, raw_kwh, flags) "
+        "COPY _iv (meter, interval_start, seconds, kwh_e4, quality, method, raw_kwh_e4, flags) "
         "FROM STDIN"
     ) as copy:
         for i in range(len(iv)):
             copy.write_row((
                 names[int(iv.meter[i])], datetime.fromtimestamp(float(iv.start[i]), UTC),
-                interval_s, round(float(iv.kwh[i]), 4), str(iv.quality[i]),
-                int(iv.method[i]) or None,
-                None if np.isnan(iv.raw_kwh[i]) else round(float(iv.raw_kwh[i]), 4),
+                interval_s, kwh_e4[i], str(iv.quality[i]), int(iv.method[i]), raw_e4[i],
                 int(iv.flags[i]),
             ))
     with conn.cursor().copy(
@@ -481,22 +483,23 @@ def _write(conn: psycopg.Connection, names: list[int], iv: rules.Intervals,
     )
     opened = open_review_items(conn, interval_s)
     cur = conn.execute(
-        """INSERT INTO intervals AS iv (meter, interval_start, seconds, kwh, quality, method,
-                                        held, raw_kwh, change_id, flags)
-           SELECT s.meter, s.interval_start, s.seconds, s.kwh, s.quality, s.method,
+        """INSERT INTO intervals AS iv (meter, interval_start, seconds, kwh_e4, quality, method,
+                                        held, raw_kwh_e4, flags)
+           SELECT s.meter, s.interval_start, s.seconds, s.kwh_e4, s.quality, s.method,
                   EXISTS (SELECT 1 FROM anomalies a LEFT JOIN review_items r
                               ON r.id = a.review_item_id
                           WHERE a.meter = s.meter AND a.at = s.interval_start
                             AND a.holds AND (r.id IS NULL OR r.status = 'open')),
-                  s.raw_kwh, 0, s.flags
+                  s.raw_kwh_e4, s.flags
            FROM _iv s ORDER BY s.meter, s.interval_start
            ON CONFLICT (meter, interval_start) DO UPDATE SET
-               seconds = excluded.seconds, kwh = excluded.kwh,
+               seconds = excluded.seconds, kwh_e4 = excluded.kwh_e4,
                quality = excluded.quality, method = excluded.method, held = excluded.held,
-               raw_kwh = excluded.raw_kwh, flags = excluded.flags
-           WHERE (iv.kwh, iv.quality, iv.method, iv.held, iv.raw_kwh, iv.flags, iv.seconds)
-                 IS DISTINCT FROM (excluded.kwh, excluded.quality, excluded.method,
-                                   excluded.held, excluded.raw_kwh, excluded.flags,
+               raw_kwh_e4 = excluded.raw_kwh_e4, flags = excluded.flags
+           WHERE (iv.kwh_e4, iv.quality, iv.method, iv.held, iv.raw_kwh_e4, iv.flags,
+                  iv.seconds)
+                 IS DISTINCT FROM (excluded.kwh_e4, excluded.quality, excluded.method,
+                                   excluded.held, excluded.raw_kwh_e4, excluded.flags,
                                    excluded.seconds)
              -- a person's decision (collector/vee/decisions.py) is never re-derived
              AND NOT EXISTS (SELECT 1 FROM interval_overrides o

@@ -1,10 +1,10 @@
 """The review queue ("abnormal work orders"): a person confirms or dismisses an item.
 
-Either decision releases the intervals the item held (held=false, which the intervals trigger
-turns into a new change_id, so billing charges them now). Confirm means "the anomaly is real
-and the consumption stands"; dismiss means "a false alarm". The decision, who made it and why
-are kept on the item. Items are opened by validation passes (:func:`open_review_items`), one
-per run of held intervals.
+Either decision releases the intervals the item held (held=false, which the intervals
+triggers put on billing's change queue, so billing charges them now). Confirm means "the
+anomaly is real and the consumption stands"; dismiss means "a false alarm". The decision, who
+made it and why are kept on the item. Items are opened by validation passes
+(:func:`open_review_items`), one per run of held intervals.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import psycopg
 from meterhub import channels
 
 # Advisory lock: one writer of `intervals` at a time (validation passes and review decisions),
-# so change ids become visible in commit order.
+# so a pass never re-derives an interval a decision is changing.
 VEE_LOCK = 7411002
 
 Decision = Literal["confirmed", "dismissed"]

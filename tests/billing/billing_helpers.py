@@ -1,6 +1,7 @@
 """Helpers for billing tests: write validated intervals and meters the way the collector
-does (its tables, its change_id trigger). A module of its own name (not conftest) so it
-cannot be confused with another folder's conftest when the whole suite runs."""
+does (its tables; its triggers put what is written on billing's change queue). A module of
+its own name (not conftest) so it cannot be confused with another folder's conftest when the
+whole suite runs."""
 
 from __future__ import annotations
 
@@ -48,19 +49,19 @@ def put_intervals(
     quality: str = "A",
     held: bool = False,
 ) -> None:
-    """Insert or replace intervals (an upsert bumps change_id through the collector's trigger)."""
+    """Insert or replace intervals (the collector's triggers queue them for billing)."""
     conn.execute("INSERT INTO meters (meter_id) VALUES (%s) ON CONFLICT DO NOTHING", (meter,))
     rows = [
-        (start + i * step, int(step.total_seconds()), Decimal(str(k)), quality, held, meter)
+        (start + i * step, int(step.total_seconds()), int(Decimal(str(k)).scaleb(4)), quality,
+         held, meter)
         for i, k in enumerate(kwhs)
     ]
     with conn.cursor() as cur:
         cur.executemany(
-            """INSERT INTO intervals (meter, interval_start, seconds, kwh, quality, held,
-                   change_id)
-               SELECT meter_key, %s, %s, %s, %s, %s, 0 FROM meters WHERE meter_id = %s
+            """INSERT INTO intervals (meter, interval_start, seconds, kwh_e4, quality, held)
+               SELECT meter_key, %s, %s, %s, %s, %s FROM meters WHERE meter_id = %s
                ON CONFLICT (meter, interval_start) DO UPDATE
-               SET kwh = EXCLUDED.kwh, quality = EXCLUDED.quality, held = EXCLUDED.held""",
+               SET kwh_e4 = EXCLUDED.kwh_e4, quality = EXCLUDED.quality, held = EXCLUDED.held""",
             rows,
         )
 
@@ -84,7 +85,7 @@ def put_meter(conn: psycopg.Connection, meter: str, site: str, gateway: str) -> 
 
 
 def config(db_url: str, mqtt: MqttSettings, key: BillingKey, **kw: object) -> BillingConfig:
-    base: dict[str, object] = {"poll_interval_s": 0.1, "commit_grace_s": 0.1,
+    base: dict[str, object] = {"poll_interval_s": 0.1,
                                "ack_timeout_s": 2.0, "retry_backoff_s": 0.2}
     base.update(kw)
     return BillingConfig(database_url=db_url, mqtt=mqtt, signing_key_path=key.path,

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from billing import ledger
-from billing.charging import CommitHorizon, charge_all
+from billing.charging import charge_all, charge_batch
 from billing.ledger import BillingError, TopupConflict, UnknownAccount
 from billing.money import to_fen
 from billing.tariffs import load_tariffs
@@ -76,7 +76,7 @@ def test_arrears_recovery_share_of_topup(conn: psycopg.Connection) -> None:
     assert kinds.count("arrears_recovery") == 2
 
 
-def test_charges_once_and_resumes_from_cursor(conn: psycopg.Connection) -> None:
+def test_charges_once_and_resumes_from_the_queue(conn: psycopg.Connection) -> None:
     open_account(conn, "A1", ["m1", "m2"], opening_balance="100")
     put_intervals(conn, "m1", ["0.1234"] * 8)
     put_intervals(conn, "m2", ["0.5"] * 4)
@@ -100,7 +100,7 @@ def test_held_interval_waits_for_release(conn: psycopg.Connection) -> None:
     s = charge_all(conn, TARIFFS)
     assert (s.intervals, s.skipped) == (1, 1)
     assert ledger.balance(conn, "A1") == D("-0.56")
-    set_held(conn, "m1", T0 + timedelta(minutes=15), False)  # released: new change_id
+    set_held(conn, "m1", T0 + timedelta(minutes=15), False)  # released: queued again
     assert charge_all(conn, TARIFFS).intervals == 1
     assert ledger.balance(conn, "A1") == D("-5.60")
 
@@ -140,20 +140,75 @@ def test_tiers_accumulate_per_account_across_meters(conn: psycopg.Connection) ->
     assert conn.execute("SELECT kwh FROM billing_tier_usage").fetchone() == (D("2761"),)
 
 
-def test_commit_horizon_waits_for_open_writers(conn: psycopg.Connection, db_url: str) -> None:
+def test_an_open_writer_is_charged_after_its_commit(conn: psycopg.Connection,
+                                                   db_url: str) -> None:
+    """Intervals of a transaction still open are not on the queue yet: billing skips the
+    queue row the writer holds (that meter waits, other meters are charged); once committed
+    they are charged, once."""
     open_account(conn, "A1", ["m1"])
-    put_intervals(conn, "m1", [])  # the collector knows the meter (its integer key)
-    horizon = CommitHorizon(grace_s=0.0)
+    open_account(conn, "A2", ["m2"])
+    put_intervals(conn, "m1", ["1"], start=T0 + timedelta(hours=1))  # committed
     with psycopg.connect(db_url) as writer:  # a transaction left open
-        put_intervals(writer, "m1", ["1"])
-        put_intervals(conn, "m1", ["1"], start=T0 + timedelta(hours=1))  # committed, later id
-        for _ in range(3):
-            h = horizon.update(conn)
-        assert charge_all(conn, TARIFFS, horizon=h).intervals == 0
+        put_intervals(writer, "m1", ["1", "2"])
+        put_intervals(conn, "m2", ["1"])  # committed, another meter
+        assert charge_all(conn, TARIFFS).intervals == 1  # m2's
+        assert charge_all(conn, TARIFFS).work == 0
         writer.commit()
-    for _ in range(3):
-        h = horizon.update(conn)
-    assert charge_all(conn, TARIFFS, horizon=h).intervals == 2
+    assert charge_all(conn, TARIFFS).intervals == 3  # m1's, the committed one with them
+    assert charge_all(conn, TARIFFS).work == 0
+    assert conn.execute("SELECT count(*) FROM interval_changes").fetchone() == (0,)
+
+
+def test_a_writer_waits_for_billing_and_its_change_is_charged_next(
+        conn: psycopg.Connection, db_url: str) -> None:
+    """A writer that comes to a queue row while billing holds it waits for billing's commit
+    and then queues its span again: its new value is charged as an adjustment, never lost."""
+    open_account(conn, "A1", ["m1"])
+    put_intervals(conn, "m1", ["1", "1"])
+    done = threading.Event()
+
+    def rewrite() -> None:
+        with psycopg.connect(db_url, autocommit=True) as w:
+            put_intervals(w, "m1", ["3"], start=T0 + timedelta(minutes=15))
+        done.set()
+
+    with conn.transaction():  # billing's batch, its commit held back
+        assert charge_batch(conn, TARIFFS).intervals == 2
+        writer = threading.Thread(target=rewrite)
+        writer.start()
+        assert not done.wait(0.5)  # waits on billing's lock of the queue row
+    writer.join(10)
+    assert done.is_set()
+    s = charge_all(conn, TARIFFS)
+    assert (s.adjustments, s.unchanged) == (1, 0)
+    assert conn.execute("SELECT kwh FROM billing_charges ORDER BY interval_start"
+                        ).fetchall() == [(D("1.0000"),), (D("3.0000"),)]
+    assert ledger.balance(conn, "A1") == D("-2.24")  # 4 kWh x 0.56
+
+
+def test_a_span_longer_than_a_batch_is_charged_in_parts_once(conn: psycopg.Connection) -> None:
+    open_account(conn, "A1", ["m1"])
+    put_intervals(conn, "m1", ["0.5"] * 25)
+    counts = []
+    for _ in range(5):
+        counts.append(charge_batch(conn, TARIFFS, max_rows=10).intervals)
+    assert counts == [10, 10, 5, 0, 0]
+    assert conn.execute("SELECT count(*) FROM interval_changes").fetchone() == (0,)
+    assert conn.execute("SELECT count(*), count(DISTINCT idempotency_key) FROM billing_ledger"
+                        " WHERE kind = 'charge'").fetchone() == (25, 25)
+
+
+def test_a_crashed_batch_leaves_the_queue_as_it_was(conn: psycopg.Connection) -> None:
+    """Billing dies mid-batch (its transaction rolls back): the queue rows are still there
+    and the restarted billing charges everything once."""
+    open_account(conn, "A1", ["m1"])
+    put_intervals(conn, "m1", ["1"] * 4)
+    with pytest.raises(RuntimeError), conn.transaction():
+        charge_batch(conn, TARIFFS)
+        raise RuntimeError("billing killed")
+    assert conn.execute("SELECT count(*) FROM billing_ledger").fetchone() == (0,)
+    assert charge_all(conn, TARIFFS).intervals == 4
+    assert charge_all(conn, TARIFFS).work == 0
 
 
 def test_two_chargers_on_one_backlog_charge_each_interval_once(db_url: str) -> None:
@@ -253,7 +308,10 @@ def test_ids_of_any_text_are_charged_across_batches(conn: psycopg.Connection, od
     s = charge_all(conn, TARIFFS, max_accounts=2, max_rows=4)
     assert (s.intervals, s.adjustments) == (21, 0)
     got = conn.execute("SELECT account_id, balance_fen, (SELECT sum(amount_fen) FROM "
-                       "billing_ledger l WHERE l.account_id = a.account_id), cursor > 0, "
+                       "billing_ledger l WHERE l.account_id = a.account_id), "
+                       "NOT EXISTS (SELECT 1 FROM interval_changes q "
+                       "JOIN meters m ON m.meter_key = q.meter "
+                       "WHERE m.meter_id = billing_meters.meter_id), "
                        "(SELECT kwh FROM billing_tier_usage t WHERE t.account_id = a.account_id) "
                        "FROM billing_accounts a JOIN billing_meters USING (account_id) "
                        "ORDER BY account_id").fetchall()

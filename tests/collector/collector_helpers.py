@@ -139,11 +139,20 @@ def put_values(conn: psycopg.Connection, rows: Iterable[tuple[str, str, datetime
             (dirty_from, sorted({r[0] for r in rows})))
 
 
+def billing_took_all(db_url: str) -> None:
+    """Empty billing's change queue, as a billing pass does once it charged everything."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM interval_changes")
+
+
 def intervals_of(conn: psycopg.Connection, meter: str) -> list[tuple[Any, ...]]:
-    """(start, kwh, quality, method, held, change_id, rule names, reasons) per interval."""
+    """(start, kwh, quality, method (None: none), held, queued for billing (in the meter's
+    ``interval_changes`` span), rule names, reasons) per interval."""
     return conn.execute(
-        """SELECT i.interval_start, i.kwh::float8, i.quality::text, i.method, i.held,
-                  i.change_id,
+        """SELECT i.interval_start, i.kwh_e4 / 10000::float8, i.quality::text,
+                  nullif(i.method, 0), i.held,
+                  EXISTS (SELECT 1 FROM interval_changes q WHERE q.meter = i.meter
+                          AND i.interval_start BETWEEN q.lo AND q.hi),
                   ARRAY(SELECT v.name FROM vee_rules v WHERE i.flags & (1 << v.code) <> 0
                         ORDER BY v.code),
                   (SELECT string_agg(v.name || ': ' || a.reason, '; ' ORDER BY a.rule)

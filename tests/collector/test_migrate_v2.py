@@ -1,5 +1,5 @@
 """`meterhub collector migrate` on a database of the v1 layout: every row moved into layout
-v2 (readings, intervals with their change ids, anomalies, the validation queue), v1 tables
+v2 (readings, intervals queued for billing, anomalies, the validation queue), v1 tables
 dropped, progress printed; a second run finds nothing to do."""
 
 from __future__ import annotations
@@ -88,9 +88,6 @@ def _seed_v1(conn: psycopg.Connection) -> None:
 def test_migrate_moves_v1_rows_into_layout_v2(v1_url, capsys):
     with psycopg.connect(v1_url, autocommit=True) as conn:
         _seed_v1(conn)
-        change_ids = [
-            r[0] for r in conn.execute("SELECT change_id FROM intervals ORDER BY interval_start")
-        ]
     assert cli.main(["collector", "migrate", "--database-url", v1_url]) == 0
     out = capsys.readouterr().out
     assert "applied collector/0008_storage_v2" in out
@@ -119,21 +116,20 @@ def test_migrate_moves_v1_rows_into_layout_v2(v1_url, capsys):
             " GROUP BY 1 ORDER BY 1"
         ).fetchall() == [("a", 3, 3, 7), ("b", 3, 0, None)]
         ivs = conn.execute(
-            "SELECT change_id, flags, quality::text, method, held, seconds"
+            "SELECT kwh_e4, flags, quality::text, method, held, seconds"
             " FROM intervals ORDER BY interval_start"
         ).fetchall()
-        assert [r[0] for r in ivs] == change_ids  # billing's cursors stay valid
-        assert [r[1:] for r in ivs] == [(2, "A", None, True, 900), (1, "S", 17, False, 900)]
+        assert ivs == [(10_000, 2, "A", 0, True, 900), (5_000, 1, "S", 17, False, 900)]
+        # every moved interval is on billing's change queue (layout v3)
+        assert conn.execute("SELECT m.meter_id, q.lo, q.hi FROM interval_changes q"
+                            " JOIN meters m ON m.meter_key = q.meter").fetchall() == [
+            ("a", T0, T0 + timedelta(minutes=15))]
         assert conn.execute(
             "SELECT v.name, a.reason FROM anomalies a JOIN vee_rules v ON v.code = a.rule"
         ).fetchall() == [("surge", "big")]
         assert conn.execute(
             "SELECT m.meter_id FROM vee_dirty d JOIN meters m ON m.meter_key = d.meter"
         ).fetchall() == [("a",)]
-    # the interval trigger is back on: a new write gets a new change id
-    with psycopg.connect(v1_url) as conn:
-        conn.execute("UPDATE intervals SET held = false WHERE held")
-        assert conn.execute("SELECT max(change_id) FROM intervals").fetchone()[0] > max(change_ids)
     assert cli.main(["collector", "migrate", "--database-url", v1_url]) == 0
     assert "up to date" in capsys.readouterr().out
 

@@ -9,6 +9,7 @@ import pytest
 from collector_helpers import (
     T0,
     batch_payload,
+    billing_took_all,
     config,
     intervals_of,
     put_values,
@@ -59,6 +60,8 @@ async def test_intervals_flow_from_mqtt_and_estimates_are_replaced_by_late_actua
         pub.publish(topic, batch_payload(site, "gw1", 1, early))
         await wait_until(lambda: len(_intervals(db_url)) == 16, what="16 intervals")
         first = {r[0]: r for r in _intervals(db_url)}
+        assert all(r[5] for r in first.values())  # queued for billing
+        billing_took_all(db_url)
         subst = [r for r in first.values() if r[2] == "S"]
         assert [r[0] - T0 for r in subst] == [timedelta(minutes=m) for m in (45, 60, 75, 90)]
         assert all(r[3] == 17 and "missing reads" in r[7] for r in subst)
@@ -69,9 +72,7 @@ async def test_intervals_flow_from_mqtt_and_estimates_are_replaced_by_late_actua
     after = {r[0]: r for r in _intervals(db_url)}
     for start, row in first.items():
         if row[2] == "S":
-            assert after[start][5] > row[5]  # new change_id: billing re-charges the difference
-        else:
-            assert after[start][5] == row[5]  # untouched rows keep theirs
+            assert after[start][5]  # queued again: billing re-charges the difference
     assert col.stats.intervals_written >= 20
 
 
@@ -89,13 +90,13 @@ async def test_surge_opens_review_item_held_until_decided(db_url, mqtt, site, pu
     assert held[0][6] == ["surge"] and "held for review" in held[0][7]
     items = review.open_items(db_url)
     assert len(items) == 1 and items[0]["rule"] == "surge"
-    before = held[0][5]
+    billing_took_all(db_url)
     with pytest.raises(review.ReviewError):
         review.decide(db_url, items[0]["id"], "confirmed", "  ")
     decided = review.decide(db_url, items[0]["id"], "confirmed", "eng. Li", "kettle party")
     assert decided.released == 1
     row = next(r for r in _intervals(db_url) if r[0] == held[0][0])
-    assert row[4] is False and row[5] > before
+    assert row[4] is False and row[5]  # released: queued for billing again
     with pytest.raises(review.ReviewError, match="already confirmed"):
         review.decide(db_url, items[0]["id"], "dismissed", "someone")
     # revalidation does not hold a decided interval again, and writes nothing new
@@ -203,12 +204,13 @@ def test_forward_estimates_for_a_silent_meter_are_replaced_when_reads_arrive(db_
         late.append((ts, e2 + 0.1))  # a little more than estimated
         e2 += 0.35
         ts += timedelta(minutes=15)
+    billing_took_all(db_url)
     _copy_reads(db_url, "m5", late)
     run_pending(db_url, IV_S, cfg)
     after = {r[0]: r for r in _intervals(db_url, "m5") if r[0] >= silent_from}
     first_hour = [after[silent_from + timedelta(minutes=15 * k)] for k in range(4)]
     assert [r[2] for r in first_hour] == ["A"] * 4
-    assert all(r[5] > est[0][5] for r in first_hour)  # new change ids: billing re-charges
+    assert all(r[5] for r in first_hour)  # queued again: billing re-charges
     rest = [r for t, r in after.items() if t >= silent_from + timedelta(hours=1)]
     assert {r[2] for r in rest} == {"E"}  # still forward of the last read
 

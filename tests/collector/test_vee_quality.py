@@ -164,7 +164,7 @@ async def test_healthy_demo_meters_open_no_review_item_and_a_stuck_one_still_doe
         ).fetchall()
         healthy = conn.execute(
             "SELECT count(*) FROM intervals i JOIN meters m ON m.meter_key = i.meter"
-            " WHERE m.meter_id LIKE 'healthy%' AND i.kwh = 0"
+            " WHERE m.meter_id LIKE 'healthy%' AND i.kwh_e4 = 0"
         ).fetchone()
     assert [h[0] for h in held] == ["stuck-1"]
     assert healthy is not None and healthy[0] > 50  # zero-kWh intervals were there to judge

@@ -93,7 +93,7 @@ async def test_drift_is_flagged_synced_and_read_back(
                           mqtt=mqtt, state_dir=tmp_path / "gateway")
         engine = BillingEngine(BillingConfig(
             database_url=db_url, mqtt=mqtt, signing_key_path=tmp_path / "billing.pem",
-            poll_interval_s=0.2, commit_grace_s=0.1, ack_timeout_s=5.0,
+            poll_interval_s=0.2, ack_timeout_s=5.0,
             reconcile_interval_s=1.0, clock_sync_threshold_s=60.0,
             clock_sync_tolerance_s=5.0))
         stop = asyncio.Event()

@@ -353,7 +353,7 @@ async def test_account_outlook_and_alerts(client: Client, logins: Logins, fleet:
             s = start - timedelta(hours=h)
             conn.execute(
                 "INSERT INTO billing_charges (meter_id, interval_start, interval_end,"
-                " account_id, kwh, exact, change_id) VALUES (%s, %s, %s, %s, 1, 0.5, %s)",
+                " account_id, kwh, exact, revision) VALUES (%s, %s, %s, %s, 1, 0.5, %s)",
                 (fleet.meters[0], s, s + timedelta(hours=1), fleet.account, h))
         conn.execute(
             "INSERT INTO billing_alerts (account_id, kind, threshold_fen, balance_fen, message)"

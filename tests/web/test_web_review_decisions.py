@@ -50,7 +50,7 @@ async def test_correct_comment_history_and_audit(client: Client, logins: Logins,
     with psycopg.connect(db_url) as conn:
         audit = [r[0] for r in conn.execute("SELECT action FROM web_audit ORDER BY id")]
         kwh, quality = conn.execute(
-            "SELECT kwh::text, quality::text FROM intervals i JOIN meters m"
+            "SELECT (kwh_e4 * 0.0001)::text, quality::text FROM intervals i JOIN meters m"
             " ON m.meter_key = i.meter WHERE m.meter_id = %s AND interval_start = %s",
             (fleet.meters[0], start)).fetchone()
     # refused requests leave no audit row; the two that changed something do

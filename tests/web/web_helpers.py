@@ -90,10 +90,10 @@ def seed_fleet(db_url: str) -> Fleet:
             s = start + timedelta(minutes=15 * k)
             surge = k == 20
             conn.execute(
-                "INSERT INTO intervals (meter, interval_start, seconds, kwh, quality, held,"
-                " flags, change_id) SELECT meter_key, %s, 900, %s, 'A', %s, %s, 0 FROM meters"
+                "INSERT INTO intervals (meter, interval_start, seconds, kwh_e4, quality, held,"
+                " flags) SELECT meter_key, %s, 900, %s, 'A', %s, %s FROM meters"
                 " WHERE meter_id = %s",
-                (s, Decimal("9.5") if surge else Decimal("0.25"), surge,
+                (s, 95_000 if surge else 2_500, surge,
                  2 if surge else 0, meters[0]))  # 2: bit 1, the surge rule
         surge_at = start + timedelta(minutes=15 * 20)
         review_id = conn.execute(

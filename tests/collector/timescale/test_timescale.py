@@ -314,8 +314,8 @@ def test_retention_drops_old_chunks_and_keeps_recent_readings_and_intervals(
     rows += [("ts-m1", "energy_import_t1", now - age, float(i)) for i, age in enumerate(ages)]
     with _connect(ts_url) as conn:
         _insert(conn, rows)
-        conn.execute("INSERT INTO intervals (meter, interval_start, seconds, kwh, quality,"
-                     " change_id) SELECT meter_key, %s, 900, 1.5, 'A', 0 FROM meters"
+        conn.execute("INSERT INTO intervals (meter, interval_start, seconds, kwh_e4, quality)"
+                     " SELECT meter_key, %s, 900, 15000, 'A' FROM meters"
                      " WHERE meter_id = 'ts-m1'", (now - ages[0],))
         job = conn.execute("SELECT job_id FROM timescaledb_information.jobs "
                            "WHERE proc_name = 'policy_compression' "
