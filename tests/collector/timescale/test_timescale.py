@@ -164,7 +164,7 @@ def test_migrations_make_readings_a_compressed_hypertable_with_aggregates(ts_url
         assert conn.execute(
             "SELECT column_name, time_interval FROM timescaledb_information.dimensions "
             "WHERE hypertable_name = 'readings'"
-        ).fetchall() == [("ts", timedelta(days=1))]
+        ).fetchall() == [("ts", timedelta(days=7))]  # 0062: week-long chunks
         assert conn.execute(
             "SELECT attname, segmentby_column_index, orderby_column_index "
             "FROM timescaledb_information.compression_settings "
@@ -243,21 +243,23 @@ def test_continuous_aggregates_answer_as_the_plain_postgresql_views(
 
 
 def test_compression_policy_run_by_hand_and_late_readings_still_stored(ts_url: str) -> None:
-    """The compression policy compresses chunks older than 7 days (segmented by meter,
-    ordered by time: the figure printed is compressed bytes per reading); a gateway's late
-    backlog into a compressed chunk still goes through the collector's own conflict path."""
+    """The compression policy compresses week-long chunks once they are a week old
+    (segmented by meter, ordered by time: the figure printed is compressed bytes per reading,
+    goal <= 30); a gateway's late backlog into a compressed chunk still goes through the
+    collector's own conflict path."""
     now = datetime.now(UTC).replace(microsecond=0)
-    old_day = (now - timedelta(days=10)).replace(hour=0, minute=0, second=0)  # one 1-day chunk
+    old_day = (now - timedelta(days=24)).replace(hour=0, minute=0, second=0)
+    days = 7
     rows: list[Row] = []
-    for k in range(40):  # 40 meters x 96 readings of 4 quantities
-        for i in range(96):
+    for k in range(40):  # 40 meters x 7 days x 96 readings of 4 quantities
+        for i in range(96 * days):
             ts = old_day + timedelta(minutes=15 * i)
             rows += [(f"ts-c{k:02d}", "energy_import_total", ts, 1000 + k + 0.07 * i),
                      (f"ts-c{k:02d}", "voltage_a", ts, 228 + (k * 7 + i) % 40 * 0.1),
                      (f"ts-c{k:02d}", "current_a", ts, 2 + (k + i) % 30 * 0.1),
                      (f"ts-c{k:02d}", "power_active_total", ts, 0.4 + (k + i) % 30 * 0.023)]
     rows.append(("ts-c00", "energy_import_total", now - timedelta(hours=1), 2000.0))
-    readings = 40 * 96
+    readings = 40 * 96 * days
     with _connect(ts_url) as conn:
         _insert(conn, rows)
         job = conn.execute("SELECT job_id FROM timescaledb_information.jobs "
@@ -281,7 +283,7 @@ def test_compression_policy_run_by_hand_and_late_readings_still_stored(ts_url: s
         print(f"TimescaleDB compressed readings: {per_reading:.1f} bytes per reading of 4 "
               f"quantities ({compressed} bytes for {readings}; uncompressed "
               f"{sum(before for before, _ in stats) / readings:.1f})")
-        assert per_reading < 60  # goal 30 (bench/RESULTS.md); a loose guard here
+        assert per_reading <= 30  # issue 14's goal: the bytes are deterministic, not timed
 
         # Redelivered and late readings for the compressed day, as the collector stores them
         # when COPY hits a duplicate: staging table, then its INSERT ... ON CONFLICT DO NOTHING.
@@ -307,9 +309,10 @@ def test_retention_drops_old_chunks_and_keeps_recent_readings_and_intervals(
     ts_url: str,
 ) -> None:
     """README: retention drops raw readings older than retention_days (whole chunks here,
-    by drop_chunks) and keeps validated intervals."""
+    by drop_chunks: a chunk goes when all of it is past the limit, so with week-long chunks
+    up to a week more is kept) and keeps validated intervals."""
     now = datetime.now(UTC).replace(microsecond=0)
-    ages = (timedelta(days=40), timedelta(days=31), timedelta(days=29), timedelta(hours=1))
+    ages = (timedelta(days=60), timedelta(days=45), timedelta(days=20), timedelta(hours=1))
     rows = [("ts-m1", "energy_import_total", now - age, float(i)) for i, age in enumerate(ages)]
     rows += [("ts-m1", "energy_import_t1", now - age, float(i)) for i, age in enumerate(ages)]
     with _connect(ts_url) as conn:
