@@ -111,14 +111,14 @@ def parse_listen(text: str, *, key: str = "metrics.listen") -> tuple[str, int]:
 class _Once(Collector):
     """Adapts a generator function to the registry's Collector interface."""
 
-    def __init__(self, collect: Callable[[], Iterator[Metric]]) -> None:
+    def __init__(self, collect: Callable[[], Iterable[Metric]]) -> None:
         self._collect = collect
 
     def collect(self) -> Iterator[Metric]:
-        return self._collect()
+        return iter(self._collect())
 
 
-def registry_of(*collects: Callable[[], Iterator[Metric]]) -> CollectorRegistry:
+def registry_of(*collects: Callable[[], Iterable[Metric]]) -> CollectorRegistry:
     """A registry of its own (not the process-global one: tests run several parts)."""
     registry = CollectorRegistry(auto_describe=False)
     for collect in collects:
@@ -150,7 +150,8 @@ async def serve_metrics(
     site = web.TCPSite(runner, host, port)
     try:
         await site.start()
-        sockets: Any = site._server.sockets if site._server else []
+        server: Any = site._server  # aiohttp keeps the asyncio Server there
+        sockets = server.sockets if server else []
         bound = sockets[0].getsockname()[:2] if sockets else (host, port)
         log.info("metrics on http://%s:%d/metrics", bound[0], bound[1])
         yield bound[0], bound[1]

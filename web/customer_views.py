@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import psycopg
@@ -139,7 +139,7 @@ def bills(conn: psycopg.Connection[Any], customer_id: str, limit: int) -> list[d
             for account in billing.accounts_of(conn, customer_id)
             for b in billing.bills_of(conn, account, limit)
         ]
-    out.sort(key=lambda r: r["issued_at"], reverse=True)
+    out.sort(key=lambda r: cast(datetime, r["issued_at"]), reverse=True)
     return [database.jsonable(r) for r in out[:limit]]
 
 

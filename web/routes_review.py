@@ -8,6 +8,7 @@ through :func:`collector.decide_review` (see :func:`_decide`).
 from __future__ import annotations
 
 import html
+from collections.abc import Mapping
 from typing import Any
 
 import psycopg
@@ -108,19 +109,19 @@ def _read(fn: Any) -> Any:
     return call
 
 
-def _method(body: dict[str, Any]) -> str:
+def _method(body: Mapping[str, Any]) -> str:
     method = body.get("method", "like_day")
     if method not in _D.METHODS:
         raise BadRequest(f"method must be one of {', '.join(_D.METHODS)}")
     return str(method)
 
 
-def _due(body: dict[str, Any], name: str = _DUE) -> Any:
+def _due(body: Mapping[str, Any], name: str = _DUE) -> Any:
     raw = inputs.text(body.get(name), name, required=False, max_len=40)
     return inputs.parse_time(raw, name) if raw else None
 
 
-def _ids(body: dict[str, Any]) -> list[int]:
+def _ids(body: Mapping[str, Any]) -> list[int]:
     items = body.get("items")
     if (not isinstance(items, list) or not 1 <= len(items) <= 500
             or not all(isinstance(i, int) and not isinstance(i, bool) and 1 <= i <= 2**63 - 1
@@ -350,7 +351,7 @@ async def print_work_order(request: web.Request) -> web.Response:
     due = o.due_at.strftime("%Y-%m-%d %H:%M UTC") if o.due_at else "-"
     rows = "".join(f"<tr><td>{esc(a['at'].strftime('%Y-%m-%d %H:%M'))}</td>"
                    f"<td>{esc(a['rule'])}</td><td>{esc(a['reason'])}</td></tr>"
-                   for a in (item or {}).get("anomalies", []))
+                   for a in (item.get("anomalies", []) if item else []))
     page_html = f"""<!doctype html><html><head><meta charset="utf-8">
 <title>Work order {o.id}</title><style>body{{font:14px sans-serif;margin:2em}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #999;padding:4px 8px}}
