@@ -235,8 +235,10 @@ class SimBus(StartStop):
         master_line = self.master_line()
         if master_line != self.line:  # the master's UART decodes at its own settings
             reply = transcode(reply, self.line, master_line)
-        self._send_paced(master, reply)
+        # counted before the bytes go: the master may act on the reply (a test reads these
+        # stats) before this thread runs again
         self.stats.replies += 1
+        self._send_paced(master, reply)
         return time.monotonic()
 
     def _send_paced(self, master: int, reply: bytes) -> None:
@@ -351,11 +353,11 @@ class SimTcpBus(StartStop):
                 if reply is None:
                     continue
                 self._stop.wait(self.turnaround_s + delay)
+                self.stats.bytes_out += len(reply)  # before the bytes go, as on the serial bus
+                self.stats.replies += 1
                 try:
                     client.sendall(reply)
                 except OSError:
                     break
-                self.stats.bytes_out += len(reply)
-                self.stats.replies += 1
         if client is not None:
             client.close()

@@ -98,7 +98,8 @@ def _run(args: argparse.Namespace) -> int:
             apply_fault(fleet, spec)
         print(describe(fleet), flush=True)
         with contextlib.suppress(KeyboardInterrupt):
-            done.wait()
+            while not done.wait(0.5):  # wakes up: Ctrl-C is seen at once, whatever the load
+                pass
     if args.labels:
         now = time.time()
         with args.labels.open("w", encoding="utf-8") as out:

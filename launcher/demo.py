@@ -504,12 +504,17 @@ class _DemoRun:
                 if live and not interrupted.is_set():
                     _say(await asyncio.to_thread(self.status_line, at, cutoffs))
                 if cutoffs and not self.topped_up and self.dry.relay_open:
+                    # seen open here, and again just before paying: the restore after the
+                    # top-up is quicker than the next turn's look at the meter
+                    self.observe_relay(at)
                     with contextlib.suppress(TimeoutError):  # the customer pays, unless stopped
                         await asyncio.wait_for(interrupted.wait(), TOPUP_DELAY_S)
                     if not interrupted.is_set():
-                        await asyncio.to_thread(self.top_up,
-                                                f"{time.monotonic() - started:5.1f}s")
+                        paid_at = f"{time.monotonic() - started:5.1f}s"
+                        self.observe_relay(paid_at)
+                        await asyncio.to_thread(self.top_up, paid_at)
                 if self.postpaid.relay_open and not self.summary.postpaid_paid:
+                    self.observe_postpaid(at)  # the same: seen cut before the payment
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(interrupted.wait(), TOPUP_DELAY_S)
                     if not interrupted.is_set():
