@@ -6,16 +6,17 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import paho.mqtt.client as paho
 import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from collector import Collector, CollectorConfig
-from meterhub import wire
+from meterhub import db, wire
 from meterhub.settings import MqttSettings
 
 
@@ -177,3 +178,29 @@ def actual_intervals(meter, start, kwh, flags=None):
         flags=np.zeros(n, dtype=np.int64) if flags is None else np.asarray(flags, dtype=np.int64),
         gap=z, gap_from=z.copy(), gap_to=z.copy(),
     )
+
+
+@contextlib.contextmanager
+def database_before(server_url: str, keep: Callable[[db.Migration], bool],
+                    tag: str) -> Iterator[str]:
+    """A fresh database with only the migrations ``keep`` takes, recorded as applied (a
+    database as an older release left it: what an in-place migration starts from)."""
+    name = f"meterhub_{tag}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = make_conninfo(**{**conninfo_to_dict(server_url), "dbname": name})
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE meterhub_migrations (component text NOT NULL, version int"
+            " NOT NULL, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT"
+            " now(), PRIMARY KEY (component, version))")
+        for m in filter(keep, db.discover()):
+            conn.execute(m.sql.encode())
+            conn.execute("INSERT INTO meterhub_migrations VALUES (%s, %s, %s)",
+                         (m.component, m.version, m.name))
+    try:
+        yield url
+    finally:
+        with (psycopg.connect(server_url, autocommit=True) as conn,
+              contextlib.suppress(psycopg.Error)):
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -6,15 +6,13 @@ crash and restart."""
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
 
 import psycopg
 import pytest
-from collector_helpers import T0, put_values
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from collector_helpers import T0, database_before, put_values
 
 from billing import ledger
 from billing.charging import charge_all, charge_batch
@@ -34,24 +32,9 @@ NEW = {("collector", 60), ("billing", 50)}  # what this layout adds
 @pytest.fixture
 def v2_url(pg_server_url: str) -> Iterator[str]:
     """A database with every migration but intervals v3 (as it was before this change)."""
-    name = f"meterhub_v2_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = make_conninfo(**{**conninfo_to_dict(pg_server_url), "dbname": name})
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(
-            "CREATE TABLE meterhub_migrations (component text NOT NULL, version int"
-            " NOT NULL, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT"
-            " now(), PRIMARY KEY (component, version))")
-        for m in db.discover():
-            if (m.component, m.version) not in NEW:
-                conn.execute(m.sql.encode())
-                conn.execute("INSERT INTO meterhub_migrations VALUES (%s, %s, %s)",
-                             (m.component, m.version, m.name))
-    yield url
-    with (psycopg.connect(pg_server_url, autocommit=True) as conn,
-          contextlib.suppress(psycopg.Error)):
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with database_before(pg_server_url, lambda m: (m.component, m.version) not in NEW,
+                         "v2") as url:
+        yield url
 
 
 def _v2_interval(conn: psycopg.Connection, meter: str, k: int, kwh: str, *,

@@ -4,18 +4,14 @@ dropped, progress printed; a second run finds nothing to do."""
 
 from __future__ import annotations
 
-import contextlib
-import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 
 import psycopg
 import pytest
-from collector_helpers import T0
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from collector_helpers import T0, database_before
 
 from launcher import cli
-from meterhub import db
 
 pytestmark = pytest.mark.integration
 
@@ -23,29 +19,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def v1_url(pg_server_url: str) -> Iterator[str]:
     """A database migrated only up to the v1 layout (collector 0001-0007)."""
-    name = f"meterhub_v1_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = make_conninfo(**{**conninfo_to_dict(pg_server_url), "dbname": name})
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(
-            "CREATE TABLE meterhub_migrations (component text NOT NULL, version int"
-            " NOT NULL, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT"
-            " now(), PRIMARY KEY (component, version))"
-        )
-        for m in db.discover(("collector",)):
-            if m.version <= 7:
-                conn.execute(m.sql.encode())
-                conn.execute(
-                    "INSERT INTO meterhub_migrations VALUES (%s, %s, %s)",
-                    (m.component, m.version, m.name),
-                )
-    yield url
-    with (
-        psycopg.connect(pg_server_url, autocommit=True) as conn,
-        contextlib.suppress(psycopg.Error),
-    ):
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with database_before(pg_server_url,
+                         lambda m: m.component == "collector" and m.version <= 7, "v1") as url:
+        yield url
 
 
 def _seed_v1(conn: psycopg.Connection) -> None:
