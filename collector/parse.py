@@ -158,8 +158,9 @@ def parse_readings(
     topic: str, payload: bytes, received_at: datetime, *, max_future_s: float,
     max_age_s: float = 400 * 86400.0, limits: wire.Limits = wire.DEFAULT_LIMITS,
 ) -> Parsed:
-    """One readings message: COPY lines of its good readings, a dead letter per bad one (or
-    one for the message when its envelope is bad), and what it says of meters and sequence."""
+    """One readings message: its good readings as a block of columns, a dead letter per bad
+    one (or one for the message when its envelope is bad), the relay states and clock checks
+    it carried, and what it says of the gateway's sequence."""
     out = Parsed()
     try:
         topic_site, topic_gateway, _kind = wire.parse_topic(topic)
