@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import signal
 import threading
@@ -92,14 +91,16 @@ def apply_fault(fleet: Fleet, spec: str) -> None:
 def _run(args: argparse.Namespace) -> int:
     fleet = Fleet.load(args.config, link_dir=args.link_dir)
     done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    # both set here: a process started in the background of a script inherits SIGINT ignored,
+    # and Python then raises no KeyboardInterrupt for Ctrl-C
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
     with fleet:
         for spec in args.fault:
             apply_fault(fleet, spec)
         print(describe(fleet), flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            while not done.wait(0.5):  # wakes up: Ctrl-C is seen at once, whatever the load
-                pass
+        while not done.wait(0.5):  # wakes up: a signal is seen at once, whatever the load
+            pass
     if args.labels:
         now = time.time()
         with args.labels.open("w", encoding="utf-8") as out:

@@ -296,15 +296,17 @@ def test_unpriceable_interval_is_kept_aside_not_blocking(conn: psycopg.Connectio
     assert charge_all(conn, TARIFFS).work == 0
 
 
-@pytest.mark.parametrize("odd", ["plain", 'quo"te', "back\\slash", "tab\tand,comma {x} NULL"])
+@pytest.mark.parametrize("odd", ["plain", 'quo"te', "back\\slash", "and,comma {x} NULL",
+                                 "中文 户号"])
 def test_ids_of_any_text_are_charged_across_batches(conn: psycopg.Connection, odd: str) -> None:
-    """Ids go out as COPY text and array literals: any character must survive; and with
-    small batches (each starting after the previous one's last account, wrapping once)
-    every account is charged exactly once."""
+    """Account ids go out as COPY text and array literals: any printable character must
+    survive (meter ids are wire ids: ledger.create_account); and with small batches (each
+    starting after the previous one's last account, wrapping once) every account is charged
+    exactly once."""
     accounts = [f"{odd}-{i}" for i in range(7)]
-    for a in accounts:
-        open_account(conn, a, [f"m:{a}"], tariff="residential-tiered")
-        put_intervals(conn, f"m:{a}", ["0.25"] * 3)
+    for i, a in enumerate(accounts):
+        open_account(conn, a, [f"m:{i}"], tariff="residential-tiered")
+        put_intervals(conn, f"m:{i}", ["0.25"] * 3)
     s = charge_all(conn, TARIFFS, max_accounts=2, max_rows=4)
     assert (s.intervals, s.adjustments) == (21, 0)
     got = conn.execute("SELECT account_id, balance_fen, (SELECT sum(amount_fen) FROM "
