@@ -57,9 +57,10 @@ def register(subparsers: Any) -> None:
                      help="fallback seconds between passes (notifications wake them at once)")
     run.add_argument("--max-group-cutoffs", type=int, default=50,
                      help="more cut-offs at once in one building/transformer need approval")
-    run.add_argument("--charge-connections", type=int, default=1,
-                     help="database connections charging at once (threads; 2 is faster "
-                          "on a multi-core machine)")
+    run.add_argument("--charge-connections", type=int, default=2,
+                     help="database connections charging at once (threads: one prices while "
+                          "the other waits for the database; bench/RESULTS.md: 53,000 "
+                          "intervals/s with 2 against 44,000 with 1 on two cores)")
     run.add_argument("--signing-key", type=Path, default=None,
                      help="Ed25519 private key (PEM, mode 0600) that signs every relay "
                           f"command (default ${SIGNING_KEY_ENV}; required)")
