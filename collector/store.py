@@ -321,12 +321,15 @@ async def _store_rows(conn: psycopg.AsyncConnection, batch: Batch,
     except psycopg.errors.UniqueViolation:
         pass
     else:
-        # each meter's oldest new reading: validation looks again from there
-        order = np.lexsort((micros, key))
-        firsts = np.flatnonzero(np.r_[True, key[order][1:] != key[order][:-1]])
-        rows = order[firsts]
-        await conn.execute(_DIRTY, (key[rows].tolist(),
-                                    [columns.from_micros(t) for t in micros[rows].tolist()]))
+        # each meter's oldest new reading: validation looks again from there (the batch's
+        # spans, already grouped for the meter upsert)
+        firsts: dict[int, datetime] = {}
+        for span in columns.spans(cols, [b.gateway for b in batch.batches]):
+            k = keys[span.meter][0]
+            if k not in firsts or span.first < firsts[k]:
+                firsts[k] = span.first
+        order = sorted(firsts)
+        await conn.execute(_DIRTY, (order, [firsts[k] for k in order]))
         await _store_extras(conn, cols, key, decimals, micros)
         return len(cols), cols.count
     async with conn.cursor().copy(
