@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from launcher.embedded import database_or_embedded
-from meterhub import i18n
+from meterhub import i18n, wire
 from meterhub.i18n import _
 from meterhub.logs import setup_logging
 
@@ -79,7 +79,7 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
             option = "--" + key.replace("_", "-")
             if "\x00" in text:
                 parser.error(f"argument {option}: contains a NUL character")
-            if any("\ud800" <= c <= "\udfff" for c in text):
+            if wire.has_lone_surrogate(text):
                 parser.error(f"argument {option}: contains a lone surrogate (not UTF-8 text)")
             if len(text) > MAX_ARGUMENT_CHARS:
                 parser.error(f"argument {option}: {len(text)} characters, more than "

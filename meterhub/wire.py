@@ -146,7 +146,13 @@ def _check_depth(raw: bytes, what: str, limit: int) -> None:
 
 def _storable(text: str) -> bool:
     """Text PostgreSQL can store and every encoder can write: no NUL, no lone surrogate."""
-    return "\x00" not in text and not any("\ud800" <= c <= "\udfff" for c in text)
+    return "\x00" not in text and not has_lone_surrogate(text)
+
+
+def has_lone_surrogate(text: str) -> bool:
+    """Whether ``text`` holds a surrogate code point on its own: not UTF-8, so neither
+    PostgreSQL nor a file can take it."""
+    return any("\ud800" <= c <= "\udfff" for c in text)
 
 
 def _check_text(obj: Any, where: str) -> None:
